@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs everything smelt needs to build and test on Debian 12 (idempotent, quiet when done).
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake ninja-build pkg-config git ca-certificates
+  libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libfmt-dev
+  libgtest-dev libgmock-dev googletest libbenchmark-dev
+  libeigen3-dev python3 python3-numpy time
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Build (Release by default; the hot loops use runtime CPU dispatch, not -march=native).
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build="${SMELT_BUILD_DIR:-$here/build}"
+cmake -S "$here" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE="${SMELT_BUILD_TYPE:-Release}" >/dev/null
+cmake --build "$build" -j"$(nproc)"

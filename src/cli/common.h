@@ -1,0 +1,21 @@
+// Helpers shared by the CLI verbs: registration functions and human-readable formatting.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <string>
+
+namespace smelt::cli {
+
+// Each verb lives in its own file and registers its subcommand here.
+void add_inspect(CLI::App& app);
+void add_dev(CLI::App& app);
+void add_merge(CLI::App& app);
+void add_plan(CLI::App& app);
+
+// "1.50 GB" style (decimal units, as disk sizes are usually shown).
+std::string human_bytes(uint64_t bytes);
+// "1.24B" style parameter counts.
+std::string human_count(uint64_t n);
+
+}  // namespace smelt::cli

@@ -1,0 +1,125 @@
+// `smelt merge CONFIG OUT`: run a mergekit YAML config end to end.
+#include <fmt/format.h>
+
+#include <thread>
+
+#include "cli/common.h"
+#include "cli/plan_common.h"
+#include "cli/progress.h"
+#include "smelt/error.h"
+#include "smelt/exec/merge.h"
+#include "smelt/io/safetensors.h"
+
+namespace smelt::cli {
+namespace {
+
+struct MergeCliOptions {
+  std::string config;
+  std::string out;
+  std::string shard_size = "5B";
+  uint64_t seed = 0;
+  size_t threads = std::max(1u, std::thread::hardware_concurrency());
+  bool copy_tokenizer = true;
+  bool write_model_card = true;
+  bool overwrite = false;
+  bool dry_run = false;
+  int verbose = 0;
+  bool quiet = false;
+  bool safe_serialization = true;
+  std::vector<std::string> ignored;  // mergekit flags that mean nothing here
+};
+
+// mergekit-yaml flags accepted so users' scripts run unchanged.
+constexpr const char* kIgnoredFlags[] = {
+    "--cuda",          "--no-cuda",          "--lazy-unpickle",   "--no-lazy-unpickle",
+    "--low-cpu-memory", "--no-low-cpu-memory", "--allow-crimes",  "--no-allow-crimes",
+    "--clone-tensors", "--no-clone-tensors", "--trust-remote-code", "--no-trust-remote-code",
+    "--read-to-gpu",   "--no-read-to-gpu",   "--multi-gpu",       "--no-multi-gpu",
+    "--gpu-rich",      "--async-write",      "--no-async-write"};
+constexpr const char* kIgnoredOptions[] = {"--transformers-cache", "--lora-merge-cache",
+                                           "--lora-merge-dtype", "--device", "--write-threads"};
+
+void run(const MergeCliOptions& o) {
+  for (const auto& flag : o.ignored) {
+    if (!o.quiet) {
+      fmt::print(stderr, "note: {} has no effect in smelt (it streams on the CPU in bounded "
+                         "memory); ignored\n", flag);
+    }
+  }
+  if (!o.safe_serialization) {
+    fail("--no-safe-serialization: smelt writes safetensors only (PyTorch pickle output is not "
+         "supported)");
+  }
+  plan::PlanOptions po;
+  po.seed = o.seed;
+  po.shard_size = io::parse_shard_size(o.shard_size);
+  plan::Plan p = load_plan(o.config, po);
+  if (!o.quiet) print_warnings(p);
+  exec::MergeOptions mo;
+  mo.exec.threads = std::max<size_t>(1, o.threads);
+  mo.exec.seed = o.seed;
+  mo.shard_size = po.shard_size;
+  mo.copy_tokenizer = o.copy_tokenizer;
+  mo.write_model_card = o.write_model_card;
+  mo.overwrite = o.overwrite;
+  if (o.dry_run) {
+    exec::check_output_path(p, o.out, o.overwrite);
+    print_plan_summary(p, mo.exec, mo.shard_size);
+    return;
+  }
+  if (o.verbose > 0) print_plan_summary(p, mo.exec, mo.shard_size);
+  ProgressReporter progress(o.quiet);
+  exec::Progress last;
+  mo.exec.on_progress = [&](const exec::Progress& pr) {
+    last = pr;
+    progress.update(pr);
+  };
+  exec::run_merge(p, o.out, mo);
+  progress.finish(last);
+  if (!o.quiet) fmt::print(stderr, "wrote {}\n", o.out);
+}
+
+}  // namespace
+
+void add_merge(CLI::App& app) {
+  auto o = std::make_shared<MergeCliOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "merge",
+      "Run a mergekit YAML config and write the merged model to OUT.\n"
+      "Examples:\n"
+      "  smelt merge ties.yml ./merged\n"
+      "  smelt merge ties.yml ./merged --random-seed 42 -j 8 --out-shard-size 2B\n"
+      "  smelt merge ties.yml ./merged --dry-run      (check only; same as smelt plan)");
+  cmd->add_option("config", o->config, "mergekit YAML config")->required();
+  cmd->add_option("out", o->out, "output folder")->required();
+  cmd->add_option("--out-shard-size", o->shard_size,
+                  "largest shard in bytes (k/m/b decimal suffixes)")
+      ->capture_default_str();
+  cmd->add_option("--random-seed", o->seed, "seed for random methods (DARE, DELLA)")
+      ->capture_default_str();
+  cmd->add_option("-j,--threads,--num-threads", o->threads, "threads")->capture_default_str();
+  cmd->add_flag("--copy-tokenizer,!--no-copy-tokenizer", o->copy_tokenizer,
+                "copy the base (or first) model's tokenizer files (default on)");
+  cmd->add_flag("--write-model-card,!--no-write-model-card", o->write_model_card,
+                "write README.md and mergekit_config.yml (default on)");
+  cmd->add_flag("--safe-serialization,!--no-safe-serialization", o->safe_serialization,
+                "write safetensors (always on)");
+  cmd->add_flag("--overwrite", o->overwrite, "replace an existing non-empty OUT");
+  cmd->add_flag("--dry-run", o->dry_run, "check the config and print the plan; write nothing");
+  cmd->add_flag("-v,--verbose", o->verbose, "more output (repeatable)");
+  cmd->add_flag("-q,--quiet", o->quiet, "no progress or notes");
+  for (const char* f : kIgnoredFlags) {
+    cmd->add_flag_callback(f, [o, f] { o->ignored.push_back(f); }, "accepted for mergekit "
+                                                                     "compatibility; no effect")
+        ->group("mergekit compatibility");
+  }
+  for (const char* f : kIgnoredOptions) {
+    cmd->add_option_function<std::string>(
+           f, [o, f](const std::string&) { o->ignored.push_back(f); },
+           "accepted for mergekit compatibility; no effect")
+        ->group("mergekit compatibility");
+  }
+  cmd->callback([o] { run(*o); });
+}
+
+}  // namespace smelt::cli

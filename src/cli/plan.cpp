@@ -1,0 +1,133 @@
+// `smelt plan CONFIG`: validate a config and show what the merge would do, reading headers only.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <fnmatch.h>
+
+#include <fstream>
+#include <thread>
+
+#include "cli/common.h"
+#include "cli/plan_common.h"
+#include "smelt/config/config.h"
+#include "smelt/error.h"
+#include "smelt/io/safetensors.h"
+
+namespace smelt::cli {
+
+plan::Plan load_plan(const std::string& path, const plan::PlanOptions& options) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("{}: cannot read the config file", path);
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  auto docs = config::parse_config_documents(text, path);
+  if (docs.empty()) fail("{}: the config file is empty", path);
+  if (docs.size() > 1) {
+    fail("{}: holds {} YAML documents; multi-stage recipes are not yet supported by smelt", path,
+         docs.size());
+  }
+  return plan::build_plan(docs[0], options);
+}
+
+void print_warnings(const plan::Plan& plan) {
+  for (const auto& w : plan.warnings) fmt::print(stderr, "warning: {}\n", w);
+}
+
+void print_plan_summary(const plan::Plan& plan, const exec::ExecOptions& exec, uint64_t shard_size) {
+  fmt::print("method: {} ({})\n", plan.method->name(), plan.method->pretty_name());
+  fmt::print("models:\n");
+  for (size_t i = 0; i < plan.models.size(); ++i) {
+    fmt::print("  {}{}\n", plan.models[i].ref,
+               static_cast<int>(i) == plan.base_model ? "  (base)"
+               : i == plan.donor                      ? "  (config donor)"
+                                                      : "");
+  }
+  std::vector<io::TensorSpec> specs;
+  for (const auto& j : plan.jobs) specs.push_back({j.name, j.dtype, j.shape});
+  const auto layout = io::plan_shards(specs, shard_size);
+  uint64_t params = 0;
+  for (const auto& j : plan.jobs) params += j.numel();
+  const uint64_t out_bytes = plan.output_bytes();
+  const uint64_t in_bytes = plan.input_bytes();
+  fmt::print("output: {} tensors, {} parameters, {} in {} shard{}\n", plan.jobs.size(),
+             human_count(params), human_bytes(out_bytes), layout.shards.size(),
+             layout.shards.size() > 1 ? "s" : "");
+  if (plan.output_layers >= 0) {
+    fmt::print("layers: {}{}\n", plan.output_layers,
+               plan.layer_count_key.empty() ? "" : " (config.json " + plan.layer_count_key + ")");
+  }
+  fmt::print("reads: {} from inputs\n", human_bytes(in_bytes));
+  const uint64_t mem = exec::working_memory_bytes(plan, exec) + (64u << 20);
+  fmt::print("estimated peak memory: {} ({} threads)\n", human_bytes(mem), exec.threads);
+  // Cold-disk read and durable write speeds measured on the reference machine (formats.md §3).
+  const double seconds = double(in_bytes) / 4.0e9 + double(out_bytes) / 1.1e9;
+  fmt::print("estimated time: {:.1f}s (cold disk; less when inputs are in the page cache)\n",
+             seconds);
+}
+
+void print_explain(const plan::Plan& plan, const std::string& glob) {
+  size_t shown = 0;
+  for (const auto& job : plan.jobs) {
+    if (fnmatch(glob.c_str(), job.name.c_str(), 0) != 0) continue;
+    ++shown;
+    fmt::print("\n{}  {} [{}]  t={:.4g}{}\n", job.name, dtype_name(job.dtype),
+               fmt::join(job.shape, ", "), job.t, job.is_embedding ? "  (embedding)" : "");
+    if (job.copy) {
+      fmt::print("  copied unchanged from {} : {}\n", plan.models[job.inputs[0].model].ref,
+                 job.inputs[0].tensor);
+      continue;
+    }
+    for (const auto& [name, value] : job.params.global) {
+      fmt::print("  {} = {:.6g}  ({})\n", name, value, job.global_origin.at(name));
+    }
+    for (size_t i = 0; i < job.inputs.size(); ++i) {
+      const auto& in = job.inputs[i];
+      fmt::print("  input {}: {} : {} ({}){}\n", i, plan.models[in.model].ref, in.tensor,
+                 dtype_name(in.source.info->dtype),
+                 static_cast<int>(i) == job.base ? "  [base]" : "");
+      for (const auto& [name, value] : job.params.per_model[i]) {
+        fmt::print("      {} = {:.6g}  ({})\n", name, value, job.model_origin[i].at(name));
+      }
+    }
+  }
+  if (shown == 0) fmt::print("no output tensor matches '{}'\n", glob);
+}
+
+namespace {
+
+struct PlanCliOptions {
+  std::string config;
+  std::string explain;
+  std::string shard_size = "5B";
+  uint64_t seed = 0;
+  size_t threads = std::max(1u, std::thread::hardware_concurrency());
+};
+
+}  // namespace
+
+void add_plan(CLI::App& app) {
+  auto o = std::make_shared<PlanCliOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "plan",
+      "Check a mergekit config and show what the merge would do (reads headers only).\n"
+      "Same as `smelt merge CONFIG OUT --dry-run`.\n"
+      "Examples:\n  smelt plan ties.yml\n  smelt plan ties.yml --explain 'model.layers.0.*'");
+  cmd->add_option("config", o->config, "mergekit YAML config")->required();
+  cmd->add_option("--explain", o->explain, "show inputs and resolved parameters of tensors "
+                                           "matching this glob");
+  cmd->add_option("--out-shard-size", o->shard_size, "shard size (bytes; k/m/b suffixes)")
+      ->capture_default_str();
+  cmd->add_option("--random-seed", o->seed, "seed for random methods")->capture_default_str();
+  cmd->add_option("-j,--threads,--num-threads", o->threads, "threads")->capture_default_str();
+  cmd->callback([o] {
+    plan::PlanOptions po;
+    po.seed = o->seed;
+    po.shard_size = io::parse_shard_size(o->shard_size);
+    plan::Plan p = load_plan(o->config, po);
+    print_warnings(p);
+    exec::ExecOptions eo;
+    eo.threads = o->threads;
+    print_plan_summary(p, eo, po.shard_size);
+    if (!o->explain.empty()) print_explain(p, o->explain);
+  });
+}
+
+}  // namespace smelt::cli

@@ -1,0 +1,24 @@
+// Shared by `smelt merge` and `smelt plan`: loading a config into a plan and describing it.
+#pragma once
+
+#include <string>
+
+#include "smelt/exec/executor.h"
+#include "smelt/plan/plan.h"
+
+namespace smelt::cli {
+
+// Reads and parses the YAML at `path` and builds its plan. Throws smelt::Error.
+plan::Plan load_plan(const std::string& path, const plan::PlanOptions& options);
+
+// Prints the plan summary (models, method, tensors, bytes, shards, memory and time estimates).
+void print_plan_summary(const plan::Plan& plan, const exec::ExecOptions& exec,
+                        uint64_t shard_size);
+
+// Prints every job whose output name matches the glob: inputs and resolved parameters.
+void print_explain(const plan::Plan& plan, const std::string& glob);
+
+// Prints the plan's warnings to stderr.
+void print_warnings(const plan::Plan& plan);
+
+}  // namespace smelt::cli

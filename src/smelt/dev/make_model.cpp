@@ -1,0 +1,318 @@
+// Tiny llama-shaped Hugging Face model folders (config, byte-level BPE tokenizer, safetensors).
+#include "smelt/dev/make_model.h"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <vector>
+
+#include "smelt/error.h"
+#include "smelt/io/model_ref.h"
+#include "smelt/io/safetensors.h"
+#include "smelt/kernels/convert.h"
+#include "smelt/kernels/random.h"
+
+namespace smelt::dev {
+namespace fs = std::filesystem;
+using nlohmann::json;
+namespace {
+
+struct Shape {
+  int hidden, intermediate, layers, heads, kv_heads, vocab;
+  bool tied;
+};
+
+struct GenTensor {
+  io::TensorSpec spec;
+  enum Kind { kWeight, kNorm, kEmbedding } kind;
+};
+
+std::vector<GenTensor> llama_tensors(const Shape& s, DType dtype) {
+  const uint64_t h = s.hidden, v = s.vocab, inter = s.intermediate;
+  const uint64_t kv = static_cast<uint64_t>(s.kv_heads) * (s.hidden / s.heads);
+  std::vector<GenTensor> out;
+  auto add = [&](std::string name, std::vector<uint64_t> shape, GenTensor::Kind kind) {
+    out.push_back({{std::move(name), dtype, std::move(shape)}, kind});
+  };
+  add("model.embed_tokens.weight", {v, h}, GenTensor::kEmbedding);
+  for (int l = 0; l < s.layers; ++l) {
+    const std::string p = fmt::format("model.layers.{}.", l);
+    add(p + "input_layernorm.weight", {h}, GenTensor::kNorm);
+    add(p + "self_attn.q_proj.weight", {h, h}, GenTensor::kWeight);
+    add(p + "self_attn.k_proj.weight", {kv, h}, GenTensor::kWeight);
+    add(p + "self_attn.v_proj.weight", {kv, h}, GenTensor::kWeight);
+    add(p + "self_attn.o_proj.weight", {h, h}, GenTensor::kWeight);
+    add(p + "post_attention_layernorm.weight", {h}, GenTensor::kNorm);
+    add(p + "mlp.gate_proj.weight", {inter, h}, GenTensor::kWeight);
+    add(p + "mlp.up_proj.weight", {inter, h}, GenTensor::kWeight);
+    add(p + "mlp.down_proj.weight", {h, inter}, GenTensor::kWeight);
+  }
+  add("model.norm.weight", {h}, GenTensor::kNorm);
+  if (!s.tied) add("lm_head.weight", {v, h}, GenTensor::kEmbedding);
+  return out;
+}
+
+// GPT-2's byte -> printable unicode mapping used by byte-level BPE.
+std::vector<std::string> byte_level_alphabet() {
+  std::vector<int> cps(256, -1);
+  auto keep = [&](int lo, int hi) {
+    for (int b = lo; b <= hi; ++b) cps[b] = b;
+  };
+  keep('!', '~');
+  keep(0xA1, 0xAC);
+  keep(0xAE, 0xFF);
+  int next = 256;
+  for (int b = 0; b < 256; ++b) {
+    if (cps[b] < 0) cps[b] = next++;
+  }
+  std::vector<std::string> out;
+  for (int cp : cps) {
+    std::string s;
+    if (cp < 0x80) {
+      s += static_cast<char>(cp);
+    } else {
+      s += static_cast<char>(0xC0 | (cp >> 6));
+      s += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+    out.push_back(s);
+  }
+  return out;
+}
+
+void write_json(const fs::path& p, const json& j) {
+  std::ofstream out(p);
+  out << j.dump(2) << "\n";
+  if (!out) fail("{}: cannot write", p.string());
+}
+
+void write_tokenizer(const fs::path& out, int vocab_size) {
+  if (vocab_size < 259) fail("make-model: vocab_size must be >= 259 (3 special + 256 bytes)");
+  const std::vector<std::string> specials = {"<unk>", "<s>", "</s>"};
+  json vocab = json::object();
+  std::vector<std::string> tokens;
+  std::set<std::string> known;
+  auto add_token = [&](const std::string& t) {
+    vocab[t] = static_cast<int>(tokens.size());
+    tokens.push_back(t);
+    known.insert(t);
+  };
+  for (const auto& s : specials) add_token(s);
+  const auto alphabet = byte_level_alphabet();
+  for (const auto& b : alphabet) add_token(b);
+  // Merges: grow tokens by appending letters (and "Ġ"-prefixed words), each merge joining two
+  // tokens already in the vocabulary, so the BPE model is valid for any requested size.
+  std::vector<std::string> letters;
+  for (char c : std::string("etaoinshrdlcumwfgypbvkjxqz")) letters.push_back(std::string(1, c));
+  json merges = json::array();
+  std::vector<std::string> stems = {alphabet[' ']};  // "Ġ"
+  for (const auto& l : letters) stems.push_back(l);
+  for (size_t si = 0; static_cast<int>(tokens.size()) < vocab_size; ++si) {
+    if (si >= stems.size()) fail("make-model: cannot generate {} tokens", vocab_size);
+    const std::string stem = stems[si];
+    for (const auto& l : letters) {
+      if (static_cast<int>(tokens.size()) >= vocab_size) break;
+      const std::string t = stem + l;
+      if (known.count(t)) continue;
+      merges.push_back(stem + " " + l);
+      add_token(t);
+      stems.push_back(t);
+    }
+  }
+  json added = json::array();
+  for (int i = 0; i < 3; ++i) {
+    added.push_back({{"id", i}, {"content", specials[i]}, {"single_word", false},
+                     {"lstrip", false}, {"rstrip", false}, {"normalized", false},
+                     {"special", true}});
+  }
+  json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true},
+                     {"use_regex", true}};
+  json tok = {{"version", "1.0"},
+              {"truncation", nullptr},
+              {"padding", nullptr},
+              {"added_tokens", added},
+              {"normalizer", nullptr},
+              {"pre_tokenizer", byte_level},
+              {"post_processor", byte_level},
+              {"decoder", byte_level},
+              {"model",
+               {{"type", "BPE"},
+                {"dropout", nullptr},
+                {"unk_token", nullptr},
+                {"continuing_subword_prefix", nullptr},
+                {"end_of_word_suffix", nullptr},
+                {"fuse_unk", false},
+                {"byte_fallback", false},
+                {"ignore_merges", false},
+                {"vocab", vocab},
+                {"merges", merges}}}};
+  write_json(out / "tokenizer.json", tok);
+  json decoder = json::object();
+  for (int i = 0; i < 3; ++i) {
+    decoder[std::to_string(i)] = {{"content", specials[i]}, {"single_word", false},
+                                  {"lstrip", false},        {"rstrip", false},
+                                  {"normalized", false},    {"special", true}};
+  }
+  write_json(out / "tokenizer_config.json",
+             {{"add_bos_token", true},
+              {"add_eos_token", false},
+              {"added_tokens_decoder", decoder},
+              {"bos_token", "<s>"},
+              {"eos_token", "</s>"},
+              {"unk_token", "<unk>"},
+              {"clean_up_tokenization_spaces", false},
+              {"model_max_length", 2048},
+              {"tokenizer_class", "PreTrainedTokenizerFast"}});
+  write_json(out / "special_tokens_map.json",
+             {{"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}});
+}
+
+json llama_config(const Shape& s, const MakeModelOptions& o, DType dtype) {
+  return {{"architectures", {o.architecture}},
+          {"model_type", o.model_type},
+          {"attention_bias", false},
+          {"attention_dropout", 0.0},
+          {"bos_token_id", 1},
+          {"eos_token_id", 2},
+          {"head_dim", s.hidden / s.heads},
+          {"hidden_act", "silu"},
+          {"hidden_size", s.hidden},
+          {"initializer_range", 0.02},
+          {"intermediate_size", s.intermediate},
+          {"max_position_embeddings", 2048},
+          {"mlp_bias", false},
+          {"num_attention_heads", s.heads},
+          {"num_hidden_layers", s.layers},
+          {"num_key_value_heads", s.kv_heads},
+          {"pretraining_tp", 1},
+          {"rms_norm_eps", 1e-5},
+          {"rope_scaling", nullptr},
+          {"rope_theta", 10000.0},
+          {"tie_word_embeddings", s.tied},
+          {"torch_dtype", std::string(torch_dtype_name(dtype))},
+          {"transformers_version", "4.46.0"},
+          {"use_cache", true},
+          {"vocab_size", s.vocab}};
+}
+
+// Assigns tensors to `n` shards of roughly equal bytes, keeping order.
+io::ShardLayout even_layout(const std::vector<io::TensorSpec>& specs, int n) {
+  uint64_t total = 0;
+  for (const auto& s : specs) total += s.nbytes();
+  io::ShardLayout layout;
+  layout.shards.resize(static_cast<size_t>(n));
+  uint64_t before = 0;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    size_t shard = total == 0 ? 0 : static_cast<size_t>((before * static_cast<uint64_t>(n)) / total);
+    shard = std::min(shard, static_cast<size_t>(n - 1));
+    // Never leave an earlier shard empty: each shard gets at least one tensor when possible.
+    shard = std::min(shard, i);
+    layout.shards[shard].push_back(i);
+    before += specs[i].nbytes();
+  }
+  std::erase_if(layout.shards, [](const auto& s) { return s.empty(); });
+  layout.file_names = io::shard_file_names(layout.shards.size());
+  return layout;
+}
+
+}  // namespace
+
+void make_model(const MakeModelOptions& o, const fs::path& out) {
+  std::error_code ec;
+  if (fs::exists(out) && !fs::is_empty(out, ec)) {
+    fail("make-model: {} exists and is not empty", out.string());
+  }
+  fs::create_directories(out);
+  std::shared_ptr<io::Model> base;
+  Shape s{};
+  DType dtype = o.dtype;
+  json base_config;
+  if (!o.base.empty()) {
+    io::ModelRef ref;
+    ref.path = o.base.string();
+    base = io::Model::open(io::resolve_model(ref));
+    if (base->resolved().config_json.empty()) fail("make-model: base {} has no config.json", o.base.string());
+    std::ifstream in(base->resolved().config_json);
+    base_config = json::parse(in);
+    s.hidden = base_config.at("hidden_size");
+    s.intermediate = base_config.at("intermediate_size");
+    s.layers = base_config.at("num_hidden_layers");
+    s.heads = base_config.at("num_attention_heads");
+    s.kv_heads = base_config.value("num_key_value_heads", s.heads);
+    s.vocab = base_config.at("vocab_size");
+    s.tied = base_config.value("tie_word_embeddings", false);
+    if (auto d = parse_torch_dtype(base_config.value("torch_dtype", "float32"))) dtype = *d;
+  } else {
+    s.hidden = o.hidden_size;
+    s.intermediate = o.intermediate_size > 0 ? o.intermediate_size : (2 * o.hidden_size + 7) / 8 * 8;
+    s.layers = o.num_layers;
+    s.heads = o.num_heads;
+    s.kv_heads = o.num_kv_heads > 0 ? o.num_kv_heads : o.num_heads;
+    s.vocab = o.vocab_size;
+    s.tied = o.tied_embeddings;
+  }
+  if (s.hidden <= 0 || s.layers < 0 || s.heads <= 0 || s.hidden % s.heads != 0 ||
+      s.kv_heads <= 0 || s.heads % s.kv_heads != 0 || s.intermediate <= 0) {
+    fail("make-model: inconsistent shape (hidden {} must be a positive multiple of heads {}, and "
+         "heads a multiple of kv heads {})",
+         s.hidden, s.heads, s.kv_heads);
+  }
+  if (!dtype_is_convertible_float(dtype)) fail("make-model: dtype {} is not a float type", dtype_name(dtype));
+
+  std::vector<GenTensor> gen = llama_tensors(s, dtype);
+  std::vector<io::TensorSpec> specs;
+  for (auto& g : gen) {
+    if (base) {
+      const io::ModelTensor bt = base->find(g.spec.name);
+      if (!bt.info) fail("make-model: base has no tensor '{}'", g.spec.name);
+      g.spec.dtype = bt.info->dtype;
+    }
+    specs.push_back(g.spec);
+  }
+  std::map<std::string, std::string> meta;
+  io::ShardedWriter writer(out, specs, even_layout(specs, std::max(1, o.shards)), meta);
+
+  std::vector<float> values;
+  std::vector<char> bytes;
+  for (size_t i = 0; i < gen.size(); ++i) {
+    const io::TensorSpec& spec = specs[i];
+    const uint64_t n = spec.numel();
+    values.resize(n);
+    const uint64_t key = kernels::stream_key(o.seed, spec.name);
+    if (base) {
+      const io::ModelTensor bt = base->find(spec.name);
+      bytes.resize(bt.info->nbytes);
+      bt.file->read(*bt.info, 0, bytes.data(), bytes.size());
+      kernels::to_f32(bt.info->dtype, bytes.data(), values.data(), n);
+      const uint64_t sparse_key = kernels::stream_key(o.seed, spec.name, 1);
+      for (uint64_t j = 0; j < n; ++j) {
+        if (o.sparsity > 0 && kernels::random_uniform(sparse_key, j) < o.sparsity) continue;
+        values[j] += static_cast<float>(o.delta_scale) * kernels::random_normal(key, j);
+      }
+    } else {
+      for (uint64_t j = 0; j < n; ++j) {
+        const float z = kernels::random_normal(key, j);
+        values[j] = gen[i].kind == GenTensor::kNorm ? 1.0f + 0.1f * z : 0.02f * z;
+      }
+    }
+    bytes.resize(spec.nbytes());
+    kernels::from_f32(spec.dtype, values.data(), bytes.data(), n);
+    writer.write(i, 0, bytes.data(), bytes.size());
+  }
+  writer.finish();
+
+  json config = base ? base_config : llama_config(s, o, dtype);
+  if (base) {
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                          "generation_config.json"}) {
+      const fs::path src = base->resolved().root / f;
+      if (fs::exists(src)) fs::copy_file(src, out / f, fs::copy_options::overwrite_existing);
+    }
+  } else {
+    write_tokenizer(out, s.vocab);
+    write_json(out / "generation_config.json",
+               {{"bos_token_id", 1}, {"eos_token_id", 2}, {"transformers_version", "4.46.0"}});
+  }
+  write_json(out / "config.json", config);
+}
+
+}  // namespace smelt::dev

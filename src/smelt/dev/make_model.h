@@ -1,0 +1,38 @@
+// Generator of tiny llama-shaped Hugging Face model folders for tests, benchmarks and the demo.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include "smelt/dtype.h"
+
+namespace smelt::dev {
+
+struct MakeModelOptions {
+  int hidden_size = 64;
+  int intermediate_size = 0;  // 0 = 2 * hidden_size (rounded to a multiple of 8)
+  int num_layers = 2;
+  int num_heads = 4;
+  int num_kv_heads = 0;  // 0 = num_heads
+  int vocab_size = 320;  // >= 259: 3 special tokens + 256 byte tokens + merges
+  DType dtype = DType::kBF16;
+  int shards = 1;
+  uint64_t seed = 0;
+  bool tied_embeddings = false;
+  std::string architecture = "LlamaForCausalLM";  // written to config.json "architectures"
+  std::string model_type = "llama";
+  // When non-empty: a fine-tune of the model in this folder. Its shapes are taken from that
+  // model's config.json and every tensor is base + delta_scale * N(0,1) noise where a fraction
+  // `sparsity` of the delta elements are zero.
+  std::filesystem::path base;
+  double delta_scale = 0.01;
+  double sparsity = 0.0;
+};
+
+// Writes config.json, tokenizer.json (a minimal valid byte-level BPE), tokenizer_config.json,
+// special_tokens_map.json, generation_config.json and the safetensors weights into `out`
+// (created; must not exist or be empty). Values are deterministic in (seed, tensor name).
+void make_model(const MakeModelOptions& options, const std::filesystem::path& out);
+
+}  // namespace smelt::dev

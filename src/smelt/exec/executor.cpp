@@ -1,0 +1,116 @@
+// Chunked, multithreaded execution of a merge plan.
+#include "smelt/exec/executor.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "smelt/error.h"
+#include "smelt/exec/thread_pool.h"
+#include "smelt/kernels/convert.h"
+
+namespace smelt::exec {
+namespace {
+
+// Buffers owned by one worker, grown to the largest need and then reused (fresh allocations per
+// chunk would pay first-touch page faults again: formats.md §3).
+struct WorkerBuffers {
+  std::vector<std::vector<float>> inputs;
+  std::vector<char> raw;
+  std::vector<float> out;
+  std::vector<char> out_raw;
+  std::vector<const float*> pointers;
+};
+
+uint64_t chunk_size_for(uint64_t requested, uint64_t alignment) {
+  alignment = std::max<uint64_t>(alignment, 1);
+  return std::max(alignment, requested / alignment * alignment);
+}
+
+size_t element_bytes(DType t) { return static_cast<size_t>(std::max(1, dtype_bits(t) / 8)); }
+
+}  // namespace
+
+uint64_t working_memory_bytes(const plan::Plan& plan, const ExecOptions& options) {
+  size_t max_inputs = 1;
+  for (const auto& j : plan.jobs) max_inputs = std::max(max_inputs, j.inputs.size());
+  const uint64_t c = options.chunk_elements;
+  // f32 inputs + raw input bytes (<= 8 per element) + f32 output + raw output bytes.
+  return options.threads * (max_inputs * c * 4 + c * 8 + c * 4 + c * 8);
+}
+
+void execute(const plan::Plan& plan, io::ShardedWriter& writer, const ExecOptions& options) {
+  ThreadPool pool(options.threads);
+  std::vector<WorkerBuffers> buffers(pool.size());
+  Progress progress;
+  progress.tensors_total = plan.jobs.size();
+  progress.bytes_total = plan.output_bytes();
+
+  for (size_t job_index = 0; job_index < plan.jobs.size(); ++job_index) {
+    const plan::TensorJob& job = plan.jobs[job_index];
+    const uint64_t numel = job.numel();
+    if (job.copy) {
+      // Non-float tensors: bytes copied unchanged, in pieces.
+      const io::ModelTensor& src = job.inputs[0].source;
+      const uint64_t piece = options.chunk_elements * 4;
+      const uint64_t pieces = (src.info->nbytes + piece - 1) / piece;
+      pool.parallel_for(pieces, [&](size_t c, size_t w) {
+        const uint64_t off = c * piece;
+        const uint64_t n = std::min(piece, src.info->nbytes - off);
+        auto& raw = buffers[w].raw;
+        if (raw.size() < n) raw.resize(n);
+        src.file->read(*src.info, off, raw.data(), n);
+        writer.write(job_index, off, raw.data(), n);
+      });
+    } else {
+      const methods::TensorContext ctx = job.context(options.seed);
+      std::unique_ptr<methods::TensorMerger> merger = plan.method->begin(ctx);
+      const uint64_t chunk = chunk_size_for(options.chunk_elements, plan.method->chunk_alignment(ctx));
+      const uint64_t chunks = std::max<uint64_t>(1, (numel + chunk - 1) / chunk);
+      const size_t k = job.inputs.size();
+      const size_t out_esize = element_bytes(job.dtype);
+
+      // Reads chunk c of every input into worker w's f32 buffers.
+      auto load = [&](size_t c, size_t w) -> methods::Chunk {
+        WorkerBuffers& b = buffers[w];
+        const uint64_t offset = c * chunk;
+        const size_t n = static_cast<size_t>(std::min(chunk, numel - std::min(numel, offset)));
+        if (b.inputs.size() < k) b.inputs.resize(k);
+        b.pointers.resize(k);
+        for (size_t i = 0; i < k; ++i) {
+          const io::ModelTensor& src = job.inputs[i].source;
+          const size_t es = element_bytes(src.info->dtype);
+          if (b.inputs[i].size() < n) b.inputs[i].resize(n);
+          if (b.raw.size() < n * es) b.raw.resize(n * es);
+          src.file->read(*src.info, offset * es, b.raw.data(), n * es);
+          kernels::to_f32(src.info->dtype, b.raw.data(), b.inputs[i].data(), n);
+          b.pointers[i] = b.inputs[i].data();
+        }
+        methods::Chunk ch;
+        ch.index = c;
+        ch.offset = offset;
+        ch.n = n;
+        ch.inputs = b.pointers.data();
+        return ch;
+      };
+
+      for (int pass = 0; pass < merger->stat_passes(); ++pass) {
+        pool.parallel_for(chunks, [&](size_t c, size_t w) { merger->gather(pass, load(c, w)); });
+        merger->end_pass(pass);
+      }
+      pool.parallel_for(chunks, [&](size_t c, size_t w) {
+        const methods::Chunk ch = load(c, w);
+        WorkerBuffers& b = buffers[w];
+        if (b.out.size() < ch.n) b.out.resize(ch.n);
+        if (b.out_raw.size() < ch.n * out_esize) b.out_raw.resize(ch.n * out_esize);
+        merger->merge(ch, b.out.data());
+        kernels::from_f32(job.dtype, b.out.data(), b.out_raw.data(), ch.n);
+        writer.write(job_index, ch.offset * out_esize, b.out_raw.data(), ch.n * out_esize);
+      });
+    }
+    progress.tensors_done++;
+    progress.bytes_done += job.output_bytes();
+    if (options.on_progress) options.on_progress(progress);
+  }
+}
+
+}  // namespace smelt::exec

@@ -1,0 +1,37 @@
+// Runs a merge plan: streams every job's inputs in fixed-size chunks (pread into reused per-worker
+// buffers), merges them on a thread pool and writes each chunk at its place in its shard. Memory
+// is bounded by threads x inputs x chunk size, whatever the model or tensor size.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+#include "smelt/io/safetensors.h"
+#include "smelt/plan/plan.h"
+
+namespace smelt::exec {
+
+struct Progress {
+  uint64_t bytes_done = 0;   // output bytes written
+  uint64_t bytes_total = 0;
+  size_t tensors_done = 0;
+  size_t tensors_total = 0;
+};
+
+struct ExecOptions {
+  size_t threads = 1;
+  uint64_t seed = 0;
+  // Elements per chunk (rounded to the method's alignment). Fixed, never derived from the thread
+  // count, so whole-tensor statistics and the output are identical for any thread count.
+  uint64_t chunk_elements = uint64_t{1} << 20;
+  std::function<void(const Progress&)> on_progress;  // called from the coordinating thread
+};
+
+// Bytes of working memory execute() allocates for `plan` with `options` (for estimates).
+uint64_t working_memory_bytes(const plan::Plan& plan, const ExecOptions& options);
+
+// Executes every job of `plan`, writing job i as tensor i of `writer` (whose tensor list must be
+// the jobs' names, dtypes and shapes in job order). Throws smelt::Error on read/write failures.
+void execute(const plan::Plan& plan, io::ShardedWriter& writer, const ExecOptions& options);
+
+}  // namespace smelt::exec

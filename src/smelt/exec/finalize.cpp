@@ -1,0 +1,138 @@
+// config.json, tokenizer files and the model card of a merged model.
+#include "smelt/exec/finalize.h"
+
+#include <fmt/format.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "smelt/error.h"
+#include "smelt/io/safetensors.h"
+
+namespace smelt::exec {
+namespace fs = std::filesystem;
+using nlohmann::ordered_json;
+
+namespace {
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Sets a dotted key ("text_config.num_hidden_layers") in j when its parent exists.
+void set_dotted(ordered_json& j, const std::string& key, int64_t value) {
+  ordered_json* node = &j;
+  size_t start = 0;
+  for (size_t dot = key.find('.'); dot != std::string::npos; dot = key.find('.', start)) {
+    const std::string part = key.substr(start, dot - start);
+    if (!node->is_object() || !node->contains(part)) return;
+    node = &(*node)[part];
+    start = dot + 1;
+  }
+  if (node->is_object()) (*node)[key.substr(start)] = value;
+}
+
+}  // namespace
+
+std::string output_config_json(const plan::Plan& plan) {
+  const plan::PlanModel& donor = plan.models[plan.donor];
+  if (donor.config_text.empty()) return "";
+  ordered_json j;
+  try {
+    j = ordered_json::parse(donor.config_text);
+  } catch (const std::exception& e) {
+    fail("{}: config.json is not valid JSON ({})", donor.ref, e.what());
+  }
+  const auto& cfg = plan.config;
+  const std::optional<DType> dtype = cfg.out_dtype ? cfg.out_dtype : cfg.dtype;
+  if (dtype && j.is_object()) {
+    const std::string name(torch_dtype_name(*dtype));
+    j["torch_dtype"] = name;
+    if (j.contains("dtype")) j["dtype"] = name;
+  }
+  if (plan.output_layers >= 0 && !plan.layer_count_key.empty()) {
+    set_dotted(j, plan.layer_count_key, plan.output_layers);
+  }
+  return j.dump(2) + "\n";
+}
+
+std::vector<std::string> copy_tokenizer(const plan::Plan& plan, const fs::path& dir) {
+  const fs::path root = plan.models[plan.donor].model->resolved().root;
+  static const char* kFiles[] = {"tokenizer_config.json", "special_tokens_map.json",
+                                 "tokenizer.json",        "tokenizer.model",
+                                 "added_tokens.json",     "merges.txt",
+                                 "vocab.json",            "chat_template.jinja",
+                                 "generation_config.json", "chat_template.json",
+                                 "video_preprocessor_config.json"};
+  std::vector<std::string> written;
+  for (const char* f : kFiles) {
+    if (fs::is_regular_file(root / f)) {
+      fs::copy_file(root / f, dir / f, fs::copy_options::overwrite_existing);
+      written.push_back(f);
+    }
+  }
+  if (plan.config.chat_template) {
+    const std::string& tmpl = *plan.config.chat_template;
+    const fs::path tc = dir / "tokenizer_config.json";
+    ordered_json j = fs::exists(tc) ? ordered_json::parse(read_text(tc)) : ordered_json::object();
+    j["chat_template"] = tmpl;
+    io::write_file_atomic(tc, j.dump(2) + "\n");
+    if (fs::exists(dir / "chat_template.jinja")) io::write_file_atomic(dir / "chat_template.jinja", tmpl);
+    if (std::find(written.begin(), written.end(), "tokenizer_config.json") == written.end()) {
+      written.push_back("tokenizer_config.json");
+    }
+  }
+  return written;
+}
+
+bool looks_like_hub_id(const std::string& ref) {
+  std::string path = ref.substr(0, ref.find('@'));
+  if (path.empty() || path[0] == '/' || path[0] == '~' || path[0] == '.') return false;
+  if (std::count(path.begin(), path.end(), '/') > 1) return false;
+  std::error_code ec;
+  return !fs::exists(path, ec);
+}
+
+std::string model_card(const plan::Plan& plan, const std::string& out_name) {
+  std::vector<std::string> hub;
+  for (const auto& m : plan.models) {
+    if (looks_like_hub_id(m.ref) &&
+        std::find(hub.begin(), hub.end(), m.ref) == hub.end()) {
+      hub.push_back(m.ref);
+    }
+  }
+  const methods::Method& method = *plan.method;
+  std::string card = "---\n";
+  if (!hub.empty()) {
+    card += "base_model:\n";
+    for (const auto& h : hub) card += "- " + h + "\n";
+  }
+  card += "library_name: transformers\ntags:\n- merge\n- mergekit\n- smelt\n---\n";
+  auto link = [](const std::string& ref) {
+    return looks_like_hub_id(ref) ? fmt::format("[{}](https://huggingface.co/{})", ref, ref)
+                                  : ref;
+  };
+  card += fmt::format("# {}\n\nThis is a merge of pre-trained language models created with smelt, "
+                      "a mergekit-compatible model merger.\n\n## Merge Details\n### Merge Method\n\n",
+                      out_name);
+  const bool show_base = plan.base_model >= 0 && method.name() != "slerp";
+  card += fmt::format("This model was merged using the [{}]({}) merge method{}.\n\n",
+                      method.pretty_name(), method.reference_url(),
+                      show_base ? " using " + link(plan.models[plan.base_model].ref) + " as a base"
+                                : std::string());
+  card += "### Models Merged\n\nThe following models were included in the merge:\n";
+  for (size_t i = 0; i < plan.models.size(); ++i) {
+    if (static_cast<int>(i) == plan.base_model) continue;
+    card += "* " + link(plan.models[i].ref) + "\n";
+  }
+  card += "\n### Configuration\n\nThe following YAML configuration was used to produce this "
+          "model:\n\n```yaml\n" +
+          plan.config.yaml_text;
+  if (!plan.config.yaml_text.empty() && plan.config.yaml_text.back() != '\n') card += "\n";
+  card += "```\n";
+  return card;
+}
+
+}  // namespace smelt::exec

@@ -1,0 +1,120 @@
+// Orchestrates a merge into a temporary folder and renames it into place.
+#include "smelt/exec/merge.h"
+
+#include <fmt/format.h>
+
+#include <random>
+
+#include "smelt/error.h"
+#include "smelt/exec/finalize.h"
+#include "smelt/io/safetensors.h"
+
+namespace smelt::exec {
+namespace fs = std::filesystem;
+namespace {
+
+fs::path normalized(const fs::path& p) {
+  std::error_code ec;
+  fs::path c = fs::weakly_canonical(fs::absolute(p), ec);
+  return ec ? fs::absolute(p).lexically_normal() : c;
+}
+
+// True when `inner` is `outer` or lies inside it.
+bool within(const fs::path& inner, const fs::path& outer) {
+  auto [a, b] = std::mismatch(outer.begin(), outer.end(), inner.begin(), inner.end());
+  return a == outer.end();
+}
+
+// Removes a folder on scope exit unless released.
+class TempFolder {
+ public:
+  explicit TempFolder(fs::path p) : path_(std::move(p)) { fs::create_directories(path_); }
+  ~TempFolder() {
+    if (!path_.empty()) {
+      std::error_code ec;
+      fs::remove_all(path_, ec);
+    }
+  }
+  void release() { path_.clear(); }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+}  // namespace
+
+void check_output_path(const plan::Plan& plan, const fs::path& out, bool overwrite) {
+  const fs::path o = normalized(out);
+  for (const auto& m : plan.models) {
+    const fs::path root = normalized(m.model->resolved().root);
+    if (within(o, root)) {
+      fail("output folder {} is {} input model {} ({}); choose another folder — smelt never "
+           "writes into an input model",
+           out.string(), o == root ? "the same folder as" : "inside", m.ref, root.string());
+    }
+    if (within(root, o)) {
+      fail("output folder {} contains input model {} ({}); choose another folder", out.string(),
+           m.ref, root.string());
+    }
+  }
+  std::error_code ec;
+  if (fs::exists(o, ec)) {
+    if (!fs::is_directory(o, ec)) fail("output path {} exists and is not a folder", out.string());
+    if (!fs::is_empty(o, ec) && !overwrite) {
+      fail("output folder {} exists and is not empty; pass --overwrite to replace it",
+           out.string());
+    }
+  }
+}
+
+void run_merge(const plan::Plan& plan, const fs::path& out, const MergeOptions& options) {
+  check_output_path(plan, out, options.overwrite);
+  const fs::path target = normalized(out);
+  std::random_device rd;
+  TempFolder temp(target.parent_path() /
+                  fmt::format(".{}.smelt-tmp-{:08x}", target.filename().string(), rd()));
+
+  std::vector<io::TensorSpec> specs;
+  for (const auto& job : plan.jobs) specs.push_back({job.name, job.dtype, job.shape});
+  std::map<std::string, std::string> metadata = {
+      {"smelt_version", SMELT_VERSION},
+      {"mergekit_config", plan.config.yaml_text},
+      {"random_seed", std::to_string(options.exec.seed)},
+  };
+  {
+    io::ShardedWriter writer(temp.path(), specs, options.shard_size, metadata);
+    execute(plan, writer, options.exec);
+    writer.finish();
+  }
+  if (const std::string cfg = output_config_json(plan); !cfg.empty()) {
+    io::write_file_atomic(temp.path() / "config.json", cfg);
+  }
+  if (options.write_model_card) {
+    io::write_file_atomic(temp.path() / "README.md", model_card(plan, target.filename().string()));
+    io::write_file_atomic(temp.path() / "mergekit_config.yml", plan.config.yaml_text);
+  }
+  if (options.copy_tokenizer) copy_tokenizer(plan, temp.path());
+
+  std::error_code ec;
+  if (fs::exists(target, ec)) {
+    // --overwrite: move the old folder aside, put the new one in place, then delete the old one.
+    const fs::path old = target.parent_path() /
+                         fmt::format(".{}.smelt-old-{:08x}", target.filename().string(), rd());
+    fs::rename(target, old, ec);
+    if (ec) fail("cannot move the existing {} aside: {}", target.string(), ec.message());
+    fs::rename(temp.path(), target, ec);
+    if (ec) {
+      fs::rename(old, target);
+      fail("cannot rename the finished merge into {}: {}", target.string(), ec.message());
+    }
+    temp.release();
+    fs::remove_all(old, ec);
+  } else {
+    fs::rename(temp.path(), target, ec);
+    if (ec) fail("cannot rename the finished merge into {}: {}", target.string(), ec.message());
+    temp.release();
+  }
+}
+
+}  // namespace smelt::exec

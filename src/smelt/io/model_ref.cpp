@@ -1,0 +1,272 @@
+// Model reference parsing and resolution (local folder, single file, Hugging Face cache).
+#include "smelt/io/model_ref.h"
+
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <algorithm>
+#include <regex>
+#include <set>
+
+#include "smelt/error.h"
+
+namespace smelt::io {
+namespace fs = std::filesystem;
+namespace {
+
+void split_revision(std::string_view text, std::string_view whole, std::string* path,
+                    std::string* revision) {
+  const size_t at = text.find('@');
+  if (at == std::string_view::npos) {
+    *path = std::string(text);
+    return;
+  }
+  if (text.find('@', at + 1) != std::string_view::npos) {
+    fail("model reference '{}': more than one '@' in '{}'; use PATH@REVISION", whole, text);
+  }
+  *path = std::string(text.substr(0, at));
+  *revision = std::string(text.substr(at + 1));
+  if (path->empty() || revision->empty()) {
+    fail("model reference '{}': empty path or revision around '@'", whole);
+  }
+}
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) fail("{}: cannot read", p.string());
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+bool looks_like_repo_id(const std::string& s) {
+  static const std::regex re(R"(^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$)");
+  return std::regex_match(s, re);
+}
+
+bool is_commit_hash(const std::string& s) {
+  static const std::regex re("^[0-9a-f]{40}$");
+  return std::regex_match(s, re);
+}
+
+// Fills weight files of a folder, or returns false when it has none we can read.
+bool resolve_folder(const fs::path& dir, const std::string& ref, ResolvedModel* out) {
+  out->root = dir;
+  if (fs::is_regular_file(dir / "config.json")) out->config_json = dir / "config.json";
+  const fs::path index = dir / "model.safetensors.index.json";
+  if (fs::is_regular_file(index)) {
+    out->index_json = index;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(read_text(index));
+    } catch (const nlohmann::json::exception& e) {
+      fail("{}: not valid JSON ({})", index.string(), e.what());
+    }
+    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
+      fail("{}: has no \"weight_map\" object; the index is corrupt", index.string());
+    }
+    std::set<std::string> files;
+    for (auto& [tensor, file] : j["weight_map"].items()) {
+      if (!file.is_string()) {
+        fail("{}: weight_map entry '{}' must be a file name string", index.string(), tensor);
+      }
+      const std::string f = file.get<std::string>();
+      if (f.empty() || f.find('/') != std::string::npos || f == "." || f == "..") {
+        fail("{}: weight_map entry '{}' names '{}', which is not a plain file name in the folder",
+             index.string(), tensor, f);
+      }
+      files.insert(f);
+    }
+    for (const std::string& f : files) {
+      if (!fs::is_regular_file(dir / f)) {
+        fail("{}: names shard '{}', which is missing from {} (incomplete download?)",
+             index.string(), f, dir.string());
+      }
+      out->weight_files.push_back(dir / f);
+    }
+    if (out->weight_files.empty()) fail("{}: weight_map is empty", index.string());
+    return true;
+  }
+  if (fs::is_regular_file(dir / "model.safetensors")) {
+    out->weight_files.push_back(dir / "model.safetensors");
+    return true;
+  }
+  // Sharded files without an index are still recognisable by name.
+  std::vector<fs::path> shards;
+  bool has_bin = false;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    static const std::regex shard_re(R"(^model-\d{5}-of-\d{5}\.safetensors$)");
+    if (std::regex_match(name, shard_re)) shards.push_back(e.path());
+    if (name.starts_with("pytorch_model") && name.ends_with(".bin")) has_bin = true;
+  }
+  if (!shards.empty()) {
+    std::sort(shards.begin(), shards.end());
+    out->weight_files = shards;
+    return true;
+  }
+  if (has_bin) {
+    fail("model '{}': {} holds only PyTorch pytorch_model*.bin weights, which smelt does not "
+         "support yet; convert them to safetensors first",
+         ref, dir.string());
+  }
+  return false;
+}
+
+}  // namespace
+
+ModelRef ModelRef::parse(std::string_view text) {
+  ModelRef r;
+  if (text.empty()) fail("model reference is empty");
+  std::error_code ec;
+  if (fs::exists(fs::path(text), ec)) {
+    r.path = std::string(text);
+    return r;
+  }
+  const size_t plus = text.find('+');
+  std::string_view model = text.substr(0, plus);
+  if (plus != std::string_view::npos) {
+    std::string_view lora = text.substr(plus + 1);
+    if (lora.find('+') != std::string_view::npos) {
+      fail("model reference '{}': more than one '+'; use MODEL[@REV]+LORA[@REV]", text);
+    }
+    if (lora.empty()) fail("model reference '{}': empty LoRA path after '+'", text);
+    split_revision(lora, text, &r.lora_path, &r.lora_revision);
+  }
+  split_revision(model, text, &r.path, &r.revision);
+  return r;
+}
+
+std::string ModelRef::str() const {
+  std::string s = path;
+  if (!revision.empty()) s += "@" + revision;
+  if (!lora_path.empty()) {
+    s += "+" + lora_path;
+    if (!lora_revision.empty()) s += "@" + lora_revision;
+  }
+  return s;
+}
+
+fs::path hf_hub_cache_dir() {
+  if (const char* c = std::getenv("HF_HUB_CACHE"); c && *c) return c;
+  if (const char* h = std::getenv("HF_HOME"); h && *h) return fs::path(h) / "hub";
+  const char* home = std::getenv("HOME");
+  return fs::path(home && *home ? home : "/root") / ".cache" / "huggingface" / "hub";
+}
+
+ResolvedModel resolve_model(const ModelRef& ref) {
+  const std::string shown = ref.str();
+  if (!ref.lora_path.empty()) {
+    fail("model '{}': LoRA references (+LORA) are not supported yet; bake the adapter into the "
+         "model first",
+         shown);
+  }
+  ResolvedModel out;
+  out.ref = shown;
+  std::vector<std::string> looked;
+  const fs::path p(ref.path);
+  std::error_code ec;
+  if (fs::is_regular_file(p, ec)) {
+    if (p.extension() == ".safetensors") {
+      out.single_file = true;
+      out.root = p.parent_path().empty() ? fs::path(".") : p.parent_path();
+      out.weight_files.push_back(p);
+      if (fs::is_regular_file(out.root / "config.json") &&
+          p.filename() == "model.safetensors") {
+        out.config_json = out.root / "config.json";
+      }
+      return out;
+    }
+    if (p.extension() == ".bin" || p.extension() == ".pt" || p.extension() == ".pth" ||
+        p.extension() == ".ckpt") {
+      fail("model '{}': PyTorch pickle files are not supported yet; convert to safetensors", shown);
+    }
+    fail("model '{}': {} is not a .safetensors file", shown, p.string());
+  }
+  if (fs::is_directory(p, ec)) {
+    if (resolve_folder(p, shown, &out)) return out;
+    fail("model '{}': folder {} has no weights (looked for model.safetensors.index.json, "
+         "model.safetensors, model-*-of-*.safetensors)",
+         shown, p.string());
+  }
+  looked.push_back(fmt::format("local path {}", fs::absolute(p, ec).string()));
+
+  if (looks_like_repo_id(ref.path)) {
+    const fs::path cache = hf_hub_cache_dir();
+    std::string folder = "models--" + ref.path;
+    for (size_t i = folder.find('/'); i != std::string::npos; i = folder.find('/')) {
+      folder.replace(i, 1, "--");
+    }
+    const fs::path repo = cache / folder;
+    const std::string rev = ref.revision.empty() ? "main" : ref.revision;
+    std::string commit;
+    const fs::path ref_file = repo / "refs" / rev;
+    if (fs::is_regular_file(ref_file)) {
+      commit = read_text(ref_file);
+      while (!commit.empty() && std::isspace(static_cast<unsigned char>(commit.back()))) {
+        commit.pop_back();
+      }
+      if (!is_commit_hash(commit)) {
+        fail("{}: does not hold a commit hash; the Hugging Face cache is corrupt", ref_file.string());
+      }
+      looked.push_back(fmt::format("HF cache ref {}", ref_file.string()));
+    } else if (is_commit_hash(rev)) {
+      commit = rev;
+    } else {
+      looked.push_back(fmt::format("HF cache ref {} (missing)", ref_file.string()));
+    }
+    if (!commit.empty()) {
+      const fs::path snap = repo / "snapshots" / commit;
+      if (fs::is_directory(snap) && resolve_folder(snap, shown, &out)) return out;
+      looked.push_back(fmt::format("HF cache snapshot {} ({})", snap.string(),
+                                   fs::is_directory(snap) ? "no weights" : "missing"));
+    }
+  }
+  std::string list;
+  for (const auto& l : looked) list += "\n  - " + l;
+  fail("model '{}' not found. Looked at:{}\nDownload it first (e.g. `huggingface-cli download "
+       "{}`) or give a local folder or .safetensors file.",
+       shown, list, ref.path);
+}
+
+std::shared_ptr<Model> Model::open(const ResolvedModel& resolved) {
+  auto m = std::make_shared<Model>();
+  m->resolved_ = resolved;
+  for (const fs::path& f : resolved.weight_files) m->files_.push_back(SafetensorsFile::open(f));
+  for (const auto& file : m->files_) {
+    for (const TensorInfo& t : file->tensors()) {
+      if (!m->by_name_.emplace(t.name, m->tensors_.size()).second) {
+        const ModelTensor& first = m->tensors_[m->by_name_[t.name]];
+        fail("model '{}': tensor '{}' is in both {} and {}", resolved.ref, t.name,
+             first.file->path().string(), file->path().string());
+      }
+      m->tensors_.push_back({&t, file.get()});
+    }
+  }
+  if (!resolved.index_json.empty()) {
+    const auto j = nlohmann::json::parse(read_text(resolved.index_json));
+    for (auto& [tensor, file] : j["weight_map"].items()) {
+      const ModelTensor mt = m->find(tensor);
+      const std::string shard = file.get<std::string>();
+      if (!mt.info) {
+        fail("{}: maps tensor '{}' to {}, but that shard does not contain it",
+             resolved.index_json.string(), tensor, shard);
+      }
+      if (mt.file->path().filename() != shard) {
+        fail("{}: maps tensor '{}' to {}, but it is in {}", resolved.index_json.string(), tensor,
+             shard, mt.file->path().filename().string());
+      }
+    }
+  }
+  return m;
+}
+
+std::shared_ptr<Model> Model::open(std::string_view ref) {
+  return open(resolve_model(ModelRef::parse(ref)));
+}
+
+ModelTensor Model::find(std::string_view name) const {
+  auto it = by_name_.find(name);
+  return it == by_name_.end() ? ModelTensor{} : tensors_[it->second];
+}
+
+}  // namespace smelt::io

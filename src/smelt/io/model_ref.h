@@ -1,0 +1,77 @@
+// Model references (`PATH[@REV][+LORA[@REV]]`) and their resolution to tensor files: a Hugging
+// Face model folder, a single .safetensors file, or a Hub repo id found in the local HF cache.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "smelt/io/safetensors.h"
+
+namespace smelt::io {
+
+// A parsed model reference as written in mergekit configs.
+struct ModelRef {
+  std::string path;
+  std::string revision;  // empty = default ("main")
+  std::string lora_path;
+  std::string lora_revision;
+
+  // Parses `PATH[@REV][+LORA[@REV]]`. A string naming an existing local path is taken whole (so
+  // folders containing '@' or '+' work). Throws smelt::Error for more than one '+' or '@'.
+  static ModelRef parse(std::string_view text);
+  // Canonical form; parse(str()) == *this.
+  std::string str() const;
+  bool operator==(const ModelRef&) const = default;
+};
+
+// Where a reference's files are.
+struct ResolvedModel {
+  std::string ref;                   // the reference as given
+  std::filesystem::path root;        // model folder; for a single file, its parent folder
+  std::filesystem::path config_json; // empty when the model has none
+  std::filesystem::path index_json;  // empty unless sharded with an index
+  std::vector<std::filesystem::path> weight_files;
+  bool single_file = false;  // the reference named one .safetensors file
+};
+
+// The Hugging Face hub cache folder: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub.
+std::filesystem::path hf_hub_cache_dir();
+
+// Resolves `ref` (model part only; a LoRA part is rejected as not supported yet). Throws
+// smelt::Error listing every place looked at when nothing is found, and a clear "not supported
+// yet" for folders that hold only pytorch_model*.bin.
+ResolvedModel resolve_model(const ModelRef& ref);
+
+// Where one tensor of a model lies.
+struct ModelTensor {
+  const TensorInfo* info = nullptr;
+  const SafetensorsFile* file = nullptr;
+};
+
+// A model opened for reading: every shard's header validated, the index (if any) cross-checked
+// against the shards (a shard it names must exist; each tensor it maps must be in that shard).
+class Model {
+ public:
+  static std::shared_ptr<Model> open(const ResolvedModel& resolved);
+  // Convenience: parse + resolve + open.
+  static std::shared_ptr<Model> open(std::string_view ref);
+
+  const ResolvedModel& resolved() const { return resolved_; }
+  const std::vector<std::shared_ptr<SafetensorsFile>>& files() const { return files_; }
+  // Every tensor, in shard order then data order.
+  const std::vector<ModelTensor>& tensors() const { return tensors_; }
+  // nullopt-like: info == nullptr when absent.
+  ModelTensor find(std::string_view name) const;
+  bool has(std::string_view name) const { return find(name).info != nullptr; }
+
+ private:
+  ResolvedModel resolved_;
+  std::vector<std::shared_ptr<SafetensorsFile>> files_;
+  std::vector<ModelTensor> tensors_;
+  std::unordered_map<std::string_view, size_t> by_name_;
+};
+
+}  // namespace smelt::io

@@ -1,0 +1,110 @@
+// Kernels for merge methods: exact streaming top-k selection by magnitude, and the elementwise
+// loops (differences, weighted sums, norms) that methods run over chunks.
+#pragma once
+
+#include <atomic>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+namespace smelt::kernels {
+
+// |x| as an integer that orders exactly like |x|: the IEEE-754 bits without the sign bit. -0 and
+// +0 are equal; every NaN ranks above +inf.
+inline uint32_t magnitude_bits(float x) { return std::bit_cast<uint32_t>(x) & 0x7FFFFFFFu; }
+
+// Keeps exactly the k elements of largest |x| of a vector of numel elements that is only ever
+// seen in chunks, without storing it. Pass kHigh histograms the high 16 bits of |x|; pass kLow
+// histograms the low 16 bits inside the high bin that holds the k-th largest, which gives the
+// exact k-th largest magnitude T and the number of elements strictly above it. Elements equal to
+// T are kept in element-index order until k are kept (mergekit breaks such ties arbitrarily);
+// when some of them must be dropped, pass kTies counts them per chunk so each chunk knows how
+// many tied elements precede it.
+//
+// Use: while (pass() != Pass::kDone) { add() every chunk; end_pass(); } then keep_top() chunks.
+// Histogram counts are integers, so the result does not depend on the order of add() calls.
+// add() may run concurrently for different chunks; end_pass() must run alone. Every pass and
+// keep_top() must see the same chunking (a chunk is identified by its offset).
+class TopKMagnitude {
+ public:
+  enum class Pass { kHigh, kLow, kTies, kDone };
+
+  // Selects k of numel elements. k == 0 and k >= numel are decided without any pass.
+  TopKMagnitude(uint64_t numel, uint64_t k);
+
+  // The pass that add() feeds next.
+  Pass pass() const { return pass_; }
+  // Feeds elements [offset, offset + n) of the vector, stored at x, to the current pass.
+  void add(uint64_t offset, const float* x, size_t n);
+  // Finishes the current pass and moves to the next one needed (possibly kDone).
+  void end_pass();
+
+  // After the passes: zeroes in place the elements of chunk [offset, offset + n) that are not
+  // among the k kept. x must hold the values the passes saw.
+  void keep_top(uint64_t offset, float* x, size_t n) const;
+
+  // After pass kLow: magnitude_bits of the k-th largest element (0 when k == 0 or k >= numel),
+  // and how many elements have a strictly larger magnitude.
+  uint32_t threshold_bits() const { return threshold_; }
+  uint64_t count_greater() const { return greater_; }
+
+ private:
+  struct TieCount {
+    uint64_t offset;
+    uint64_t equal;         // elements equal to the threshold in this chunk
+    uint64_t equal_before;  // elements equal to the threshold in all earlier chunks
+  };
+
+  void add_to_histogram(const float* x, size_t n);
+  // Index of the bin in which the k-th largest falls, given `above` elements already counted
+  // above the histogram's range; adds the counts of higher bins to `above`.
+  uint32_t find_bin(uint64_t& above) const;
+
+  uint64_t numel_;
+  uint64_t k_;
+  Pass pass_ = Pass::kDone;
+  std::unique_ptr<std::atomic<uint64_t>[]> histogram_;  // 65536 bins, kHigh and kLow only
+  uint32_t high_bin_ = 0;                                // selected high 16 bits after kHigh
+  uint64_t greater_high_ = 0;                            // elements in higher high bins
+  uint32_t threshold_ = 0;
+  uint64_t greater_ = 0;
+  uint64_t tied_to_keep_ = 0;  // elements equal to the threshold that are kept
+  bool split_ties_ = false;    // some elements equal to the threshold are dropped
+  std::mutex ties_mutex_;
+  std::vector<TieCount> ties_;  // sorted by offset after kTies
+};
+
+// Elementwise loops. They vectorize (with runtime dispatch to AVX2/AVX-512) and never fuse a
+// multiply and an add, so every instruction set gives the same bits.
+
+// out[j] = a[j] - b[j].
+void subtract(const float* a, const float* b, float* out, size_t n);
+// out[j] = w * x[j].
+void scale(float w, const float* x, float* out, size_t n);
+// acc[j] += w * x[j] (the product rounded to f32, then the sum).
+void scale_add(float w, const float* x, float* acc, size_t n);
+// out[j] = a * x[j] + b * y[j].
+void weighted_pair(float a, const float* x, float b, const float* y, float* out, size_t n);
+// x[j] /= d.
+void divide(float* x, float d, size_t n);
+// x[j] /= d[j].
+void divide(float* x, const float* d, size_t n);
+// Zeroes x[j] unless random_uniform(key, first_counter + j) < p (random.h): a Bernoulli(p) mask
+// that depends only on the key and each element's position.
+void keep_random(uint64_t key, uint64_t first_counter, float p, float* x, size_t n);
+// TIES sign election over count weighted task vectors d[i] (n values each) with weights w[i]:
+// majority[j] = +1 if the sum over i of d[i][j] >= 0, else -1; mixed[j] = sum of the d[i][j]
+// whose sign equals majority[j] (zeros never match); divisor[j] = sum of the matching w[i], or 1
+// where that is 0. Sums run in i order. majority is scratch of n values.
+void elect_sign(const float* const* d, const float* w, size_t count, size_t n, float* majority,
+                float* mixed, float* divisor);
+
+// Reductions in double with a fixed summation order, so a chunk's result depends only on its
+// values (callers combine chunk results in chunk order).
+double dot(const float* a, const float* b, size_t n);  // sum of a[j] * b[j]
+double abs_sum(const float* x, size_t n);              // sum of |x[j]|
+
+}  // namespace smelt::kernels

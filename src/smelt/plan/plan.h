@@ -1,0 +1,77 @@
+// The merge plan: one job per output tensor (inputs, method, resolved parameters, output name,
+// dtype and shape), built from the config, config.json files and safetensors headers only, so
+// every mistake in a config surfaces before any tensor data is read.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "smelt/config/config.h"
+#include "smelt/dtype.h"
+#include "smelt/io/model_ref.h"
+#include "smelt/methods/method.h"
+
+namespace smelt::plan {
+
+// One input tensor of a job.
+struct JobInput {
+  size_t model = 0;    // index into Plan::models
+  std::string tensor;  // name in that model (differs from the output name in frankenmerges)
+  io::ModelTensor source;
+};
+
+// One output tensor and how to compute it.
+struct TensorJob {
+  std::string name;
+  DType dtype = DType::kF32;  // output dtype
+  std::vector<uint64_t> shape;
+  std::vector<JobInput> inputs;
+  int base = -1;               // index into inputs of the base model, or -1
+  bool copy = false;           // copy inputs[0]'s bytes unchanged (non-float tensors)
+  bool is_embedding = false;
+  double t = 0;                // gradient position
+  methods::ResolvedParams params;
+  // Where each resolved value came from ("models[1].parameters.weight", "default").
+  std::map<std::string, std::string> global_origin;
+  std::vector<std::map<std::string, std::string>> model_origin;
+
+  uint64_t numel() const;
+  uint64_t output_bytes() const;
+  methods::TensorContext context(uint64_t seed) const;
+};
+
+struct PlanOptions {
+  uint64_t seed = 0;
+  uint64_t shard_size = 5'000'000'000;
+};
+
+// A loaded model taking part in the merge.
+struct PlanModel {
+  std::string ref;  // canonical reference string
+  std::shared_ptr<io::Model> model;
+  std::string config_text;  // config.json text, empty when absent
+};
+
+struct Plan {
+  config::MergeConfig config;
+  const methods::Method* method = nullptr;
+  std::vector<PlanModel> models;
+  int base_model = -1;   // index into models, or -1
+  size_t donor = 0;      // model whose config.json and tokenizer are used
+  std::vector<TensorJob> jobs;
+  // Layer count written to the output config.json (slices only; -1 = keep the donor's).
+  int64_t output_layers = -1;
+  std::string layer_count_key;
+  std::vector<std::string> warnings;
+
+  uint64_t output_bytes() const;
+  uint64_t input_bytes() const;  // bytes read from inputs (each input tensor once)
+};
+
+// Builds and validates the plan. Throws smelt::Error naming the YAML path, model, or tensor.
+Plan build_plan(const config::MergeConfig& config, const PlanOptions& options);
+
+}  // namespace smelt::plan

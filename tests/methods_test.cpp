@@ -1,0 +1,922 @@
+// Tests of the merge methods and their kernels. Each method runs exactly as the executor runs it
+// (validate, begin, statistics passes over shuffled chunks, merge over shuffled chunks, possibly
+// on several threads) and is compared with a plain whole-tensor double-precision reference.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <numeric>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "smelt/error.h"
+#include "smelt/kernels/random.h"
+#include "smelt/kernels/select.h"
+#include "smelt/methods/gta.h"
+#include "smelt/methods/method.h"
+
+namespace smelt::methods {
+namespace {
+
+using Tensor = std::vector<float>;
+using ParamMap = std::map<std::string, double>;
+
+constexpr char kTensorName[] = "model.layers.3.mlp.down_proj.weight";
+
+// ---------------------------------------------------------------------------------------------
+// The driver: runs a Method over whole f32 tensors the way the executor will.
+
+struct Inputs {
+  std::vector<Tensor> tensors;
+  int base = -1;
+  ParamMap global;                   // values the config sets; defaults are filled in
+  std::vector<ParamMap> per_model;   // one per input (may be shorter: the rest are empty)
+  uint64_t seed = 0;
+  std::string name = kTensorName;
+};
+
+struct RunOptions {
+  size_t chunk = 1000;
+  uint32_t shuffle = 1;
+  int threads = 1;
+};
+
+// What the planner hands a method: declared defaults filled in, except required per-model ones.
+ResolvedParams resolve(const Method& method, const Inputs& in) {
+  ResolvedParams params;
+  params.global = in.global;
+  for (const ParamSpec& p : method.global_params()) {
+    if (!params.global.count(p.name) && p.default_value) params.global[p.name] = *p.default_value;
+  }
+  params.per_model.resize(in.tensors.size());
+  for (size_t i = 0; i < in.tensors.size(); ++i) {
+    if (i < in.per_model.size()) params.per_model[i] = in.per_model[i];
+    for (const ParamSpec& p : method.model_params()) {
+      if (!params.per_model[i].count(p.name) && p.default_value) {
+        params.per_model[i][p.name] = *p.default_value;
+      }
+    }
+  }
+  return params;
+}
+
+TensorContext context(const Inputs& in, const ResolvedParams& params) {
+  TensorContext ctx;
+  ctx.name = in.name;
+  ctx.numel = in.tensors.empty() ? 0 : in.tensors[0].size();
+  ctx.shape = {ctx.numel};
+  ctx.num_inputs = in.tensors.size();
+  ctx.base = in.base;
+  ctx.seed = in.seed;
+  ctx.params = &params;
+  return ctx;
+}
+
+// Calls fn(chunk) for every chunk, in an order shuffled by `seed`, on `threads` threads.
+template <typename Fn>
+void for_each_chunk(const std::vector<Chunk>& chunks, uint32_t seed, int threads, Fn fn) {
+  std::vector<size_t> order(chunks.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937 rng(seed);
+  std::shuffle(order.begin(), order.end(), rng);
+  if (threads <= 1) {
+    for (size_t c : order) fn(chunks[c]);
+    return;
+  }
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      for (size_t i = t; i < order.size(); i += threads) fn(chunks[order[i]]);
+    });
+  }
+  for (std::thread& th : pool) th.join();
+}
+
+Tensor run(const Method& method, const Inputs& in, RunOptions options = {}) {
+  const ResolvedParams params = resolve(method, in);
+  const TensorContext ctx = context(in, params);
+  method.validate(ctx);
+  EXPECT_EQ(method.chunk_alignment(ctx), 1u);
+  std::unique_ptr<TensorMerger> merger = method.begin(ctx);
+
+  std::vector<std::vector<const float*>> pointers;
+  std::vector<Chunk> chunks;
+  for (uint64_t offset = 0; offset < ctx.numel; offset += options.chunk) {
+    std::vector<const float*> p;
+    for (const Tensor& t : in.tensors) p.push_back(t.data() + offset);
+    pointers.push_back(std::move(p));
+    Chunk chunk;
+    chunk.index = chunks.size();
+    chunk.offset = offset;
+    chunk.n = std::min<uint64_t>(options.chunk, ctx.numel - offset);
+    chunks.push_back(chunk);
+  }
+  for (size_t c = 0; c < chunks.size(); ++c) chunks[c].inputs = pointers[c].data();
+
+  for (int pass = 0; pass < merger->stat_passes(); ++pass) {
+    for_each_chunk(chunks, options.shuffle + 1000 * (pass + 1), options.threads,
+                   [&](const Chunk& c) { merger->gather(pass, c); });
+    merger->end_pass(pass);
+  }
+  Tensor out(ctx.numel, std::nanf(""));
+  for_each_chunk(chunks, options.shuffle, options.threads,
+                 [&](const Chunk& c) { merger->merge(c, out.data() + c.offset); });
+  return out;
+}
+
+const Method& method(std::string_view name) {
+  const Method* m = find_method(name);
+  if (m == nullptr) throw std::runtime_error("method not registered: " + std::string(name));
+  return *m;
+}
+
+// The message of the smelt::Error that validate throws, or "" when it accepts.
+std::string validate_error(const Method& m, const Inputs& in) {
+  const ResolvedParams params = resolve(m, in);
+  try {
+    m.validate(context(in, params));
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test data and comparison.
+
+Tensor normal_tensor(size_t n, uint32_t seed, float stddev = 1.0f, float mean = 0.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(mean, stddev);
+  Tensor t(n);
+  for (float& v : t) v = dist(rng);
+  return t;
+}
+
+// Values drawn from a tiny set, so many magnitudes tie exactly.
+Tensor tiny_set_tensor(size_t n, uint32_t seed) {
+  static constexpr float kValues[] = {-2.0f, -1.0f, -0.5f, 0.5f, 1.0f, 2.0f};
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> pick(0, 5);
+  Tensor t(n);
+  for (float& v : t) v = kValues[pick(rng)];
+  return t;
+}
+
+// A reference result: values, the scale of the terms that produced each value (the relative
+// tolerance applies to it, since a sum's rounding error scales with its terms, not its result),
+// and elements whose result hinges on the sign of a sum within rounding of zero (skipped).
+struct Reference {
+  std::vector<double> value;
+  std::vector<double> scale;
+  std::vector<bool> ambiguous;
+};
+
+constexpr double kRelTol = 1e-6;
+
+void expect_matches(const Tensor& got, const Reference& ref) {
+  ASSERT_EQ(got.size(), ref.value.size());
+  size_t bad = 0;
+  for (size_t j = 0; j < got.size(); ++j) {
+    if (!ref.ambiguous.empty() && ref.ambiguous[j]) continue;
+    const double tol = kRelTol * std::max(std::abs(ref.value[j]), ref.scale[j]);
+    if (!(std::abs(got[j] - ref.value[j]) <= tol)) {
+      if (++bad <= 5) {
+        ADD_FAILURE() << "element " << j << ": got " << got[j] << ", reference " << ref.value[j]
+                      << ", tolerance " << tol;
+      }
+    }
+  }
+  EXPECT_EQ(bad, 0u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Independent references (whole tensor, double precision).
+
+Reference linear_reference(const std::vector<Tensor>& x, const std::vector<double>& w,
+                           bool normalize) {
+  const size_t n = x[0].size();
+  Reference ref{std::vector<double>(n), std::vector<double>(n), {}};
+  const double wsum = std::accumulate(w.begin(), w.end(), 0.0);
+  for (size_t j = 0; j < n; ++j) {
+    double s = 0, a = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      s += w[i] * x[i][j];
+      a += std::abs(w[i] * x[i][j]);
+    }
+    ref.value[j] = normalize ? s / wsum : s;
+    ref.scale[j] = normalize ? a / std::abs(wsum) : a;
+  }
+  return ref;
+}
+
+Reference slerp_reference(const Tensor& v0, const Tensor& v1, double t) {
+  double n0 = 0, n1 = 0, d = 0;
+  for (size_t j = 0; j < v0.size(); ++j) {
+    n0 += double{v0[j]} * v0[j];
+    n1 += double{v1[j]} * v1[j];
+  }
+  n0 = std::sqrt(n0);
+  n1 = std::sqrt(n1);
+  const double s0n = n0 > 1e-8 ? n0 : 1.0, s1n = n1 > 1e-8 ? n1 : 1.0;
+  for (size_t j = 0; j < v0.size(); ++j) d += (v0[j] / s0n) * (v1[j] / s1n);
+  double c0, c1;
+  if (std::abs(d) > 0.9995) {
+    c0 = 1 - t;
+    c1 = t;
+  } else {
+    const double theta = std::acos(d);
+    c0 = std::sin((1 - t) * theta) / std::sin(theta);
+    c1 = std::sin(t * theta) / std::sin(theta);
+  }
+  Reference ref{std::vector<double>(v0.size()), std::vector<double>(v0.size()), {}};
+  for (size_t j = 0; j < v0.size(); ++j) {
+    ref.value[j] = c0 * v0[j] + c1 * v1[j];
+    ref.scale[j] = std::abs(c0 * v0[j]) + std::abs(c1 * v1[j]);
+  }
+  return ref;
+}
+
+enum class Sparsify { kNone, kMagnitude, kRandom };
+
+struct GtaSetup {
+  Sparsify sparsify = Sparsify::kNone;
+  bool consensus = false;
+  bool normalize = false;
+  bool rescale = false;
+  double lambda = 1.0;
+};
+
+// Indices of the k largest |v|, ties broken by lower index (sort-based).
+std::vector<bool> top_k_mask(const std::vector<float>& v, uint64_t k) {
+  std::vector<size_t> order(v.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    const float ma = std::abs(v[a]), mb = std::abs(v[b]);
+    return ma != mb ? ma > mb : a < b;
+  });
+  std::vector<bool> keep(v.size(), false);
+  for (uint64_t r = 0; r < k && r < v.size(); ++r) keep[order[r]] = true;
+  return keep;
+}
+
+Reference gta_reference(const Inputs& in, const std::vector<double>& weights,
+                        const std::vector<double>& densities, const GtaSetup& s) {
+  const Tensor& b = in.tensors[in.base];
+  const size_t n = b.size();
+  std::vector<std::vector<double>> d_list;  // D_i = w_i · sparsified δ_i
+  std::vector<double> w_list;
+  for (size_t i = 0; i < in.tensors.size(); ++i) {
+    if (static_cast<int>(i) == in.base) continue;
+    // δ is defined in f32 (smelt's working precision); everything after it in double.
+    std::vector<float> delta(n);
+    for (size_t j = 0; j < n; ++j) delta[j] = in.tensors[i][j] - b[j];
+    const double density = densities[i];
+    std::vector<bool> keep(n, true);
+    if (s.sparsify != Sparsify::kNone && density < 1.0) {
+      if (s.sparsify == Sparsify::kMagnitude) {
+        keep = top_k_mask(delta, static_cast<uint64_t>(std::floor(density * n)));
+      } else {
+        const uint64_t key = kernels::stream_key(in.seed, in.name, i);
+        for (size_t j = 0; j < n; ++j) {
+          keep[j] = kernels::random_uniform(key, j) < static_cast<float>(density);
+        }
+      }
+    }
+    double l1 = 0, kept_l1 = 0;
+    for (size_t j = 0; j < n; ++j) {
+      l1 += std::abs(delta[j]);
+      if (keep[j]) kept_l1 += std::abs(delta[j]);
+    }
+    const double factor =
+        s.sparsify != Sparsify::kNone && density < 1.0 && s.rescale && l1 >= 1e-7 &&
+                kept_l1 >= 1e-7
+            ? l1 / kept_l1
+            : 1.0;
+    std::vector<double> d(n);
+    for (size_t j = 0; j < n; ++j) d[j] = keep[j] ? weights[i] * delta[j] * factor : 0.0;
+    d_list.push_back(std::move(d));
+    w_list.push_back(weights[i]);
+  }
+  Reference ref{std::vector<double>(n), std::vector<double>(n), std::vector<bool>(n, false)};
+  const double wsum = std::accumulate(w_list.begin(), w_list.end(), 0.0);
+  for (size_t j = 0; j < n; ++j) {
+    double sum = 0, abs_sum = 0;
+    for (const auto& d : d_list) {
+      sum += d[j];
+      abs_sum += std::abs(d[j]);
+    }
+    double mixed = 0, divisor = 0, terms = 0;
+    if (s.consensus) {
+      const double sign = sum >= 0 ? 1.0 : -1.0;
+      ref.ambiguous[j] = std::abs(sum) <= 1e-5 * abs_sum && abs_sum > 0;
+      for (size_t t = 0; t < d_list.size(); ++t) {
+        if (d_list[t][j] * sign > 0) {
+          mixed += d_list[t][j];
+          divisor += w_list[t];
+          terms += std::abs(d_list[t][j]);
+        }
+      }
+      if (divisor == 0) divisor = 1;
+    } else {
+      mixed = sum;
+      terms = abs_sum;
+      divisor = std::abs(wsum) < 1e-8 ? 1.0 : wsum;
+    }
+    if (s.normalize) {
+      mixed /= divisor;
+      terms /= std::abs(divisor);
+    }
+    ref.value[j] = b[j] + s.lambda * mixed;
+    ref.scale[j] = std::abs(b[j]) + std::abs(s.lambda) * terms;
+  }
+  return ref;
+}
+
+// Inputs for a GTA method: `models` random models then the base (mergekit's `models:` form
+// appends the base), with weights and densities per model (the base gets none).
+Inputs gta_inputs(size_t n, const std::vector<double>& weights, const std::vector<double>& densities,
+                  uint32_t seed) {
+  Inputs in;
+  const size_t models = weights.size();
+  for (size_t i = 0; i < models; ++i) {
+    in.tensors.push_back(normal_tensor(n, seed + 17 * i, 0.02f, 0.01f * i));
+    in.per_model.push_back({{"weight", weights[i]}, {"density", densities[i]}});
+  }
+  Tensor base = normal_tensor(n, seed + 999, 0.02f);
+  for (size_t i = 0; i < models; ++i) {
+    for (size_t j = 0; j < n; ++j) in.tensors[i][j] += base[j];  // models near the base
+  }
+  in.tensors.push_back(base);
+  in.per_model.push_back({});
+  in.base = static_cast<int>(models);
+  return in;
+}
+
+std::vector<double> with_base(std::vector<double> v) {
+  v.push_back(0.0);
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parameters and registry.
+
+TEST(ResolvedParams, GlobalValueThrowsWhenAbsent) {
+  ResolvedParams p;
+  p.global["t"] = 0.25;
+  EXPECT_EQ(p.global_value("t"), 0.25);
+  EXPECT_THROW(p.global_value("normalize"), Error);
+}
+
+TEST(ResolvedParams, ModelValueIsNulloptForMissingNameOrInput) {
+  ResolvedParams p;
+  p.per_model = {{{"weight", 0.5}}, {}};
+  EXPECT_EQ(p.model_value(0, "weight"), 0.5);
+  EXPECT_EQ(p.model_value(1, "weight"), std::nullopt);
+  EXPECT_EQ(p.model_value(0, "density"), std::nullopt);
+  EXPECT_EQ(p.model_value(7, "weight"), std::nullopt);
+}
+
+TEST(Registry, FindsEachMethodUnderItsOwnNameWithMergekitCardNames) {
+  const std::map<std::string, std::pair<std::string, std::string>> expected = {
+      {"linear", {"Linear", "https://arxiv.org/abs/2203.05482"}},
+      {"slerp", {"SLERP", "https://en.wikipedia.org/wiki/Slerp"}},
+      {"passthrough", {"Passthrough", ""}},
+      {"task_arithmetic", {"Task Arithmetic", "https://arxiv.org/abs/2212.04089"}},
+      {"ties", {"TIES", "https://arxiv.org/abs/2306.01708"}},
+      {"dare_ties", {"DARE TIES", "https://arxiv.org/abs/2311.03099"}},
+      {"dare_linear", {"Linear DARE", "https://arxiv.org/abs/2311.03099"}},
+  };
+  for (const std::string& name : method_names()) {
+    const Method* m = find_method(name);
+    ASSERT_NE(m, nullptr) << name;
+    EXPECT_EQ(m->name(), name);
+    ASSERT_TRUE(expected.count(name)) << name;
+    EXPECT_EQ(m->pretty_name(), expected.at(name).first);
+    EXPECT_EQ(m->reference_url(), expected.at(name).second);
+  }
+  EXPECT_EQ(method_names().size(), expected.size());
+}
+
+TEST(Registry, ListsNamesInMergekitOrderAndRejectsUnknown) {
+  EXPECT_EQ(method_names(),
+            (std::vector<std::string>{"linear", "slerp", "passthrough", "task_arithmetic", "ties",
+                                      "dare_ties", "dare_linear"}));
+  EXPECT_EQ(find_method("lineear"), nullptr);
+  EXPECT_EQ(find_method(""), nullptr);
+  EXPECT_EQ(find_method("linear"), find_method("linear"));  // one instance per method
+}
+
+TEST(Registry, GtaFamilyDefaultsFollowTheSpecTable) {
+  // name → {normalize, rescale}
+  const std::map<std::string, std::pair<double, double>> table = {
+      {"task_arithmetic", {0, 0}}, {"ties", {1, 0}}, {"dare_ties", {0, 1}}, {"dare_linear", {0, 1}}};
+  for (const auto& [name, defaults] : table) {
+    std::map<std::string, std::optional<double>> g;
+    for (const ParamSpec& p : method(name).global_params()) g[p.name] = p.default_value;
+    EXPECT_EQ(g.at("normalize"), defaults.first) << name;
+    EXPECT_EQ(g.at("rescale"), defaults.second) << name;
+    EXPECT_EQ(g.at("lambda"), 1.0) << name;
+    EXPECT_EQ(g.at("int8_mask"), 0.0) << name;
+    std::map<std::string, std::optional<double>> m;
+    for (const ParamSpec& p : method(name).model_params()) m[p.name] = p.default_value;
+    EXPECT_EQ(m.at("weight"), std::nullopt) << name;
+    EXPECT_EQ(m.at("density"), 1.0) << name;
+    EXPECT_EQ(method(name).base_use(), BaseUse::kRequired) << name;
+  }
+  EXPECT_EQ(method("linear").base_use(), BaseUse::kNone);
+  EXPECT_EQ(method("slerp").base_use(), BaseUse::kRequired);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Top-k selection kernel.
+
+// Runs TopKMagnitude over v in shuffled chunks and returns the kept mask.
+std::vector<bool> select_top_k(const Tensor& v, uint64_t k, size_t chunk, uint32_t shuffle,
+                               int* passes = nullptr) {
+  kernels::TopKMagnitude top(v.size(), k);
+  std::vector<uint64_t> offsets;
+  for (uint64_t o = 0; o < v.size(); o += chunk) offsets.push_back(o);
+  std::mt19937 rng(shuffle);
+  int count = 0;
+  while (top.pass() != kernels::TopKMagnitude::Pass::kDone) {
+    std::shuffle(offsets.begin(), offsets.end(), rng);
+    for (uint64_t o : offsets) top.add(o, v.data() + o, std::min<uint64_t>(chunk, v.size() - o));
+    top.end_pass();
+    ++count;
+  }
+  if (passes) *passes = count;
+  Tensor x = v;
+  for (uint64_t o : offsets) top.keep_top(o, x.data() + o, std::min<uint64_t>(chunk, v.size() - o));
+  std::vector<bool> keep(v.size());
+  for (size_t j = 0; j < v.size(); ++j) keep[j] = x[j] != 0.0f;
+  return keep;
+}
+
+TEST(TopKMagnitude, KeepsExactlyKLargestWithIndexOrderTieBreak) {
+  const Tensor v = tiny_set_tensor(100003, 5);
+  for (uint64_t k : {1ull, 7ull, 16667ull, 50001ull, 99999ull}) {
+    for (size_t chunk : {size_t{997}, size_t{65536}, size_t{100003}}) {
+      const std::vector<bool> got = select_top_k(v, k, chunk, static_cast<uint32_t>(k + chunk));
+      EXPECT_EQ(std::count(got.begin(), got.end(), true), static_cast<long>(k));
+      EXPECT_TRUE(got == top_k_mask(v, k)) << "k=" << k << " chunk=" << chunk;
+    }
+  }
+}
+
+TEST(TopKMagnitude, MatchesSortOnDistinctValuesAndSignedZeros) {
+  Tensor v = normal_tensor(50000, 9);
+  v[10] = -0.0f;
+  v[20] = 0.0f;
+  v[30] = -v[40];  // equal magnitudes, opposite signs
+  for (uint64_t k : {1ull, 2ull, 25000ull, 49998ull}) {
+    EXPECT_TRUE(select_top_k(v, k, 4096, 3) == top_k_mask(v, k)) << "k=" << k;
+  }
+}
+
+TEST(TopKMagnitude, NeedsNoPassForNoneOrAllAndNoTiesPassWhenTiesFit) {
+  const Tensor v = {3, -1, 2, 2, -5, 0.5};
+  int passes = -1;
+  EXPECT_EQ(select_top_k(v, 0, 2, 1, &passes), std::vector<bool>(6, false));
+  EXPECT_EQ(passes, 0);
+  EXPECT_EQ(select_top_k(v, 6, 2, 1, &passes), std::vector<bool>(6, true));
+  EXPECT_EQ(passes, 0);
+  // k = 4 keeps -5, 3 and both 2s: every tied element fits, so two passes suffice.
+  EXPECT_EQ(select_top_k(v, 4, 2, 1, &passes),
+            (std::vector<bool>{true, false, true, true, true, false}));
+  EXPECT_EQ(passes, 2);
+  // k = 3 keeps only the first 2: a third pass places the tie.
+  EXPECT_EQ(select_top_k(v, 3, 2, 1, &passes),
+            (std::vector<bool>{true, false, true, false, true, false}));
+  EXPECT_EQ(passes, 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// linear
+
+Inputs linear_inputs(const std::vector<double>& weights, size_t n) {
+  Inputs in;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    in.tensors.push_back(normal_tensor(n, 100 + i));
+    in.per_model.push_back({{"weight", weights[i]}});
+  }
+  return in;
+}
+
+TEST(Linear, NormalizedIsWeightedMean) {
+  Inputs in = linear_inputs({0.3, 1.7, 0.5}, 12345);
+  expect_matches(run(method("linear"), in), linear_reference(in.tensors, {0.3, 1.7, 0.5}, true));
+  // Hand example: (1·2 + 3·6) / 4 = 5.
+  Inputs hand;
+  hand.tensors = {{2.0f}, {6.0f}};
+  hand.per_model = {{{"weight", 1.0}}, {{"weight", 3.0}}};
+  EXPECT_EQ(run(method("linear"), hand), Tensor{5.0f});
+}
+
+TEST(Linear, WithoutNormalizeIsWeightedSum) {
+  Inputs in = linear_inputs({0.3, -1.2}, 5000);
+  in.global["normalize"] = 0;
+  expect_matches(run(method("linear"), in, {.chunk = 333}),
+                 linear_reference(in.tensors, {0.3, -1.2}, false));
+}
+
+TEST(Linear, BaseIsAnOrdinaryInput) {
+  Inputs in = linear_inputs({1.0, 2.0}, 1000);
+  const Tensor without = run(method("linear"), in);
+  in.base = 1;
+  EXPECT_TRUE(same_bits(run(method("linear"), in), without));
+}
+
+TEST(Linear, ZeroWeightSumWithNormalizeIsAnErrorNamingTensorAndWeights) {
+  Inputs in = linear_inputs({0.5, -0.5}, 10);
+  const std::string error = validate_error(method("linear"), in);
+  EXPECT_NE(error.find(kTensorName), std::string::npos) << error;
+  EXPECT_NE(error.find("0.5, -0.5"), std::string::npos) << error;
+  EXPECT_NE(error.find("normalize"), std::string::npos) << error;
+  in.global["normalize"] = 0;
+  EXPECT_EQ(validate_error(method("linear"), in), "");
+  const Tensor out = run(method("linear"), in);
+  for (size_t j = 0; j < out.size(); ++j) {
+    EXPECT_FLOAT_EQ(out[j], 0.5f * in.tensors[0][j] - 0.5f * in.tensors[1][j]);
+  }
+}
+
+TEST(Linear, MissingWeightIsAnErrorNamingTensor) {
+  Inputs in = linear_inputs({0.5, 1.0}, 10);
+  in.per_model[1].clear();
+  EXPECT_NE(validate_error(method("linear"), in).find(kTensorName), std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------------
+// slerp
+
+Inputs slerp_inputs(Tensor v0, Tensor v1, double t, int base = 0) {
+  Inputs in;
+  in.tensors = base == 0 ? std::vector<Tensor>{v0, v1} : std::vector<Tensor>{v1, v0};
+  in.base = base;
+  in.global["t"] = t;
+  return in;
+}
+
+TEST(Slerp, TZeroReturnsBaseAndTOneReturnsOther) {
+  const Tensor v0 = normal_tensor(4321, 1), v1 = normal_tensor(4321, 2);
+  EXPECT_TRUE(same_bits(run(method("slerp"), slerp_inputs(v0, v1, 0.0)), v0));
+  EXPECT_TRUE(same_bits(run(method("slerp"), slerp_inputs(v0, v1, 1.0)), v1));
+  // The base may be either input.
+  EXPECT_TRUE(same_bits(run(method("slerp"), slerp_inputs(v0, v1, 0.0, 1)), v0));
+}
+
+TEST(Slerp, MatchesReferenceOnRandomTensors) {
+  const Tensor v0 = normal_tensor(30000, 3, 0.5f), v1 = normal_tensor(30000, 4, 2.0f, 0.1f);
+  for (double t : {0.25, 0.5, 0.8, 1.3}) {
+    expect_matches(run(method("slerp"), slerp_inputs(v0, v1, t, 1), {.chunk = 777, .threads = 2}),
+                   slerp_reference(v0, v1, t));
+  }
+}
+
+TEST(Slerp, HandComputedTwoDimensionalExample) {
+  // n0 = (1, 0), n1 = (0, 1): θ = π/2, so out = sin(π/4)·v0 + sin(π/4)·v1 with v1 unnormalised.
+  const Tensor out = run(method("slerp"), slerp_inputs({1, 0}, {0, 2}, 0.5));
+  EXPECT_NEAR(out[0], std::sqrt(0.5), 1e-7);
+  EXPECT_NEAR(out[1], 2 * std::sqrt(0.5), 2e-7);
+  // θ = π/3 between (1, 0) and (1/2, √3/2); t = 1/2 gives the bisector (√3/2, 1/2).
+  const Tensor mid = run(method("slerp"), slerp_inputs({1, 0}, {0.5f, std::sqrt(3.0f) / 2}, 0.5));
+  EXPECT_NEAR(mid[0], std::sqrt(3.0) / 2, 1e-6);
+  EXPECT_NEAR(mid[1], 0.5, 1e-6);
+}
+
+TEST(Slerp, NearParallelFallsBackToLerp) {
+  // cos(angle) = 0.9996 > 0.9995: lerp, whose midpoint is shorter than slerp's unit one.
+  const double a = std::acos(0.9996);
+  const Tensor v0 = {1, 0}, v1 = {static_cast<float>(std::cos(a)), static_cast<float>(std::sin(a))};
+  const Tensor out = run(method("slerp"), slerp_inputs(v0, v1, 0.5));
+  EXPECT_NEAR(out[0], 0.5 * (1 + v1[0]), 1e-7);
+  EXPECT_NEAR(out[1], 0.5 * v1[1], 1e-7);
+  EXPECT_GT(std::abs(std::hypot(out[0], out[1]) - 1.0), 5e-5);  // not the slerp point
+  // Exactly parallel vectors (θ = 0) would divide by sin θ = 0 without the fallback.
+  const Tensor p0 = normal_tensor(1000, 5);
+  Tensor p1 = p0;
+  for (float& x : p1) x *= 2;
+  const Tensor lerp = run(method("slerp"), slerp_inputs(p0, p1, 0.3));
+  for (size_t j = 0; j < p0.size(); ++j) EXPECT_NEAR(lerp[j], 0.7 * p0[j] + 0.3 * p1[j], 1e-6);
+}
+
+TEST(Slerp, ZeroNormVectorStaysUnnormalised) {
+  // ‖v0‖ = 0 ≤ 1e-8: n0 = v0 = 0, so dot = 0, θ = π/2 and out = sin(tπ/2)·v1.
+  const Tensor out = run(method("slerp"), slerp_inputs({0, 0}, {3, 4}, 0.5));
+  EXPECT_NEAR(out[0], 3 * std::sqrt(0.5), 1e-6);
+  EXPECT_NEAR(out[1], 4 * std::sqrt(0.5), 1e-6);
+}
+
+TEST(Slerp, SingleInputIsCopied) {
+  Inputs in;
+  in.tensors = {normal_tensor(100, 8)};
+  in.global["t"] = 0.5;
+  EXPECT_TRUE(same_bits(run(method("slerp"), in), in.tensors[0]));
+}
+
+TEST(Slerp, ValidateRejectsOtherInputCountsAndMissingBaseNamingTensor) {
+  Inputs three = slerp_inputs({1}, {2}, 0.5);
+  three.tensors.push_back({3});
+  EXPECT_EQ(validate_error(method("slerp"), three),
+            std::string("slerp needs exactly 2 models (the base and one other) for tensor ") +
+                kTensorName + ", got 3");
+  Inputs no_base = slerp_inputs({1}, {2}, 0.5);
+  no_base.base = -1;
+  EXPECT_NE(validate_error(method("slerp"), no_base).find(kTensorName), std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------------
+// passthrough
+
+TEST(Passthrough, ScalesItsInput) {
+  Inputs in;
+  in.tensors = {normal_tensor(3000, 12)};
+  in.per_model = {{{"scale", -0.25}}};
+  const Tensor out = run(method("passthrough"), in);
+  for (size_t j = 0; j < out.size(); ++j) EXPECT_EQ(out[j], -0.25f * in.tensors[0][j]);
+}
+
+TEST(Passthrough, WithoutScaleCopiesBits) {
+  Inputs in;
+  in.tensors = {normal_tensor(3000, 13)};
+  EXPECT_TRUE(same_bits(run(method("passthrough"), in), in.tensors[0]));
+}
+
+TEST(Passthrough, ValidateRejectsMoreThanOneInputNamingTensor) {
+  Inputs in;
+  in.tensors = {{1}, {2}};
+  EXPECT_NE(validate_error(method("passthrough"), in).find(kTensorName), std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------------
+// task_arithmetic
+
+TEST(TaskArithmetic, AddsLambdaScaledWeightedDeltas) {
+  // Hand example: b = (1, 2); δ1 = (1, 0) w 1, δ2 = (0, 3) w 0.5; λ = 2 → b + 2·(1, 1.5).
+  Inputs hand;
+  hand.tensors = {{2, 2}, {1, 5}, {1, 2}};
+  hand.base = 2;
+  hand.per_model = {{{"weight", 1.0}}, {{"weight", 0.5}}, {}};
+  hand.global["lambda"] = 2.0;
+  EXPECT_EQ(run(method("task_arithmetic"), hand), (Tensor{3, 5}));
+
+  Inputs in = gta_inputs(20000, {0.7, 0.4, -0.2}, {1, 1, 1}, 21);
+  in.global["lambda"] = 0.7;
+  expect_matches(run(method("task_arithmetic"), in),
+                 gta_reference(in, with_base({0.7, 0.4, -0.2}), with_base({1, 1, 1}),
+                               {.lambda = 0.7}));
+}
+
+TEST(TaskArithmetic, NormalizeDividesByTheWeightSum) {
+  Inputs in = gta_inputs(5000, {1.0, 3.0}, {1, 1}, 22);
+  in.global["normalize"] = 1;
+  expect_matches(run(method("task_arithmetic"), in),
+                 gta_reference(in, with_base({1.0, 3.0}), with_base({1, 1}), {.normalize = true}));
+}
+
+TEST(TaskArithmetic, IgnoresDensityAndReturnsBaseWithoutTaskVectors) {
+  Inputs in = gta_inputs(1000, {1.0}, {0.3}, 23);
+  expect_matches(run(method("task_arithmetic"), in),
+                 gta_reference(in, with_base({1.0}), with_base({1.0}), {}));
+  Inputs only_base;
+  only_base.tensors = {normal_tensor(100, 24)};
+  only_base.base = 0;
+  EXPECT_TRUE(same_bits(run(method("task_arithmetic"), only_base), only_base.tensors[0]));
+}
+
+// ---------------------------------------------------------------------------------------------
+// ties
+
+TEST(Ties, KeepsExactlyKLargestDeltas) {
+  // One model over a zero base: δ = x, drawn from {±0.5, ±1, ±2}, so thousands of elements tie
+  // at the threshold; ties keep the lowest indices.
+  const size_t n = 100003;
+  Inputs in;
+  in.tensors = {tiny_set_tensor(n, 31), Tensor(n, 0.0f)};
+  in.base = 1;
+  for (double density : {1.0, 0.5, 0.1}) {
+    in.per_model = {{{"weight", 1.0}, {"density", density}}, {}};
+    const Tensor out = run(method("ties"), in, {.chunk = 4099, .threads = 2});
+    const auto k = static_cast<long>(std::floor(density * n));
+    std::vector<bool> kept(n);
+    for (size_t j = 0; j < n; ++j) kept[j] = out[j] != 0.0f;
+    EXPECT_EQ(std::count(kept.begin(), kept.end(), true), k) << density;
+    EXPECT_TRUE(kept == top_k_mask(in.tensors[0], k)) << density;
+    for (size_t j = 0; j < n; ++j) {
+      if (kept[j]) ASSERT_EQ(out[j], in.tensors[0][j]);  // single model: normalised by its weight
+    }
+  }
+}
+
+TEST(Ties, MatchesReferenceWithSeveralModels) {
+  const std::vector<double> w = {1.0, 0.6, 0.3};
+  const std::vector<double> d = {0.5, 0.3, 0.9};
+  Inputs in = gta_inputs(40000, w, d, 41);
+  expect_matches(run(method("ties"), in, {.chunk = 3000, .shuffle = 4}),
+                 gta_reference(in, with_base(w), with_base(d),
+                               {.sparsify = Sparsify::kMagnitude, .consensus = true,
+                                .normalize = true}));
+  in.global = {{"normalize", 0}, {"rescale", 1}, {"lambda", 1.5}};
+  expect_matches(run(method("ties"), in, {.chunk = 3000, .shuffle = 5, .threads = 2}),
+                 gta_reference(in, with_base(w), with_base(d),
+                               {.sparsify = Sparsify::kMagnitude, .consensus = true,
+                                .rescale = true, .lambda = 1.5}));
+}
+
+TEST(Ties, SignElectionKeepsMajoritySignPerElement) {
+  // Base 0, weights 1, density 1. Per element Σδ decides the sign (0 counts as +); deltas of the
+  // other sign and zeros are dropped; the kept ones are averaged by their weights.
+  Inputs in;
+  in.tensors = {{1, -2, 3, 0.5f}, {2, 1, -1, -0.5f}, {-4, 1, -1, 0}, {0, 0, 0, 0}};
+  in.base = 3;
+  in.per_model = {{{"weight", 1.0}}, {{"weight", 1.0}}, {{"weight", 1.0}}, {}};
+  // Σ = (-1, 0, 1, 0): element 0 keeps only -4; element 1 keeps 1 and 1 (mean 1); element 2
+  // keeps 3; element 3 keeps 0.5 (the 0 of model 3 is not a vote for +).
+  EXPECT_EQ(run(method("ties"), in), (Tensor{-4, 1, 3, 0.5f}));
+  in.global["normalize"] = 0;
+  EXPECT_EQ(run(method("ties"), in), (Tensor{-4, 2, 3, 0.5f}));
+  // Weights enter the vote: w = (1, 1, 0.2) flips element 0 to + (1 + 2 − 0.8 ≥ 0).
+  in.global.clear();
+  in.per_model[2]["weight"] = 0.2;
+  const Tensor out = run(method("ties"), in);
+  EXPECT_FLOAT_EQ(out[0], 1.5f);                    // (1·1 + 1·2) / 2
+  EXPECT_FLOAT_EQ(out[1], (1.0f + 0.2f) / 1.2f);    // (1 + 0.2·1) / 1.2
+}
+
+TEST(Ties, DensityZeroDropsTheTaskVectorAndWarns) {
+  Inputs in = gta_inputs(1000, {1.0, 0.5}, {0.0, 0.4}, 51);
+  const Tensor out = run(method("ties"), in);
+  expect_matches(out, gta_reference(in, with_base({1.0, 0.5}), with_base({0.0, 0.4}),
+                                    {.sparsify = Sparsify::kMagnitude, .consensus = true,
+                                     .normalize = true}));
+  // Same as merging without that model.
+  Inputs without = in;
+  without.tensors.erase(without.tensors.begin());
+  without.per_model.erase(without.per_model.begin());
+  without.base -= 1;
+  EXPECT_TRUE(same_bits(out, run(method("ties"), without)));
+
+  const auto& ties = dynamic_cast<const GtaMethod&>(method("ties"));
+  const ResolvedParams params = resolve(ties, in);
+  const std::vector<std::string> warnings = ties.warnings(context(in, params));
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find(kTensorName), std::string::npos) << warnings[0];
+  EXPECT_NE(warnings[0].find("density 0"), std::string::npos) << warnings[0];
+  // A density too small for the tensor (floor(0.0005 · 1000) = 0) is the same case.
+  in.per_model[0]["density"] = 0.0005;
+  EXPECT_EQ(ties.warnings(context(in, resolve(ties, in))).size(), 1u);
+  in.per_model[0]["density"] = 0.001;
+  EXPECT_TRUE(ties.warnings(context(in, resolve(ties, in))).empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// dare_ties / dare_linear
+
+TEST(DareLinear, KeepsDensityFractionWithinOnePercent) {
+  const size_t n = 1 << 20;
+  for (double density : {0.1, 0.3, 0.7}) {
+    Inputs in = gta_inputs(n, {1.0}, {density}, 61);
+    in.global["rescale"] = 0;
+    const Tensor out = run(method("dare_linear"), in, {.chunk = 65536, .threads = 2});
+    const Tensor& b = in.tensors[1];
+    size_t kept = 0;
+    for (size_t j = 0; j < n; ++j) kept += out[j] != b[j];
+    EXPECT_NEAR(static_cast<double>(kept) / n, density, 0.01 * density);
+  }
+}
+
+TEST(DareLinear, RescalePreservesTheL1NormOfTheTaskVector) {
+  const size_t n = 1 << 20;
+  Inputs in;
+  in.tensors = {normal_tensor(n, 62), Tensor(n, 0.0f)};  // zero base: out is the task vector
+  in.base = 1;
+  in.per_model = {{{"weight", 1.0}, {"density", 0.2}}, {}};
+  in.seed = 7;
+  const Tensor out = run(method("dare_linear"), in, {.chunk = 65536});
+  double l1_in = 0, l1_out = 0;
+  for (size_t j = 0; j < n; ++j) {
+    l1_in += std::abs(in.tensors[0][j]);
+    l1_out += std::abs(out[j]);
+  }
+  EXPECT_NEAR(l1_out / l1_in, 1.0, 1e-6);
+  expect_matches(out, gta_reference(in, {1.0, 0.0}, {0.2, 1.0},
+                                    {.sparsify = Sparsify::kRandom, .rescale = true}));
+}
+
+TEST(DareTies, MatchesReferenceWithSeveralModels) {
+  const std::vector<double> w = {0.8, 0.5, 0.4};
+  const std::vector<double> d = {0.3, 0.6, 0.2};
+  Inputs in = gta_inputs(100000, w, d, 71);
+  in.seed = 1234;
+  expect_matches(run(method("dare_ties"), in, {.chunk = 5000, .threads = 2}),
+                 gta_reference(in, with_base(w), with_base(d),
+                               {.sparsify = Sparsify::kRandom, .consensus = true,
+                                .rescale = true}));
+  in.global["normalize"] = 1;
+  expect_matches(run(method("dare_linear"), in),
+                 gta_reference(in, with_base(w), with_base(d),
+                               {.sparsify = Sparsify::kRandom, .normalize = true,
+                                .rescale = true}));
+}
+
+TEST(Dare, OutputIsBitIdenticalForAnyChunkingOrderAndThreadCount) {
+  const size_t n = 1 << 20;
+  const std::vector<double> w = {0.8, 0.5, 0.4};
+  Inputs in = gta_inputs(n, w, {0.3, 0.6, 0.2}, 81);
+  in.seed = 99;
+  for (const char* name : {"dare_ties", "dare_linear", "ties"}) {
+    const Tensor whole = run(method(name), in, {.chunk = n});
+    EXPECT_TRUE(same_bits(whole, run(method(name), in, {.chunk = 1000, .shuffle = 2})))
+        << name;
+    EXPECT_TRUE(same_bits(whole, run(method(name), in, {.chunk = 65536, .shuffle = 3,
+                                                        .threads = 2})))
+        << name;
+    EXPECT_TRUE(same_bits(whole, run(method(name), in, {.chunk = 65536, .shuffle = 4,
+                                                        .threads = 2})))
+        << name;
+  }
+}
+
+// The mask of a single-model dare_linear merge over a zero base.
+std::vector<bool> dare_mask(const Tensor& x, uint64_t seed, const std::string& name) {
+  Inputs in;
+  in.tensors = {x, Tensor(x.size(), 0.0f)};
+  in.base = 1;
+  in.per_model = {{{"weight", 1.0}, {"density", 0.5}}, {}};
+  in.seed = seed;
+  in.name = name;
+  const Tensor out = run(method("dare_linear"), in);
+  std::vector<bool> mask(x.size());
+  for (size_t j = 0; j < x.size(); ++j) mask[j] = out[j] != 0.0f;
+  return mask;
+}
+
+TEST(Dare, MaskDependsOnSeedTensorNameAndInputOnly) {
+  const Tensor x = normal_tensor(100000, 91);
+  const std::vector<bool> a = dare_mask(x, 1, kTensorName);
+  EXPECT_EQ(a, dare_mask(x, 1, kTensorName));
+  auto differing = [&](const std::vector<bool>& b) {
+    size_t diff = 0;
+    for (size_t j = 0; j < a.size(); ++j) diff += a[j] != b[j];
+    return static_cast<double>(diff) / a.size();
+  };
+  // Independent masks of density 0.5 differ in about half the elements.
+  EXPECT_NEAR(differing(dare_mask(x, 2, kTensorName)), 0.5, 0.02);
+  EXPECT_NEAR(differing(dare_mask(x, 1, "model.layers.4.mlp.down_proj.weight")), 0.5, 0.02);
+  // Two identical models get independent masks (the input index keys the stream).
+  Inputs twins;
+  twins.tensors = {x, x, Tensor(x.size(), 0.0f)};
+  twins.base = 2;
+  twins.per_model = {{{"weight", 1.0}, {"density", 0.5}}, {{"weight", 1.0}, {"density", 0.5}}, {}};
+  twins.global["rescale"] = 0;
+  const Tensor out = run(method("dare_linear"), twins);
+  size_t both = 0, one = 0;
+  for (size_t j = 0; j < x.size(); ++j) {
+    if (out[j] == 2 * x[j]) ++both;
+    else if (out[j] == x[j]) ++one;
+  }
+  EXPECT_NEAR(static_cast<double>(both) / x.size(), 0.25, 0.02);
+  EXPECT_NEAR(static_cast<double>(one) / x.size(), 0.5, 0.02);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation of the GTA family.
+
+TEST(Gta, ValidateErrorsNameTheTensorAndTheProblem) {
+  for (const char* name : {"task_arithmetic", "ties", "dare_ties", "dare_linear"}) {
+    Inputs in = gta_inputs(10, {1.0, 1.0}, {0.5, 0.5}, 1);
+    EXPECT_EQ(validate_error(method(name), in), "") << name;
+
+    Inputs no_base = in;
+    no_base.base = -1;
+    const std::string base_error = validate_error(method(name), no_base);
+    EXPECT_NE(base_error.find(kTensorName), std::string::npos) << base_error;
+    EXPECT_NE(base_error.find("base"), std::string::npos) << base_error;
+
+    Inputs no_weight = in;
+    no_weight.per_model[1].erase("weight");
+    const std::string weight_error = validate_error(method(name), no_weight);
+    EXPECT_NE(weight_error.find(kTensorName), std::string::npos) << weight_error;
+    EXPECT_NE(weight_error.find("weight"), std::string::npos) << weight_error;
+  }
+  for (const char* name : {"ties", "dare_ties", "dare_linear"}) {
+    for (double bad : {1.5, -0.1}) {
+      Inputs in = gta_inputs(10, {1.0, 1.0}, {0.5, bad}, 1);
+      const std::string error = validate_error(method(name), in);
+      EXPECT_NE(error.find(kTensorName), std::string::npos) << error;
+      EXPECT_NE(error.find("density"), std::string::npos) << error;
+      EXPECT_NE(error.find(fmt::format("{}", bad)), std::string::npos) << error;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace smelt::methods

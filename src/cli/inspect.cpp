@@ -76,7 +76,11 @@ void run_inspect(const InspectOptions& o) {
     if (f->metadata().empty()) continue;
     fmt::print("metadata of {}:\n", f->path().filename().string());
     for (const auto& [k, v] : f->metadata()) {
-      fmt::print("  {} = {}\n", k, v.size() > 200 ? v.substr(0, 200) + "..." : v);
+      // One line per key: newlines shown as \n, long values cut.
+      std::string shown;
+      for (char ch : v) shown += ch == '\n' ? std::string("\\n") : std::string(1, ch);
+      if (shown.size() > 120) shown = shown.substr(0, 120) + fmt::format("... ({} chars)", v.size());
+      fmt::print("  {} = {}\n", k, shown);
     }
   }
 }

@@ -189,6 +189,11 @@ class Planner {
                             plan_.models[plan_.donor].ref, donor.num_layers()));
       }
     }
+    const SourceView* donor_source = nullptr;
+    for (const SourceView& s : slice.sources) {
+      if (s.model == plan_.donor && !donor_source) donor_source = &s;
+    }
+    for (const SourceView& s : slice.sources) check_same_tensors(s, *donor_source, nullptr);
     for (const auto& t : plan_.models[plan_.donor].model->tensors()) {
       const std::string& name = t.info->name;
       double tpos = 0;
@@ -198,6 +203,28 @@ class Planner {
       }
       std::vector<std::string> input_names(slice.sources.size(), name);
       add_job(name, input_names, slice, tpos);
+    }
+  }
+
+  // Fails when `source`'s model has a tensor the donor tensor list lacks (a missing tensor is
+  // reported by add_job, naming the output tensor). With `layer_prefix`, only tensors of that
+  // layer stack are compared.
+  void check_same_tensors(const SourceView& source, const SourceView& donor,
+                          const std::string* layer_prefix) {
+    std::set<std::string_view> names;
+    for (const auto& t : plan_.models[donor.model].model->tensors()) names.insert(t.info->name);
+    for (const auto& t : plan_.models[source.model].model->tensors()) {
+      if (layer_prefix) {
+        auto l = parse_layer_name(t.info->name);
+        if (!l || l->prefix != *layer_prefix) continue;
+      }
+      if (!names.count(t.info->name)) {
+        fail_at(donor.yaml_path,
+                fmt::format("tensor '{}' is missing from model {} but present in {} ({}); the "
+                            "models do not share an architecture",
+                            t.info->name, plan_.models[donor.model].ref,
+                            plan_.models[source.model].ref, source.yaml_path));
+      }
     }
   }
 

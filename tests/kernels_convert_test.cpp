@@ -1,6 +1,4 @@
 // Tests of the dtype conversion kernels against an independent nearest-value search oracle.
-#include "smelt/kernels/convert.h"
-
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -16,6 +14,7 @@
 
 #include "smelt/dtype.h"
 #include "smelt/error.h"
+#include "smelt/kernels/convert.h"
 
 namespace {
 
@@ -39,16 +38,32 @@ struct Format {
   uint32_t sign_bit() const { return 1u << (bits() - 1); }
 };
 
-const Format kBf16{"BF16", DType::kBF16, 8, 7, true,
+const Format kBf16{"BF16",
+                   DType::kBF16,
+                   8,
+                   7,
+                   true,
                    [](uint32_t c) { return k::bf16_to_f32(static_cast<uint16_t>(c)); },
                    [](float f) -> uint32_t { return k::f32_to_bf16(f); }};
-const Format kF16{"F16", DType::kF16, 5, 10, true,
+const Format kF16{"F16",
+                  DType::kF16,
+                  5,
+                  10,
+                  true,
                   [](uint32_t c) { return k::f16_to_f32(static_cast<uint16_t>(c)); },
                   [](float f) -> uint32_t { return k::f32_to_f16(f); }};
-const Format kE4m3{"F8_E4M3", DType::kF8_E4M3, 4, 3, false,
+const Format kE4m3{"F8_E4M3",
+                   DType::kF8_E4M3,
+                   4,
+                   3,
+                   false,
                    [](uint32_t c) { return k::f8e4m3_to_f32(static_cast<uint8_t>(c)); },
                    [](float f) -> uint32_t { return k::f32_to_f8e4m3(f); }};
-const Format kE5m2{"F8_E5M2", DType::kF8_E5M2, 5, 2, true,
+const Format kE5m2{"F8_E5M2",
+                   DType::kF8_E5M2,
+                   5,
+                   2,
+                   true,
                    [](uint32_t c) { return k::f8e5m2_to_f32(static_cast<uint8_t>(c)); },
                    [](float f) -> uint32_t { return k::f32_to_f8e5m2(f); }};
 const Format* const kFormats[] = {&kBf16, &kF16, &kE4m3, &kE5m2};
@@ -162,10 +177,10 @@ std::vector<float> stress_inputs(const Format& f, size_t random_count) {
     add_around(l.values[i]);
     if (i + 1 < l.values.size()) add_around((l.values[i] + l.values[i + 1]) / 2);
   }
-  for (uint32_t u : {0x00000000u, 0x80000000u, 0x7F800000u, 0xFF800000u, 0x7FC00000u,
-                     0xFFC00000u, 0x7F800001u, 0xFF800001u, 0x7FA00000u, 0x7FFFFFFFu,
-                     0xFFFFFFFFu, 0x00000001u, 0x80000001u, 0x007FFFFFu, 0x00400000u,
-                     0x00800000u, 0x7F7FFFFFu, 0xFF7FFFFFu}) {
+  for (uint32_t u :
+       {0x00000000u, 0x80000000u, 0x7F800000u, 0xFF800000u, 0x7FC00000u, 0xFFC00000u, 0x7F800001u,
+        0xFF800001u, 0x7FA00000u, 0x7FFFFFFFu, 0xFFFFFFFFu, 0x00000001u, 0x80000001u, 0x007FFFFFu,
+        0x00400000u, 0x00800000u, 0x7F7FFFFFu, 0xFF7FFFFFu}) {
     in.push_back(float_of(u));
   }
   std::mt19937_64 rng(12345 + f.bits());
@@ -215,9 +230,12 @@ std::vector<ConvertIsa> available_isas() {
 
 const char* isa_name(ConvertIsa isa) {
   switch (isa) {
-    case ConvertIsa::kGeneric: return "generic";
-    case ConvertIsa::kAvx2: return "avx2";
-    case ConvertIsa::kAvx512: return "avx512";
+    case ConvertIsa::kGeneric:
+      return "generic";
+    case ConvertIsa::kAvx2:
+      return "avx2";
+    case ConvertIsa::kAvx512:
+      return "avx512";
   }
   return "?";
 }
@@ -234,11 +252,12 @@ void check_rounding(const Format& f) {
   for (float x : in) {
     const std::optional<uint32_t> want = oracle_encode(f, x);
     const uint32_t got = f.scalar_encode(x);
-    const bool ok = want ? got == *want
-                         : code_is_nan(f, got) && (got & f.sign_bit()) == (bits_of(x) >> 31 ? f.sign_bit() : 0);
+    const bool ok =
+        want ? got == *want
+             : code_is_nan(f, got) && (got & f.sign_bit()) == (bits_of(x) >> 31 ? f.sign_bit() : 0);
     if (!ok && ++failures <= 10) {
-      ADD_FAILURE() << f.name << " scalar encode of " << hex(bits_of(x)) << " (" << x
-                    << ") gave " << hex(got) << ", oracle " << (want ? hex(*want) : "NaN");
+      ADD_FAILURE() << f.name << " scalar encode of " << hex(bits_of(x)) << " (" << x << ") gave "
+                    << hex(got) << ", oracle " << (want ? hex(*want) : "NaN");
     }
   }
   IsaReset reset;
@@ -248,9 +267,8 @@ void check_rounding(const Format& f) {
     for (size_t i = 0; i < in.size(); ++i) {
       const uint32_t want = f.scalar_encode(in[i]);
       if (got[i] != want && ++failures <= 10) {
-        ADD_FAILURE() << f.name << " " << isa_name(isa) << " bulk encode of "
-                      << hex(bits_of(in[i])) << " gave " << hex(got[i]) << ", scalar "
-                      << hex(want);
+        ADD_FAILURE() << f.name << " " << isa_name(isa) << " bulk encode of " << hex(bits_of(in[i]))
+                      << " gave " << hex(got[i]) << ", scalar " << hex(want);
       }
     }
   }
@@ -269,8 +287,9 @@ void check_every_code(const Format& f) {
   for (uint32_t c : codes) {
     const double want = oracle_decode(f, c);
     const float got = f.scalar_decode(c);
-    if (std::isnan(want) ? !std::isnan(got) || std::signbit(got) != std::signbit(want)
-                         : static_cast<double>(got) != want || std::signbit(got) != std::signbit(want)) {
+    if (std::isnan(want)
+            ? !std::isnan(got) || std::signbit(got) != std::signbit(want)
+            : static_cast<double>(got) != want || std::signbit(got) != std::signbit(want)) {
       fail("scalar decode of " + hex(c) + " gave " + std::to_string(got));
     }
   }
@@ -284,10 +303,11 @@ void check_every_code(const Format& f) {
         fail(std::string(isa_name(isa)) + " bulk decode of " + hex(c) + " gave " +
              hex(bits_of(decoded[c])) + ", scalar " + hex(bits_of(f.scalar_decode(c))));
       }
-      const bool ok = code_is_nan(f, c)
-                          ? code_is_nan(f, again[c]) && (again[c] & f.sign_bit()) == (c & f.sign_bit())
-                          : again[c] == c;
-      if (!ok) fail(std::string(isa_name(isa)) + " round trip of " + hex(c) + " gave " + hex(again[c]));
+      const bool ok = code_is_nan(f, c) ? code_is_nan(f, again[c]) &&
+                                              (again[c] & f.sign_bit()) == (c & f.sign_bit())
+                                        : again[c] == c;
+      if (!ok)
+        fail(std::string(isa_name(isa)) + " round trip of " + hex(c) + " gave " + hex(again[c]));
     }
   }
   EXPECT_EQ(failures, 0);
@@ -301,10 +321,18 @@ std::vector<float> mixed_floats(size_t n, uint64_t seed) {
   std::vector<float> v(n);
   for (size_t i = 0; i < n; ++i) {
     switch (rng() % 4) {
-      case 0: v[i] = weight(rng); break;
-      case 1: v[i] = wide(rng); break;
-      case 2: v[i] = float_of(static_cast<uint32_t>(rng())); break;
-      default: v[i] = std::ldexp(weight(rng), static_cast<int>(rng() % 40) - 30); break;
+      case 0:
+        v[i] = weight(rng);
+        break;
+      case 1:
+        v[i] = wide(rng);
+        break;
+      case 2:
+        v[i] = float_of(static_cast<uint32_t>(rng()));
+        break;
+      default:
+        v[i] = std::ldexp(weight(rng), static_cast<int>(rng() % 40) - 30);
+        break;
     }
   }
   return v;
@@ -328,8 +356,8 @@ TEST(Convert, Bf16NanStaysQuietNanWithSignAndPayload) {
   EXPECT_EQ(k::f32_to_bf16(float_of(0x7FA00000u)), 0x7FE0);
   EXPECT_EQ(k::f32_to_bf16(float_of(0x7FFFFFFFu)), 0x7FFF);  // no carry into the sign
   EXPECT_EQ(k::f32_to_bf16(float_of(0x7F7FFFFFu)), 0x7F80);  // FLT_MAX rounds to inf
-  EXPECT_EQ(bits_of(k::bf16_to_f32(0x7FC1)), 0x7FC10000u);  // widening keeps every bit
-  EXPECT_EQ(bits_of(k::bf16_to_f32(0xFF81)), 0xFF810000u);  // even a signalling NaN
+  EXPECT_EQ(bits_of(k::bf16_to_f32(0x7FC1)), 0x7FC10000u);   // widening keeps every bit
+  EXPECT_EQ(bits_of(k::bf16_to_f32(0xFF81)), 0xFF810000u);   // even a signalling NaN
 }
 
 // NaN payloads are not values, but torch's exact bits are cheap to match and make outputs
@@ -431,8 +459,8 @@ TEST(Convert, BulkMatchesScalarOnLongArrays) {
           std::vector<unsigned char> src_bytes(code_bytes.size() + 1);
           std::memcpy(src_bytes.data() + byte_shift, code_bytes.data(), code_bytes.size());
           std::vector<float> out(kN + 1);
-          k::to_f32(f->dtype, src_bytes.data() + byte_shift + offset * bytes,
-                    out.data() + offset, kN);
+          k::to_f32(f->dtype, src_bytes.data() + byte_shift + offset * bytes, out.data() + offset,
+                    kN);
           bad = 0;
           for (size_t i = 0; i < kN; ++i) {
             bad += bits_of(out[offset + i]) != bits_of(f->scalar_decode(codes[offset + i]));
@@ -483,14 +511,16 @@ TEST(Convert, F64RoundsToNearestEven) {
     in.push_back(std::ldexp(static_cast<double>(rng() >> 11), static_cast<int>(rng() % 300) - 200));
     // The exact midpoint between two neighbouring floats, and doubles a hair either side.
     const float f = float_of(static_cast<uint32_t>(rng()) & 0x7F7FFFFFu);
-    const double mid = (static_cast<double>(f) + static_cast<double>(std::nextafter(f, INFINITY))) / 2;
+    const double mid =
+        (static_cast<double>(f) + static_cast<double>(std::nextafter(f, INFINITY))) / 2;
     in.push_back(mid);
     in.push_back(std::nextafter(mid, 0.0));
     in.push_back(-std::nextafter(mid, INFINITY));
   }
   const double inf = std::numeric_limits<double>::infinity();
-  for (double d : {0.0, -0.0, inf, -inf, std::numeric_limits<double>::quiet_NaN(), 1e300, -1e300, 1e-300, DBL_MIN,
-                   static_cast<double>(FLT_MAX), 0x1.ffffffp127, 0x1.fffffefffffffp127}) {
+  for (double d :
+       {0.0, -0.0, inf, -inf, std::numeric_limits<double>::quiet_NaN(), 1e300, -1e300, 1e-300,
+        DBL_MIN, static_cast<double>(FLT_MAX), 0x1.ffffffp127, 0x1.fffffefffffffp127}) {
     in.push_back(d);
   }
   std::vector<float> out(in.size() + 1);

@@ -48,7 +48,7 @@ ResolvedModel resolve_model(const ModelRef& ref);
 // Where one tensor of a model lies.
 struct ModelTensor {
   const TensorInfo* info = nullptr;
-  const SafetensorsFile* file = nullptr;
+  const TensorFile* file = nullptr;
 };
 
 // A model opened for reading: every shard's header validated, the index (if any) cross-checked
@@ -60,7 +60,7 @@ class Model {
   static std::shared_ptr<Model> open(std::string_view ref);
 
   const ResolvedModel& resolved() const { return resolved_; }
-  const std::vector<std::shared_ptr<SafetensorsFile>>& files() const { return files_; }
+  const std::vector<std::shared_ptr<TensorFile>>& files() const { return files_; }
   // Every tensor, in shard order then data order.
   const std::vector<ModelTensor>& tensors() const { return tensors_; }
   // nullopt-like: info == nullptr when absent.
@@ -69,7 +69,7 @@ class Model {
 
  private:
   ResolvedModel resolved_;
-  std::vector<std::shared_ptr<SafetensorsFile>> files_;
+  std::vector<std::shared_ptr<TensorFile>> files_;
   std::vector<ModelTensor> tensors_;
   std::unordered_map<std::string_view, size_t> by_name_;
 };

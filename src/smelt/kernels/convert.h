@@ -20,7 +20,7 @@ void from_f32(DType to, const float* src, void* dst, size_t n);
 
 // Instruction sets the bulk conversions have kernels for. kGeneric is portable code (vectorized
 // by the compiler for the baseline target where it can); kAvx2 needs AVX2 and F16C; kAvx512
-// needs AVX-512F. Every set gives the same bits.
+// needs those and AVX-512F. Every set gives the same bits.
 enum class ConvertIsa : uint8_t { kGeneric, kAvx2, kAvx512 };
 
 // The widest set this CPU supports; to_f32/from_f32 use it unless set_convert_isa says otherwise.

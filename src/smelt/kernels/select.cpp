@@ -10,9 +10,14 @@
 
 // Release builds are -O2, where GCC 12 vectorizes only trivially profitable loops; these need O3's
 // cost model. fp-contract=off keeps the AVX-512 clone (which has FMA) bit-identical to the others.
-#define SMELT_ELEMENTWISE                                   \
-  __attribute__((target_clones("avx512f", "avx2", "default"), \
-                 optimize("O3", "fp-contract=off")))
+// ThreadSanitizer crashes in target_clones' ifunc resolvers (they run before it starts), so its
+// builds use the default clone only.
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+#define SMELT_ELEMENTWISE \
+  __attribute__((target_clones("avx512f", "avx2", "default"), optimize("O3", "fp-contract=off")))
+#else
+#define SMELT_ELEMENTWISE __attribute__((optimize("O3", "fp-contract=off")))
+#endif
 
 namespace smelt::kernels {
 namespace {
@@ -23,6 +28,11 @@ constexpr size_t kBins = 65536;
 constexpr size_t kPrivateHistogramMin = 65536;
 // Private counts are 32-bit; longer chunks are counted in blocks of this size.
 constexpr size_t kMaxBlock = size_t{1} << 31;
+
+// Zeroes every x[j] with magnitude_bits(x[j]) < bits (written as a select so it vectorizes).
+SMELT_ELEMENTWISE void zero_below(uint32_t bits, float* x, size_t n) {
+  for (size_t j = 0; j < n; ++j) x[j] = magnitude_bits(x[j]) < bits ? 0.0f : x[j];
+}
 
 }  // namespace
 
@@ -145,9 +155,9 @@ void TopKMagnitude::keep_top(uint64_t offset, float* x, size_t n) const {
   // How many of this chunk's elements equal to the threshold are kept (all unless split_ties_).
   uint64_t keep_equal = UINT64_MAX;
   if (split_ties_) {
-    const auto it = std::lower_bound(
-        ties_.begin(), ties_.end(), offset,
-        [](const TieCount& t, uint64_t value) { return t.offset < value; });
+    const auto it =
+        std::lower_bound(ties_.begin(), ties_.end(), offset,
+                         [](const TieCount& t, uint64_t value) { return t.offset < value; });
     if (it == ties_.end() || it->offset != offset) {
       throw std::logic_error("TopKMagnitude::keep_top: chunk not seen by the ties pass");
     }
@@ -157,13 +167,9 @@ void TopKMagnitude::keep_top(uint64_t offset, float* x, size_t n) const {
     if (keep_equal == it->equal) keep_equal = UINT64_MAX;
   }
   if (keep_equal == UINT64_MAX) {  // keep |x| >= T
-    for (size_t j = 0; j < n; ++j) {
-      if (magnitude_bits(x[j]) < threshold) x[j] = 0.0f;
-    }
+    zero_below(threshold, x, n);
   } else if (keep_equal == 0) {  // keep |x| > T
-    for (size_t j = 0; j < n; ++j) {
-      if (magnitude_bits(x[j]) <= threshold) x[j] = 0.0f;
-    }
+    zero_below(threshold + 1, x, n);
   } else {  // keep |x| > T and the first keep_equal elements equal to T
     uint64_t kept_equal = 0;
     for (size_t j = 0; j < n; ++j) {
@@ -203,11 +209,36 @@ SMELT_ELEMENTWISE void divide(float* x, const float* d, size_t n) {
   for (size_t j = 0; j < n; ++j) x[j] /= d[j];
 }
 
-SMELT_ELEMENTWISE void keep_random(uint64_t key, uint64_t first_counter, float p, float* x,
-                                   size_t n) {
-  for (size_t j = 0; j < n; ++j) {
-    if (!(random_uniform(key, first_counter + j) < p)) x[j] = 0.0f;
-  }
+namespace {
+
+[[gnu::always_inline]] inline void keep_random_loop(uint64_t key, uint64_t first_counter, float p,
+                                                    float* x, size_t n) {
+  for (size_t j = 0; j < n; ++j) x[j] = random_uniform(key, first_counter + j) < p ? x[j] : 0.0f;
+}
+
+#if defined(__x86_64__)
+// The generator's 64-bit multiplies vectorize well only with AVX-512DQ (vpmullq); emulating them
+// on AVX2 or SSE is slower than scalar code, so the other path stays scalar. Both give the same
+// bits: the arithmetic is integer, and the 24-bit value converts to float exactly.
+[[gnu::target("avx512f,avx512dq"), gnu::optimize("O3")]] void keep_random_avx512(
+    uint64_t key, uint64_t first_counter, float p, float* x, size_t n) {
+  keep_random_loop(key, first_counter, p, x, n);
+}
+#endif
+
+[[gnu::optimize("no-tree-vectorize")]] void keep_random_scalar(uint64_t key, uint64_t first_counter,
+                                                               float p, float* x, size_t n) {
+  keep_random_loop(key, first_counter, p, x, n);
+}
+
+}  // namespace
+
+void keep_random(uint64_t key, uint64_t first_counter, float p, float* x, size_t n) {
+#if defined(__x86_64__)
+  static const bool has_avx512dq = __builtin_cpu_supports("avx512dq");
+  if (has_avx512dq) return keep_random_avx512(key, first_counter, p, x, n);
+#endif
+  keep_random_scalar(key, first_counter, p, x, n);
 }
 
 SMELT_ELEMENTWISE void elect_sign(const float* const* d, const float* w, size_t count, size_t n,

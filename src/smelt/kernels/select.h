@@ -67,8 +67,8 @@ class TopKMagnitude {
   uint64_t k_;
   Pass pass_ = Pass::kDone;
   std::unique_ptr<std::atomic<uint64_t>[]> histogram_;  // 65536 bins, kHigh and kLow only
-  uint32_t high_bin_ = 0;                                // selected high 16 bits after kHigh
-  uint64_t greater_high_ = 0;                            // elements in higher high bins
+  uint32_t high_bin_ = 0;                               // selected high 16 bits after kHigh
+  uint64_t greater_high_ = 0;                           // elements in higher high bins
   uint32_t threshold_ = 0;
   uint64_t greater_ = 0;
   uint64_t tied_to_keep_ = 0;  // elements equal to the threshold that are kept

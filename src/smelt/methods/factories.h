@@ -9,6 +9,7 @@
 #include <string>
 
 #include "smelt/methods/method.h"
+#include "smelt/methods/partials.h"
 
 namespace smelt::methods {
 
@@ -21,27 +22,6 @@ std::unique_ptr<Method> make_task_arithmetic();
 std::unique_ptr<Method> make_ties();
 std::unique_ptr<Method> make_dare_ties();
 std::unique_ptr<Method> make_dare_linear();
-
-// Per-chunk partial results of a statistics pass (e.g. a chunk's sum of squares), stored by chunk
-// index so that end_pass can combine them in chunk order: totals are then bit-identical for any
-// thread count and processing order. put() may run concurrently for different chunks.
-template <typename T>
-class ChunkPartials {
- public:
-  // Records chunk `index`'s partial result.
-  void put(size_t index, const T& value) {
-    std::lock_guard lock(mutex_);
-    values_[index] = value;
-  }
-  // Every recorded partial, by ascending chunk index. Call only when no put() is running (in
-  // end_pass).
-  const std::map<size_t, T>& in_order() const { return values_; }
-  void clear() { values_.clear(); }
-
- private:
-  std::mutex mutex_;
-  std::map<size_t, T> values_;
-};
 
 // Input `input`'s value of per-model parameter `name`, or `fallback` when it has none (the
 // planner normally fills declared defaults; this keeps methods total when it did not).

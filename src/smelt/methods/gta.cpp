@@ -30,9 +30,7 @@ uint64_t kept_count(double density, uint64_t numel) {
 class MagnitudeSparsifier : public Sparsifier {
  public:
   MagnitudeSparsifier(uint64_t numel, uint64_t k) : top_(numel, k) {}
-  bool wants_pass() const override {
-    return top_.pass() != kernels::TopKMagnitude::Pass::kDone;
-  }
+  bool wants_pass() const override { return top_.pass() != kernels::TopKMagnitude::Pass::kDone; }
   void gather(const Chunk& chunk, const float* delta) override {
     top_.add(chunk.offset, delta, chunk.n);
   }
@@ -99,8 +97,8 @@ class L1Rescaled : public Sparsifier {
     thread_local std::vector<float> sparse;
     sparse.assign(delta, delta + chunk.n);
     inner_->apply(chunk, sparse.data());
-    partials_.put(chunk.index, {kernels::abs_sum(delta, chunk.n),
-                                kernels::abs_sum(sparse.data(), chunk.n)});
+    partials_.put(chunk.index,
+                  {kernels::abs_sum(delta, chunk.n), kernels::abs_sum(sparse.data(), chunk.n)});
   }
 
   void end_pass() override {
@@ -222,8 +220,7 @@ class GtaMerger : public TensorMerger {
       }
       float* majority = scratch.data() + tasks_.size() * n;
       float* divisor = majority + n;
-      kernels::elect_sign(deltas.data(), weights_.data(), tasks_.size(), n, majority, out,
-                          divisor);
+      kernels::elect_sign(deltas.data(), weights_.data(), tasks_.size(), n, majority, out, divisor);
       if (normalize_) kernels::divide(out, divisor, n);
     }
     if (lambda_ != 1.0f) kernels::scale(lambda_, out, out, n);
@@ -287,7 +284,7 @@ uint64_t GtaMethod::chunk_alignment(const TensorContext& ctx) const {
 
 void GtaMethod::validate(const TensorContext& ctx) const {
   if (ctx.base < 0 || static_cast<size_t>(ctx.base) >= ctx.num_inputs) {
-    fail("{} needs the base model's tensor {}, which it lacks; set base_model to a model that has it",
+    fail("{} needs a base model for tensor {}; set base_model to a model that has this tensor",
          name(), ctx.name);
   }
   for (size_t i = 0; i < ctx.num_inputs; ++i) {

@@ -99,7 +99,7 @@ class GtaMethod : public Method {
   // Problems with ctx's tensor that do not stop the merge (e.g. a density so low that a task
   // vector keeps no element), one message each, naming the method, tensor and input. Call after
   // validate.
-  std::vector<std::string> warnings(const TensorContext& ctx) const;
+  std::vector<std::string> warnings(const TensorContext& ctx) const override;
 
  private:
   GtaVariant variant_;

@@ -22,7 +22,9 @@ Weights read_weights(const TensorContext& ctx) {
   Weights weights;
   for (size_t i = 0; i < ctx.num_inputs; ++i) {
     const std::optional<double> w = ctx.params->model_value(i, "weight");
-    if (!w) fail("linear: model {} has no weight for tensor {}; give every model a weight", i, ctx.name);
+    if (!w) {
+      fail("linear: model {} has no weight for tensor {}; give every model a weight", i, ctx.name);
+    }
     weights.values.push_back(static_cast<float>(*w));
     weights.sum += weights.values.back();
   }

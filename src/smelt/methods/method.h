@@ -90,6 +90,9 @@ class Method {
   // Checks what can be known before reading data (input count, parameter ranges, weight sums).
   // Throws smelt::Error naming the tensor and, where it applies, the parameter.
   virtual void validate(const TensorContext& /*ctx*/) const {}
+  // Problems that do not stop the merge (e.g. a density that keeps no element), known before
+  // reading data; the planner reports them once.
+  virtual std::vector<std::string> warnings(const TensorContext& /*ctx*/) const { return {}; }
   // Starts merging one tensor.
   virtual std::unique_ptr<TensorMerger> begin(const TensorContext& ctx) const = 0;
 };

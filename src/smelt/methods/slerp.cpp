@@ -26,9 +26,8 @@ class SlerpMerger : public TensorMerger {
   void gather(int /*pass*/, const Chunk& chunk) override {
     const float* a = chunk.inputs[v0_];
     const float* b = chunk.inputs[v1_];
-    partials_.put(chunk.index,
-                  {kernels::dot(a, a, chunk.n), kernels::dot(b, b, chunk.n),
-                   kernels::dot(a, b, chunk.n)});
+    partials_.put(chunk.index, {kernels::dot(a, a, chunk.n), kernels::dot(b, b, chunk.n),
+                                kernels::dot(a, b, chunk.n)});
   }
 
   void end_pass(int /*pass*/) override {
@@ -39,8 +38,8 @@ class SlerpMerger : public TensorMerger {
     partials_.clear();
     const double norm0 = std::sqrt(total[0]);
     const double norm1 = std::sqrt(total[1]);
-    const double dot = total[2] / ((norm0 > kNormEpsilon ? norm0 : 1.0) *
-                                   (norm1 > kNormEpsilon ? norm1 : 1.0));
+    const double dot =
+        total[2] / ((norm0 > kNormEpsilon ? norm0 : 1.0) * (norm1 > kNormEpsilon ? norm1 : 1.0));
     if (std::fabs(dot) > kDotThreshold) {  // nearly parallel: sin θ ≈ 0, so lerp
       c0_ = static_cast<float>(1.0 - t_);
       c1_ = static_cast<float>(t_);
@@ -83,8 +82,8 @@ class Slerp : public Method {
   void validate(const TensorContext& ctx) const override {
     if (ctx.num_inputs == 1) return;  // a tensor only one model has is copied, as mergekit does
     if (ctx.num_inputs != 2) {
-      fail("slerp needs exactly 2 models (the base and one other) for tensor {}, got {}",
-           ctx.name, ctx.num_inputs);
+      fail("slerp needs exactly 2 models (the base and one other) for tensor {}, got {}", ctx.name,
+           ctx.num_inputs);
     }
     if (ctx.base < 0 || ctx.base > 1) {
       fail("slerp needs a base model for tensor {}; set base_model to one of the two models",

@@ -445,6 +445,8 @@ class Planner {
     if (plan_.jobs.empty()) fail("{}: the merge produces no tensors", cfg_.filename);
     std::set<std::string> seen;
     size_t copies = 0;
+    constexpr size_t kMaxMethodWarnings = 5;
+    size_t method_warnings = 0;
     for (const TensorJob& job : plan_.jobs) {
       if (!seen.insert(job.name).second) {
         fail("{}: output tensor '{}' would be written twice", cfg_.filename, job.name);
@@ -459,6 +461,12 @@ class Planner {
       } catch (const Error& e) {
         fail("{}: {}", cfg_.filename, e.what());
       }
+      for (std::string& w : plan_.method->warnings(ctx)) {
+        if (++method_warnings <= kMaxMethodWarnings) warn(std::move(w));
+      }
+    }
+    if (method_warnings > kMaxMethodWarnings) {
+      warn(fmt::format("... and {} more warnings like these", method_warnings - kMaxMethodWarnings));
     }
     if (copies) {
       warn(fmt::format("{} non-float tensor(s) are copied unchanged from the base (or first) model",

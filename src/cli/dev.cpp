@@ -31,6 +31,7 @@ void add_dev(CLI::App& app) {
   mk->add_flag("--tied", o->tied_embeddings, "tie lm_head to the embeddings (no lm_head tensor)");
   mk->add_option("--arch", o->architecture, "config.json architectures[0]")->capture_default_str();
   mk->add_option("--model-type", o->model_type, "config.json model_type")->capture_default_str();
+  mk->add_option("--style", o->style, "tensor names: llama or gpt2")->capture_default_str();
   mk->add_option("--base", *base, "make a fine-tune of this model folder");
   mk->add_option("--delta-scale", o->delta_scale, "fine-tune delta std")->capture_default_str();
   mk->add_option("--sparsity", o->sparsity, "fraction of zero delta elements")->capture_default_str();

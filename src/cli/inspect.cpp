@@ -6,7 +6,10 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include <fstream>
+
 #include "smelt/io/model_ref.h"
+#include "smelt/plan/architecture.h"
 
 namespace smelt::cli {
 namespace {
@@ -14,10 +17,55 @@ namespace {
 struct InspectOptions {
   std::string ref;
   bool json = false;
+  bool arch = false;
 };
+
+// `--arch`: what smelt inferred about the model's structure (names + data table).
+void print_architecture(const io::Model& model) {
+  std::string config_text;
+  if (!model.resolved().config_json.empty()) {
+    std::ifstream in(model.resolved().config_json);
+    config_text.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  std::vector<std::string> names;
+  for (const auto& t : model.tensors()) names.push_back(t.info->name);
+  const plan::ArchitectureInfo a = plan::infer_architecture(names, config_text);
+  fmt::print("architecture: {}\n", a.architecture.empty() ? "(no config.json)" : a.architecture);
+  fmt::print("model_type:   {}\n", a.model_type.empty() ? "-" : a.model_type);
+  fmt::print("table entry:  {}\n", a.family.empty() ? "none (inferred from tensor names)" : a.family);
+  fmt::print("layer stacks:\n");
+  for (const auto& [prefix, count] : a.layers.layers_by_prefix) {
+    fmt::print("  {}.N  {} layers{}\n", prefix, count, prefix == a.layer_prefix ? "  (main stack; slices address it)" : "");
+  }
+  if (a.layers.layers_by_prefix.empty()) fmt::print("  none: every tensor is merged by name\n");
+  fmt::print("layer count key: {}\n", a.layer_count_key.empty() ? "(not found)" : a.layer_count_key);
+  fmt::print("vocab size key:  {}\n", a.vocab_size_key);
+  fmt::print("output head tied to the embeddings: {}\n", a.tied_in_config ? "yes" : "no");
+  std::vector<std::string> emb, post, copied, pre;
+  for (const auto& n : names) {
+    if (a.is_embedding(n)) emb.push_back(n);
+    if (a.copy_from_base(n)) copied.push_back(n);
+    auto l = plan::parse_layer_name(n);
+    if (l && l->prefix == a.layer_prefix) continue;
+    (a.is_post_weight(n) ? post : pre).push_back(n);
+  }
+  auto list = [](const char* what, const std::vector<std::string>& v) {
+    fmt::print("{} ({}):\n", what, v.size());
+    for (size_t i = 0; i < v.size() && i < 12; ++i) fmt::print("  {}\n", v[i]);
+    if (v.size() > 12) fmt::print("  ... and {} more\n", v.size() - 12);
+  };
+  list("embeddings (vocabulary rows)", emb);
+  list("pre-weights (before the layers)", pre);
+  list("post-weights (after the layers)", post);
+  if (!copied.empty()) list("copied from the base unless the config addresses them", copied);
+}
 
 void run_inspect(const InspectOptions& o) {
   auto model = io::Model::open(o.ref);
+  if (o.arch) {
+    print_architecture(*model);
+    return;
+  }
   const auto& files = model->files();
   const bool many = files.size() > 1;
   struct Totals {
@@ -96,6 +144,7 @@ void add_inspect(CLI::App& app) {
       "Examples:\n  smelt inspect ./my-model\n  smelt inspect mistralai/Mistral-7B-v0.1 --json");
   cmd->add_option("ref", opts->ref, "model reference")->required();
   cmd->add_flag("--json", opts->json, "machine-readable output");
+  cmd->add_flag("--arch", opts->arch, "show the inferred architecture (layer stacks, embeddings, ...)");
   cmd->callback([opts] { run_inspect(*opts); });
 }
 

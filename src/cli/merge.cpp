@@ -26,13 +26,17 @@ struct MergeCliOptions {
   int verbose = 0;
   bool quiet = false;
   bool safe_serialization = true;
+  bool allow_crimes = false;
+  bool tensor_intersection = false;
+  bool tensor_union = false;
+  std::string keep_intermediates;
   std::vector<std::string> ignored;  // mergekit flags that mean nothing here
 };
 
 // mergekit-yaml flags accepted so users' scripts run unchanged.
 constexpr const char* kIgnoredFlags[] = {
     "--cuda",          "--no-cuda",          "--lazy-unpickle",   "--no-lazy-unpickle",
-    "--low-cpu-memory", "--no-low-cpu-memory", "--allow-crimes",  "--no-allow-crimes",
+    "--low-cpu-memory", "--no-low-cpu-memory",
     "--clone-tensors", "--no-clone-tensors", "--trust-remote-code", "--no-trust-remote-code",
     "--read-to-gpu",   "--no-read-to-gpu",   "--multi-gpu",       "--no-multi-gpu",
     "--gpu-rich",      "--async-write",      "--no-async-write"};
@@ -53,11 +57,16 @@ void run(const MergeCliOptions& o) {
   plan::PlanOptions po;
   po.seed = o.seed;
   po.shard_size = io::parse_shard_size(o.shard_size);
-  plan::Plan p = load_plan(o.config, po);
-  if (!o.quiet) print_warnings(p);
+  po.allow_crimes = o.allow_crimes;
+  po.tensor_set = tensor_set_mode(o.tensor_intersection, o.tensor_union);
   exec::MergeOptions mo;
   mo.exec.threads = std::max<size_t>(1, o.threads);
   mo.exec.seed = o.seed;
+  exec::Recipe recipe = load_recipe(o.config, po, mo.exec, &mo.config_text);
+  if (!o.quiet) {
+    for (const auto& stage : recipe.plans) print_warnings(*stage);
+  }
+  const plan::Plan& p = recipe.final_plan();
   mo.shard_size = po.shard_size;
   mo.copy_tokenizer = o.copy_tokenizer;
   mo.write_model_card = o.write_model_card;
@@ -68,6 +77,15 @@ void run(const MergeCliOptions& o) {
     return;
   }
   if (o.verbose > 0) print_plan_summary(p, mo.exec, mo.shard_size);
+  if (!o.keep_intermediates.empty()) {
+    for (size_t i = 0; i + 1 < recipe.plans.size(); ++i) {
+      const auto dir = std::filesystem::path(o.keep_intermediates) / recipe.names[i];
+      if (!o.quiet) fmt::print(stderr, "writing stage '{}' to {}\n", recipe.names[i], dir.string());
+      exec::MergeOptions stage = mo;
+      stage.config_text.clear();
+      exec::run_merge(*recipe.plans[i], dir, stage);
+    }
+  }
   ProgressReporter progress(o.quiet);
   exec::Progress last;
   mo.exec.on_progress = [&](const exec::Progress& pr) {
@@ -105,6 +123,14 @@ void add_merge(CLI::App& app) {
   cmd->add_flag("--safe-serialization,!--no-safe-serialization", o->safe_serialization,
                 "write safetensors (always on)");
   cmd->add_flag("--overwrite", o->overwrite, "replace an existing non-empty OUT");
+  cmd->add_option("--keep-intermediates", o->keep_intermediates,
+                  "multi-stage recipes: also write each named stage to DIR/<name>");
+  cmd->add_flag("--allow-crimes,!--no-allow-crimes", o->allow_crimes,
+                "allow merging models of different architectures");
+  cmd->add_flag("-i,--tensor-intersection", o->tensor_intersection,
+                "raw tensor files: skip tensors only some files have");
+  cmd->add_flag("-u,--tensor-union", o->tensor_union,
+                "raw tensor files: merge each tensor over the files that have it");
   cmd->add_flag("--dry-run", o->dry_run, "check the config and print the plan; write nothing");
   cmd->add_flag("-v,--verbose", o->verbose, "more output (repeatable)");
   cmd->add_flag("-q,--quiet", o->quiet, "no progress or notes");

@@ -14,17 +14,22 @@
 
 namespace smelt::cli {
 
-plan::Plan load_plan(const std::string& path, const plan::PlanOptions& options) {
+exec::Recipe load_recipe(const std::string& path, const plan::PlanOptions& options,
+                         const exec::ExecOptions& exec, std::string* text_out) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("{}: cannot read the config file", path);
   const std::string text((std::istreambuf_iterator<char>(in)), {});
   auto docs = config::parse_config_documents(text, path);
   if (docs.empty()) fail("{}: the config file is empty", path);
-  if (docs.size() > 1) {
-    fail("{}: holds {} YAML documents; multi-stage recipes are not yet supported by smelt", path,
-         docs.size());
-  }
-  return plan::build_plan(docs[0], options);
+  if (text_out) *text_out = text;
+  return exec::build_recipe(docs, options, exec);
+}
+
+plan::TensorSetMode tensor_set_mode(bool intersection, bool union_) {
+  if (intersection && union_) fail("--tensor-intersection and --tensor-union exclude each other");
+  return intersection ? plan::TensorSetMode::kIntersection
+         : union_     ? plan::TensorSetMode::kUnion
+                      : plan::TensorSetMode::kError;
 }
 
 void print_warnings(const plan::Plan& plan) {
@@ -99,6 +104,9 @@ struct PlanCliOptions {
   std::string shard_size = "5B";
   uint64_t seed = 0;
   size_t threads = std::max(1u, std::thread::hardware_concurrency());
+  bool allow_crimes = false;
+  bool tensor_intersection = false;
+  bool tensor_union = false;
 };
 
 }  // namespace
@@ -117,14 +125,29 @@ void add_plan(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--random-seed", o->seed, "seed for random methods")->capture_default_str();
   cmd->add_option("-j,--threads,--num-threads", o->threads, "threads")->capture_default_str();
+  cmd->add_flag("--allow-crimes", o->allow_crimes, "allow different architectures");
+  cmd->add_flag("-i,--tensor-intersection", o->tensor_intersection,
+                "raw tensor files: skip tensors only some files have");
+  cmd->add_flag("-u,--tensor-union", o->tensor_union,
+                "raw tensor files: merge each tensor over the files that have it");
   cmd->callback([o] {
     plan::PlanOptions po;
     po.seed = o->seed;
+    po.allow_crimes = o->allow_crimes;
+    po.tensor_set = tensor_set_mode(o->tensor_intersection, o->tensor_union);
     po.shard_size = io::parse_shard_size(o->shard_size);
-    plan::Plan p = load_plan(o->config, po);
-    print_warnings(p);
     exec::ExecOptions eo;
     eo.threads = o->threads;
+    eo.seed = o->seed;
+    exec::Recipe recipe = load_recipe(o->config, po, eo);
+    for (size_t i = 0; i + 1 < recipe.plans.size(); ++i) {
+      fmt::print("stage '{}':\n", recipe.names[i]);
+      print_warnings(*recipe.plans[i]);
+      print_plan_summary(*recipe.plans[i], eo, po.shard_size);
+      fmt::print("\n");
+    }
+    const plan::Plan& p = recipe.final_plan();
+    print_warnings(p);
     print_plan_summary(p, eo, po.shard_size);
     if (!o->explain.empty()) print_explain(p, o->explain);
   });

@@ -4,12 +4,15 @@
 #include <string>
 
 #include "smelt/exec/executor.h"
+#include "smelt/exec/recipe.h"
 #include "smelt/plan/plan.h"
 
 namespace smelt::cli {
 
-// Reads and parses the YAML at `path` and builds its plan. Throws smelt::Error.
-plan::Plan load_plan(const std::string& path, const plan::PlanOptions& options);
+// Reads and parses the YAML at `path` (one merge, or a multi-stage recipe) and plans it.
+// `text` receives the file's text. Throws smelt::Error.
+exec::Recipe load_recipe(const std::string& path, const plan::PlanOptions& options,
+                         const exec::ExecOptions& exec, std::string* text = nullptr);
 
 // Prints the plan summary (models, method, tensors, bytes, shards, memory and time estimates).
 void print_plan_summary(const plan::Plan& plan, const exec::ExecOptions& exec,
@@ -17,6 +20,9 @@ void print_plan_summary(const plan::Plan& plan, const exec::ExecOptions& exec,
 
 // Prints every job whose output name matches the glob: inputs and resolved parameters.
 void print_explain(const plan::Plan& plan, const std::string& glob);
+
+// The raw-mode tensor set choice from the two flags (both set is an error).
+plan::TensorSetMode tensor_set_mode(bool intersection, bool union_);
 
 // Prints the plan's warnings to stderr.
 void print_warnings(const plan::Plan& plan);

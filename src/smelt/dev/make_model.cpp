@@ -166,6 +166,43 @@ void write_tokenizer(const fs::path& out, int vocab_size) {
              {{"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}});
 }
 
+std::vector<GenTensor> gpt2_tensors(const Shape& s, DType dtype) {
+  const uint64_t h = s.hidden, v = s.vocab, inter = s.intermediate;
+  std::vector<GenTensor> out;
+  auto add = [&](std::string name, std::vector<uint64_t> shape, GenTensor::Kind kind) {
+    out.push_back({{std::move(name), dtype, std::move(shape)}, kind});
+  };
+  add("transformer.wte.weight", {v, h}, GenTensor::kEmbedding);
+  add("transformer.wpe.weight", {64, h}, GenTensor::kWeight);
+  for (int l = 0; l < s.layers; ++l) {
+    const std::string p = fmt::format("transformer.h.{}.", l);
+    add(p + "ln_1.weight", {h}, GenTensor::kNorm);
+    add(p + "ln_1.bias", {h}, GenTensor::kWeight);
+    add(p + "attn.c_attn.weight", {h, 3 * h}, GenTensor::kWeight);
+    add(p + "attn.c_attn.bias", {3 * h}, GenTensor::kWeight);
+    add(p + "attn.c_proj.weight", {h, h}, GenTensor::kWeight);
+    add(p + "attn.c_proj.bias", {h}, GenTensor::kWeight);
+    add(p + "ln_2.weight", {h}, GenTensor::kNorm);
+    add(p + "ln_2.bias", {h}, GenTensor::kWeight);
+    add(p + "mlp.c_fc.weight", {h, inter}, GenTensor::kWeight);
+    add(p + "mlp.c_fc.bias", {inter}, GenTensor::kWeight);
+    add(p + "mlp.c_proj.weight", {inter, h}, GenTensor::kWeight);
+    add(p + "mlp.c_proj.bias", {h}, GenTensor::kWeight);
+  }
+  add("transformer.ln_f.weight", {h}, GenTensor::kNorm);
+  add("transformer.ln_f.bias", {h}, GenTensor::kWeight);
+  return out;
+}
+
+json gpt2_config(const Shape& s, const MakeModelOptions& o, DType dtype) {
+  return {{"architectures", {o.architecture}}, {"model_type", o.model_type},
+          {"n_embd", s.hidden},               {"n_head", s.heads},
+          {"n_inner", s.intermediate},        {"n_layer", s.layers},
+          {"n_positions", 64},                {"vocab_size", s.vocab},
+          {"bos_token_id", 1},                {"eos_token_id", 2},
+          {"torch_dtype", std::string(torch_dtype_name(dtype))}};
+}
+
 json llama_config(const Shape& s, const MakeModelOptions& o, DType dtype) {
   return {{"architectures", {o.architecture}},
           {"model_type", o.model_type},
@@ -233,13 +270,14 @@ void make_model(const MakeModelOptions& o, const fs::path& out) {
     if (base->resolved().config_json.empty()) fail("make-model: base {} has no config.json", o.base.string());
     std::ifstream in(base->resolved().config_json);
     base_config = json::parse(in);
-    s.hidden = base_config.at("hidden_size");
-    s.intermediate = base_config.at("intermediate_size");
-    s.layers = base_config.at("num_hidden_layers");
-    s.heads = base_config.at("num_attention_heads");
+    const bool g = base_config.contains("n_layer");
+    s.hidden = base_config.at(g ? "n_embd" : "hidden_size");
+    s.intermediate = base_config.at(g ? "n_inner" : "intermediate_size");
+    s.layers = base_config.at(g ? "n_layer" : "num_hidden_layers");
+    s.heads = base_config.at(g ? "n_head" : "num_attention_heads");
     s.kv_heads = base_config.value("num_key_value_heads", s.heads);
     s.vocab = base_config.at("vocab_size");
-    s.tied = base_config.value("tie_word_embeddings", false);
+    s.tied = g || base_config.value("tie_word_embeddings", false);
     if (auto d = parse_torch_dtype(base_config.value("torch_dtype", "float32"))) dtype = *d;
   } else {
     s.hidden = o.hidden_size;
@@ -258,7 +296,9 @@ void make_model(const MakeModelOptions& o, const fs::path& out) {
   }
   if (!dtype_is_convertible_float(dtype)) fail("make-model: dtype {} is not a float type", dtype_name(dtype));
 
-  std::vector<GenTensor> gen = llama_tensors(s, dtype);
+  const bool gpt2 = base ? base_config.contains("n_layer") : o.style == "gpt2";
+  if (!base && o.style != "llama" && o.style != "gpt2") fail("make-model: unknown style '{}'", o.style);
+  std::vector<GenTensor> gen = gpt2 ? gpt2_tensors(s, dtype) : llama_tensors(s, dtype);
   std::vector<io::TensorSpec> specs;
   for (auto& g : gen) {
     if (base) {
@@ -300,7 +340,7 @@ void make_model(const MakeModelOptions& o, const fs::path& out) {
   }
   writer.finish();
 
-  json config = base ? base_config : llama_config(s, o, dtype);
+  json config = base ? base_config : gpt2 ? gpt2_config(s, o, dtype) : llama_config(s, o, dtype);
   if (base) {
     for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                           "generation_config.json"}) {

@@ -22,6 +22,9 @@ struct MakeModelOptions {
   bool tied_embeddings = false;
   std::string architecture = "LlamaForCausalLM";  // written to config.json "architectures"
   std::string model_type = "llama";
+  // Tensor naming: "llama" (model.layers.N.self_attn...) or "gpt2" (transformer.h.N.attn.c_attn,
+  // config key n_layer, output head tied to transformer.wte).
+  std::string style = "llama";
   // When non-empty: a fine-tune of the model in this folder. Its shapes are taken from that
   // model's config.json and every tensor is base + delta_scale * N(0,1) noise where a fraction
   // `sparsity` of the delta elements are zero.

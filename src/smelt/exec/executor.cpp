@@ -28,6 +28,28 @@ uint64_t chunk_size_for(uint64_t requested, uint64_t alignment) {
 
 size_t element_bytes(DType t) { return static_cast<size_t>(std::max(1, dtype_bits(t) / 8)); }
 
+// Reads elements [offset, offset + n) of the job's (row-major) output shape from `src`, whose
+// shape may be larger in each dimension (embeddings cropped to a common block): then each row
+// piece is read from its place in the larger matrix.
+void read_elements(const io::ModelTensor& src, const std::vector<uint64_t>& shape, uint64_t offset,
+                   size_t n, char* dst) {
+  const size_t es = element_bytes(src.info->dtype);
+  const auto& full = src.info->shape;
+  if (full == shape || shape.size() != 2) {
+    src.file->read(*src.info, offset * es, dst, n * es);
+    return;
+  }
+  const uint64_t cols = shape[1], full_cols = full[1];
+  uint64_t done = 0;
+  while (done < n) {
+    const uint64_t e = offset + done;
+    const uint64_t row = e / cols, col = e % cols;
+    const uint64_t take = std::min<uint64_t>(cols - col, n - done);
+    src.file->read(*src.info, (row * full_cols + col) * es, dst + done * es, take * es);
+    done += take;
+  }
+}
+
 }  // namespace
 
 uint64_t working_memory_bytes(const plan::Plan& plan, const ExecOptions& options) {
@@ -38,17 +60,47 @@ uint64_t working_memory_bytes(const plan::Plan& plan, const ExecOptions& options
   return options.threads * (max_inputs * c * 4 + c * 8 + c * 4 + c * 8);
 }
 
+namespace {
+
+class WriterSink : public TensorSink {
+ public:
+  explicit WriterSink(io::ShardedWriter& w) : w_(w) {}
+  void write(size_t job, uint64_t offset, const void* data, uint64_t size) override {
+    w_.write(job, offset, data, size);
+  }
+
+ private:
+  io::ShardedWriter& w_;
+};
+
+}  // namespace
+
 void execute(const plan::Plan& plan, io::ShardedWriter& writer, const ExecOptions& options) {
+  std::vector<size_t> all(plan.jobs.size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+  WriterSink sink(writer);
+  execute_jobs(plan, all, sink, options);
+}
+
+void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, TensorSink& writer,
+                  const ExecOptions& options) {
   ThreadPool pool(options.threads);
   std::vector<WorkerBuffers> buffers(pool.size());
   Progress progress;
-  progress.tensors_total = plan.jobs.size();
-  progress.bytes_total = plan.output_bytes();
+  progress.tensors_total = jobs.size();
+  for (size_t j : jobs) progress.bytes_total += plan.jobs[j].output_bytes();
 
-  for (size_t job_index = 0; job_index < plan.jobs.size(); ++job_index) {
+  for (size_t job_index : jobs) {
     const plan::TensorJob& job = plan.jobs[job_index];
     const uint64_t numel = job.numel();
-    if (job.copy) {
+    // Writes bytes of this job's result to its tensor and to every identical job's tensor.
+    auto write_out = [&](uint64_t offset, const void* data, uint64_t size) {
+      writer.write(job_index, offset, data, size);
+      for (size_t d : job.duplicates) writer.write(d, offset, data, size);
+    };
+    if (job.duplicate_of >= 0) {
+      // Written together with the job it duplicates.
+    } else if (job.copy) {
       // Non-float tensors: bytes copied unchanged, in pieces.
       const io::ModelTensor& src = job.inputs[0].source;
       const uint64_t piece = options.chunk_elements * 4;
@@ -59,12 +111,12 @@ void execute(const plan::Plan& plan, io::ShardedWriter& writer, const ExecOption
         auto& raw = buffers[w].raw;
         if (raw.size() < n) raw.resize(n);
         src.file->read(*src.info, off, raw.data(), n);
-        writer.write(job_index, off, raw.data(), n);
+        write_out(off, raw.data(), n);
       });
     } else {
       const methods::TensorContext ctx = job.context(options.seed);
-      std::unique_ptr<methods::TensorMerger> merger = plan.method->begin(ctx);
-      const uint64_t chunk = chunk_size_for(options.chunk_elements, plan.method->chunk_alignment(ctx));
+      std::unique_ptr<methods::TensorMerger> merger = job.method->begin(ctx);
+      const uint64_t chunk = chunk_size_for(options.chunk_elements, job.method->chunk_alignment(ctx));
       const uint64_t chunks = std::max<uint64_t>(1, (numel + chunk - 1) / chunk);
       const size_t k = job.inputs.size();
       const size_t out_esize = element_bytes(job.dtype);
@@ -81,7 +133,7 @@ void execute(const plan::Plan& plan, io::ShardedWriter& writer, const ExecOption
           const size_t es = element_bytes(src.info->dtype);
           if (b.inputs[i].size() < n) b.inputs[i].resize(n);
           if (b.raw.size() < n * es) b.raw.resize(n * es);
-          src.file->read(*src.info, offset * es, b.raw.data(), n * es);
+          read_elements(src, job.shape, offset, n, b.raw.data());
           kernels::to_f32(src.info->dtype, b.raw.data(), b.inputs[i].data(), n);
           b.pointers[i] = b.inputs[i].data();
         }
@@ -104,7 +156,7 @@ void execute(const plan::Plan& plan, io::ShardedWriter& writer, const ExecOption
         if (b.out_raw.size() < ch.n * out_esize) b.out_raw.resize(ch.n * out_esize);
         merger->merge(ch, b.out.data());
         kernels::from_f32(job.dtype, b.out.data(), b.out_raw.data(), ch.n);
-        writer.write(job_index, ch.offset * out_esize, b.out_raw.data(), ch.n * out_esize);
+        write_out(ch.offset * out_esize, b.out_raw.data(), ch.n * out_esize);
       });
     }
     progress.tensors_done++;

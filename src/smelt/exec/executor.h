@@ -27,11 +27,23 @@ struct ExecOptions {
   std::function<void(const Progress&)> on_progress;  // called from the coordinating thread
 };
 
+// Where executed jobs' bytes go: job index, byte offset into its tensor, data.
+class TensorSink {
+ public:
+  virtual ~TensorSink() = default;
+  virtual void write(size_t job, uint64_t offset, const void* data, uint64_t size) = 0;
+};
+
 // Bytes of working memory execute() allocates for `plan` with `options` (for estimates).
 uint64_t working_memory_bytes(const plan::Plan& plan, const ExecOptions& options);
 
 // Executes every job of `plan`, writing job i as tensor i of `writer` (whose tensor list must be
 // the jobs' names, dtypes and shapes in job order). Throws smelt::Error on read/write failures.
 void execute(const plan::Plan& plan, io::ShardedWriter& writer, const ExecOptions& options);
+
+// Executes the listed jobs (in order) into `sink`; a job with duplicate_of set is skipped (its
+// original writes it). Progress counts only the listed jobs.
+void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, TensorSink& sink,
+                  const ExecOptions& options);
 
 }  // namespace smelt::exec

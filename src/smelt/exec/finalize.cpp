@@ -9,8 +9,10 @@
 
 #include "smelt/error.h"
 #include "smelt/io/safetensors.h"
+#include "smelt/plan/architecture.h"
 
 namespace smelt::exec {
+using plan::ArchitectureInfo;
 namespace fs = std::filesystem;
 using nlohmann::ordered_json;
 
@@ -55,6 +57,10 @@ std::string output_config_json(const plan::Plan& plan) {
   if (plan.output_layers >= 0 && !plan.layer_count_key.empty()) {
     set_dotted(j, plan.layer_count_key, plan.output_layers);
   }
+  const ArchitectureInfo& arch = donor.arch;
+  if (plan.output_vocab >= 0 && !arch.vocab_size_key.empty()) {
+    set_dotted(j, arch.vocab_size_key, plan.output_vocab);
+  }
   return j.dump(2) + "\n";
 }
 
@@ -95,10 +101,11 @@ bool looks_like_hub_id(const std::string& ref) {
   return !fs::exists(path, ec);
 }
 
-std::string model_card(const plan::Plan& plan, const std::string& out_name) {
+std::string model_card(const plan::Plan& plan, const std::string& out_name,
+                       const std::string& config_text) {
   std::vector<std::string> hub;
   for (const auto& m : plan.models) {
-    if (looks_like_hub_id(m.ref) &&
+    if (!m.stage && looks_like_hub_id(m.ref) &&
         std::find(hub.begin(), hub.end(), m.ref) == hub.end()) {
       hub.push_back(m.ref);
     }
@@ -110,8 +117,8 @@ std::string model_card(const plan::Plan& plan, const std::string& out_name) {
     for (const auto& h : hub) card += "- " + h + "\n";
   }
   card += "library_name: transformers\ntags:\n- merge\n- mergekit\n- smelt\n---\n";
-  auto link = [](const std::string& ref) {
-    return looks_like_hub_id(ref) ? fmt::format("[{}](https://huggingface.co/{})", ref, ref)
+  auto link = [&](const std::string& ref) {
+    return std::find(hub.begin(), hub.end(), ref) != hub.end() ? fmt::format("[{}](https://huggingface.co/{})", ref, ref)
                                   : ref;
   };
   card += fmt::format("# {}\n\nThis is a merge of pre-trained language models created with smelt, "
@@ -129,8 +136,8 @@ std::string model_card(const plan::Plan& plan, const std::string& out_name) {
   }
   card += "\n### Configuration\n\nThe following YAML configuration was used to produce this "
           "model:\n\n```yaml\n" +
-          plan.config.yaml_text;
-  if (!plan.config.yaml_text.empty() && plan.config.yaml_text.back() != '\n') card += "\n";
+          config_text;
+  if (!config_text.empty() && config_text.back() != '\n') card += "\n";
   card += "```\n";
   return card;
 }

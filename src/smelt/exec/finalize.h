@@ -23,6 +23,8 @@ std::vector<std::string> copy_tokenizer(const plan::Plan& plan, const std::files
 bool looks_like_hub_id(const std::string& ref);
 
 // The README.md model card for a merge written to a folder called `out_name`.
-std::string model_card(const plan::Plan& plan, const std::string& out_name);
+// `config_text` is the YAML shown in the card.
+std::string model_card(const plan::Plan& plan, const std::string& out_name,
+                       const std::string& config_text);
 
 }  // namespace smelt::exec

@@ -47,15 +47,25 @@ class TempFolder {
 void check_output_path(const plan::Plan& plan, const fs::path& out, bool overwrite) {
   const fs::path o = normalized(out);
   for (const auto& m : plan.models) {
-    const fs::path root = normalized(m.model->resolved().root);
-    if (within(o, root)) {
-      fail("output folder {} is {} input model {} ({}); choose another folder — smelt never "
-           "writes into an input model",
-           out.string(), o == root ? "the same folder as" : "inside", m.ref, root.string());
+    if (m.stage) continue;
+    const io::ResolvedModel& r = m.model->resolved();
+    // A folder model is protected as a whole; a single-file model only as that file.
+    std::vector<fs::path> protect;
+    if (r.single_file) {
+      for (const auto& f : r.weight_files) protect.push_back(normalized(f));
+    } else {
+      protect.push_back(normalized(r.root));
     }
-    if (within(root, o)) {
-      fail("output folder {} contains input model {} ({}); choose another folder", out.string(),
-           m.ref, root.string());
+    for (const fs::path& root : protect) {
+      if (within(o, root)) {
+        fail("output folder {} is {} input model {} ({}); choose another folder — smelt never "
+             "writes into an input model",
+             out.string(), o == root ? "the same path as" : "inside", m.ref, root.string());
+      }
+      if (within(root, o)) {
+        fail("output folder {} contains input model {} ({}); choose another folder", out.string(),
+             m.ref, root.string());
+      }
     }
   }
   std::error_code ec;
@@ -75,11 +85,13 @@ void run_merge(const plan::Plan& plan, const fs::path& out, const MergeOptions& 
   TempFolder temp(target.parent_path() /
                   fmt::format(".{}.smelt-tmp-{:08x}", target.filename().string(), rd()));
 
+  const std::string& config_text =
+      options.config_text.empty() ? plan.config.yaml_text : options.config_text;
   std::vector<io::TensorSpec> specs;
   for (const auto& job : plan.jobs) specs.push_back({job.name, job.dtype, job.shape});
   std::map<std::string, std::string> metadata = {
       {"smelt_version", SMELT_VERSION},
-      {"mergekit_config", plan.config.yaml_text},
+      {"mergekit_config", config_text},
       {"random_seed", std::to_string(options.exec.seed)},
   };
   {
@@ -91,8 +103,9 @@ void run_merge(const plan::Plan& plan, const fs::path& out, const MergeOptions& 
     io::write_file_atomic(temp.path() / "config.json", cfg);
   }
   if (options.write_model_card) {
-    io::write_file_atomic(temp.path() / "README.md", model_card(plan, target.filename().string()));
-    io::write_file_atomic(temp.path() / "mergekit_config.yml", plan.config.yaml_text);
+    io::write_file_atomic(temp.path() / "README.md",
+                          model_card(plan, target.filename().string(), config_text));
+    io::write_file_atomic(temp.path() / "mergekit_config.yml", config_text);
   }
   if (options.copy_tokenizer) copy_tokenizer(plan, temp.path());
 

@@ -16,6 +16,9 @@ struct MergeOptions {
   bool copy_tokenizer = true;
   bool write_model_card = true;
   bool overwrite = false;
+  // The config text recorded in the output (mergekit_config.yml, model card, metadata); empty =
+  // the plan's own document.
+  std::string config_text;
 };
 
 // Refuses an OUT that is, contains, or lies inside an input model folder, and an existing

@@ -228,10 +228,11 @@ ResolvedModel resolve_model(const ModelRef& ref) {
        shown, list, ref.path);
 }
 
-std::shared_ptr<Model> Model::open(const ResolvedModel& resolved) {
+std::shared_ptr<Model> Model::from_files(const ResolvedModel& resolved,
+                                         std::vector<std::shared_ptr<TensorFile>> files) {
   auto m = std::make_shared<Model>();
   m->resolved_ = resolved;
-  for (const fs::path& f : resolved.weight_files) m->files_.push_back(SafetensorsFile::open(f));
+  m->files_ = std::move(files);
   for (const auto& file : m->files_) {
     for (const TensorInfo& t : file->tensors()) {
       if (!m->by_name_.emplace(t.name, m->tensors_.size()).second) {
@@ -242,6 +243,13 @@ std::shared_ptr<Model> Model::open(const ResolvedModel& resolved) {
       m->tensors_.push_back({&t, file.get()});
     }
   }
+  return m;
+}
+
+std::shared_ptr<Model> Model::open(const ResolvedModel& resolved) {
+  std::vector<std::shared_ptr<TensorFile>> files;
+  for (const fs::path& f : resolved.weight_files) files.push_back(SafetensorsFile::open(f));
+  auto m = from_files(resolved, std::move(files));
   if (!resolved.index_json.empty()) {
     const auto j = nlohmann::json::parse(read_text(resolved.index_json));
     for (auto& [tensor, file] : j["weight_map"].items()) {

@@ -56,6 +56,9 @@ struct ModelTensor {
 class Model {
  public:
   static std::shared_ptr<Model> open(const ResolvedModel& resolved);
+  // A model over already opened files (e.g. tensors computed by an earlier recipe stage).
+  static std::shared_ptr<Model> from_files(const ResolvedModel& resolved,
+                                           std::vector<std::shared_ptr<TensorFile>> files);
   // Convenience: parse + resolve + open.
   static std::shared_ptr<Model> open(std::string_view ref);
 

@@ -42,6 +42,39 @@ struct LayerStructure {
 
 LayerStructure infer_layers(const std::vector<std::string>& tensor_names);
 
+// Everything smelt knows about one model's architecture: layer stacks inferred from tensor names,
+// refined by the data table (data/architectures.json) for known families.
+struct ArchitectureInfo {
+  std::string architecture;  // config.json architectures[0] ("" without config.json)
+  std::string model_type;    // config.json model_type
+  std::string family;        // table entry used ("" = inferred from names only)
+  LayerStructure layers;
+  std::string layer_prefix;     // the stack that slices address
+  std::string layer_count_key;  // config key of the layer count ("" = unknown)
+  std::string vocab_size_key;   // config key of the vocabulary size
+  std::string tie_config_key;   // config key saying the output head is tied
+  std::vector<std::string> embedding_patterns;  // globs of tensors whose rows are vocab entries
+  std::vector<std::pair<std::string, std::string>> tied;  // head glob -> embedding glob
+  std::vector<std::string> post_patterns;         // loose tensors after the layers
+  std::vector<std::string> copy_from_base_patterns;  // e.g. vision towers
+  bool tied_in_config = false;  // the config says the head is tied to the embeddings
+
+  int64_t num_layers() const;
+  bool is_embedding(std::string_view name) const;
+  bool is_post_weight(std::string_view name) const;
+  bool copy_from_base(std::string_view name) const;
+  // For an output head name (e.g. "lm_head.weight"), the embedding tensor it is tied to among
+  // `names` (e.g. "model.embed_tokens.weight"); "" when `name` is not a tied head.
+  std::string tied_embedding(std::string_view name, const std::vector<std::string>& names) const;
+};
+
+// Infers the architecture of a model from its tensor names and config.json text (may be empty).
+ArchitectureInfo infer_architecture(const std::vector<std::string>& tensor_names,
+                                    const std::string& config_json_text);
+
+// True when `name` matches the glob `pattern` ('*' matches any run of characters, dots included).
+bool glob_match(std::string_view pattern, std::string_view name);
+
 // The config.json key holding the layer count (e.g. "num_hidden_layers", "n_layer",
 // "text_config.num_hidden_layers"), found by trying the common names; empty when none matches
 // `num_layers`.

@@ -9,7 +9,6 @@
 
 #include "smelt/config/suggest.h"
 #include "smelt/error.h"
-#include "smelt/plan/architecture.h"
 
 namespace smelt::plan {
 namespace {
@@ -38,6 +37,16 @@ struct SliceView {
   std::string yaml_path;
 };
 
+// Every filter string written anywhere in a parameter setting (to tell whether a config
+// addresses a tensor explicitly).
+void collect_filters(const config::ParameterValue& v, std::vector<std::string>* out) {
+  if (v.kind() != config::ParameterValue::Kind::kConditional) return;
+  for (const auto& c : v.conditions()) {
+    if (c.filter && !c.filter->empty() && *c.filter != "*") out->push_back(*c.filter);
+    collect_filters(c.value, out);
+  }
+}
+
 class Planner {
  public:
   Planner(const config::MergeConfig& cfg, const PlanOptions& opt) : cfg_(cfg), opt_(opt) {
@@ -47,11 +56,13 @@ class Planner {
   Plan build() {
     find_method();
     reject_unsupported();
+    collect_config_filters();
     if (cfg_.uses_models()) {
       plan_models();
     } else {
       plan_slices();
     }
+    dedupe();
     finish_jobs();
     return std::move(plan_);
   }
@@ -62,8 +73,15 @@ class Planner {
     fail("{}: {}: {}", cfg_.filename, yaml_path, message);
   }
 
+  void warn(std::string message) {
+    if (std::find(plan_.warnings.begin(), plan_.warnings.end(), message) == plan_.warnings.end()) {
+      plan_.warnings.push_back(std::move(message));
+    }
+  }
+
   void find_method() {
     plan_.method = methods::find_method(cfg_.merge_method);
+    passthrough_ = methods::find_method("passthrough");
     if (plan_.method) return;
     const auto names = methods::method_names();
     const std::string guess = config::closest_match(cfg_.merge_method, names);
@@ -108,6 +126,26 @@ class Planner {
     }
   }
 
+  void collect_config_filters() {
+    auto add = [&](const ParameterSettings& s) {
+      for (const auto& [name, value] : s) collect_filters(value, &config_filters_);
+    };
+    add(cfg_.parameters);
+    for (const auto& m : cfg_.models) add(m.parameters);
+    for (const auto& s : cfg_.slices) {
+      add(s.parameters);
+      for (const auto& src : s.sources) add(src.parameters);
+    }
+  }
+
+  // True when a parameter filter of the config names (a substring of) `tensor`.
+  bool addressed_by_config(const std::string& tensor) const {
+    for (const auto& f : config_filters_) {
+      if (tensor.find(f) != std::string::npos) return true;
+    }
+    return false;
+  }
+
   size_t add_model(const config::ModelReference& r) {
     const std::string key = r.str();
     for (size_t i = 0; i < plan_.models.size(); ++i) {
@@ -115,22 +153,73 @@ class Planner {
     }
     PlanModel m;
     m.ref = key;
-    try {
-      m.model = io::Model::open(io::resolve_model(r.ref));
-    } catch (const Error& e) {
-      fail_at(r.yaml_path, e.what());
-    }
-    if (!m.model->resolved().config_json.empty()) {
-      m.config_text = read_text_file(m.model->resolved().config_json);
+    if (auto named = opt_.named_models.find(key); named != opt_.named_models.end()) {
+      m.model = named->second.model;
+      m.config_text = named->second.config_text;
+      m.stage = true;
+    } else {
+      try {
+        m.model = io::Model::open(io::resolve_model(r.ref));
+      } catch (const Error& e) {
+        if (!opt_.named_models.empty()) {
+          std::vector<std::string> names;
+          for (const auto& [n, unused] : opt_.named_models) names.push_back(n);
+          fail_at(r.yaml_path, fmt::format("{}\n'{}' is not the name of an earlier stage either "
+                                           "(known: {})",
+                                           e.what(), key, fmt::join(names, ", ")));
+        }
+        fail_at(r.yaml_path, e.what());
+      }
+      if (!m.model->resolved().config_json.empty()) {
+        m.config_text = read_text_file(m.model->resolved().config_json);
+      }
     }
     std::vector<std::string> names;
     for (const auto& t : m.model->tensors()) names.push_back(t.info->name);
-    structures_.push_back(infer_layers(names));
+    m.arch = infer_architecture(names, m.config_text);
+    if (!r.override_architecture.empty()) m.arch.architecture = r.override_architecture;
     plan_.models.push_back(std::move(m));
+    model_paths_.push_back(r.yaml_path);
     return plan_.models.size() - 1;
   }
 
-  // Global and per-model parameter names the method knows.
+  const ArchitectureInfo& arch(size_t model) const { return plan_.models[model].arch; }
+  const std::string& ref(size_t model) const { return plan_.models[model].ref; }
+
+  bool has_tensor(size_t model, const std::string& name) const {
+    return plan_.models[model].model->has(name);
+  }
+
+  std::vector<std::string> tensor_names(size_t model) const {
+    std::vector<std::string> names;
+    for (const auto& t : plan_.models[model].model->tensors()) names.push_back(t.info->name);
+    return names;
+  }
+
+  // Raw mode: every input is a bare tensor file (no config.json), so tensors are merged by name
+  // with no architecture knowledge (mergekit-pytorch).
+  void decide_raw() {
+    bool all_bare = true;
+    for (const auto& m : plan_.models) all_bare = all_bare && m.config_text.empty();
+    plan_.raw = all_bare;
+  }
+
+  void check_architectures() {
+    if (plan_.raw || opt_.allow_crimes) return;
+    const ArchitectureInfo& d = arch(plan_.donor);
+    for (size_t i = 0; i < plan_.models.size(); ++i) {
+      const ArchitectureInfo& a = arch(i);
+      if (a.architecture != d.architecture || a.model_type != d.model_type) {
+        fail_at(model_paths_[i],
+                fmt::format("model {} is {} ({}) but {} is {} ({}); merging different "
+                            "architectures is refused unless you pass --allow-crimes",
+                            ref(i), a.architecture.empty() ? "unknown" : a.architecture,
+                            a.model_type, ref(plan_.donor),
+                            d.architecture.empty() ? "unknown" : d.architecture, d.model_type));
+      }
+    }
+  }
+
   void check_parameter_names(const ParameterSettings& settings, const std::string& where,
                              bool per_model) {
     std::vector<std::string> known;
@@ -151,81 +240,9 @@ class Planner {
     }
   }
 
-  void warn(std::string message) {
-    if (std::find(plan_.warnings.begin(), plan_.warnings.end(), message) == plan_.warnings.end()) {
-      plan_.warnings.push_back(std::move(message));
-    }
-  }
-
   int base_model_index() {
     if (!cfg_.base_model) return -1;
     return static_cast<int>(add_model(*cfg_.base_model));
-  }
-
-  void plan_models() {
-    SliceView slice;
-    slice.params = nullptr;
-    for (const auto& m : cfg_.models) {
-      SourceView s;
-      s.model = add_model(m.model);
-      s.params = &m.parameters;
-      s.yaml_path = m.yaml_path;
-      slice.sources.push_back(s);
-      check_parameter_names(m.parameters, m.yaml_path + ".parameters", true);
-    }
-    check_parameter_names(cfg_.parameters, "parameters", false);
-    plan_.base_model = base_model_index();
-    attach_base(&slice, plan_.base_model, "base_model");
-    plan_.donor = plan_.base_model >= 0 ? static_cast<size_t>(plan_.base_model) : slice.sources[0].model;
-
-    // Every model must have the donor's layer stacks with the same number of layers.
-    const LayerStructure& donor = structures_[plan_.donor];
-    for (const SourceView& s : slice.sources) {
-      if (structures_[s.model].layers_by_prefix != donor.layers_by_prefix) {
-        fail_at(s.yaml_path,
-                fmt::format("model {} has {} layers but {} has {}; all inputs to a merge must "
-                            "contain the same number of layers (use slices: to pick ranges)",
-                            plan_.models[s.model].ref, structures_[s.model].num_layers(),
-                            plan_.models[plan_.donor].ref, donor.num_layers()));
-      }
-    }
-    const SourceView* donor_source = nullptr;
-    for (const SourceView& s : slice.sources) {
-      if (s.model == plan_.donor && !donor_source) donor_source = &s;
-    }
-    for (const SourceView& s : slice.sources) check_same_tensors(s, *donor_source, nullptr);
-    for (const auto& t : plan_.models[plan_.donor].model->tensors()) {
-      const std::string& name = t.info->name;
-      double tpos = 0;
-      if (auto l = parse_layer_name(name)) {
-        const int64_t n = donor.layers_by_prefix.at(l->prefix);
-        tpos = n <= 1 ? 1.0 : static_cast<double>(l->index) / static_cast<double>(n - 1);
-      }
-      std::vector<std::string> input_names(slice.sources.size(), name);
-      add_job(name, input_names, slice, tpos);
-    }
-  }
-
-  // Fails when `source`'s model has a tensor the donor tensor list lacks (a missing tensor is
-  // reported by add_job, naming the output tensor). With `layer_prefix`, only tensors of that
-  // layer stack are compared.
-  void check_same_tensors(const SourceView& source, const SourceView& donor,
-                          const std::string* layer_prefix) {
-    std::set<std::string_view> names;
-    for (const auto& t : plan_.models[donor.model].model->tensors()) names.insert(t.info->name);
-    for (const auto& t : plan_.models[source.model].model->tensors()) {
-      if (layer_prefix) {
-        auto l = parse_layer_name(t.info->name);
-        if (!l || l->prefix != *layer_prefix) continue;
-      }
-      if (!names.count(t.info->name)) {
-        fail_at(donor.yaml_path,
-                fmt::format("tensor '{}' is missing from model {} but present in {} ({}); the "
-                            "models do not share an architecture",
-                            t.info->name, plan_.models[donor.model].ref,
-                            plan_.models[source.model].ref, source.yaml_path));
-      }
-    }
   }
 
   // Puts the base model among the slice's sources (appending it, as mergekit does for models:).
@@ -240,7 +257,7 @@ class Planner {
     if (!cfg_.uses_models()) {
       fail_at(yaml_path, fmt::format("base model {} is not one of the sources of {}; add it as a "
                                      "source with the same layer_range",
-                                     plan_.models[base_model].ref, slice->yaml_path));
+                                     ref(base_model), slice->yaml_path));
     }
     SourceView s;
     s.model = static_cast<size_t>(base_model);
@@ -248,6 +265,179 @@ class Planner {
     slice->sources.push_back(s);
     slice->base = static_cast<int>(slice->sources.size() - 1);
   }
+
+  // ---- output heads tied to the embeddings (users.md A.11, mergekit #385) ----
+
+  bool is_head(const ArchitectureInfo& a, const std::string& name) const {
+    for (const auto& [head, emb] : a.tied) {
+      if (glob_match(head, name)) return true;
+    }
+    return false;
+  }
+
+  // Decides, for output post-weights taken from `sources`, which tied heads are written. Returns
+  // the head names to add to (or keep in) the output and fills `drop` with head names to leave out.
+  std::vector<std::string> plan_heads(const std::vector<SourceView>& sources, std::set<std::string>* drop) {
+    const ArchitectureInfo& d = arch(plan_.donor);
+    std::vector<std::string> heads;
+    for (const SourceView& s : sources) {
+      for (const auto& n : tensor_names(s.model)) {
+        if (is_head(d, n) && std::find(heads.begin(), heads.end(), n) == heads.end()) heads.push_back(n);
+      }
+    }
+    if (d.tied_in_config) {
+      for (const auto& h : heads) {
+        drop->insert(h);
+        warn(fmt::format("'{}' of the inputs is not written: the output config ({} of {}) ties the "
+                         "output head to the embeddings",
+                         h, d.tie_config_key, ref(plan_.donor)));
+      }
+      return {};
+    }
+    return heads;
+  }
+
+  // The name to read output tensor `name` from in `model`: itself, or for a tied head the
+  // model's embedding matrix.
+  std::string input_name(size_t model, const std::string& name) {
+    if (has_tensor(model, name)) return name;
+    const std::string emb = arch(model).tied_embedding(name, tensor_names(model));
+    return emb.empty() ? name : emb;
+  }
+
+  // ---- models: ----
+
+  void plan_models() {
+    SliceView slice;
+    for (const auto& m : cfg_.models) {
+      SourceView s;
+      s.model = add_model(m.model);
+      s.params = &m.parameters;
+      s.yaml_path = m.yaml_path;
+      slice.sources.push_back(s);
+      check_parameter_names(m.parameters, m.yaml_path + ".parameters", true);
+    }
+    check_parameter_names(cfg_.parameters, "parameters", false);
+    plan_.base_model = base_model_index();
+    attach_base(&slice, plan_.base_model, "base_model");
+    plan_.donor = plan_.base_model >= 0 ? static_cast<size_t>(plan_.base_model) : slice.sources[0].model;
+    decide_raw();
+    check_architectures();
+    if (plan_.raw) {
+      plan_raw(slice);
+      return;
+    }
+    const ArchitectureInfo& donor = arch(plan_.donor);
+    const SourceView* donor_source = nullptr;
+    for (const SourceView& s : slice.sources) {
+      if (s.model == plan_.donor && !donor_source) donor_source = &s;
+    }
+    for (const SourceView& s : slice.sources) {
+      if (arch(s.model).layers.layers_by_prefix != donor.layers.layers_by_prefix) {
+        fail_at(s.yaml_path,
+                fmt::format("model {} has {} layers but {} has {}; all inputs to a merge must "
+                            "contain the same number of layers (use slices: to pick ranges)",
+                            ref(s.model), arch(s.model).num_layers(), ref(plan_.donor),
+                            donor.num_layers()));
+      }
+      check_same_tensors(s, *donor_source);
+    }
+    std::set<std::string> drop;
+    std::vector<std::string> heads = plan_heads(slice.sources, &drop);
+    std::vector<std::string> names;
+    for (const auto& n : tensor_names(plan_.donor)) {
+      if (!drop.count(n)) names.push_back(n);
+    }
+    for (const auto& h : heads) {
+      if (std::find(names.begin(), names.end(), h) == names.end()) names.push_back(h);
+    }
+    for (const std::string& name : names) {
+      double tpos = 0;
+      if (auto l = parse_layer_name(name)) {
+        const int64_t n = donor.layers.layers_by_prefix.at(l->prefix);
+        tpos = n <= 1 ? 1.0 : static_cast<double>(l->index) / static_cast<double>(n - 1);
+      }
+      std::vector<std::string> inputs;
+      for (const SourceView& s : slice.sources) inputs.push_back(input_name(s.model, name));
+      add_job(name, inputs, slice, tpos);
+    }
+  }
+
+  // Fails when a tensor is in one input but not in the donor (a tensor the donor has but an input
+  // lacks is reported by add_job, naming the output tensor). Tied heads are exempt.
+  void check_same_tensors(const SourceView& source, const SourceView& donor) {
+    std::set<std::string> names;
+    for (const auto& n : tensor_names(donor.model)) names.insert(n);
+    for (const auto& n : tensor_names(source.model)) {
+      if (!names.count(n) && !is_head(arch(donor.model), n)) {
+        fail_at(donor.yaml_path,
+                fmt::format("tensor '{}' is missing from model {} but present in {} ({}); the "
+                            "models do not share an architecture",
+                            n, ref(donor.model), ref(source.model), source.yaml_path));
+      }
+    }
+  }
+
+  // ---- raw tensor files (mergekit-pytorch) ----
+
+  void plan_raw(const SliceView& slice) {
+    // Names in order of first appearance: donor first, then the others.
+    std::vector<std::string> order;
+    std::set<std::string> seen;
+    std::vector<size_t> models = {plan_.donor};
+    for (const SourceView& s : slice.sources) models.push_back(s.model);
+    for (size_t m : models) {
+      for (const auto& n : tensor_names(m)) {
+        if (seen.insert(n).second) order.push_back(n);
+      }
+    }
+    std::vector<std::string> partial;
+    size_t skipped = 0, base_missing = 0;
+    for (const std::string& name : order) {
+      SliceView sub;
+      sub.params = slice.params;
+      sub.yaml_path = slice.yaml_path;
+      for (size_t i = 0; i < slice.sources.size(); ++i) {
+        if (!has_tensor(slice.sources[i].model, name)) continue;
+        if (static_cast<int>(i) == slice.base) sub.base = static_cast<int>(sub.sources.size());
+        sub.sources.push_back(slice.sources[i]);
+      }
+      if (sub.sources.size() != slice.sources.size()) {
+        if (opt_.tensor_set == TensorSetMode::kError) {
+          partial.push_back(name);
+          continue;
+        }
+        if (opt_.tensor_set == TensorSetMode::kIntersection) {
+          ++skipped;
+          continue;
+        }
+        if (slice.base >= 0 && sub.base < 0 &&
+            plan_.method->base_use() == methods::BaseUse::kRequired) {
+          // --tensor-union and the base lacks it: keep the first model's tensor unchanged.
+          ++base_missing;
+          add_copy_job(name, sub.sources[0].model, name, false);
+          continue;
+        }
+      }
+      std::vector<std::string> inputs(sub.sources.size(), name);
+      add_job(name, inputs, sub, 0.0);
+    }
+    if (!partial.empty()) {
+      std::vector<std::string> shown(partial.begin(), partial.begin() + std::min<size_t>(5, partial.size()));
+      fail_at("models", fmt::format("{} tensor(s) are missing from some input files (e.g. {}); pass "
+                                    "--tensor-intersection to skip them or --tensor-union to merge "
+                                    "each over the files that have it",
+                                    partial.size(), fmt::join(shown, ", ")));
+    }
+    if (skipped) warn(fmt::format("--tensor-intersection: skipped {} tensor(s) missing from some files", skipped));
+    if (base_missing) {
+      warn(fmt::format("--tensor-union: {} tensor(s) absent from the base were copied from the first "
+                       "file that has them",
+                       base_missing));
+    }
+  }
+
+  // ---- slices: ----
 
   void plan_slices() {
     check_parameter_names(cfg_.parameters, "parameters", false);
@@ -267,81 +457,167 @@ class Planner {
         s.params = &src.parameters;
         s.yaml_path = src.yaml_path;
         check_parameter_names(src.parameters, src.yaml_path + ".parameters", true);
-        const int64_t have = structures_[s.model].num_layers();
+        const int64_t have = arch(s.model).num_layers();
         if (s.end > have) {
           fail_at(src.yaml_path + ".layer_range",
                   fmt::format("[{}, {}) goes beyond model {}, which has {} layers", s.start, s.end,
-                              plan_.models[s.model].ref, have));
+                              ref(s.model), have));
         }
         if (!v.sources.empty() && s.end - s.start != v.sources[0].end - v.sources[0].start) {
           fail_at(src.yaml_path + ".layer_range",
                   fmt::format("spans {} layers but {} spans {}; all sources of a slice must "
                               "contain the same number of layers",
-                              s.end - s.start, v.sources[0].yaml_path, v.sources[0].end - v.sources[0].start));
+                              s.end - s.start, v.sources[0].yaml_path,
+                              v.sources[0].end - v.sources[0].start));
         }
         v.sources.push_back(s);
       }
       int base = global_base;
       std::string base_path = "base_model";
-      if (os.base_model) base = static_cast<int>(add_model(*os.base_model)), base_path = os.yaml_path + ".base_model";
+      if (os.base_model) {
+        base = static_cast<int>(add_model(*os.base_model));
+        base_path = os.yaml_path + ".base_model";
+      }
       attach_base(&v, base, base_path);
       slices.push_back(std::move(v));
     }
     plan_.base_model = global_base;
     plan_.donor = global_base >= 0 ? static_cast<size_t>(global_base) : slices[0].sources[0].model;
+    decide_raw();
+    if (plan_.raw) fail_at("slices", "slices need models with a config.json (layer structure)");
+    check_architectures();
+    const ArchitectureInfo& donor = arch(plan_.donor);
+    if (donor.num_layers() == 0) {
+      fail_at("slices", fmt::format("model {} has no numbered layers to slice", ref(plan_.donor)));
+    }
 
     // Pre-weights from the first slice, layers renumbered in order, post-weights from the last.
-    const size_t first_model = slices.front().sources[0].model;
-    const size_t last_model = slices.back().sources[0].model;
+    const SliceView& first = slices.front();
+    const SliceView& last = slices.back();
     auto loose = [&](size_t model, bool post) {
       std::vector<std::string> names;
-      const std::string& main = structures_[model].main_prefix;
-      for (const auto& t : plan_.models[model].model->tensors()) {
-        auto l = parse_layer_name(t.info->name);
-        if (l && l->prefix == main) continue;
-        if (is_post_weight_name(t.info->name) == post) names.push_back(t.info->name);
+      for (const auto& n : tensor_names(model)) {
+        auto l = parse_layer_name(n);
+        if (l && l->prefix == arch(model).layer_prefix) continue;
+        if (arch(model).is_post_weight(n) == post) names.push_back(n);
       }
       return names;
     };
-    for (const auto& name : loose(first_model, false)) {
-      add_job(name, std::vector<std::string>(slices.front().sources.size(), name), slices.front(), 0);
+    for (const auto& name : loose(first.sources[0].model, false)) {
+      std::vector<std::string> inputs;
+      for (const SourceView& s : first.sources) inputs.push_back(input_name(s.model, name));
+      add_job(name, inputs, first, 0);
     }
     int64_t out_layer = 0;
+    const std::string out_prefix = donor.layer_prefix;
     for (const SliceView& s : slices) {
       const int64_t n = s.sources[0].end - s.sources[0].start;
       const size_t lead = s.sources[0].model;
-      const std::string& prefix = structures_[lead].main_prefix;
+      const std::string& prefix = arch(lead).layer_prefix;
       for (int64_t j = 0; j < n; ++j, ++out_layer) {
         const double tpos = n == 1 ? 1.0 : static_cast<double>(j) / static_cast<double>(n - 1);
+        std::set<std::string> lead_suffixes;
         // The lead source's tensors of that layer define the layer's template.
-        for (const auto& t : plan_.models[lead].model->tensors()) {
-          auto l = parse_layer_name(t.info->name);
+        for (const auto& name : tensor_names(lead)) {
+          auto l = parse_layer_name(name);
           if (!l || l->prefix != prefix || l->index != s.sources[0].start + j) continue;
-          std::vector<std::string> input_names;
-          for (const SourceView& src : s.sources) input_names.push_back(layer_tensor_name(*l, src.start + j));
-          add_job(layer_tensor_name(*l, out_layer), input_names, s, tpos);
+          lead_suffixes.insert(l->suffix);
+          std::vector<std::string> inputs;
+          for (const SourceView& src : s.sources) inputs.push_back(layer_tensor_name(*l, src.start + j));
+          LayerName out = *l;
+          out.prefix = out_prefix;
+          add_job(layer_tensor_name(out, out_layer), inputs, s, tpos);
+        }
+        // Sources must not have tensors in that layer that the lead lacks.
+        for (size_t k = 1; k < s.sources.size(); ++k) {
+          const SourceView& src = s.sources[k];
+          for (const auto& name : tensor_names(src.model)) {
+            auto l = parse_layer_name(name);
+            if (!l || l->prefix != arch(src.model).layer_prefix || l->index != src.start + j) continue;
+            if (!lead_suffixes.count(l->suffix)) {
+              fail_at(src.yaml_path, fmt::format("tensor '{}' of {} has no counterpart in layer {} of "
+                                                 "{}; the models do not share an architecture",
+                                                 name, ref(src.model), s.sources[0].start + j, ref(lead)));
+            }
+          }
         }
       }
     }
-    for (const auto& name : loose(last_model, true)) {
-      add_job(name, std::vector<std::string>(slices.back().sources.size(), name), slices.back(), 0);
+    std::set<std::string> drop;
+    std::vector<std::string> heads = plan_heads(last.sources, &drop);
+    std::vector<std::string> post;
+    for (const auto& name : loose(last.sources[0].model, true)) {
+      if (!drop.count(name)) post.push_back(name);
+    }
+    for (const auto& h : heads) {
+      if (std::find(post.begin(), post.end(), h) == post.end()) post.push_back(h);
+    }
+    for (const auto& name : post) {
+      std::vector<std::string> inputs;
+      for (const SourceView& s : last.sources) inputs.push_back(input_name(s.model, name));
+      add_job(name, inputs, last, 0);
     }
     plan_.output_layers = out_layer;
-    const PlanModel& donor = plan_.models[plan_.donor];
-    plan_.layer_count_key = find_layer_count_key(donor.config_text, structures_[plan_.donor].num_layers());
-    if (plan_.layer_count_key.empty() && !donor.config_text.empty()) {
-      warn(fmt::format("could not find the layer count in {}'s config.json; the output config keeps "
-                       "the donor's value",
-                       donor.ref));
+    plan_.layer_count_key = donor.layer_count_key;
+    if (plan_.layer_count_key.empty() && out_layer != donor.num_layers()) {
+      fail_at("slices",
+              fmt::format("the output has {} layers but {}'s config.json has no layer-count key "
+                          "holding its {} layers (looked for num_hidden_layers, n_layer, "
+                          "num_layers, n_layers, text_config.num_hidden_layers); the output "
+                          "config.json would be wrong",
+                          out_layer, ref(plan_.donor), donor.num_layers()));
     }
+  }
+
+  // ---- jobs ----
+
+  // A job writing `tensor` of `model` unchanged (bytes for non-float tensors; through passthrough
+  // for float ones, so out_dtype applies).
+  void add_copy_job(const std::string& out_name, size_t model, const std::string& tensor,
+                    bool is_embedding) {
+    TensorJob job;
+    job.name = out_name;
+    job.is_embedding = is_embedding;
+    JobInput in;
+    in.model = model;
+    in.tensor = tensor;
+    in.source = plan_.models[model].model->find(tensor);
+    if (!in.source.info) fail("model {} has no tensor '{}'", ref(model), tensor);
+    job.shape = in.source.info->shape;
+    job.inputs.push_back(in);
+    if (!dtype_is_convertible_float(in.source.info->dtype)) {
+      job.copy = true;
+      job.dtype = in.source.info->dtype;
+    } else {
+      job.method = passthrough_;
+      job.dtype = output_dtype(in.source.info->dtype);
+      job.params.per_model.resize(1);
+      job.params.per_model[0]["scale"] = 1.0;
+      job.model_origin.resize(1);
+      job.model_origin[0]["scale"] = "copied from the base model";
+    }
+    plan_.jobs.push_back(std::move(job));
+  }
+
+  DType output_dtype(DType stored) const {
+    return cfg_.out_dtype ? *cfg_.out_dtype : cfg_.dtype ? *cfg_.dtype : stored;
   }
 
   void add_job(const std::string& out_name, const std::vector<std::string>& input_names,
                const SliceView& slice, double tpos) {
+    const ArchitectureInfo& donor = arch(plan_.donor);
+    const bool is_embedding = !plan_.raw && donor.is_embedding(out_name);
+    // Vision towers and projectors are copied from the base unless the config addresses them.
+    if (!plan_.raw && donor.copy_from_base(out_name) && !addressed_by_config(out_name)) {
+      const size_t from = slice.base >= 0 ? slice.sources[slice.base].model : plan_.donor;
+      add_copy_job(out_name, from, input_name(from, out_name), is_embedding);
+      return;
+    }
     TensorJob job;
     job.name = out_name;
     job.t = tpos;
-    job.is_embedding = is_embedding_name(out_name);
+    job.method = plan_.method;
+    job.is_embedding = is_embedding;
     const methods::BaseUse base_use = plan_.method->base_use();
     if (base_use == methods::BaseUse::kRequired && slice.base < 0) {
       fail_at(slice.yaml_path.empty() ? "base_model" : slice.yaml_path + ".base_model",
@@ -357,42 +633,66 @@ class Planner {
       if (!in.source.info) {
         fail_at(s.yaml_path, fmt::format("tensor '{}' is missing from model {} (needed for output "
                                          "tensor '{}')",
-                                         in.tensor, plan_.models[s.model].ref, out_name));
+                                         in.tensor, ref(s.model), out_name));
       }
       job.inputs.push_back(std::move(in));
     }
-    // Shapes must agree (embedding rectification comes with architecture support).
-    const io::TensorInfo& ref_info = *job.inputs[job.base >= 0 ? job.base : 0].source.info;
+    const size_t ref_input = job.base >= 0 ? static_cast<size_t>(job.base) : 0;
+    const io::TensorInfo& ref_info = *job.inputs[ref_input].source.info;
     job.shape = ref_info.shape;
-    for (size_t i = 0; i < job.inputs.size(); ++i) {
-      const io::TensorInfo& info = *job.inputs[i].source.info;
-      if (info.shape != job.shape) {
-        fail_at(slice.sources[i].yaml_path,
-                fmt::format("tensor '{}' has shape {} in {} but {} in {}; shapes must match", info.name,
-                            shape_str(info.shape), plan_.models[job.inputs[i].model].ref,
-                            shape_str(job.shape),
-                            plan_.models[job.inputs[job.base >= 0 ? job.base : 0].model].ref));
-      }
-    }
+    reconcile_shapes(&job, slice);
     bool all_float = true;
     for (const auto& in : job.inputs) all_float = all_float && dtype_is_convertible_float(in.source.info->dtype);
     if (!all_float) {
-      job.copy = true;
-      const JobInput keep = job.inputs[job.base >= 0 ? job.base : 0];
-      job.dtype = keep.source.info->dtype;
-      job.inputs = {keep};
-      job.base = -1;
-      plan_.jobs.push_back(std::move(job));
+      const JobInput keep = job.inputs[ref_input];
+      job = TensorJob();
+      add_copy_job(out_name, keep.model, keep.tensor, is_embedding);
       return;
     }
-    job.dtype = cfg_.out_dtype ? *cfg_.out_dtype
-                : cfg_.dtype   ? *cfg_.dtype
-                               : ref_info.dtype;
+    job.dtype = output_dtype(ref_info.dtype);
     if (!dtype_is_convertible_float(job.dtype)) {
       fail_at("out_dtype", fmt::format("cannot write tensor '{}' as {}", out_name, dtype_name(job.dtype)));
     }
     resolve_params(&job, slice);
     plan_.jobs.push_back(std::move(job));
+  }
+
+  // Inputs must share a shape, except embeddings, which are cropped to their common top-left block
+  // (mergekit's rectification, spec §6.1).
+  void reconcile_shapes(TensorJob* job, const SliceView& slice) {
+    bool same = true;
+    for (const auto& in : job->inputs) same = same && in.source.info->shape == job->shape;
+    if (same) return;
+    bool all_2d = true;
+    for (const auto& in : job->inputs) all_2d = all_2d && in.source.info->shape.size() == 2;
+    if (job->is_embedding && all_2d) {
+      std::vector<uint64_t> common = job->shape;
+      std::vector<std::string> shapes;
+      for (const auto& in : job->inputs) {
+        common[0] = std::min(common[0], in.source.info->shape[0]);
+        common[1] = std::min(common[1], in.source.info->shape[1]);
+        shapes.push_back(fmt::format("{} {}", ref(in.model), shape_str(in.source.info->shape)));
+      }
+      job->shape = common;
+      warn(fmt::format("'{}': inputs differ in shape ({}); cropped to the common block {}", job->name,
+                       fmt::join(shapes, ", "), shape_str(common)));
+      const ArchitectureInfo& d = arch(plan_.donor);
+      if (!d.vocab_size_key.empty()) {
+        plan_.output_vocab = plan_.output_vocab < 0 ? static_cast<int64_t>(common[0])
+                                                    : std::min<int64_t>(plan_.output_vocab, common[0]);
+      }
+      return;
+    }
+    for (size_t i = 0; i < job->inputs.size(); ++i) {
+      const io::TensorInfo& info = *job->inputs[i].source.info;
+      if (info.shape != job->shape) {
+        const size_t r = job->base >= 0 ? static_cast<size_t>(job->base) : 0;
+        fail_at(slice.sources[i].yaml_path,
+                fmt::format("tensor '{}' has shape {} in {} but {} in {}; shapes must match",
+                            info.name, shape_str(info.shape), ref(job->inputs[i].model),
+                            shape_str(job->shape), ref(job->inputs[r].model)));
+      }
+    }
   }
 
   void resolve_params(TensorJob* job, const SliceView& slice) {
@@ -431,12 +731,32 @@ class Planner {
           const std::string where = s.params ? s.yaml_path + ".parameters." + spec.name
                                              : std::string("parameters.") + spec.name;
           fail_at(where, fmt::format("missing required parameter '{}' for model {} (tensor '{}'){}",
-                                     spec.name, plan_.models[s.model].ref, job->inputs[i].tensor,
+                                     spec.name, ref(s.model), job->inputs[i].tensor,
                                      s.params ? "" : "; the base model is an input of " +
                                                          std::string(m.name()) +
                                                          " too, so give it a value (e.g. under the "
                                                          "top-level parameters)"));
         }
+      }
+    }
+  }
+
+  // Jobs that would compute the same bytes (a layer used twice by a passthrough frankenmerge) are
+  // computed once and written under every name.
+  void dedupe() {
+    std::map<std::string, size_t> first;
+    for (size_t i = 0; i < plan_.jobs.size(); ++i) {
+      TensorJob& job = plan_.jobs[i];
+      if (job.inputs.size() != 1) continue;
+      const bool copy_like = job.copy || job.method == passthrough_;
+      if (!copy_like) continue;
+      std::string key = fmt::format("{}|{}|{}|{}|{}", job.inputs[0].model, job.inputs[0].tensor,
+                                    static_cast<int>(job.dtype), job.copy,
+                                    job.copy ? 0.0 : job.params.per_model[0].at("scale"));
+      auto [it, inserted] = first.emplace(key, i);
+      if (!inserted) {
+        job.duplicate_of = static_cast<int>(it->second);
+        plan_.jobs[it->second].duplicates.push_back(i);
       }
     }
   }
@@ -457,11 +777,11 @@ class Planner {
       }
       const methods::TensorContext ctx = job.context(opt_.seed);
       try {
-        plan_.method->validate(ctx);
+        job.method->validate(ctx);
       } catch (const Error& e) {
         fail("{}: {}", cfg_.filename, e.what());
       }
-      for (std::string& w : plan_.method->warnings(ctx)) {
+      for (std::string& w : job.method->warnings(ctx)) {
         if (++method_warnings <= kMaxMethodWarnings) warn(std::move(w));
       }
     }
@@ -477,7 +797,9 @@ class Planner {
   const config::MergeConfig& cfg_;
   const PlanOptions& opt_;
   Plan plan_;
-  std::vector<LayerStructure> structures_;  // per plan model
+  const methods::Method* passthrough_ = nullptr;
+  std::vector<std::string> model_paths_;  // YAML path of each model's first reference
+  std::vector<std::string> config_filters_;
 };
 
 }  // namespace
@@ -512,6 +834,7 @@ uint64_t Plan::output_bytes() const {
 uint64_t Plan::input_bytes() const {
   uint64_t total = 0;
   for (const auto& j : jobs) {
+    if (j.duplicate_of >= 0) continue;
     for (const auto& in : j.inputs) total += in.source.info->nbytes;
   }
   return total;

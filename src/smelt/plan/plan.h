@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,7 @@
 #include "smelt/dtype.h"
 #include "smelt/io/model_ref.h"
 #include "smelt/methods/method.h"
+#include "smelt/plan/architecture.h"
 
 namespace smelt::plan {
 
@@ -20,7 +22,7 @@ namespace smelt::plan {
 struct JobInput {
   size_t model = 0;    // index into Plan::models
   std::string tensor;  // name in that model (differs from the output name in frankenmerges)
-  io::ModelTensor source;
+  io::ModelTensor source;  // its shape may exceed the job's (embeddings cropped to a common block)
 };
 
 // One output tensor and how to compute it.
@@ -29,11 +31,16 @@ struct TensorJob {
   DType dtype = DType::kF32;  // output dtype
   std::vector<uint64_t> shape;
   std::vector<JobInput> inputs;
+  const methods::Method* method = nullptr;  // the config's method, or passthrough for tensors
+                                            // copied from the base (e.g. vision towers)
   int base = -1;               // index into inputs of the base model, or -1
   bool copy = false;           // copy inputs[0]'s bytes unchanged (non-float tensors)
   bool is_embedding = false;
   double t = 0;                // gradient position
   methods::ResolvedParams params;
+  // Identical jobs are computed once: the first lists the others, which point back to it.
+  std::vector<size_t> duplicates;
+  int duplicate_of = -1;
   // Where each resolved value came from ("models[1].parameters.weight", "default").
   std::map<std::string, std::string> global_origin;
   std::vector<std::map<std::string, std::string>> model_origin;
@@ -43,9 +50,22 @@ struct TensorJob {
   methods::TensorContext context(uint64_t seed) const;
 };
 
+// What to do with tensors only some raw (config-less) input files have.
+enum class TensorSetMode { kError, kIntersection, kUnion };
+
+// A model known by name rather than by path: the output of an earlier stage of a multi-stage
+// recipe, computed tensor by tensor when read.
+struct NamedModel {
+  std::shared_ptr<io::Model> model;
+  std::string config_text;
+};
+
 struct PlanOptions {
+  std::map<std::string, NamedModel> named_models;  // recipe stage name -> its output
   uint64_t seed = 0;
   uint64_t shard_size = 5'000'000'000;
+  bool allow_crimes = false;  // allow models of different architectures
+  TensorSetMode tensor_set = TensorSetMode::kError;
 };
 
 // A loaded model taking part in the merge.
@@ -53,6 +73,8 @@ struct PlanModel {
   std::string ref;  // canonical reference string
   std::shared_ptr<io::Model> model;
   std::string config_text;  // config.json text, empty when absent
+  ArchitectureInfo arch;
+  bool stage = false;  // the output of an earlier recipe stage (not a file)
 };
 
 struct Plan {
@@ -65,6 +87,9 @@ struct Plan {
   // Layer count written to the output config.json (slices only; -1 = keep the donor's).
   int64_t output_layers = -1;
   std::string layer_count_key;
+  // Vocabulary size written to config.json when embeddings were cropped (-1 = keep).
+  int64_t output_vocab = -1;
+  bool raw = false;  // inputs are bare tensor files (no config.json): tensors merged by name
   std::vector<std::string> warnings;
 
   uint64_t output_bytes() const;

@@ -268,6 +268,19 @@ TEST(Registry, FindsEachMethodUnderItsOwnNameWithMergekitCardNames) {
       {"ties", {"TIES", "https://arxiv.org/abs/2306.01708"}},
       {"dare_ties", {"DARE TIES", "https://arxiv.org/abs/2311.03099"}},
       {"dare_linear", {"Linear DARE", "https://arxiv.org/abs/2311.03099"}},
+      {"nuslerp", {"NuSLERP", ""}},
+      {"model_stock", {"Model Stock", "https://arxiv.org/abs/2403.19522"}},
+      {"arcee_fusion", {"Arcee Fusion", "https://arcee.ai"}},
+      {"karcher", {"Karcher Mean", "https://en.wikipedia.org/wiki/Karcher_mean"}},
+      {"breadcrumbs", {"Model Breadcrumbs", "https://arxiv.org/abs/2312.06795"}},
+      {"breadcrumbs_ties", {"Model Breadcrumbs with TIES", "https://arxiv.org/abs/2312.06795"}},
+      {"della", {"DELLA", "https://arxiv.org/abs/2406.11617"}},
+      {"della_linear", {"Linear DELLA", "https://arxiv.org/abs/2406.11617"}},
+      {"multislerp", {"Multi-SLERP", "https://goddard.blog/posts/multislerp-wow-what-a-cool-idea"}},
+      {"nearswap", {"NearSwap", "https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001"}},
+      {"sce", {"SCE", "https://arxiv.org/abs/2408.07990"}},
+      {"ram", {"Reinforced Agent Merging", "https://arxiv.org/abs/2601.13572"}},
+      {"ramplus_tl", {"Reinforced Agent Merging Plus (Tensor-Local)", "https://arxiv.org/abs/2601.13572"}},
   };
   for (const std::string& name : method_names()) {
     const Method* m = find_method(name);
@@ -282,8 +295,11 @@ TEST(Registry, FindsEachMethodUnderItsOwnNameWithMergekitCardNames) {
 
 TEST(Registry, ListsNamesInMergekitOrderAndRejectsUnknown) {
   EXPECT_EQ(method_names(),
-            (std::vector<std::string>{"linear", "slerp", "passthrough", "task_arithmetic", "ties",
-                                      "dare_ties", "dare_linear"}));
+            (std::vector<std::string>{"linear", "slerp", "nuslerp", "passthrough", "model_stock",
+                                      "arcee_fusion", "karcher", "task_arithmetic", "ties",
+                                      "dare_ties", "dare_linear", "breadcrumbs",
+                                      "breadcrumbs_ties", "della", "della_linear", "multislerp",
+                                      "nearswap", "sce", "ram", "ramplus_tl"}));
   EXPECT_EQ(find_method("lineear"), nullptr);
   EXPECT_EQ(find_method(""), nullptr);
   EXPECT_EQ(find_method("linear"), find_method("linear"));  // one instance per method

@@ -20,11 +20,24 @@ struct Registration {
 constexpr Registration kRegistry[] = {
     {"linear", make_linear},
     {"slerp", make_slerp},
+    {"nuslerp", make_nuslerp},
     {"passthrough", make_passthrough},
+    {"model_stock", make_model_stock},
+    {"arcee_fusion", make_arcee_fusion},
+    {"karcher", make_karcher},
     {"task_arithmetic", make_task_arithmetic},
     {"ties", make_ties},
     {"dare_ties", make_dare_ties},
     {"dare_linear", make_dare_linear},
+    {"breadcrumbs", make_breadcrumbs},
+    {"breadcrumbs_ties", make_breadcrumbs_ties},
+    {"della", make_della},
+    {"della_linear", make_della_linear},
+    {"multislerp", make_multislerp},
+    {"nearswap", make_nearswap},
+    {"sce", make_sce},
+    {"ram", make_ram},
+    {"ramplus_tl", make_ramplus_tl},
 };
 
 // The method objects, built on first use (thread-safe) and alive until exit, so find_method's

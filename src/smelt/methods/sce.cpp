@@ -1,0 +1,256 @@
+// sce (spec §4.7, FuseChat's Select–Calculate–Erase): task vectors restricted to the elements
+// where the models disagree most, weighted by their mean square, merged after sign election.
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "smelt/error.h"
+#include "smelt/kernels/select.h"
+#include "smelt/methods/factories.h"
+
+namespace smelt::methods {
+namespace {
+
+// mergekit's guards: a sum of the matrix-level weights below kWeightSumEpsilon makes them uniform;
+// the per-element divisor is at least kDivisorFloor.
+constexpr double kWeightSumEpsilon = 1e-6;
+constexpr float kDivisorFloor = 1e-6f;
+
+// A float whose magnitude_bits order like |v|'s and are never 0 (|v|'s bits plus one), so that
+// after TopKMagnitude::keep_top an element is selected exactly when its key is nonzero, even when
+// the selection reaches elements with v = 0.
+float selection_key(float v) {
+  return std::bit_cast<float>(std::min(kernels::magnitude_bits(v), 0x7FFFFFFEu) + 1u);
+}
+
+class SceMerger : public TensorMerger {
+ public:
+  explicit SceMerger(const TensorContext& ctx)
+      : base_(static_cast<size_t>(ctx.base)),
+        numel_(ctx.numel),
+        select_topk_(ctx.params->global_value("select_topk")) {
+    for (size_t i = 0; i < ctx.num_inputs; ++i) {
+      if (i != base_) tasks_.push_back(i);
+    }
+    if (tasks_.empty() || select_topk_ <= 0.0) {
+      // No task vector, or a selection of nothing: every τ is zero and the result is the base.
+      phase_ = Phase::kDone;
+      base_only_ = true;
+    } else {
+      phase_ = select_topk_ < 1.0 ? Phase::kCount : Phase::kWeights;
+    }
+  }
+
+  int stat_passes() const override { return passes_done_ + (phase_ != Phase::kDone ? 1 : 0); }
+
+  void gather(int /*pass*/, const Chunk& chunk) override {
+    const size_t n = chunk.n;
+    thread_local std::vector<float> values;
+    switch (phase_) {
+      case Phase::kCount: {
+        values.resize(n);
+        variance(chunk, values.data());
+        uint64_t nonzero = 0;
+        for (size_t j = 0; j < n; ++j) nonzero += values[j] != 0.0f;
+        nonzero_.fetch_add(nonzero, std::memory_order_relaxed);
+        return;
+      }
+      case Phase::kSelect:
+        values.resize(n);
+        selection_keys(chunk, values.data());
+        top_->add(chunk.offset, values.data(), n);
+        return;
+      case Phase::kWeights: {
+        values.resize(tasks_.size() * n);
+        task_vectors(chunk, values.data());
+        std::vector<double> squares(tasks_.size());
+        for (size_t t = 0; t < tasks_.size(); ++t) {
+          const float* tau = values.data() + t * n;
+          squares[t] = kernels::dot(tau, tau, n);
+        }
+        squares_.put(chunk.index, squares);
+        return;
+      }
+      case Phase::kDone:
+        return;
+    }
+  }
+
+  void end_pass(int /*pass*/) override {
+    ++passes_done_;
+    switch (phase_) {
+      case Phase::kCount: {
+        // k = int(count_nonzero(var) * select_topk), a product torch computes in f32.
+        const uint64_t nonzero = nonzero_.load(std::memory_order_relaxed);
+        const auto k =
+            static_cast<uint64_t>(static_cast<float>(nonzero) * static_cast<float>(select_topk_));
+        if (k == 0) {
+          phase_ = Phase::kDone;
+          base_only_ = true;
+          return;
+        }
+        top_ = std::make_unique<kernels::TopKMagnitude>(numel_, std::min(k, numel_));
+        select_all_ = k >= numel_;
+        phase_ = select_all_ ? Phase::kWeights : Phase::kSelect;
+        return;
+      }
+      case Phase::kSelect:
+        top_->end_pass();
+        if (top_->pass() == kernels::TopKMagnitude::Pass::kDone) phase_ = Phase::kWeights;
+        return;
+      case Phase::kWeights: {
+        // c_i = mean(τ_i²), normalised to sum 1 (uniform when the sum is below 1e-6).
+        std::vector<double> mean(tasks_.size(), 0.0);
+        for (const auto& [index, squares] : squares_.in_order()) {
+          for (size_t t = 0; t < tasks_.size(); ++t) mean[t] += squares[t];
+        }
+        squares_.clear();
+        double sum = 0.0;
+        for (double& m : mean) {
+          m /= static_cast<double>(numel_);
+          sum += m;
+        }
+        weights_.resize(tasks_.size());
+        for (size_t t = 0; t < tasks_.size(); ++t) {
+          weights_[t] = std::abs(sum) < kWeightSumEpsilon ? 1.0f / static_cast<float>(tasks_.size())
+                                                          : static_cast<float>(mean[t] / sum);
+        }
+        phase_ = Phase::kDone;
+        return;
+      }
+      case Phase::kDone:
+        return;
+    }
+  }
+
+  void merge(const Chunk& chunk, float* out) override {
+    const size_t n = chunk.n;
+    const float* base = chunk.inputs[base_];
+    if (base_only_) {
+      std::memcpy(out, base, n * sizeof(float));
+      return;
+    }
+    thread_local std::vector<float> scratch;
+    scratch.resize(tasks_.size() * n);
+    task_vectors(chunk, scratch.data());
+    const size_t count = tasks_.size();
+    for (size_t j = 0; j < n; ++j) {
+      // TIES "sum" election on the unweighted τ: 0 counts as +, zeros never match.
+      float sum = 0.0f;
+      for (size_t t = 0; t < count; ++t) sum += scratch[t * n + j];
+      const float majority = sum >= 0.0f ? 1.0f : -1.0f;
+      float mixed = 0.0f;
+      float divisor = 0.0f;
+      for (size_t t = 0; t < count; ++t) {
+        const float tau = scratch[t * n + j];
+        if (tau * majority > 0.0f) {
+          mixed += tau * weights_[t];
+          divisor += weights_[t];
+        }
+      }
+      out[j] = base[j] + mixed / std::max(divisor, kDivisorFloor);
+    }
+  }
+
+ private:
+  enum class Phase { kCount, kSelect, kWeights, kDone };
+
+  // Population variance over the task vectors of each element (in double, rounded to f32).
+  void variance(const Chunk& chunk, float* var) const {
+    const float* base = chunk.inputs[base_];
+    const double count = static_cast<double>(tasks_.size());
+    for (size_t j = 0; j < chunk.n; ++j) {
+      double sum = 0.0;
+      for (size_t i : tasks_) sum += static_cast<double>(chunk.inputs[i][j] - base[j]);
+      const double mean = sum / count;
+      double squares = 0.0;
+      for (size_t i : tasks_) {
+        const double d = static_cast<double>(chunk.inputs[i][j] - base[j]) - mean;
+        squares += d * d;
+      }
+      var[j] = static_cast<float>(squares / count);
+    }
+  }
+
+  void selection_keys(const Chunk& chunk, float* keys) const {
+    variance(chunk, keys);
+    for (size_t j = 0; j < chunk.n; ++j) keys[j] = selection_key(keys[j]);
+  }
+
+  // τ_i = x_i − b for every task (n values each, task-major), zeroed outside the selection.
+  void task_vectors(const Chunk& chunk, float* tau) const {
+    const size_t n = chunk.n;
+    const float* base = chunk.inputs[base_];
+    for (size_t t = 0; t < tasks_.size(); ++t) {
+      kernels::subtract(chunk.inputs[tasks_[t]], base, tau + t * n, n);
+    }
+    if (!top_ || select_all_) return;
+    thread_local std::vector<float> keys;
+    keys.resize(n);
+    selection_keys(chunk, keys.data());
+    top_->keep_top(chunk.offset, keys.data(), n);
+    for (size_t t = 0; t < tasks_.size(); ++t) {
+      float* x = tau + t * n;
+      for (size_t j = 0; j < n; ++j) x[j] = keys[j] != 0.0f ? x[j] : 0.0f;
+    }
+  }
+
+  size_t base_;
+  uint64_t numel_;
+  double select_topk_;
+  std::vector<size_t> tasks_;  // non-base inputs, in input order
+  Phase phase_ = Phase::kDone;
+  int passes_done_ = 0;
+  bool base_only_ = false;
+  std::atomic<uint64_t> nonzero_{0};             // elements with nonzero variance
+  std::unique_ptr<kernels::TopKMagnitude> top_;  // the selection, when select_topk < 1
+  bool select_all_ = false;                      // k ≥ numel: every element selected
+  ChunkPartials<std::vector<double>> squares_;   // Σ τ_i² per chunk
+  std::vector<float> weights_;                   // c_i
+};
+
+class Sce : public Method {
+ public:
+  std::string_view name() const override { return "sce"; }
+  std::string_view pretty_name() const override { return "SCE"; }
+  std::string_view reference_url() const override { return "https://arxiv.org/abs/2408.07990"; }
+  std::vector<ParamSpec> global_params() const override {
+    return {
+        {"int8_mask", 0.0, "store masks as int8 (memory only in mergekit; no effect here)"},
+        {"select_topk", 1.0,
+         "fraction of the elements with nonzero variance across the models that are kept"},
+    };
+  }
+  BaseUse base_use() const override { return BaseUse::kRequired; }
+
+  void validate(const TensorContext& ctx) const override {
+    if (ctx.base < 0 || static_cast<size_t>(ctx.base) >= ctx.num_inputs) {
+      fail("sce needs a base model for tensor {}; set base_model to a model that has this tensor",
+           ctx.name);
+    }
+  }
+
+  std::vector<std::string> warnings(const TensorContext& ctx) const override {
+    const double select_topk = ctx.params->global_value("select_topk");
+    if (select_topk > 0.0 || ctx.num_inputs < 2) return {};
+    return {fmt::format(
+        "sce: select_topk {} selects no element of tensor {}, so the tensor is the base model's "
+        "(mergekit writes the base's values with an extra leading dimension here)",
+        select_topk, ctx.name)};
+  }
+
+  std::unique_ptr<TensorMerger> begin(const TensorContext& ctx) const override {
+    validate(ctx);
+    return std::make_unique<SceMerger>(ctx);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Method> make_sce() { return std::make_unique<Sce>(); }
+
+}  // namespace smelt::methods

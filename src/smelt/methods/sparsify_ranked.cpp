@@ -1,0 +1,264 @@
+// The magnitude_outliers (breadcrumbs) and della_magprune (della) sparsifications (spec §5).
+#include "smelt/methods/sparsify_ranked.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "smelt/error.h"
+#include "smelt/kernels/random.h"
+#include "smelt/kernels/select.h"
+#include "smelt/methods/factories.h"
+
+namespace smelt::methods {
+namespace {
+
+constexpr double kDefaultGamma = 0.01;
+constexpr double kDefaultEpsilon = 0.15;
+
+// ---------------------------------------------------------------------------------------------
+// magnitude_outliers
+
+// mergekit's counts, computed as Python does (int() of double products).
+struct OutlierCounts {
+  uint64_t keep = 0;   // elements kept
+  uint64_t n_top = 0;  // highest-ranked elements dropped
+};
+
+OutlierCounts outlier_counts(double density, double gamma, uint64_t numel) {
+  const double n = static_cast<double>(numel);
+  OutlierCounts c;
+  c.keep = std::min(numel, static_cast<uint64_t>(density * n));
+  // gamma ≥ 0 (validated); n_top ≥ numel behaves like n_top = numel − keep, as in mergekit.
+  c.n_top = static_cast<uint64_t>(std::min(gamma * n, n));
+  // n_bot = numel − keep − n_top < 0: mergekit shrinks n_top so that `keep` elements remain.
+  if (c.keep + c.n_top > numel) c.n_top = numel - c.keep;
+  return c;
+}
+
+class OutlierSparsifier : public Sparsifier {
+ public:
+  OutlierSparsifier(uint64_t numel, const OutlierCounts& c)
+      : upper_(numel, c.keep + c.n_top), top_(numel, c.n_top), drop_top_(c.n_top > 0) {}
+
+  bool wants_pass() const override { return !done(upper_) || !done(top_); }
+
+  void gather(const Chunk& chunk, const float* delta) override {
+    if (!done(upper_)) upper_.add(chunk.offset, delta, chunk.n);
+    if (!done(top_)) top_.add(chunk.offset, delta, chunk.n);
+  }
+
+  void end_pass() override {
+    if (!done(upper_)) upper_.end_pass();
+    if (!done(top_)) top_.end_pass();
+  }
+
+  // Keeps top(keep + n_top), then zeroes what top(n_top) keeps. An element of top(n_top) that is
+  // ±0 is zero either way, so "kept by top_" can be read as "nonzero after top_.keep_top".
+  void apply(const Chunk& chunk, float* delta) const override {
+    const size_t n = chunk.n;
+    thread_local std::vector<float> outliers;
+    if (drop_top_) {
+      outliers.assign(delta, delta + n);
+      top_.keep_top(chunk.offset, outliers.data(), n);
+    }
+    upper_.keep_top(chunk.offset, delta, n);
+    if (drop_top_) {
+      for (size_t j = 0; j < n; ++j) delta[j] = outliers[j] != 0.0f ? 0.0f : delta[j];
+    }
+  }
+
+ private:
+  static bool done(const kernels::TopKMagnitude& t) {
+    return t.pass() == kernels::TopKMagnitude::Pass::kDone;
+  }
+
+  kernels::TopKMagnitude upper_;  // top(keep + n_top)
+  kernels::TopKMagnitude top_;    // top(n_top)
+  bool drop_top_;
+};
+
+class MagnitudeOutliers : public Sparsification {
+ public:
+  std::vector<ParamSpec> model_params() const override {
+    return {{"gamma", kDefaultGamma,
+             "fraction of the largest-magnitude task-vector entries removed as outliers"}};
+  }
+
+  void validate(const TensorContext& ctx, size_t input, double density) const override {
+    if (density >= 1.0) return;  // gamma is unused, as in mergekit
+    const double gamma = model_value_or(ctx, input, "gamma", kDefaultGamma);
+    if (!(gamma >= 0.0 && std::isfinite(gamma))) {
+      fail(
+          "gamma {} of model {} for tensor {} must be a finite number >= 0 (the fraction of the "
+          "largest task-vector entries removed)",
+          gamma, input, ctx.name);
+    }
+  }
+
+  std::optional<std::string> warning(const TensorContext& ctx, size_t input,
+                                     double density) const override {
+    if (density >= 1.0) return std::nullopt;
+    const double gamma = model_value_or(ctx, input, "gamma", kDefaultGamma);
+    if (!(gamma >= 0.0 && std::isfinite(gamma))) return std::nullopt;  // validate reports it
+    if (outlier_counts(density, gamma, ctx.numel).keep > 0) return std::nullopt;
+    return fmt::format(
+        "model {}'s density {} keeps none of the {} elements of tensor {} (floor({} * {}) = 0), "
+        "so its task vector is left out of this tensor",
+        input, density, ctx.numel, ctx.name, density, ctx.numel);
+  }
+
+  std::unique_ptr<Sparsifier> begin(const TensorContext& ctx, size_t input,
+                                    double density) const override {
+    const double gamma = model_value_or(ctx, input, "gamma", kDefaultGamma);
+    return std::make_unique<OutlierSparsifier>(ctx.numel,
+                                               outlier_counts(density, gamma, ctx.numel));
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// della_magprune
+
+// The ranking groups of a tensor: groups of `size` elements `stride` apart; a slice along dim 0
+// (size · stride elements, contiguous) holds `stride` whole groups.
+struct Groups {
+  uint64_t size = 1;
+  uint64_t stride = 1;
+};
+
+Groups della_groups(const TensorContext& ctx) {
+  // mergekit unsqueezes tensors of fewer than 2 dimensions to one row.
+  if (ctx.shape.size() < 2) return {std::max<uint64_t>(ctx.numel, 1), 1};
+  uint64_t stride = 1;
+  for (size_t d = 2; d < ctx.shape.size(); ++d) stride *= ctx.shape[d];
+  return {std::max<uint64_t>(ctx.shape[1], 1), std::max<uint64_t>(stride, 1)};
+}
+
+class DropAll : public Sparsifier {
+ public:
+  void apply(const Chunk& chunk, float* delta) const override {
+    std::fill(delta, delta + chunk.n, 0.0f);
+  }
+};
+
+class DellaSparsifier : public Sparsifier {
+ public:
+  DellaSparsifier(uint64_t key, Groups groups, double density, double epsilon)
+      : key_(key),
+        groups_(groups),
+        density_(static_cast<float>(density)),
+        low_(static_cast<float>(density - epsilon)),
+        epsilon_(static_cast<float>(epsilon)) {}
+
+  void apply(const Chunk& chunk, float* delta) const override {
+    const uint64_t size = groups_.size;
+    const uint64_t stride = groups_.stride;
+    const uint64_t slice = size * stride;
+    for (uint64_t start = 0; start < chunk.n; start += slice) {
+      for (uint64_t g = 0; g < stride; ++g) {
+        // Element b of the group is x[b * stride], tensor element first + b * stride.
+        float* x = delta + start + g;
+        const uint64_t first = chunk.offset + start + g;
+        if (size == 1) {
+          if (!(kernels::random_uniform(key_, first) < density_)) x[0] = 0.0f;
+        } else if (size <= kMaxPackedGroup) {
+          apply_packed(x, first);
+        } else {
+          apply_indexed(x, first);
+        }
+      }
+    }
+  }
+
+ private:
+  // Groups up to this size sort 64-bit keys (magnitude bits, then the complement of the index),
+  // which is much faster than sorting indices with a comparator.
+  static constexpr uint64_t kMaxPackedGroup = uint64_t{1} << 32;
+
+  // Keeps or zeroes the element of rank r = q + 1 (q = 0 for the lowest) at group index b.
+  void decide(float* x, uint64_t first, uint64_t b, uint64_t q) const {
+    const float rank_norm =
+        static_cast<float>(q) / static_cast<float>(groups_.size - 1);  // (r − 1)/(n − 1)
+    const float p = low_ + (rank_norm * 2.0f) * epsilon_;
+    const uint64_t offset = b * groups_.stride;
+    if (!(kernels::random_uniform(key_, first + offset) < p)) x[offset] = 0.0f;
+  }
+
+  void apply_packed(float* x, uint64_t first) const {
+    const uint64_t size = groups_.size;
+    thread_local std::vector<uint64_t> keys;
+    keys.resize(size);
+    // Ascending keys: smaller magnitude first, and among equal ones the higher index first.
+    for (uint64_t b = 0; b < size; ++b) {
+      keys[b] =
+          (uint64_t{kernels::magnitude_bits(x[b * groups_.stride])} << 32) | (0xFFFFFFFFu - b);
+    }
+    std::sort(keys.begin(), keys.end());
+    for (uint64_t q = 0; q < size; ++q) decide(x, first, 0xFFFFFFFFu - (keys[q] & 0xFFFFFFFFu), q);
+  }
+
+  void apply_indexed(float* x, uint64_t first) const {
+    const uint64_t size = groups_.size;
+    std::vector<uint32_t> bits(size);
+    std::vector<uint64_t> order(size);
+    for (uint64_t b = 0; b < size; ++b) bits[b] = kernels::magnitude_bits(x[b * groups_.stride]);
+    std::iota(order.begin(), order.end(), uint64_t{0});
+    std::sort(order.begin(), order.end(), [&](uint64_t a, uint64_t b) {
+      return bits[a] != bits[b] ? bits[a] < bits[b] : a > b;
+    });
+    for (uint64_t q = 0; q < size; ++q) decide(x, first, order[q], q);
+  }
+
+  uint64_t key_;
+  Groups groups_;
+  float density_;
+  float low_;  // density − ε
+  float epsilon_;
+};
+
+class DellaMagprune : public Sparsification {
+ public:
+  std::vector<ParamSpec> model_params() const override {
+    return {{"epsilon", kDefaultEpsilon,
+             "half-width of the keep-probability range around density, by magnitude rank"}};
+  }
+
+  uint64_t chunk_alignment(const TensorContext& ctx) const override {
+    const Groups groups = della_groups(ctx);
+    return groups.size * groups.stride;
+  }
+
+  void validate(const TensorContext& ctx, size_t input, double density) const override {
+    if (!(density > 0.0 && density < 1.0)) return;  // epsilon unused, as in mergekit
+    const double epsilon = model_value_or(ctx, input, "epsilon", kDefaultEpsilon);
+    if (!(density - epsilon > 0.0 && density + epsilon < 1.0)) {
+      fail(
+          "epsilon {} of model {} for tensor {} must keep density - epsilon and density + "
+          "epsilon inside (0, 1) (density {}); choose |epsilon| < {}",
+          epsilon, input, ctx.name, density, std::min(density, 1.0 - density));
+    }
+  }
+
+  std::unique_ptr<Sparsifier> begin(const TensorContext& ctx, size_t input,
+                                    double density) const override {
+    if (density <= 0.0) return std::make_unique<DropAll>();
+    const double epsilon = model_value_or(ctx, input, "epsilon", kDefaultEpsilon);
+    return std::make_unique<DellaSparsifier>(kernels::stream_key(ctx.seed, ctx.name, input),
+                                             della_groups(ctx), density, epsilon);
+  }
+};
+
+}  // namespace
+
+const Sparsification& magnitude_outliers_sparsification() {
+  static const MagnitudeOutliers outliers;
+  return outliers;
+}
+
+const Sparsification& della_sparsification() {
+  static const DellaMagprune della;
+  return della;
+}
+
+}  // namespace smelt::methods

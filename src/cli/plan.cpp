@@ -60,8 +60,10 @@ void print_plan_summary(const plan::Plan& plan, const exec::ExecOptions& exec, u
                plan.layer_count_key.empty() ? "" : " (config.json " + plan.layer_count_key + ")");
   }
   fmt::print("reads: {} from inputs\n", human_bytes(in_bytes));
-  const uint64_t mem = exec::working_memory_bytes(plan, exec) + (64u << 20);
-  fmt::print("estimated peak memory: {} ({} threads)\n", human_bytes(mem), exec.threads);
+  const exec::ExecLayout run = exec::exec_layout(plan, exec);
+  fmt::print("estimated peak memory: {} ({} worker{}, chunks of {} elements; --max-memory {})\n",
+             human_bytes(run.working_bytes), run.workers, run.workers > 1 ? "s" : "",
+             run.chunk_elements, human_bytes(exec.max_memory));
   // Cold-disk read and durable write speeds measured on the reference machine (formats.md §3).
   const double seconds = double(in_bytes) / 4.0e9 + double(out_bytes) / 1.1e9;
   fmt::print("estimated time: {:.1f}s (cold disk; less when inputs are in the page cache)\n",

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "smelt/error.h"
+#include "smelt/exec/buffer.h"
 #include "smelt/exec/thread_pool.h"
 #include "smelt/kernels/convert.h"
 
@@ -14,12 +15,20 @@ namespace {
 // Buffers owned by one worker, grown to the largest need and then reused (fresh allocations per
 // chunk would pay first-touch page faults again: formats.md §3).
 struct WorkerBuffers {
-  std::vector<std::vector<float>> inputs;
-  std::vector<char> raw;
-  std::vector<float> out;
-  std::vector<char> out_raw;
+  std::vector<ScratchBuffer> inputs;
+  ScratchBuffer raw;
+  ScratchBuffer out;
+  ScratchBuffer out_raw;
   std::vector<const float*> pointers;
 };
+
+// Memory outside the chunk buffers: code, headers, method state, allocator slack.
+constexpr uint64_t kReserveBytes = uint64_t{96} << 20;
+constexpr uint64_t kMinChunk = uint64_t{1} << 14;
+
+// Bytes one worker needs per element of a chunk with k inputs: f32 inputs, raw input and output
+// bytes (up to 8 each), the f32 output, and method scratch (about k + 2 floats).
+uint64_t bytes_per_element(size_t k) { return 4 * k + 8 + 4 + 8 + 4 * (k + 2); }
 
 uint64_t chunk_size_for(uint64_t requested, uint64_t alignment) {
   alignment = std::max<uint64_t>(alignment, 1);
@@ -52,12 +61,26 @@ void read_elements(const io::ModelTensor& src, const std::vector<uint64_t>& shap
 
 }  // namespace
 
-uint64_t working_memory_bytes(const plan::Plan& plan, const ExecOptions& options) {
-  size_t max_inputs = 1;
-  for (const auto& j : plan.jobs) max_inputs = std::max(max_inputs, j.inputs.size());
-  const uint64_t c = options.chunk_elements;
-  // f32 inputs + raw input bytes (<= 8 per element) + f32 output + raw output bytes.
-  return options.threads * (max_inputs * c * 4 + c * 8 + c * 4 + c * 8);
+ExecLayout exec_layout(const plan::Plan& plan, const ExecOptions& options) {
+  size_t k = 1;
+  uint64_t largest = 1;
+  for (const auto& j : plan.jobs) {
+    k = std::max(k, j.inputs.size());
+    largest = std::max(largest, j.numel());
+  }
+  const uint64_t per_element = bytes_per_element(k);
+  if (options.max_memory < kReserveBytes + kMinChunk * per_element) {
+    fail("--max-memory {} MiB is too small: smelt needs at least {} MiB for {} inputs",
+         options.max_memory >> 20, (kReserveBytes + kMinChunk * per_element + (1 << 20) - 1) >> 20, k);
+  }
+  const uint64_t budget = options.max_memory - kReserveBytes;
+  ExecLayout layout;
+  layout.chunk_elements = std::max(kMinChunk, std::min({options.chunk_elements, budget / per_element}));
+  // Workers never need more than the largest tensor's chunks.
+  const uint64_t per_worker = std::min(layout.chunk_elements, largest) * per_element;
+  layout.workers = static_cast<size_t>(std::clamp<uint64_t>(budget / per_worker, 1, std::max<size_t>(1, options.threads)));
+  layout.working_bytes = kReserveBytes + layout.workers * per_worker;
+  return layout;
 }
 
 namespace {
@@ -84,7 +107,8 @@ void execute(const plan::Plan& plan, io::ShardedWriter& writer, const ExecOption
 
 void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, TensorSink& writer,
                   const ExecOptions& options) {
-  ThreadPool pool(options.threads);
+  const ExecLayout layout = exec_layout(plan, options);
+  ThreadPool pool(layout.workers);
   std::vector<WorkerBuffers> buffers(pool.size());
   Progress progress;
   progress.tensors_total = jobs.size();
@@ -103,20 +127,20 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
     } else if (job.copy) {
       // Non-float tensors: bytes copied unchanged, in pieces.
       const io::ModelTensor& src = job.inputs[0].source;
-      const uint64_t piece = options.chunk_elements * 4;
+      const uint64_t piece = layout.chunk_elements * 4;
       const uint64_t pieces = (src.info->nbytes + piece - 1) / piece;
       pool.parallel_for(pieces, [&](size_t c, size_t w) {
         const uint64_t off = c * piece;
         const uint64_t n = std::min(piece, src.info->nbytes - off);
         auto& raw = buffers[w].raw;
-        if (raw.size() < n) raw.resize(n);
+        raw.reserve(n);
         src.file->read(*src.info, off, raw.data(), n);
         write_out(off, raw.data(), n);
       });
     } else {
       const methods::TensorContext ctx = job.context(options.seed);
       std::unique_ptr<methods::TensorMerger> merger = job.method->begin(ctx);
-      const uint64_t chunk = chunk_size_for(options.chunk_elements, job.method->chunk_alignment(ctx));
+      const uint64_t chunk = chunk_size_for(layout.chunk_elements, job.method->chunk_alignment(ctx));
       const uint64_t chunks = std::max<uint64_t>(1, (numel + chunk - 1) / chunk);
       const size_t k = job.inputs.size();
       const size_t out_esize = element_bytes(job.dtype);
@@ -131,11 +155,11 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
         for (size_t i = 0; i < k; ++i) {
           const io::ModelTensor& src = job.inputs[i].source;
           const size_t es = element_bytes(src.info->dtype);
-          if (b.inputs[i].size() < n) b.inputs[i].resize(n);
-          if (b.raw.size() < n * es) b.raw.resize(n * es);
-          read_elements(src, job.shape, offset, n, b.raw.data());
-          kernels::to_f32(src.info->dtype, b.raw.data(), b.inputs[i].data(), n);
-          b.pointers[i] = b.inputs[i].data();
+          b.inputs[i].reserve(n * sizeof(float));
+          b.raw.reserve(n * es);
+          read_elements(src, job.shape, offset, n, b.raw.as<char>());
+          kernels::to_f32(src.info->dtype, b.raw.data(), b.inputs[i].as<float>(), n);
+          b.pointers[i] = b.inputs[i].as<float>();
         }
         methods::Chunk ch;
         ch.index = c;
@@ -152,10 +176,10 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
       pool.parallel_for(chunks, [&](size_t c, size_t w) {
         const methods::Chunk ch = load(c, w);
         WorkerBuffers& b = buffers[w];
-        if (b.out.size() < ch.n) b.out.resize(ch.n);
-        if (b.out_raw.size() < ch.n * out_esize) b.out_raw.resize(ch.n * out_esize);
-        merger->merge(ch, b.out.data());
-        kernels::from_f32(job.dtype, b.out.data(), b.out_raw.data(), ch.n);
+        b.out.reserve(ch.n * sizeof(float));
+        b.out_raw.reserve(ch.n * out_esize);
+        merger->merge(ch, b.out.as<float>());
+        kernels::from_f32(job.dtype, b.out.as<float>(), b.out_raw.data(), ch.n);
         write_out(ch.offset * out_esize, b.out_raw.data(), ch.n * out_esize);
       });
     }

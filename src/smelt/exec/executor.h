@@ -21,8 +21,12 @@ struct Progress {
 struct ExecOptions {
   size_t threads = 1;
   uint64_t seed = 0;
-  // Elements per chunk (rounded to the method's alignment). Fixed, never derived from the thread
-  // count, so whole-tensor statistics and the output are identical for any thread count.
+  // Bound on the data in flight (chunk buffers of all workers plus a fixed reserve). It limits
+  // the chunk size and then the number of workers, never the other way round.
+  uint64_t max_memory = uint64_t{512} << 20;
+  // Largest chunk (elements; rounded down to the method's alignment). The chunk size depends only
+  // on this, max_memory and the plan, never on the thread count, so whole-tensor statistics and
+  // the output are identical for any thread count.
   uint64_t chunk_elements = uint64_t{1} << 20;
   std::function<void(const Progress&)> on_progress;  // called from the coordinating thread
 };
@@ -34,8 +38,15 @@ class TensorSink {
   virtual void write(size_t job, uint64_t offset, const void* data, uint64_t size) = 0;
 };
 
-// Bytes of working memory execute() allocates for `plan` with `options` (for estimates).
-uint64_t working_memory_bytes(const plan::Plan& plan, const ExecOptions& options);
+// How execute() will run `plan`: elements per chunk, concurrent workers, and the bytes of working
+// memory they use (for estimates and --max-memory). Throws smelt::Error when max_memory cannot
+// hold even one small chunk.
+struct ExecLayout {
+  uint64_t chunk_elements = 0;
+  size_t workers = 1;
+  uint64_t working_bytes = 0;
+};
+ExecLayout exec_layout(const plan::Plan& plan, const ExecOptions& options);
 
 // Executes every job of `plan`, writing job i as tensor i of `writer` (whose tensor list must be
 // the jobs' names, dtypes and shapes in job order). Throws smelt::Error on read/write failures.

@@ -1,6 +1,9 @@
 // safetensors header validation, pread-based reading, and the streaming (sharded) writer.
 #include "smelt/io/safetensors.h"
 
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -428,6 +431,13 @@ void SafetensorsWriter::write(size_t index, uint64_t offset, const void* data, u
   }
   pwrite_all(fd_, data, size, offsets_[index] + offset, temp_path_);
   written_[index].fetch_add(size, std::memory_order_relaxed);
+  // Start writing dirty pages to disk as we go, so the final fdatasync has little left to do and
+  // disk writes overlap reading and merging.
+  constexpr uint64_t kWritebackEvery = uint64_t{64} << 20;
+  if (since_writeback_.fetch_add(size, std::memory_order_relaxed) + size >= kWritebackEvery) {
+    since_writeback_.store(0, std::memory_order_relaxed);
+    ::sync_file_range(fd_, 0, 0, SYNC_FILE_RANGE_WRITE);
+  }
 }
 
 void SafetensorsWriter::finish() {

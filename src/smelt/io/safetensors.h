@@ -132,6 +132,7 @@ class SafetensorsWriter {
   std::vector<TensorSpec> specs_;
   std::vector<uint64_t> offsets_;  // absolute
   std::unique_ptr<std::atomic<uint64_t>[]> written_;
+  std::atomic<uint64_t> since_writeback_{0};
   std::unordered_map<std::string, size_t> by_name_;
 };
 

@@ -1,0 +1,32 @@
+// Growable scratch buffers for the executor's workers: anonymous memory advised for transparent
+// huge pages and reused for every chunk, so page faults are paid once per run (first-touch faults
+// are very expensive on the target VMs: formats.md §3).
+#pragma once
+
+#include <cstddef>
+
+namespace smelt::exec {
+
+class ScratchBuffer {
+ public:
+  ScratchBuffer() = default;
+  ~ScratchBuffer();
+  ScratchBuffer(const ScratchBuffer&) = delete;
+  ScratchBuffer& operator=(const ScratchBuffer&) = delete;
+  ScratchBuffer(ScratchBuffer&& other) noexcept;
+  ScratchBuffer& operator=(ScratchBuffer&& other) noexcept;
+
+  // Makes room for `bytes` bytes; contents are not kept when the buffer grows.
+  void reserve(size_t bytes);
+  void* data() const { return data_; }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
+
+ private:
+  void* data_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+}  // namespace smelt::exec

@@ -248,3 +248,39 @@ TEST_F(MergeBadInput, DryRunAndPlanWriteNothing) {
 
 }  // namespace
 }  // namespace smelt
+
+namespace smelt {
+namespace {
+
+TEST(MergeMaxMemory, SmallBudgetChangesChunksNotElementwiseResults) {
+  testing::TempDir work;
+  auto mk = [&](const std::string& args) {
+    auto r = testing::run_smelt("dev make-model " + args);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  };
+  mk(testing::quote(work / "a") + " --hidden 256 --heads 4 --layers 1 --vocab 4000 --seed 1");
+  mk(testing::quote(work / "b") + " --base " + testing::quote(work / "a") + " --seed 2");
+  testing::write_bytes(work / "c.yml",
+                       fmt::format("models:\n  - model: {}\n  - model: {}\nmerge_method: linear\n"
+                                   "parameters: {{weight: 0.5}}\n",
+                                   (work / "a").string(), (work / "b").string()));
+  auto big = testing::run_smelt("merge -q " + testing::quote(work / "c.yml") + " " + testing::quote(work / "o1"));
+  ASSERT_EQ(big.exit_code, 0) << big.output;
+  auto plan = testing::run_smelt("plan " + testing::quote(work / "c.yml") + " --max-memory 97M");
+  ASSERT_EQ(plan.exit_code, 0) << plan.output;
+  // 1 MiB left after the reserve: 1 worker, chunks of 1 MiB / 44 bytes (2 inputs) = 23831.
+  EXPECT_NE(plan.output.find("(1 worker, chunks of 23831 elements"), std::string::npos) << plan.output;
+  auto small = testing::run_smelt("merge -q --max-memory 97M " + testing::quote(work / "c.yml") + " " +
+                                  testing::quote(work / "o2"));
+  ASSERT_EQ(small.exit_code, 0) << small.output;
+  EXPECT_EQ(testing::read_bytes(work / "o1" / "model.safetensors"),
+            testing::read_bytes(work / "o2" / "model.safetensors"));
+  auto tiny = testing::run_smelt("merge -q --max-memory 10M " + testing::quote(work / "c.yml") + " " +
+                                 testing::quote(work / "o3"));
+  EXPECT_NE(tiny.exit_code, 0);
+  EXPECT_NE(tiny.output.find("--max-memory 10 MiB is too small"), std::string::npos) << tiny.output;
+  EXPECT_FALSE(std::filesystem::exists(work / "o3"));
+}
+
+}  // namespace
+}  // namespace smelt

@@ -30,6 +30,7 @@ struct MergeCliOptions {
   bool tensor_intersection = false;
   bool tensor_union = false;
   std::string keep_intermediates;
+  std::string max_memory = "512M";
   std::vector<std::string> ignored;  // mergekit flags that mean nothing here
 };
 
@@ -62,6 +63,7 @@ void run(const MergeCliOptions& o) {
   exec::MergeOptions mo;
   mo.exec.threads = std::max<size_t>(1, o.threads);
   mo.exec.seed = o.seed;
+  mo.exec.max_memory = parse_memory_size(o.max_memory);
   exec::Recipe recipe = load_recipe(o.config, po, mo.exec, &mo.config_text);
   if (!o.quiet) {
     for (const auto& stage : recipe.plans) print_warnings(*stage);
@@ -123,6 +125,10 @@ void add_merge(CLI::App& app) {
   cmd->add_flag("--safe-serialization,!--no-safe-serialization", o->safe_serialization,
                 "write safetensors (always on)");
   cmd->add_flag("--overwrite", o->overwrite, "replace an existing non-empty OUT");
+  cmd->add_option("--max-memory", o->max_memory,
+                  "bound on working memory, e.g. 256M or 2G (the chunk size and the number of "
+                  "workers adapt; never the output)")
+      ->capture_default_str();
   cmd->add_option("--keep-intermediates", o->keep_intermediates,
                   "multi-stage recipes: also write each named stage to DIR/<name>");
   cmd->add_flag("--allow-crimes,!--no-allow-crimes", o->allow_crimes,

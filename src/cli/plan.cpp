@@ -32,6 +32,25 @@ plan::TensorSetMode tensor_set_mode(bool intersection, bool union_) {
                       : plan::TensorSetMode::kError;
 }
 
+uint64_t parse_memory_size(const std::string& text) {
+  std::string digits = text;
+  uint64_t mult = 1;
+  if (!digits.empty()) {
+    const char c = static_cast<char>(std::tolower(static_cast<unsigned char>(digits.back())));
+    if (c == 'k' || c == 'm' || c == 'g') {
+      mult = c == 'k' ? (1u << 10) : c == 'm' ? (1u << 20) : (uint64_t{1} << 30);
+      digits.pop_back();
+    }
+  }
+  uint64_t v = 0;
+  bool ok = !digits.empty() && digits.size() <= 12;
+  for (char c : digits) ok = ok && c >= '0' && c <= '9', v = v * 10 + static_cast<uint64_t>(c - '0');
+  if (!ok || v == 0) {
+    fail("--max-memory: '{}' is not a size; use bytes with an optional K/M/G suffix, e.g. 512M", text);
+  }
+  return v * mult;
+}
+
 void print_warnings(const plan::Plan& plan) {
   for (const auto& w : plan.warnings) fmt::print(stderr, "warning: {}\n", w);
 }
@@ -109,6 +128,7 @@ struct PlanCliOptions {
   bool allow_crimes = false;
   bool tensor_intersection = false;
   bool tensor_union = false;
+  std::string max_memory = "512M";
 };
 
 }  // namespace
@@ -128,6 +148,8 @@ void add_plan(CLI::App& app) {
   cmd->add_option("--random-seed", o->seed, "seed for random methods")->capture_default_str();
   cmd->add_option("-j,--threads,--num-threads", o->threads, "threads")->capture_default_str();
   cmd->add_flag("--allow-crimes", o->allow_crimes, "allow different architectures");
+  cmd->add_option("--max-memory", o->max_memory, "bound on working memory (K/M/G)")
+      ->capture_default_str();
   cmd->add_flag("-i,--tensor-intersection", o->tensor_intersection,
                 "raw tensor files: skip tensors only some files have");
   cmd->add_flag("-u,--tensor-union", o->tensor_union,
@@ -141,6 +163,7 @@ void add_plan(CLI::App& app) {
     exec::ExecOptions eo;
     eo.threads = o->threads;
     eo.seed = o->seed;
+    eo.max_memory = parse_memory_size(o->max_memory);
     exec::Recipe recipe = load_recipe(o->config, po, eo);
     for (size_t i = 0; i + 1 < recipe.plans.size(); ++i) {
       fmt::print("stage '{}':\n", recipe.names[i]);

@@ -24,6 +24,9 @@ void print_explain(const plan::Plan& plan, const std::string& glob);
 // The raw-mode tensor set choice from the two flags (both set is an error).
 plan::TensorSetMode tensor_set_mode(bool intersection, bool union_);
 
+// Parses --max-memory: bytes with an optional K/M/G binary suffix ("512M" = 512 MiB).
+uint64_t parse_memory_size(const std::string& text);
+
 // Prints the plan's warnings to stderr.
 void print_warnings(const plan::Plan& plan);
 

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "smelt/error.h"
+#include "smelt/io/gguf.h"
 
 namespace smelt::io {
 namespace fs = std::filesystem;
@@ -176,11 +177,18 @@ ResolvedModel resolve_model(const ModelRef& ref) {
       }
       return out;
     }
+    if (p.extension() == ".gguf") {
+      out.single_file = true;
+      out.gguf = true;
+      out.root = p.parent_path().empty() ? fs::path(".") : p.parent_path();
+      out.weight_files = gguf_split_paths(p);
+      return out;
+    }
     if (p.extension() == ".bin" || p.extension() == ".pt" || p.extension() == ".pth" ||
         p.extension() == ".ckpt") {
       fail("model '{}': PyTorch pickle files are not supported yet; convert to safetensors", shown);
     }
-    fail("model '{}': {} is not a .safetensors file", shown, p.string());
+    fail("model '{}': {} is not a .safetensors or .gguf file", shown, p.string());
   }
   if (fs::is_directory(p, ec)) {
     if (resolve_folder(p, shown, &out)) return out;
@@ -248,7 +256,11 @@ std::shared_ptr<Model> Model::from_files(const ResolvedModel& resolved,
 
 std::shared_ptr<Model> Model::open(const ResolvedModel& resolved) {
   std::vector<std::shared_ptr<TensorFile>> files;
-  for (const fs::path& f : resolved.weight_files) files.push_back(SafetensorsFile::open(f));
+  if (resolved.gguf) {
+    for (auto& part : open_gguf_model(resolved.weight_files.at(0))) files.push_back(part);
+  } else {
+    for (const fs::path& f : resolved.weight_files) files.push_back(SafetensorsFile::open(f));
+  }
   auto m = from_files(resolved, std::move(files));
   if (!resolved.index_json.empty()) {
     const auto j = nlohmann::json::parse(read_text(resolved.index_json));

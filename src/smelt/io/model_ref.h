@@ -34,7 +34,8 @@ struct ResolvedModel {
   std::filesystem::path config_json; // empty when the model has none
   std::filesystem::path index_json;  // empty unless sharded with an index
   std::vector<std::filesystem::path> weight_files;
-  bool single_file = false;  // the reference named one .safetensors file
+  bool single_file = false;  // the reference named one .safetensors or .gguf file
+  bool gguf = false;         // weight_files are the parts of a GGUF model
 };
 
 // The Hugging Face hub cache folder: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub.

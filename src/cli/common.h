@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <string>
 
+#include "smelt/io/safetensors.h"
+
 namespace smelt::cli {
 
 // Each verb lives in its own file and registers its subcommand here.
@@ -12,6 +14,10 @@ void add_inspect(CLI::App& app);
 void add_dev(CLI::App& app);
 void add_merge(CLI::App& app);
 void add_plan(CLI::App& app);
+
+// A tensor's storage type for display: the ggml type name for GGUF tensors ("q4_K"), else the
+// safetensors dtype ("BF16").
+std::string type_name(const io::TensorInfo& t);
 
 // "1.50 GB" style (decimal units, as disk sizes are usually shown).
 std::string human_bytes(uint64_t bytes);

@@ -75,7 +75,7 @@ void run_inspect(const InspectOptions& o) {
   std::map<std::string, Totals> by_dtype;
   for (const auto& t : model->tensors()) {
     total.tensors++, total.params += t.info->numel(), total.bytes += t.info->nbytes;
-    auto& d = by_dtype[std::string(dtype_name(t.info->dtype))];
+    auto& d = by_dtype[type_name(*t.info)];
     d.tensors++, d.params += t.info->numel(), d.bytes += t.info->nbytes;
   }
   if (o.json) {
@@ -90,7 +90,7 @@ void run_inspect(const InspectOptions& o) {
     j["tensors"] = nlohmann::json::array();
     for (const auto& t : model->tensors()) {
       j["tensors"].push_back({{"name", t.info->name},
-                              {"dtype", dtype_name(t.info->dtype)},
+                              {"dtype", type_name(*t.info)},
                               {"shape", t.info->shape},
                               {"bytes", t.info->nbytes},
                               {"file", t.file->path().filename().string()}});
@@ -111,7 +111,7 @@ void run_inspect(const InspectOptions& o) {
   fmt::print("{:<{}}  {:<7}  {:<20}  {:>12}{}\n", "name", width, "dtype", "shape", "bytes",
              many ? "  file" : "");
   for (const auto& t : model->tensors()) {
-    fmt::print("{:<{}}  {:<7}  {:<20}  {:>12}{}\n", t.info->name, width, dtype_name(t.info->dtype),
+    fmt::print("{:<{}}  {:<7}  {:<20}  {:>12}{}\n", t.info->name, width, type_name(*t.info),
                fmt::format("[{}]", fmt::join(t.info->shape, ", ")), t.info->nbytes,
                many ? "  " + t.file->path().filename().string() : std::string());
   }

@@ -9,8 +9,14 @@
 
 #include "cli/common.h"
 #include "smelt/error.h"
+#include "smelt/kernels/quant.h"
 
 namespace smelt::cli {
+
+std::string type_name(const io::TensorInfo& t) {
+  if (t.ggml_type >= 0) return kernels::ggml_type_name(static_cast<kernels::GgmlType>(t.ggml_type));
+  return std::string(dtype_name(t.dtype));
+}
 
 std::string human_bytes(uint64_t bytes) {
   const char* units[] = {"B", "kB", "MB", "GB", "TB", "PB"};

@@ -31,6 +31,9 @@ struct MergeCliOptions {
   bool tensor_union = false;
   std::string keep_intermediates;
   std::string max_memory = "512M";
+  std::string format = "auto";
+  std::string out_type;
+  std::vector<std::string> tensor_types;
   std::vector<std::string> ignored;  // mergekit flags that mean nothing here
 };
 
@@ -60,6 +63,7 @@ void run(const MergeCliOptions& o) {
   po.shard_size = io::parse_shard_size(o.shard_size);
   po.allow_crimes = o.allow_crimes;
   po.tensor_set = tensor_set_mode(o.tensor_intersection, o.tensor_union);
+  set_output_format(o.format, o.out, o.out_type, o.tensor_types, &po);
   exec::MergeOptions mo;
   mo.exec.threads = std::max<size_t>(1, o.threads);
   mo.exec.seed = o.seed;
@@ -125,6 +129,16 @@ void add_merge(CLI::App& app) {
   cmd->add_flag("--safe-serialization,!--no-safe-serialization", o->safe_serialization,
                 "write safetensors (always on)");
   cmd->add_flag("--overwrite", o->overwrite, "replace an existing non-empty OUT");
+  cmd->add_option("--format", o->format,
+                  "output format: safetensors, gguf, or auto (gguf when OUT ends in .gguf or the "
+                  "inputs are GGUF files)")
+      ->capture_default_str();
+  cmd->add_option("--out-type", o->out_type,
+                  "GGUF output: type of every tensor with 2+ dimensions (F32, F16, BF16, Q8_0, "
+                  "Q4_0, Q4_K, Q5_K, Q6_K); default: each input tensor's type");
+  cmd->add_option("--tensor-type", o->tensor_types,
+                  "GGUF output: REGEX=TYPE for tensors whose name matches (repeatable; first match "
+                  "wins)");
   cmd->add_option("--max-memory", o->max_memory,
                   "bound on working memory, e.g. 256M or 2G (the chunk size and the number of "
                   "workers adapt; never the output)")

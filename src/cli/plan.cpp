@@ -11,6 +11,7 @@
 #include "smelt/config/config.h"
 #include "smelt/error.h"
 #include "smelt/io/safetensors.h"
+#include "smelt/kernels/quant.h"
 
 namespace smelt::cli {
 
@@ -49,6 +50,29 @@ uint64_t parse_memory_size(const std::string& text) {
     fail("--max-memory: '{}' is not a size; use bytes with an optional K/M/G suffix, e.g. 512M", text);
   }
   return v * mult;
+}
+
+void set_output_format(const std::string& format, const std::string& out,
+                       const std::string& out_type, const std::vector<std::string>& tensor_types,
+                       plan::PlanOptions* options) {
+  if (format == "gguf" || (format == "auto" && out.ends_with(".gguf"))) {
+    options->format = plan::OutputFormat::kGguf;
+  } else if (format == "safetensors") {
+    options->format = plan::OutputFormat::kSafetensors;
+  } else if (format != "auto") {
+    fail("--format: '{}' is not a format; use safetensors, gguf or auto", format);
+  }
+  options->gguf_out_type = out_type;
+  for (const auto& spec : tensor_types) {
+    const size_t eq = spec.rfind('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) {
+      fail("--tensor-type: '{}' is not REGEX=TYPE (e.g. 'attn_v=Q8_0')", spec);
+    }
+    options->gguf_tensor_types.emplace_back(spec.substr(0, eq), spec.substr(eq + 1));
+  }
+  if ((!out_type.empty() || !tensor_types.empty()) && options->format == plan::OutputFormat::kSafetensors) {
+    fail("--out-type and --tensor-type apply to GGUF output only");
+  }
 }
 
 void print_warnings(const plan::Plan& plan) {
@@ -94,10 +118,13 @@ void print_explain(const plan::Plan& plan, const std::string& glob) {
   for (const auto& job : plan.jobs) {
     if (fnmatch(glob.c_str(), job.name.c_str(), 0) != 0) continue;
     ++shown;
-    fmt::print("\n{}  {} [{}]  t={:.4g}{}\n", job.name, dtype_name(job.dtype),
+    const std::string out_type =
+        job.ggml_type >= 0 ? kernels::ggml_type_name(static_cast<kernels::GgmlType>(job.ggml_type))
+                           : std::string(dtype_name(job.dtype));
+    fmt::print("\n{}  {} [{}]  t={:.4g}{}\n", job.name, out_type,
                fmt::join(job.shape, ", "), job.t, job.is_embedding ? "  (embedding)" : "");
     if (job.copy) {
-      fmt::print("  copied unchanged from {} : {}\n", plan.models[job.inputs[0].model].ref,
+      fmt::print("  copied byte for byte from {} : {}\n", plan.models[job.inputs[0].model].ref,
                  job.inputs[0].tensor);
       continue;
     }
@@ -107,7 +134,7 @@ void print_explain(const plan::Plan& plan, const std::string& glob) {
     for (size_t i = 0; i < job.inputs.size(); ++i) {
       const auto& in = job.inputs[i];
       fmt::print("  input {}: {} : {} ({}){}\n", i, plan.models[in.model].ref, in.tensor,
-                 dtype_name(in.source.info->dtype),
+                 type_name(*in.source.info),
                  static_cast<int>(i) == job.base ? "  [base]" : "");
       for (const auto& [name, value] : job.params.per_model[i]) {
         fmt::print("      {} = {:.6g}  ({})\n", name, value, job.model_origin[i].at(name));
@@ -129,6 +156,9 @@ struct PlanCliOptions {
   bool tensor_intersection = false;
   bool tensor_union = false;
   std::string max_memory = "512M";
+  std::string format = "auto";
+  std::string out_type;
+  std::vector<std::string> tensor_types;
 };
 
 }  // namespace
@@ -148,6 +178,10 @@ void add_plan(CLI::App& app) {
   cmd->add_option("--random-seed", o->seed, "seed for random methods")->capture_default_str();
   cmd->add_option("-j,--threads,--num-threads", o->threads, "threads")->capture_default_str();
   cmd->add_flag("--allow-crimes", o->allow_crimes, "allow different architectures");
+  cmd->add_option("--format", o->format, "output format: safetensors, gguf or auto")
+      ->capture_default_str();
+  cmd->add_option("--out-type", o->out_type, "GGUF output: type of 2-D+ tensors");
+  cmd->add_option("--tensor-type", o->tensor_types, "GGUF output: REGEX=TYPE (repeatable)");
   cmd->add_option("--max-memory", o->max_memory, "bound on working memory (K/M/G)")
       ->capture_default_str();
   cmd->add_flag("-i,--tensor-intersection", o->tensor_intersection,
@@ -159,6 +193,7 @@ void add_plan(CLI::App& app) {
     po.seed = o->seed;
     po.allow_crimes = o->allow_crimes;
     po.tensor_set = tensor_set_mode(o->tensor_intersection, o->tensor_union);
+    set_output_format(o->format, "", o->out_type, o->tensor_types, &po);
     po.shard_size = io::parse_shard_size(o->shard_size);
     exec::ExecOptions eo;
     eo.threads = o->threads;

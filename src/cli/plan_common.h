@@ -27,6 +27,11 @@ plan::TensorSetMode tensor_set_mode(bool intersection, bool union_);
 // Parses --max-memory: bytes with an optional K/M/G binary suffix ("512M" = 512 MiB).
 uint64_t parse_memory_size(const std::string& text);
 
+// Fills the output-format plan options from --format, OUT, --out-type and --tensor-type.
+void set_output_format(const std::string& format, const std::string& out,
+                       const std::string& out_type, const std::vector<std::string>& tensor_types,
+                       plan::PlanOptions* options);
+
 // Prints the plan's warnings to stderr.
 void print_warnings(const plan::Plan& plan);
 

@@ -8,6 +8,7 @@
 #include "smelt/exec/buffer.h"
 #include "smelt/exec/thread_pool.h"
 #include "smelt/kernels/convert.h"
+#include "smelt/kernels/quant.h"
 
 namespace smelt::exec {
 namespace {
@@ -25,13 +26,18 @@ struct WorkerBuffers {
 // Memory outside the chunk buffers: code, headers, method state, allocator slack.
 constexpr uint64_t kReserveBytes = uint64_t{96} << 20;
 constexpr uint64_t kMinChunk = uint64_t{1} << 14;
+// Chunk sizes are multiples of this, so GGUF blocks (32 or 256 elements) never straddle chunks.
+constexpr uint64_t kChunkQuantum = 256;
 
 // Bytes one worker needs per element of a chunk with k inputs: f32 inputs, raw input and output
 // bytes (up to 8 each), the f32 output, and method scratch (about k + 2 floats).
 uint64_t bytes_per_element(size_t k) { return 4 * k + 8 + 4 + 8 + 4 * (k + 2); }
 
+// The chunk for a method's alignment (e.g. a row): a multiple of it, and of kChunkQuantum when
+// that is possible, so quantized blocks stay whole.
 uint64_t chunk_size_for(uint64_t requested, uint64_t alignment) {
   alignment = std::max<uint64_t>(alignment, 1);
+  if (alignment % 256 != 0 && 256 % alignment == 0) alignment = 256;
   return std::max(alignment, requested / alignment * alignment);
 }
 
@@ -59,6 +65,51 @@ void read_elements(const io::ModelTensor& src, const std::vector<uint64_t>& shap
   }
 }
 
+// llama.cpp's Q/K row order (convert_hf_to_gguf's permute): output row h*hd + 2i + j holds input
+// row h*hd + j*(hd/2) + i.
+uint64_t permuted_row(uint64_t row, uint64_t rows, int64_t heads) {
+  const uint64_t hd = rows / static_cast<uint64_t>(heads);
+  const uint64_t h = row / hd, rem = row % hd;
+  return h * hd + (rem % 2) * (hd / 2) + rem / 2;
+}
+
+// Reads elements [offset, offset + n) of input `in` in the job's output layout as f32 into dst,
+// dequantizing GGUF blocks and applying the Q/K row permutation where the plan asks for it.
+void load_f32(const plan::JobInput& in, const std::vector<uint64_t>& shape, uint64_t offset,
+              size_t n, ScratchBuffer& raw, float* dst) {
+  const io::TensorInfo& t = *in.source.info;
+  if (t.quantized()) {
+    const auto type = static_cast<kernels::GgmlType>(t.ggml_type);
+    const kernels::GgmlTypeTraits* tr = kernels::ggml_type_traits(type);
+    const bool rows_only = shape.size() == t.shape.size() && (shape.size() < 2 || shape[1] == t.shape[1]);
+    if (!tr || offset % tr->block_elems != 0 || n % tr->block_elems != 0 || !rows_only) {
+      fail("{}: tensor '{}': cannot read a part of {} blocks that is not whole blocks",
+           in.source.file->path().string(), t.name, kernels::ggml_type_name(type));
+    }
+    const uint64_t bytes = n / tr->block_elems * tr->block_bytes;
+    raw.reserve(bytes);
+    in.source.file->read(t, offset / tr->block_elems * tr->block_bytes, raw.data(), bytes);
+    kernels::dequantize(type, raw.data(), dst, n);
+    return;
+  }
+  const size_t es = element_bytes(t.dtype);
+  raw.reserve(n * es);
+  if (in.permute_heads > 0 && shape.size() >= 1) {
+    const uint64_t rows = shape[0], cols = t.numel() / std::max<uint64_t>(1, t.shape[0]);
+    uint64_t done = 0;
+    while (done < n) {
+      const uint64_t e = offset + done, row = e / cols, col = e % cols;
+      const uint64_t take = std::min<uint64_t>(cols - col, n - done);
+      const uint64_t src_row = permuted_row(row, rows, in.permute_heads);
+      in.source.file->read(t, (src_row * cols + col) * es, raw.as<char>() + done * es, take * es);
+      done += take;
+    }
+  } else {
+    read_elements(in.source, shape, offset, n, raw.as<char>());
+  }
+  kernels::to_f32(t.dtype, raw.data(), dst, n);
+}
+
 }  // namespace
 
 ExecLayout exec_layout(const plan::Plan& plan, const ExecOptions& options) {
@@ -76,6 +127,7 @@ ExecLayout exec_layout(const plan::Plan& plan, const ExecOptions& options) {
   const uint64_t budget = options.max_memory - kReserveBytes;
   ExecLayout layout;
   layout.chunk_elements = std::max(kMinChunk, std::min({options.chunk_elements, budget / per_element}));
+  layout.chunk_elements = layout.chunk_elements / kChunkQuantum * kChunkQuantum;
   // Workers never need more than the largest tensor's chunks.
   const uint64_t per_worker = std::min(layout.chunk_elements, largest) * per_element;
   layout.workers = static_cast<size_t>(std::clamp<uint64_t>(budget / per_worker, 1, std::max<size_t>(1, options.threads)));
@@ -144,6 +196,10 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
       const uint64_t chunks = std::max<uint64_t>(1, (numel + chunk - 1) / chunk);
       const size_t k = job.inputs.size();
       const size_t out_esize = element_bytes(job.dtype);
+      const kernels::GgmlTypeTraits* quant =
+          job.ggml_type >= 0 ? kernels::ggml_type_traits(static_cast<kernels::GgmlType>(job.ggml_type))
+                             : nullptr;
+      if (quant && !quant->quantized) quant = nullptr;
 
       // Reads chunk c of every input into worker w's f32 buffers.
       auto load = [&](size_t c, size_t w) -> methods::Chunk {
@@ -153,12 +209,8 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
         if (b.inputs.size() < k) b.inputs.resize(k);
         b.pointers.resize(k);
         for (size_t i = 0; i < k; ++i) {
-          const io::ModelTensor& src = job.inputs[i].source;
-          const size_t es = element_bytes(src.info->dtype);
           b.inputs[i].reserve(n * sizeof(float));
-          b.raw.reserve(n * es);
-          read_elements(src, job.shape, offset, n, b.raw.as<char>());
-          kernels::to_f32(src.info->dtype, b.raw.data(), b.inputs[i].as<float>(), n);
+          load_f32(job.inputs[i], job.shape, offset, n, b.raw, b.inputs[i].as<float>());
           b.pointers[i] = b.inputs[i].as<float>();
         }
         methods::Chunk ch;
@@ -177,10 +229,19 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
         const methods::Chunk ch = load(c, w);
         WorkerBuffers& b = buffers[w];
         b.out.reserve(ch.n * sizeof(float));
-        b.out_raw.reserve(ch.n * out_esize);
         merger->merge(ch, b.out.as<float>());
-        kernels::from_f32(job.dtype, b.out.as<float>(), b.out_raw.data(), ch.n);
-        write_out(ch.offset * out_esize, b.out_raw.data(), ch.n * out_esize);
+        if (quant) {
+          // Chunks are whole blocks: chunk sizes are multiples of kChunkQuantum.
+          const uint64_t bytes = ch.n / quant->block_elems * quant->block_bytes;
+          b.out_raw.reserve(bytes);
+          kernels::quantize(static_cast<kernels::GgmlType>(job.ggml_type), b.out.as<float>(),
+                            b.out_raw.data(), ch.n);
+          write_out(ch.offset / quant->block_elems * quant->block_bytes, b.out_raw.data(), bytes);
+        } else {
+          b.out_raw.reserve(ch.n * out_esize);
+          kernels::from_f32(job.dtype, b.out.as<float>(), b.out_raw.data(), ch.n);
+          write_out(ch.offset * out_esize, b.out_raw.data(), ch.n * out_esize);
+        }
       });
     }
     progress.tensors_done++;

@@ -7,7 +7,9 @@
 
 #include "smelt/error.h"
 #include "smelt/exec/finalize.h"
+#include "smelt/io/gguf.h"
 #include "smelt/io/safetensors.h"
+#include "smelt/kernels/quant.h"
 
 namespace smelt::exec {
 namespace fs = std::filesystem;
@@ -69,6 +71,11 @@ void check_output_path(const plan::Plan& plan, const fs::path& out, bool overwri
     }
   }
   std::error_code ec;
+  if (plan.gguf_output) {
+    if (fs::is_directory(o, ec)) fail("output {} is a folder; GGUF output is one file (e.g. merged.gguf)", out.string());
+    if (fs::exists(o, ec) && !overwrite) fail("output file {} exists; pass --overwrite to replace it", out.string());
+    return;
+  }
   if (fs::exists(o, ec)) {
     if (!fs::is_directory(o, ec)) fail("output path {} exists and is not a folder", out.string());
     if (!fs::is_empty(o, ec) && !overwrite) {
@@ -78,8 +85,66 @@ void check_output_path(const plan::Plan& plan, const fs::path& out, bool overwri
   }
 }
 
+namespace {
+
+class GgufSink : public TensorSink {
+ public:
+  explicit GgufSink(io::GgufWriter& w) : w_(w) {}
+  void write(size_t job, uint64_t offset, const void* data, uint64_t size) override {
+    w_.write(job, offset, data, size);
+  }
+
+ private:
+  io::GgufWriter& w_;
+};
+
+// The output KVs: the donor GGUF's, verbatim except the split keys, the layer count of a
+// frankenmerge, and the file type when tensor types changed.
+std::vector<io::GgufKv> output_kvs(const plan::Plan& plan) {
+  const auto* donor = dynamic_cast<const io::GgufFile*>(plan.models[plan.donor].model->files().at(0).get());
+  if (!donor) fail("internal: GGUF output needs a GGUF donor model");
+  std::vector<io::GgufKv> kvs = donor->kvs();
+  for (const char* k : {"split.no", "split.count", "split.tensors.count"}) io::gguf_remove_kv(kvs, k);
+  std::string arch = "llama";
+  if (const io::GgufValue* v = donor->find_kv("general.architecture")) {
+    if (auto s = v->as_string()) arch = std::string(*s);
+  }
+  if (plan.output_layers >= 0) {
+    io::gguf_set_kv(kvs, arch + ".block_count", io::GgufValue::of(static_cast<uint32_t>(plan.output_layers)));
+  }
+  bool types_kept = true, quantized = false;
+  for (const auto& job : plan.jobs) {
+    const io::TensorInfo& in = *job.inputs[job.base >= 0 ? job.base : 0].source.info;
+    types_kept = types_kept && in.ggml_type == job.ggml_type;
+    const auto* tr = kernels::ggml_type_traits(static_cast<kernels::GgmlType>(job.ggml_type));
+    quantized = quantized || (tr && tr->quantized);
+  }
+  if (!types_kept) io::gguf_remove_kv(kvs, "general.file_type");  // llama.cpp then infers it
+  if (quantized) io::gguf_set_kv(kvs, "general.quantization_version", io::GgufValue::of(uint32_t{2}));
+  return kvs;
+}
+
+void run_gguf_merge(const plan::Plan& plan, const fs::path& out, const MergeOptions& options) {
+  std::vector<io::GgufTensorSpec> specs;
+  for (const auto& job : plan.jobs) {
+    specs.push_back({job.name, static_cast<kernels::GgmlType>(job.ggml_type), job.shape});
+  }
+  io::GgufWriter writer(out, output_kvs(plan), specs);
+  std::vector<size_t> all(plan.jobs.size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+  GgufSink sink(writer);
+  execute_jobs(plan, all, sink, options.exec);
+  writer.finish();
+}
+
+}  // namespace
+
 void run_merge(const plan::Plan& plan, const fs::path& out, const MergeOptions& options) {
   check_output_path(plan, out, options.overwrite);
+  if (plan.gguf_output) {
+    run_gguf_merge(plan, normalized(out), options);
+    return;
+  }
   const fs::path target = normalized(out);
   std::random_device rd;
   TempFolder temp(target.parent_path() /

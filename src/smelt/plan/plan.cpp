@@ -5,10 +5,14 @@
 #include <fmt/ranges.h>
 
 #include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
 #include <set>
 
 #include "smelt/config/suggest.h"
 #include "smelt/error.h"
+#include "smelt/io/gguf.h"
+#include "smelt/kernels/quant.h"
 
 namespace smelt::plan {
 namespace {
@@ -18,6 +22,26 @@ using config::ParameterSettings;
 std::string read_text_file(const std::filesystem::path& p) {
   std::ifstream in(p, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// A config.json-like description of a GGUF model from its metadata, so the architecture table's
+// "gguf" entry applies (layer stack blk.N, block_count, tied output head).
+std::string gguf_config_text(const io::Model& model) {
+  const auto* file = dynamic_cast<const io::GgufFile*>(model.files().at(0).get());
+  std::string arch = "unknown";
+  if (file) {
+    if (const io::GgufValue* v = file->find_kv("general.architecture")) {
+      if (auto s = v->as_string()) arch = std::string(*s);
+    }
+  }
+  nlohmann::json j = {{"model_type", "gguf"}, {"architectures", {arch}},
+                      {"tie_word_embeddings", !model.has("output.weight")}};
+  if (file) {
+    if (const io::GgufValue* v = file->find_kv(arch + ".block_count")) {
+      if (auto n = v->as_uint()) j["block_count"] = *n;
+    }
+  }
+  return j.dump();
 }
 
 std::string shape_str(const std::vector<uint64_t>& s) { return fmt::format("[{}]", fmt::join(s, ", ")); }
@@ -62,6 +86,7 @@ class Planner {
     } else {
       plan_slices();
     }
+    assign_output_format();
     dedupe();
     finish_jobs();
     return std::move(plan_);
@@ -170,7 +195,10 @@ class Planner {
         }
         fail_at(r.yaml_path, e.what());
       }
-      if (!m.model->resolved().config_json.empty()) {
+      if (m.model->resolved().gguf) {
+        m.gguf = true;
+        m.config_text = gguf_config_text(*m.model);
+      } else if (!m.model->resolved().config_json.empty()) {
         m.config_text = read_text_file(m.model->resolved().config_json);
       }
     }
@@ -205,6 +233,16 @@ class Planner {
   }
 
   void check_architectures() {
+    for (size_t i = 0; i < plan_.models.size(); ++i) {
+      if (plan_.models[i].gguf != plan_.models[plan_.donor].gguf) {
+        fail_at(model_paths_[i],
+                fmt::format("model {} is {} but {} is {}; smelt cannot map tensor names between "
+                            "GGUF (blk.N.*) and safetensors (model.layers.N.*) models: merge models "
+                            "of one format",
+                            ref(i), plan_.models[i].gguf ? "a GGUF file" : "a safetensors model",
+                            ref(plan_.donor), plan_.models[plan_.donor].gguf ? "a GGUF file" : "a safetensors model"));
+      }
+    }
     if (plan_.raw || opt_.allow_crimes) return;
     const ArchitectureInfo& d = arch(plan_.donor);
     for (size_t i = 0; i < plan_.models.size(); ++i) {
@@ -585,12 +623,12 @@ class Planner {
     if (!in.source.info) fail("model {} has no tensor '{}'", ref(model), tensor);
     job.shape = in.source.info->shape;
     job.inputs.push_back(in);
-    if (!dtype_is_convertible_float(in.source.info->dtype)) {
+    if (!in.source.info->quantized() && !dtype_is_convertible_float(in.source.info->dtype)) {
       job.copy = true;
       job.dtype = in.source.info->dtype;
     } else {
       job.method = passthrough_;
-      job.dtype = output_dtype(in.source.info->dtype);
+      job.dtype = output_dtype(in.source.info->quantized() ? DType::kF16 : in.source.info->dtype);
       job.params.per_model.resize(1);
       job.params.per_model[0]["scale"] = 1.0;
       job.model_origin.resize(1);
@@ -642,14 +680,17 @@ class Planner {
     job.shape = ref_info.shape;
     reconcile_shapes(&job, slice);
     bool all_float = true;
-    for (const auto& in : job.inputs) all_float = all_float && dtype_is_convertible_float(in.source.info->dtype);
+    for (const auto& in : job.inputs) {
+      all_float = all_float && (in.source.info->quantized() || dtype_is_convertible_float(in.source.info->dtype));
+    }
     if (!all_float) {
       const JobInput keep = job.inputs[ref_input];
       job = TensorJob();
       add_copy_job(out_name, keep.model, keep.tensor, is_embedding);
       return;
     }
-    job.dtype = output_dtype(ref_info.dtype);
+    // Dequantized GGUF blocks default to F16 in a safetensors output.
+    job.dtype = output_dtype(ref_info.quantized() ? DType::kF16 : ref_info.dtype);
     if (!dtype_is_convertible_float(job.dtype)) {
       fail_at("out_dtype", fmt::format("cannot write tensor '{}' as {}", out_name, dtype_name(job.dtype)));
     }
@@ -741,6 +782,82 @@ class Planner {
     }
   }
 
+  // GGUF output: the ggml type of every tensor, and tensors that pass through unchanged with the
+  // same type are copied byte for byte (never requantized).
+  void assign_output_format() {
+    const bool gguf_in = plan_.models[plan_.donor].gguf;
+    plan_.gguf_output = opt_.format == OutputFormat::kGguf || (opt_.format == OutputFormat::kAuto && gguf_in);
+    if (!plan_.gguf_output) return;
+    if (!gguf_in) {
+      fail_at("", "GGUF output from safetensors models is not yet supported by smelt; merge GGUF "
+                  "models, or write safetensors");
+    }
+    using kernels::GgmlType;
+    auto parse_type = [&](const std::string& name, const std::string& flag) {
+      auto t = kernels::parse_ggml_type(name);
+      const kernels::GgmlTypeTraits* tr = t ? kernels::ggml_type_traits(*t) : nullptr;
+      if (!tr || !tr->can_quantize) {
+        fail("{}: '{}' is not a type smelt can write; use one of F32, F16, BF16, Q8_0, Q4_0, "
+             "Q4_K, Q5_K, Q6_K",
+             flag, name);
+      }
+      return *t;
+    };
+    std::vector<std::pair<std::regex, GgmlType>> overrides;
+    for (const auto& [re, type] : opt_.gguf_tensor_types) {
+      try {
+        overrides.emplace_back(std::regex(re), parse_type(type, "--tensor-type " + re + "=" + type));
+      } catch (const std::regex_error& e) {
+        fail("--tensor-type: '{}' is not a valid regular expression ({})", re, e.what());
+      }
+    }
+    std::optional<GgmlType> out_type;
+    if (!opt_.gguf_out_type.empty()) out_type = parse_type(opt_.gguf_out_type, "--out-type");
+    size_t fallbacks = 0;
+    for (TensorJob& job : plan_.jobs) {
+      const size_t r = job.base >= 0 ? static_cast<size_t>(job.base) : 0;
+      const io::TensorInfo& in = *job.inputs[r].source.info;
+      const GgmlType in_type = static_cast<GgmlType>(in.ggml_type);
+      std::optional<GgmlType> type;
+      for (const auto& [re, t] : overrides) {
+        if (std::regex_search(job.name, re)) {
+          type = t;
+          break;
+        }
+      }
+      if (!type && job.shape.size() <= 1) type = in_type == GgmlType::kF16 ? in_type : GgmlType::kF32;
+      if (!type && out_type) type = out_type;
+      if (!type) {
+        const kernels::GgmlTypeTraits* tr = kernels::ggml_type_traits(in_type);
+        type = tr && tr->can_quantize ? in_type : GgmlType::kQ8_0;
+      }
+      const kernels::GgmlTypeTraits* tr = kernels::ggml_type_traits(*type);
+      if (tr->block_elems > 1 && (job.shape.empty() || job.shape.back() % tr->block_elems != 0)) {
+        ++fallbacks;
+        type = GgmlType::kF16;
+      }
+      if (!job.copy && !dtype_is_convertible_float(in.dtype) && !in.quantized()) {
+        job.copy = true;  // integer tensors keep their type
+      }
+      if (job.copy) {
+        job.ggml_type = in.ggml_type;
+        continue;
+      }
+      job.ggml_type = static_cast<int32_t>(*type);
+      job.dtype = kernels::ggml_type_dtype(*type).value_or(DType::kF32);
+      // Unchanged tensors are copied byte for byte when their type is kept.
+      const bool unchanged = job.inputs.size() == 1 && job.method == passthrough_ &&
+                             job.params.per_model[0].count("scale") &&
+                             job.params.per_model[0].at("scale") == 1.0 && job.shape == in.shape;
+      if (unchanged && in.ggml_type == job.ggml_type) job.copy = true;
+    }
+    if (fallbacks) {
+      warn(fmt::format("{} tensor(s) whose rows are not a whole number of quantization blocks are "
+                       "written as F16",
+                       fallbacks));
+    }
+  }
+
   // Jobs that would compute the same bytes (a layer used twice by a passthrough frankenmerge) are
   // computed once and written under every name.
   void dedupe() {
@@ -810,7 +927,12 @@ uint64_t TensorJob::numel() const {
   return n;
 }
 
-uint64_t TensorJob::output_bytes() const { return *dtype_bytes(dtype, numel()); }
+uint64_t TensorJob::output_bytes() const {
+  if (ggml_type >= 0) {
+    if (auto b = kernels::ggml_type_bytes(static_cast<kernels::GgmlType>(ggml_type), numel())) return *b;
+  }
+  return *dtype_bytes(dtype, numel());
+}
 
 methods::TensorContext TensorJob::context(uint64_t seed) const {
   methods::TensorContext c;

@@ -23,6 +23,8 @@ struct JobInput {
   size_t model = 0;    // index into Plan::models
   std::string tensor;  // name in that model (differs from the output name in frankenmerges)
   io::ModelTensor source;  // its shape may exceed the job's (embeddings cropped to a common block)
+  // >0: rows are read in llama.cpp's Q/K order for this many heads (HF -> GGUF export).
+  int64_t permute_heads = 0;
 };
 
 // One output tensor and how to compute it.
@@ -34,6 +36,8 @@ struct TensorJob {
   const methods::Method* method = nullptr;  // the config's method, or passthrough for tensors
                                             // copied from the base (e.g. vision towers)
   int base = -1;               // index into inputs of the base model, or -1
+  // GGUF output: the ggml type written (may be block-quantized); -1 for safetensors output.
+  int32_t ggml_type = -1;
   bool copy = false;           // copy inputs[0]'s bytes unchanged (non-float tensors)
   bool is_embedding = false;
   double t = 0;                // gradient position
@@ -49,6 +53,8 @@ struct TensorJob {
   uint64_t output_bytes() const;
   methods::TensorContext context(uint64_t seed) const;
 };
+
+enum class OutputFormat { kAuto, kSafetensors, kGguf };
 
 // What to do with tensors only some raw (config-less) input files have.
 enum class TensorSetMode { kError, kIntersection, kUnion };
@@ -66,6 +72,13 @@ struct PlanOptions {
   uint64_t shard_size = 5'000'000'000;
   bool allow_crimes = false;  // allow models of different architectures
   TensorSetMode tensor_set = TensorSetMode::kError;
+  // Output file format; kAuto = GGUF when the inputs are GGUF models, else safetensors.
+  OutputFormat format = OutputFormat::kAuto;
+  // GGUF output types: per-tensor regex overrides (first match wins), then one type for all
+  // tensors of two or more dimensions; unset = each tensor's input type (GGUF inputs) or the
+  // converter's default (safetensors inputs).
+  std::vector<std::pair<std::string, std::string>> gguf_tensor_types;  // regex, type name
+  std::string gguf_out_type;
 };
 
 // A loaded model taking part in the merge.
@@ -75,6 +88,7 @@ struct PlanModel {
   std::string config_text;  // config.json text, empty when absent
   ArchitectureInfo arch;
   bool stage = false;  // the output of an earlier recipe stage (not a file)
+  bool gguf = false;   // a GGUF model (tensor names blk.N.*, metadata instead of config.json)
 };
 
 struct Plan {
@@ -90,6 +104,7 @@ struct Plan {
   // Vocabulary size written to config.json when embeddings were cropped (-1 = keep).
   int64_t output_vocab = -1;
   bool raw = false;  // inputs are bare tensor files (no config.json): tensors merged by name
+  bool gguf_output = false;  // write one GGUF file instead of a safetensors folder
   std::vector<std::string> warnings;
 
   uint64_t output_bytes() const;

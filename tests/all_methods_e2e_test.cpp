@@ -33,7 +33,8 @@ class AllMethods : public ::testing::TestWithParam<std::string> {
         auto r = run_smelt("dev make-model " + args);
         ASSERT_EQ(r.exit_code, 0) << r.output;
       };
-      mk(quote(d / "base") + " --hidden 32 --heads 2 --layers 2 --vocab 260 --seed 1 --dtype " + dtype);
+      mk(quote(d / "base") + " --hidden 32 --heads 2 --layers 2 --vocab 260 --seed 1 --dtype " +
+         dtype);
       for (int i = 1; i <= 3; ++i) {
         mk(quote(d / fmt::format("m{}", i)) + " --base " + quote(d / "base") +
            fmt::format(" --seed {} --delta-scale 0.02 --sparsity 0.3", 10 + i));
@@ -62,9 +63,11 @@ std::vector<std::pair<std::string, std::string>> configs(const std::string& meth
   if (method == "slerp") return {{"base + 1", models(1, true, "") + "parameters:\n  t: 0.3\n"}};
   if (method == "nuslerp") {
     return {{"2, flatten", models(2, false, "      weight: 0.5\n")},
-            {"2 + base, row-wise", models(2, true, "      weight: 0.7\n") +
-                                       "parameters:\n  nuslerp_flatten: false\n  nuslerp_row_wise: true\n"},
-            {"2, column-wise", models(2, false, "      weight: 0.3\n") + "parameters:\n  nuslerp_flatten: false\n"}};
+            {"2 + base, row-wise",
+             models(2, true, "      weight: 0.7\n") +
+                 "parameters:\n  nuslerp_flatten: false\n  nuslerp_row_wise: true\n"},
+            {"2, column-wise",
+             models(2, false, "      weight: 0.3\n") + "parameters:\n  nuslerp_flatten: false\n"}};
   }
   if (method == "passthrough") return {{"1 model", models(1, false, "      scale: 0.5\n")}};
   if (method == "model_stock") {
@@ -72,17 +75,21 @@ std::vector<std::pair<std::string, std::string>> configs(const std::string& meth
             {"base + 3, filter_wise", models(3, true, "") + "parameters:\n  filter_wise: true\n"}};
   }
   if (method == "arcee_fusion" || method == "nearswap") {
-    return {{"base + 1", models(1, true, "") + (method == "nearswap" ? "parameters:\n  t: 0.001\n" : "")}};
+    return {{"base + 1",
+             models(1, true, "") + (method == "nearswap" ? "parameters:\n  t: 0.001\n" : "")}};
   }
-  if (method == "karcher") return {{"3 models", models(3, false, "")}, {"2 + base", models(2, true, "")}};
+  if (method == "karcher")
+    return {{"3 models", models(3, false, "")}, {"2 + base", models(2, true, "")}};
   if (method == "multislerp") {
     return {{"3 models", models(3, false, "      weight: 0.5\n")},
             {"2 + base", models(2, true, "      weight: 0.5\n")}};
   }
-  if (method == "sce") return {{"base + 3", models(3, true, "") + "parameters:\n  select_topk: 0.5\n"}};
+  if (method == "sce")
+    return {{"base + 3", models(3, true, "") + "parameters:\n  select_topk: 0.5\n"}};
   if (method == "ram" || method == "ramplus_tl") return {{"base + 2", models(2, true, "")}};
   if (method.starts_with("della")) {
-    return {{"base + 3", models(3, true, wd + "      epsilon: 0.1\n") + "parameters:\n  lambda: 0.9\n"}};
+    return {{"base + 3",
+             models(3, true, wd + "      epsilon: 0.1\n") + "parameters:\n  lambda: 0.9\n"}};
   }
   if (method.starts_with("breadcrumbs")) {
     return {{"base + 3", models(3, true, wd + "      gamma: 0.05\n")}};
@@ -92,8 +99,12 @@ std::vector<std::pair<std::string, std::string>> configs(const std::string& meth
 }
 
 std::string fill(std::string y, const fs::path& d) {
-  for (auto [from, to] : {std::pair<std::string, std::string>{"BASE", "base"}, {"M1", "m1"}, {"M2", "m2"}, {"M3", "m3"}}) {
-    for (size_t p = y.find(from); p != std::string::npos; p = y.find(from)) y.replace(p, from.size(), (d / to).string());
+  for (auto [from, to] : {std::pair<std::string, std::string>{"BASE", "base"},
+                          {"M1", "m1"},
+                          {"M2", "m2"},
+                          {"M3", "m3"}}) {
+    for (size_t p = y.find(from); p != std::string::npos; p = y.find(from))
+      y.replace(p, from.size(), (d / to).string());
   }
   return y;
 }
@@ -121,7 +132,8 @@ TEST_P(AllMethods, RunsEndToEndWithFiniteOutput) {
     for (const auto& [label, yaml] : configs(method)) {
       TempDir work;
       testing::write_bytes(work / "c.yml", fill(yaml, d));
-      auto r = run_smelt("merge -q --random-seed 3 " + quote(work / "c.yml") + " " + quote(work / "out"));
+      auto r = run_smelt("merge -q --random-seed 3 " + quote(work / "c.yml") + " " +
+                         quote(work / "out"));
       ASSERT_EQ(r.exit_code, 0) << method << " " << label << " " << dtype << "\n" << r.output;
       size_t tensors = 0;
       EXPECT_TRUE(all_finite(work / "out", &tensors)) << method << " " << label << " " << dtype;
@@ -144,7 +156,8 @@ TEST_F(AllMethods, DellaIsIdenticalAcrossThreadCountsAndChangesWithTheSeed) {
     testing::write_bytes(work / "c.yml", fill(configs(method)[0].second, d));
     std::string files[3];
     int i = 0;
-    for (const char* args : {"-j 1 --random-seed 1", "-j 2 --random-seed 1", "-j 2 --random-seed 2"}) {
+    for (const char* args :
+         {"-j 1 --random-seed 1", "-j 2 --random-seed 1", "-j 2 --random-seed 2"}) {
       const fs::path out = work / fmt::format("o{}", i);
       auto r = run_smelt(fmt::format("merge -q {} {} {}", args, quote(work / "c.yml"), quote(out)));
       ASSERT_EQ(r.exit_code, 0) << r.output;

@@ -1,12 +1,13 @@
 // Architecture inference: layer stacks from names, the family data table, tied heads, and
 // vision-language models whose vision tower is copied from the base.
+#include "smelt/plan/architecture.h"
+
 #include <fmt/format.h>
 
 #include <nlohmann/json.hpp>
 
 #include "smelt/io/model_ref.h"
 #include "smelt/io/safetensors.h"
-#include "smelt/plan/architecture.h"
 #include "test_util.h"
 
 namespace smelt::plan {
@@ -27,10 +28,11 @@ TEST(Architecture, LayerNamesSplitAtTheFirstNumericComponent) {
 }
 
 TEST(Architecture, EveryListedFamilyHasATableEntry) {
-  const char* types[] = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe",
-                         "gemma", "gemma2", "gemma3", "gemma3_text", "phi3", "gpt2", "gpt_neox",
-                         "falcon", "starcoder2", "stablelm", "olmo2", "cohere", "granite",
-                         "deepseek_v2", "deepseek_v3", "bert", "roberta", "t5", "whisper", "llava"};
+  const char* types[] = {
+      "llama",       "mistral",    "mixtral",  "qwen2",       "qwen2_moe", "qwen3",   "qwen3_moe",
+      "gemma",       "gemma2",     "gemma3",   "gemma3_text", "phi3",      "gpt2",    "gpt_neox",
+      "falcon",      "starcoder2", "stablelm", "olmo2",       "cohere",    "granite", "deepseek_v2",
+      "deepseek_v3", "bert",       "roberta",  "t5",          "whisper",   "llava"};
   for (const char* t : types) {
     const std::string cfg = fmt::format(R"({{"model_type": "{}", "architectures": ["X"]}})", t);
     EXPECT_FALSE(infer_architecture({"a.0.w"}, cfg).family.empty()) << t;
@@ -39,8 +41,8 @@ TEST(Architecture, EveryListedFamilyHasATableEntry) {
 }
 
 TEST(Architecture, UnknownModelInfersTheLongestStackAndLayerKey) {
-  std::vector<std::string> names = {"emb.weight", "blocks.0.w", "blocks.1.w", "blocks.2.w",
-                                    "aux.0.w", "final.weight"};
+  std::vector<std::string> names = {"emb.weight", "blocks.0.w", "blocks.1.w",
+                                    "blocks.2.w", "aux.0.w",    "final.weight"};
   auto a = infer_architecture(names, R"({"model_type": "novel", "n_layers": 3})");
   EXPECT_EQ(a.layer_prefix, "blocks");
   EXPECT_EQ(a.num_layers(), 3);
@@ -49,7 +51,8 @@ TEST(Architecture, UnknownModelInfersTheLongestStackAndLayerKey) {
 }
 
 TEST(Architecture, TiedHeadsAndConfigFlag) {
-  std::vector<std::string> names = {"model.embed_tokens.weight", "model.layers.0.w", "model.norm.weight"};
+  std::vector<std::string> names = {"model.embed_tokens.weight", "model.layers.0.w",
+                                    "model.norm.weight"};
   auto tied = infer_architecture(names, R"({"model_type": "llama", "tie_word_embeddings": true})");
   EXPECT_TRUE(tied.tied_in_config);
   EXPECT_EQ(tied.tied_embedding("lm_head.weight", names), "model.embed_tokens.weight");
@@ -58,21 +61,24 @@ TEST(Architecture, TiedHeadsAndConfigFlag) {
   EXPECT_TRUE(infer_architecture(names, R"({"model_type": "llama"})").tied_in_config);
   names.push_back("lm_head.weight");
   EXPECT_FALSE(infer_architecture(names, R"({"model_type": "llama"})").tied_in_config);
-  auto gpt2 = infer_architecture({"transformer.wte.weight", "transformer.h.0.w"}, R"({"model_type": "gpt2"})");
+  auto gpt2 = infer_architecture({"transformer.wte.weight", "transformer.h.0.w"},
+                                 R"({"model_type": "gpt2"})");
   EXPECT_TRUE(gpt2.is_embedding("transformer.wte.weight"));
   EXPECT_EQ(gpt2.layer_count_key, "");  // n_layer absent from this config
 }
 
 TEST(Architecture, Gemma3MultimodalUsesTheLanguageStack) {
-  std::vector<std::string> names = {
-      "language_model.model.embed_tokens.weight", "language_model.model.layers.0.mlp.up_proj.weight",
-      "language_model.model.layers.1.mlp.up_proj.weight", "language_model.model.norm.weight",
-      "vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight",
-      "vision_tower.vision_model.encoder.layers.1.mlp.fc1.weight",
-      "vision_tower.vision_model.encoder.layers.2.mlp.fc1.weight",
-      "multi_modal_projector.mm_input_projection_weight"};
+  std::vector<std::string> names = {"language_model.model.embed_tokens.weight",
+                                    "language_model.model.layers.0.mlp.up_proj.weight",
+                                    "language_model.model.layers.1.mlp.up_proj.weight",
+                                    "language_model.model.norm.weight",
+                                    "vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight",
+                                    "vision_tower.vision_model.encoder.layers.1.mlp.fc1.weight",
+                                    "vision_tower.vision_model.encoder.layers.2.mlp.fc1.weight",
+                                    "multi_modal_projector.mm_input_projection_weight"};
   auto a = infer_architecture(
-      names, R"({"model_type": "gemma3", "text_config": {"num_hidden_layers": 2, "vocab_size": 10}})");
+      names,
+      R"({"model_type": "gemma3", "text_config": {"num_hidden_layers": 2, "vocab_size": 10}})");
   EXPECT_EQ(a.family, "gemma3");
   EXPECT_EQ(a.layer_prefix, "language_model.model.layers");  // not the longer vision stack
   EXPECT_EQ(a.layer_count_key, "text_config.num_hidden_layers");
@@ -86,15 +92,18 @@ TEST(Architecture, Gemma3MultimodalUsesTheLanguageStack) {
 // A tiny LLaVA-style model: language model + vision tower + projector.
 void write_llava(const std::filesystem::path& dir, float value) {
   std::filesystem::create_directories(dir);
-  nlohmann::json cfg = {{"architectures", {"LlavaForConditionalGeneration"}},
-                        {"model_type", "llava"},
-                        {"text_config", {{"num_hidden_layers", 2}, {"vocab_size", 8}, {"model_type", "llama"}}}};
+  nlohmann::json cfg = {
+      {"architectures", {"LlavaForConditionalGeneration"}},
+      {"model_type", "llava"},
+      {"text_config", {{"num_hidden_layers", 2}, {"vocab_size", 8}, {"model_type", "llama"}}}};
   testing::write_bytes(dir / "config.json", cfg.dump());
   std::vector<io::TensorSpec> specs;
-  for (const char* n : {"language_model.model.embed_tokens.weight", "language_model.model.layers.0.mlp.up_proj.weight",
-                        "language_model.model.layers.1.mlp.up_proj.weight", "language_model.model.norm.weight",
-                        "language_model.lm_head.weight", "vision_tower.vision_model.encoder.layers.0.fc.weight",
-                        "multi_modal_projector.linear_1.weight"}) {
+  for (const char* n :
+       {"language_model.model.embed_tokens.weight",
+        "language_model.model.layers.0.mlp.up_proj.weight",
+        "language_model.model.layers.1.mlp.up_proj.weight", "language_model.model.norm.weight",
+        "language_model.lm_head.weight", "vision_tower.vision_model.encoder.layers.0.fc.weight",
+        "multi_modal_projector.linear_1.weight"}) {
     specs.push_back({n, DType::kF32, {8, 4}});
   }
   io::SafetensorsWriter w(dir / "model.safetensors", specs, {});

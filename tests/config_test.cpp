@@ -221,8 +221,9 @@ TEST(Parameter, HostileNestingAndAliasExpansionAreBounded) {
   EXPECT_THAT(param_error(deep), HasSubstr("nested more than 16 deep"));
 
   // Each level lists the previous one ten times through an alias: 10^8 entries if expanded.
-  std::string yaml = "l0: &l0 [{value: 1}, {value: 1}, {value: 1}, {value: 1}, {value: 1}, "
-                     "{value: 1}, {value: 1}, {value: 1}, {value: 1}, {value: 1}]\n";
+  std::string yaml =
+      "l0: &l0 [{value: 1}, {value: 1}, {value: 1}, {value: 1}, {value: 1}, "
+      "{value: 1}, {value: 1}, {value: 1}, {value: 1}, {value: 1}]\n";
   for (int level = 1; level <= 7; ++level) {
     const std::string prev = "{value: *l" + std::to_string(level - 1) + "}";
     yaml += "l" + std::to_string(level) + ": &l" + std::to_string(level) + " [";

@@ -19,8 +19,9 @@ using testing::quote;
 using testing::run_smelt;
 using testing::TempDir;
 
-#define EXPECT_HAS(haystack, needle) \
-  EXPECT_NE((haystack).find(needle), std::string::npos) << "missing '" << (needle) << "' in:\n" << (haystack)
+#define EXPECT_HAS(haystack, needle)                                                            \
+  EXPECT_NE((haystack).find(needle), std::string::npos) << "missing '" << (needle) << "' in:\n" \
+                                                        << (haystack)
 
 struct Spec {
   std::string name;
@@ -47,7 +48,8 @@ void write_gguf(const fs::path& path, const std::vector<Spec>& specs, uint64_t s
   io::gguf_set_kv(kvs, "general.name", io::GgufValue::of("tiny"));
   io::gguf_set_kv(kvs, "llama.block_count", io::GgufValue::of(uint32_t{3}));
   io::gguf_set_kv(kvs, "llama.embedding_length", io::GgufValue::of(uint32_t{256}));
-  io::gguf_set_kv(kvs, "tokenizer.ggml.tokens", io::GgufValue::array(std::vector<std::string>{"a", "b"}));
+  io::gguf_set_kv(kvs, "tokenizer.ggml.tokens",
+                  io::GgufValue::array(std::vector<std::string>{"a", "b"}));
   std::vector<io::GgufTensorSpec> ts;
   for (const auto& s : specs) ts.push_back({s.name, s.type, s.shape});
   io::GgufWriter w(path, kvs, ts);
@@ -100,10 +102,11 @@ TempDir* GgufMerge::dir_ = nullptr;
 
 TEST_F(GgufMerge, FrankenmergeOfQ4KModelsCopiesBlocksBitForBit) {
   TempDir work;
-  auto r = merge(work, fmt::format("slices:\n  - sources:\n    - model: {}\n      layer_range: [0, 2]\n"
-                                   "  - sources:\n    - model: {}\n      layer_range: [1, 3]\n"
-                                   "merge_method: passthrough\n",
-                                   p("a.gguf"), p("b.gguf")),
+  auto r = merge(work,
+                 fmt::format("slices:\n  - sources:\n    - model: {}\n      layer_range: [0, 2]\n"
+                             "  - sources:\n    - model: {}\n      layer_range: [1, 3]\n"
+                             "merge_method: passthrough\n",
+                             p("a.gguf"), p("b.gguf")),
                  "out.gguf");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   auto out = io::Model::open((work / "out.gguf").string());
@@ -126,10 +129,12 @@ TEST_F(GgufMerge, FrankenmergeOfQ4KModelsCopiesBlocksBitForBit) {
 
 TEST_F(GgufMerge, LinearMergeDequantizesMergesAndRequantizesToTheInputType) {
   TempDir work;
-  auto r = merge(work, fmt::format("models:\n  - model: {}\n    parameters: {{weight: 0.25}}\n"
-                                   "  - model: {}\n    parameters: {{weight: 0.75}}\nmerge_method: linear\n",
-                                   p("c8.gguf"), p("d8.gguf")),
-                 "out.gguf");
+  auto r =
+      merge(work,
+            fmt::format("models:\n  - model: {}\n    parameters: {{weight: 0.25}}\n"
+                        "  - model: {}\n    parameters: {{weight: 0.75}}\nmerge_method: linear\n",
+                        p("c8.gguf"), p("d8.gguf")),
+            "out.gguf");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   auto out = io::Model::open((work / "out.gguf").string());
   auto c = io::Model::open(p("c8.gguf")), d = io::Model::open(p("d8.gguf"));
@@ -143,9 +148,11 @@ TEST_F(GgufMerge, LinearMergeDequantizesMergesAndRequantizesToTheInputType) {
     std::vector<float> merged(x.size());
     for (size_t i = 0; i < x.size(); ++i) merged[i] = (0.25f * x[i] + 0.75f * y[i]) / 1.0f;
     std::string want(o.info->nbytes, '\0');
-    kernels::quantize(static_cast<GgmlType>(t.info->ggml_type), merged.data(), want.data(), merged.size());
+    kernels::quantize(static_cast<GgmlType>(t.info->ggml_type), merged.data(), want.data(),
+                      merged.size());
     std::vector<float> got = values(*out, n), expect(x.size());
-    kernels::dequantize(static_cast<GgmlType>(t.info->ggml_type), want.data(), expect.data(), expect.size());
+    kernels::dequantize(static_cast<GgmlType>(t.info->ggml_type), want.data(), expect.data(),
+                        expect.size());
     for (size_t i = 0; i < got.size(); ++i) {
       ASSERT_NEAR(got[i], expect[i], 1e-6 + 1e-3 * std::fabs(expect[i])) << n << " " << i;
     }
@@ -154,17 +161,21 @@ TEST_F(GgufMerge, LinearMergeDequantizesMergesAndRequantizesToTheInputType) {
 
 TEST_F(GgufMerge, OutTypeAndTensorTypeChooseTheWrittenTypes) {
   TempDir work;
-  auto r = merge(work, fmt::format("models:\n  - model: {}\n  - model: {}\nmerge_method: linear\n"
-                                   "parameters: {{weight: 0.5}}\n", p("c8.gguf"), p("d8.gguf")),
-                 "out.gguf", "--out-type F16 --tensor-type 'ffn_down=Q4_K' --tensor-type 'attn_q=Q6_K'");
+  auto r =
+      merge(work,
+            fmt::format("models:\n  - model: {}\n  - model: {}\nmerge_method: linear\n"
+                        "parameters: {{weight: 0.5}}\n",
+                        p("c8.gguf"), p("d8.gguf")),
+            "out.gguf", "--out-type F16 --tensor-type 'ffn_down=Q4_K' --tensor-type 'attn_q=Q6_K'");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   auto out = io::Model::open((work / "out.gguf").string());
   EXPECT_EQ(out->find("blk.0.ffn_down.weight").info->ggml_type, static_cast<int>(GgmlType::kQ4_K));
   EXPECT_EQ(out->find("blk.2.attn_q.weight").info->ggml_type, static_cast<int>(GgmlType::kQ6_K));
   EXPECT_EQ(out->find("token_embd.weight").info->ggml_type, static_cast<int>(GgmlType::kF16));
   EXPECT_EQ(out->find("blk.1.attn_norm.weight").info->ggml_type, static_cast<int>(GgmlType::kF32));
-  auto bad = merge(work, fmt::format("models:\n  - model: {}\nmerge_method: passthrough\n", p("c8.gguf")),
-                   "bad.gguf", "--out-type Q3_K");
+  auto bad =
+      merge(work, fmt::format("models:\n  - model: {}\nmerge_method: passthrough\n", p("c8.gguf")),
+            "bad.gguf", "--out-type Q3_K");
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_HAS(bad.output, "--out-type");
   EXPECT_FALSE(fs::exists(work / "bad.gguf"));
@@ -172,10 +183,13 @@ TEST_F(GgufMerge, OutTypeAndTensorTypeChooseTheWrittenTypes) {
 
 TEST_F(GgufMerge, GgufAndSafetensorsInOneMergeIsAnError) {
   TempDir work;
-  auto mk = run_smelt("dev make-model " + quote(work / "hf") + " --hidden 32 --heads 2 --layers 3 --vocab 260");
+  auto mk = run_smelt("dev make-model " + quote(work / "hf") +
+                      " --hidden 32 --heads 2 --layers 3 --vocab 260");
   ASSERT_EQ(mk.exit_code, 0) << mk.output;
-  auto r = merge(work, fmt::format("models:\n  - model: {}\n  - model: {}\nmerge_method: linear\n"
-                                   "parameters: {{weight: 0.5}}\n", p("a.gguf"), (work / "hf").string()),
+  auto r = merge(work,
+                 fmt::format("models:\n  - model: {}\n  - model: {}\nmerge_method: linear\n"
+                             "parameters: {{weight: 0.5}}\n",
+                             p("a.gguf"), (work / "hf").string()),
                  "out");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_HAS(r.output, "models[1]");
@@ -190,9 +204,10 @@ TEST_F(GgufMerge, InspectAndPlanWorkOnGgufInputs) {
   EXPECT_HAS(r.output, "general.architecture = llama");
   EXPECT_HAS(r.output, "q4_K");
   TempDir work;
-  testing::write_bytes(work / "c.yml", fmt::format("models:\n  - model: {}\n  - model: {}\n"
-                                                   "merge_method: linear\nparameters: {{weight: 0.5}}\n",
-                                                   p("a.gguf"), p("b.gguf")));
+  testing::write_bytes(work / "c.yml",
+                       fmt::format("models:\n  - model: {}\n  - model: {}\n"
+                                   "merge_method: linear\nparameters: {{weight: 0.5}}\n",
+                                   p("a.gguf"), p("b.gguf")));
   auto plan = run_smelt("plan " + quote(work / "c.yml") + " --explain 'blk.0.attn_q*'");
   ASSERT_EQ(plan.exit_code, 0) << plan.output;
   EXPECT_HAS(plan.output, "blk.0.attn_q.weight");

@@ -80,8 +80,9 @@ class MergeBadInput : public ::testing::Test {
 };
 TempDir* MergeBadInput::dir_ = nullptr;
 
-#define EXPECT_HAS(haystack, needle) \
-  EXPECT_NE((haystack).find(needle), std::string::npos) << "missing '" << (needle) << "' in:\n" << (haystack)
+#define EXPECT_HAS(haystack, needle)                                                            \
+  EXPECT_NE((haystack).find(needle), std::string::npos) << "missing '" << (needle) << "' in:\n" \
+                                                        << (haystack)
 
 TEST_F(MergeBadInput, StringWeightNamesTheYamlPath) {
   const std::string e = merge_error(ties("      weight: heavy\n      density: 0.5"));
@@ -119,8 +120,9 @@ TEST_F(MergeBadInput, SlerpWithThreeModels) {
 }
 
 TEST_F(MergeBadInput, ModelPathTypo) {
-  const std::string e = merge_error(ties("      weight: 0.5").replace(
-      ties("      weight: 0.5").find(path("a")), path("a").size(), path("a") + "x"));
+  const std::string e = merge_error(
+      ties("      weight: 0.5")
+          .replace(ties("      weight: 0.5").find(path("a")), path("a").size(), path("a") + "x"));
   EXPECT_HAS(e, "models[0].model");
   EXPECT_HAS(e, "not found");
 }
@@ -135,10 +137,10 @@ TEST_F(MergeBadInput, TensorMissingFromOneModel) {
 }
 
 TEST_F(MergeBadInput, TensorMissingFromBase) {
-  const std::string e = merge_error(fmt::format(
-      "models:\n  - model: {}\n    parameters: {{weight: 1}}\nbase_model: {}\n"
-      "merge_method: task_arithmetic\n",
-      path("a"), path("holey")));
+  const std::string e = merge_error(
+      fmt::format("models:\n  - model: {}\n    parameters: {{weight: 1}}\nbase_model: {}\n"
+                  "merge_method: task_arithmetic\n",
+                  path("a"), path("holey")));
   EXPECT_HAS(e, "base_model");
   EXPECT_HAS(e, "is missing from model");
 }
@@ -199,7 +201,8 @@ TEST_F(MergeBadInput, OutputInsideAnInputModelIsRefused) {
   EXPECT_NE(r.exit_code, 0);
   EXPECT_HAS(r.output, "never writes into an input model");
   EXPECT_FALSE(fs::exists(*dir_ / "a" / "merged"));
-  auto same = run_smelt("merge " + quote(work / "c.yml") + " " + quote(*dir_ / "a") + " --overwrite");
+  auto same =
+      run_smelt("merge " + quote(work / "c.yml") + " " + quote(*dir_ / "a") + " --overwrite");
   EXPECT_NE(same.exit_code, 0);
   EXPECT_TRUE(fs::exists(*dir_ / "a" / "model.safetensors"));
 }
@@ -213,7 +216,8 @@ TEST_F(MergeBadInput, NonEmptyOutputNeedsOverwrite) {
   EXPECT_NE(r.exit_code, 0);
   EXPECT_HAS(r.output, "--overwrite");
   EXPECT_TRUE(fs::exists(work / "out" / "keep.txt"));
-  auto ok = run_smelt("merge " + quote(work / "c.yml") + " " + quote(work / "out") + " --overwrite -q");
+  auto ok =
+      run_smelt("merge " + quote(work / "c.yml") + " " + quote(work / "out") + " --overwrite -q");
   ASSERT_EQ(ok.exit_code, 0) << ok.output;
   EXPECT_FALSE(fs::exists(work / "out" / "keep.txt"));
   EXPECT_TRUE(fs::exists(work / "out" / "model.safetensors"));
@@ -264,20 +268,22 @@ TEST(MergeMaxMemory, SmallBudgetChangesChunksNotElementwiseResults) {
                        fmt::format("models:\n  - model: {}\n  - model: {}\nmerge_method: linear\n"
                                    "parameters: {{weight: 0.5}}\n",
                                    (work / "a").string(), (work / "b").string()));
-  auto big = testing::run_smelt("merge -q " + testing::quote(work / "c.yml") + " " + testing::quote(work / "o1"));
+  auto big = testing::run_smelt("merge -q " + testing::quote(work / "c.yml") + " " +
+                                testing::quote(work / "o1"));
   ASSERT_EQ(big.exit_code, 0) << big.output;
   auto plan = testing::run_smelt("plan " + testing::quote(work / "c.yml") + " --max-memory 97M");
   ASSERT_EQ(plan.exit_code, 0) << plan.output;
   // 1 MiB left after the reserve: 1 worker, chunks of 1 MiB / 44 bytes (2 inputs) = 23831,
   // rounded down to whole 256-element quanta.
-  EXPECT_NE(plan.output.find("(1 worker, chunks of 23808 elements"), std::string::npos) << plan.output;
-  auto small = testing::run_smelt("merge -q --max-memory 97M " + testing::quote(work / "c.yml") + " " +
-                                  testing::quote(work / "o2"));
+  EXPECT_NE(plan.output.find("(1 worker, chunks of 23808 elements"), std::string::npos)
+      << plan.output;
+  auto small = testing::run_smelt("merge -q --max-memory 97M " + testing::quote(work / "c.yml") +
+                                  " " + testing::quote(work / "o2"));
   ASSERT_EQ(small.exit_code, 0) << small.output;
   EXPECT_EQ(testing::read_bytes(work / "o1" / "model.safetensors"),
             testing::read_bytes(work / "o2" / "model.safetensors"));
-  auto tiny = testing::run_smelt("merge -q --max-memory 10M " + testing::quote(work / "c.yml") + " " +
-                                 testing::quote(work / "o3"));
+  auto tiny = testing::run_smelt("merge -q --max-memory 10M " + testing::quote(work / "c.yml") +
+                                 " " + testing::quote(work / "o3"));
   EXPECT_NE(tiny.exit_code, 0);
   EXPECT_NE(tiny.output.find("--max-memory 10 MiB is too small"), std::string::npos) << tiny.output;
   EXPECT_FALSE(std::filesystem::exists(work / "o3"));

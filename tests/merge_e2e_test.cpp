@@ -73,7 +73,8 @@ class MergeE2E : public ::testing::Test {
     if (py.exit_code != 0) {
       setup_error_ += "the reference needs " + std::string(kPython) +
                       " with numpy and yaml (Debian: python3-numpy python3-yaml; "
-                      "scripts/setup.sh installs them):\n" + py.output;
+                      "scripts/setup.sh installs them):\n" +
+                      py.output;
     }
   }
   static void TearDownTestSuite() { models_.reset(); }
@@ -95,10 +96,10 @@ class MergeE2E : public ::testing::Test {
 
   // Runs the reference on OUT; it must exit 0 (its per-tensor summary is shown otherwise).
   void check_with_reference(const fs::path& config, const fs::path& out, uint64_t seed = 0) {
-    const std::string cmd = fmt::format(
-        "{} {} {} {} --seed {}", kPython,
-        quote(fs::path(SMELT_SOURCE_DIR) / "tests" / "reference" / "mergekit_ref.py"),
-        quote(config), quote(out), seed);
+    const std::string cmd =
+        fmt::format("{} {} {} {} --seed {}", kPython,
+                    quote(fs::path(SMELT_SOURCE_DIR) / "tests" / "reference" / "mergekit_ref.py"),
+                    quote(config), quote(out), seed);
     auto r = run_command(cmd);
     EXPECT_EQ(r.exit_code, 0) << "reference check failed: " << cmd << "\n" << r.output;
   }

@@ -152,5 +152,4 @@ inline bool same_bits(const Tensor& a, const Tensor& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
-
 }  // namespace smelt::testing::method_driver

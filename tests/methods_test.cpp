@@ -13,12 +13,12 @@
 #include <thread>
 #include <vector>
 
+#include "method_driver.h"
 #include "smelt/error.h"
 #include "smelt/kernels/random.h"
 #include "smelt/kernels/select.h"
 #include "smelt/methods/gta.h"
 #include "smelt/methods/method.h"
-#include "method_driver.h"
 
 namespace smelt::methods {
 namespace {
@@ -280,7 +280,8 @@ TEST(Registry, FindsEachMethodUnderItsOwnNameWithMergekitCardNames) {
       {"nearswap", {"NearSwap", "https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001"}},
       {"sce", {"SCE", "https://arxiv.org/abs/2408.07990"}},
       {"ram", {"Reinforced Agent Merging", "https://arxiv.org/abs/2601.13572"}},
-      {"ramplus_tl", {"Reinforced Agent Merging Plus (Tensor-Local)", "https://arxiv.org/abs/2601.13572"}},
+      {"ramplus_tl",
+       {"Reinforced Agent Merging Plus (Tensor-Local)", "https://arxiv.org/abs/2601.13572"}},
   };
   for (const std::string& name : method_names()) {
     const Method* m = find_method(name);
@@ -294,12 +295,26 @@ TEST(Registry, FindsEachMethodUnderItsOwnNameWithMergekitCardNames) {
 }
 
 TEST(Registry, ListsNamesInMergekitOrderAndRejectsUnknown) {
-  EXPECT_EQ(method_names(),
-            (std::vector<std::string>{"linear", "slerp", "nuslerp", "passthrough", "model_stock",
-                                      "arcee_fusion", "karcher", "task_arithmetic", "ties",
-                                      "dare_ties", "dare_linear", "breadcrumbs",
-                                      "breadcrumbs_ties", "della", "della_linear", "multislerp",
-                                      "nearswap", "sce", "ram", "ramplus_tl"}));
+  EXPECT_EQ(method_names(), (std::vector<std::string>{"linear",
+                                                      "slerp",
+                                                      "nuslerp",
+                                                      "passthrough",
+                                                      "model_stock",
+                                                      "arcee_fusion",
+                                                      "karcher",
+                                                      "task_arithmetic",
+                                                      "ties",
+                                                      "dare_ties",
+                                                      "dare_linear",
+                                                      "breadcrumbs",
+                                                      "breadcrumbs_ties",
+                                                      "della",
+                                                      "della_linear",
+                                                      "multislerp",
+                                                      "nearswap",
+                                                      "sce",
+                                                      "ram",
+                                                      "ramplus_tl"}));
   EXPECT_EQ(find_method("lineear"), nullptr);
   EXPECT_EQ(find_method(""), nullptr);
   EXPECT_EQ(find_method("linear"), find_method("linear"));  // one instance per method

@@ -1,10 +1,11 @@
 // Tests of model references: parsing, folder / file / Hugging Face cache resolution, and errors.
+#include "smelt/io/model_ref.h"
+
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 
 #include "smelt/dev/make_model.h"
 #include "smelt/error.h"
-#include "smelt/io/model_ref.h"
 #include "test_util.h"
 
 namespace smelt::io {
@@ -169,7 +170,8 @@ TEST_F(ModelResolve, IndexNamingAMissingShard) {
 TEST_F(ModelResolve, IndexMappingATensorItsShardLacks) {
   TempDir d;
   fs::copy(*dir_ / "sharded", d / "m", fs::copy_options::recursive);
-  auto index = nlohmann::json::parse(smelt::testing::read_bytes(d / "m" / "model.safetensors.index.json"));
+  auto index =
+      nlohmann::json::parse(smelt::testing::read_bytes(d / "m" / "model.safetensors.index.json"));
   index["weight_map"]["model.ghost.weight"] = "model-00001-of-00003.safetensors";
   write_bytes(d / "m" / "model.safetensors.index.json", index.dump());
   const std::string e = error_of([&] { Model::open((d / "m").string()); });
@@ -178,9 +180,8 @@ TEST_F(ModelResolve, IndexMappingATensorItsShardLacks) {
 }
 
 TEST_F(ModelResolve, LoraReferenceIsNotSupportedYet) {
-  const std::string e = error_of([&] {
-    resolve_model(ModelRef::parse((*dir_ / "single").string() + "+some/lora"));
-  });
+  const std::string e =
+      error_of([&] { resolve_model(ModelRef::parse((*dir_ / "single").string() + "+some/lora")); });
   EXPECT_NE(e.find("not supported yet"), std::string::npos) << e;
 }
 

@@ -1,4 +1,6 @@
 // Tests of the safetensors reader (every validation rule) and the streaming, sharded writer.
+#include "smelt/io/safetensors.h"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -6,7 +8,6 @@
 
 #include "smelt/error.h"
 #include "smelt/io/model_ref.h"
-#include "smelt/io/safetensors.h"
 #include "test_util.h"
 
 namespace smelt::io {
@@ -30,7 +31,8 @@ std::string open_error(const TempDir& dir, const std::string& name, const std::s
 
 std::vector<char> pattern(uint64_t n, int salt) {
   std::vector<char> v(n);
-  for (uint64_t i = 0; i < n; ++i) v[i] = static_cast<char>((i * 131 + salt * 17 + (i >> 8)) & 0xFF);
+  for (uint64_t i = 0; i < n; ++i)
+    v[i] = static_cast<char>((i * 131 + salt * 17 + (i >> 8)) & 0xFF);
   return v;
 }
 
@@ -110,7 +112,8 @@ TEST(Safetensors_RoundTrip, MultiGigabyteShapedTensorOpensFromSparseFile) {
 TEST(Safetensors_Sharding, ThreeShardsWithIndexReadBackAsTheSameModel) {
   TempDir dir;
   std::vector<TensorSpec> specs;
-  for (int i = 0; i < 9; ++i) specs.push_back({fmt::format("layer.{}.w", i), DType::kF32, {10, 10}});
+  for (int i = 0; i < 9; ++i)
+    specs.push_back({fmt::format("layer.{}.w", i), DType::kF32, {10, 10}});
   // 400 bytes each; a 1200-byte limit holds 3 per shard.
   ShardedWriter w(dir.path(), specs, 1200, {});
   ASSERT_EQ(w.layout().shards.size(), 3u);
@@ -141,8 +144,10 @@ TEST(Safetensors_Sharding, ThreeShardsWithIndexReadBackAsTheSameModel) {
 }
 
 TEST(Safetensors_Sharding, TensorLargerThanLimitGetsItsOwnShard) {
-  std::vector<TensorSpec> specs = {{"a", DType::kU8, {10}}, {"big", DType::kU8, {100}},
-                                   {"b", DType::kU8, {10}}, {"c", DType::kU8, {10}}};
+  std::vector<TensorSpec> specs = {{"a", DType::kU8, {10}},
+                                   {"big", DType::kU8, {100}},
+                                   {"b", DType::kU8, {10}},
+                                   {"c", DType::kU8, {10}}};
   ShardLayout l = plan_shards(specs, 25);
   ASSERT_EQ(l.shards.size(), 3u);
   EXPECT_EQ(l.shards[0], (std::vector<size_t>{0}));
@@ -265,8 +270,8 @@ TEST_F(SafetensorsBadInput, DuplicateTensorNames) {
 }
 
 TEST_F(SafetensorsBadInput, MetadataMustBeStrings) {
-  const std::string e = err(
-      R"({"__metadata__":{"n":3},"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", 1);
+  const std::string e =
+      err(R"({"__metadata__":{"n":3},"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", 1);
   EXPECT_NE(e.find("__metadata__ key 'n'"), std::string::npos) << e;
 }
 
@@ -298,8 +303,8 @@ TEST_F(SafetensorsBadInput, ShapeTimesDtypeDiffersFromSpan) {
 }
 
 TEST_F(SafetensorsBadInput, ShapeOverflow) {
-  const std::string e = err(
-      R"({"w":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,16]}})", 16);
+  const std::string e =
+      err(R"({"w":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,16]}})", 16);
   EXPECT_NE(e.find("'w'"), std::string::npos) << e;
   EXPECT_NE(e.find("overflow"), std::string::npos) << e;
 }
@@ -310,10 +315,12 @@ TEST_F(SafetensorsBadInput, FractionalBytes) {
 }
 
 TEST_F(SafetensorsBadInput, NegativeOrFloatShape) {
-  EXPECT_NE(err(R"({"w":{"dtype":"U8","shape":[-1],"data_offsets":[0,0]}})", 0).find("non-negative"),
-            std::string::npos);
-  EXPECT_NE(err(R"({"w":{"dtype":"U8","shape":[1.5],"data_offsets":[0,1]}})", 1).find("non-negative"),
-            std::string::npos);
+  EXPECT_NE(
+      err(R"({"w":{"dtype":"U8","shape":[-1],"data_offsets":[0,0]}})", 0).find("non-negative"),
+      std::string::npos);
+  EXPECT_NE(
+      err(R"({"w":{"dtype":"U8","shape":[1.5],"data_offsets":[0,1]}})", 1).find("non-negative"),
+      std::string::npos);
 }
 
 TEST_F(SafetensorsBadInput, TrailingBytes) {

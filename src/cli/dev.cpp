@@ -34,7 +34,8 @@ void add_dev(CLI::App& app) {
   mk->add_option("--style", o->style, "tensor names: llama or gpt2")->capture_default_str();
   mk->add_option("--base", *base, "make a fine-tune of this model folder");
   mk->add_option("--delta-scale", o->delta_scale, "fine-tune delta std")->capture_default_str();
-  mk->add_option("--sparsity", o->sparsity, "fraction of zero delta elements")->capture_default_str();
+  mk->add_option("--sparsity", o->sparsity, "fraction of zero delta elements")
+      ->capture_default_str();
   mk->callback([o, out, dtype, base] {
     auto d = parse_dtype(*dtype);
     if (!d) d = parse_torch_dtype(*dtype);

@@ -2,12 +2,11 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
-#include <fstream>
-
 #include "smelt/io/model_ref.h"
 #include "smelt/plan/architecture.h"
 
@@ -32,13 +31,16 @@ void print_architecture(const io::Model& model) {
   const plan::ArchitectureInfo a = plan::infer_architecture(names, config_text);
   fmt::print("architecture: {}\n", a.architecture.empty() ? "(no config.json)" : a.architecture);
   fmt::print("model_type:   {}\n", a.model_type.empty() ? "-" : a.model_type);
-  fmt::print("table entry:  {}\n", a.family.empty() ? "none (inferred from tensor names)" : a.family);
+  fmt::print("table entry:  {}\n",
+             a.family.empty() ? "none (inferred from tensor names)" : a.family);
   fmt::print("layer stacks:\n");
   for (const auto& [prefix, count] : a.layers.layers_by_prefix) {
-    fmt::print("  {}.N  {} layers{}\n", prefix, count, prefix == a.layer_prefix ? "  (main stack; slices address it)" : "");
+    fmt::print("  {}.N  {} layers{}\n", prefix, count,
+               prefix == a.layer_prefix ? "  (main stack; slices address it)" : "");
   }
   if (a.layers.layers_by_prefix.empty()) fmt::print("  none: every tensor is merged by name\n");
-  fmt::print("layer count key: {}\n", a.layer_count_key.empty() ? "(not found)" : a.layer_count_key);
+  fmt::print("layer count key: {}\n",
+             a.layer_count_key.empty() ? "(not found)" : a.layer_count_key);
   fmt::print("vocab size key:  {}\n", a.vocab_size_key);
   fmt::print("output head tied to the embeddings: {}\n", a.tied_in_config ? "yes" : "no");
   std::vector<std::string> emb, post, copied, pre;
@@ -84,8 +86,8 @@ void run_inspect(const InspectOptions& o) {
     j["root"] = model->resolved().root.string();
     j["files"] = nlohmann::json::array();
     for (const auto& f : files) {
-      j["files"].push_back({{"path", f->path().string()}, {"bytes", f->file_size()},
-                            {"metadata", f->metadata()}});
+      j["files"].push_back(
+          {{"path", f->path().string()}, {"bytes", f->file_size()}, {"metadata", f->metadata()}});
     }
     j["tensors"] = nlohmann::json::array();
     for (const auto& t : model->tensors()) {
@@ -127,7 +129,8 @@ void run_inspect(const InspectOptions& o) {
       // One line per key: newlines shown as \n, long values cut.
       std::string shown;
       for (char ch : v) shown += ch == '\n' ? std::string("\\n") : std::string(1, ch);
-      if (shown.size() > 120) shown = shown.substr(0, 120) + fmt::format("... ({} chars)", v.size());
+      if (shown.size() > 120)
+        shown = shown.substr(0, 120) + fmt::format("... ({} chars)", v.size());
       fmt::print("  {} = {}\n", k, shown);
     }
   }
@@ -144,7 +147,8 @@ void add_inspect(CLI::App& app) {
       "Examples:\n  smelt inspect ./my-model\n  smelt inspect mistralai/Mistral-7B-v0.1 --json");
   cmd->add_option("ref", opts->ref, "model reference")->required();
   cmd->add_flag("--json", opts->json, "machine-readable output");
-  cmd->add_flag("--arch", opts->arch, "show the inferred architecture (layer stacks, embeddings, ...)");
+  cmd->add_flag("--arch", opts->arch,
+                "show the inferred architecture (layer stacks, embeddings, ...)");
   cmd->callback([opts] { run_inspect(*opts); });
 }
 

@@ -1,4 +1,6 @@
 // `smelt merge CONFIG OUT`: run a mergekit YAML config end to end.
+#include "smelt/exec/merge.h"
+
 #include <fmt/format.h>
 
 #include <thread>
@@ -7,7 +9,6 @@
 #include "cli/plan_common.h"
 #include "cli/progress.h"
 #include "smelt/error.h"
-#include "smelt/exec/merge.h"
 #include "smelt/io/safetensors.h"
 
 namespace smelt::cli {
@@ -38,25 +39,39 @@ struct MergeCliOptions {
 };
 
 // mergekit-yaml flags accepted so users' scripts run unchanged.
-constexpr const char* kIgnoredFlags[] = {
-    "--cuda",          "--no-cuda",          "--lazy-unpickle",   "--no-lazy-unpickle",
-    "--low-cpu-memory", "--no-low-cpu-memory",
-    "--clone-tensors", "--no-clone-tensors", "--trust-remote-code", "--no-trust-remote-code",
-    "--read-to-gpu",   "--no-read-to-gpu",   "--multi-gpu",       "--no-multi-gpu",
-    "--gpu-rich",      "--async-write",      "--no-async-write"};
+constexpr const char* kIgnoredFlags[] = {"--cuda",
+                                         "--no-cuda",
+                                         "--lazy-unpickle",
+                                         "--no-lazy-unpickle",
+                                         "--low-cpu-memory",
+                                         "--no-low-cpu-memory",
+                                         "--clone-tensors",
+                                         "--no-clone-tensors",
+                                         "--trust-remote-code",
+                                         "--no-trust-remote-code",
+                                         "--read-to-gpu",
+                                         "--no-read-to-gpu",
+                                         "--multi-gpu",
+                                         "--no-multi-gpu",
+                                         "--gpu-rich",
+                                         "--async-write",
+                                         "--no-async-write"};
 constexpr const char* kIgnoredOptions[] = {"--transformers-cache", "--lora-merge-cache",
                                            "--lora-merge-dtype", "--device", "--write-threads"};
 
 void run(const MergeCliOptions& o) {
   for (const auto& flag : o.ignored) {
     if (!o.quiet) {
-      fmt::print(stderr, "note: {} has no effect in smelt (it streams on the CPU in bounded "
-                         "memory); ignored\n", flag);
+      fmt::print(stderr,
+                 "note: {} has no effect in smelt (it streams on the CPU in bounded "
+                 "memory); ignored\n",
+                 flag);
     }
   }
   if (!o.safe_serialization) {
-    fail("--no-safe-serialization: smelt writes safetensors only (PyTorch pickle output is not "
-         "supported)");
+    fail(
+        "--no-safe-serialization: smelt writes safetensors only (PyTorch pickle output is not "
+        "supported)");
   }
   plan::PlanOptions po;
   po.seed = o.seed;
@@ -155,8 +170,10 @@ void add_merge(CLI::App& app) {
   cmd->add_flag("-v,--verbose", o->verbose, "more output (repeatable)");
   cmd->add_flag("-q,--quiet", o->quiet, "no progress or notes");
   for (const char* f : kIgnoredFlags) {
-    cmd->add_flag_callback(f, [o, f] { o->ignored.push_back(f); }, "accepted for mergekit "
-                                                                     "compatibility; no effect")
+    cmd->add_flag_callback(
+           f, [o, f] { o->ignored.push_back(f); },
+           "accepted for mergekit "
+           "compatibility; no effect")
         ->group("mergekit compatibility");
   }
   for (const char* f : kIgnoredOptions) {

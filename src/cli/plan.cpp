@@ -45,9 +45,11 @@ uint64_t parse_memory_size(const std::string& text) {
   }
   uint64_t v = 0;
   bool ok = !digits.empty() && digits.size() <= 12;
-  for (char c : digits) ok = ok && c >= '0' && c <= '9', v = v * 10 + static_cast<uint64_t>(c - '0');
+  for (char c : digits)
+    ok = ok && c >= '0' && c <= '9', v = v * 10 + static_cast<uint64_t>(c - '0');
   if (!ok || v == 0) {
-    fail("--max-memory: '{}' is not a size; use bytes with an optional K/M/G suffix, e.g. 512M", text);
+    fail("--max-memory: '{}' is not a size; use bytes with an optional K/M/G suffix, e.g. 512M",
+         text);
   }
   return v * mult;
 }
@@ -70,7 +72,8 @@ void set_output_format(const std::string& format, const std::string& out,
     }
     options->gguf_tensor_types.emplace_back(spec.substr(0, eq), spec.substr(eq + 1));
   }
-  if ((!out_type.empty() || !tensor_types.empty()) && options->format == plan::OutputFormat::kSafetensors) {
+  if ((!out_type.empty() || !tensor_types.empty()) &&
+      options->format == plan::OutputFormat::kSafetensors) {
     fail("--out-type and --tensor-type apply to GGUF output only");
   }
 }
@@ -79,7 +82,8 @@ void print_warnings(const plan::Plan& plan) {
   for (const auto& w : plan.warnings) fmt::print(stderr, "warning: {}\n", w);
 }
 
-void print_plan_summary(const plan::Plan& plan, const exec::ExecOptions& exec, uint64_t shard_size) {
+void print_plan_summary(const plan::Plan& plan, const exec::ExecOptions& exec,
+                        uint64_t shard_size) {
   fmt::print("method: {} ({})\n", plan.method->name(), plan.method->pretty_name());
   fmt::print("models:\n");
   for (size_t i = 0; i < plan.models.size(); ++i) {
@@ -121,8 +125,8 @@ void print_explain(const plan::Plan& plan, const std::string& glob) {
     const std::string out_type =
         job.ggml_type >= 0 ? kernels::ggml_type_name(static_cast<kernels::GgmlType>(job.ggml_type))
                            : std::string(dtype_name(job.dtype));
-    fmt::print("\n{}  {} [{}]  t={:.4g}{}\n", job.name, out_type,
-               fmt::join(job.shape, ", "), job.t, job.is_embedding ? "  (embedding)" : "");
+    fmt::print("\n{}  {} [{}]  t={:.4g}{}\n", job.name, out_type, fmt::join(job.shape, ", "), job.t,
+               job.is_embedding ? "  (embedding)" : "");
     if (job.copy) {
       fmt::print("  copied byte for byte from {} : {}\n", plan.models[job.inputs[0].model].ref,
                  job.inputs[0].tensor);
@@ -134,8 +138,7 @@ void print_explain(const plan::Plan& plan, const std::string& glob) {
     for (size_t i = 0; i < job.inputs.size(); ++i) {
       const auto& in = job.inputs[i];
       fmt::print("  input {}: {} : {} ({}){}\n", i, plan.models[in.model].ref, in.tensor,
-                 type_name(*in.source.info),
-                 static_cast<int>(i) == job.base ? "  [base]" : "");
+                 type_name(*in.source.info), static_cast<int>(i) == job.base ? "  [base]" : "");
       for (const auto& [name, value] : job.params.per_model[i]) {
         fmt::print("      {} = {:.6g}  ({})\n", name, value, job.model_origin[i].at(name));
       }
@@ -171,8 +174,9 @@ void add_plan(CLI::App& app) {
       "Same as `smelt merge CONFIG OUT --dry-run`.\n"
       "Examples:\n  smelt plan ties.yml\n  smelt plan ties.yml --explain 'model.layers.0.*'");
   cmd->add_option("config", o->config, "mergekit YAML config")->required();
-  cmd->add_option("--explain", o->explain, "show inputs and resolved parameters of tensors "
-                                           "matching this glob");
+  cmd->add_option("--explain", o->explain,
+                  "show inputs and resolved parameters of tensors "
+                  "matching this glob");
   cmd->add_option("--out-shard-size", o->shard_size, "shard size (bytes; k/m/b suffixes)")
       ->capture_default_str();
   cmd->add_option("--random-seed", o->seed, "seed for random methods")->capture_default_str();

@@ -15,8 +15,7 @@ exec::Recipe load_recipe(const std::string& path, const plan::PlanOptions& optio
                          const exec::ExecOptions& exec, std::string* text = nullptr);
 
 // Prints the plan summary (models, method, tensors, bytes, shards, memory and time estimates).
-void print_plan_summary(const plan::Plan& plan, const exec::ExecOptions& exec,
-                        uint64_t shard_size);
+void print_plan_summary(const plan::Plan& plan, const exec::ExecOptions& exec, uint64_t shard_size);
 
 // Prints every job whose output name matches the glob: inputs and resolved parameters.
 void print_explain(const plan::Plan& plan, const std::string& glob);

@@ -11,7 +11,9 @@
 namespace smelt::cli {
 
 ProgressReporter::ProgressReporter(bool quiet)
-    : quiet_(quiet), tty_(isatty(fileno(stderr)) != 0), start_(std::chrono::steady_clock::now()),
+    : quiet_(quiet),
+      tty_(isatty(fileno(stderr)) != 0),
+      start_(std::chrono::steady_clock::now()),
       last_(start_) {}
 
 std::string ProgressReporter::line(const exec::Progress& p, double elapsed) const {

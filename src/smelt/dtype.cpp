@@ -12,11 +12,10 @@ struct DTypeInfo {
 };
 
 constexpr std::array<DTypeInfo, kDTypeCount> kInfo = {{
-    {"BOOL", 8},        {"F4", 4},          {"F6_E2M3", 6},     {"F6_E3M2", 6},
-    {"U8", 8},          {"I8", 8},          {"F8_E5M2", 8},     {"F8_E4M3", 8},
-    {"F8_E8M0", 8},     {"F8_E4M3FNUZ", 8}, {"F8_E5M2FNUZ", 8}, {"I16", 16},
-    {"U16", 16},        {"F16", 16},        {"BF16", 16},       {"I32", 32},
-    {"U32", 32},        {"F32", 32},        {"C64", 64},        {"F64", 64},
+    {"BOOL", 8},        {"F4", 4},      {"F6_E2M3", 6}, {"F6_E3M2", 6}, {"U8", 8},
+    {"I8", 8},          {"F8_E5M2", 8}, {"F8_E4M3", 8}, {"F8_E8M0", 8}, {"F8_E4M3FNUZ", 8},
+    {"F8_E5M2FNUZ", 8}, {"I16", 16},    {"U16", 16},    {"F16", 16},    {"BF16", 16},
+    {"I32", 32},        {"U32", 32},    {"F32", 32},    {"C64", 64},    {"F64", 64},
     {"I64", 64},        {"U64", 64},
 }};
 
@@ -66,14 +65,22 @@ std::optional<DType> parse_torch_dtype(std::string_view name) {
 
 std::string_view torch_dtype_name(DType t) {
   switch (t) {
-    case DType::kBF16: return "bfloat16";
-    case DType::kF16: return "float16";
-    case DType::kF32: return "float32";
-    case DType::kF64: return "float64";
-    case DType::kI64: return "int64";
-    case DType::kF8_E4M3: return "float8_e4m3fn";
-    case DType::kF8_E5M2: return "float8_e5m2";
-    default: return dtype_name(t);
+    case DType::kBF16:
+      return "bfloat16";
+    case DType::kF16:
+      return "float16";
+    case DType::kF32:
+      return "float32";
+    case DType::kF64:
+      return "float64";
+    case DType::kI64:
+      return "int64";
+    case DType::kF8_E4M3:
+      return "float8_e4m3fn";
+    case DType::kF8_E5M2:
+      return "float8_e5m2";
+    default:
+      return dtype_name(t);
   }
 }
 

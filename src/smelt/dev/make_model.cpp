@@ -120,11 +120,17 @@ void write_tokenizer(const fs::path& out, int vocab_size) {
   }
   json added = json::array();
   for (int i = 0; i < 3; ++i) {
-    added.push_back({{"id", i}, {"content", specials[i]}, {"single_word", false},
-                     {"lstrip", false}, {"rstrip", false}, {"normalized", false},
+    added.push_back({{"id", i},
+                     {"content", specials[i]},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", false},
                      {"special", true}});
   }
-  json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true},
+  json byte_level = {{"type", "ByteLevel"},
+                     {"add_prefix_space", false},
+                     {"trim_offsets", true},
                      {"use_regex", true}};
   json tok = {{"version", "1.0"},
               {"truncation", nullptr},
@@ -152,16 +158,15 @@ void write_tokenizer(const fs::path& out, int vocab_size) {
                                   {"lstrip", false},        {"rstrip", false},
                                   {"normalized", false},    {"special", true}};
   }
-  write_json(out / "tokenizer_config.json",
-             {{"add_bos_token", true},
-              {"add_eos_token", false},
-              {"added_tokens_decoder", decoder},
-              {"bos_token", "<s>"},
-              {"eos_token", "</s>"},
-              {"unk_token", "<unk>"},
-              {"clean_up_tokenization_spaces", false},
-              {"model_max_length", 2048},
-              {"tokenizer_class", "PreTrainedTokenizerFast"}});
+  write_json(out / "tokenizer_config.json", {{"add_bos_token", true},
+                                             {"add_eos_token", false},
+                                             {"added_tokens_decoder", decoder},
+                                             {"bos_token", "<s>"},
+                                             {"eos_token", "</s>"},
+                                             {"unk_token", "<unk>"},
+                                             {"clean_up_tokenization_spaces", false},
+                                             {"model_max_length", 2048},
+                                             {"tokenizer_class", "PreTrainedTokenizerFast"}});
   write_json(out / "special_tokens_map.json",
              {{"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}});
 }
@@ -195,11 +200,16 @@ std::vector<GenTensor> gpt2_tensors(const Shape& s, DType dtype) {
 }
 
 json gpt2_config(const Shape& s, const MakeModelOptions& o, DType dtype) {
-  return {{"architectures", {o.architecture}}, {"model_type", o.model_type},
-          {"n_embd", s.hidden},               {"n_head", s.heads},
-          {"n_inner", s.intermediate},        {"n_layer", s.layers},
-          {"n_positions", 64},                {"vocab_size", s.vocab},
-          {"bos_token_id", 1},                {"eos_token_id", 2},
+  return {{"architectures", {o.architecture}},
+          {"model_type", o.model_type},
+          {"n_embd", s.hidden},
+          {"n_head", s.heads},
+          {"n_inner", s.intermediate},
+          {"n_layer", s.layers},
+          {"n_positions", 64},
+          {"vocab_size", s.vocab},
+          {"bos_token_id", 1},
+          {"eos_token_id", 2},
           {"torch_dtype", std::string(torch_dtype_name(dtype))}};
 }
 
@@ -239,7 +249,8 @@ io::ShardLayout even_layout(const std::vector<io::TensorSpec>& specs, int n) {
   layout.shards.resize(static_cast<size_t>(n));
   uint64_t before = 0;
   for (size_t i = 0; i < specs.size(); ++i) {
-    size_t shard = total == 0 ? 0 : static_cast<size_t>((before * static_cast<uint64_t>(n)) / total);
+    size_t shard =
+        total == 0 ? 0 : static_cast<size_t>((before * static_cast<uint64_t>(n)) / total);
     shard = std::min(shard, static_cast<size_t>(n - 1));
     // Never leave an earlier shard empty: each shard gets at least one tensor when possible.
     shard = std::min(shard, i);
@@ -267,7 +278,8 @@ void make_model(const MakeModelOptions& o, const fs::path& out) {
     io::ModelRef ref;
     ref.path = o.base.string();
     base = io::Model::open(io::resolve_model(ref));
-    if (base->resolved().config_json.empty()) fail("make-model: base {} has no config.json", o.base.string());
+    if (base->resolved().config_json.empty())
+      fail("make-model: base {} has no config.json", o.base.string());
     std::ifstream in(base->resolved().config_json);
     base_config = json::parse(in);
     const bool g = base_config.contains("n_layer");
@@ -281,23 +293,27 @@ void make_model(const MakeModelOptions& o, const fs::path& out) {
     if (auto d = parse_torch_dtype(base_config.value("torch_dtype", "float32"))) dtype = *d;
   } else {
     s.hidden = o.hidden_size;
-    s.intermediate = o.intermediate_size > 0 ? o.intermediate_size : (2 * o.hidden_size + 7) / 8 * 8;
+    s.intermediate =
+        o.intermediate_size > 0 ? o.intermediate_size : (2 * o.hidden_size + 7) / 8 * 8;
     s.layers = o.num_layers;
     s.heads = o.num_heads;
     s.kv_heads = o.num_kv_heads > 0 ? o.num_kv_heads : o.num_heads;
     s.vocab = o.vocab_size;
     s.tied = o.tied_embeddings;
   }
-  if (s.hidden <= 0 || s.layers < 0 || s.heads <= 0 || s.hidden % s.heads != 0 ||
-      s.kv_heads <= 0 || s.heads % s.kv_heads != 0 || s.intermediate <= 0) {
-    fail("make-model: inconsistent shape (hidden {} must be a positive multiple of heads {}, and "
-         "heads a multiple of kv heads {})",
-         s.hidden, s.heads, s.kv_heads);
+  if (s.hidden <= 0 || s.layers < 0 || s.heads <= 0 || s.hidden % s.heads != 0 || s.kv_heads <= 0 ||
+      s.heads % s.kv_heads != 0 || s.intermediate <= 0) {
+    fail(
+        "make-model: inconsistent shape (hidden {} must be a positive multiple of heads {}, and "
+        "heads a multiple of kv heads {})",
+        s.hidden, s.heads, s.kv_heads);
   }
-  if (!dtype_is_convertible_float(dtype)) fail("make-model: dtype {} is not a float type", dtype_name(dtype));
+  if (!dtype_is_convertible_float(dtype))
+    fail("make-model: dtype {} is not a float type", dtype_name(dtype));
 
   const bool gpt2 = base ? base_config.contains("n_layer") : o.style == "gpt2";
-  if (!base && o.style != "llama" && o.style != "gpt2") fail("make-model: unknown style '{}'", o.style);
+  if (!base && o.style != "llama" && o.style != "gpt2")
+    fail("make-model: unknown style '{}'", o.style);
   std::vector<GenTensor> gen = gpt2 ? gpt2_tensors(s, dtype) : llama_tensors(s, dtype);
   std::vector<io::TensorSpec> specs;
   for (auto& g : gen) {

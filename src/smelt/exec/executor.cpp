@@ -81,7 +81,8 @@ void load_f32(const plan::JobInput& in, const std::vector<uint64_t>& shape, uint
   if (t.quantized()) {
     const auto type = static_cast<kernels::GgmlType>(t.ggml_type);
     const kernels::GgmlTypeTraits* tr = kernels::ggml_type_traits(type);
-    const bool rows_only = shape.size() == t.shape.size() && (shape.size() < 2 || shape[1] == t.shape[1]);
+    const bool rows_only =
+        shape.size() == t.shape.size() && (shape.size() < 2 || shape[1] == t.shape[1]);
     if (!tr || offset % tr->block_elems != 0 || n % tr->block_elems != 0 || !rows_only) {
       fail("{}: tensor '{}': cannot read a part of {} blocks that is not whole blocks",
            in.source.file->path().string(), t.name, kernels::ggml_type_name(type));
@@ -122,15 +123,18 @@ ExecLayout exec_layout(const plan::Plan& plan, const ExecOptions& options) {
   const uint64_t per_element = bytes_per_element(k);
   if (options.max_memory < kReserveBytes + kMinChunk * per_element) {
     fail("--max-memory {} MiB is too small: smelt needs at least {} MiB for {} inputs",
-         options.max_memory >> 20, (kReserveBytes + kMinChunk * per_element + (1 << 20) - 1) >> 20, k);
+         options.max_memory >> 20, (kReserveBytes + kMinChunk * per_element + (1 << 20) - 1) >> 20,
+         k);
   }
   const uint64_t budget = options.max_memory - kReserveBytes;
   ExecLayout layout;
-  layout.chunk_elements = std::max(kMinChunk, std::min({options.chunk_elements, budget / per_element}));
+  layout.chunk_elements =
+      std::max(kMinChunk, std::min({options.chunk_elements, budget / per_element}));
   layout.chunk_elements = layout.chunk_elements / kChunkQuantum * kChunkQuantum;
   // Workers never need more than the largest tensor's chunks.
   const uint64_t per_worker = std::min(layout.chunk_elements, largest) * per_element;
-  layout.workers = static_cast<size_t>(std::clamp<uint64_t>(budget / per_worker, 1, std::max<size_t>(1, options.threads)));
+  layout.workers = static_cast<size_t>(
+      std::clamp<uint64_t>(budget / per_worker, 1, std::max<size_t>(1, options.threads)));
   layout.working_bytes = kReserveBytes + layout.workers * per_worker;
   return layout;
 }
@@ -192,13 +196,15 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
     } else {
       const methods::TensorContext ctx = job.context(options.seed);
       std::unique_ptr<methods::TensorMerger> merger = job.method->begin(ctx);
-      const uint64_t chunk = chunk_size_for(layout.chunk_elements, job.method->chunk_alignment(ctx));
+      const uint64_t chunk =
+          chunk_size_for(layout.chunk_elements, job.method->chunk_alignment(ctx));
       const uint64_t chunks = std::max<uint64_t>(1, (numel + chunk - 1) / chunk);
       const size_t k = job.inputs.size();
       const size_t out_esize = element_bytes(job.dtype);
       const kernels::GgmlTypeTraits* quant =
-          job.ggml_type >= 0 ? kernels::ggml_type_traits(static_cast<kernels::GgmlType>(job.ggml_type))
-                             : nullptr;
+          job.ggml_type >= 0
+              ? kernels::ggml_type_traits(static_cast<kernels::GgmlType>(job.ggml_type))
+              : nullptr;
       if (quant && !quant->quantized) quant = nullptr;
 
       // Reads chunk c of every input into worker w's f32 buffers.

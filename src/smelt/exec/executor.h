@@ -12,7 +12,7 @@
 namespace smelt::exec {
 
 struct Progress {
-  uint64_t bytes_done = 0;   // output bytes written
+  uint64_t bytes_done = 0;  // output bytes written
   uint64_t bytes_total = 0;
   size_t tensors_done = 0;
   size_t tensors_total = 0;

@@ -66,11 +66,16 @@ std::string output_config_json(const plan::Plan& plan) {
 
 std::vector<std::string> copy_tokenizer(const plan::Plan& plan, const fs::path& dir) {
   const fs::path root = plan.models[plan.donor].model->resolved().root;
-  static const char* kFiles[] = {"tokenizer_config.json", "special_tokens_map.json",
-                                 "tokenizer.json",        "tokenizer.model",
-                                 "added_tokens.json",     "merges.txt",
-                                 "vocab.json",            "chat_template.jinja",
-                                 "generation_config.json", "chat_template.json",
+  static const char* kFiles[] = {"tokenizer_config.json",
+                                 "special_tokens_map.json",
+                                 "tokenizer.json",
+                                 "tokenizer.model",
+                                 "added_tokens.json",
+                                 "merges.txt",
+                                 "vocab.json",
+                                 "chat_template.jinja",
+                                 "generation_config.json",
+                                 "chat_template.json",
                                  "video_preprocessor_config.json"};
   std::vector<std::string> written;
   for (const char* f : kFiles) {
@@ -85,7 +90,8 @@ std::vector<std::string> copy_tokenizer(const plan::Plan& plan, const fs::path& 
     ordered_json j = fs::exists(tc) ? ordered_json::parse(read_text(tc)) : ordered_json::object();
     j["chat_template"] = tmpl;
     io::write_file_atomic(tc, j.dump(2) + "\n");
-    if (fs::exists(dir / "chat_template.jinja")) io::write_file_atomic(dir / "chat_template.jinja", tmpl);
+    if (fs::exists(dir / "chat_template.jinja"))
+      io::write_file_atomic(dir / "chat_template.jinja", tmpl);
     if (std::find(written.begin(), written.end(), "tokenizer_config.json") == written.end()) {
       written.push_back("tokenizer_config.json");
     }
@@ -118,12 +124,14 @@ std::string model_card(const plan::Plan& plan, const std::string& out_name,
   }
   card += "library_name: transformers\ntags:\n- merge\n- mergekit\n- smelt\n---\n";
   auto link = [&](const std::string& ref) {
-    return std::find(hub.begin(), hub.end(), ref) != hub.end() ? fmt::format("[{}](https://huggingface.co/{})", ref, ref)
-                                  : ref;
+    return std::find(hub.begin(), hub.end(), ref) != hub.end()
+               ? fmt::format("[{}](https://huggingface.co/{})", ref, ref)
+               : ref;
   };
-  card += fmt::format("# {}\n\nThis is a merge of pre-trained language models created with smelt, "
-                      "a mergekit-compatible model merger.\n\n## Merge Details\n### Merge Method\n\n",
-                      out_name);
+  card += fmt::format(
+      "# {}\n\nThis is a merge of pre-trained language models created with smelt, "
+      "a mergekit-compatible model merger.\n\n## Merge Details\n### Merge Method\n\n",
+      out_name);
   const bool show_base = plan.base_model >= 0 && method.name() != "slerp";
   card += fmt::format("This model was merged using the [{}]({}) merge method{}.\n\n",
                       method.pretty_name(), method.reference_url(),
@@ -134,9 +142,10 @@ std::string model_card(const plan::Plan& plan, const std::string& out_name,
     if (static_cast<int>(i) == plan.base_model) continue;
     card += "* " + link(plan.models[i].ref) + "\n";
   }
-  card += "\n### Configuration\n\nThe following YAML configuration was used to produce this "
-          "model:\n\n```yaml\n" +
-          config_text;
+  card +=
+      "\n### Configuration\n\nThe following YAML configuration was used to produce this "
+      "model:\n\n```yaml\n" +
+      config_text;
   if (!config_text.empty() && config_text.back() != '\n') card += "\n";
   card += "```\n";
   return card;

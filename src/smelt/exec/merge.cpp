@@ -60,9 +60,10 @@ void check_output_path(const plan::Plan& plan, const fs::path& out, bool overwri
     }
     for (const fs::path& root : protect) {
       if (within(o, root)) {
-        fail("output folder {} is {} input model {} ({}); choose another folder — smelt never "
-             "writes into an input model",
-             out.string(), o == root ? "the same path as" : "inside", m.ref, root.string());
+        fail(
+            "output folder {} is {} input model {} ({}); choose another folder — smelt never "
+            "writes into an input model",
+            out.string(), o == root ? "the same path as" : "inside", m.ref, root.string());
       }
       if (within(root, o)) {
         fail("output folder {} contains input model {} ({}); choose another folder", out.string(),
@@ -72,8 +73,10 @@ void check_output_path(const plan::Plan& plan, const fs::path& out, bool overwri
   }
   std::error_code ec;
   if (plan.gguf_output) {
-    if (fs::is_directory(o, ec)) fail("output {} is a folder; GGUF output is one file (e.g. merged.gguf)", out.string());
-    if (fs::exists(o, ec) && !overwrite) fail("output file {} exists; pass --overwrite to replace it", out.string());
+    if (fs::is_directory(o, ec))
+      fail("output {} is a folder; GGUF output is one file (e.g. merged.gguf)", out.string());
+    if (fs::exists(o, ec) && !overwrite)
+      fail("output file {} exists; pass --overwrite to replace it", out.string());
     return;
   }
   if (fs::exists(o, ec)) {
@@ -101,16 +104,19 @@ class GgufSink : public TensorSink {
 // The output KVs: the donor GGUF's, verbatim except the split keys, the layer count of a
 // frankenmerge, and the file type when tensor types changed.
 std::vector<io::GgufKv> output_kvs(const plan::Plan& plan) {
-  const auto* donor = dynamic_cast<const io::GgufFile*>(plan.models[plan.donor].model->files().at(0).get());
+  const auto* donor =
+      dynamic_cast<const io::GgufFile*>(plan.models[plan.donor].model->files().at(0).get());
   if (!donor) fail("internal: GGUF output needs a GGUF donor model");
   std::vector<io::GgufKv> kvs = donor->kvs();
-  for (const char* k : {"split.no", "split.count", "split.tensors.count"}) io::gguf_remove_kv(kvs, k);
+  for (const char* k : {"split.no", "split.count", "split.tensors.count"})
+    io::gguf_remove_kv(kvs, k);
   std::string arch = "llama";
   if (const io::GgufValue* v = donor->find_kv("general.architecture")) {
     if (auto s = v->as_string()) arch = std::string(*s);
   }
   if (plan.output_layers >= 0) {
-    io::gguf_set_kv(kvs, arch + ".block_count", io::GgufValue::of(static_cast<uint32_t>(plan.output_layers)));
+    io::gguf_set_kv(kvs, arch + ".block_count",
+                    io::GgufValue::of(static_cast<uint32_t>(plan.output_layers)));
   }
   bool types_kept = true, quantized = false;
   for (const auto& job : plan.jobs) {
@@ -120,7 +126,8 @@ std::vector<io::GgufKv> output_kvs(const plan::Plan& plan) {
     quantized = quantized || (tr && tr->quantized);
   }
   if (!types_kept) io::gguf_remove_kv(kvs, "general.file_type");  // llama.cpp then infers it
-  if (quantized) io::gguf_set_kv(kvs, "general.quantization_version", io::GgufValue::of(uint32_t{2}));
+  if (quantized)
+    io::gguf_set_kv(kvs, "general.quantization_version", io::GgufValue::of(uint32_t{2}));
   return kvs;
 }
 

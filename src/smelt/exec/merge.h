@@ -28,6 +28,7 @@ void check_output_path(const plan::Plan& plan, const std::filesystem::path& out,
 // Runs the plan and writes the output folder `out` (weights, config.json, tokenizer, model card,
 // mergekit_config.yml). On any error nothing is left at `out` (an existing folder replaced with
 // --overwrite is kept until the new one is complete).
-void run_merge(const plan::Plan& plan, const std::filesystem::path& out, const MergeOptions& options);
+void run_merge(const plan::Plan& plan, const std::filesystem::path& out,
+               const MergeOptions& options);
 
 }  // namespace smelt::exec

@@ -105,7 +105,8 @@ class StageTensorFile : public io::TensorFile {
 };
 
 // The stage names a document refers to.
-std::set<std::string> references(const config::MergeConfig& doc, const std::set<std::string>& names) {
+std::set<std::string> references(const config::MergeConfig& doc,
+                                 const std::set<std::string>& names) {
   std::set<std::string> out;
   doc.for_each_model_reference([&](const config::ModelReference& r) {
     const std::string key = r.str();
@@ -189,9 +190,10 @@ Recipe build_recipe(const std::vector<config::MergeConfig>& documents,
   if (finals.size() != 1) {
     std::vector<std::string> n;
     for (size_t i : finals) n.push_back(documents[i].name.value_or("(unnamed)"));
-    fail("{}: several stages ({}) are used by no other stage; leave the final merge unnamed to "
-         "say which is the result",
-         file, fmt::join(n, ", "));
+    fail(
+        "{}: several stages ({}) are used by no other stage; leave the final merge unnamed to "
+        "say which is the result",
+        file, fmt::join(n, ", "));
   }
   // Move the final stage last (it depends on nothing that comes after it in `order`).
   order.erase(std::find(order.begin(), order.end(), finals[0]));

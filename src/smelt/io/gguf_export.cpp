@@ -2,6 +2,7 @@
 #include "smelt/io/gguf_export.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <fstream>

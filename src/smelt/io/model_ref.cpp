@@ -1,10 +1,10 @@
 // Model reference parsing and resolution (local folder, single file, Hugging Face cache).
 #include "smelt/io/model_ref.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <algorithm>
 #include <regex>
 #include <set>
 
@@ -106,9 +106,10 @@ bool resolve_folder(const fs::path& dir, const std::string& ref, ResolvedModel* 
     return true;
   }
   if (has_bin) {
-    fail("model '{}': {} holds only PyTorch pytorch_model*.bin weights, which smelt does not "
-         "support yet; convert them to safetensors first",
-         ref, dir.string());
+    fail(
+        "model '{}': {} holds only PyTorch pytorch_model*.bin weights, which smelt does not "
+        "support yet; convert them to safetensors first",
+        ref, dir.string());
   }
   return false;
 }
@@ -157,9 +158,10 @@ fs::path hf_hub_cache_dir() {
 ResolvedModel resolve_model(const ModelRef& ref) {
   const std::string shown = ref.str();
   if (!ref.lora_path.empty()) {
-    fail("model '{}': LoRA references (+LORA) are not supported yet; bake the adapter into the "
-         "model first",
-         shown);
+    fail(
+        "model '{}': LoRA references (+LORA) are not supported yet; bake the adapter into the "
+        "model first",
+        shown);
   }
   ResolvedModel out;
   out.ref = shown;
@@ -171,8 +173,7 @@ ResolvedModel resolve_model(const ModelRef& ref) {
       out.single_file = true;
       out.root = p.parent_path().empty() ? fs::path(".") : p.parent_path();
       out.weight_files.push_back(p);
-      if (fs::is_regular_file(out.root / "config.json") &&
-          p.filename() == "model.safetensors") {
+      if (fs::is_regular_file(out.root / "config.json") && p.filename() == "model.safetensors") {
         out.config_json = out.root / "config.json";
       }
       return out;
@@ -192,9 +193,10 @@ ResolvedModel resolve_model(const ModelRef& ref) {
   }
   if (fs::is_directory(p, ec)) {
     if (resolve_folder(p, shown, &out)) return out;
-    fail("model '{}': folder {} has no weights (looked for model.safetensors.index.json, "
-         "model.safetensors, model-*-of-*.safetensors)",
-         shown, p.string());
+    fail(
+        "model '{}': folder {} has no weights (looked for model.safetensors.index.json, "
+        "model.safetensors, model-*-of-*.safetensors)",
+        shown, p.string());
   }
   looked.push_back(fmt::format("local path {}", fs::absolute(p, ec).string()));
 
@@ -214,7 +216,8 @@ ResolvedModel resolve_model(const ModelRef& ref) {
         commit.pop_back();
       }
       if (!is_commit_hash(commit)) {
-        fail("{}: does not hold a commit hash; the Hugging Face cache is corrupt", ref_file.string());
+        fail("{}: does not hold a commit hash; the Hugging Face cache is corrupt",
+             ref_file.string());
       }
       looked.push_back(fmt::format("HF cache ref {}", ref_file.string()));
     } else if (is_commit_hash(rev)) {
@@ -231,9 +234,10 @@ ResolvedModel resolve_model(const ModelRef& ref) {
   }
   std::string list;
   for (const auto& l : looked) list += "\n  - " + l;
-  fail("model '{}' not found. Looked at:{}\nDownload it first (e.g. `huggingface-cli download "
-       "{}`) or give a local folder or .safetensors file.",
-       shown, list, ref.path);
+  fail(
+      "model '{}' not found. Looked at:{}\nDownload it first (e.g. `huggingface-cli download "
+      "{}`) or give a local folder or .safetensors file.",
+      shown, list, ref.path);
 }
 
 std::shared_ptr<Model> Model::from_files(const ResolvedModel& resolved,

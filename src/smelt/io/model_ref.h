@@ -29,10 +29,10 @@ struct ModelRef {
 
 // Where a reference's files are.
 struct ResolvedModel {
-  std::string ref;                   // the reference as given
-  std::filesystem::path root;        // model folder; for a single file, its parent folder
-  std::filesystem::path config_json; // empty when the model has none
-  std::filesystem::path index_json;  // empty unless sharded with an index
+  std::string ref;                    // the reference as given
+  std::filesystem::path root;         // model folder; for a single file, its parent folder
+  std::filesystem::path config_json;  // empty when the model has none
+  std::filesystem::path index_json;   // empty unless sharded with an index
   std::vector<std::filesystem::path> weight_files;
   bool single_file = false;  // the reference named one .safetensors or .gguf file
   bool gguf = false;         // weight_files are the parts of a GGUF model

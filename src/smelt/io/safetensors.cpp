@@ -96,7 +96,8 @@ void pwrite_all(int fd, const void* data, uint64_t size, uint64_t offset,
                 const std::filesystem::path& path) {
   const char* p = static_cast<const char*>(data);
   while (size > 0) {
-    const ssize_t w = ::pwrite(fd, p, std::min<uint64_t>(size, 1u << 30), static_cast<off_t>(offset));
+    const ssize_t w =
+        ::pwrite(fd, p, std::min<uint64_t>(size, 1u << 30), static_cast<off_t>(offset));
     if (w < 0) {
       if (errno == EINTR) continue;
       fail("{}: write failed: {} (is the disk full?)", path.string(), errno_text());
@@ -117,8 +118,7 @@ void fsync_dir(const std::filesystem::path& dir) {
 
 std::filesystem::path temp_name_for(const std::filesystem::path& path) {
   std::random_device rd;
-  return path.parent_path() /
-         fmt::format(".{}.smelt-tmp-{:08x}", path.filename().string(), rd());
+  return path.parent_path() / fmt::format(".{}.smelt-tmp-{:08x}", path.filename().string(), rd());
 }
 
 }  // namespace
@@ -131,16 +131,17 @@ uint64_t TensorInfo::numel() const {
 
 bool TensorInfo::quantized() const {
   // ggml ids of F32, F16, the integer types, F64 and BF16 are plain element types.
-  return ggml_type >= 0 && ggml_type != 0 && ggml_type != 1 && !(ggml_type >= 24 && ggml_type <= 28) &&
-         ggml_type != 30;
+  return ggml_type >= 0 && ggml_type != 0 && ggml_type != 1 &&
+         !(ggml_type >= 24 && ggml_type <= 28) && ggml_type != 30;
 }
 
 SafetensorsHeader parse_safetensors_header(std::string_view header_json, uint64_t file_size,
                                            const std::string& label) {
   if (const size_t bad = find_invalid_utf8(header_json); bad != std::string_view::npos) {
-    fail("{}: header is not valid UTF-8 (bad byte at header offset {}); the file is corrupt or "
-         "not a safetensors file",
-         label, bad);
+    fail(
+        "{}: header is not valid UTF-8 (bad byte at header offset {}); the file is corrupt or "
+        "not a safetensors file",
+        label, bad);
   }
   // Parse while recording object keys per nesting level, to reject duplicates that a plain
   // parse would silently collapse.
@@ -149,24 +150,23 @@ SafetensorsHeader parse_safetensors_header(std::string_view header_json, uint64_
   int duplicate_depth = -1;
   json root;
   try {
-    root = json::parse(
-        header_json.begin(), header_json.end(),
-        [&](int depth, json::parse_event_t event, json& parsed) {
-          if (event == json::parse_event_t::object_start) {
-            if (static_cast<size_t>(depth) >= keys_at_depth.size()) {
-              keys_at_depth.resize(static_cast<size_t>(depth) + 1);
-            }
-            keys_at_depth[static_cast<size_t>(depth)].clear();
-          } else if (event == json::parse_event_t::key && duplicate.empty()) {
-            const size_t level = static_cast<size_t>(depth) - 1;
-            if (level < keys_at_depth.size() &&
-                !keys_at_depth[level].insert(parsed.get<std::string>()).second) {
-              duplicate = parsed.get<std::string>();
-              duplicate_depth = depth;
-            }
-          }
-          return true;
-        });
+    root = json::parse(header_json.begin(), header_json.end(),
+                       [&](int depth, json::parse_event_t event, json& parsed) {
+                         if (event == json::parse_event_t::object_start) {
+                           if (static_cast<size_t>(depth) >= keys_at_depth.size()) {
+                             keys_at_depth.resize(static_cast<size_t>(depth) + 1);
+                           }
+                           keys_at_depth[static_cast<size_t>(depth)].clear();
+                         } else if (event == json::parse_event_t::key && duplicate.empty()) {
+                           const size_t level = static_cast<size_t>(depth) - 1;
+                           if (level < keys_at_depth.size() &&
+                               !keys_at_depth[level].insert(parsed.get<std::string>()).second) {
+                             duplicate = parsed.get<std::string>();
+                             duplicate_depth = depth;
+                           }
+                         }
+                         return true;
+                       });
   } catch (const json::exception& e) {
     fail("{}: header is not valid JSON ({}); the file is corrupt or not a safetensors file", label,
          e.what());
@@ -234,8 +234,7 @@ SafetensorsHeader parse_safetensors_header(std::string_view header_json, uint64_
     }
     if (*bytes != end - begin) {
       fail("{}: tensor '{}': shape {} of {} needs {} bytes but data_offsets span {}", label, name,
-           fmt::format("[{}]", fmt::join(t.shape, ", ")), dtype_name(t.dtype), *bytes,
-           end - begin);
+           fmt::format("[{}]", fmt::join(t.shape, ", ")), dtype_name(t.dtype), *bytes, end - begin);
     }
     t.offset = begin;  // relative for now
     t.nbytes = end - begin;
@@ -248,9 +247,10 @@ SafetensorsHeader parse_safetensors_header(std::string_view header_json, uint64_
   uint64_t expected = 0;
   for (TensorInfo& t : header.tensors) {
     if (t.offset != expected) {
-      fail("{}: tensor '{}': data starts at byte {} but the previous tensor ends at {} ({}); "
-           "tensors must tile the data buffer with no gaps or overlaps",
-           label, t.name, t.offset, expected, t.offset > expected ? "gap" : "overlap");
+      fail(
+          "{}: tensor '{}': data starts at byte {} but the previous tensor ends at {} ({}); "
+          "tensors must tile the data buffer with no gaps or overlaps",
+          label, t.name, t.offset, expected, t.offset > expected ? "gap" : "overlap");
     }
     expected += t.nbytes;
     t.offset += header.data_start;
@@ -285,14 +285,16 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | len_bytes[i];
   if (n > kMaxHeaderBytes) {
-    fail("{}: header length {} exceeds the {}-byte ceiling; the file is corrupt or not a "
-         "safetensors file",
-         label, n, kMaxHeaderBytes);
+    fail(
+        "{}: header length {} exceeds the {}-byte ceiling; the file is corrupt or not a "
+        "safetensors file",
+        label, n, kMaxHeaderBytes);
   }
   if (n > f->file_size_ - 8) {
-    fail("{}: header length {} is beyond the end of the file ({} bytes); the file is truncated or "
-         "not a safetensors file",
-         label, n, f->file_size_);
+    fail(
+        "{}: header length {} is beyond the end of the file ({} bytes); the file is truncated or "
+        "not a safetensors file",
+        label, n, f->file_size_);
   }
   std::string header(n, '\0');
   uint64_t got = 0;
@@ -376,7 +378,8 @@ SafetensorsWriter::SafetensorsWriter(std::filesystem::path path, std::vector<Ten
   uint64_t pos = 0;
   for (size_t i : order) {
     const TensorSpec& s = specs_[i];
-    if (!by_name_.emplace(s.name, i).second) fail("{}: tensor '{}' given twice", path_.string(), s.name);
+    if (!by_name_.emplace(s.name, i).second)
+      fail("{}: tensor '{}' given twice", path_.string(), s.name);
     relative[i] = pos;
     const uint64_t nb = s.nbytes();
     json e = json::object();
@@ -426,8 +429,8 @@ void SafetensorsWriter::write(size_t index, uint64_t offset, const void* data, u
   const TensorSpec& s = specs_.at(index);
   const uint64_t nb = s.nbytes();
   if (offset > nb || size > nb - offset) {
-    fail("{}: tensor '{}': write of {} bytes at {} is outside its {} bytes", path_.string(),
-         s.name, size, offset, nb);
+    fail("{}: tensor '{}': write of {} bytes at {} is outside its {} bytes", path_.string(), s.name,
+         size, offset, nb);
   }
   pwrite_all(fd_, data, size, offsets_[index] + offset, temp_path_);
   written_[index].fetch_add(size, std::memory_order_relaxed);
@@ -472,11 +475,13 @@ uint64_t parse_shard_size(std::string_view text) {
   }
   uint64_t v = 0;
   bool ok = !digits.empty() && digits.size() <= 18;
-  for (char c : digits) ok = ok && c >= '0' && c <= '9', v = v * 10 + static_cast<uint64_t>(c - '0');
+  for (char c : digits)
+    ok = ok && c >= '0' && c <= '9', v = v * 10 + static_cast<uint64_t>(c - '0');
   if (!ok || v == 0 || v > UINT64_MAX / mult) {
-    fail("--out-shard-size: '{}' is not a size; use a positive number of bytes with an optional "
-         "k/m/b suffix (decimal), e.g. 5B or 500M",
-         text);
+    fail(
+        "--out-shard-size: '{}' is not a size; use a positive number of bytes with an optional "
+        "k/m/b suffix (decimal), e.g. 5B or 500M",
+        text);
   }
   return v * mult;
 }
@@ -486,7 +491,8 @@ ShardLayout plan_shards(const std::vector<TensorSpec>& tensors, uint64_t max_sha
   uint64_t current = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const uint64_t nb = tensors[i].nbytes();
-    if (layout.shards.empty() || (!layout.shards.back().empty() && current + nb > max_shard_bytes)) {
+    if (layout.shards.empty() ||
+        (!layout.shards.back().empty() && current + nb > max_shard_bytes)) {
       layout.shards.emplace_back();
       current = 0;
     }
@@ -534,8 +540,8 @@ ShardedWriter::ShardedWriter(const std::filesystem::path& dir, std::vector<Tenso
       specs.push_back(tensors_[i]);
       location_[i] = {s, k};
     }
-    writers_.push_back(
-        std::make_unique<SafetensorsWriter>(dir_ / layout_.file_names[s], std::move(specs), metadata));
+    writers_.push_back(std::make_unique<SafetensorsWriter>(dir_ / layout_.file_names[s],
+                                                           std::move(specs), metadata));
   }
 }
 

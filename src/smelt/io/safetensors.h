@@ -23,9 +23,9 @@ inline constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 // One tensor of a weights file (safetensors or GGUF): where its bytes lie.
 struct TensorInfo {
   std::string name;
-  DType dtype = DType::kF32;  // for quantized GGUF tensors: kU8 (raw blocks)
+  DType dtype = DType::kF32;    // for quantized GGUF tensors: kU8 (raw blocks)
   std::vector<uint64_t> shape;  // PyTorch order (outermost first), also for GGUF
-  uint64_t offset = 0;  // absolute byte offset of the first data byte in the file
+  uint64_t offset = 0;          // absolute byte offset of the first data byte in the file
   uint64_t nbytes = 0;
   int32_t ggml_type = -1;  // GGUF tensors: the ggml type id; -1 for safetensors
   uint64_t numel() const;

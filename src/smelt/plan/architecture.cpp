@@ -2,7 +2,6 @@
 #include "smelt/plan/architecture.h"
 
 #include <fmt/format.h>
-
 #include <fnmatch.h>
 
 #include <nlohmann/json.hpp>
@@ -36,9 +35,9 @@ std::string layer_tensor_name(const LayerName& layer, int64_t index) {
 
 bool is_embedding_name(std::string_view name) {
   // GGUF names (token_embd, output.weight) are included for GGUF inputs.
-  static const char* kEmbeddings[] = {"embed_tokens.", "lm_head.", "wte.", "embed_in.",
-                                      "embed_out.", "word_embeddings.", "tok_embeddings.",
-                                      "token_embd.", "shared.weight"};
+  static const char* kEmbeddings[] = {"embed_tokens.",   "lm_head.",    "wte.",
+                                      "embed_in.",       "embed_out.",  "word_embeddings.",
+                                      "tok_embeddings.", "token_embd.", "shared.weight"};
   if (name == "output.weight") return true;
   for (const char* e : kEmbeddings) {
     if (name.find(e) != std::string_view::npos) return true;
@@ -51,9 +50,14 @@ bool is_post_weight_name(std::string_view name) {
       name.find(".lm_head.") != std::string_view::npos) {
     return true;
   }
-  static const char* kPost[] = {"model.norm.", "transformer.ln_f.", "final_layernorm.",
-                                "model.final_layernorm.", "gpt_neox.final_layer_norm.",
-                                "output_norm.", "language_model.model.norm.", "ln_f.",
+  static const char* kPost[] = {"model.norm.",
+                                "transformer.ln_f.",
+                                "final_layernorm.",
+                                "model.final_layernorm.",
+                                "gpt_neox.final_layer_norm.",
+                                "output_norm.",
+                                "language_model.model.norm.",
+                                "ln_f.",
                                 "model.language_model.norm."};
   for (const char* p : kPost) {
     if (name.starts_with(p)) return true;
@@ -188,10 +192,15 @@ ArchitectureInfo infer_architecture(const std::vector<std::string>& tensor_names
   a.post_patterns = strings(field("post_weights"));
   a.copy_from_base_patterns = strings(field("copy_from_base"));
   if (field("tied").is_object()) {
-    for (auto& [head, emb] : field("tied").items()) a.tied.emplace_back(head, emb.get<std::string>());
+    for (auto& [head, emb] : field("tied").items())
+      a.tied.emplace_back(head, emb.get<std::string>());
   }
-  a.vocab_size_key = field("vocab_size_key").is_string() ? field("vocab_size_key").get<std::string>() : "vocab_size";
-  a.tie_config_key = field("tie_config_key").is_string() ? field("tie_config_key").get<std::string>() : "tie_word_embeddings";
+  a.vocab_size_key = field("vocab_size_key").is_string()
+                         ? field("vocab_size_key").get<std::string>()
+                         : "vocab_size";
+  a.tie_config_key = field("tie_config_key").is_string()
+                         ? field("tie_config_key").get<std::string>()
+                         : "tie_word_embeddings";
   // The layer stack: the table's pattern when it matches an inferred prefix.
   if (entry && entry->contains("layer_prefix")) {
     const std::string pattern = (*entry)["layer_prefix"].get<std::string>();
@@ -206,7 +215,8 @@ ArchitectureInfo infer_architecture(const std::vector<std::string>& tensor_names
   std::vector<std::string> keys;
   if (entry && entry->contains("layer_count_key")) keys.push_back((*entry)["layer_count_key"]);
   for (const auto& k : strings(defaults["layer_count_keys"])) keys.push_back(k);
-  for (const auto& k : {"text_config.num_hidden_layers", "llm_config.num_hidden_layers"}) keys.push_back(k);
+  for (const auto& k : {"text_config.num_hidden_layers", "llm_config.num_hidden_layers"})
+    keys.push_back(k);
   for (const auto& k : keys) {
     const nlohmann::json* v = dotted(config, k);
     if (v && v->is_number_integer() && v->get<int64_t>() == a.num_layers()) {
@@ -235,8 +245,12 @@ std::string find_layer_count_key(const std::string& config_json_text, int64_t nu
   } catch (...) {
     return "";
   }
-  static const char* kKeys[] = {"num_hidden_layers", "n_layer", "num_layers", "n_layers",
-                                "text_config.num_hidden_layers", "llm_config.num_hidden_layers"};
+  static const char* kKeys[] = {"num_hidden_layers",
+                                "n_layer",
+                                "num_layers",
+                                "n_layers",
+                                "text_config.num_hidden_layers",
+                                "llm_config.num_hidden_layers"};
   for (const char* key : kKeys) {
     const nlohmann::json* node = &j;
     std::string_view k = key;

@@ -49,14 +49,14 @@ struct ArchitectureInfo {
   std::string model_type;    // config.json model_type
   std::string family;        // table entry used ("" = inferred from names only)
   LayerStructure layers;
-  std::string layer_prefix;     // the stack that slices address
-  std::string layer_count_key;  // config key of the layer count ("" = unknown)
-  std::string vocab_size_key;   // config key of the vocabulary size
-  std::string tie_config_key;   // config key saying the output head is tied
+  std::string layer_prefix;                     // the stack that slices address
+  std::string layer_count_key;                  // config key of the layer count ("" = unknown)
+  std::string vocab_size_key;                   // config key of the vocabulary size
+  std::string tie_config_key;                   // config key saying the output head is tied
   std::vector<std::string> embedding_patterns;  // globs of tensors whose rows are vocab entries
   std::vector<std::pair<std::string, std::string>> tied;  // head glob -> embedding glob
-  std::vector<std::string> post_patterns;         // loose tensors after the layers
-  std::vector<std::string> copy_from_base_patterns;  // e.g. vision towers
+  std::vector<std::string> post_patterns;                 // loose tensors after the layers
+  std::vector<std::string> copy_from_base_patterns;       // e.g. vision towers
   bool tied_in_config = false;  // the config says the head is tied to the embeddings
 
   int64_t num_layers() const;

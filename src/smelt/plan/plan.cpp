@@ -34,7 +34,8 @@ std::string gguf_config_text(const io::Model& model) {
       if (auto s = v->as_string()) arch = std::string(*s);
     }
   }
-  nlohmann::json j = {{"model_type", "gguf"}, {"architectures", {arch}},
+  nlohmann::json j = {{"model_type", "gguf"},
+                      {"architectures", {arch}},
                       {"tie_word_embeddings", !model.has("output.weight")}};
   if (file) {
     if (const io::GgufValue* v = file->find_kv(arch + ".block_count")) {
@@ -44,7 +45,9 @@ std::string gguf_config_text(const io::Model& model) {
   return j.dump();
 }
 
-std::string shape_str(const std::vector<uint64_t>& s) { return fmt::format("[{}]", fmt::join(s, ", ")); }
+std::string shape_str(const std::vector<uint64_t>& s) {
+  return fmt::format("[{}]", fmt::join(s, ", "));
+}
 
 // One source of a slice as the planner sees it (models: becomes a single slice).
 struct SourceView {
@@ -128,8 +131,9 @@ class Planner {
       }
     });
     if (cfg_.tokenizer) {
-      fail_at("tokenizer", "not yet supported by smelt (the donor model's tokenizer is copied "
-                           "when this key is absent)");
+      fail_at("tokenizer",
+              "not yet supported by smelt (the donor model's tokenizer is copied "
+              "when this key is absent)");
     }
     if (cfg_.tokenizer_source &&
         cfg_.tokenizer_source->kind != config::TokenizerSource::Kind::kBase) {
@@ -235,12 +239,14 @@ class Planner {
   void check_architectures() {
     for (size_t i = 0; i < plan_.models.size(); ++i) {
       if (plan_.models[i].gguf != plan_.models[plan_.donor].gguf) {
-        fail_at(model_paths_[i],
-                fmt::format("model {} is {} but {} is {}; smelt cannot map tensor names between "
-                            "GGUF (blk.N.*) and safetensors (model.layers.N.*) models: merge models "
-                            "of one format",
-                            ref(i), plan_.models[i].gguf ? "a GGUF file" : "a safetensors model",
-                            ref(plan_.donor), plan_.models[plan_.donor].gguf ? "a GGUF file" : "a safetensors model"));
+        fail_at(
+            model_paths_[i],
+            fmt::format("model {} is {} but {} is {}; smelt cannot map tensor names between "
+                        "GGUF (blk.N.*) and safetensors (model.layers.N.*) models: merge models "
+                        "of one format",
+                        ref(i), plan_.models[i].gguf ? "a GGUF file" : "a safetensors model",
+                        ref(plan_.donor),
+                        plan_.models[plan_.donor].gguf ? "a GGUF file" : "a safetensors model"));
       }
     }
     if (plan_.raw || opt_.allow_crimes) return;
@@ -263,7 +269,8 @@ class Planner {
     std::vector<std::string> known;
     std::set<std::string> global;
     for (const auto& p : plan_.method->model_params()) known.push_back(p.name);
-    for (const auto& p : plan_.method->global_params()) known.push_back(p.name), global.insert(p.name);
+    for (const auto& p : plan_.method->global_params())
+      known.push_back(p.name), global.insert(p.name);
     for (const auto& [name, value] : settings) {
       if (std::find(known.begin(), known.end(), name) == known.end()) {
         const std::string guess = config::closest_match(name, known);
@@ -271,9 +278,10 @@ class Planner {
                          plan_.method->name(),
                          guess.empty() ? "" : fmt::format(" (did you mean {}?)", guess)));
       } else if (per_model && global.count(name)) {
-        warn(fmt::format("{}.{}: '{}' is a global parameter of {}; per-model values are ignored "
-                         "(as in mergekit): set it under the top-level parameters",
-                         where, name, name, plan_.method->name()));
+        warn(
+            fmt::format("{}.{}: '{}' is a global parameter of {}; per-model values are ignored "
+                        "(as in mergekit): set it under the top-level parameters",
+                        where, name, name, plan_.method->name()));
       }
     }
   }
@@ -315,20 +323,23 @@ class Planner {
 
   // Decides, for output post-weights taken from `sources`, which tied heads are written. Returns
   // the head names to add to (or keep in) the output and fills `drop` with head names to leave out.
-  std::vector<std::string> plan_heads(const std::vector<SourceView>& sources, std::set<std::string>* drop) {
+  std::vector<std::string> plan_heads(const std::vector<SourceView>& sources,
+                                      std::set<std::string>* drop) {
     const ArchitectureInfo& d = arch(plan_.donor);
     std::vector<std::string> heads;
     for (const SourceView& s : sources) {
       for (const auto& n : tensor_names(s.model)) {
-        if (is_head(d, n) && std::find(heads.begin(), heads.end(), n) == heads.end()) heads.push_back(n);
+        if (is_head(d, n) && std::find(heads.begin(), heads.end(), n) == heads.end())
+          heads.push_back(n);
       }
     }
     if (d.tied_in_config) {
       for (const auto& h : heads) {
         drop->insert(h);
-        warn(fmt::format("'{}' of the inputs is not written: the output config ({} of {}) ties the "
-                         "output head to the embeddings",
-                         h, d.tie_config_key, ref(plan_.donor)));
+        warn(
+            fmt::format("'{}' of the inputs is not written: the output config ({} of {}) ties the "
+                        "output head to the embeddings",
+                        h, d.tie_config_key, ref(plan_.donor)));
       }
       return {};
     }
@@ -358,7 +369,8 @@ class Planner {
     check_parameter_names(cfg_.parameters, "parameters", false);
     plan_.base_model = base_model_index();
     attach_base(&slice, plan_.base_model, "base_model");
-    plan_.donor = plan_.base_model >= 0 ? static_cast<size_t>(plan_.base_model) : slice.sources[0].model;
+    plan_.donor =
+        plan_.base_model >= 0 ? static_cast<size_t>(plan_.base_model) : slice.sources[0].model;
     decide_raw();
     check_architectures();
     if (plan_.raw) {
@@ -461,17 +473,22 @@ class Planner {
       add_job(name, inputs, sub, 0.0);
     }
     if (!partial.empty()) {
-      std::vector<std::string> shown(partial.begin(), partial.begin() + std::min<size_t>(5, partial.size()));
-      fail_at("models", fmt::format("{} tensor(s) are missing from some input files (e.g. {}); pass "
-                                    "--tensor-intersection to skip them or --tensor-union to merge "
-                                    "each over the files that have it",
-                                    partial.size(), fmt::join(shown, ", ")));
+      std::vector<std::string> shown(partial.begin(),
+                                     partial.begin() + std::min<size_t>(5, partial.size()));
+      fail_at("models",
+              fmt::format("{} tensor(s) are missing from some input files (e.g. {}); pass "
+                          "--tensor-intersection to skip them or --tensor-union to merge "
+                          "each over the files that have it",
+                          partial.size(), fmt::join(shown, ", ")));
     }
-    if (skipped) warn(fmt::format("--tensor-intersection: skipped {} tensor(s) missing from some files", skipped));
+    if (skipped)
+      warn(fmt::format("--tensor-intersection: skipped {} tensor(s) missing from some files",
+                       skipped));
     if (base_missing) {
-      warn(fmt::format("--tensor-union: {} tensor(s) absent from the base were copied from the first "
-                       "file that has them",
-                       base_missing));
+      warn(fmt::format(
+          "--tensor-union: {} tensor(s) absent from the base were copied from the first "
+          "file that has them",
+          base_missing));
     }
   }
 
@@ -486,7 +503,8 @@ class Planner {
       v.params = &os.parameters;
       v.yaml_path = os.yaml_path;
       check_parameter_names(os.parameters, os.yaml_path + ".parameters", false);
-      if (os.sources.empty()) fail_at(os.yaml_path + ".sources", "a slice needs at least one source");
+      if (os.sources.empty())
+        fail_at(os.yaml_path + ".sources", "a slice needs at least one source");
       for (const auto& src : os.sources) {
         SourceView s;
         s.model = add_model(src.model);
@@ -561,7 +579,8 @@ class Planner {
           if (!l || l->prefix != prefix || l->index != s.sources[0].start + j) continue;
           lead_suffixes.insert(l->suffix);
           std::vector<std::string> inputs;
-          for (const SourceView& src : s.sources) inputs.push_back(layer_tensor_name(*l, src.start + j));
+          for (const SourceView& src : s.sources)
+            inputs.push_back(layer_tensor_name(*l, src.start + j));
           LayerName out = *l;
           out.prefix = out_prefix;
           add_job(layer_tensor_name(out, out_layer), inputs, s, tpos);
@@ -571,11 +590,13 @@ class Planner {
           const SourceView& src = s.sources[k];
           for (const auto& name : tensor_names(src.model)) {
             auto l = parse_layer_name(name);
-            if (!l || l->prefix != arch(src.model).layer_prefix || l->index != src.start + j) continue;
+            if (!l || l->prefix != arch(src.model).layer_prefix || l->index != src.start + j)
+              continue;
             if (!lead_suffixes.count(l->suffix)) {
-              fail_at(src.yaml_path, fmt::format("tensor '{}' of {} has no counterpart in layer {} of "
-                                                 "{}; the models do not share an architecture",
-                                                 name, ref(src.model), s.sources[0].start + j, ref(lead)));
+              fail_at(src.yaml_path,
+                      fmt::format("tensor '{}' of {} has no counterpart in layer {} of "
+                                  "{}; the models do not share an architecture",
+                                  name, ref(src.model), s.sources[0].start + j, ref(lead)));
             }
           }
         }
@@ -681,7 +702,8 @@ class Planner {
     reconcile_shapes(&job, slice);
     bool all_float = true;
     for (const auto& in : job.inputs) {
-      all_float = all_float && (in.source.info->quantized() || dtype_is_convertible_float(in.source.info->dtype));
+      all_float = all_float && (in.source.info->quantized() ||
+                                dtype_is_convertible_float(in.source.info->dtype));
     }
     if (!all_float) {
       const JobInput keep = job.inputs[ref_input];
@@ -692,7 +714,8 @@ class Planner {
     // Dequantized GGUF blocks default to F16 in a safetensors output.
     job.dtype = output_dtype(ref_info.quantized() ? DType::kF16 : ref_info.dtype);
     if (!dtype_is_convertible_float(job.dtype)) {
-      fail_at("out_dtype", fmt::format("cannot write tensor '{}' as {}", out_name, dtype_name(job.dtype)));
+      fail_at("out_dtype",
+              fmt::format("cannot write tensor '{}' as {}", out_name, dtype_name(job.dtype)));
     }
     resolve_params(&job, slice);
     plan_.jobs.push_back(std::move(job));
@@ -715,12 +738,13 @@ class Planner {
         shapes.push_back(fmt::format("{} {}", ref(in.model), shape_str(in.source.info->shape)));
       }
       job->shape = common;
-      warn(fmt::format("'{}': inputs differ in shape ({}); cropped to the common block {}", job->name,
-                       fmt::join(shapes, ", "), shape_str(common)));
+      warn(fmt::format("'{}': inputs differ in shape ({}); cropped to the common block {}",
+                       job->name, fmt::join(shapes, ", "), shape_str(common)));
       const ArchitectureInfo& d = arch(plan_.donor);
       if (!d.vocab_size_key.empty()) {
-        plan_.output_vocab = plan_.output_vocab < 0 ? static_cast<int64_t>(common[0])
-                                                    : std::min<int64_t>(plan_.output_vocab, common[0]);
+        plan_.output_vocab = plan_.output_vocab < 0
+                                 ? static_cast<int64_t>(common[0])
+                                 : std::min<int64_t>(plan_.output_vocab, common[0]);
       }
       return;
     }
@@ -773,10 +797,11 @@ class Planner {
                                              : std::string("parameters.") + spec.name;
           fail_at(where, fmt::format("missing required parameter '{}' for model {} (tensor '{}'){}",
                                      spec.name, ref(s.model), job->inputs[i].tensor,
-                                     s.params ? "" : "; the base model is an input of " +
-                                                         std::string(m.name()) +
-                                                         " too, so give it a value (e.g. under the "
-                                                         "top-level parameters)"));
+                                     s.params ? ""
+                                              : "; the base model is an input of " +
+                                                    std::string(m.name()) +
+                                                    " too, so give it a value (e.g. under the "
+                                                    "top-level parameters)"));
         }
       }
     }
@@ -786,27 +811,31 @@ class Planner {
   // same type are copied byte for byte (never requantized).
   void assign_output_format() {
     const bool gguf_in = plan_.models[plan_.donor].gguf;
-    plan_.gguf_output = opt_.format == OutputFormat::kGguf || (opt_.format == OutputFormat::kAuto && gguf_in);
+    plan_.gguf_output =
+        opt_.format == OutputFormat::kGguf || (opt_.format == OutputFormat::kAuto && gguf_in);
     if (!plan_.gguf_output) return;
     if (!gguf_in) {
-      fail_at("", "GGUF output from safetensors models is not yet supported by smelt; merge GGUF "
-                  "models, or write safetensors");
+      fail_at("",
+              "GGUF output from safetensors models is not yet supported by smelt; merge GGUF "
+              "models, or write safetensors");
     }
     using kernels::GgmlType;
     auto parse_type = [&](const std::string& name, const std::string& flag) {
       auto t = kernels::parse_ggml_type(name);
       const kernels::GgmlTypeTraits* tr = t ? kernels::ggml_type_traits(*t) : nullptr;
       if (!tr || !tr->can_quantize) {
-        fail("{}: '{}' is not a type smelt can write; use one of F32, F16, BF16, Q8_0, Q4_0, "
-             "Q4_K, Q5_K, Q6_K",
-             flag, name);
+        fail(
+            "{}: '{}' is not a type smelt can write; use one of F32, F16, BF16, Q8_0, Q4_0, "
+            "Q4_K, Q5_K, Q6_K",
+            flag, name);
       }
       return *t;
     };
     std::vector<std::pair<std::regex, GgmlType>> overrides;
     for (const auto& [re, type] : opt_.gguf_tensor_types) {
       try {
-        overrides.emplace_back(std::regex(re), parse_type(type, "--tensor-type " + re + "=" + type));
+        overrides.emplace_back(std::regex(re),
+                               parse_type(type, "--tensor-type " + re + "=" + type));
       } catch (const std::regex_error& e) {
         fail("--tensor-type: '{}' is not a valid regular expression ({})", re, e.what());
       }
@@ -825,7 +854,8 @@ class Planner {
           break;
         }
       }
-      if (!type && job.shape.size() <= 1) type = in_type == GgmlType::kF16 ? in_type : GgmlType::kF32;
+      if (!type && job.shape.size() <= 1)
+        type = in_type == GgmlType::kF16 ? in_type : GgmlType::kF32;
       if (!type && out_type) type = out_type;
       if (!type) {
         const kernels::GgmlTypeTraits* tr = kernels::ggml_type_traits(in_type);
@@ -852,9 +882,10 @@ class Planner {
       if (unchanged && in.ggml_type == job.ggml_type) job.copy = true;
     }
     if (fallbacks) {
-      warn(fmt::format("{} tensor(s) whose rows are not a whole number of quantization blocks are "
-                       "written as F16",
-                       fallbacks));
+      warn(
+          fmt::format("{} tensor(s) whose rows are not a whole number of quantization blocks are "
+                      "written as F16",
+                      fallbacks));
     }
   }
 
@@ -903,7 +934,8 @@ class Planner {
       }
     }
     if (method_warnings > kMaxMethodWarnings) {
-      warn(fmt::format("... and {} more warnings like these", method_warnings - kMaxMethodWarnings));
+      warn(
+          fmt::format("... and {} more warnings like these", method_warnings - kMaxMethodWarnings));
     }
     if (copies) {
       warn(fmt::format("{} non-float tensor(s) are copied unchanged from the base (or first) model",
@@ -929,7 +961,8 @@ uint64_t TensorJob::numel() const {
 
 uint64_t TensorJob::output_bytes() const {
   if (ggml_type >= 0) {
-    if (auto b = kernels::ggml_type_bytes(static_cast<kernels::GgmlType>(ggml_type), numel())) return *b;
+    if (auto b = kernels::ggml_type_bytes(static_cast<kernels::GgmlType>(ggml_type), numel()))
+      return *b;
   }
   return *dtype_bytes(dtype, numel());
 }

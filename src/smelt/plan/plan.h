@@ -20,8 +20,8 @@ namespace smelt::plan {
 
 // One input tensor of a job.
 struct JobInput {
-  size_t model = 0;    // index into Plan::models
-  std::string tensor;  // name in that model (differs from the output name in frankenmerges)
+  size_t model = 0;        // index into Plan::models
+  std::string tensor;      // name in that model (differs from the output name in frankenmerges)
   io::ModelTensor source;  // its shape may exceed the job's (embeddings cropped to a common block)
   // >0: rows are read in llama.cpp's Q/K order for this many heads (HF -> GGUF export).
   int64_t permute_heads = 0;
@@ -35,12 +35,12 @@ struct TensorJob {
   std::vector<JobInput> inputs;
   const methods::Method* method = nullptr;  // the config's method, or passthrough for tensors
                                             // copied from the base (e.g. vision towers)
-  int base = -1;               // index into inputs of the base model, or -1
+  int base = -1;                            // index into inputs of the base model, or -1
   // GGUF output: the ggml type written (may be block-quantized); -1 for safetensors output.
   int32_t ggml_type = -1;
-  bool copy = false;           // copy inputs[0]'s bytes unchanged (non-float tensors)
+  bool copy = false;  // copy inputs[0]'s bytes unchanged (non-float tensors)
   bool is_embedding = false;
-  double t = 0;                // gradient position
+  double t = 0;  // gradient position
   methods::ResolvedParams params;
   // Identical jobs are computed once: the first lists the others, which point back to it.
   std::vector<size_t> duplicates;
@@ -95,8 +95,8 @@ struct Plan {
   config::MergeConfig config;
   const methods::Method* method = nullptr;
   std::vector<PlanModel> models;
-  int base_model = -1;   // index into models, or -1
-  size_t donor = 0;      // model whose config.json and tokenizer are used
+  int base_model = -1;  // index into models, or -1
+  size_t donor = 0;     // model whose config.json and tokenizer are used
   std::vector<TensorJob> jobs;
   // Layer count written to the output config.json (slices only; -1 = keep the donor's).
   int64_t output_layers = -1;

@@ -152,4 +152,23 @@ inline bool same_bits(const Tensor& a, const Tensor& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
+// ---- test data and comparison shared by the method test files ----
+
+inline Tensor normal_tensor(size_t n, uint32_t seed, float stddev = 1.0f, float mean = 0.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(mean, stddev);
+  Tensor t(n);
+  for (float& v : t) v = dist(rng);
+  return t;
+}
+// Values drawn from a tiny set, so many magnitudes tie exactly.
+inline Tensor tiny_set_tensor(size_t n, uint32_t seed) {
+  static constexpr float kValues[] = {-2.0f, -1.0f, -0.5f, 0.5f, 1.0f, 2.0f};
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> pick(0, 5);
+  Tensor t(n);
+  for (float& v : t) v = kValues[pick(rng)];
+  return t;
+}
+
 }  // namespace smelt::testing::method_driver

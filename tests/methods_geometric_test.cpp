@@ -31,14 +31,6 @@ using Vec = std::vector<double>;
 // ---------------------------------------------------------------------------------------------
 // Test data and comparison.
 
-Tensor normal_tensor(size_t n, uint32_t seed, float stddev = 1.0f, float mean = 0.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(mean, stddev);
-  Tensor t(n);
-  for (float& v : t) v = dist(rng);
-  return t;
-}
-
 // `base` plus a normal perturbation of size `stddev`: a fine-tuned model near the base.
 Tensor near(const Tensor& base, uint32_t seed, float stddev) {
   Tensor t = normal_tensor(base.size(), seed, stddev);

@@ -25,24 +25,6 @@ using namespace smelt::testing::method_driver;
 // ---------------------------------------------------------------------------------------------
 // Test data and comparison.
 
-Tensor normal_tensor(size_t n, uint32_t seed, float stddev = 1.0f, float mean = 0.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(mean, stddev);
-  Tensor t(n);
-  for (float& v : t) v = dist(rng);
-  return t;
-}
-
-// Values drawn from a tiny set, so many magnitudes tie exactly.
-Tensor tiny_set_tensor(size_t n, uint32_t seed) {
-  static constexpr float kValues[] = {-2.0f, -1.0f, -0.5f, 0.5f, 1.0f, 2.0f};
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int> pick(0, 5);
-  Tensor t(n);
-  for (float& v : t) v = kValues[pick(rng)];
-  return t;
-}
-
 // Reference values and the scale of the terms behind each (the tolerance is relative to it);
 // elements whose result hinges on the sign of a sum within rounding of zero are skipped.
 struct Reference {

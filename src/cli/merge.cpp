@@ -32,6 +32,7 @@ struct MergeCliOptions {
   bool tensor_union = false;
   std::string keep_intermediates;
   std::string max_memory = "512M";
+  uint64_t chunk_elements = 0;  // hidden tuning knob (0 = default)
   std::string format = "auto";
   std::string out_type;
   std::vector<std::string> tensor_types;
@@ -83,6 +84,7 @@ void run(const MergeCliOptions& o) {
   mo.exec.threads = std::max<size_t>(1, o.threads);
   mo.exec.seed = o.seed;
   mo.exec.max_memory = parse_memory_size(o.max_memory);
+  if (o.chunk_elements) mo.exec.chunk_elements = o.chunk_elements;
   exec::Recipe recipe = load_recipe(o.config, po, mo.exec, &mo.config_text);
   if (!o.quiet) {
     for (const auto& stage : recipe.plans) print_warnings(*stage);
@@ -158,6 +160,8 @@ void add_merge(CLI::App& app) {
                   "bound on working memory, e.g. 256M or 2G (the chunk size and the number of "
                   "workers adapt; never the output)")
       ->capture_default_str();
+  cmd->add_option("--chunk-elements", o->chunk_elements, "largest chunk in elements (tuning)")
+      ->group("");
   cmd->add_option("--keep-intermediates", o->keep_intermediates,
                   "multi-stage recipes: also write each named stage to DIR/<name>");
   cmd->add_flag("--allow-crimes,!--no-allow-crimes", o->allow_crimes,

@@ -136,6 +136,10 @@ ExecLayout exec_layout(const plan::Plan& plan, const ExecOptions& options) {
   layout.workers = static_cast<size_t>(
       std::clamp<uint64_t>(budget / per_worker, 1, std::max<size_t>(1, options.threads)));
   layout.working_bytes = kReserveBytes + layout.workers * per_worker;
+  // What is left of the budget caches small jobs' inputs across statistics passes.
+  layout.cache_bytes =
+      options.max_memory > layout.working_bytes ? options.max_memory - layout.working_bytes : 0;
+  layout.working_bytes = std::min(options.max_memory, layout.working_bytes + layout.cache_bytes);
   return layout;
 }
 
@@ -166,6 +170,7 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
   const ExecLayout layout = exec_layout(plan, options);
   ThreadPool pool(layout.workers);
   std::vector<WorkerBuffers> buffers(pool.size());
+  std::vector<ScratchBuffer> cache;  // whole-job f32 inputs, when they fit layout.cache_bytes
   Progress progress;
   progress.tensors_total = jobs.size();
   for (size_t j : jobs) progress.bytes_total += plan.jobs[j].output_bytes();
@@ -207,7 +212,17 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
               : nullptr;
       if (quant && !quant->quantized) quant = nullptr;
 
-      // Reads chunk c of every input into worker w's f32 buffers.
+      // Methods with statistics passes read every chunk several times; when the job's inputs fit
+      // the cache budget they are read and converted once, in the first pass.
+      const bool cached =
+          merger->stat_passes() > 0 && k * numel * sizeof(float) <= layout.cache_bytes;
+      if (cached) {
+        if (cache.size() < k) cache.resize(k);
+        for (size_t i = 0; i < k; ++i) cache[i].reserve(numel * sizeof(float));
+      }
+      bool cache_filled = false;
+
+      // Reads chunk c of every input as f32 (into worker w's buffers, or the cache).
       auto load = [&](size_t c, size_t w) -> methods::Chunk {
         WorkerBuffers& b = buffers[w];
         const uint64_t offset = c * chunk;
@@ -215,9 +230,15 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
         if (b.inputs.size() < k) b.inputs.resize(k);
         b.pointers.resize(k);
         for (size_t i = 0; i < k; ++i) {
-          b.inputs[i].reserve(n * sizeof(float));
-          load_f32(job.inputs[i], job.shape, offset, n, b.raw, b.inputs[i].as<float>());
-          b.pointers[i] = b.inputs[i].as<float>();
+          float* dst;
+          if (cached) {
+            dst = cache[i].as<float>() + offset;
+          } else {
+            b.inputs[i].reserve(n * sizeof(float));
+            dst = b.inputs[i].as<float>();
+          }
+          if (!cached || !cache_filled) load_f32(job.inputs[i], job.shape, offset, n, b.raw, dst);
+          b.pointers[i] = dst;
         }
         methods::Chunk ch;
         ch.index = c;
@@ -230,6 +251,7 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
       for (int pass = 0; pass < merger->stat_passes(); ++pass) {
         pool.parallel_for(chunks, [&](size_t c, size_t w) { merger->gather(pass, load(c, w)); });
         merger->end_pass(pass);
+        cache_filled = cached;
       }
       pool.parallel_for(chunks, [&](size_t c, size_t w) {
         const methods::Chunk ch = load(c, w);

@@ -27,7 +27,7 @@ struct ExecOptions {
   // Largest chunk (elements; rounded down to the method's alignment). The chunk size depends only
   // on this, max_memory and the plan, never on the thread count, so whole-tensor statistics and
   // the output are identical for any thread count.
-  uint64_t chunk_elements = uint64_t{1} << 20;
+  uint64_t chunk_elements = uint64_t{1} << 18;
   std::function<void(const Progress&)> on_progress;  // called from the coordinating thread
 };
 
@@ -44,7 +44,9 @@ class TensorSink {
 struct ExecLayout {
   uint64_t chunk_elements = 0;
   size_t workers = 1;
-  uint64_t working_bytes = 0;
+  uint64_t working_bytes = 0;  // at most max_memory
+  // Of the budget, what caches a job's f32 inputs across statistics passes (jobs that fit).
+  uint64_t cache_bytes = 0;
 };
 ExecLayout exec_layout(const plan::Plan& plan, const ExecOptions& options);
 

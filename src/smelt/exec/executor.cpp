@@ -185,6 +185,10 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
     };
     if (job.duplicate_of >= 0) {
       // Written together with the job it duplicates.
+    } else if (job.constant) {
+      std::vector<char> bytes(job.output_bytes());
+      kernels::from_f32(job.dtype, job.constant->data(), bytes.data(), job.constant->size());
+      write_out(0, bytes.data(), bytes.size());
     } else if (job.copy) {
       // Non-float tensors: bytes copied unchanged, in pieces.
       const io::ModelTensor& src = job.inputs[0].source;

@@ -3,11 +3,14 @@
 
 #include <fmt/format.h>
 
+#include <map>
+#include <nlohmann/json.hpp>
 #include <random>
 
 #include "smelt/error.h"
 #include "smelt/exec/finalize.h"
 #include "smelt/io/gguf.h"
+#include "smelt/io/gguf_export.h"
 #include "smelt/io/safetensors.h"
 #include "smelt/kernels/quant.h"
 
@@ -103,7 +106,29 @@ class GgufSink : public TensorSink {
 
 // The output KVs: the donor GGUF's, verbatim except the split keys, the layer count of a
 // frankenmerge, and the file type when tensor types changed.
-std::vector<io::GgufKv> output_kvs(const plan::Plan& plan) {
+// An export's KVs: hyper-parameters and tokenizer from the donor's config.json and tokenizer
+// files, general.file_type from the type most 2-D tensors have.
+std::vector<io::GgufKv> export_kvs(const plan::Plan& plan, const std::string& name) {
+  const plan::PlanModel& donor = plan.models[plan.donor];
+  const nlohmann::json config = nlohmann::json::parse(donor.config_text);
+  auto kvs = io::gguf_export_kvs(donor.model->resolved().root, config, name, plan.output_layers);
+  std::map<int32_t, size_t> counts;
+  for (const auto& job : plan.jobs) {
+    if (job.shape.size() >= 2) counts[job.ggml_type]++;
+  }
+  int32_t common = 0;
+  size_t best = 0;
+  for (const auto& [type, n] : counts) {
+    if (n > best) best = n, common = type;
+  }
+  if (auto ft = io::gguf_file_type_for(static_cast<kernels::GgmlType>(common))) {
+    io::gguf_set_kv(kvs, "general.file_type", io::GgufValue::of(*ft));
+  }
+  return kvs;
+}
+
+std::vector<io::GgufKv> output_kvs(const plan::Plan& plan, const std::string& name) {
+  if (plan.gguf_export) return export_kvs(plan, name);
   const auto* donor =
       dynamic_cast<const io::GgufFile*>(plan.models[plan.donor].model->files().at(0).get());
   if (!donor) fail("internal: GGUF output needs a GGUF donor model");
@@ -120,6 +145,7 @@ std::vector<io::GgufKv> output_kvs(const plan::Plan& plan) {
   }
   bool types_kept = true, quantized = false;
   for (const auto& job : plan.jobs) {
+    if (job.inputs.empty()) continue;
     const io::TensorInfo& in = *job.inputs[job.base >= 0 ? job.base : 0].source.info;
     types_kept = types_kept && in.ggml_type == job.ggml_type;
     const auto* tr = kernels::ggml_type_traits(static_cast<kernels::GgmlType>(job.ggml_type));
@@ -136,7 +162,7 @@ void run_gguf_merge(const plan::Plan& plan, const fs::path& out, const MergeOpti
   for (const auto& job : plan.jobs) {
     specs.push_back({job.name, static_cast<kernels::GgmlType>(job.ggml_type), job.shape});
   }
-  io::GgufWriter writer(out, output_kvs(plan), specs);
+  io::GgufWriter writer(out, output_kvs(plan, out.stem().string()), specs);
   std::vector<size_t> all(plan.jobs.size());
   for (size_t i = 0; i < all.size(); ++i) all[i] = i;
   GgufSink sink(writer);

@@ -126,7 +126,8 @@ json rope_params(const json& config) {
 std::string rope_type(const json& params) {
   for (const char* key : {"rope_type", "type"}) {
     if (const json* v = find(params, key)) {
-      if (!v->is_string()) fail("config.json: rope '{}' must be a string (it is {})", key, v->dump());
+      if (!v->is_string())
+        fail("config.json: rope '{}' must be a string (it is {})", key, v->dump());
       return v->get<std::string>();
     }
   }
@@ -135,7 +136,8 @@ std::string rope_type(const json& params) {
 
 float rope_theta(const json& config) {
   if (const json* v = find(config, "rope_theta")) return positive_f32(*v, "rope_theta");
-  if (const json* v = find(rope_params(config), "rope_theta")) return positive_f32(*v, "rope_theta");
+  if (const json* v = find(rope_params(config), "rope_theta"))
+    return positive_f32(*v, "rope_theta");
   return 10000.0f;
 }
 
@@ -215,7 +217,8 @@ class ProtoReader {
   uint32_t fixed32(const char* what) {
     if (bytes_.size() - pos_ < 4) corrupt(fmt::format("{} runs past the end", what));
     uint32_t v = 0;
-    for (int i = 0; i < 4; ++i) v |= static_cast<uint32_t>(static_cast<uint8_t>(bytes_[pos_ + i])) << (8 * i);
+    for (int i = 0; i < 4; ++i)
+      v |= static_cast<uint32_t>(static_cast<uint8_t>(bytes_[pos_ + i])) << (8 * i);
     pos_ += 4;
     return v;
   }
@@ -394,13 +397,6 @@ std::vector<std::string> bpe_merges(const json& model, const fs::path& file) {
   return out;
 }
 
-// Token list assembly shared by the tokenizer.json paths: id order, exactly `n` entries.
-struct TokenTable {
-  std::vector<std::optional<std::string>> text;
-  std::vector<int32_t> type;
-  std::vector<float> score;
-};
-
 void check_unique(const std::vector<std::string>& tokens, const fs::path& file) {
   std::unordered_map<std::string_view, size_t> seen;
   seen.reserve(tokens.size());
@@ -419,9 +415,10 @@ GgufVocab vocab_from_tokenizer_json(const json& tj, const fs::path& file, int64_
   const json* type = find(*model, "type");
   const std::string model_type = type && type->is_string() ? type->get<std::string>() : "";
   if (model_type != "BPE") {
-    fail("{}: tokenizer model type '{}' is not supported for GGUF export (only BPE; a "
-         "SentencePiece model needs its tokenizer.model)",
-         file.string(), model_type.empty() ? std::string("(none)") : model_type);
+    fail(
+        "{}: tokenizer model type '{}' is not supported for GGUF export (only BPE; a "
+        "SentencePiece model needs its tokenizer.model)",
+        file.string(), model_type.empty() ? std::string("(none)") : model_type);
   }
   const json* bf = find(*model, "byte_fallback");
   const bool byte_fallback = bf && bf->is_boolean() && bf->get<bool>();
@@ -433,12 +430,19 @@ GgufVocab vocab_from_tokenizer_json(const json& tj, const fs::path& file, int64_
   for (const auto& a : added) max_id = std::max(max_id, a.id);
   if (max_id < 0) fail("{}: the vocabulary is empty", file.string());
   const int64_t n = vocab_size >= 0 ? vocab_size : max_id + 1;
+  if (n > static_cast<int64_t>(kGgufMaxArrayElements)) {
+    fail("{}: vocabulary size {} exceeds the {} tokens a GGUF array can hold", file.string(), n,
+         kGgufMaxArrayElements);
+  }
   if (max_id >= n) {
     fail("{}: token id {} is not below the model's vocab_size {} (config.json)", file.string(),
          max_id, n);
   }
 
-  TokenTable t;
+  struct {
+    std::vector<std::optional<std::string>> text;
+    std::vector<int32_t> type;
+  } t;
   t.text.resize(static_cast<size_t>(n));
   t.type.assign(static_cast<size_t>(n), kGgufTokenNormal);
   for (const auto& [id, tok] : entries) {
@@ -514,20 +518,22 @@ void overlay_sp_added_tokens(GgufVocab& v, const fs::path& dir, const json* toke
       v.token_types[id] = kGgufTokenUserDefined;
     }
   }
-  const json* decoder = tokenizer_config ? find(*tokenizer_config, "added_tokens_decoder") : nullptr;
+  const json* decoder =
+      tokenizer_config ? find(*tokenizer_config, "added_tokens_decoder") : nullptr;
   if (!decoder) return;
-  if (!decoder->is_object()) fail("tokenizer_config.json: 'added_tokens_decoder' must be an object");
+  const std::string tc = (dir / "tokenizer_config.json").string();
+  if (!decoder->is_object()) fail("{}: 'added_tokens_decoder' must be an object", tc);
   for (auto it = decoder->begin(); it != decoder->end(); ++it) {
     uint64_t id = 0;
     const std::string& key = it.key();
     if (key.empty() || key.size() > 10 ||
         !std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-      fail("tokenizer_config.json: added_tokens_decoder key '{}' is not a token id", key);
+      fail("{}: added_tokens_decoder key '{}' is not a token id", tc, key);
     }
     id = std::stoull(key);
     const json* content = find(*it, "content");
     if (!content || !content->is_string()) {
-      fail("tokenizer_config.json: added_tokens_decoder['{}'] needs a string 'content'", key);
+      fail("{}: added_tokens_decoder['{}'] needs a string 'content'", tc, key);
     }
     if (id >= n) continue;
     std::string token = content->get<std::string>();
@@ -572,7 +578,8 @@ Specials find_specials(const fs::path& dir, const json& config, const json* toke
   };
   Specials s;
   std::unordered_map<std::string_view, uint32_t> id_of;
-  for (size_t i = tokens.size(); i-- > 0;) id_of[tokens[i]] = static_cast<uint32_t>(i);  // first id wins
+  for (size_t i = tokens.size(); i-- > 0;)
+    id_of[tokens[i]] = static_cast<uint32_t>(i);  // first id wins
   auto set = [&](const char* key, int64_t id) {
     if (id < 0 || static_cast<uint64_t>(id) >= tokens.size() || s.has(key)) return;
     s.ids.emplace_back(key, static_cast<uint32_t>(id));
@@ -582,8 +589,10 @@ Specials find_specials(const fs::path& dir, const json& config, const json* toke
     if (auto it = id_of.find(*content); it != id_of.end()) set(key, it->second);
   };
 
-  std::optional<std::string> bos_name = tokenizer_config ? token_content(find(*tokenizer_config, "bos_token")) : std::nullopt;
-  std::optional<std::string> eos_name = tokenizer_config ? token_content(find(*tokenizer_config, "eos_token")) : std::nullopt;
+  std::optional<std::string> bos_name =
+      tokenizer_config ? token_content(find(*tokenizer_config, "bos_token")) : std::nullopt;
+  std::optional<std::string> eos_name =
+      tokenizer_config ? token_content(find(*tokenizer_config, "eos_token")) : std::nullopt;
   // A TemplateProcessing post-processor that wraps single sequences in BOS ... EOS means the
   // tokenizer adds them (Llama 3 has no add_bos_token but such a template).
   if (const json* pp = tokenizer_json ? find(*tokenizer_json, "post_processor") : nullptr) {
@@ -665,14 +674,15 @@ void add_chat_template(std::vector<GgufKv>& kvs, const fs::path& dir,
     gguf_set_kv(kvs, "tokenizer.chat_template", GgufValue::of(tmpl.get<std::string>()));
     return;
   }
-  if (!tmpl.is_array()) fail("tokenizer_config.json: 'chat_template' must be a string or a list");
+  const std::string where = (dir / "tokenizer_config.json").string();
+  if (!tmpl.is_array()) fail("{}: 'chat_template' must be a string or a list", where);
   // A list of {"name", "template"}: "default" is the chat template, the others named ones.
   std::vector<std::string> names;
   for (const json& choice : tmpl) {
     const json* name = find(choice, "name");
     const json* text = find(choice, "template");
     if (!name || !name->is_string() || !text || !text->is_string()) {
-      fail("tokenizer_config.json: each chat_template entry needs string 'name' and 'template'");
+      fail("{}: each chat_template entry needs string 'name' and 'template'", where);
     }
     std::string n = name->get<std::string>();
     for (char& c : n) {
@@ -696,8 +706,9 @@ void add_chat_template(std::vector<GgufKv>& kvs, const fs::path& dir,
 std::string gguf_arch_for(const json& config) {
   const json* archs = find(config, "architectures");
   if (!archs || !archs->is_array() || archs->empty() || !(*archs)[0].is_string()) {
-    fail("config.json has no 'architectures' list; GGUF export supports llama, mistral and qwen2 "
-         "models");
+    fail(
+        "config.json has no 'architectures' list; GGUF export supports llama, mistral and qwen2 "
+        "models");
   }
   const std::string arch = (*archs)[0].get<std::string>();
   if (arch == "LlamaForCausalLM" || arch == "MistralForCausalLM") return "llama";
@@ -710,7 +721,8 @@ std::optional<std::string> gguf_tensor_name(const std::string& arch, const std::
     fail("GGUF export: unknown GGUF architecture '{}' (expected llama or qwen2)", arch);
   }
   const bool llama = arch == "llama";
-  for (std::string_view skipped : {".rotary_emb.inv_freq", ".attention.masked_bias", ".attention.bias"}) {
+  for (std::string_view skipped :
+       {".rotary_emb.inv_freq", ".attention.masked_bias", ".attention.bias"}) {
     if (ends_with(hf_name, skipped)) return std::nullopt;
   }
   if (hf_name == "model.embed_tokens.weight") return "token_embd.weight";
@@ -737,9 +749,11 @@ std::optional<std::string> gguf_tensor_name(const std::string& arch, const std::
         {"mlp.down_proj", "ffn_down", true, true, false},
     };
     for (const Entry& e : kLayer) {
-      if (!starts_with(rest, e.hf) || rest.size() <= e.hf.size() || rest[e.hf.size()] != '.') continue;
+      if (!starts_with(rest, e.hf) || rest.size() <= e.hf.size() || rest[e.hf.size()] != '.')
+        continue;
       const std::string_view suffix = rest.substr(e.hf.size() + 1);
-      const bool ok = suffix == "weight" || (suffix == "bias" && (llama ? e.bias_llama : e.bias_qwen2));
+      const bool ok =
+          suffix == "weight" || (suffix == "bias" && (llama ? e.bias_llama : e.bias_qwen2));
       if (ok) return fmt::format("blk.{}.{}.{}", layer, e.gguf, suffix);
     }
   }
@@ -750,10 +764,12 @@ std::optional<std::string> gguf_tensor_name(const std::string& arch, const std::
 int64_t gguf_qk_permute_heads(const std::string& arch, const std::string& hf_name,
                               const json& config) {
   if (arch != "llama") return 0;
-  if (ends_with(hf_name, "self_attn.q_proj.weight") || ends_with(hf_name, "self_attn.q_proj.bias")) {
+  if (ends_with(hf_name, "self_attn.q_proj.weight") ||
+      ends_with(hf_name, "self_attn.q_proj.bias")) {
     return head_count(config);
   }
-  if (ends_with(hf_name, "self_attn.k_proj.weight") || ends_with(hf_name, "self_attn.k_proj.bias")) {
+  if (ends_with(hf_name, "self_attn.k_proj.weight") ||
+      ends_with(hf_name, "self_attn.k_proj.bias")) {
     return head_count_kv(config);
   }
   return 0;
@@ -789,20 +805,34 @@ kernels::GgmlType gguf_default_type(const std::string& gguf_name,
 std::optional<uint32_t> gguf_file_type_for(kernels::GgmlType type) {
   using T = kernels::GgmlType;
   switch (type) {
-    case T::kF32: return 0;
-    case T::kF16: return 1;
-    case T::kQ4_0: return 2;
-    case T::kQ4_1: return 3;
-    case T::kQ8_0: return 7;
-    case T::kQ5_0: return 8;
-    case T::kQ5_1: return 9;
-    case T::kQ2_K: return 10;
-    case T::kQ3_K: return 11;
-    case T::kQ4_K: return 14;
-    case T::kQ5_K: return 16;
-    case T::kQ6_K: return 18;
-    case T::kBF16: return 32;
-    default: return std::nullopt;
+    case T::kF32:
+      return 0;
+    case T::kF16:
+      return 1;
+    case T::kQ4_0:
+      return 2;
+    case T::kQ4_1:
+      return 3;
+    case T::kQ8_0:
+      return 7;
+    case T::kQ5_0:
+      return 8;
+    case T::kQ5_1:
+      return 9;
+    case T::kQ2_K:
+      return 10;
+    case T::kQ3_K:
+      return 11;
+    case T::kQ4_K:
+      return 14;
+    case T::kQ5_K:
+      return 16;
+    case T::kQ6_K:
+      return 18;
+    case T::kBF16:
+      return 32;
+    default:
+      return std::nullopt;
   }
 }
 
@@ -826,8 +856,8 @@ std::optional<std::vector<float>> gguf_rope_freqs(const json& config) {
   std::vector<float> out;
   for (uint32_t k = 0; k < dim; k += 2) {
     // As the converter: freq = 1 / base^(k/dim) in f32, then the wavelength bands.
-    const float freq = 1.0f / std::pow(static_cast<float>(base),
-                                       static_cast<float>(k) / static_cast<float>(dim));
+    const float freq =
+        1.0f / std::pow(static_cast<float>(base), static_cast<float>(k) / static_cast<float>(dim));
     const double wavelen = 2 * std::numbers::pi / freq;
     if (wavelen < high_wavelen) {
       out.push_back(1.0f);
@@ -859,6 +889,10 @@ GgufVocab gguf_sentencepiece_vocab(const fs::path& tokenizer_model, int64_t voca
   }
   if (pieces.empty()) {
     fail("{}: truncated or corrupt SentencePiece model: no pieces", tokenizer_model.string());
+  }
+  if (vocab_size > static_cast<int64_t>(kGgufMaxArrayElements)) {
+    fail("{}: vocabulary size {} exceeds the {} tokens a GGUF array can hold",
+         tokenizer_model.string(), vocab_size, kGgufMaxArrayElements);
   }
   const size_t n = vocab_size >= 0 ? static_cast<size_t>(vocab_size) : pieces.size();
   GgufVocab v;
@@ -950,6 +984,10 @@ std::vector<GgufKv> gguf_export_kvs(const fs::path& model_dir, const json& confi
   const json* eps = find(config, "rms_norm_eps");
   if (!eps) fail("config.json: 'rms_norm_eps' is missing; GGUF export needs it");
   const uint32_t vocab_size = required_u32(config, "vocab_size");
+  if (vocab_size > kGgufMaxArrayElements) {
+    fail("config.json: vocab_size {} exceeds the {} tokens a GGUF array can hold", vocab_size,
+         kGgufMaxArrayElements);
+  }
 
   set_arch("context_length", GgufValue::of(*context));
   set_arch("embedding_length", GgufValue::of(hidden));
@@ -1022,7 +1060,8 @@ std::vector<GgufKv> gguf_export_kvs(const fs::path& model_dir, const json& confi
     overlay_sp_added_tokens(vocab, model_dir, tokenizer_config ? &*tokenizer_config : nullptr);
     check_unique(vocab.tokens, tokenizer_model_file);
   } else if (tokenizer_json) {
-    if (!tokenizer_json->is_object()) fail("{}: must be a JSON object", tokenizer_json_file.string());
+    if (!tokenizer_json->is_object())
+      fail("{}: must be a JSON object", tokenizer_json_file.string());
     vocab = vocab_from_tokenizer_json(*tokenizer_json, tokenizer_json_file, vocab_size);
   } else {
     fail("{}: no tokenizer.model or tokenizer.json; GGUF export needs the tokenizer",
@@ -1041,9 +1080,10 @@ std::vector<GgufKv> gguf_export_kvs(const fs::path& model_dir, const json& confi
   for (const auto& [key, id] : specials.ids) set(key, GgufValue::of(id));
   if (specials.add_bos) {
     if (*specials.add_bos && !specials.has("tokenizer.ggml.bos_token_id")) {
-      fail("{}: the tokenizer adds a BOS token but no BOS token id was found (bos_token in "
-           "tokenizer_config.json or bos_token_id in config.json)",
-           model_dir.string());
+      fail(
+          "{}: the tokenizer adds a BOS token but no BOS token id was found (bos_token in "
+          "tokenizer_config.json or bos_token_id in config.json)",
+          model_dir.string());
     }
     set("tokenizer.ggml.add_bos_token", GgufValue::of(*specials.add_bos));
   }

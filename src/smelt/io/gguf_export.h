@@ -80,12 +80,13 @@ std::optional<std::vector<float>> gguf_rope_freqs(const nlohmann::json& config);
 
 // A tokenizer as GGUF stores it.
 struct GgufVocab {
-  std::string model;                 // tokenizer.ggml.model: "gpt2" or "llama"
-  std::string pre;                   // tokenizer.ggml.pre
-  std::vector<std::string> tokens;   // id order
-  std::vector<float> scores;         // empty for "gpt2"
-  std::vector<int32_t> token_types;  // 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte
-  std::vector<std::string> merges;   // "gpt2" only: "left right", in rank order
+  std::string model;                // tokenizer.ggml.model: "gpt2" or "llama"
+  std::string pre;                  // tokenizer.ggml.pre
+  std::vector<std::string> tokens;  // id order
+  std::vector<float> scores;        // empty for "gpt2"
+  std::vector<int32_t>
+      token_types;  // 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte
+  std::vector<std::string> merges;  // "gpt2" only: "left right", in rank order
 };
 
 // llama.cpp token types (tokenizer.ggml.token_type).
@@ -106,10 +107,10 @@ GgufVocab gguf_sentencepiece_vocab(const std::filesystem::path& tokenizer_model,
 
 // llama.cpp's pre-tokenizer name (tokenizer.ggml.pre) for the pre_tokenizer of a byte-level BPE
 // tokenizer.json: "gpt-2" for a plain ByteLevel with its GPT-2 regex, "llama-bpe" / "qwen2" for a
-// Split on the Llama 3 / Qwen2 regex followed by ByteLevel without regex, and "default" (llama.cpp's
-// generic splitting; tokenization may differ from HF's) for anything else. The converter instead
-// hashes the tokens of a test string and refuses unknown hashes, which a merged model's tokenizer
-// usually is not.
+// Split on the Llama 3 / Qwen2 regex followed by ByteLevel without regex, and "default"
+// (llama.cpp's generic splitting; tokenization may differ from HF's) for anything else. The
+// converter instead hashes the tokens of a test string and refuses unknown hashes, which a merged
+// model's tokenizer usually is not.
 std::string gguf_bpe_pre_type(const nlohmann::json& tokenizer_json);
 
 // The metadata KVs of the GGUF file for the model in `model_dir` (config.json parsed as `config`),

@@ -12,6 +12,7 @@
 #include "smelt/config/suggest.h"
 #include "smelt/error.h"
 #include "smelt/io/gguf.h"
+#include "smelt/io/gguf_export.h"
 #include "smelt/kernels/quant.h"
 
 namespace smelt::plan {
@@ -814,12 +815,47 @@ class Planner {
     plan_.gguf_output =
         opt_.format == OutputFormat::kGguf || (opt_.format == OutputFormat::kAuto && gguf_in);
     if (!plan_.gguf_output) return;
-    if (!gguf_in) {
-      fail_at("",
-              "GGUF output from safetensors models is not yet supported by smelt; merge GGUF "
-              "models, or write safetensors");
-    }
     using kernels::GgmlType;
+    nlohmann::json hf_config;
+    if (!gguf_in) {
+      // Export: llama.cpp's names and Q/K row order, from the output config.
+      plan_.gguf_export = true;
+      if (plan_.raw) fail_at("", "GGUF export needs models with a config.json");
+      try {
+        hf_config = nlohmann::json::parse(plan_.models[plan_.donor].config_text);
+      } catch (const nlohmann::json::exception& e) {
+        fail("{}: config.json is not valid JSON ({})", ref(plan_.donor), e.what());
+      }
+      plan_.gguf_arch = io::gguf_arch_for(hf_config);
+      std::vector<TensorJob> kept;
+      for (TensorJob& job : plan_.jobs) {
+        std::optional<std::string> name;
+        try {
+          name = io::gguf_tensor_name(plan_.gguf_arch, job.name);
+        } catch (const Error& e) {
+          fail("{}: {}", cfg_.filename, e.what());
+        }
+        if (!name) continue;  // tensors llama.cpp's converter drops (rotary inv_freq, ...)
+        const int64_t heads = io::gguf_qk_permute_heads(plan_.gguf_arch, job.name, hf_config);
+        for (JobInput& in : job.inputs) in.permute_heads = heads;
+        if (heads > 0 && job.copy) {
+          fail("{}: tensor '{}' needs its rows permuted but is not a float tensor", cfg_.filename,
+               job.name);
+        }
+        job.name = *name;
+        kept.push_back(std::move(job));
+      }
+      plan_.jobs = std::move(kept);
+      if (auto freqs = io::gguf_rope_freqs(hf_config)) {
+        TensorJob rope;
+        rope.name = "rope_freqs.weight";
+        rope.shape = {freqs->size()};
+        rope.dtype = DType::kF32;
+        rope.ggml_type = static_cast<int32_t>(GgmlType::kF32);
+        rope.constant = std::make_shared<const std::vector<float>>(std::move(*freqs));
+        plan_.jobs.push_back(std::move(rope));
+      }
+    }
     auto parse_type = [&](const std::string& name, const std::string& flag) {
       auto t = kernels::parse_ggml_type(name);
       const kernels::GgmlTypeTraits* tr = t ? kernels::ggml_type_traits(*t) : nullptr;
@@ -844,9 +880,11 @@ class Planner {
     if (!opt_.gguf_out_type.empty()) out_type = parse_type(opt_.gguf_out_type, "--out-type");
     size_t fallbacks = 0;
     for (TensorJob& job : plan_.jobs) {
+      if (job.constant) continue;
       const size_t r = job.base >= 0 ? static_cast<size_t>(job.base) : 0;
       const io::TensorInfo& in = *job.inputs[r].source.info;
-      const GgmlType in_type = static_cast<GgmlType>(in.ggml_type);
+      const GgmlType in_type = gguf_in ? static_cast<GgmlType>(in.ggml_type)
+                                       : io::gguf_default_type(job.name, job.shape, in.dtype);
       std::optional<GgmlType> type;
       for (const auto& [re, t] : overrides) {
         if (std::regex_search(job.name, re)) {
@@ -870,7 +908,12 @@ class Planner {
         job.copy = true;  // integer tensors keep their type
       }
       if (job.copy) {
-        job.ggml_type = in.ggml_type;
+        if (!gguf_in && !kernels::ggml_type_for_dtype(in.dtype)) {
+          fail("{}: tensor '{}' of type {} cannot be stored in GGUF", cfg_.filename, job.name,
+               dtype_name(in.dtype));
+        }
+        job.ggml_type =
+            gguf_in ? in.ggml_type : static_cast<int32_t>(*kernels::ggml_type_for_dtype(in.dtype));
         continue;
       }
       job.ggml_type = static_cast<int32_t>(*type);
@@ -879,7 +922,7 @@ class Planner {
       const bool unchanged = job.inputs.size() == 1 && job.method == passthrough_ &&
                              job.params.per_model[0].count("scale") &&
                              job.params.per_model[0].at("scale") == 1.0 && job.shape == in.shape;
-      if (unchanged && in.ggml_type == job.ggml_type) job.copy = true;
+      if (unchanged && gguf_in && in.ggml_type == job.ggml_type) job.copy = true;
     }
     if (fallbacks) {
       warn(
@@ -923,6 +966,7 @@ class Planner {
         ++copies;
         continue;
       }
+      if (job.constant) continue;
       const methods::TensorContext ctx = job.context(opt_.seed);
       try {
         job.method->validate(ctx);

@@ -39,6 +39,8 @@ struct TensorJob {
   // GGUF output: the ggml type written (may be block-quantized); -1 for safetensors output.
   int32_t ggml_type = -1;
   bool copy = false;  // copy inputs[0]'s bytes unchanged (non-float tensors)
+  // Values computed by the planner rather than merged (e.g. GGUF's rope_freqs.weight); no inputs.
+  std::shared_ptr<const std::vector<float>> constant;
   bool is_embedding = false;
   double t = 0;  // gradient position
   methods::ResolvedParams params;
@@ -105,6 +107,8 @@ struct Plan {
   int64_t output_vocab = -1;
   bool raw = false;  // inputs are bare tensor files (no config.json): tensors merged by name
   bool gguf_output = false;  // write one GGUF file instead of a safetensors folder
+  bool gguf_export = false;  // ... converted from safetensors models (names mapped, Q/K permuted)
+  std::string gguf_arch;     // the GGUF architecture of an export
   std::vector<std::string> warnings;
 
   uint64_t output_bytes() const;

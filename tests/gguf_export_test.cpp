@@ -1,0 +1,850 @@
+// Tests of the HF -> GGUF mapping (names, Q/K permutation, types, KVs, tokenizers) and, when
+// tests/node has node-llama-cpp installed, that llama.cpp loads and runs a tiny exported llama
+// exactly like a reference forward pass.
+#include "smelt/io/gguf_export.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "smelt/error.h"
+#include "smelt/io/gguf.h"
+#include "smelt/io/model_ref.h"
+#include "smelt/kernels/convert.h"
+#include "test_util.h"
+
+namespace smelt::io {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using smelt::testing::quote;
+using smelt::testing::run_command;
+using smelt::testing::run_smelt;
+using smelt::testing::TempDir;
+using smelt::testing::write_bytes;
+
+// The message of the smelt::Error `f` throws ("" when it throws nothing).
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+const GgufValue* kv(const std::vector<GgufKv>& kvs, const std::string& key) {
+  for (const auto& k : kvs) {
+    if (k.key == key) return &k.value;
+  }
+  return nullptr;
+}
+
+json read_json_file(const fs::path& p) {
+  std::ifstream in(p);
+  return json::parse(in);
+}
+
+json llama_config(int heads = 4, int kv_heads = 2) {
+  return {{"architectures", {"LlamaForCausalLM"}},
+          {"hidden_size", 64},
+          {"num_attention_heads", heads},
+          {"num_key_value_heads", kv_heads},
+          {"num_hidden_layers", 2},
+          {"intermediate_size", 128},
+          {"max_position_embeddings", 2048},
+          {"rms_norm_eps", 1e-5},
+          {"vocab_size", 320}};
+}
+
+// ---- architecture and names ---------------------------------------------------------------------
+
+TEST(GgufExport, ArchForLlamaMistralQwen2) {
+  EXPECT_EQ(gguf_arch_for({{"architectures", {"LlamaForCausalLM"}}}), "llama");
+  EXPECT_EQ(gguf_arch_for({{"architectures", {"MistralForCausalLM"}}}), "llama");
+  EXPECT_EQ(gguf_arch_for({{"architectures", {"Qwen2ForCausalLM"}}}), "qwen2");
+  EXPECT_EQ(error_of([] {
+              gguf_arch_for({{"architectures", {"GPT2LMHeadModel"}}});
+            }),
+            "GGUF export supports llama, mistral and qwen2 models; GPT2LMHeadModel is not "
+            "supported yet");
+  EXPECT_NE(error_of([] { gguf_arch_for(json::object()); }).find("architectures"),
+            std::string::npos);
+}
+
+TEST(GgufExport, TensorNamesCoverEveryLlamaKind) {
+  const std::pair<const char*, const char*> cases[] = {
+      {"model.embed_tokens.weight", "token_embd.weight"},
+      {"model.norm.weight", "output_norm.weight"},
+      {"lm_head.weight", "output.weight"},
+      {"model.layers.0.input_layernorm.weight", "blk.0.attn_norm.weight"},
+      {"model.layers.1.self_attn.q_proj.weight", "blk.1.attn_q.weight"},
+      {"model.layers.12.self_attn.k_proj.weight", "blk.12.attn_k.weight"},
+      {"model.layers.3.self_attn.v_proj.weight", "blk.3.attn_v.weight"},
+      {"model.layers.4.self_attn.o_proj.weight", "blk.4.attn_output.weight"},
+      {"model.layers.5.post_attention_layernorm.weight", "blk.5.ffn_norm.weight"},
+      {"model.layers.6.mlp.gate_proj.weight", "blk.6.ffn_gate.weight"},
+      {"model.layers.7.mlp.up_proj.weight", "blk.7.ffn_up.weight"},
+      {"model.layers.8.mlp.down_proj.weight", "blk.8.ffn_down.weight"},
+      // Optional biases llama.cpp's llama architecture loads (attention_bias / mlp_bias).
+      {"model.layers.0.self_attn.q_proj.bias", "blk.0.attn_q.bias"},
+      {"model.layers.0.self_attn.o_proj.bias", "blk.0.attn_output.bias"},
+      {"model.layers.0.mlp.down_proj.bias", "blk.0.ffn_down.bias"},
+  };
+  for (const auto& [hf, gguf] : cases) {
+    auto name = gguf_tensor_name("llama", hf);
+    ASSERT_TRUE(name.has_value()) << hf;
+    EXPECT_EQ(*name, gguf) << hf;
+  }
+  EXPECT_FALSE(gguf_tensor_name("llama", "model.layers.0.self_attn.rotary_emb.inv_freq"));
+  EXPECT_FALSE(gguf_tensor_name("llama", "model.layers.0.attention.masked_bias"));
+  // Anything else is an error naming the tensor: llama.cpp refuses files with unused tensors.
+  for (const char* bad :
+       {"model.layers.0.mlp.experts.0.w1.weight", "model.layers.01.mlp.up_proj.weight",
+        "model.layers.x.mlp.up_proj.weight", "model.embed_tokens.bias",
+        "model.layers.0.mlp.up_proj.weightx", "lm_head.bias"}) {
+    EXPECT_NE(error_of([&] { gguf_tensor_name("llama", bad); }).find(bad), std::string::npos)
+        << bad;
+  }
+}
+
+TEST(GgufExport, TensorNamesQwen2HasQkvBiasesOnly) {
+  EXPECT_EQ(*gguf_tensor_name("qwen2", "model.layers.2.self_attn.q_proj.bias"),
+            "blk.2.attn_q.bias");
+  EXPECT_EQ(*gguf_tensor_name("qwen2", "model.layers.2.self_attn.k_proj.bias"),
+            "blk.2.attn_k.bias");
+  EXPECT_EQ(*gguf_tensor_name("qwen2", "model.layers.2.self_attn.v_proj.bias"),
+            "blk.2.attn_v.bias");
+  EXPECT_EQ(*gguf_tensor_name("qwen2", "model.layers.2.self_attn.o_proj.weight"),
+            "blk.2.attn_output.weight");
+  // llama.cpp's qwen2 loads no o_proj or MLP biases.
+  EXPECT_NE(error_of([] { gguf_tensor_name("qwen2", "model.layers.2.self_attn.o_proj.bias"); }),
+            "");
+  EXPECT_NE(error_of([] { gguf_tensor_name("qwen2", "model.layers.2.mlp.up_proj.bias"); }), "");
+  EXPECT_NE(error_of([] { gguf_tensor_name("gpt2", "model.norm.weight"); }), "");
+}
+
+// ---- Q/K permutation ----------------------------------------------------------------------------
+
+TEST(GgufExport, PermuteHeadsQUsesHeadsKUsesKvHeads) {
+  const json c = llama_config(8, 2);
+  EXPECT_EQ(gguf_qk_permute_heads("llama", "model.layers.0.self_attn.q_proj.weight", c), 8);
+  EXPECT_EQ(gguf_qk_permute_heads("llama", "model.layers.0.self_attn.q_proj.bias", c), 8);
+  EXPECT_EQ(gguf_qk_permute_heads("llama", "model.layers.0.self_attn.k_proj.weight", c), 2);
+  EXPECT_EQ(gguf_qk_permute_heads("llama", "model.layers.0.self_attn.k_proj.bias", c), 2);
+  EXPECT_EQ(gguf_qk_permute_heads("llama", "model.layers.0.self_attn.v_proj.weight", c), 0);
+  EXPECT_EQ(gguf_qk_permute_heads("llama", "model.layers.0.self_attn.o_proj.weight", c), 0);
+  EXPECT_EQ(gguf_qk_permute_heads("qwen2", "model.layers.0.self_attn.q_proj.weight", c), 0);
+  json no_kv = c;
+  no_kv.erase("num_key_value_heads");
+  EXPECT_EQ(gguf_qk_permute_heads("llama", "model.layers.0.self_attn.k_proj.weight", no_kv), 8);
+}
+
+TEST(GgufExport, PermuteRowsMatchesConverterReshape) {
+  // 2 heads of 4 rows: each head's rows (0 1 | 2 3) become (0 2 1 3), interleaving the halves.
+  std::vector<uint64_t> got;
+  for (uint64_t r = 0; r < 8; ++r) got.push_back(gguf_qk_source_row(r, 8, 2));
+  EXPECT_EQ(got, (std::vector<uint64_t>{0, 2, 1, 3, 4, 6, 5, 7}));
+
+  // reshape(n_head, 2, hd/2, cols).swapaxes(1, 2).reshape(rows, cols), written out as loops.
+  const int n_head = 3, hd = 8, cols = 5, rows = n_head * hd;
+  std::vector<float> w(rows * cols), expected(rows * cols), out(rows * cols);
+  for (int i = 0; i < rows * cols; ++i) w[i] = static_cast<float>(i);
+  for (int h = 0; h < n_head; ++h)
+    for (int j = 0; j < 2; ++j)
+      for (int i = 0; i < hd / 2; ++i)
+        for (int c = 0; c < cols; ++c)
+          expected[((h * (hd / 2) + i) * 2 + j) * cols + c] =
+              w[((h * 2 + j) * (hd / 2) + i) * cols + c];
+  gguf_qk_permute_rows(w.data(), out.data(), rows, cols * sizeof(float), n_head);
+  EXPECT_EQ(out, expected);
+
+  EXPECT_NE(error_of([] { gguf_qk_source_row(0, 10, 4); }), "");  // 10 rows: not 4 even heads
+  EXPECT_NE(error_of([] { gguf_qk_source_row(8, 8, 2); }), "");
+}
+
+TEST(GgufExport, DefaultTypesFollowConverter) {
+  using kernels::GgmlType;
+  EXPECT_EQ(gguf_default_type("blk.0.attn_norm.weight", {64}, DType::kBF16), GgmlType::kF32);
+  EXPECT_EQ(gguf_default_type("output_norm.weight", {64}, DType::kF16), GgmlType::kF32);
+  EXPECT_EQ(gguf_default_type("blk.0.attn_q.bias", {64}, DType::kBF16), GgmlType::kF32);
+  EXPECT_EQ(gguf_default_type("blk.0.attn_q.weight", {64, 64}, DType::kBF16), GgmlType::kBF16);
+  EXPECT_EQ(gguf_default_type("blk.0.attn_q.weight", {64, 64}, DType::kF16), GgmlType::kF16);
+  EXPECT_EQ(gguf_default_type("token_embd.weight", {320, 64}, DType::kF32), GgmlType::kF16);
+  EXPECT_EQ(gguf_file_type_for(GgmlType::kF32), 0u);
+  EXPECT_EQ(gguf_file_type_for(GgmlType::kF16), 1u);
+  EXPECT_EQ(gguf_file_type_for(GgmlType::kQ8_0), 7u);
+  EXPECT_EQ(gguf_file_type_for(GgmlType::kBF16), 32u);
+  EXPECT_FALSE(gguf_file_type_for(GgmlType::kI32));
+}
+
+TEST(GgufExport, RopeFreqsOnlyForLlama3Scaling) {
+  json c = llama_config();
+  EXPECT_FALSE(gguf_rope_freqs(c));
+  c["rope_theta"] = 500000.0;
+  c["rope_scaling"] = {{"rope_type", "llama3"},
+                       {"factor", 8.0},
+                       {"low_freq_factor", 1.0},
+                       {"high_freq_factor", 4.0},
+                       {"original_max_position_embeddings", 8192}};
+  auto f = gguf_rope_freqs(c);
+  ASSERT_TRUE(f);
+  ASSERT_EQ(f->size(), 8u);     // head_dim 16 / 2
+  EXPECT_EQ(f->front(), 1.0f);  // short wavelengths are kept
+  EXPECT_EQ(f->back(), 8.0f);   // long ones are divided by the factor
+}
+
+// ---- KVs of a generated tiny llama --------------------------------------------------------------
+
+TEST(GgufExport, KvsOfTinyLlama) {
+  TempDir dir;
+  const fs::path m = dir / "m";
+  auto made = run_smelt("dev make-model " + quote(m) +
+                        " --hidden 64 --heads 4 --kv-heads 2 --layers 2 --vocab 320");
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  const json config = read_json_file(m / "config.json");
+  const auto kvs = gguf_export_kvs(m, config, "tiny", -1);
+
+  auto u32 = [&](const std::string& key) -> uint64_t {
+    const GgufValue* v = kv(kvs, key);
+    EXPECT_TRUE(v && v->type() == GgufType::kU32) << key;
+    return v ? v->as_uint().value_or(0) : 0;
+  };
+  auto str = [&](const std::string& key) -> std::string {
+    const GgufValue* v = kv(kvs, key);
+    EXPECT_TRUE(v && v->type() == GgufType::kString) << key;
+    return v ? std::string(v->as_string().value_or("")) : "";
+  };
+  auto f32 = [&](const std::string& key) -> double {
+    const GgufValue* v = kv(kvs, key);
+    EXPECT_TRUE(v && v->type() == GgufType::kF32) << key;
+    return v ? v->as_float().value_or(0) : 0;
+  };
+  EXPECT_EQ(kvs.front().key, "general.architecture");
+  EXPECT_EQ(str("general.architecture"), "llama");
+  EXPECT_EQ(str("general.name"), "tiny");
+  EXPECT_EQ(u32("general.quantization_version"), 2u);
+  EXPECT_EQ(kv(kvs, "general.file_type"), nullptr);  // the caller's choice
+  EXPECT_EQ(u32("llama.context_length"), 2048u);
+  EXPECT_EQ(u32("llama.embedding_length"), 64u);
+  EXPECT_EQ(u32("llama.block_count"), 2u);
+  EXPECT_EQ(u32("llama.feed_forward_length"), 128u);
+  EXPECT_EQ(u32("llama.attention.head_count"), 4u);
+  EXPECT_EQ(u32("llama.attention.head_count_kv"), 2u);
+  EXPECT_FLOAT_EQ(f32("llama.attention.layer_norm_rms_epsilon"), 1e-5f);
+  EXPECT_FLOAT_EQ(f32("llama.rope.freq_base"), 10000.0f);
+  EXPECT_EQ(u32("llama.rope.dimension_count"), 16u);
+  EXPECT_EQ(u32("llama.attention.key_length"), 16u);  // config has head_dim
+  EXPECT_EQ(u32("llama.vocab_size"), 320u);
+
+  EXPECT_EQ(str("tokenizer.ggml.model"), "gpt2");
+  EXPECT_EQ(str("tokenizer.ggml.pre"), "gpt-2");  // ByteLevel with the GPT-2 regex
+  const auto tokens = kv(kvs, "tokenizer.ggml.tokens")->string_array().value();
+  ASSERT_EQ(tokens.size(), 320u);
+  EXPECT_EQ(tokens[0], "<unk>");
+  EXPECT_EQ(tokens[1], "<s>");
+  EXPECT_EQ(tokens[2], "</s>");
+  EXPECT_EQ(tokens[3 + 'a'], "a");         // byte tokens follow the specials
+  EXPECT_EQ(tokens[3 + ' '], "\xc4\xa0");  // ' ' as byte-level 'Ġ'
+  const GgufValue* types = kv(kvs, "tokenizer.ggml.token_type");
+  ASSERT_EQ(types->elem_type(), GgufType::kI32);
+  ASSERT_EQ(types->size(), 320u);
+  EXPECT_EQ(types->at(0).as_int(), kGgufTokenControl);
+  EXPECT_EQ(types->at(2).as_int(), kGgufTokenControl);
+  EXPECT_EQ(types->at(3).as_int(), kGgufTokenNormal);
+  EXPECT_EQ(types->at(319).as_int(), kGgufTokenNormal);
+  EXPECT_EQ(kv(kvs, "tokenizer.ggml.scores"), nullptr);
+  const auto merges = kv(kvs, "tokenizer.ggml.merges")->string_array().value();
+  const json tj = read_json_file(m / "tokenizer.json");
+  ASSERT_EQ(merges.size(), tj["model"]["merges"].size());
+  EXPECT_EQ(merges[0], tj["model"]["merges"][0].get<std::string>());
+  EXPECT_EQ(u32("tokenizer.ggml.bos_token_id"), 1u);
+  EXPECT_EQ(u32("tokenizer.ggml.eos_token_id"), 2u);
+  EXPECT_EQ(u32("tokenizer.ggml.unknown_token_id"), 0u);
+  EXPECT_EQ(kv(kvs, "tokenizer.ggml.padding_token_id"), nullptr);
+  EXPECT_EQ(kv(kvs, "tokenizer.ggml.add_bos_token")->as_bool(), true);
+  EXPECT_EQ(kv(kvs, "tokenizer.ggml.add_eos_token")->as_bool(), false);
+  EXPECT_EQ(kv(kvs, "tokenizer.chat_template"), nullptr);
+
+  // A layer-surgery merge can change the block count; a chat template is carried.
+  json tc = read_json_file(m / "tokenizer_config.json");
+  tc["chat_template"] = "{{ messages }}";
+  std::ofstream(m / "tokenizer_config.json") << tc.dump();
+  const auto kvs3 = gguf_export_kvs(m, config, "", 3);
+  EXPECT_EQ(kv(kvs3, "llama.block_count")->as_uint(), 3u);
+  EXPECT_EQ(kv(kvs3, "general.name"), nullptr);
+  EXPECT_EQ(kv(kvs3, "tokenizer.chat_template")->as_string(), "{{ messages }}");
+}
+
+TEST(GgufExport, KvsPadMissingIdsAndReportConfigErrors) {
+  TempDir dir;
+  const fs::path m = dir / "m";
+  ASSERT_EQ(run_smelt("dev make-model " + quote(m) + " --vocab 300").exit_code, 0);
+  json config = read_json_file(m / "config.json");
+  config["vocab_size"] = 304;  // embedding rows beyond the tokenizer's ids
+  const auto kvs = gguf_export_kvs(m, config, "x", -1);
+  const auto tokens = kv(kvs, "tokenizer.ggml.tokens")->string_array().value();
+  ASSERT_EQ(tokens.size(), 304u);
+  EXPECT_EQ(tokens[303], "[PAD303]");
+  EXPECT_EQ(kv(kvs, "tokenizer.ggml.token_type")->at(303).as_int(), kGgufTokenUnused);
+
+  json small = config;
+  small["vocab_size"] = 200;
+  EXPECT_NE(error_of([&] { gguf_export_kvs(m, small, "x", -1); }).find("vocab_size"),
+            std::string::npos);
+  json no_eps = config;
+  no_eps.erase("rms_norm_eps");
+  EXPECT_NE(error_of([&] { gguf_export_kvs(m, no_eps, "x", -1); }).find("rms_norm_eps"),
+            std::string::npos);
+  json bad_heads = config;
+  bad_heads["num_attention_heads"] = "4";
+  EXPECT_NE(error_of([&] { gguf_export_kvs(m, bad_heads, "x", -1); }).find("num_attention_heads"),
+            std::string::npos);
+  json longrope = config;
+  longrope["rope_scaling"] = {{"rope_type", "longrope"}};
+  EXPECT_NE(error_of([&] { gguf_export_kvs(m, longrope, "x", -1); }).find("longrope"),
+            std::string::npos);
+  json linear = config;
+  linear["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
+  const auto lkvs = gguf_export_kvs(m, linear, "x", -1);
+  EXPECT_EQ(kv(lkvs, "llama.rope.scaling.type")->as_string(), "linear");
+  EXPECT_EQ(kv(lkvs, "llama.rope.scaling.factor")->as_float(), 2.0);
+  EXPECT_NE(error_of([&] { gguf_export_kvs(m, config, "x", 0); }), "");
+  fs::remove(m / "tokenizer.json");
+  EXPECT_NE(error_of([&] { gguf_export_kvs(m, config, "x", -1); }).find("tokenizer"),
+            std::string::npos);
+}
+
+TEST(GgufExport, BpePreTypeFromPreTokenizer) {
+  EXPECT_EQ(gguf_bpe_pre_type({{"pre_tokenizer", {{"type", "ByteLevel"}, {"use_regex", true}}}}),
+            "gpt-2");
+  EXPECT_EQ(gguf_bpe_pre_type({{"pre_tokenizer", {{"type", "ByteLevel"}}}}), "gpt-2");
+  EXPECT_EQ(gguf_bpe_pre_type({{"pre_tokenizer", nullptr}}), "default");
+  auto split_then_bytes = [](const std::string& regex) {
+    return json{{"pre_tokenizer",
+                 {{"type", "Sequence"},
+                  {"pretokenizers",
+                   {{{"type", "Split"}, {"pattern", {{"Regex", regex}}}, {"behavior", "Isolated"}},
+                    {{"type", "ByteLevel"}, {"use_regex", false}}}}}}};
+  };
+  EXPECT_EQ(
+      gguf_bpe_pre_type(split_then_bytes(
+          R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)")),
+      "llama-bpe");
+  EXPECT_EQ(
+      gguf_bpe_pre_type(split_then_bytes(
+          R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)")),
+      "qwen2");
+  EXPECT_EQ(gguf_bpe_pre_type(split_then_bytes("\\p{N}")), "default");
+}
+
+TEST(GgufExport, CorruptTokenizerJsonNamesFile) {
+  TempDir dir;
+  const fs::path m = dir / "m";
+  ASSERT_EQ(run_smelt("dev make-model " + quote(m)).exit_code, 0);
+  const json config = read_json_file(m / "config.json");
+  const json good = read_json_file(m / "tokenizer.json");
+  const fs::path tf = m / "tokenizer.json";
+  auto error_with = [&](const std::string& text) {
+    write_bytes(tf, text);
+    return error_of([&] { gguf_export_kvs(m, config, "x", -1); });
+  };
+  std::string e = error_with(good.dump().substr(0, 500));  // truncated
+  EXPECT_NE(e.find(tf.string()), std::string::npos) << e;
+  EXPECT_NE(e.find("JSON"), std::string::npos) << e;
+
+  json bad = good;
+  bad["model"]["vocab"]["zzz"] = 5000;
+  e = error_with(bad.dump());
+  EXPECT_NE(e.find(tf.string()), std::string::npos) << e;
+  bad = good;
+  bad["model"]["vocab"]["zzz"] = -1;
+  EXPECT_NE(error_with(bad.dump()).find(tf.string()), std::string::npos);
+  bad = good;
+  bad["model"]["merges"][0] = 7;
+  EXPECT_NE(error_with(bad.dump()).find("merges[0]"), std::string::npos);
+  bad = good;
+  bad["model"]["type"] = "Unigram";
+  EXPECT_NE(error_with(bad.dump()).find("Unigram"), std::string::npos);
+  bad = good;
+  bad["added_tokens"][0]["content"] = "a";  // now two ids spell "a"
+  EXPECT_NE(error_with(bad.dump()).find("duplicate"), std::string::npos);
+  bad = good;
+  bad["added_tokens"] = "nope";
+  EXPECT_NE(error_with(bad.dump()).find("added_tokens"), std::string::npos);
+}
+
+// ---- SentencePiece tokenizer.model --------------------------------------------------------------
+
+void put_varint(std::string& out, uint64_t v) {
+  while (v >= 0x80) {
+    out += static_cast<char>((v & 0x7F) | 0x80);
+    v >>= 7;
+  }
+  out += static_cast<char>(v);
+}
+void put_key(std::string& out, uint32_t field, uint32_t wire) {
+  put_varint(out, field << 3 | wire);
+}
+void put_bytes(std::string& out, uint32_t field, const std::string& bytes) {
+  put_key(out, field, 2);
+  put_varint(out, bytes.size());
+  out += bytes;
+}
+void put_float(std::string& out, uint32_t field, float f) {
+  put_key(out, field, 5);
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  for (int i = 0; i < 4; ++i) out += static_cast<char>((bits >> (8 * i)) & 0xFF);
+}
+// One ModelProto.pieces entry; type 0 = leave the field out (NORMAL).
+std::string sp_piece(const std::string& text, float score, int type) {
+  std::string p;
+  put_bytes(p, 1, text);
+  put_float(p, 2, score);
+  if (type) {
+    put_key(p, 3, 0);
+    put_varint(p, static_cast<uint64_t>(type));
+  }
+  return p;
+}
+
+// A tiny SentencePiece model: <unk> <s> </s> <0x0A> ▁a b, plus trainer/normalizer specs and an
+// unknown field in a piece, which readers must skip.
+std::string tiny_sentencepiece() {
+  std::string model;
+  put_bytes(model, 2, std::string("\x08\x01\x10\x02", 4));  // trainer_spec (skipped)
+  put_bytes(model, 1, sp_piece("<unk>", 0.0f, 2));
+  put_bytes(model, 1, sp_piece("<s>", 0.0f, 3));
+  put_bytes(model, 1, sp_piece("</s>", 0.0f, 3));
+  put_bytes(model, 1, sp_piece("<0x0A>", 0.0f, 6));
+  std::string a = sp_piece(
+      "\xe2\x96\x81"
+      "a",
+      -1.5f, 0);
+  put_key(a, 9, 0);  // unknown varint field
+  put_varint(a, 300);
+  put_bytes(model, 1, a);
+  put_bytes(model, 1, sp_piece("b", -2.25f, 1));
+  put_bytes(model, 3, "normalizer");  // normalizer_spec (skipped)
+  return model;
+}
+
+TEST(GgufExport, SentencePieceModelParsedIntoTokensScoresTypes) {
+  TempDir dir;
+  const fs::path f = dir / "tokenizer.model";
+  write_bytes(f, tiny_sentencepiece());
+  const GgufVocab v = gguf_sentencepiece_vocab(f, 8);
+  EXPECT_EQ(v.model, "llama");
+  EXPECT_EQ(v.pre, "default");
+  EXPECT_EQ(v.tokens, (std::vector<std::string>{"<unk>", "<s>", "</s>", "<0x0A>",
+                                                "\xe2\x96\x81"
+                                                "a",
+                                                "b", "[PAD6]", "[PAD7]"}));
+  EXPECT_EQ(v.scores, (std::vector<float>{0, 0, 0, 0, -1.5f, -2.25f, -10000, -10000}));
+  EXPECT_EQ(v.token_types,
+            (std::vector<int32_t>{kGgufTokenUnknown, kGgufTokenControl, kGgufTokenControl,
+                                  kGgufTokenByte, kGgufTokenNormal, kGgufTokenNormal,
+                                  kGgufTokenUnused, kGgufTokenUnused}));
+  EXPECT_EQ(gguf_sentencepiece_vocab(f, -1).tokens.size(), 6u);
+  EXPECT_EQ(gguf_sentencepiece_vocab(f, 3).tokens.size(), 3u);  // the converter drops extra pieces
+
+  // Through gguf_export_kvs: tokenizer.model wins over tokenizer.json, as in the converter.
+  const fs::path m = dir / "m";
+  ASSERT_EQ(run_smelt("dev make-model " + quote(m)).exit_code, 0);
+  json config = read_json_file(m / "config.json");
+  config["vocab_size"] = 6;
+  fs::copy_file(f, m / "tokenizer.model");
+  const auto kvs = gguf_export_kvs(m, config, "sp", -1);
+  EXPECT_EQ(kv(kvs, "tokenizer.ggml.model")->as_string(), "llama");
+  EXPECT_EQ(kv(kvs, "tokenizer.ggml.scores")->size(), 6u);
+  EXPECT_EQ(kv(kvs, "tokenizer.ggml.scores")->at(5).as_float(), -2.25);
+  EXPECT_EQ(kv(kvs, "tokenizer.ggml.merges"), nullptr);
+  EXPECT_EQ(kv(kvs, "tokenizer.ggml.bos_token_id")->as_uint(), 1u);
+  EXPECT_EQ(kv(kvs, "tokenizer.ggml.eos_token_id")->as_uint(), 2u);
+  EXPECT_EQ(kv(kvs, "tokenizer.ggml.unknown_token_id")->as_uint(), 0u);
+}
+
+TEST(GgufExport, CorruptSentencePieceModelNamesFile) {
+  TempDir dir;
+  const fs::path f = dir / "tokenizer.model";
+  const std::string good = tiny_sentencepiece();
+  auto error_with = [&](const std::string& bytes) {
+    write_bytes(f, bytes);
+    return error_of([&] { gguf_sentencepiece_vocab(f, -1); });
+  };
+  // Every truncation is an error naming the file, or (cut between fields) parses fewer pieces;
+  // only cuts inside the trailing normalizer_spec field (12 bytes) keep all six.
+  const size_t specs_start = good.size() - 12;
+  for (size_t cut = 0; cut < good.size(); ++cut) {
+    std::string e;
+    size_t pieces = 0;
+    try {
+      write_bytes(f, good.substr(0, cut));
+      pieces = gguf_sentencepiece_vocab(f, -1).tokens.size();
+    } catch (const Error& err) {
+      e = err.what();
+    }
+    if (e.empty()) {
+      EXPECT_EQ(cut >= specs_start, pieces == 6) << "cut at " << cut;
+      EXPECT_LE(pieces, 6u);
+    } else {
+      EXPECT_NE(e.find(f.string()), std::string::npos) << e;
+    }
+  }
+  EXPECT_NE(error_with("").find("no pieces"), std::string::npos);
+  std::string e = error_with(good.substr(0, good.size() - 3));
+  EXPECT_NE(e.find(f.string()), std::string::npos) << e;
+  EXPECT_NE(e.find("truncated or corrupt"), std::string::npos) << e;
+
+  std::string huge;  // a piece claiming 2^40 bytes
+  put_key(huge, 1, 2);
+  put_varint(huge, uint64_t{1} << 40);
+  EXPECT_NE(error_with(huge).find("exceeds"), std::string::npos);
+  std::string bad_type;
+  put_bytes(bad_type, 1, sp_piece("x", 0, 9));
+  EXPECT_NE(error_with(bad_type).find("unknown type 9"), std::string::npos);
+  std::string group;  // wire type 3 (groups) is not accepted
+  put_key(group, 5, 3);
+  EXPECT_NE(error_with(group).find("wire type"), std::string::npos);
+  std::string no_text;
+  std::string p;
+  put_float(p, 2, 1.0f);
+  put_bytes(no_text, 1, p);
+  EXPECT_NE(error_with(no_text).find("no text"), std::string::npos);
+  std::string long_varint(11, '\xff');
+  EXPECT_NE(error_with(long_varint).find(f.string()), std::string::npos);
+  std::string nan_score;
+  put_bytes(nan_score, 1, sp_piece("x", std::nanf(""), 1));
+  EXPECT_NE(error_with(nan_score).find("not finite"), std::string::npos);
+}
+
+// ---- the real client: llama.cpp via node-llama-cpp ----------------------------------------------
+
+struct TinyLlama {
+  json config;
+  int hidden, heads, kv_heads, hd, inter, layers, vocab;
+  double eps, theta;
+  std::map<std::string, std::vector<float>> w;  // HF name -> values (row-major)
+  std::map<std::string, std::vector<uint64_t>> shape;
+};
+
+// Reads a generated model's tensors as f32 and multiplies every matrix by `scale` (the generator's
+// 0.02 weights make attention nearly uniform, which would hide a wrong Q/K layout).
+TinyLlama load_tiny_llama(const fs::path& dir, float scale) {
+  TinyLlama m;
+  m.config = read_json_file(dir / "config.json");
+  m.hidden = m.config["hidden_size"];
+  m.heads = m.config["num_attention_heads"];
+  m.kv_heads = m.config["num_key_value_heads"];
+  m.hd = m.hidden / m.heads;
+  m.inter = m.config["intermediate_size"];
+  m.layers = m.config["num_hidden_layers"];
+  m.vocab = m.config["vocab_size"];
+  m.eps = m.config["rms_norm_eps"];
+  m.theta = m.config["rope_theta"];
+  auto model = Model::open(dir.string());
+  for (const ModelTensor& t : model->tensors()) {
+    std::vector<char> bytes(t.info->nbytes);
+    t.file->read(*t.info, 0, bytes.data(), bytes.size());
+    std::vector<float> v(t.info->numel());
+    kernels::to_f32(t.info->dtype, bytes.data(), v.data(), v.size());
+    if (t.info->shape.size() == 2) {
+      for (float& x : v) x *= scale;
+    }
+    m.w[t.info->name] = std::move(v);
+    m.shape[t.info->name] = t.info->shape;
+  }
+  return m;
+}
+
+// Writes `m` as an all-F32 GGUF the way an exporter would: KVs from gguf_export_kvs, names from
+// gguf_tensor_name, Q/K rows permuted.
+void write_gguf(const TinyLlama& m, const fs::path& dir, const fs::path& out) {
+  const std::string arch = gguf_arch_for(m.config);
+  auto kvs = gguf_export_kvs(dir, m.config, "smelt tiny llama", -1);
+  gguf_set_kv(kvs, "general.file_type",
+              GgufValue::of(*gguf_file_type_for(kernels::GgmlType::kF32)));
+  std::vector<GgufTensorSpec> specs;
+  std::vector<std::vector<float>> data;
+  for (const auto& [name, values] : m.w) {
+    auto gguf_name = gguf_tensor_name(arch, name);
+    if (!gguf_name) continue;
+    const auto& shape = m.shape.at(name);
+    std::vector<float> v = values;
+    if (int64_t heads = gguf_qk_permute_heads(arch, name, m.config)) {
+      const uint64_t row = shape.size() == 2 ? shape[1] : 1;
+      gguf_qk_permute_rows(values.data(), v.data(), shape[0], row * sizeof(float), heads);
+    }
+    specs.push_back({*gguf_name, kernels::GgmlType::kF32, shape});
+    data.push_back(std::move(v));
+  }
+  GgufWriter writer(out, kvs, specs);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    writer.write(i, 0, data[i].data(), data[i].size() * sizeof(float));
+  }
+  writer.finish();
+}
+
+std::vector<double> matvec(const std::vector<float>& w, const std::vector<double>& x, int out) {
+  const size_t in = x.size();
+  std::vector<double> y(static_cast<size_t>(out), 0.0);
+  for (int o = 0; o < out; ++o) {
+    double s = 0;
+    for (size_t i = 0; i < in; ++i) s += static_cast<double>(w[o * in + i]) * x[i];
+    y[o] = s;
+  }
+  return y;
+}
+
+std::vector<double> rms_norm(const std::vector<double>& x, const std::vector<float>& w,
+                             double eps) {
+  double ss = 0;
+  for (double v : x) ss += v * v;
+  const double r = 1.0 / std::sqrt(ss / static_cast<double>(x.size()) + eps);
+  std::vector<double> y(x.size());
+  for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * r * w[i];
+  return y;
+}
+
+// HF LlamaForCausalLM in double precision: log-softmax of the logits after the last token.
+// `interleaved_rope` applies RoPE to pairs (2i, 2i+1) instead of HF's (i, i + hd/2): the result a
+// GGUF written without the Q/K permutation would give, used to show the test can tell them apart.
+std::vector<double> reference_log_softmax(const TinyLlama& m, const std::vector<int>& ids,
+                                          bool interleaved_rope = false) {
+  const size_t T = ids.size();
+  auto W = [&](const std::string& n) -> const std::vector<float>& { return m.w.at(n); };
+  std::vector<std::vector<double>> x(T, std::vector<double>(m.hidden));
+  for (size_t t = 0; t < T; ++t)
+    for (int i = 0; i < m.hidden; ++i)
+      x[t][i] = W("model.embed_tokens.weight")[ids[t] * m.hidden + i];
+  auto rope = [&](std::vector<double>& v, int n_heads, size_t pos) {
+    for (int h = 0; h < n_heads; ++h) {
+      double* head = v.data() + h * m.hd;
+      for (int i = 0; i < m.hd / 2; ++i) {
+        const double angle = static_cast<double>(pos) * std::pow(m.theta, -2.0 * i / m.hd);
+        const int a = interleaved_rope ? 2 * i : i, b = interleaved_rope ? 2 * i + 1 : i + m.hd / 2;
+        const double x0 = head[a], x1 = head[b];
+        head[a] = x0 * std::cos(angle) - x1 * std::sin(angle);
+        head[b] = x1 * std::cos(angle) + x0 * std::sin(angle);
+      }
+    }
+  };
+  for (int l = 0; l < m.layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    std::vector<std::vector<double>> q(T), k(T), v(T);
+    for (size_t t = 0; t < T; ++t) {
+      const auto h = rms_norm(x[t], W(p + "input_layernorm.weight"), m.eps);
+      q[t] = matvec(W(p + "self_attn.q_proj.weight"), h, m.heads * m.hd);
+      k[t] = matvec(W(p + "self_attn.k_proj.weight"), h, m.kv_heads * m.hd);
+      v[t] = matvec(W(p + "self_attn.v_proj.weight"), h, m.kv_heads * m.hd);
+      rope(q[t], m.heads, t);
+      rope(k[t], m.kv_heads, t);
+    }
+    for (size_t t = 0; t < T; ++t) {
+      std::vector<double> attn(m.heads * m.hd, 0.0);
+      for (int h = 0; h < m.heads; ++h) {
+        const int g = h / (m.heads / m.kv_heads);
+        std::vector<double> s(t + 1);
+        double mx = -1e300;
+        for (size_t u = 0; u <= t; ++u) {
+          double d = 0;
+          for (int i = 0; i < m.hd; ++i) d += q[t][h * m.hd + i] * k[u][g * m.hd + i];
+          s[u] = d / std::sqrt(static_cast<double>(m.hd));
+          mx = std::max(mx, s[u]);
+        }
+        double sum = 0;
+        for (double& e : s) sum += (e = std::exp(e - mx));
+        for (size_t u = 0; u <= t; ++u)
+          for (int i = 0; i < m.hd; ++i) attn[h * m.hd + i] += s[u] / sum * v[u][g * m.hd + i];
+      }
+      const auto o = matvec(W(p + "self_attn.o_proj.weight"), attn, m.hidden);
+      for (int i = 0; i < m.hidden; ++i) x[t][i] += o[i];
+      const auto h2 = rms_norm(x[t], W(p + "post_attention_layernorm.weight"), m.eps);
+      const auto gate = matvec(W(p + "mlp.gate_proj.weight"), h2, m.inter);
+      const auto up = matvec(W(p + "mlp.up_proj.weight"), h2, m.inter);
+      std::vector<double> act(m.inter);
+      for (int i = 0; i < m.inter; ++i) act[i] = gate[i] / (1.0 + std::exp(-gate[i])) * up[i];
+      const auto down = matvec(W(p + "mlp.down_proj.weight"), act, m.hidden);
+      for (int i = 0; i < m.hidden; ++i) x[t][i] += down[i];
+    }
+  }
+  const auto h = rms_norm(x[T - 1], W("model.norm.weight"), m.eps);
+  const std::string head =
+      m.w.count("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight";
+  auto logits = matvec(W(head), h, m.vocab);
+  const double mx = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (double z : logits) sum += std::exp(z - mx);
+  for (double& z : logits) z -= mx + std::log(sum);
+  return logits;
+}
+
+// Skips the calling test unless tests/node has node-llama-cpp and node >= 20 is on PATH.
+#define SKIP_WITHOUT_NODE_LLAMA_CPP()                                                         \
+  do {                                                                                        \
+    if (!fs::exists(fs::path(SMELT_SOURCE_DIR) / "tests/node/node_modules/node-llama-cpp")) { \
+      GTEST_SKIP() << "tests/node/node_modules is missing: run scripts/setup.sh (npm ci in "  \
+                      "tests/node) to check GGUF files with llama.cpp";                       \
+    }                                                                                         \
+    if (run_command(                                                                          \
+            "node -e 'process.exit(+process.versions.node.split(\".\")[0] >= 20 ? 0 : 1)'")   \
+            .exit_code != 0) {                                                                \
+      GTEST_SKIP() << "node >= 20 is not installed (node-llama-cpp needs it)";                \
+    }                                                                                         \
+  } while (0)
+
+// Exports the model in `m` (with matrices scaled by 10) to GGUF, runs it through llama.cpp with
+// tests/node/llama_eval.mjs and checks the next-token log-softmax against the HF reference, and
+// that the reference with the other RoPE pairing differs clearly (so a Q/K layout mistake shows).
+void expect_llama_cpp_matches_reference(const fs::path& m, const fs::path& work) {
+  const fs::path node_dir = fs::path(SMELT_SOURCE_DIR) / "tests" / "node";
+  const TinyLlama model = load_tiny_llama(m, 10.0f);
+  const fs::path gguf = work / "model.gguf";
+  write_gguf(model, m, gguf);
+
+  const std::vector<int> ids = {1, 3 + 'h', 3 + 'e', 3 + 'l', 3 + 'l', 3 + 'o', 300, 42};
+  json ids_json = ids;
+  const fs::path err = work / "stderr.txt";
+  auto r = run_command("( node " + quote(node_dir / "llama_eval.mjs") + " " + quote(gguf) + " '" +
+                       ids_json.dump() + "' 2>" + quote(err) + " )");
+  ASSERT_EQ(r.exit_code, 0) << r.output << smelt::testing::read_bytes(err);
+  json out;
+  ASSERT_NO_THROW(out = json::parse(r.output)) << r.output;
+  ASSERT_EQ(out["n_vocab"], model.vocab);
+  ASSERT_EQ(out["logits"].size(), static_cast<size_t>(model.vocab));
+  const auto ref = reference_log_softmax(model, ids);
+  const auto wrong_layout = reference_log_softmax(model, ids, /*interleaved_rope=*/true);
+  double max_err = 0, layout_gap = 0;
+  for (int i = 0; i < model.vocab; ++i) {
+    ASSERT_TRUE(out["logits"][i].is_number()) << "logit " << i << " is " << out["logits"][i];
+    const double got = out["logits"][i].get<double>();
+    ASSERT_TRUE(std::isfinite(got));
+    max_err = std::max(max_err, std::abs(got - ref[i]));
+    layout_gap = std::max(layout_gap, std::abs(wrong_layout[i] - ref[i]));
+  }
+  // llama_eval.mjs runs with an F32 KV cache and no flash attention: f32 rounding only (3e-6 seen).
+  EXPECT_LT(max_err, 1e-4) << "llama.cpp disagrees with the HF reference forward pass";
+  EXPECT_GT(layout_gap, 0.5) << "the test model cannot tell the Q/K layouts apart";
+  const int ref_argmax = static_cast<int>(std::max_element(ref.begin(), ref.end()) - ref.begin());
+  EXPECT_EQ(out["argmax"], ref_argmax);
+  std::cout << "node-llama-cpp: max |log_softmax - reference| = " << max_err
+            << " (a wrong Q/K layout would be off by " << layout_gap << ")\n";
+}
+
+TEST(GgufExport, NodeLlamaCppLoadsTinyLlama) {
+  SKIP_WITHOUT_NODE_LLAMA_CPP();
+  TempDir dir;
+  const fs::path m = dir / "m";
+  auto made = run_smelt("dev make-model " + quote(m) +
+                        " --hidden 64 --heads 4 --kv-heads 2 --layers 2 --vocab 320 --dtype F32");
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  expect_llama_cpp_matches_reference(m, dir.path());
+}
+
+// A SentencePiece vocabulary of `n` pieces: <unk> <s> </s>, the 256 byte pieces, then words.
+std::string sentencepiece_of_size(int n) {
+  std::string model;
+  put_bytes(model, 1, sp_piece("<unk>", 0.0f, 2));
+  put_bytes(model, 1, sp_piece("<s>", 0.0f, 3));
+  put_bytes(model, 1, sp_piece("</s>", 0.0f, 3));
+  for (int b = 0; b < 256; ++b)
+    put_bytes(model, 1, sp_piece(fmt::format("<0x{:02X}>", b), 0.0f, 6));
+  for (int i = 259; i < n; ++i) {
+    put_bytes(model, 1, sp_piece("\xe2\x96\x81w" + std::to_string(i), -static_cast<float>(i), 0));
+  }
+  return model;
+}
+
+// qwen2 (HF's RoPE layout, no permutation) with a SentencePiece tokenizer ("llama" vocabulary).
+TEST(GgufExport, NodeLlamaCppLoadsTinyQwen2WithSentencePiece) {
+  SKIP_WITHOUT_NODE_LLAMA_CPP();
+  TempDir dir;
+  const fs::path m = dir / "m";
+  auto made = run_smelt("dev make-model " + quote(m) +
+                        " --hidden 64 --heads 4 --kv-heads 2 --layers 2 --vocab 320 --dtype F32"
+                        " --arch Qwen2ForCausalLM --model-type qwen2");
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  write_bytes(m / "tokenizer.model", sentencepiece_of_size(320));
+  const auto kvs = gguf_export_kvs(m, read_json_file(m / "config.json"), "q", -1);
+  ASSERT_EQ(kv(kvs, "general.architecture")->as_string(), "qwen2");
+  ASSERT_EQ(kv(kvs, "tokenizer.ggml.model")->as_string(), "llama");
+  expect_llama_cpp_matches_reference(m, dir.path());
+}
+
+}  // namespace
+}  // namespace smelt::io
+
+namespace smelt::io {
+namespace {
+
+// Runs llama.cpp (tests/node/llama_eval.mjs) on `gguf` and returns the next-token log-softmax.
+std::vector<double> llama_cpp_log_softmax(const fs::path& gguf, const std::vector<int>& ids,
+                                          const fs::path& work) {
+  const fs::path node_dir = fs::path(SMELT_SOURCE_DIR) / "tests" / "node";
+  const fs::path err = work / "stderr.txt";
+  auto r = run_command("( node " + quote(node_dir / "llama_eval.mjs") + " " + quote(gguf) + " '" +
+                       json(ids).dump() + "' 2>" + quote(err) + " )");
+  EXPECT_EQ(r.exit_code, 0) << r.output << smelt::testing::read_bytes(err);
+  std::vector<double> out;
+  try {
+    const json parsed = json::parse(r.output);
+    for (const auto& v : parsed.at("logits")) out.push_back(v.get<double>());
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "llama_eval output is not JSON: " << r.output;
+  }
+  return out;
+}
+
+// `smelt merge ... out.gguf` exports a safetensors merge that llama.cpp loads and runs like the HF
+// model, and a linear merge of a model with itself gives the model's own logits.
+TEST(GgufExport, SmeltMergeExportRunsInLlamaCppAndSelfMergeKeepsTheLogits) {
+  SKIP_WITHOUT_NODE_LLAMA_CPP();
+  TempDir dir;
+  const fs::path m = dir / "m";
+  auto made = run_smelt("dev make-model " + quote(m) +
+                        " --hidden 64 --heads 4 --kv-heads 2 --layers 2 --vocab 320 --dtype F32");
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  smelt::testing::write_bytes(
+      dir / "copy.yml",
+      fmt::format("models:\n  - model: {}\nmerge_method: passthrough\n", m.string()));
+  smelt::testing::write_bytes(
+      dir / "self.yml",
+      fmt::format("models:\n  - model: {0}\n    parameters: {{weight: 0.5}}\n  - model: {0}\n"
+                  "    parameters: {{weight: 0.5}}\nmerge_method: linear\ndtype: float32\n",
+                  m.string()));
+  for (const char* name : {"copy", "self"}) {
+    // F32 tensors, so the export can be compared with the f64 reference at f32 rounding.
+    auto r = run_smelt(fmt::format("merge -q --out-type F32 {} {}",
+                                   quote(dir / (std::string(name) + ".yml")),
+                                   quote(dir / (std::string(name) + ".gguf"))));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  auto file = GgufFile::open(dir / "copy.gguf");
+  EXPECT_EQ(file->find_kv("general.architecture")->as_string(), "llama");
+  EXPECT_TRUE(file->find("blk.1.attn_q.weight"));
+  EXPECT_EQ(file->find("blk.1.attn_norm.weight")->ggml_type, 0);  // F32 norms
+  const std::vector<int> ids = {1, 3 + 'h', 3 + 'e', 3 + 'l', 3 + 'l', 3 + 'o', 300, 42};
+  const auto copy = llama_cpp_log_softmax(dir / "copy.gguf", ids, dir.path());
+  const auto self = llama_cpp_log_softmax(dir / "self.gguf", ids, dir.path());
+  ASSERT_EQ(copy.size(), 320u);
+  ASSERT_EQ(self.size(), 320u);
+  // The export matches an independent double-precision forward pass of the HF weights.
+  const auto ref = reference_log_softmax(load_tiny_llama(m, 1.0f), ids);
+  double export_err = 0, self_err = 0;
+  for (size_t i = 0; i < copy.size(); ++i) {
+    export_err = std::max(export_err, std::abs(copy[i] - ref[i]));
+    self_err = std::max(self_err, std::abs(copy[i] - self[i]));
+  }
+  EXPECT_LT(export_err, 1e-4);
+  EXPECT_EQ(self_err, 0.0) << "the self-merge changed the logits";
+}
+
+}  // namespace
+}  // namespace smelt::io

@@ -1,0 +1,95 @@
+// Loads a GGUF model with llama.cpp (node-llama-cpp's prebuilt CPU binaries, never a download or a
+// build), evaluates the given token ids as one sequence and prints the next-token logits of the
+// last position as JSON on stdout:
+//   node llama_eval.mjs MODEL.gguf '[1, 72, 101]'
+//   -> {"n_vocab": 320, "n_tokens": 3, "argmax": 17, "logits_normalization": "log_softmax",
+//       "logits": [...]}
+// node-llama-cpp exposes the next-token distribution, not the raw logit vector, so "logits" are
+// log-softmax values: the raw logits minus their log-sum-exp (same argmax and differences; compare
+// with log_softmax of a reference). Exits non-zero with a message on stderr on any failure.
+import process from "node:process";
+import {getLlama, LlamaLogLevel} from "node-llama-cpp";
+
+function die(message) {
+  process.stderr.write(`llama_eval: ${message}\n`);
+  process.exit(1);
+}
+
+async function main() {
+  const [modelPath, idsJson] = process.argv.slice(2);
+  if (!modelPath || !idsJson) die("usage: node llama_eval.mjs MODEL.gguf TOKEN_IDS_JSON");
+  let ids;
+  try {
+    ids = JSON.parse(idsJson);
+  } catch (e) {
+    die(`token ids are not JSON: ${e.message}`);
+  }
+  if (!Array.isArray(ids) || ids.length === 0 ||
+      !ids.every((t) => Number.isInteger(t) && t >= 0 && t < 2 ** 31)) {
+    die("token ids must be a non-empty JSON array of non-negative integers");
+  }
+
+  const logs = [];
+  const llama = await getLlama({
+    gpu: false,                 // CPU only
+    build: "never",             // never compile llama.cpp from source
+    usePrebuiltBinaries: true,  // the binaries shipped in @node-llama-cpp/<platform>
+    skipDownload: true,         // no network at run time
+    progressLogs: false,
+    logLevel: LlamaLogLevel.warn,
+    logger: (level, message) => logs.push(`[${level}] ${message.trimEnd()}`),
+  });
+  let model;
+  try {
+    model = await llama.loadModel({modelPath, gpuLayers: 0});
+  } catch (e) {
+    die(`llama.cpp could not load ${modelPath}: ${e.message}\n${logs.join("\n")}`);
+  }
+  const nTokens = model.fileInfo?.metadata?.tokenizer?.ggml?.tokens?.length;
+  const outside = ids.find((t) => nTokens != null && t >= nTokens);
+  if (outside != null) die(`token id ${outside} is outside the model's vocabulary of ${nTokens}`);
+
+  // An F32 KV cache and no flash attention (whose CPU kernel rounds Q to F16), so results agree
+  // with an f32/f64 reference to f32 rounding rather than F16's.
+  const context = await model.createContext({
+    contextSize: Math.max(64, ids.length + 16),
+    sequences: 1,
+    flashAttention: false,
+    experimentalKvCacheKeyType: "F32",
+    experimentalKvCacheValueType: "F32",
+  });
+  const sequence = context.getSequence();
+  // Evaluate all tokens; ask for the distribution after the last one. Temperature 0 selects
+  // llama.cpp's greedy sampler, which leaves every logit in the candidate list untouched.
+  const input = ids.map((t, i) => i + 1 === ids.length
+      ? [t, {generateNext: {probabilities: true, options: {temperature: 0}}}]
+      : t);
+  let results;
+  try {
+    results = await sequence.controlledEvaluate(input);
+  } catch (e) {
+    die(`evaluation failed: ${e.message}\n${logs.join("\n")}`);
+  }
+  const probabilities = results[ids.length - 1]?.next?.probabilities;
+  if (!probabilities || probabilities.size === 0) die("llama.cpp returned no next-token distribution");
+  const nVocab = probabilities.size;
+  const logits = new Array(nVocab).fill(null);
+  for (const [token, p] of probabilities) {
+    if (token < 0 || token >= nVocab) die(`token ${token} outside the vocabulary of ${nVocab}`);
+    logits[token] = p > 0 ? Math.log(p) : null;  // null: the probability underflowed in f32
+  }
+  let argmax = 0;
+  for (let i = 1; i < nVocab; ++i) if ((logits[i] ?? -Infinity) > (logits[argmax] ?? -Infinity)) argmax = i;
+  process.stdout.write(JSON.stringify({
+    n_vocab: nVocab,
+    n_tokens: ids.length,
+    argmax,
+    logits_normalization: "log_softmax",
+    logits,
+  }) + "\n");
+  await context.dispose();
+  await model.dispose();
+  await llama.dispose();
+}
+
+main().catch((e) => die(e?.stack ?? String(e)));

@@ -156,6 +156,32 @@ TEST_F(MergeBadInput, ShapesDiffer) {
   EXPECT_HAS(e, "[64, 32]");
 }
 
+TEST_F(MergeBadInput, AllowShapeMismatchLeavesTheModelOutOfThatTensor) {
+  const std::string yaml = fmt::format(
+      "models:\n  - model: {}\n  - model: {}\nbase_model: {}\nmerge_method: task_arithmetic\n"
+      "parameters:\n  weight: 1\n",
+      path("a"), path("wide"), path("base"));
+  const std::string e = merge_error(yaml);
+  EXPECT_HAS(e, "--allow-shape-mismatch");
+  TempDir work;
+  testing::write_bytes(work / "c.yml", yaml);
+  auto r = run_smelt("merge " + quote(work / "c.yml") + " " + quote(work / "out") +
+                     " --allow-shape-mismatch");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_HAS(r.output, "left out of this tensor");
+  // The mlp tensors merge only model a: base + (a - base) = a, exactly.
+  auto out = io::Model::open((work / "out").string());
+  auto a = io::Model::open(path("a"));
+  auto bytes = [](const io::Model& m, const std::string& n) {
+    auto t = m.find(n);
+    std::string b(t.info->nbytes, '\0');
+    t.file->read(*t.info, 0, b.data(), b.size());
+    return b;
+  };
+  EXPECT_TRUE(bytes(*out, "model.layers.0.mlp.up_proj.weight") ==
+              bytes(*a, "model.layers.0.mlp.up_proj.weight"));
+}
+
 TEST_F(MergeBadInput, UnknownDtypeName) {
   const std::string e = merge_error(ties("      weight: 0.5", "dtype: bf16\n"));
   EXPECT_HAS(e, "dtype");

@@ -28,6 +28,7 @@ struct MergeCliOptions {
   bool quiet = false;
   bool safe_serialization = true;
   bool allow_crimes = false;
+  bool allow_shape_mismatch = false;
   bool tensor_intersection = false;
   bool tensor_union = false;
   std::string keep_intermediates;
@@ -78,6 +79,7 @@ void run(const MergeCliOptions& o) {
   po.seed = o.seed;
   po.shard_size = io::parse_shard_size(o.shard_size);
   po.allow_crimes = o.allow_crimes;
+  po.allow_shape_mismatch = o.allow_shape_mismatch;
   po.tensor_set = tensor_set_mode(o.tensor_intersection, o.tensor_union);
   set_output_format(o.format, o.out, o.out_type, o.tensor_types, &po);
   exec::MergeOptions mo;
@@ -164,6 +166,9 @@ void add_merge(CLI::App& app) {
       ->group("");
   cmd->add_option("--keep-intermediates", o->keep_intermediates,
                   "multi-stage recipes: also write each named stage to DIR/<name>");
+  cmd->add_flag(
+      "--allow-shape-mismatch", o->allow_shape_mismatch,
+      "task-vector methods: leave out a model whose tensor shape differs from the base's");
   cmd->add_flag("--allow-crimes,!--no-allow-crimes", o->allow_crimes,
                 "allow merging models of different architectures");
   cmd->add_flag("-i,--tensor-intersection", o->tensor_intersection,

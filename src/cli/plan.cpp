@@ -156,6 +156,7 @@ struct PlanCliOptions {
   uint64_t seed = 0;
   size_t threads = std::max(1u, std::thread::hardware_concurrency());
   bool allow_crimes = false;
+  bool allow_shape_mismatch = false;
   bool tensor_intersection = false;
   bool tensor_union = false;
   std::string max_memory = "512M";
@@ -182,6 +183,8 @@ void add_plan(CLI::App& app) {
   cmd->add_option("--random-seed", o->seed, "seed for random methods")->capture_default_str();
   cmd->add_option("-j,--threads,--num-threads", o->threads, "threads")->capture_default_str();
   cmd->add_flag("--allow-crimes", o->allow_crimes, "allow different architectures");
+  cmd->add_flag("--allow-shape-mismatch", o->allow_shape_mismatch,
+                "task-vector methods: leave out models whose tensor shape differs from the base's");
   cmd->add_option("--format", o->format, "output format: safetensors, gguf or auto")
       ->capture_default_str();
   cmd->add_option("--out-type", o->out_type, "GGUF output: type of 2-D+ tensors");
@@ -196,6 +199,7 @@ void add_plan(CLI::App& app) {
     plan::PlanOptions po;
     po.seed = o->seed;
     po.allow_crimes = o->allow_crimes;
+    po.allow_shape_mismatch = o->allow_shape_mismatch;
     po.tensor_set = tensor_set_mode(o->tensor_intersection, o->tensor_union);
     set_output_format(o->format, "", o->out_type, o->tensor_types, &po);
     po.shard_size = io::parse_shard_size(o->shard_size);

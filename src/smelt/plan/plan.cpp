@@ -697,10 +697,29 @@ class Planner {
       }
       job.inputs.push_back(std::move(in));
     }
+    SliceView kept = slice;
+    if (opt_.allow_shape_mismatch && job.base >= 0 && !job.is_embedding) {
+      // --allow-shape-mismatch: task-vector methods skip a model whose tensor differs in shape
+      // from the base's (mergekit's silent behaviour, here with a warning).
+      const std::vector<uint64_t>& base_shape = job.inputs[job.base].source.info->shape;
+      for (size_t i = job.inputs.size(); i-- > 0;) {
+        if (static_cast<int>(i) == job.base || job.inputs[i].source.info->shape == base_shape)
+          continue;
+        warn(fmt::format(
+            "--allow-shape-mismatch: '{}' of {} has shape {} but the base's is {}; that "
+            "model is left out of this tensor",
+            job.inputs[i].tensor, ref(job.inputs[i].model),
+            shape_str(job.inputs[i].source.info->shape), shape_str(base_shape)));
+        job.inputs.erase(job.inputs.begin() + static_cast<std::ptrdiff_t>(i));
+        kept.sources.erase(kept.sources.begin() + static_cast<std::ptrdiff_t>(i));
+        if (static_cast<int>(i) < job.base) --job.base;
+      }
+      kept.base = job.base;
+    }
     const size_t ref_input = job.base >= 0 ? static_cast<size_t>(job.base) : 0;
     const io::TensorInfo& ref_info = *job.inputs[ref_input].source.info;
     job.shape = ref_info.shape;
-    reconcile_shapes(&job, slice);
+    reconcile_shapes(&job, kept);
     bool all_float = true;
     for (const auto& in : job.inputs) {
       all_float = all_float && (in.source.info->quantized() ||
@@ -718,7 +737,7 @@ class Planner {
       fail_at("out_dtype",
               fmt::format("cannot write tensor '{}' as {}", out_name, dtype_name(job.dtype)));
     }
-    resolve_params(&job, slice);
+    resolve_params(&job, kept);
     plan_.jobs.push_back(std::move(job));
   }
 
@@ -754,9 +773,12 @@ class Planner {
       if (info.shape != job->shape) {
         const size_t r = job->base >= 0 ? static_cast<size_t>(job->base) : 0;
         fail_at(slice.sources[i].yaml_path,
-                fmt::format("tensor '{}' has shape {} in {} but {} in {}; shapes must match",
+                fmt::format("tensor '{}' has shape {} in {} but {} in {}; shapes must match{}",
                             info.name, shape_str(info.shape), ref(job->inputs[i].model),
-                            shape_str(job->shape), ref(job->inputs[r].model)));
+                            shape_str(job->shape), ref(job->inputs[r].model),
+                            job->base >= 0 ? " (--allow-shape-mismatch leaves such models out of "
+                                             "the tensor, as mergekit does silently)"
+                                           : ""));
       }
     }
   }

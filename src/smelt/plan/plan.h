@@ -73,6 +73,9 @@ struct PlanOptions {
   uint64_t seed = 0;
   uint64_t shard_size = 5'000'000'000;
   bool allow_crimes = false;  // allow models of different architectures
+  // Task-vector methods: leave out (with a warning) a model whose non-embedding tensor differs in
+  // shape from the base's, instead of failing.
+  bool allow_shape_mismatch = false;
   TensorSetMode tensor_set = TensorSetMode::kError;
   // Output file format; kAuto = GGUF when the inputs are GGUF models, else safetensors.
   OutputFormat format = OutputFormat::kAuto;

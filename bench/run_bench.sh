@@ -1,0 +1,591 @@
+#!/usr/bin/env bash
+# smelt end-to-end performance benchmark: time and peak RSS of `smelt merge` for nine merge methods
+# on a generated bf16 llama-shaped model (~1B parameters by default), against the I/O floor of
+# the same machine and against a per-tensor numpy baseline (bench/numpy_baseline.py), plus a
+# 1-vs-2-thread scaling check and a determinism check (cmp of -j1 and -j2 outputs).
+# See bench/README.md for what every column means.
+set -uo pipefail
+
+usage() {
+  cat <<'EOF'
+Usage: bench/run_bench.sh [options]
+
+  --smelt PATH          smelt binary (default: build/smelt under the repository root)
+  --work DIR            work dir: models, configs, logs, reports (default /tmp/smelt-bench);
+                        generated models are reused when they exist with the same shape
+  --scale N             multiply layers and vocabulary by N (doubles the model and its largest
+                        tensor, embed_tokens, for N=2); default 1
+  --quick               tiny model (hidden 256, 2 layers, vocab 8192): a smoke run of seconds
+  --hidden H --intermediate I --layers L --heads NH --kv-heads KV --vocab V
+                        model shape before --scale (default 2048 5632 16 16 8 65536: 1.02B
+                        parameters, 2.05 GB bf16, embed_tokens 268 MB)
+  --methods LIST        comma-separated methods to time (default: all nine)
+  --baseline LIST       methods for the numpy baseline: a list, "all" or "none"
+                        (default: all at --scale 1, none at larger scales: it needs ~6x the
+                        largest tensor plus the whole output in RAM)
+  --select partition|sort
+                        baseline top-k: np.argpartition (default, generous to the baseline) or a
+                        full argsort like mergekit's torch.argsort (much slower)
+  --read mmap|pread     baseline input reads (default mmap + copy, like safetensors' safe_open)
+  --thread-methods LIST methods for the -j1 vs -j2 runs on /dev/shm (default ties,dare_ties,slerp;
+                        "none" skips them)
+  -j, --threads N       threads for the main table (default 2)
+  --reps N              timed smelt runs per row (default 1; the table shows the fastest, the
+                        details list all)
+  --seed N              --random-seed for smelt and the baseline (default 42)
+  --wait-idle S         before each timed step, wait up to S seconds for the other processes'
+                        CPU use to fall below 15% of one CPU (default 60; 0 with --quick); the
+                        busy share seen before each run is listed in the details
+  --no-warmup           skip the untimed warm-up merge before the floors and the table
+  --clean               delete the generated models at the end (outputs are always deleted)
+  -h, --help            this text
+EOF
+}
+
+die() { echo "run_bench.sh: $*" >&2; exit 1; }
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SMELT=$REPO/build/smelt
+WORK=/tmp/smelt-bench
+SCALE=1
+QUICK=0
+H=2048 I=5632 L=16 NH=16 KV=8 V=65536
+SHAPE_SET=0
+ALL_METHODS="linear task_arithmetic ties dare_ties dare_linear slerp model_stock della breadcrumbs"
+METHODS=$ALL_METHODS
+BASELINE=auto
+SELECT=partition
+READ=mmap
+THREAD_METHODS="ties dare_ties slerp"
+JOBS=2
+REPS=1
+SEED=42
+WARMUP=1
+CLEAN=0
+WAIT_IDLE=""
+
+need_arg() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see --help)"; }
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --smelt) need_arg "$@"; SMELT=$2; shift 2 ;;
+    --work) need_arg "$@"; WORK=$2; shift 2 ;;
+    --scale) need_arg "$@"; SCALE=$2; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    --hidden) need_arg "$@"; H=$2; SHAPE_SET=1; shift 2 ;;
+    --intermediate) need_arg "$@"; I=$2; SHAPE_SET=1; shift 2 ;;
+    --layers) need_arg "$@"; L=$2; SHAPE_SET=1; shift 2 ;;
+    --heads) need_arg "$@"; NH=$2; SHAPE_SET=1; shift 2 ;;
+    --kv-heads) need_arg "$@"; KV=$2; SHAPE_SET=1; shift 2 ;;
+    --vocab) need_arg "$@"; V=$2; SHAPE_SET=1; shift 2 ;;
+    --methods) need_arg "$@"; METHODS=${2//,/ }; shift 2 ;;
+    --baseline) need_arg "$@"; BASELINE=${2//,/ }; shift 2 ;;
+    --select) need_arg "$@"; SELECT=$2; shift 2 ;;
+    --read) need_arg "$@"; READ=$2; shift 2 ;;
+    --thread-methods) need_arg "$@"; THREAD_METHODS=${2//,/ }; shift 2 ;;
+    -j|--threads) need_arg "$@"; JOBS=$2; shift 2 ;;
+    --reps) need_arg "$@"; REPS=$2; shift 2 ;;
+    --seed) need_arg "$@"; SEED=$2; shift 2 ;;
+    --wait-idle) need_arg "$@"; WAIT_IDLE=$2; shift 2 ;;
+    --no-warmup) WARMUP=0; shift ;;
+    --clean) CLEAN=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; die "unknown option: $1" ;;
+  esac
+done
+
+[[ -z $WAIT_IDLE ]] && WAIT_IDLE=$(( QUICK == 1 ? 0 : 60 ))
+for v in WAIT_IDLE SCALE JOBS REPS SEED H I L NH KV V; do
+  [[ ${!v} =~ ^[0-9]+$ && ${!v} -ge 0 ]] || die "--${v,,} must be a non-negative integer, got '${!v}'"
+done
+[[ $SCALE -ge 1 && $REPS -ge 1 && $JOBS -ge 1 ]] || die "--scale, --reps and -j must be >= 1"
+[[ $SELECT == partition || $SELECT == sort ]] || die "--select must be partition or sort"
+[[ $READ == mmap || $READ == pread ]] || die "--read must be mmap or pread"
+for m in $METHODS; do [[ " $ALL_METHODS " == *" $m "* ]] || die "unknown method '$m' (known: $ALL_METHODS)"; done
+[[ $THREAD_METHODS == none ]] && THREAD_METHODS=""
+for m in $THREAD_METHODS; do [[ " $ALL_METHODS " == *" $m "* ]] || die "unknown method '$m' in --thread-methods"; done
+if [[ $BASELINE == auto ]]; then
+  if [[ $SCALE -eq 1 ]]; then BASELINE=$METHODS; else BASELINE=""; fi
+elif [[ $BASELINE == all ]]; then BASELINE=$METHODS
+elif [[ $BASELINE == none ]]; then BASELINE=""
+fi
+for m in $BASELINE; do [[ " $ALL_METHODS " == *" $m "* ]] || die "unknown method '$m' in --baseline"; done
+
+if [[ $QUICK -eq 1 && $SHAPE_SET -eq 0 ]]; then H=256 I=704 L=2 NH=4 KV=4 V=8192; fi
+BASE_TAG="h$H-i$I-l$L-nh$NH-kv$KV-v$V"
+L=$((L * SCALE))
+V=$((V * SCALE))
+TAG="h$H-i$I-l$L-nh$NH-kv$KV-v$V"
+(( NH > 0 && H % NH == 0 && KV > 0 && NH % KV == 0 )) || die "heads must divide hidden and kv-heads must divide heads"
+
+[[ -x $SMELT ]] || die "no smelt binary at $SMELT (build it first, e.g. cmake -S . -B build-bench -G Ninja -DCMAKE_BUILD_TYPE=Release && ninja -C build-bench smelt, then pass --smelt build-bench/smelt)"
+SMELT=$(cd "$(dirname "$SMELT")" && pwd)/$(basename "$SMELT")
+PY=/usr/bin/python3
+BASELINE_PY=$REPO/bench/numpy_baseline.py
+if [[ -n $BASELINE ]]; then
+  [[ -x $PY ]] || die "$PY not found (the baseline needs Debian's python3 with python3-numpy and python3-yaml)"
+  $PY -c 'import numpy, yaml' 2>/dev/null || die "$PY cannot import numpy and yaml: apt-get install python3-numpy python3-yaml (or run with --baseline none)"
+fi
+[[ -x /usr/bin/time ]] || die "/usr/bin/time not found: apt-get install time"
+
+# ---------------------------------------------------------------------------------------------
+# sizes and space checks
+
+HEAD_DIM=$((H / NH))
+PER_LAYER=$((2 * H * H + 2 * H * KV * HEAD_DIM + 3 * H * I + 2 * H))
+PARAMS=$((L * PER_LAYER + 2 * V * H + H))
+EST_BYTES=$((2 * PARAMS))
+EMBED_BYTES=$((2 * V * H))
+MODELS=$WORK/models-$TAG
+CONFIGS=$WORK/configs-$TAG
+LOGS=$WORK/logs-$TAG
+SHM=/dev/shm/smelt-bench-$$
+GEN_ARGS="--hidden $H --intermediate $I --layers $L --heads $NH --kv-heads $KV --vocab $V --dtype BF16"
+
+mkdir -p "$WORK" || die "cannot create $WORK"
+WORK=$(cd "$WORK" && pwd)
+MODELS=$WORK/models-$TAG CONFIGS=$WORK/configs-$TAG LOGS=$WORK/logs-$TAG
+
+gb() { awk -v b="$1" 'BEGIN { printf "%.2f GB", b / 1e9 }'; }
+models_ready() { [[ -f $MODELS/.complete && $(cat "$MODELS/.complete") == "$GEN_ARGS" ]]; }
+
+NEED_DISK=$((2 * EST_BYTES + 512 * 1024 * 1024))   # one output + the write-floor file + slack
+models_ready || NEED_DISK=$((NEED_DISK + 3 * EST_BYTES))
+AVAIL_DISK=$(df -B1 --output=avail "$WORK" | tail -1 | tr -d ' ')
+if (( AVAIL_DISK < NEED_DISK )); then
+  echo "run_bench.sh: not enough free disk space in $WORK: this run needs about $(gb $NEED_DISK)" >&2
+  echo "  (3 input models of $(gb $EST_BYTES) unless already generated, one output and the write-floor file)," >&2
+  echo "  and only $(gb "$AVAIL_DISK") is free. Free some space, pick another --work, or use --quick." >&2
+  exit 1
+fi
+MEM_AVAIL=$(( $(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo) * 1024 ))
+if (( 4 * EST_BYTES > MEM_AVAIL )); then
+  echo "run_bench.sh: warning: inputs + output ($(gb $((4 * EST_BYTES)))) exceed available memory ($(gb $MEM_AVAIL));" >&2
+  echo "  the page cache cannot hold them, so 'warm' numbers will partly be disk numbers." >&2
+fi
+SHM_MODE=none
+if [[ -n $THREAD_METHODS ]]; then
+  SHM_AVAIL=$(df -B1 --output=avail /dev/shm | tail -1 | tr -d ' ')
+  ROOM=$(( SHM_AVAIL < MEM_AVAIL - 3 * EST_BYTES ? SHM_AVAIL : MEM_AVAIL - 3 * EST_BYTES ))
+  if (( ROOM > 2 * EST_BYTES + 256 * 1024 * 1024 )); then SHM_MODE="cmp"
+  elif (( ROOM > EST_BYTES + 256 * 1024 * 1024 )); then SHM_MODE=sha256
+  else
+    echo "run_bench.sh: warning: not enough room on /dev/shm (RAM) for a $(gb $EST_BYTES) output next to the cached inputs: skipping the thread runs" >&2
+    THREAD_METHODS=""
+  fi
+fi
+
+# ---------------------------------------------------------------------------------------------
+# cleanup of everything this run writes except the models (and logs/reports)
+
+cleanup() {
+  rm -rf "$WORK"/out-* "$WORK"/baseline-out-* "$WORK"/floor "$WORK"/durability-out "$SHM" 2>/dev/null
+  if [[ $CLEAN -eq 1 ]]; then rm -rf "$MODELS" "$CONFIGS"; fi
+}
+trap cleanup EXIT
+trap 'echo "run_bench.sh: interrupted" >&2; exit 130' INT TERM
+
+progress() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+REPORT=$WORK/report-$TAG.md
+: > "$REPORT"
+say() { echo "$*" | tee -a "$REPORT"; }
+f2() { awk -v x="$1" 'BEGIN { printf "%.2f", x }'; }
+div() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+sum_sizes() { local t=0 f; for f in "$@"; do [[ -f $f ]] && t=$((t + $(stat -c %s "$f"))); done; echo $t; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.0f", k / 1024 }'; }
+le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 <= b + 0) }'; }
+minof() { printf '%s\n' "$@" | sort -g | head -1; }
+# busy_pct: CPU time used by all processes over 0.5 s, in % of one CPU (nothing of ours runs then)
+busy_pct() {
+  local a b
+  read -r -a a < <(head -1 /proc/stat); sleep 0.5; read -r -a b < <(head -1 /proc/stat)
+  awk -v u="$(( (b[1] + b[2] + b[3] + b[6] + b[7]) - (a[1] + a[2] + a[3] + a[6] + a[7]) ))" \
+      -v t="$(( (b[1] + b[2] + b[3] + b[4] + b[5] + b[6] + b[7]) - (a[1] + a[2] + a[3] + a[4] + a[5] + a[6] + a[7]) ))" \
+      -v n="$(nproc)" 'BEGIN { if (t > 0) printf "%.0f", 100 * n * u / t; else print 0 }'
+}
+# wait_idle: waits (up to --wait-idle s) for the others' CPU use to drop; sets BUSY to the last reading
+wait_idle() {
+  local waited=0
+  BUSY=$(busy_pct)
+  while (( WAIT_IDLE > 0 && BUSY > 15 && waited < WAIT_IDLE )); do
+    (( waited == 0 )) && progress "  machine busy (${BUSY}% of a CPU used by other processes): waiting up to ${WAIT_IDLE}s"
+    sleep 2; waited=$((waited + 3)); BUSY=$(busy_pct)
+  done
+  if (( waited > 0 )); then BUSY="$BUSY%, waited ${waited}s"; else BUSY="$BUSY%"; fi
+}
+HZ=$(getconf CLK_TCK)
+BUSY="-"
+busy_jiffies() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat; }
+# timed TIMEFILE CMD...: runs CMD under /usr/bin/time; sets T_S (wall s), T_KIB (max RSS KiB) and
+# T_OTHER (CPU used by *other* processes during the run, % of one CPU); returns CMD's status
+timed() {
+  local tf=$1 j0 j1 rc u sy
+  shift
+  j0=$(busy_jiffies)
+  /usr/bin/time -o "$tf" -f '%e %M %U %S' "$@"
+  rc=$?
+  j1=$(busy_jiffies)
+  read -r T_S T_KIB u sy < <(tail -1 "$tf")
+  T_OTHER=$(awk -v d="$((j1 - j0))" -v hz="$HZ" -v u="$u" -v s="$sy" -v w="$T_S" \
+    'BEGIN { o = d / hz - u - s; if (o < 0) o = 0; if (w > 0) printf "%.0f", 100 * o / w; else print 0 }')
+  return $rc
+}
+elapsed_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }'; }
+
+# ---------------------------------------------------------------------------------------------
+# models and configs
+
+mkdir -p "$LOGS"
+if models_ready; then
+  progress "reusing models in $MODELS"
+else
+  progress "generating base + 2 fine-tunes ($TAG, ~$(gb $EST_BYTES) each) in $MODELS"
+  rm -rf "$MODELS"
+  mkdir -p "$MODELS"
+  # shellcheck disable=SC2086
+  "$SMELT" dev make-model "$MODELS/base" $GEN_ARGS --seed 1 > "$LOGS/make-model.log" 2>&1 &&
+    "$SMELT" dev make-model "$MODELS/ft1" --base "$MODELS/base" --delta-scale 0.01 --sparsity 0.5 --seed 2 >> "$LOGS/make-model.log" 2>&1 &&
+    "$SMELT" dev make-model "$MODELS/ft2" --base "$MODELS/base" --delta-scale 0.01 --sparsity 0.5 --seed 3 >> "$LOGS/make-model.log" 2>&1 ||
+    { tail -5 "$LOGS/make-model.log" >&2; rm -rf "$MODELS"; die "model generation failed (log: $LOGS/make-model.log)"; }
+  echo "$GEN_ARGS" > "$MODELS/.complete"
+fi
+BASE=$MODELS/base FT1=$MODELS/ft1 FT2=$MODELS/ft2
+model_files() { local d; for d in "$@"; do ls "$d"/*.safetensors; done; }
+FILES3=$(model_files "$BASE" "$FT1" "$FT2")
+FILES2=$(model_files "$BASE" "$FT1")
+# shellcheck disable=SC2086
+IN3_BYTES=$(sum_sizes $FILES3)
+# shellcheck disable=SC2086
+IN2_BYTES=$(sum_sizes $FILES2)
+# shellcheck disable=SC2086
+# shellcheck disable=SC2046
+MODEL_BYTES=$(sum_sizes $(model_files "$BASE"))
+
+mkdir -p "$CONFIGS"
+gta_config() {  # method extra-per-model-params
+  cat <<EOF
+merge_method: $1
+base_model: $BASE
+models:
+  - model: $FT1
+    parameters: {weight: 0.5$2}
+  - model: $FT2
+    parameters: {weight: 0.5$2}
+dtype: bfloat16
+EOF
+}
+for m in $ALL_METHODS; do
+  case $m in
+    linear) cat <<EOF ;;
+merge_method: linear
+models:
+  - model: $BASE
+    parameters: {weight: 0.5}
+  - model: $FT1
+    parameters: {weight: 0.5}
+  - model: $FT2
+    parameters: {weight: 0.5}
+dtype: bfloat16
+EOF
+    task_arithmetic) gta_config "$m" "" ;;
+    ties|dare_ties|dare_linear) gta_config "$m" ", density: 0.5" ;;
+    della) gta_config "$m" ", density: 0.5, epsilon: 0.1" ;;
+    breadcrumbs) gta_config "$m" ", density: 0.5, gamma: 0.01" ;;
+    slerp) cat <<EOF ;;
+merge_method: slerp
+base_model: $BASE
+models:
+  - model: $BASE
+  - model: $FT1
+parameters: {t: 0.5}
+dtype: bfloat16
+EOF
+    model_stock) cat <<EOF ;;
+merge_method: model_stock
+base_model: $BASE
+models:
+  - model: $FT1
+  - model: $FT2
+dtype: bfloat16
+EOF
+  esac > "$CONFIGS/$m.yml"
+done
+in_bytes() { if [[ $1 == slerp ]]; then echo "$IN2_BYTES"; else echo "$IN3_BYTES"; fi; }
+
+# ---------------------------------------------------------------------------------------------
+# measurement helpers
+
+# run_smelt METHOD OUTDIR JOBS LOGNAME -> R_S (wall s), R_KIB (max RSS), R_OUT (output bytes); rc
+run_smelt() {
+  local m=$1 out=$2 j=$3 log=$LOGS/$4.log tf=$LOGS/$4.time
+  rm -rf "$out"
+  R_S="" R_KIB="" R_OUT=0
+  if timed "$tf" "$SMELT" merge "$CONFIGS/$m.yml" "$out" -j "$j" --random-seed "$SEED" -q > "$log" 2>&1; then
+    R_S=$T_S R_KIB=$T_KIB
+    BUSY="$BUSY before, $T_OTHER% during"
+    R_OUT=$(sum_sizes "$out"/*.safetensors)
+    return 0
+  fi
+  echo "smelt merge $m -j$j failed (log $log):" >&2
+  tail -5 "$log" >&2
+  return 1
+}
+
+time_cmd() {  # prints wall seconds of "$@"
+  local t0=$EPOCHREALTIME
+  "$@"
+  elapsed_since "$t0"
+}
+cat_files() { cat "$@" > /dev/null; }
+dd_floor() {
+  rm -f "$WORK/floor"
+  dd if=/dev/zero of="$WORK/floor" bs=16M count="$DD_COUNT" conv=fdatasync status=none
+}
+measure_floors() {  # -> READ3 READ2 WRITE (best of 2 each), details in FLOOR_RUNS
+  local r3a r3b r2a r2b wa wb
+  wait_idle
+  # shellcheck disable=SC2086
+  r3a=$(time_cmd cat_files $FILES3); r3b=$(time_cmd cat_files $FILES3)
+  # shellcheck disable=SC2086
+  r2a=$(time_cmd cat_files $FILES2); r2b=$(time_cmd cat_files $FILES2)
+  wa=$(time_cmd dd_floor); rm -f "$WORK/floor"
+  wb=$(time_cmd dd_floor); rm -f "$WORK/floor"
+  READ3=$(minof "$r3a" "$r3b") READ2=$(minof "$r2a" "$r2b") WRITE=$(minof "$wa" "$wb")
+  FLOOR_RUNS="(others' CPU use before: $BUSY) read 3 inputs $r3a / $r3b s, read 2 inputs $r2a / $r2b s, write $wa / $wb s"
+}
+
+# ---------------------------------------------------------------------------------------------
+# run
+
+START=$EPOCHREALTIME
+DD_COUNT=$(( (MODEL_BYTES + 16 * 1024 * 1024 - 1) / (16 * 1024 * 1024) ))
+declare -A J1_LOAD J2_LOAD B_LOAD FLOOR S_TIME S_ALL S_RSS S_OUT S_LOAD B_TIME B_RSS B_NOTE J1 J2 J1_ALL J2_ALL SAME
+
+progress "warming the page cache (cat inputs twice)"
+# shellcheck disable=SC2086
+cat_files $FILES3; cat_files $FILES3
+
+WARMUP_NOTE="skipped"
+if [[ $WARMUP -eq 1 ]]; then
+  progress "warm-up merge (linear, untimed in the table)"
+  if run_smelt linear "$WORK/out-warmup" "$JOBS" warmup; then WARMUP_NOTE="$R_S s, $(mib "$R_KIB") MiB"; else WARMUP_NOTE="FAILED"; fi
+  rm -rf "$WORK/out-warmup"
+fi
+
+progress "measuring the floor (cat inputs > /dev/null warm; dd ${DD_COUNT}x16M conv=fdatasync)"
+measure_floors
+FLOOR_BEFORE=$FLOOR_RUNS
+
+for m in $METHODS; do
+  times=() rss=()
+  for ((r = 1; r <= REPS; r++)); do
+    progress "smelt $m -j$JOBS (run $r/$REPS)"
+    wait_idle
+    if run_smelt "$m" "$WORK/out-$m" "$JOBS" "smelt-$m-j$JOBS-r$r"; then
+      S_LOAD[$m]="${S_LOAD[$m]:-}[$BUSY] "
+      times+=("$R_S") rss+=("$R_KIB")
+      S_OUT[$m]=$R_OUT
+    fi
+    rm -rf "$WORK/out-$m"
+  done
+  if [[ ${#times[@]} -eq $REPS ]]; then
+    S_TIME[$m]=$(minof "${times[@]}")
+    S_RSS[$m]=$(printf '%s\n' "${rss[@]}" | sort -g | tail -1)
+    S_ALL[$m]="${times[*]}"
+  else
+    S_TIME[$m]=FAIL S_RSS[$m]=FAIL S_ALL[$m]="${times[*]:-} (failed run: see $LOGS)"
+  fi
+done
+
+progress "re-measuring the floor after the smelt runs (drift check)"
+READ3_0=$READ3 READ2_0=$READ2 WRITE_0=$WRITE
+measure_floors
+FLOOR_AFTER=$FLOOR_RUNS
+READ3=$READ3_0 READ2=$READ2_0 WRITE=$WRITE_0
+
+for m in $BASELINE; do
+  progress "per-tensor numpy baseline: $m"
+  wait_idle
+  B_LOAD[$m]=$BUSY
+  out=$WORK/baseline-out-$m log=$LOGS/baseline-$m.log
+  rm -rf "$out"
+  if OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 timed "$LOGS/baseline-$m.time" \
+      "$PY" "$BASELINE_PY" "$CONFIGS/$m.yml" "$out" --seed "$SEED" --select "$SELECT" --read "$READ" > "$log" 2>&1; then
+    B_TIME[$m]=$T_S B_RSS[$m]=$T_KIB
+    B_LOAD[$m]="${B_LOAD[$m]} before, $T_OTHER% during"
+    B_NOTE[$m]=$(grep -o 'peak anon [0-9]* MiB' "$log" | head -1)
+  else
+    B_TIME[$m]=FAIL B_RSS[$m]=FAIL
+    echo "baseline $m failed (log $log):" >&2
+    tail -5 "$log" >&2
+  fi
+  rm -rf "$out"
+done
+
+if [[ -n $THREAD_METHODS ]]; then
+  mkdir -p "$SHM"
+  for m in $THREAD_METHODS; do
+    t1=() t2=() SAME[$m]="?"
+    for ((r = 1; r <= REPS; r++)); do
+      progress "threads: $m -j1 / -j2 on /dev/shm (run $r/$REPS)"
+      wait_idle
+      run_smelt "$m" "$SHM/$m-j1" 1 "shm-$m-j1-r$r" && t1+=("$R_S") && J1_LOAD[$m]="${J1_LOAD[$m]:-}[$BUSY] "
+      if [[ $SHM_MODE == sha256 ]]; then
+        sum1=$(cat "$SHM/$m-j1"/*.safetensors 2>/dev/null | sha256sum); rm -rf "$SHM/$m-j1"
+      fi
+      wait_idle
+      run_smelt "$m" "$SHM/$m-j2" 2 "shm-$m-j2-r$r" && t2+=("$R_S") && J2_LOAD[$m]="${J2_LOAD[$m]:-}[$BUSY] "
+      same=no
+      if [[ $SHM_MODE == sha256 ]]; then
+        [[ -n $(ls "$SHM/$m-j2"/*.safetensors 2>/dev/null) && $sum1 == "$(cat "$SHM/$m-j2"/*.safetensors | sha256sum)" ]] && same="yes (sha256)"
+      else
+        files1=$(cd "$SHM/$m-j1" 2>/dev/null && ls ./*.safetensors 2>/dev/null)
+        files2=$(cd "$SHM/$m-j2" 2>/dev/null && ls ./*.safetensors 2>/dev/null)
+        if [[ -n $files1 && $files1 == "$files2" ]]; then
+          same=yes
+          for f in $files1; do cmp -s "$SHM/$m-j1/$f" "$SHM/$m-j2/$f" || same=no; done
+        fi
+      fi
+      [[ ${SAME[$m]} == "?" || ${SAME[$m]} == yes* ]] && SAME[$m]=$same
+      rm -rf "$SHM/$m-j1" "$SHM/$m-j2"
+    done
+    J1[$m]=$( [[ ${#t1[@]} -gt 0 ]] && minof "${t1[@]}" || echo FAIL )
+    J2[$m]=$( [[ ${#t2[@]} -gt 0 ]] && minof "${t2[@]}" || echo FAIL )
+    J1_ALL[$m]="${t1[*]:-}" J2_ALL[$m]="${t2[*]:-}"
+  done
+  rm -rf "$SHM"
+fi
+
+progress "durability check (strace: fdatasync before the rename into place)"
+DURABLE="not checked (strace not installed)"
+if command -v strace > /dev/null; then
+  out=$WORK/durability-out
+  rm -rf "$out"
+  if strace -f -y -qq -o "$LOGS/durability.strace" -e trace=fsync,fdatasync,rename,renameat,renameat2 \
+      "$SMELT" merge "$CONFIGS/linear.yml" "$out" -j "$JOBS" -q > "$LOGS/durability.log" 2>&1; then
+    DURABLE=$(awk '
+      /fdatasync\(|fsync\(/ { if (match($0, /<[^>]*>/)) { p = substr($0, RSTART + 1, RLENGTH - 2); n = split(p, a, "/"); synced[a[n]] = 1 } }
+      /rename/ && /safetensors/ {
+        if (match($0, /"[^"]*", [^"]*"[^"]*safetensors"/)) {
+          s = substr($0, RSTART, RLENGTH); split(s, q, "\""); n1 = split(q[2], a, "/"); n2 = split(q[4], b, "/")
+          if (b[n2] ~ /^model.*\.safetensors$/) { total++; if (a[n1] in synced) ok++; else bad = bad " " b[n2] }
+        }
+      }
+      END {
+        if (total == 0) print "UNKNOWN (no rename of a model file seen)"
+        else if (ok == total) printf "yes (%d model file(s) fdatasync()ed before the rename)\n", total
+        else printf "NO (renamed without a prior fsync/fdatasync:%s)\n", bad
+      }' "$LOGS/durability.strace")
+  else
+    DURABLE="not checked (the traced merge failed: $LOGS/durability.log)"
+  fi
+  rm -rf "$out"
+fi
+TOTAL_S=$(elapsed_since "$START")
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+RES=$WORK/results-$BASE_TAG-s$SCALE.tsv
+: > "$RES"
+for m in $METHODS; do printf '%s\t%s\t%s\n' "$m" "${S_TIME[$m]}" "${S_RSS[$m]}" >> "$RES"; done
+
+say "# smelt benchmark: $TAG (scale $SCALE$([[ $QUICK -eq 1 ]] && echo ", quick"))"
+say ""
+say "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); host: $(nproc) CPUs, $(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM; work dir $WORK ($(df --output=source "$WORK" | tail -1))"
+say "- smelt: $SMELT ($("$SMELT" --version 2>/dev/null | head -1); binary mtime $(date -u -r "$SMELT" '+%Y-%m-%d %H:%M:%S UTC'))"
+say "- model: $PARAMS parameters (estimated), model file $MODEL_BYTES bytes, embed_tokens $EMBED_BYTES bytes; inputs: base + 2 fine-tunes (delta-scale 0.01, sparsity 0.5); slerp reads base + 1"
+say "- smelt runs: -j$JOBS, --random-seed $SEED, $REPS run(s) per row (fastest shown); warm-up merge: $WARMUP_NOTE"
+say "- floor: read = cat inputs > /dev/null (page cache warm), best of 2; write = dd bs=16M count=$DD_COUNT conv=fdatasync, best of 2"
+say "  - before the smelt rows: $FLOOR_BEFORE"
+say "  - after the smelt rows (drift check, not used): $FLOOR_AFTER"
+say "- baseline: per-tensor numpy baseline (bench/numpy_baseline.py; numpy $($PY -c 'import numpy; print(numpy.__version__)' 2>/dev/null), 1 thread, --select $SELECT, --read $READ, whole 5 GB shard in RAM, fsync)"
+say ""
+say "| method | smelt s | floor s | ratio | peak RSS MiB | GB/s | baseline s | speed-up | baseline RSS MiB | memory ratio |"
+say "|---|---|---|---|---|---|---|---|---|---|"
+for m in $METHODS; do
+  inb=$(in_bytes "$m")
+  rd=$([[ $m == slerp ]] && echo "$READ2" || echo "$READ3")
+  floor=$(awk -v a="$rd" -v b="$WRITE" 'BEGIN { printf "%.2f", a + b }')
+  FLOOR[$m]=$floor
+  s=${S_TIME[$m]} k=${S_RSS[$m]}
+  if [[ $s == FAIL ]]; then ratio=- rssm=FAIL gbs=-; else
+    ratio=$(div "$s" "$floor"); rssm=$(mib "$k")
+    gbs=$(awk -v i="$inb" -v o="${S_OUT[$m]:-0}" -v t="$s" 'BEGIN { if (t > 0) printf "%.2f", (i + o) / t / 1e9; else print "n/a" }')
+  fi
+  bs=${B_TIME[$m]:--} bk=${B_RSS[$m]:--} sp=- mr=- bm=-
+  if [[ $bs != - && $bs != FAIL && $s != FAIL ]]; then sp="$(div "$bs" "$s")x"; bm=$(mib "$bk"); mr="$(div "$bk" "$k")x"; fi
+  [[ $bs == FAIL ]] && bm=FAIL
+  say "| $m | $s | $floor | $ratio | $rssm | $gbs | $bs | $sp | $bm | $mr |"
+done
+say ""
+say "floor s = read (slerp: 2 inputs, others: 3) + write; ratio = smelt s / floor s; GB/s = (input + output bytes) / smelt s;"
+say "speed-up = baseline s / smelt s; memory ratio = baseline peak RSS / smelt peak RSS."
+if [[ -n $BASELINE ]]; then
+  notes=""
+  for m in $BASELINE; do [[ -n ${B_NOTE[$m]:-} ]] && notes+="$m ${B_NOTE[$m]#peak anon }, "; done
+  say "Baseline peak RSS includes the memory-mapped input pages it touched (as mergekit's does); its sampled peak anonymous memory: ${notes%, }."
+fi
+say ""
+if [[ -n $THREAD_METHODS ]]; then
+  say "Threads (output on /dev/shm, inputs in page cache):"
+  say ""
+  say "| method | -j1 s | -j2 s | speed-up | -j1 == -j2 |"
+  say "|---|---|---|---|---|"
+  for m in $THREAD_METHODS; do
+    sp=-; [[ ${J1[$m]} != FAIL && ${J2[$m]} != FAIL ]] && sp="$(div "${J1[$m]}" "${J2[$m]}")x"
+    say "| $m | ${J1[$m]} | ${J2[$m]} | $sp | ${SAME[$m]} |"
+  done
+  say ""
+fi
+say "All runs (s), each with [the other processes' CPU use just before it and during it, % of one CPU]:"
+for m in $METHODS; do say "- $m -j$JOBS: ${S_ALL[$m]} ${S_LOAD[$m]% }"; done
+for m in $BASELINE; do say "- $m baseline: ${B_TIME[$m]} [${B_LOAD[$m]}]"; done
+for m in $THREAD_METHODS; do say "- $m on /dev/shm: -j1 ${J1_ALL[$m]:-} ${J1_LOAD[$m]% }; -j2 ${J2_ALL[$m]:-} ${J2_LOAD[$m]% }"; done
+say ""
+
+# targets
+say "Targets$([[ $QUICK -eq 1 ]] && echo " (quick run: tiny model, not meaningful)"):"
+met_list="" miss_list=""
+for m in $METHODS; do
+  case $m in linear|task_arithmetic|dare_ties|dare_linear) lim=1.0 ;; *) lim=1.5 ;; esac
+  s=${S_TIME[$m]}
+  if [[ $s == FAIL ]]; then miss_list+=" $m(failed)"; continue; fi
+  r=$(div "$s" "${FLOOR[$m]}")
+  if le "$r" "$lim"; then met_list+=" $m($r<=$lim)"; else miss_list+=" $m($r>$lim)"; fi
+done
+say "- time / floor: met:${met_list:- none}; missed:${miss_list:- none}"
+met_list="" miss_list=""
+for m in $METHODS; do
+  k=${S_RSS[$m]}
+  if [[ $k == FAIL ]]; then miss_list+=" $m(failed)"; elif (( k <= 512 * 1024 )); then met_list+=" $m($(mib "$k"))"; else miss_list+=" $m($(mib "$k"))"; fi
+done
+say "- peak RSS <= 512 MiB: met:${met_list:- none}; missed:${miss_list:- none}"
+cmp_done=0
+for other in $((SCALE * 2)) $(( SCALE % 2 == 0 ? SCALE / 2 : 0 )); do
+  OTHER_RES=$WORK/results-$BASE_TAG-s$other.tsv
+  [[ $other -ge 1 && -f $OTHER_RES ]] || continue
+  cmp_done=1
+  lo=$(( other < SCALE ? other : SCALE )) hi=$(( other < SCALE ? SCALE : other ))
+  line=""
+  while IFS=$'\t' read -r m s k; do
+    [[ -n ${S_RSS[$m]:-} && ${S_RSS[$m]} != FAIL && $k != FAIL ]] || continue
+    if [[ $other -lt $SCALE ]]; then klo=$k khi=${S_RSS[$m]}; else klo=${S_RSS[$m]} khi=$k; fi
+    verdict=$(awk -v a="$klo" -v b="$khi" 'BEGIN { if (b <= a * 1.10 + 8192) print "unchanged"; else print "GREW" }')
+    line+=" $m $(mib "$klo")->$(mib "$khi") $verdict;"
+  done < "$OTHER_RES"
+  say "- peak RSS at scale $lo vs $hi (unchanged = within 10% + 8 MiB; scale-$other numbers from $(date -u -r "$OTHER_RES" '+%H:%M UTC')):${line%;}"
+done
+[[ $cmp_done -eq 0 ]] && say "- peak RSS unchanged when the model doubles: not checked (run again with --scale $((SCALE * 2)) to compare)"
+if [[ -n $THREAD_METHODS ]]; then
+  met_list="" miss_list="" same_list=""
+  for m in $THREAD_METHODS; do
+    sp=$(div "${J1[$m]}" "${J2[$m]}")
+    if [[ $sp != n/a ]] && le 1.7 "$sp"; then met_list+=" $m(${sp}x)"; else miss_list+=" $m(${sp}x)"; fi
+    same_list+=" $m: ${SAME[$m]};"
+  done
+  say "- 2 threads >= 1.7x one thread: met:${met_list:- none}; missed:${miss_list:- none}"
+  say "- -j1 and -j2 outputs bit-identical ($SHM_MODE):${same_list%;}"
+fi
+say "- output durable: $DURABLE"
+say ""
+say "Total benchmark time: $(f2 "$TOTAL_S") s. Report: $REPORT; logs: $LOGS"

@@ -54,7 +54,6 @@ uint64_t scalar_size(GgufType t) {
 
 bool valid_type(uint32_t t) { return t < kGgufTypeCount; }
 
-
 template <typename T>
 T load(const char* p) {
   T v;
@@ -928,24 +927,11 @@ GgufWriter::GgufWriter(std::filesystem::path path, std::vector<GgufKv> kvs,
   for (size_t i = 0; i < specs_.size(); ++i) offsets_[i] = data_start + relative[i];
   written_ = std::make_unique<std::atomic<uint64_t>[]>(specs_.size());
 
-  temp_path_ = temp_name_for(path_);
-  fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd_ < 0) fail("{}: cannot create: {}", temp_path_.string(), errno_text());
-  pwrite_all(fd_, header.data(), header.size(), 0, temp_path_);
-  // Sizing the file up front makes every padding byte zero without writing it.
-  if (::ftruncate(fd_, static_cast<off_t>(data_start + pos)) != 0) {
-    fail("{}: cannot size file to {} bytes: {}", temp_path_.string(), data_start + pos,
-         errno_text());
-  }
+  file_ = std::make_unique<AtomicFile>(path_, data_start + pos);
+  file_->pwrite(header.data(), header.size(), 0);
 }
 
-GgufWriter::~GgufWriter() {
-  if (fd_ >= 0) ::close(fd_);
-  if (!finished_ && !temp_path_.empty()) {
-    std::error_code ec;
-    std::filesystem::remove(temp_path_, ec);
-  }
-}
+GgufWriter::~GgufWriter() = default;
 
 std::optional<size_t> GgufWriter::index_of(std::string_view name) const {
   const auto it = by_name_.find(std::string(name));
@@ -962,7 +948,7 @@ void GgufWriter::write(size_t index, uint64_t offset, const void* data, uint64_t
     fail("{}: tensor '{}': write of {} bytes at {} is outside its {} bytes", path_.string(),
          specs_[index].name, size, offset, nb);
   }
-  pwrite_all(fd_, data, size, offsets_[index] + offset, temp_path_);
+  file_->pwrite(data, size, offsets_[index] + offset);
   written_[index].fetch_add(size, std::memory_order_relaxed);
 }
 
@@ -975,14 +961,8 @@ void GgufWriter::finish() {
            path_.string(), specs_[i].name, w, nbytes_[i]);
     }
   }
-  if (::fdatasync(fd_) != 0) fail("{}: fdatasync failed: {}", temp_path_.string(), errno_text());
-  ::close(fd_);
-  fd_ = -1;
-  std::error_code ec;
-  std::filesystem::rename(temp_path_, path_, ec);
-  if (ec) fail("{}: cannot rename into place: {}", path_.string(), ec.message());
+  file_->commit();
   finished_ = true;
-  fsync_dir(path_.parent_path());
 }
 
 }  // namespace smelt::io

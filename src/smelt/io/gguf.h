@@ -14,6 +14,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "smelt/io/file_util.h"
 #include "smelt/io/safetensors.h"
 #include "smelt/kernels/quant.h"
 
@@ -230,8 +231,7 @@ class GgufWriter {
 
  private:
   std::filesystem::path path_;
-  std::filesystem::path temp_path_;
-  int fd_ = -1;
+  std::unique_ptr<AtomicFile> file_;
   bool finished_ = false;
   std::vector<GgufKv> kvs_;
   std::vector<GgufTensorSpec> specs_;

@@ -60,7 +60,6 @@ size_t find_invalid_utf8(std::string_view s) {
   return std::string_view::npos;
 }
 
-
 uint64_t checked_numel(const std::vector<uint64_t>& shape, bool* overflow) {
   uint64_t n = 1;
   *overflow = false;
@@ -368,27 +367,15 @@ SafetensorsWriter::SafetensorsWriter(std::filesystem::path path, std::vector<Ten
   for (size_t i = 0; i < specs_.size(); ++i) offsets_[i] = data_start + relative[i];
   written_ = std::make_unique<std::atomic<uint64_t>[]>(specs_.size());
 
-  temp_path_ = temp_name_for(path_);
-  fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd_ < 0) fail("{}: cannot create: {}", temp_path_.string(), errno_text());
+  file_ = std::make_unique<AtomicFile>(path_, data_start + pos);
   unsigned char len[8];
   uint64_t n = body.size();
   for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
-  pwrite_all(fd_, len, 8, 0, temp_path_);
-  pwrite_all(fd_, body.data(), body.size(), 8, temp_path_);
-  if (::ftruncate(fd_, static_cast<off_t>(data_start + pos)) != 0) {
-    fail("{}: cannot size file to {} bytes: {}", temp_path_.string(), data_start + pos,
-         errno_text());
-  }
+  file_->pwrite(len, 8, 0);
+  file_->pwrite(body.data(), body.size(), 8);
 }
 
-SafetensorsWriter::~SafetensorsWriter() {
-  if (fd_ >= 0) ::close(fd_);
-  if (!finished_ && !temp_path_.empty()) {
-    std::error_code ec;
-    std::filesystem::remove(temp_path_, ec);
-  }
-}
+SafetensorsWriter::~SafetensorsWriter() = default;
 
 std::optional<size_t> SafetensorsWriter::index_of(std::string_view name) const {
   auto it = by_name_.find(std::string(name));
@@ -403,14 +390,14 @@ void SafetensorsWriter::write(size_t index, uint64_t offset, const void* data, u
     fail("{}: tensor '{}': write of {} bytes at {} is outside its {} bytes", path_.string(), s.name,
          size, offset, nb);
   }
-  pwrite_all(fd_, data, size, offsets_[index] + offset, temp_path_);
+  file_->pwrite(data, size, offsets_[index] + offset);
   written_[index].fetch_add(size, std::memory_order_relaxed);
   // Start writing dirty pages to disk as we go, so the final fdatasync has little left to do and
   // disk writes overlap reading and merging.
   constexpr uint64_t kWritebackEvery = uint64_t{64} << 20;
   if (since_writeback_.fetch_add(size, std::memory_order_relaxed) + size >= kWritebackEvery) {
     since_writeback_.store(0, std::memory_order_relaxed);
-    ::sync_file_range(fd_, 0, 0, SYNC_FILE_RANGE_WRITE);
+    file_->start_writeback();
   }
 }
 
@@ -424,14 +411,8 @@ void SafetensorsWriter::finish() {
            path_.string(), specs_[i].name, w, nb);
     }
   }
-  if (::fdatasync(fd_) != 0) fail("{}: fdatasync failed: {}", temp_path_.string(), errno_text());
-  ::close(fd_);
-  fd_ = -1;
-  std::error_code ec;
-  std::filesystem::rename(temp_path_, path_, ec);
-  if (ec) fail("{}: cannot rename into place: {}", path_.string(), ec.message());
+  file_->commit();
   finished_ = true;
-  fsync_dir(path_.parent_path());
 }
 
 uint64_t parse_shard_size(std::string_view text) {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "smelt/dtype.h"
+#include "smelt/io/file_util.h"
 
 namespace smelt::io {
 
@@ -126,8 +127,7 @@ class SafetensorsWriter {
 
  private:
   std::filesystem::path path_;
-  std::filesystem::path temp_path_;
-  int fd_ = -1;
+  std::unique_ptr<AtomicFile> file_;
   bool finished_ = false;
   std::vector<TensorSpec> specs_;
   std::vector<uint64_t> offsets_;  // absolute

@@ -185,7 +185,7 @@ trap cleanup EXIT
 trap 'echo "run_bench.sh: interrupted" >&2; exit 130' INT TERM
 
 progress() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-REPORT=$WORK/report-$TAG.md
+REPORT=$WORK/report-$TAG-$(date +%Y%m%d-%H%M%S).md
 : > "$REPORT"
 say() { echo "$*" | tee -a "$REPORT"; }
 f2() { awk -v x="$1" 'BEGIN { printf "%.2f", x }'; }
@@ -210,7 +210,7 @@ wait_idle() {
     (( waited == 0 )) && progress "  machine busy (${BUSY}% of a CPU used by other processes): waiting up to ${WAIT_IDLE}s"
     sleep 2; waited=$((waited + 3)); BUSY=$(busy_pct)
   done
-  if (( waited > 0 )); then BUSY="$BUSY%, waited ${waited}s"; else BUSY="$BUSY%"; fi
+  if (( waited > 0 )); then BUSY="others $BUSY% before (waited ${waited}s)"; else BUSY="others $BUSY% before"; fi
 }
 HZ=$(getconf CLK_TCK)
 BUSY="-"
@@ -235,6 +235,7 @@ elapsed_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b 
 # models and configs
 
 mkdir -p "$LOGS"
+rm -f "$LOGS"/*.log "$LOGS"/*.time "$LOGS"/*.strace
 if models_ready; then
   progress "reusing models in $MODELS"
 else
@@ -321,7 +322,7 @@ run_smelt() {
   R_S="" R_KIB="" R_OUT=0
   if timed "$tf" "$SMELT" merge "$CONFIGS/$m.yml" "$out" -j "$j" --random-seed "$SEED" -q > "$log" 2>&1; then
     R_S=$T_S R_KIB=$T_KIB
-    BUSY="$BUSY before, $T_OTHER% during"
+    BUSY="$BUSY; others $T_OTHER% during"
     R_OUT=$(sum_sizes "$out"/*.safetensors)
     return 0
   fi
@@ -336,13 +337,29 @@ time_cmd() {  # prints wall seconds of "$@"
   elapsed_since "$t0"
 }
 cat_files() { cat "$@" > /dev/null; }
+cached_pct() {  # share of the input files' pages in the page cache
+  # shellcheck disable=SC2086
+  fincore -b -n -r -o RES,SIZE $FILES3 2>/dev/null |
+    awk '{ r += $1; s += $2 } END { if (s > 0) printf "%.0f", 100 * r / s; else print "?" }'
+}
+# settle: before each timed step, wait for a quiet machine (wait_idle), then re-read the inputs.
+# This VM runs DAMON with a pageout scheme that drops page-cache pages left idle for about a
+# minute, so "warm" inputs go partly cold between steps; BUSY notes how much was still cached.
+settle() {
+  wait_idle
+  local pct
+  pct=$(cached_pct)
+  # shellcheck disable=SC2086
+  cat_files $FILES3
+  BUSY="$BUSY, inputs ${pct}% cached"
+}
 dd_floor() {
   rm -f "$WORK/floor"
   dd if=/dev/zero of="$WORK/floor" bs=16M count="$DD_COUNT" conv=fdatasync status=none
 }
 measure_floors() {  # -> READ3 READ2 WRITE (best of 2 each), details in FLOOR_RUNS
   local r3a r3b r2a r2b wa wb
-  wait_idle
+  settle
   # shellcheck disable=SC2086
   r3a=$(time_cmd cat_files $FILES3); r3b=$(time_cmd cat_files $FILES3)
   # shellcheck disable=SC2086
@@ -350,7 +367,7 @@ measure_floors() {  # -> READ3 READ2 WRITE (best of 2 each), details in FLOOR_RU
   wa=$(time_cmd dd_floor); rm -f "$WORK/floor"
   wb=$(time_cmd dd_floor); rm -f "$WORK/floor"
   READ3=$(minof "$r3a" "$r3b") READ2=$(minof "$r2a" "$r2b") WRITE=$(minof "$wa" "$wb")
-  FLOOR_RUNS="(others' CPU use before: $BUSY) read 3 inputs $r3a / $r3b s, read 2 inputs $r2a / $r2b s, write $wa / $wb s"
+  FLOOR_RUNS="[$BUSY] read 3 inputs $r3a / $r3b s, read 2 inputs $r2a / $r2b s, write $wa / $wb s"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -379,7 +396,7 @@ for m in $METHODS; do
   times=() rss=()
   for ((r = 1; r <= REPS; r++)); do
     progress "smelt $m -j$JOBS (run $r/$REPS)"
-    wait_idle
+    settle
     if run_smelt "$m" "$WORK/out-$m" "$JOBS" "smelt-$m-j$JOBS-r$r"; then
       S_LOAD[$m]="${S_LOAD[$m]:-}[$BUSY] "
       times+=("$R_S") rss+=("$R_KIB")
@@ -404,14 +421,14 @@ READ3=$READ3_0 READ2=$READ2_0 WRITE=$WRITE_0
 
 for m in $BASELINE; do
   progress "per-tensor numpy baseline: $m"
-  wait_idle
+  settle
   B_LOAD[$m]=$BUSY
   out=$WORK/baseline-out-$m log=$LOGS/baseline-$m.log
   rm -rf "$out"
   if OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 timed "$LOGS/baseline-$m.time" \
       "$PY" "$BASELINE_PY" "$CONFIGS/$m.yml" "$out" --seed "$SEED" --select "$SELECT" --read "$READ" > "$log" 2>&1; then
     B_TIME[$m]=$T_S B_RSS[$m]=$T_KIB
-    B_LOAD[$m]="${B_LOAD[$m]} before, $T_OTHER% during"
+    B_LOAD[$m]="${B_LOAD[$m]}; others $T_OTHER% during"
     B_NOTE[$m]=$(grep -o 'peak anon [0-9]* MiB' "$log" | head -1)
   else
     B_TIME[$m]=FAIL B_RSS[$m]=FAIL
@@ -427,12 +444,12 @@ if [[ -n $THREAD_METHODS ]]; then
     t1=() t2=() SAME[$m]="?"
     for ((r = 1; r <= REPS; r++)); do
       progress "threads: $m -j1 / -j2 on /dev/shm (run $r/$REPS)"
-      wait_idle
+      settle
       run_smelt "$m" "$SHM/$m-j1" 1 "shm-$m-j1-r$r" && t1+=("$R_S") && J1_LOAD[$m]="${J1_LOAD[$m]:-}[$BUSY] "
       if [[ $SHM_MODE == sha256 ]]; then
         sum1=$(cat "$SHM/$m-j1"/*.safetensors 2>/dev/null | sha256sum); rm -rf "$SHM/$m-j1"
       fi
-      wait_idle
+      settle
       run_smelt "$m" "$SHM/$m-j2" 2 "shm-$m-j2-r$r" && t2+=("$R_S") && J2_LOAD[$m]="${J2_LOAD[$m]:-}[$BUSY] "
       same=no
       if [[ $SHM_MODE == sha256 ]]; then
@@ -485,9 +502,13 @@ TOTAL_S=$(elapsed_since "$START")
 # ---------------------------------------------------------------------------------------------
 # report
 
+# results-<shape>-s<scale>.tsv: method, smelt s, peak RSS KiB, smelt binary mtime; rows of methods
+# not run now are kept
 RES=$WORK/results-$BASE_TAG-s$SCALE.tsv
-: > "$RES"
-for m in $METHODS; do printf '%s\t%s\t%s\n' "$m" "${S_TIME[$m]}" "${S_RSS[$m]}" >> "$RES"; done
+{
+  [[ -f $RES ]] && awk -F'\t' -v run=" $METHODS " 'index(run, " " $1 " ") == 0' "$RES"
+  for m in $METHODS; do printf '%s\t%s\t%s\t%s\n' "$m" "${S_TIME[$m]}" "${S_RSS[$m]}" "$(stat -c %Y "$SMELT")"; done
+} > "$RES.new" && mv "$RES.new" "$RES"
 
 say "# smelt benchmark: $TAG (scale $SCALE$([[ $QUICK -eq 1 ]] && echo ", quick"))"
 say ""
@@ -498,7 +519,7 @@ say "- smelt runs: -j$JOBS, --random-seed $SEED, $REPS run(s) per row (fastest s
 say "- floor: read = cat inputs > /dev/null (page cache warm), best of 2; write = dd bs=16M count=$DD_COUNT conv=fdatasync, best of 2"
 say "  - before the smelt rows: $FLOOR_BEFORE"
 say "  - after the smelt rows (drift check, not used): $FLOOR_AFTER"
-say "- baseline: per-tensor numpy baseline (bench/numpy_baseline.py; numpy $($PY -c 'import numpy; print(numpy.__version__)' 2>/dev/null), 1 thread, --select $SELECT, --read $READ, whole 5 GB shard in RAM, fsync)"
+[[ -n $BASELINE ]] && say "- baseline: per-tensor numpy baseline (bench/numpy_baseline.py; numpy $($PY -c 'import numpy; print(numpy.__version__)' 2>/dev/null), 1 thread, --select $SELECT, --read $READ, whole 5 GB shard in RAM, fsync)"
 say ""
 say "| method | smelt s | floor s | ratio | peak RSS MiB | GB/s | baseline s | speed-up | baseline RSS MiB | memory ratio |"
 say "|---|---|---|---|---|---|---|---|---|---|"
@@ -537,7 +558,7 @@ if [[ -n $THREAD_METHODS ]]; then
   done
   say ""
 fi
-say "All runs (s), each with [the other processes' CPU use just before it and during it, % of one CPU]:"
+say "All runs (s), each with [CPU use of other processes (% of one CPU) before and during it; share of the input pages still in the page cache before the re-read]:"
 for m in $METHODS; do say "- $m -j$JOBS: ${S_ALL[$m]} ${S_LOAD[$m]% }"; done
 for m in $BASELINE; do say "- $m baseline: ${B_TIME[$m]} [${B_LOAD[$m]}]"; done
 for m in $THREAD_METHODS; do say "- $m on /dev/shm: -j1 ${J1_ALL[$m]:-} ${J1_LOAD[$m]% }; -j2 ${J2_ALL[$m]:-} ${J2_LOAD[$m]% }"; done
@@ -566,14 +587,15 @@ for other in $((SCALE * 2)) $(( SCALE % 2 == 0 ? SCALE / 2 : 0 )); do
   [[ $other -ge 1 && -f $OTHER_RES ]] || continue
   cmp_done=1
   lo=$(( other < SCALE ? other : SCALE )) hi=$(( other < SCALE ? SCALE : other ))
-  line=""
-  while IFS=$'\t' read -r m s k; do
+  line="" other_bin=""
+  while IFS=$'\t' read -r m s k mt; do
+    [[ ${mt:-} != "$(stat -c %Y "$SMELT")" ]] && other_bin=" (NOTE: some scale-$other rows came from another smelt binary)"
     [[ -n ${S_RSS[$m]:-} && ${S_RSS[$m]} != FAIL && $k != FAIL ]] || continue
     if [[ $other -lt $SCALE ]]; then klo=$k khi=${S_RSS[$m]}; else klo=${S_RSS[$m]} khi=$k; fi
     verdict=$(awk -v a="$klo" -v b="$khi" 'BEGIN { if (b <= a * 1.10 + 8192) print "unchanged"; else print "GREW" }')
     line+=" $m $(mib "$klo")->$(mib "$khi") $verdict;"
   done < "$OTHER_RES"
-  say "- peak RSS at scale $lo vs $hi (unchanged = within 10% + 8 MiB; scale-$other numbers from $(date -u -r "$OTHER_RES" '+%H:%M UTC')):${line%;}"
+  say "- peak RSS at scale $lo vs $hi (unchanged = within 10% + 8 MiB; scale-$other numbers from $(date -u -r "$OTHER_RES" '+%H:%M UTC'))$other_bin:${line%;}"
 done
 [[ $cmp_done -eq 0 ]] && say "- peak RSS unchanged when the model doubles: not checked (run again with --scale $((SCALE * 2)) to compare)"
 if [[ -n $THREAD_METHODS ]]; then

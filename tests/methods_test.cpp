@@ -329,9 +329,10 @@ TEST(Registry, GtaFamilyDefaultsFollowTheSpecTable) {
 // Top-k selection kernel.
 
 // Runs TopKMagnitude over v in shuffled chunks and returns the kept mask.
-std::vector<bool> select_top_k(const Tensor& v, uint64_t k, size_t chunk, uint32_t shuffle,
-                               int* passes = nullptr) {
-  kernels::TopKMagnitude top(v.size(), k);
+std::vector<bool> select_top_k(
+    const Tensor& v, uint64_t k, size_t chunk, uint32_t shuffle, int* passes = nullptr,
+    uint64_t max_tie_entries = kernels::TopKMagnitude::kDefaultMaxTieEntries) {
+  kernels::TopKMagnitude top(v.size(), k, max_tie_entries);
   std::vector<uint64_t> offsets;
   for (uint64_t o = 0; o < v.size(); o += chunk) offsets.push_back(o);
   std::mt19937 rng(shuffle);
@@ -361,6 +362,50 @@ TEST(TopKMagnitude, KeepsExactlyKLargestWithIndexOrderTieBreak) {
   }
 }
 
+TEST(TopKMagnitude, FallsBackToATiesPassWhenTieListsOverflow) {
+  const Tensor v = tiny_set_tensor(200003, 11);
+  for (uint64_t k : {3ull, 100001ull, 199990ull}) {
+    for (uint64_t cap : {uint64_t{0}, uint64_t{40}, uint64_t{1} << 30}) {
+      int passes = -1;
+      const std::vector<bool> got =
+          select_top_k(v, k, 4099, static_cast<uint32_t>(k), &passes, cap);
+      EXPECT_TRUE(got == top_k_mask(v, k)) << "k=" << k << " cap=" << cap;
+      // A cap of 0 or 40 entries cannot hold one record per chunk (49 chunks): a third pass.
+      EXPECT_EQ(passes, cap < 49 ? 3 : 2) << "k=" << k << " cap=" << cap;
+    }
+  }
+}
+
+TEST(TopKMagnitude, DifferenceInputMatchesMaterializedDifference) {
+  // Large enough (>= 65536 elements) for the private-histogram path, with many exact ties.
+  const Tensor a = tiny_set_tensor(150001, 21);
+  Tensor b = tiny_set_tensor(150001, 22);
+  for (size_t j = 0; j < b.size(); j += 3) b[j] = a[j];  // zero differences
+  Tensor d(a.size());
+  for (size_t j = 0; j < a.size(); ++j) d[j] = a[j] - b[j];
+  for (uint64_t k : {1ull, 50000ull, 120000ull}) {
+    kernels::TopKMagnitude top(a.size(), k);
+    const size_t chunk = 8191;
+    while (top.pass() != kernels::TopKMagnitude::Pass::kDone) {
+      for (size_t o = 0; o < a.size(); o += chunk) {
+        top.add_difference(o, a.data() + o, b.data() + o, std::min(chunk, a.size() - o));
+      }
+      top.end_pass();
+    }
+    Tensor x = d;
+    for (size_t o = 0; o < a.size(); o += chunk) {
+      top.keep_top(o, x.data() + o, std::min(chunk, a.size() - o));
+    }
+    const std::vector<bool> want = top_k_mask(d, k);
+    size_t kept = 0;
+    for (size_t j = 0; j < x.size(); ++j) {
+      kept += want[j];
+      ASSERT_EQ(x[j], want[j] ? d[j] : 0.0f) << "k=" << k << " j=" << j;
+    }
+    EXPECT_EQ(kept, k);
+  }
+}
+
 TEST(TopKMagnitude, MatchesSortOnDistinctValuesAndSignedZeros) {
   Tensor v = normal_tensor(50000, 9);
   v[10] = -0.0f;
@@ -382,10 +427,10 @@ TEST(TopKMagnitude, NeedsNoPassForNoneOrAllAndNoTiesPassWhenTiesFit) {
   EXPECT_EQ(select_top_k(v, 4, 2, 1, &passes),
             (std::vector<bool>{true, false, true, true, true, false}));
   EXPECT_EQ(passes, 2);
-  // k = 3 keeps only the first 2: a third pass places the tie.
+  // k = 3 keeps only the first 2: the low pass records where the tied elements are.
   EXPECT_EQ(select_top_k(v, 3, 2, 1, &passes),
             (std::vector<bool>{true, false, true, false, true, false}));
-  EXPECT_EQ(passes, 3);
+  EXPECT_EQ(passes, 2);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -23,78 +23,206 @@ namespace smelt::kernels {
 namespace {
 
 constexpr size_t kBins = 65536;
-// Below this many elements a chunk adds straight into the shared histogram: clearing and
-// scanning a private one would cost more than the atomic increments.
-constexpr size_t kPrivateHistogramMin = 65536;
-// Private counts are 32-bit; longer chunks are counted in blocks of this size.
-constexpr size_t kMaxBlock = size_t{1} << 31;
+// magnitude_bits has no sign bit, so its high 16 bits take 32768 values.
+constexpr size_t kHighBins = 32768;
+// Tensors below this many elements add straight into the shared histogram: flushing a private
+// one would cost more than the atomic increments.
+constexpr uint64_t kPrivateHistogramMin = 65536;
+// A private histogram is kSub interleaved sub-histograms, so that runs of elements falling into
+// the same bin (zeros, bf16 ties) do not serialize on one counter.
+constexpr size_t kSub = 4;
+// Elements are turned into magnitude bits this many at a time (on the stack, in L1).
+constexpr size_t kBitsBlock = 2048;
+
+// bits[j] = magnitude_bits(a[j] - b[j]), or of a[j] when b is null.
+SMELT_ELEMENTWISE void magnitudes(const float* a, const float* b, uint32_t* bits, size_t n) {
+  if (b == nullptr) {
+    for (size_t j = 0; j < n; ++j) bits[j] = std::bit_cast<uint32_t>(a[j]) & 0x7FFFFFFFu;
+  } else {
+    for (size_t j = 0; j < n; ++j) bits[j] = std::bit_cast<uint32_t>(a[j] - b[j]) & 0x7FFFFFFFu;
+  }
+}
 
 // Zeroes every x[j] with magnitude_bits(x[j]) < bits (written as a select so it vectorizes).
 SMELT_ELEMENTWISE void zero_below(uint32_t bits, float* x, size_t n) {
   for (size_t j = 0; j < n; ++j) x[j] = magnitude_bits(x[j]) < bits ? 0.0f : x[j];
 }
 
+SMELT_ELEMENTWISE uint64_t count_equal(const uint32_t* bits, uint32_t value, size_t n) {
+  uint64_t equal = 0;
+  for (size_t j = 0; j < n; ++j) equal += bits[j] == value;
+  return equal;
+}
+
 }  // namespace
 
-TopKMagnitude::TopKMagnitude(uint64_t numel, uint64_t k) : numel_(numel), k_(k) {
+// kSub x kHighBins 32-bit counts, all zero when the slot is free.
+struct TopKMagnitude::Slot {
+  std::unique_ptr<uint32_t[]> counts{new uint32_t[kSub * kHighBins]()};
+  uint64_t total = 0;  // elements counted since the last flush (keeps counts below 2^32)
+};
+
+namespace {
+
+// Private histograms are large (512 KiB) and first-touch page faults are expensive, so freed
+// ones (zeroed) are kept for the next selection.
+std::mutex slot_pool_mutex;
+std::vector<std::unique_ptr<TopKMagnitude::Slot>>& slot_pool() {
+  static std::vector<std::unique_ptr<TopKMagnitude::Slot>> pool;
+  return pool;
+}
+
+}  // namespace
+
+TopKMagnitude::TopKMagnitude(uint64_t numel, uint64_t k, uint64_t max_tie_entries)
+    : numel_(numel), k_(k), max_tie_entries_(max_tie_entries) {
   if (k_ == 0 || k_ >= numel_) return;  // nothing or everything is kept: no pass needed
   pass_ = Pass::kHigh;
   histogram_ = std::make_unique<std::atomic<uint64_t>[]>(kBins);
   for (size_t b = 0; b < kBins; ++b) histogram_[b].store(0, std::memory_order_relaxed);
 }
 
-void TopKMagnitude::add_to_histogram(const float* x, size_t n) {
-  const bool low = pass_ == Pass::kLow;
-  const uint32_t high_bin = high_bin_;
-  if (n < kPrivateHistogramMin) {
-    for (size_t j = 0; j < n; ++j) {
-      const uint32_t bits = magnitude_bits(x[j]);
-      if (!low) {
-        histogram_[bits >> 16].fetch_add(1, std::memory_order_relaxed);
-      } else if ((bits >> 16) == high_bin) {
-        histogram_[bits & 0xFFFFu].fetch_add(1, std::memory_order_relaxed);
-      }
+TopKMagnitude::~TopKMagnitude() {
+  std::lock_guard pool_lock(slot_pool_mutex);
+  for (Slot* s : all_slots_) {
+    if (pass_ == Pass::kHigh) {  // stopped mid-pass: counts not flushed
+      std::fill(s->counts.get(), s->counts.get() + kSub * kHighBins, 0u);
+      s->total = 0;
     }
-    return;
-  }
-  thread_local std::vector<uint32_t> counts;
-  counts.assign(kBins, 0);
-  for (size_t start = 0; start < n; start += kMaxBlock) {
-    const size_t end = std::min(n, start + kMaxBlock);
-    if (!low) {
-      for (size_t j = start; j < end; ++j) ++counts[magnitude_bits(x[j]) >> 16];
-    } else {
-      for (size_t j = start; j < end; ++j) {
-        const uint32_t bits = magnitude_bits(x[j]);
-        if ((bits >> 16) == high_bin) ++counts[bits & 0xFFFFu];
-      }
-    }
-    for (size_t b = 0; b < kBins; ++b) {
-      if (counts[b] != 0) {
-        histogram_[b].fetch_add(counts[b], std::memory_order_relaxed);
-        counts[b] = 0;
-      }
-    }
+    slot_pool().emplace_back(s);
   }
 }
 
-void TopKMagnitude::add(uint64_t offset, const float* x, size_t n) {
+void TopKMagnitude::flush(Slot& slot) {
+  uint32_t* c = slot.counts.get();
+  for (size_t b = 0; b < kHighBins; ++b) {
+    uint64_t sum = 0;
+    for (size_t s = 0; s < kSub; ++s) {
+      sum += c[s * kHighBins + b];
+      c[s * kHighBins + b] = 0;
+    }
+    if (sum != 0) histogram_[b].fetch_add(sum, std::memory_order_relaxed);
+  }
+  slot.total = 0;
+}
+
+void TopKMagnitude::count_high(const uint32_t* bits, size_t n, Slot* slot) {
+  if (slot == nullptr) {
+    for (size_t j = 0; j < n; ++j) {
+      histogram_[bits[j] >> 16].fetch_add(1, std::memory_order_relaxed);
+    }
+    return;
+  }
+  uint32_t* h0 = slot->counts.get();
+  uint32_t* h1 = h0 + kHighBins;
+  uint32_t* h2 = h1 + kHighBins;
+  uint32_t* h3 = h2 + kHighBins;
+  size_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    ++h0[bits[j] >> 16];
+    ++h1[bits[j + 1] >> 16];
+    ++h2[bits[j + 2] >> 16];
+    ++h3[bits[j + 3] >> 16];
+  }
+  for (; j < n; ++j) ++h0[bits[j] >> 16];
+}
+
+void TopKMagnitude::add_bits(uint64_t offset, const float* a, const float* b, size_t n) {
+  alignas(64) uint32_t bits[kBitsBlock];
   switch (pass_) {
-    case Pass::kHigh:
-    case Pass::kLow:
-      add_to_histogram(x, n);
+    case Pass::kHigh: {
+      Slot* slot = nullptr;
+      if (numel_ >= kPrivateHistogramMin) {
+        std::lock_guard lock(mutex_);
+        if (!slots_.empty()) {
+          slot = slots_.back();
+          slots_.pop_back();
+        } else {
+          {
+            std::lock_guard pool_lock(slot_pool_mutex);
+            if (!slot_pool().empty()) {
+              slot = slot_pool().back().release();
+              slot_pool().pop_back();
+            }
+          }
+          if (slot == nullptr) slot = new Slot;
+          all_slots_.push_back(slot);
+        }
+      }
+      for (size_t start = 0; start < n; start += kBitsBlock) {
+        const size_t m = std::min(kBitsBlock, n - start);
+        if (slot != nullptr && slot->total + m > UINT32_MAX) flush(*slot);
+        magnitudes(a + start, b ? b + start : nullptr, bits, m);
+        count_high(bits, m, slot);
+        if (slot != nullptr) slot->total += m;
+      }
+      if (slot != nullptr) {
+        std::lock_guard lock(mutex_);
+        slots_.push_back(slot);
+      }
       return;
+    }
+    case Pass::kLow: {
+      // The low 16 bits of the elements in the high bin, counted per chunk in `counts` (all
+      // zero between calls) with the distinct values listed in `seen`.
+      thread_local std::vector<uint32_t> counts(kBins, 0);
+      thread_local std::vector<uint16_t> seen;
+      seen.clear();
+      const uint32_t high_bin = high_bin_;
+      alignas(64) uint16_t lows[kBitsBlock];
+      for (size_t start = 0; start < n; start += kBitsBlock) {
+        const size_t m = std::min(kBitsBlock, n - start);
+        magnitudes(a + start, b ? b + start : nullptr, bits, m);
+        size_t matched = 0;
+        for (size_t j = 0; j < m; ++j) {
+          lows[matched] = static_cast<uint16_t>(bits[j] & 0xFFFFu);
+          matched += (bits[j] >> 16) == high_bin;
+        }
+        for (size_t j = 0; j < matched; ++j) {
+          if (counts[lows[j]]++ == 0) seen.push_back(lows[j]);
+        }
+      }
+      ChunkLows record{offset, {}};
+      record.entries.reserve(seen.size());
+      for (uint16_t low : seen) {
+        const uint32_t c = counts[low];
+        counts[low] = 0;
+        histogram_[low].fetch_add(c, std::memory_order_relaxed);
+        record.entries.emplace_back(low, c);
+      }
+      std::lock_guard lock(mutex_);
+      if (lows_overflow_) return;
+      low_entries_ += record.entries.size() + 1;
+      if (low_entries_ > max_tie_entries_) {
+        lows_overflow_ = true;
+        lows_ = {};
+        return;
+      }
+      lows_.push_back(std::move(record));
+      return;
+    }
     case Pass::kTies: {
-      const uint32_t threshold = threshold_;
       uint64_t equal = 0;
-      for (size_t j = 0; j < n; ++j) equal += magnitude_bits(x[j]) == threshold;
-      std::lock_guard lock(ties_mutex_);
+      for (size_t start = 0; start < n; start += kBitsBlock) {
+        const size_t m = std::min(kBitsBlock, n - start);
+        magnitudes(a + start, b ? b + start : nullptr, bits, m);
+        equal += count_equal(bits, threshold_, m);
+      }
+      std::lock_guard lock(mutex_);
       ties_.push_back({offset, equal, 0});
       return;
     }
     case Pass::kDone:
       throw std::logic_error("TopKMagnitude::add called after the last pass");
   }
+}
+
+void TopKMagnitude::add(uint64_t offset, const float* x, size_t n) {
+  add_bits(offset, x, nullptr, n);
+}
+
+void TopKMagnitude::add_difference(uint64_t offset, const float* a, const float* b, size_t n) {
+  add_bits(offset, a, b, n);
 }
 
 uint32_t TopKMagnitude::find_bin(uint64_t& above) const {
@@ -110,6 +238,7 @@ uint32_t TopKMagnitude::find_bin(uint64_t& above) const {
 void TopKMagnitude::end_pass() {
   switch (pass_) {
     case Pass::kHigh: {
+      for (Slot* s : slots_) flush(*s);
       greater_high_ = 0;
       high_bin_ = find_bin(greater_high_);
       for (size_t b = 0; b < kBins; ++b) histogram_[b].store(0, std::memory_order_relaxed);
@@ -125,8 +254,23 @@ void TopKMagnitude::end_pass() {
       tied_to_keep_ = k_ - greater_;
       split_ties_ = greater_ + equal > k_;
       histogram_.reset();
-      pass_ = split_ties_ ? Pass::kTies : Pass::kDone;
-      return;
+      if (split_ties_ && !lows_overflow_) {
+        // Every chunk's count of elements equal to the threshold, from its kLow record.
+        ties_.reserve(lows_.size());
+        for (const ChunkLows& c : lows_) {
+          uint64_t eq = 0;
+          for (const auto& [low, count] : c.entries) {
+            if (low == low_bin) eq = count;
+          }
+          ties_.push_back({c.offset, eq, 0});
+        }
+      }
+      lows_ = {};
+      if (split_ties_ && lows_overflow_) {
+        pass_ = Pass::kTies;
+        return;
+      }
+      [[fallthrough]];
     }
     case Pass::kTies: {
       std::sort(ties_.begin(), ties_.end(),
@@ -226,6 +370,32 @@ namespace {
 }
 #endif
 
+[[gnu::always_inline]] inline void keep_random_difference_loop(uint64_t key, uint64_t first_counter,
+                                                               float p, const float* a,
+                                                               const float* b, float* delta,
+                                                               size_t n) {
+  for (size_t j = 0; j < n; ++j) {
+    const float d = a[j] - b[j];
+    delta[j] = random_uniform(key, first_counter + j) < p ? d : 0.0f;
+  }
+}
+
+#if defined(__x86_64__)
+[[gnu::target("avx512f,avx512dq"), gnu::optimize("O3", "fp-contract=off")]] void
+keep_random_difference_avx512(uint64_t key, uint64_t first_counter, float p, const float* a,
+                              const float* b, float* delta, size_t n) {
+  keep_random_difference_loop(key, first_counter, p, a, b, delta, n);
+}
+#endif
+
+[[gnu::optimize("no-tree-vectorize")]] void keep_random_difference_scalar(uint64_t key,
+                                                                          uint64_t first_counter,
+                                                                          float p, const float* a,
+                                                                          const float* b,
+                                                                          float* delta, size_t n) {
+  keep_random_difference_loop(key, first_counter, p, a, b, delta, n);
+}
+
 [[gnu::optimize("no-tree-vectorize")]] void keep_random_scalar(uint64_t key, uint64_t first_counter,
                                                                float p, float* x, size_t n) {
   keep_random_loop(key, first_counter, p, x, n);
@@ -239,6 +409,43 @@ void keep_random(uint64_t key, uint64_t first_counter, float p, float* x, size_t
   if (has_avx512dq) return keep_random_avx512(key, first_counter, p, x, n);
 #endif
   keep_random_scalar(key, first_counter, p, x, n);
+}
+
+void keep_random_difference(uint64_t key, uint64_t first_counter, float p, const float* a,
+                            const float* b, float* delta, size_t n) {
+#if defined(__x86_64__)
+  static const bool has_avx512dq = __builtin_cpu_supports("avx512dq");
+  if (has_avx512dq) return keep_random_difference_avx512(key, first_counter, p, a, b, delta, n);
+#endif
+  keep_random_difference_scalar(key, first_counter, p, a, b, delta, n);
+}
+
+std::array<double, 2> random_kept_abs_sums(uint64_t key, uint64_t first_counter, float p,
+                                           const float* a, const float* b, size_t n) {
+  // Blocks of a multiple of 4 elements keep abs_sum's lanes (element j in lane j % 4, the tail
+  // in lane 0); the differences and the masked ones are formed by the vectorized kernels.
+  constexpr size_t kBlock = 2048;
+  alignas(64) float d[kBlock];
+  alignas(64) float kept[kBlock];
+  double s[4] = {0, 0, 0, 0};
+  double t[4] = {0, 0, 0, 0};
+  for (size_t start = 0; start < n; start += kBlock) {
+    const size_t m = std::min(kBlock, n - start);
+    subtract(a + start, b + start, d, m);
+    keep_random_difference(key, first_counter + start, p, a + start, b + start, kept, m);
+    size_t j = 0;
+    for (; j + 4 <= m; j += 4) {
+      for (size_t l = 0; l < 4; ++l) {
+        s[l] += std::fabs(double{d[j + l]});
+        t[l] += std::fabs(double{kept[j + l]});
+      }
+    }
+    for (; j < m; ++j) {  // only in the last block
+      s[0] += std::fabs(double{d[j]});
+      t[0] += std::fabs(double{kept[j]});
+    }
+  }
+  return {(s[0] + s[1]) + (s[2] + s[3]), (t[0] + t[1]) + (t[2] + t[3])};
 }
 
 SMELT_ELEMENTWISE void elect_sign(const float* const* d, const float* w, size_t count, size_t n,

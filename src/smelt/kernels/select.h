@@ -2,12 +2,14 @@
 // loops (differences, weighted sums, norms) that methods run over chunks.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 namespace smelt::kernels {
@@ -20,9 +22,11 @@ inline uint32_t magnitude_bits(float x) { return std::bit_cast<uint32_t>(x) & 0x
 // seen in chunks, without storing it. Pass kHigh histograms the high 16 bits of |x|; pass kLow
 // histograms the low 16 bits inside the high bin that holds the k-th largest, which gives the
 // exact k-th largest magnitude T and the number of elements strictly above it. Elements equal to
-// T are kept in element-index order until k are kept (mergekit breaks such ties arbitrarily);
-// when some of them must be dropped, pass kTies counts them per chunk so each chunk knows how
-// many tied elements precede it.
+// T are kept in element-index order until k are kept (mergekit breaks such ties arbitrarily), so
+// each chunk must know how many tied elements precede it: pass kLow records, per chunk, how many
+// of its elements share each low-bit pattern inside the high bin (usually a few hundred
+// entries); only when those lists would exceed max_tie_entries does a third pass, kTies, count
+// the tied elements per chunk.
 //
 // Use: while (pass() != Pass::kDone) { add() every chunk; end_pass(); } then keep_top() chunks.
 // Histogram counts are integers, so the result does not depend on the order of add() calls.
@@ -31,14 +35,21 @@ inline uint32_t magnitude_bits(float x) { return std::bit_cast<uint32_t>(x) & 0x
 class TopKMagnitude {
  public:
   enum class Pass { kHigh, kLow, kTies, kDone };
+  struct Slot;  // a private histogram of one concurrent add() (defined in select.cpp)
+  static constexpr uint64_t kDefaultMaxTieEntries = uint64_t{1} << 19;
 
   // Selects k of numel elements. k == 0 and k >= numel are decided without any pass.
-  TopKMagnitude(uint64_t numel, uint64_t k);
+  TopKMagnitude(uint64_t numel, uint64_t k, uint64_t max_tie_entries = kDefaultMaxTieEntries);
+  ~TopKMagnitude();
+  TopKMagnitude(const TopKMagnitude&) = delete;
+  TopKMagnitude& operator=(const TopKMagnitude&) = delete;
 
   // The pass that add() feeds next.
   Pass pass() const { return pass_; }
   // Feeds elements [offset, offset + n) of the vector, stored at x, to the current pass.
   void add(uint64_t offset, const float* x, size_t n);
+  // The same for the vector a − b (elements a[j] − b[j], computed in f32), without storing it.
+  void add_difference(uint64_t offset, const float* a, const float* b, size_t n);
   // Finishes the current pass and moves to the next one needed (possibly kDone).
   void end_pass();
 
@@ -57,24 +68,37 @@ class TopKMagnitude {
     uint64_t equal;         // elements equal to the threshold in this chunk
     uint64_t equal_before;  // elements equal to the threshold in all earlier chunks
   };
+  // Pass kLow's record of one chunk: (low 16 bits, count) of its elements in the high bin.
+  struct ChunkLows {
+    uint64_t offset;
+    std::vector<std::pair<uint16_t, uint32_t>> entries;
+  };
 
-  void add_to_histogram(const float* x, size_t n);
+  void add_bits(uint64_t offset, const float* a, const float* b, size_t n);
+  void count_high(const uint32_t* bits, size_t n, Slot* slot);
+  void flush(Slot& slot);
   // Index of the bin in which the k-th largest falls, given `above` elements already counted
   // above the histogram's range; adds the counts of higher bins to `above`.
   uint32_t find_bin(uint64_t& above) const;
 
   uint64_t numel_;
   uint64_t k_;
+  uint64_t max_tie_entries_;
   Pass pass_ = Pass::kDone;
   std::unique_ptr<std::atomic<uint64_t>[]> histogram_;  // 65536 bins, kHigh and kLow only
-  uint32_t high_bin_ = 0;                               // selected high 16 bits after kHigh
-  uint64_t greater_high_ = 0;                           // elements in higher high bins
+  std::mutex mutex_;                                    // guards slots_, lows_, ties_
+  std::vector<Slot*> slots_;                            // kHigh: free private histograms
+  std::vector<Slot*> all_slots_;
+  std::vector<ChunkLows> lows_;
+  uint64_t low_entries_ = 0;
+  bool lows_overflow_ = false;  // lows_ grew past max_tie_entries_ and was dropped
+  uint32_t high_bin_ = 0;       // selected high 16 bits after kHigh
+  uint64_t greater_high_ = 0;   // elements in higher high bins
   uint32_t threshold_ = 0;
   uint64_t greater_ = 0;
-  uint64_t tied_to_keep_ = 0;  // elements equal to the threshold that are kept
-  bool split_ties_ = false;    // some elements equal to the threshold are dropped
-  std::mutex ties_mutex_;
-  std::vector<TieCount> ties_;  // sorted by offset after kTies
+  uint64_t tied_to_keep_ = 0;   // elements equal to the threshold that are kept
+  bool split_ties_ = false;     // some elements equal to the threshold are dropped
+  std::vector<TieCount> ties_;  // sorted by offset after the ties are placed
 };
 
 // Elementwise loops. They vectorize (with runtime dispatch to AVX2/AVX-512) and never fuse a
@@ -95,6 +119,14 @@ void divide(float* x, const float* d, size_t n);
 // Zeroes x[j] unless random_uniform(key, first_counter + j) < p (random.h): a Bernoulli(p) mask
 // that depends only on the key and each element's position.
 void keep_random(uint64_t key, uint64_t first_counter, float p, float* x, size_t n);
+// delta[j] = a[j] - b[j] where random_uniform(key, first_counter + j) < p, else 0: keep_random
+// applied to a − b without storing the difference first.
+void keep_random_difference(uint64_t key, uint64_t first_counter, float p, const float* a,
+                            const float* b, float* delta, size_t n);
+// {abs_sum(a − b), abs_sum(keep_random(a − b))} for that mask, in one pass and with abs_sum's
+// summation order (so both equal the two-step results bit for bit).
+std::array<double, 2> random_kept_abs_sums(uint64_t key, uint64_t first_counter, float p,
+                                           const float* a, const float* b, size_t n);
 // TIES sign election over count weighted task vectors d[i] (n values each) with weights w[i]:
 // majority[j] = +1 if the sum over i of d[i][j] >= 0, else -1; mixed[j] = sum of the d[i][j]
 // whose sign equals majority[j] (zeros never match); divisor[j] = sum of the matching w[i], or 1

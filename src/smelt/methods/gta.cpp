@@ -27,12 +27,22 @@ uint64_t kept_count(double density, uint64_t numel) {
 // ---------------------------------------------------------------------------------------------
 // Sparsifications.
 
+// Scratch for the default Sparsifier steps (one chunk of δ per thread).
+float* delta_scratch(size_t n, int which = 0) {
+  thread_local std::vector<float> scratch[2];
+  scratch[which].resize(n);
+  return scratch[which].data();
+}
+
 class MagnitudeSparsifier : public Sparsifier {
  public:
   MagnitudeSparsifier(uint64_t numel, uint64_t k) : top_(numel, k) {}
   bool wants_pass() const override { return top_.pass() != kernels::TopKMagnitude::Pass::kDone; }
   void gather(const Chunk& chunk, const float* delta) override {
     top_.add(chunk.offset, delta, chunk.n);
+  }
+  void gather_difference(const Chunk& chunk, const float* x, const float* base) override {
+    top_.add_difference(chunk.offset, x, base, chunk.n);
   }
   void end_pass() override { top_.end_pass(); }
   void apply(const Chunk& chunk, float* delta) const override {
@@ -65,6 +75,14 @@ class RandomSparsifier : public Sparsifier {
   void apply(const Chunk& chunk, float* delta) const override {
     kernels::keep_random(key_, chunk.offset, density_, delta, chunk.n);
   }
+  void apply_difference(const Chunk& chunk, const float* x, const float* base,
+                        float* delta) const override {
+    kernels::keep_random_difference(key_, chunk.offset, density_, x, base, delta, chunk.n);
+  }
+  std::array<double, 2> l1_norms(const Chunk& chunk, const float* x,
+                                 const float* base) const override {
+    return kernels::random_kept_abs_sums(key_, chunk.offset, density_, x, base, chunk.n);
+  }
 
  private:
   uint64_t key_;
@@ -94,11 +112,19 @@ class L1Rescaled : public Sparsifier {
       inner_->gather(chunk, delta);
       return;
     }
-    thread_local std::vector<float> sparse;
-    sparse.assign(delta, delta + chunk.n);
-    inner_->apply(chunk, sparse.data());
+    float* sparse = delta_scratch(chunk.n, 1);
+    std::memcpy(sparse, delta, chunk.n * sizeof(float));
+    inner_->apply(chunk, sparse);
     partials_.put(chunk.index,
-                  {kernels::abs_sum(delta, chunk.n), kernels::abs_sum(sparse.data(), chunk.n)});
+                  {kernels::abs_sum(delta, chunk.n), kernels::abs_sum(sparse, chunk.n)});
+  }
+
+  void gather_difference(const Chunk& chunk, const float* x, const float* base) override {
+    if (inner_->wants_pass()) {
+      inner_->gather_difference(chunk, x, base);
+      return;
+    }
+    partials_.put(chunk.index, inner_->l1_norms(chunk, x, base));
   }
 
   void end_pass() override {
@@ -121,6 +147,11 @@ class L1Rescaled : public Sparsifier {
 
   void apply(const Chunk& chunk, float* delta) const override {
     inner_->apply(chunk, delta);
+    if (factor_ != 1.0f) kernels::scale(factor_, delta, delta, chunk.n);
+  }
+  void apply_difference(const Chunk& chunk, const float* x, const float* base,
+                        float* delta) const override {
+    inner_->apply_difference(chunk, x, base, delta);
     if (factor_ != 1.0f) kernels::scale(factor_, delta, delta, chunk.n);
   }
 
@@ -172,12 +203,9 @@ class GtaMerger : public TensorMerger {
   }
 
   void gather(int /*pass*/, const Chunk& chunk) override {
-    thread_local std::vector<float> delta;
-    delta.resize(chunk.n);
     for (TaskVector& task : tasks_) {
       if (!task.sparsifier || !task.sparsifier->wants_pass()) continue;
-      kernels::subtract(chunk.inputs[task.input], chunk.inputs[base_], delta.data(), chunk.n);
-      task.sparsifier->gather(chunk, delta.data());
+      task.sparsifier->gather_difference(chunk, chunk.inputs[task.input], chunk.inputs[base_]);
     }
   }
 
@@ -230,8 +258,11 @@ class GtaMerger : public TensorMerger {
  private:
   // D = w · sparsify(x − b) for one chunk.
   void weighted_delta(const TaskVector& task, const Chunk& chunk, float* d) const {
-    kernels::subtract(chunk.inputs[task.input], chunk.inputs[base_], d, chunk.n);
-    if (task.sparsifier) task.sparsifier->apply(chunk, d);
+    if (task.sparsifier) {
+      task.sparsifier->apply_difference(chunk, chunk.inputs[task.input], chunk.inputs[base_], d);
+    } else {
+      kernels::subtract(chunk.inputs[task.input], chunk.inputs[base_], d, chunk.n);
+    }
     kernels::scale(task.weight, d, d, chunk.n);
   }
 
@@ -246,6 +277,28 @@ class GtaMerger : public TensorMerger {
 };
 
 }  // namespace
+
+void Sparsifier::gather_difference(const Chunk& chunk, const float* x, const float* base) {
+  float* delta = delta_scratch(chunk.n);
+  kernels::subtract(x, base, delta, chunk.n);
+  gather(chunk, delta);
+}
+
+void Sparsifier::apply_difference(const Chunk& chunk, const float* x, const float* base,
+                                  float* delta) const {
+  kernels::subtract(x, base, delta, chunk.n);
+  apply(chunk, delta);
+}
+
+std::array<double, 2> Sparsifier::l1_norms(const Chunk& chunk, const float* x,
+                                           const float* base) const {
+  float* delta = delta_scratch(chunk.n);
+  float* sparse = delta_scratch(chunk.n, 1);
+  kernels::subtract(x, base, delta, chunk.n);
+  std::memcpy(sparse, delta, chunk.n * sizeof(float));
+  apply(chunk, sparse);
+  return {kernels::abs_sum(delta, chunk.n), kernels::abs_sum(sparse, chunk.n)};
+}
 
 const Sparsification& magnitude_sparsification() {
   static const Magnitude magnitude;

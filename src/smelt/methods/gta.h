@@ -3,6 +3,7 @@
 // pluggable sparsification, a sign-consensus rule and default normalize/rescale.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -29,6 +30,18 @@ class Sparsifier {
   // Sparsifies one chunk of the task vector in place: zeroes dropped elements and rescales kept
   // ones. Runs concurrently for different chunks, after the last pass.
   virtual void apply(const Chunk& chunk, float* delta) const = 0;
+
+  // The same steps on δ = x − base, given the model's and the base's values instead of δ;
+  // sparsifiers override them to avoid storing δ. gather_difference feeds a pass; the default
+  // computes δ into scratch and calls gather.
+  virtual void gather_difference(const Chunk& chunk, const float* x, const float* base);
+  // delta = sparsified (x − base); the default subtracts, then calls apply.
+  virtual void apply_difference(const Chunk& chunk, const float* x, const float* base,
+                                float* delta) const;
+  // {Σ|δ_j|, Σ|sparsified δ_j|} over the chunk, each summed like kernels::abs_sum (after the
+  // passes; used for the L1 rescale). The default materializes both.
+  virtual std::array<double, 2> l1_norms(const Chunk& chunk, const float* x,
+                                         const float* base) const;
 };
 
 // A sparsification primitive of spec §5. Each is a stateless singleton; a new one (e.g.

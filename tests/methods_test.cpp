@@ -376,6 +376,36 @@ TEST(TopKMagnitude, FallsBackToATiesPassWhenTieListsOverflow) {
   }
 }
 
+TEST(TopKMagnitude, ZerosAndSubnormalsInTheLowestBin) {
+  // Half exact zeros (both signs), a quarter subnormals (high 16 bits 0, like zeros), a quarter
+  // normal values: thresholds in bin 0 split ties among zeros or among subnormals.
+  Tensor v(100000);
+  std::mt19937 rng(5);
+  for (size_t j = 0; j < v.size(); ++j) {
+    const uint32_t r = rng();
+    if (r % 4 < 2) {
+      v[j] = r % 8 == 0 ? -0.0f : 0.0f;
+    } else if (r % 4 == 2) {
+      v[j] = std::bit_cast<float>((r >> 8) % 7 + 1);  // 7 distinct subnormal magnitudes
+    } else {
+      v[j] = static_cast<float>(static_cast<int>(r >> 20) - 2048);
+    }
+  }
+  for (uint64_t k : {10000ull, 30000ull, 60000ull, 99999ull}) {
+    for (size_t chunk : {size_t{1000}, size_t{65536}, size_t{100000}}) {
+      int passes = -1;
+      std::vector<bool> got = select_top_k(v, k, chunk, 7, &passes);
+      std::vector<bool> want = top_k_mask(v, k);
+      // A kept zero is still zero: only nonzero elements show what was kept.
+      for (size_t j = 0; j < v.size(); ++j) {
+        if (v[j] == 0.0f) got[j] = want[j] = false;
+      }
+      EXPECT_TRUE(got == want) << "k=" << k << " chunk=" << chunk;
+      EXPECT_EQ(passes, 2);
+    }
+  }
+}
+
 TEST(TopKMagnitude, DifferenceInputMatchesMaterializedDifference) {
   // Large enough (>= 65536 elements) for the private-histogram path, with many exact ties.
   const Tensor a = tiny_set_tensor(150001, 21);

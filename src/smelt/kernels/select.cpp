@@ -8,6 +8,10 @@
 
 #include "smelt/kernels/random.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 // Release builds are -O2, where GCC 12 vectorizes only trivially profitable loops; these need O3's
 // cost model. fp-contract=off keeps the AVX-512 clone (which has FMA) bit-identical to the others.
 // ThreadSanitizer crashes in target_clones' ifunc resolvers (they run before it starts), so its
@@ -46,6 +50,77 @@ SMELT_ELEMENTWISE void magnitudes(const float* a, const float* b, uint32_t* bits
 // Zeroes every x[j] with magnitude_bits(x[j]) < bits (written as a select so it vectorizes).
 SMELT_ELEMENTWISE void zero_below(uint32_t bits, float* x, size_t n) {
   for (size_t j = 0; j < n; ++j) x[j] = magnitude_bits(x[j]) < bits ? 0.0f : x[j];
+}
+
+// Pass kLow's filter: writes to lows the low 16 bits of the elements (of a − b, or of a when b is
+// null) whose high 16 bits equal high_bin, except exact zeros when high_bin is 0, which it only
+// counts (adds to *zeros): runs of zeros would serialize the per-value counting. Returns how
+// many it wrote (at most n).
+size_t filter_lows_scalar(const float* a, const float* b, size_t n, uint32_t high_bin,
+                          uint32_t* lows, uint64_t* zeros) {
+  alignas(64) uint32_t bits[kBitsBlock];
+  size_t matched = 0;
+  uint64_t zero_count = 0;
+  for (size_t start = 0; start < n; start += kBitsBlock) {
+    const size_t m = std::min(kBitsBlock, n - start);
+    magnitudes(a + start, b ? b + start : nullptr, bits, m);
+    for (size_t j = 0; j < m; ++j) {
+      const uint32_t v = bits[j];
+      lows[matched] = v & 0xFFFFu;
+      const bool zero = high_bin == 0 && v == 0;
+      zero_count += zero;
+      matched += (v >> 16) == high_bin && !zero;
+    }
+  }
+  *zeros += zero_count;
+  return matched;
+}
+
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+#define SMELT_HAVE_AVX512_FILTER 1
+__attribute__((target("avx512f,popcnt"))) size_t filter_lows_avx512(const float* a, const float* b,
+                                                                    size_t n, uint32_t high_bin,
+                                                                    uint32_t* lows,
+                                                                    uint64_t* zeros) {
+  const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
+  const __m512i low_mask = _mm512_set1_epi32(0xFFFF);
+  const __m512i want = _mm512_set1_epi32(static_cast<int>(high_bin));
+  const __m512i zero = _mm512_setzero_si512();
+  const bool skip_zero = high_bin == 0;
+  size_t matched = 0;
+  uint64_t zero_count = 0;
+  size_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    __m512 x = _mm512_loadu_ps(a + j);
+    if (b != nullptr) x = _mm512_sub_ps(x, _mm512_loadu_ps(b + j));
+    const __m512i v = _mm512_and_si512(_mm512_castps_si512(x), abs_mask);
+    __mmask16 m = _mm512_cmpeq_epi32_mask(_mm512_srli_epi32(v, 16), want);
+    if (skip_zero) {
+      const __mmask16 z = _mm512_cmpeq_epi32_mask(v, zero);
+      zero_count += static_cast<uint64_t>(__builtin_popcount(z));
+      m = static_cast<__mmask16>(m & ~z);
+    }
+    const __m512i packed = _mm512_maskz_compress_epi32(m, _mm512_and_si512(v, low_mask));
+    _mm512_storeu_si512(lows + matched, packed);  // lows has room for 16 past n
+    matched += static_cast<size_t>(__builtin_popcount(m));
+  }
+  *zeros += zero_count;
+  if (j < n) {
+    matched +=
+        filter_lows_scalar(a + j, b ? b + j : nullptr, n - j, high_bin, lows + matched, zeros);
+  }
+  return matched;
+}
+#endif
+
+// lows must have room for n + 16 values.
+size_t filter_lows(const float* a, const float* b, size_t n, uint32_t high_bin, uint32_t* lows,
+                   uint64_t* zeros) {
+#ifdef SMELT_HAVE_AVX512_FILTER
+  static const bool has_avx512 = __builtin_cpu_supports("avx512f");
+  if (has_avx512) return filter_lows_avx512(a, b, n, high_bin, lows, zeros);
+#endif
+  return filter_lows_scalar(a, b, n, high_bin, lows, zeros);
 }
 
 SMELT_ELEMENTWISE uint64_t count_equal(const uint32_t* bits, uint32_t value, size_t n) {
@@ -168,19 +243,19 @@ void TopKMagnitude::add_bits(uint64_t offset, const float* a, const float* b, si
       thread_local std::vector<uint32_t> counts(kBins, 0);
       thread_local std::vector<uint16_t> seen;
       seen.clear();
-      const uint32_t high_bin = high_bin_;
-      alignas(64) uint16_t lows[kBitsBlock];
+      alignas(64) uint32_t lows[kBitsBlock + 16];
+      uint64_t zeros = 0;
       for (size_t start = 0; start < n; start += kBitsBlock) {
         const size_t m = std::min(kBitsBlock, n - start);
-        magnitudes(a + start, b ? b + start : nullptr, bits, m);
-        size_t matched = 0;
-        for (size_t j = 0; j < m; ++j) {
-          lows[matched] = static_cast<uint16_t>(bits[j] & 0xFFFFu);
-          matched += (bits[j] >> 16) == high_bin;
-        }
+        const size_t matched =
+            filter_lows(a + start, b ? b + start : nullptr, m, high_bin_, lows, &zeros);
         for (size_t j = 0; j < matched; ++j) {
-          if (counts[lows[j]]++ == 0) seen.push_back(lows[j]);
+          if (counts[lows[j]]++ == 0) seen.push_back(static_cast<uint16_t>(lows[j]));
         }
+      }
+      if (zeros != 0) {  // zeros are only counted when high_bin_ is 0, where they are low value 0
+        if (counts[0] == 0) seen.push_back(0);
+        counts[0] += static_cast<uint32_t>(zeros);
       }
       ChunkLows record{offset, {}};
       record.entries.reserve(seen.size());
@@ -448,18 +523,26 @@ std::array<double, 2> random_kept_abs_sums(uint64_t key, uint64_t first_counter,
   return {(s[0] + s[1]) + (s[2] + s[3]), (t[0] + t[1]) + (t[2] + t[3])};
 }
 
-SMELT_ELEMENTWISE void elect_sign(const float* const* d, const float* w, size_t count, size_t n,
-                                  float* majority, float* mixed, float* divisor) {
-  std::fill(majority, majority + n, 0.0f);
-  for (size_t i = 0; i < count; ++i) {
-    const float* di = d[i];
+namespace {
+
+// elect_sign on elements [0, n) of the arrays (n small enough for L1).
+SMELT_ELEMENTWISE void elect_sign_block(const float* const* d, const float* w, size_t count,
+                                        size_t first, size_t n, float* majority, float* mixed,
+                                        float* divisor) {
+  const float* d0 = d[0] + first;
+  // 0 + d0 would turn -0 into +0; both count as >= 0 below, so starting from d0 is the same.
+  for (size_t j = 0; j < n; ++j) majority[j] = d0[j];
+  for (size_t i = 1; i < count; ++i) {
+    const float* di = d[i] + first;
     for (size_t j = 0; j < n; ++j) majority[j] += di[j];
   }
   for (size_t j = 0; j < n; ++j) majority[j] = majority[j] >= 0.0f ? 1.0f : -1.0f;
-  std::fill(mixed, mixed + n, 0.0f);
-  std::fill(divisor, divisor + n, 0.0f);
+  for (size_t j = 0; j < n; ++j) {
+    mixed[j] = 0.0f;
+    divisor[j] = 0.0f;
+  }
   for (size_t i = 0; i < count; ++i) {
-    const float* di = d[i];
+    const float* di = d[i] + first;
     const float wi = w[i];
     for (size_t j = 0; j < n; ++j) {
       // majority is exactly ±1, so the product is positive iff the signs match and d is nonzero
@@ -470,6 +553,23 @@ SMELT_ELEMENTWISE void elect_sign(const float* const* d, const float* w, size_t 
     }
   }
   for (size_t j = 0; j < n; ++j) divisor[j] = divisor[j] == 0.0f ? 1.0f : divisor[j];
+}
+
+}  // namespace
+
+void elect_sign(const float* const* d, const float* w, size_t count, size_t n, float* majority,
+                float* mixed, float* divisor) {
+  if (count == 0) {
+    std::fill(mixed, mixed + n, 0.0f);
+    std::fill(divisor, divisor + n, 1.0f);
+    return;
+  }
+  // Blocks that stay in L1 while every input is visited.
+  constexpr size_t kBlock = 2048;
+  for (size_t first = 0; first < n; first += kBlock) {
+    const size_t m = std::min(kBlock, n - first);
+    elect_sign_block(d, w, count, first, m, majority + first, mixed + first, divisor + first);
+  }
 }
 
 // Four interleaved accumulators, combined in a fixed order: faster than one serial chain and

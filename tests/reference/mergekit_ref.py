@@ -160,7 +160,8 @@ def stream_key(seed, name, salt):
 def random_uniform(key, count):
     """Uniforms in [0, 1) for counters 0..count-1 of stream `key` (exact float32 values)."""
     counters = np.arange(count, dtype=np.uint64)
-    bits = mix64_array(np.uint64(key) ^ mix64_array(counters))
+    with np.errstate(over="ignore"):
+        bits = mix64_array(np.uint64(key) + counters * np.uint64(0x9E3779B97F4A7C15))
     return (bits >> np.uint64(40)).astype(np.float64) * 2.0 ** -24
 
 

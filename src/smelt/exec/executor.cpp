@@ -171,6 +171,15 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
   ThreadPool pool(layout.workers);
   std::vector<WorkerBuffers> buffers(pool.size());
   std::vector<ScratchBuffer> cache;  // whole-job f32 inputs, when they fit layout.cache_bytes
+  // The cache is sized once for the largest job it can hold: growing it job by job would pay
+  // first-touch page faults again at every size (slow on VMs: formats.md §3).
+  uint64_t cache_numel = 0;
+  for (size_t j : jobs) {
+    const plan::TensorJob& job = plan.jobs[j];
+    if (job.inputs.size() * job.numel() * sizeof(float) <= layout.cache_bytes) {
+      cache_numel = std::max(cache_numel, job.numel());
+    }
+  }
   Progress progress;
   progress.tensors_total = jobs.size();
   for (size_t j : jobs) progress.bytes_total += plan.jobs[j].output_bytes();
@@ -222,7 +231,8 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
           merger->stat_passes() > 0 && k * numel * sizeof(float) <= layout.cache_bytes;
       if (cached) {
         if (cache.size() < k) cache.resize(k);
-        for (size_t i = 0; i < k; ++i) cache[i].reserve(numel * sizeof(float));
+        const uint64_t each = std::max(numel, std::min(cache_numel, layout.cache_bytes / k / 4));
+        for (size_t i = 0; i < k; ++i) cache[i].reserve(each * sizeof(float));
       }
       bool cache_filled = false;
 

@@ -572,21 +572,58 @@ void elect_sign(const float* const* d, const float* w, size_t count, size_t n, f
   }
 }
 
-// Sixteen interleaved accumulators (element j in lane j % 16, the tail in lane 0), combined by
-// a fixed tree: vectorizes (two AVX-512 or four AVX2 registers of doubles) and is still a pure
-// function of the chunk's values, the same for every instruction set.
-SMELT_ELEMENTWISE double dot(const float* a, const float* b, size_t n) {
-  constexpr size_t kLanes = 16;
-  double s[kLanes] = {};
-  size_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    for (size_t l = 0; l < kLanes; ++l) s[l] += double{a[j + l]} * double{b[j + l]};
+namespace {
+
+constexpr size_t kDotLanes = 16;
+
+// Adds a[j] * b[j] to lane j % 16 for j < n (n a multiple of 16), the way dot() does.
+SMELT_ELEMENTWISE void dot_lanes(const float* a, const float* b, size_t n, double* s) {
+  for (size_t j = 0; j < n; j += kDotLanes) {
+    for (size_t l = 0; l < kDotLanes; ++l) s[l] += double{a[j + l]} * double{b[j + l]};
   }
-  for (; j < n; ++j) s[0] += double{a[j]} * double{b[j]};
-  for (size_t w = kLanes / 2; w > 0; w /= 2) {
+}
+
+// dot()'s tail (into lane 0) and its fixed combining tree.
+double dot_finish(const float* a, const float* b, size_t n, double* s) {
+  for (size_t j = 0; j < n; ++j) s[0] += double{a[j]} * double{b[j]};
+  for (size_t w = kDotLanes / 2; w > 0; w /= 2) {
     for (size_t l = 0; l < w; ++l) s[l] += s[l + w];
   }
   return s[0];
+}
+
+}  // namespace
+
+// Sixteen interleaved accumulators (element j in lane j % 16, the tail in lane 0), combined by
+// a fixed tree: vectorizes (two AVX-512 or four AVX2 registers of doubles) and is still a pure
+// function of the chunk's values, the same for every instruction set.
+double dot(const float* a, const float* b, size_t n) {
+  double s[kDotLanes] = {};
+  const size_t body = n / kDotLanes * kDotLanes;
+  dot_lanes(a, b, body, s);
+  return dot_finish(a + body, b + body, n - body, s);
+}
+
+void gram_upper(const float* const* v, size_t m, size_t n, double* upper) {
+  const size_t pairs = m * (m + 1) / 2;
+  std::vector<double> lanes(pairs * kDotLanes, 0.0);
+  const size_t body = n / kDotLanes * kDotLanes;
+  constexpr size_t kBlock = 1024;  // a multiple of kDotLanes: lanes stay j % 16
+  for (size_t first = 0; first < body; first += kBlock) {
+    const size_t len = std::min(kBlock, body - first);
+    size_t p = 0;
+    for (size_t i = 0; i < m; ++i) {
+      for (size_t j = i; j < m; ++j, ++p) {
+        dot_lanes(v[i] + first, v[j] + first, len, lanes.data() + p * kDotLanes);
+      }
+    }
+  }
+  size_t p = 0;
+  for (size_t i = 0; i < m; ++i) {
+    for (size_t j = i; j < m; ++j, ++p) {
+      upper[p] = dot_finish(v[i] + body, v[j] + body, n - body, lanes.data() + p * kDotLanes);
+    }
+  }
 }
 
 double abs_sum(const float* x, size_t n) {

@@ -137,6 +137,9 @@ void elect_sign(const float* const* d, const float* w, size_t count, size_t n, f
 // Reductions in double with a fixed summation order, so a chunk's result depends only on its
 // values (callers combine chunk results in chunk order).
 double dot(const float* a, const float* b, size_t n);  // sum of a[j] * b[j]
-double abs_sum(const float* x, size_t n);              // sum of |x[j]|
+// Every dot(v[i], v[j], n) for i <= j, row by row, into upper (m(m+1)/2 values) in one pass over
+// L1-sized blocks; each value equals dot()'s bit for bit.
+void gram_upper(const float* const* v, size_t m, size_t n, double* upper);
+double abs_sum(const float* x, size_t n);  // sum of |x[j]|
 
 }  // namespace smelt::kernels

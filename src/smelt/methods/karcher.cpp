@@ -110,13 +110,8 @@ class KarcherMerger : public TensorMerger {
   int stat_passes() const override { return 1; }
 
   void gather(int /*pass*/, const Chunk& chunk) override {
-    std::vector<double> upper;  // ⟨x_i, x_j⟩ for i <= j, row by row
-    upper.reserve(inputs_ * (inputs_ + 1) / 2);
-    for (size_t i = 0; i < inputs_; ++i) {
-      for (size_t j = i; j < inputs_; ++j) {
-        upper.push_back(kernels::dot(chunk.inputs[i], chunk.inputs[j], chunk.n));
-      }
-    }
+    std::vector<double> upper(inputs_ * (inputs_ + 1) / 2);  // ⟨x_i, x_j⟩ for i <= j, row by row
+    kernels::gram_upper(chunk.inputs, inputs_, chunk.n, upper.data());
     partials_.put(chunk.index, upper);
   }
 

@@ -55,11 +55,8 @@ double interpolation_ratio(const std::vector<double>& upper, size_t n, const std
 
 // ⟨d_j, d_k⟩ for j <= k over m values of each task vector d.
 std::vector<double> gram_upper(const std::vector<const float*>& d, size_t m) {
-  std::vector<double> upper;
-  upper.reserve(d.size() * (d.size() + 1) / 2);
-  for (size_t j = 0; j < d.size(); ++j) {
-    for (size_t k = j; k < d.size(); ++k) upper.push_back(kernels::dot(d[j], d[k], m));
-  }
+  std::vector<double> upper(d.size() * (d.size() + 1) / 2);
+  kernels::gram_upper(d.data(), d.size(), m, upper.data());
   return upper;
 }
 

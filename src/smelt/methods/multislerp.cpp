@@ -93,11 +93,8 @@ class MultislerpMerger : public TensorMerger {
   void gather(int /*pass*/, const Chunk& chunk) override {
     const size_t k = models_.size();
     const std::vector<const float*> v = vectors(chunk);
-    std::vector<double> upper;  // ⟨v_i, v_j⟩ for i <= j, row by row
-    upper.reserve(k * (k + 1) / 2);
-    for (size_t i = 0; i < k; ++i) {
-      for (size_t j = i; j < k; ++j) upper.push_back(kernels::dot(v[i], v[j], chunk.n));
-    }
+    std::vector<double> upper(k * (k + 1) / 2);  // ⟨v_i, v_j⟩ for i <= j, row by row
+    kernels::gram_upper(v.data(), k, chunk.n, upper.data());
     partials_.put(chunk.index, upper);
   }
 

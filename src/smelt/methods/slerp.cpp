@@ -26,8 +26,10 @@ class SlerpMerger : public TensorMerger {
   void gather(int /*pass*/, const Chunk& chunk) override {
     const float* a = chunk.inputs[v0_];
     const float* b = chunk.inputs[v1_];
-    partials_.put(chunk.index, {kernels::dot(a, a, chunk.n), kernels::dot(b, b, chunk.n),
-                                kernels::dot(a, b, chunk.n)});
+    const float* v[2] = {a, b};
+    double g[3];  // ⟨a, a⟩, ⟨a, b⟩, ⟨b, b⟩
+    kernels::gram_upper(v, 2, chunk.n, g);
+    partials_.put(chunk.index, {g[0], g[2], g[1]});
   }
 
   void end_pass(int /*pass*/) override {

@@ -1,0 +1,172 @@
+// The merge methods' elementwise kernels and reductions (kernels/select.h) against plain scalar
+// versions written here: exact equality where the kernel promises a fixed operation order,
+// closeness to a long double sum for the reductions.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "smelt/kernels/random.h"
+#include "smelt/kernels/select.h"
+
+namespace smelt {
+namespace {
+
+std::vector<float> random_vector(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+// The lengths exercise empty input, tails shorter than a vector, block boundaries (1024, 2048)
+// and a long run.
+const size_t kLengths[] = {0, 1, 3, 15, 16, 17, 1023, 1024, 1025, 2047, 2049, 4096 + 13, 100003};
+
+TEST(SelectKernels, DotIsCloseToALongDoubleSumAndGramMatchesDotBitForBit) {
+  for (size_t n : kLengths) {
+    const std::vector<float> a = random_vector(n, 1), b = random_vector(n, 2),
+                             c = random_vector(n, 3, 1e-3f);
+    long double ref = 0, mag = 0;
+    for (size_t j = 0; j < n; ++j) {
+      ref += static_cast<long double>(a[j]) * b[j];
+      mag += std::fabs(static_cast<long double>(a[j]) * b[j]);
+    }
+    const double got = kernels::dot(a.data(), b.data(), n);
+    EXPECT_NEAR(got, static_cast<double>(ref), 1e-14 * static_cast<double>(mag) + 1e-300)
+        << "n=" << n;
+    const float* v[3] = {a.data(), b.data(), c.data()};
+    double upper[6];
+    kernels::gram_upper(v, 3, n, upper);
+    const std::array<std::array<int, 2>, 6> pairs = {
+        {{0, 0}, {0, 1}, {0, 2}, {1, 1}, {1, 2}, {2, 2}}};
+    for (size_t p = 0; p < pairs.size(); ++p) {
+      const double want = kernels::dot(v[pairs[p][0]], v[pairs[p][1]], n);
+      EXPECT_EQ(std::bit_cast<uint64_t>(upper[p]), std::bit_cast<uint64_t>(want))
+          << "n=" << n << " pair " << p;
+    }
+  }
+}
+
+TEST(SelectKernels, FusedRandomMaskEqualsSubtractThenMask) {
+  for (size_t n : kLengths) {
+    const std::vector<float> a = random_vector(n, 4), b = random_vector(n, 5);
+    for (float p : {0.0f, 0.1f, 0.5f, 0.9f, 1.0f}) {
+      const uint64_t key = kernels::stream_key(7, "model.layers.0.mlp.up_proj.weight", 1);
+      const uint64_t first = 256 * 3;
+      // Two steps, written out here: the difference, then each element kept with probability p.
+      std::vector<float> want(n);
+      double s = 0, t = 0;
+      std::array<double, 4> sl{}, tl{};
+      for (size_t j = 0; j < n; ++j) {
+        want[j] = a[j] - b[j];
+        const bool keep = kernels::random_uniform(key, first + j) < p;
+        const size_t lane = j < n / 4 * 4 ? j % 4 : 0;
+        sl[lane] += std::fabs(double{want[j]});
+        if (keep) tl[lane] += std::fabs(double{want[j]});
+        if (!keep) want[j] = 0.0f;
+      }
+      s = (sl[0] + sl[1]) + (sl[2] + sl[3]);
+      t = (tl[0] + tl[1]) + (tl[2] + tl[3]);
+      std::vector<float> got(n, -1.0f);
+      kernels::keep_random_difference(key, first, p, a.data(), b.data(), got.data(), n);
+      EXPECT_EQ(got, want) << "n=" << n << " p=" << p;
+      std::vector<float> two_step(n);
+      kernels::subtract(a.data(), b.data(), two_step.data(), n);
+      kernels::keep_random(key, first, p, two_step.data(), n);
+      EXPECT_EQ(two_step, want) << "n=" << n << " p=" << p;
+      const std::array<double, 2> sums =
+          kernels::random_kept_abs_sums(key, first, p, a.data(), b.data(), n);
+      EXPECT_EQ(sums[0], s) << "n=" << n << " p=" << p;
+      EXPECT_EQ(sums[1], t) << "n=" << n << " p=" << p;
+      // abs_sum uses the same lanes.
+      EXPECT_EQ(kernels::abs_sum(two_step.data(), n), t) << "n=" << n << " p=" << p;
+    }
+  }
+}
+
+TEST(SelectKernels, RandomUniformIsUniformAndKeyed) {
+  // Mean and variance of 2^20 draws, and independence of neighbouring keys/counters.
+  const uint64_t key = kernels::stream_key(0, "t", 0);
+  const uint64_t other = kernels::stream_key(0, "t", 1);
+  const size_t n = size_t{1} << 20;
+  double sum = 0, sq = 0, cross = 0;
+  for (size_t j = 0; j < n; ++j) {
+    const double u = kernels::random_uniform(key, j);
+    const double w = kernels::random_uniform(other, j);
+    ASSERT_GE(u, 0.0);
+    ASSERT_LT(u, 1.0);
+    sum += u;
+    sq += u * u;
+    cross += (u - 0.5) * (w - 0.5);
+  }
+  const double mean = sum / n, var = sq / n - mean * mean;
+  EXPECT_NEAR(mean, 0.5, 5 * std::sqrt(1.0 / 12 / n));
+  EXPECT_NEAR(var, 1.0 / 12, 1e-3);
+  EXPECT_NEAR(cross / n, 0.0, 5 * (1.0 / 12) / std::sqrt(double(n)));
+}
+
+TEST(SelectKernels, ElectSignMatchesAScalarReference) {
+  for (size_t n : kLengths) {
+    for (size_t count : {1, 2, 3, 5}) {
+      std::vector<std::vector<float>> d;
+      std::vector<const float*> ptr;
+      std::vector<float> w;
+      for (size_t i = 0; i < count; ++i) {
+        d.push_back(random_vector(n, 10 + static_cast<uint32_t>(i)));
+        // zeros, negative zeros and a NaN mixed in
+        for (size_t j = i; j < n; j += 7) d.back()[j] = (j % 2) ? 0.0f : -0.0f;
+        if (n > 5) d.back()[5] = std::numeric_limits<float>::quiet_NaN();
+        ptr.push_back(d.back().data());
+        w.push_back(0.25f + static_cast<float>(i));
+      }
+      std::vector<float> majority(n), mixed(n, 9.0f), divisor(n, 9.0f);
+      kernels::elect_sign(ptr.data(), w.data(), count, n, majority.data(), mixed.data(),
+                          divisor.data());
+      for (size_t j = 0; j < n; ++j) {
+        float sum = 0.0f;
+        for (size_t i = 0; i < count; ++i) sum += d[i][j];
+        const float sign = sum >= 0.0f ? 1.0f : -1.0f;
+        float m = 0.0f, dv = 0.0f;
+        for (size_t i = 0; i < count; ++i) {
+          if (d[i][j] * sign > 0.0f) {
+            m += d[i][j];
+            dv += w[i];
+          }
+        }
+        if (dv == 0.0f) dv = 1.0f;
+        ASSERT_EQ(std::bit_cast<uint32_t>(mixed[j]), std::bit_cast<uint32_t>(m))
+            << "n=" << n << " count=" << count << " j=" << j;
+        ASSERT_EQ(divisor[j], dv) << "n=" << n << " count=" << count << " j=" << j;
+      }
+    }
+  }
+}
+
+TEST(SelectKernels, ElementwiseLoopsMatchScalarArithmetic) {
+  for (size_t n : kLengths) {
+    const std::vector<float> a = random_vector(n, 20), b = random_vector(n, 21);
+    std::vector<float> out(n), acc = b;
+    kernels::subtract(a.data(), b.data(), out.data(), n);
+    for (size_t j = 0; j < n; ++j) ASSERT_EQ(out[j], a[j] - b[j]);
+    kernels::scale(0.3f, a.data(), out.data(), n);
+    for (size_t j = 0; j < n; ++j) ASSERT_EQ(out[j], 0.3f * a[j]);
+    kernels::scale_add(-1.7f, a.data(), acc.data(), n);
+    for (size_t j = 0; j < n; ++j) {
+      const float prod = -1.7f * a[j];  // rounded to f32 before the add: no fused multiply-add
+      ASSERT_EQ(acc[j], b[j] + prod);
+    }
+    kernels::weighted_pair(0.25f, a.data(), 0.75f, b.data(), out.data(), n);
+    for (size_t j = 0; j < n; ++j) {
+      const float x = 0.25f * a[j], y = 0.75f * b[j];
+      ASSERT_EQ(out[j], x + y);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace smelt

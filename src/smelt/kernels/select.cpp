@@ -47,9 +47,18 @@ SMELT_ELEMENTWISE void magnitudes(const float* a, const float* b, uint32_t* bits
   }
 }
 
-// Zeroes every x[j] with magnitude_bits(x[j]) < bits (written as a select so it vectorizes).
-SMELT_ELEMENTWISE void zero_below(uint32_t bits, float* x, size_t n) {
-  for (size_t j = 0; j < n; ++j) x[j] = magnitude_bits(x[j]) < bits ? 0.0f : x[j];
+// x[j] = v or 0 where v = a[j] − b[j] (a[j] when b is null): 0 when magnitude_bits(v) < bits
+// (written as a select so it vectorizes). x may be a.
+SMELT_ELEMENTWISE void zero_below(uint32_t bits, const float* a, const float* b, float* x,
+                                  size_t n) {
+  if (b == nullptr) {
+    for (size_t j = 0; j < n; ++j) x[j] = magnitude_bits(a[j]) < bits ? 0.0f : a[j];
+  } else {
+    for (size_t j = 0; j < n; ++j) {
+      const float v = a[j] - b[j];
+      x[j] = magnitude_bits(v) < bits ? 0.0f : v;
+    }
+  }
 }
 
 // Pass kLow's filter: writes to lows the low 16 bits of the elements (of a − b, or of a when b is
@@ -364,10 +373,18 @@ void TopKMagnitude::end_pass() {
 }
 
 void TopKMagnitude::keep_top(uint64_t offset, float* x, size_t n) const {
+  keep_top_difference(offset, x, nullptr, x, n);
+}
+
+void TopKMagnitude::keep_top_difference(uint64_t offset, const float* a, const float* b, float* x,
+                                        size_t n) const {
   if (pass_ != Pass::kDone) throw std::logic_error("TopKMagnitude::keep_top before the passes");
-  if (k_ >= numel_) return;
   if (k_ == 0) {
     std::fill(x, x + n, 0.0f);
+    return;
+  }
+  if (k_ >= numel_) {
+    if (b != nullptr) subtract(a, b, x, n);
     return;
   }
   const uint32_t threshold = threshold_;
@@ -386,10 +403,11 @@ void TopKMagnitude::keep_top(uint64_t offset, float* x, size_t n) const {
     if (keep_equal == it->equal) keep_equal = UINT64_MAX;
   }
   if (keep_equal == UINT64_MAX) {  // keep |x| >= T
-    zero_below(threshold, x, n);
+    zero_below(threshold, a, b, x, n);
   } else if (keep_equal == 0) {  // keep |x| > T
-    zero_below(threshold + 1, x, n);
+    zero_below(threshold + 1, a, b, x, n);
   } else {  // keep |x| > T and the first keep_equal elements equal to T
+    if (b != nullptr) subtract(a, b, x, n);
     uint64_t kept_equal = 0;
     for (size_t j = 0; j < n; ++j) {
       const uint32_t bits = magnitude_bits(x[j]);

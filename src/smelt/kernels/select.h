@@ -56,6 +56,9 @@ class TopKMagnitude {
   // After the passes: zeroes in place the elements of chunk [offset, offset + n) that are not
   // among the k kept. x must hold the values the passes saw.
   void keep_top(uint64_t offset, float* x, size_t n) const;
+  // The same for the vector a − b: x = a − b with the elements not kept zeroed (x may be a).
+  void keep_top_difference(uint64_t offset, const float* a, const float* b, float* x,
+                           size_t n) const;
 
   // After pass kLow: magnitude_bits of the k-th largest element (0 when k == 0 or k >= numel),
   // and how many elements have a strictly larger magnitude.

@@ -48,6 +48,10 @@ class MagnitudeSparsifier : public Sparsifier {
   void apply(const Chunk& chunk, float* delta) const override {
     top_.keep_top(chunk.offset, delta, chunk.n);
   }
+  void apply_difference(const Chunk& chunk, const float* x, const float* base,
+                        float* delta) const override {
+    top_.keep_top_difference(chunk.offset, x, base, delta, chunk.n);
+  }
 
  private:
   kernels::TopKMagnitude top_;

@@ -928,6 +928,10 @@ GgufWriter::GgufWriter(std::filesystem::path path, std::vector<GgufKv> kvs,
   written_ = std::make_unique<std::atomic<uint64_t>[]>(specs_.size());
 
   file_ = std::make_unique<AtomicFile>(path_, data_start + pos);
+  // Declaring every region (padding between tensors is never written) lets the file write each
+  // block as soon as its bytes are in.
+  file_->expect(0, header.size());
+  for (size_t i = 0; i < specs_.size(); ++i) file_->expect(offsets_[i], nbytes_[i]);
   file_->pwrite(header.data(), header.size(), 0);
 }
 

@@ -368,6 +368,9 @@ SafetensorsWriter::SafetensorsWriter(std::filesystem::path path, std::vector<Ten
   written_ = std::make_unique<std::atomic<uint64_t>[]>(specs_.size());
 
   file_ = std::make_unique<AtomicFile>(path_, data_start + pos);
+  // Declaring every region lets the file write each block as soon as its bytes are in.
+  file_->expect(0, data_start);
+  for (size_t i = 0; i < specs_.size(); ++i) file_->expect(offsets_[i], specs_[i].nbytes());
   unsigned char len[8];
   uint64_t n = body.size();
   for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));

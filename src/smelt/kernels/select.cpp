@@ -93,7 +93,8 @@ __attribute__((target("avx512f,popcnt"))) size_t filter_lows_avx512(const float*
                                                                     uint64_t* zeros) {
   const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
   const __m512i low_mask = _mm512_set1_epi32(0xFFFF);
-  const __m512i want = _mm512_set1_epi32(static_cast<int>(high_bin));
+  const __m512i high_mask = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  const __m512i want = _mm512_set1_epi32(static_cast<int>(high_bin << 16));
   const __m512i zero = _mm512_setzero_si512();
   const bool skip_zero = high_bin == 0;
   size_t matched = 0;
@@ -103,7 +104,7 @@ __attribute__((target("avx512f,popcnt"))) size_t filter_lows_avx512(const float*
     __m512 x = _mm512_loadu_ps(a + j);
     if (b != nullptr) x = _mm512_sub_ps(x, _mm512_loadu_ps(b + j));
     const __m512i v = _mm512_and_si512(_mm512_castps_si512(x), abs_mask);
-    __mmask16 m = _mm512_cmpeq_epi32_mask(_mm512_srli_epi32(v, 16), want);
+    __mmask16 m = _mm512_cmpeq_epi32_mask(_mm512_and_si512(v, high_mask), want);
     if (skip_zero) {
       const __mmask16 z = _mm512_cmpeq_epi32_mask(v, zero);
       zero_count += static_cast<uint64_t>(__builtin_popcount(z));

@@ -544,22 +544,19 @@ std::array<double, 2> random_kept_abs_sums(uint64_t key, uint64_t first_counter,
 
 namespace {
 
-// elect_sign on elements [0, n) of the arrays (n small enough for L1).
+// elect_sign on elements [0, n) of the arrays (n small enough for L1). The first input
+// initializes each sum: 0 + d0 would only turn -0 into +0, and both count as >= 0 below; a first
+// term "match ? x : +0" is exactly what 0 + (match ? x : 0) gives, since a match is never ±0.
 SMELT_ELEMENTWISE void elect_sign_block(const float* const* d, const float* w, size_t count,
                                         size_t first, size_t n, float* majority, float* mixed,
                                         float* divisor) {
   const float* d0 = d[0] + first;
-  // 0 + d0 would turn -0 into +0; both count as >= 0 below, so starting from d0 is the same.
   for (size_t j = 0; j < n; ++j) majority[j] = d0[j];
   for (size_t i = 1; i < count; ++i) {
     const float* di = d[i] + first;
     for (size_t j = 0; j < n; ++j) majority[j] += di[j];
   }
   for (size_t j = 0; j < n; ++j) majority[j] = majority[j] >= 0.0f ? 1.0f : -1.0f;
-  for (size_t j = 0; j < n; ++j) {
-    mixed[j] = 0.0f;
-    divisor[j] = 0.0f;
-  }
   for (size_t i = 0; i < count; ++i) {
     const float* di = d[i] + first;
     const float wi = w[i];
@@ -567,11 +564,28 @@ SMELT_ELEMENTWISE void elect_sign_block(const float* const* d, const float* w, s
       // majority is exactly ±1, so the product is positive iff the signs match and d is nonzero
       // (NaN never matches, as in mergekit).
       const bool match = di[j] * majority[j] > 0.0f;
-      mixed[j] += match ? di[j] : 0.0f;
-      divisor[j] += match ? wi : 0.0f;
+      const float m = match ? di[j] : 0.0f;
+      const float v = match ? wi : 0.0f;
+      mixed[j] = i == 0 ? m : mixed[j] + m;
+      divisor[j] = i == 0 ? v : divisor[j] + v;
     }
   }
   for (size_t j = 0; j < n; ++j) divisor[j] = divisor[j] == 0.0f ? 1.0f : divisor[j];
+}
+
+// The same for two inputs in one loop (the common TIES merge of two fine-tunes).
+SMELT_ELEMENTWISE void elect_sign_pair(const float* d0, const float* d1, float w0, float w1,
+                                       size_t n, float* mixed, float* divisor) {
+  for (size_t j = 0; j < n; ++j) {
+    const float sign = d0[j] + d1[j] >= 0.0f ? 1.0f : -1.0f;
+    const bool m0 = d0[j] * sign > 0.0f;
+    const bool m1 = d1[j] * sign > 0.0f;
+    const float mixed0 = m0 ? d0[j] : 0.0f;
+    const float div0 = m0 ? w0 : 0.0f;
+    mixed[j] = mixed0 + (m1 ? d1[j] : 0.0f);
+    const float dv = div0 + (m1 ? w1 : 0.0f);
+    divisor[j] = dv == 0.0f ? 1.0f : dv;
+  }
 }
 
 }  // namespace
@@ -581,6 +595,10 @@ void elect_sign(const float* const* d, const float* w, size_t count, size_t n, f
   if (count == 0) {
     std::fill(mixed, mixed + n, 0.0f);
     std::fill(divisor, divisor + n, 1.0f);
+    return;
+  }
+  if (count == 2) {
+    elect_sign_pair(d[0], d[1], w[0], w[1], n, mixed, divisor);
     return;
   }
   // Blocks that stay in L1 while every input is visited.

@@ -73,10 +73,25 @@ uint64_t permuted_row(uint64_t row, uint64_t rows, int64_t heads) {
   return h * hd + (rem % 2) * (hd / 2) + rem / 2;
 }
 
-// Reads elements [offset, offset + n) of input `in` in the job's output layout as f32 into dst,
-// dequantizing GGUF blocks and applying the Q/K row permutation where the plan asks for it.
-void load_f32(const plan::JobInput& in, const std::vector<uint64_t>& shape, uint64_t offset,
-              size_t n, ScratchBuffer& raw, float* dst) {
+// Bytes of input `in`'s stored form for elements [0, n) of the job's output layout (whole
+// blocks for GGUF-quantized inputs; chunk offsets and sizes are block multiples).
+uint64_t raw_bytes(const plan::JobInput& in, uint64_t n) {
+  const io::TensorInfo& t = *in.source.info;
+  if (t.quantized()) {
+    const kernels::GgmlTypeTraits* tr =
+        kernels::ggml_type_traits(static_cast<kernels::GgmlType>(t.ggml_type));
+    if (tr && tr->block_elems > 0) {
+      return (n + tr->block_elems - 1) / tr->block_elems * tr->block_bytes;
+    }
+  }
+  return n * element_bytes(t.dtype);
+}
+
+// Reads elements [offset, offset + n) of input `in` in the job's output layout, still in its
+// stored form (dtype or GGUF blocks), into dst (raw_bytes(in, n) bytes), applying the Q/K row
+// permutation where the plan asks for it.
+void read_raw(const plan::JobInput& in, const std::vector<uint64_t>& shape, uint64_t offset,
+              size_t n, char* dst) {
   const io::TensorInfo& t = *in.source.info;
   if (t.quantized()) {
     const auto type = static_cast<kernels::GgmlType>(t.ggml_type);
@@ -88,13 +103,10 @@ void load_f32(const plan::JobInput& in, const std::vector<uint64_t>& shape, uint
            in.source.file->path().string(), t.name, kernels::ggml_type_name(type));
     }
     const uint64_t bytes = n / tr->block_elems * tr->block_bytes;
-    raw.reserve(bytes);
-    in.source.file->read(t, offset / tr->block_elems * tr->block_bytes, raw.data(), bytes);
-    kernels::dequantize(type, raw.data(), dst, n);
+    in.source.file->read(t, offset / tr->block_elems * tr->block_bytes, dst, bytes);
     return;
   }
   const size_t es = element_bytes(t.dtype);
-  raw.reserve(n * es);
   if (in.permute_heads > 0 && shape.size() >= 1) {
     const uint64_t rows = shape[0], cols = t.numel() / std::max<uint64_t>(1, t.shape[0]);
     uint64_t done = 0;
@@ -102,13 +114,22 @@ void load_f32(const plan::JobInput& in, const std::vector<uint64_t>& shape, uint
       const uint64_t e = offset + done, row = e / cols, col = e % cols;
       const uint64_t take = std::min<uint64_t>(cols - col, n - done);
       const uint64_t src_row = permuted_row(row, rows, in.permute_heads);
-      in.source.file->read(t, (src_row * cols + col) * es, raw.as<char>() + done * es, take * es);
+      in.source.file->read(t, (src_row * cols + col) * es, dst + done * es, take * es);
       done += take;
     }
   } else {
-    read_elements(in.source, shape, offset, n, raw.as<char>());
+    read_elements(in.source, shape, offset, n, dst);
   }
-  kernels::to_f32(t.dtype, raw.data(), dst, n);
+}
+
+// Converts n elements of input `in`'s stored form (from read_raw) to f32.
+void raw_to_f32(const plan::JobInput& in, const char* raw, float* dst, size_t n) {
+  const io::TensorInfo& t = *in.source.info;
+  if (t.quantized()) {
+    kernels::dequantize(static_cast<kernels::GgmlType>(t.ggml_type), raw, dst, n);
+  } else {
+    kernels::to_f32(t.dtype, raw, dst, n);
+  }
 }
 
 }  // namespace
@@ -170,16 +191,19 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
   const ExecLayout layout = exec_layout(plan, options);
   ThreadPool pool(layout.workers);
   std::vector<WorkerBuffers> buffers(pool.size());
-  std::vector<ScratchBuffer> cache;  // whole-job f32 inputs, when they fit layout.cache_bytes
   // The cache is sized once for the largest job it can hold: growing it job by job would pay
   // first-touch page faults again at every size (slow on VMs: formats.md §3).
-  uint64_t cache_numel = 0;
+  auto job_raw_bytes = [](const plan::TensorJob& job) {
+    uint64_t total = 0;
+    for (const plan::JobInput& in : job.inputs) total += raw_bytes(in, job.numel());
+    return total;
+  };
+  uint64_t cache_need = 0;  // bytes of the largest job inputs' stored form that fit
   for (size_t j : jobs) {
-    const plan::TensorJob& job = plan.jobs[j];
-    if (job.inputs.size() * job.numel() * sizeof(float) <= layout.cache_bytes) {
-      cache_numel = std::max(cache_numel, job.numel());
-    }
+    const uint64_t need = job_raw_bytes(plan.jobs[j]);
+    if (need <= layout.cache_bytes) cache_need = std::max(cache_need, need);
   }
+  ScratchBuffer cache;  // a job's inputs in their stored form, when they fit layout.cache_bytes
   Progress progress;
   progress.tensors_total = jobs.size();
   for (size_t j : jobs) progress.bytes_total += plan.jobs[j].output_bytes();
@@ -226,17 +250,20 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
       if (quant && !quant->quantized) quant = nullptr;
 
       // Methods with statistics passes read every chunk several times; when the job's inputs fit
-      // the cache budget they are read and converted once, in the first pass.
-      const bool cached =
-          merger->stat_passes() > 0 && k * numel * sizeof(float) <= layout.cache_bytes;
+      // the cache budget they are read once, in the first pass, and kept in their stored form
+      // (bf16 stays 2 bytes: later passes convert chunks in cache-sized pieces, which costs less
+      // memory traffic than keeping f32 copies).
+      const bool cached = merger->stat_passes() > 0 && job_raw_bytes(job) <= layout.cache_bytes;
+      std::vector<uint64_t> cache_start(k + 1, 0);  // input i's bytes at cache_start[i]
       if (cached) {
-        if (cache.size() < k) cache.resize(k);
-        const uint64_t each = std::max(numel, std::min(cache_numel, layout.cache_bytes / k / 4));
-        for (size_t i = 0; i < k; ++i) cache[i].reserve(each * sizeof(float));
+        for (size_t i = 0; i < k; ++i) {
+          cache_start[i + 1] = cache_start[i] + (raw_bytes(job.inputs[i], numel) + 63) / 64 * 64;
+        }
+        cache.reserve(std::max(cache_need + 64 * k, cache_start[k]));
       }
       bool cache_filled = false;
 
-      // Reads chunk c of every input as f32 (into worker w's buffers, or the cache).
+      // Reads chunk c of every input as f32 (into worker w's buffers, through the cache).
       auto load = [&](size_t c, size_t w) -> methods::Chunk {
         WorkerBuffers& b = buffers[w];
         const uint64_t offset = c * chunk;
@@ -244,15 +271,18 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
         if (b.inputs.size() < k) b.inputs.resize(k);
         b.pointers.resize(k);
         for (size_t i = 0; i < k; ++i) {
-          float* dst;
+          const plan::JobInput& in = job.inputs[i];
+          char* raw;
           if (cached) {
-            dst = cache[i].as<float>() + offset;
+            raw = cache.as<char>() + cache_start[i] + raw_bytes(in, offset);
           } else {
-            b.inputs[i].reserve(n * sizeof(float));
-            dst = b.inputs[i].as<float>();
+            b.raw.reserve(raw_bytes(in, n));
+            raw = b.raw.as<char>();
           }
-          if (!cached || !cache_filled) load_f32(job.inputs[i], job.shape, offset, n, b.raw, dst);
-          b.pointers[i] = dst;
+          if (!cached || !cache_filled) read_raw(in, job.shape, offset, n, raw);
+          b.inputs[i].reserve(n * sizeof(float));
+          raw_to_f32(in, raw, b.inputs[i].as<float>(), n);
+          b.pointers[i] = b.inputs[i].as<float>();
         }
         methods::Chunk ch;
         ch.index = c;

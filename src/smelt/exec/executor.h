@@ -27,7 +27,9 @@ struct ExecOptions {
   // Largest chunk (elements; rounded down to the method's alignment). The chunk size depends only
   // on this, max_memory and the plan, never on the thread count, so whole-tensor statistics and
   // the output are identical for any thread count.
-  uint64_t chunk_elements = uint64_t{1} << 18;
+  // 32768 (128 KiB per f32 array) keeps a chunk's inputs and intermediates in L2: measured 1.4–1.7x
+  // less CPU than 262144 for linear, ties, slerp and model_stock (docs/performance.md).
+  uint64_t chunk_elements = uint64_t{1} << 15;
   std::function<void(const Progress&)> on_progress;  // called from the coordinating thread
 };
 

@@ -83,6 +83,16 @@ TEST(SelectKernels, FusedRandomMaskEqualsSubtractThenMask) {
           kernels::random_kept_abs_sums(key, first, p, a.data(), b.data(), n);
       EXPECT_EQ(sums[0], s) << "n=" << n << " p=" << p;
       EXPECT_EQ(sums[1], t) << "n=" << n << " p=" << p;
+      // The byte-mask route gives the same bits.
+      std::vector<uint8_t> mask(n, 7);
+      kernels::random_mask(key, first, p, mask.data(), n);
+      std::vector<float> via_mask(n, -1.0f);
+      kernels::masked_difference(mask.data(), a.data(), b.data(), via_mask.data(), n);
+      EXPECT_EQ(via_mask, want) << "n=" << n << " p=" << p;
+      const std::array<double, 2> mask_sums =
+          kernels::masked_abs_sums(mask.data(), a.data(), b.data(), n);
+      EXPECT_EQ(mask_sums[0], s) << "n=" << n << " p=" << p;
+      EXPECT_EQ(mask_sums[1], t) << "n=" << n << " p=" << p;
       // abs_sum uses the same lanes.
       EXPECT_EQ(kernels::abs_sum(two_step.data(), n), t) << "n=" << n << " p=" << p;
     }

@@ -482,6 +482,21 @@ keep_random_difference_avx512(uint64_t key, uint64_t first_counter, float p, con
 }
 #endif
 
+[[gnu::always_inline]] inline void random_mask_loop(uint64_t key, uint64_t first_counter, float p,
+                                                    uint8_t* m, size_t n) {
+  for (size_t j = 0; j < n; ++j) m[j] = random_uniform(key, first_counter + j) < p ? 1 : 0;
+}
+#if defined(__x86_64__)
+[[gnu::target("avx512f,avx512dq,avx512bw"), gnu::optimize("O3")]] void random_mask_avx512(
+    uint64_t key, uint64_t first_counter, float p, uint8_t* m, size_t n) {
+  random_mask_loop(key, first_counter, p, m, n);
+}
+#endif
+[[gnu::optimize("no-tree-vectorize")]] void random_mask_scalar(uint64_t key, uint64_t first_counter,
+                                                               float p, uint8_t* m, size_t n) {
+  random_mask_loop(key, first_counter, p, m, n);
+}
+
 [[gnu::optimize("no-tree-vectorize")]] void keep_random_difference_scalar(uint64_t key,
                                                                           uint64_t first_counter,
                                                                           float p, const float* a,
@@ -512,6 +527,49 @@ void keep_random_difference(uint64_t key, uint64_t first_counter, float p, const
   if (has_avx512dq) return keep_random_difference_avx512(key, first_counter, p, a, b, delta, n);
 #endif
   keep_random_difference_scalar(key, first_counter, p, a, b, delta, n);
+}
+
+void random_mask(uint64_t key, uint64_t first_counter, float p, uint8_t* m, size_t n) {
+#if defined(__x86_64__)
+  static const bool has_avx512 =
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
+  if (has_avx512) return random_mask_avx512(key, first_counter, p, m, n);
+#endif
+  random_mask_scalar(key, first_counter, p, m, n);
+}
+
+SMELT_ELEMENTWISE void masked_difference(const uint8_t* m, const float* a, const float* b,
+                                         float* delta, size_t n) {
+  // As integers (m is 0 or 1, so -m is all ones or zero): GCC vectorizes this, not the select.
+  for (size_t j = 0; j < n; ++j) {
+    const uint32_t d = std::bit_cast<uint32_t>(a[j] - b[j]);
+    delta[j] = std::bit_cast<float>(d & (0u - uint32_t{m[j]}));
+  }
+}
+
+std::array<double, 2> masked_abs_sums(const uint8_t* m, const float* a, const float* b, size_t n) {
+  constexpr size_t kBlock = 2048;  // a multiple of 4: abs_sum's lanes stay j % 4
+  alignas(64) float d[kBlock];
+  alignas(64) float kept[kBlock];
+  double s[4] = {0, 0, 0, 0};
+  double t[4] = {0, 0, 0, 0};
+  for (size_t start = 0; start < n; start += kBlock) {
+    const size_t len = std::min(kBlock, n - start);
+    subtract(a + start, b + start, d, len);
+    masked_difference(m + start, a + start, b + start, kept, len);
+    size_t j = 0;
+    for (; j + 4 <= len; j += 4) {
+      for (size_t l = 0; l < 4; ++l) {
+        s[l] += std::fabs(double{d[j + l]});
+        t[l] += std::fabs(double{kept[j + l]});
+      }
+    }
+    for (; j < len; ++j) {  // only in the last block
+      s[0] += std::fabs(double{d[j]});
+      t[0] += std::fabs(double{kept[j]});
+    }
+  }
+  return {(s[0] + s[1]) + (s[2] + s[3]), (t[0] + t[1]) + (t[2] + t[3])};
 }
 
 std::array<double, 2> random_kept_abs_sums(uint64_t key, uint64_t first_counter, float p,

@@ -130,6 +130,12 @@ void keep_random_difference(uint64_t key, uint64_t first_counter, float p, const
 // summation order (so both equal the two-step results bit for bit).
 std::array<double, 2> random_kept_abs_sums(uint64_t key, uint64_t first_counter, float p,
                                            const float* a, const float* b, size_t n);
+// m[j] = 1 if random_uniform(key, first_counter + j) < p, else 0: keep_random's mask as bytes.
+void random_mask(uint64_t key, uint64_t first_counter, float p, uint8_t* m, size_t n);
+// delta[j] = m[j] ? a[j] - b[j] : 0 (with random_mask's bytes, equal to keep_random_difference).
+void masked_difference(const uint8_t* m, const float* a, const float* b, float* delta, size_t n);
+// {abs_sum(a − b), abs_sum(masked_difference(m, a, b))}, in one pass with abs_sum's order.
+std::array<double, 2> masked_abs_sums(const uint8_t* m, const float* a, const float* b, size_t n);
 // TIES sign election over count weighted task vectors d[i] (n values each) with weights w[i]:
 // majority[j] = +1 if the sum over i of d[i][j] >= 0, else -1; mixed[j] = sum of the d[i][j]
 // whose sign equals majority[j] (zeros never match); divisor[j] = sum of the matching w[i], or 1

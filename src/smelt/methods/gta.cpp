@@ -3,8 +3,10 @@
 #include "smelt/methods/gta.h"
 
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 
 #include "smelt/error.h"
 #include "smelt/kernels/random.h"
@@ -73,24 +75,82 @@ class Magnitude : public Sparsification {
   }
 };
 
+// Byte masks of DARE task vectors, kept from the L1 pass to the merge pass so the random numbers
+// are drawn once. Buffers are reused across tensors (fresh memory costs first-touch page faults,
+// slow on VMs: formats.md §3); tensors above kMaxMaskElements draw twice instead, so memory does
+// not grow with the largest tensor.
+constexpr uint64_t kMaxMaskElements = uint64_t{1} << 24;
+
+class MaskPool {
+ public:
+  static std::vector<uint8_t> take(uint64_t n) {
+    std::lock_guard lock(mutex());
+    auto& pool = buffers();
+    std::vector<uint8_t> v;
+    if (!pool.empty()) {
+      v = std::move(pool.back());
+      pool.pop_back();
+    }
+    if (v.size() < n) v.resize(n);
+    return v;
+  }
+  static void give(std::vector<uint8_t> v) {
+    if (v.empty()) return;
+    std::lock_guard lock(mutex());
+    if (buffers().size() < 8) buffers().push_back(std::move(v));
+  }
+
+ private:
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+  static std::vector<std::vector<uint8_t>>& buffers() {
+    static std::vector<std::vector<uint8_t>> b;
+    return b;
+  }
+};
+
 class RandomSparsifier : public Sparsifier {
  public:
-  RandomSparsifier(uint64_t key, float density) : key_(key), density_(density) {}
+  RandomSparsifier(uint64_t key, float density, uint64_t numel)
+      : key_(key), density_(density), numel_(numel) {}
+  ~RandomSparsifier() override { MaskPool::give(std::move(mask_)); }
   void apply(const Chunk& chunk, float* delta) const override {
     kernels::keep_random(key_, chunk.offset, density_, delta, chunk.n);
   }
   void apply_difference(const Chunk& chunk, const float* x, const float* base,
                         float* delta) const override {
+    if (masked_.load(std::memory_order_relaxed) == numel_ && !mask_.empty()) {
+      kernels::masked_difference(mask_.data() + chunk.offset, x, base, delta, chunk.n);
+      return;
+    }
     kernels::keep_random_difference(key_, chunk.offset, density_, x, base, delta, chunk.n);
   }
   std::array<double, 2> l1_norms(const Chunk& chunk, const float* x,
                                  const float* base) const override {
-    return kernels::random_kept_abs_sums(key_, chunk.offset, density_, x, base, chunk.n);
+    if (numel_ > kMaxMaskElements) {
+      return kernels::random_kept_abs_sums(key_, chunk.offset, density_, x, base, chunk.n);
+    }
+    {
+      std::lock_guard lock(mutex_);
+      if (mask_.empty()) mask_ = MaskPool::take(numel_);
+    }
+    uint8_t* m = mask_.data() + chunk.offset;
+    kernels::random_mask(key_, chunk.offset, density_, m, chunk.n);
+    const std::array<double, 2> sums = kernels::masked_abs_sums(m, x, base, chunk.n);
+    masked_.fetch_add(chunk.n, std::memory_order_relaxed);
+    return sums;
   }
 
  private:
   uint64_t key_;
   float density_;
+  uint64_t numel_;
+  // Filled by l1_norms chunk by chunk (disjoint ranges); used once every element has its byte.
+  mutable std::mutex mutex_;
+  mutable std::vector<uint8_t> mask_;
+  mutable std::atomic<uint64_t> masked_{0};
 };
 
 class Random : public Sparsification {
@@ -98,7 +158,7 @@ class Random : public Sparsification {
   std::unique_ptr<Sparsifier> begin(const TensorContext& ctx, size_t input,
                                     double density) const override {
     return std::make_unique<RandomSparsifier>(kernels::stream_key(ctx.seed, ctx.name, input),
-                                              static_cast<float>(density));
+                                              static_cast<float>(density), ctx.numel);
   }
 };
 

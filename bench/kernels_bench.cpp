@@ -1,11 +1,14 @@
 // Micro-benchmarks behind smelt's I/O and kernel choices: pread into a reused buffer vs mmap for
 // streaming a warm file (formats.md §3 measured pread faster on this VM class), and the dtype
-// conversion and top-k kernels. Run: build/smelt_bench (figures in docs/performance.md).
+// conversion, top-k and della ranking kernels. Run: build/smelt_bench (figures in
+// docs/performance.md).
 #include <benchmark/benchmark.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <bit>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -14,6 +17,7 @@
 
 #include "smelt/kernels/convert.h"
 #include "smelt/kernels/random.h"
+#include "smelt/kernels/rank.h"
 #include "smelt/kernels/select.h"
 
 namespace {
@@ -122,6 +126,105 @@ void BM_TopKThreshold(benchmark::State& state) {
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * n));
 }
 BENCHMARK(BM_TopKThreshold)->Arg(1 << 22)->Unit(benchmark::kMillisecond);
+
+// della's ranking of one row (a group of state.range(0) elements): 64 rows of task-vector-like
+// values (differences of bf16 numbers, about half of them exactly 0), ranked one after another.
+// Items are elements, so items_per_second inverts to ns per element.
+constexpr size_t kRankRows = 64;
+
+std::vector<float> della_rows(size_t n) {
+  auto bf16 = [](float v) {
+    return std::bit_cast<float>((std::bit_cast<uint32_t>(v) + 0x8000u) & 0xFFFF0000u);
+  };
+  std::vector<float> x(n * kRankRows);
+  for (size_t i = 0; i < x.size(); ++i) {
+    const float base = bf16(smelt::kernels::random_normal(1, i) * 0.02f);
+    const bool changed = (smelt::kernels::random_u64(2, i) & 1) != 0;
+    x[i] = changed ? bf16(base + smelt::kernels::random_normal(3, i) * 1e-3f) - base : 0.0f;
+  }
+  return x;
+}
+
+// The previous ranking: std::sort of (magnitude bits << 32 | ~index) keys.
+void BM_RankRowStdSort(benchmark::State& state) {
+  const size_t n = static_cast<size_t>(state.range(0));
+  const std::vector<float> x = della_rows(n);
+  std::vector<uint64_t> keys(n);
+  std::vector<uint32_t> ranks(n);
+  for (auto _ : state) {
+    for (size_t row = 0; row < kRankRows; ++row) {
+      const float* r = x.data() + row * n;
+      for (uint64_t b = 0; b < n; ++b) {
+        keys[b] = (uint64_t{smelt::kernels::magnitude_bits(r[b])} << 32) | (0xFFFFFFFFu - b);
+      }
+      std::sort(keys.begin(), keys.end());
+      for (uint64_t q = 0; q < n; ++q) {
+        ranks[0xFFFFFFFFu - (keys[q] & 0xFFFFFFFFu)] = static_cast<uint32_t>(q);
+      }
+      benchmark::DoNotOptimize(ranks.data());
+    }
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * n * kRankRows));
+}
+BENCHMARK(BM_RankRowStdSort)->Arg(2048)->Arg(5632);
+
+void BM_RankRowRadix(benchmark::State& state) {
+  const size_t n = static_cast<size_t>(state.range(0));
+  const std::vector<float> x = della_rows(n);
+  std::vector<uint32_t> ranks(n);
+  for (auto _ : state) {
+    for (size_t row = 0; row < kRankRows; ++row) {
+      smelt::kernels::rank_by_magnitude(x.data() + row * n, n, 1, ranks.data());
+      benchmark::DoNotOptimize(ranks.data());
+    }
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * n * kRankRows));
+}
+BENCHMARK(BM_RankRowRadix)->Arg(2048)->Arg(5632);
+
+// A whole della row: ranking and the random keep decision. Old: std::sort, then one scalar draw
+// per element in rank order; new: rank_by_magnitude + keep_random_ranked.
+void BM_DellaRowOld(benchmark::State& state) {
+  const size_t n = static_cast<size_t>(state.range(0));
+  const std::vector<float> x = della_rows(n);
+  std::vector<float> y(n);
+  std::vector<uint64_t> keys(n);
+  for (auto _ : state) {
+    for (size_t row = 0; row < kRankRows; ++row) {
+      std::copy_n(x.data() + row * n, n, y.data());
+      for (uint64_t b = 0; b < n; ++b) {
+        keys[b] = (uint64_t{smelt::kernels::magnitude_bits(y[b])} << 32) | (0xFFFFFFFFu - b);
+      }
+      std::sort(keys.begin(), keys.end());
+      for (uint64_t q = 0; q < n; ++q) {
+        const uint64_t b = 0xFFFFFFFFu - (keys[q] & 0xFFFFFFFFu);
+        const float p = 0.4f + ((static_cast<float>(q) / static_cast<float>(n - 1)) * 2.0f) * 0.1f;
+        if (!(smelt::kernels::random_uniform(9, row * n + b) < p)) y[b] = 0.0f;
+      }
+      benchmark::DoNotOptimize(y.data());
+    }
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * n * kRankRows));
+}
+BENCHMARK(BM_DellaRowOld)->Arg(2048)->Arg(5632);
+
+void BM_DellaRowNew(benchmark::State& state) {
+  const size_t n = static_cast<size_t>(state.range(0));
+  const std::vector<float> x = della_rows(n);
+  std::vector<float> y(n);
+  std::vector<uint32_t> ranks(n);
+  for (auto _ : state) {
+    for (size_t row = 0; row < kRankRows; ++row) {
+      std::copy_n(x.data() + row * n, n, y.data());
+      smelt::kernels::rank_by_magnitude(y.data(), n, 1, ranks.data());
+      smelt::kernels::keep_random_ranked(9, row * n, ranks.data(), 0.4f, 0.1f,
+                                         static_cast<float>(n - 1), y.data(), n, 1);
+      benchmark::DoNotOptimize(y.data());
+    }
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * n * kRankRows));
+}
+BENCHMARK(BM_DellaRowNew)->Arg(2048)->Arg(5632);
 
 }  // namespace
 

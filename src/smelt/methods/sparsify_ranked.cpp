@@ -8,6 +8,7 @@
 
 #include "smelt/error.h"
 #include "smelt/kernels/random.h"
+#include "smelt/kernels/rank.h"
 #include "smelt/kernels/select.h"
 #include "smelt/methods/factories.h"
 
@@ -47,6 +48,11 @@ class OutlierSparsifier : public Sparsifier {
   void gather(const Chunk& chunk, const float* delta) override {
     if (!done(upper_)) upper_.add(chunk.offset, delta, chunk.n);
     if (!done(top_)) top_.add(chunk.offset, delta, chunk.n);
+  }
+
+  void gather_difference(const Chunk& chunk, const float* x, const float* base) override {
+    if (!done(upper_)) upper_.add_difference(chunk.offset, x, base, chunk.n);
+    if (!done(top_)) top_.add_difference(chunk.offset, x, base, chunk.n);
   }
 
   void end_pass() override {
@@ -149,12 +155,15 @@ class DellaSparsifier : public Sparsifier {
         groups_(groups),
         density_(static_cast<float>(density)),
         low_(static_cast<float>(density - epsilon)),
-        epsilon_(static_cast<float>(epsilon)) {}
+        epsilon_(static_cast<float>(epsilon)),
+        denom_(static_cast<float>(groups.size - 1)) {}
 
   void apply(const Chunk& chunk, float* delta) const override {
     const uint64_t size = groups_.size;
     const uint64_t stride = groups_.stride;
     const uint64_t slice = size * stride;
+    thread_local std::vector<uint32_t> ranks;
+    if (size > 1 && size <= kernels::kMaxRankedGroup) ranks.resize(size);
     for (uint64_t start = 0; start < chunk.n; start += slice) {
       for (uint64_t g = 0; g < stride; ++g) {
         // Element b of the group is x[b * stride], tensor element first + b * stride.
@@ -162,8 +171,10 @@ class DellaSparsifier : public Sparsifier {
         const uint64_t first = chunk.offset + start + g;
         if (size == 1) {
           if (!(kernels::random_uniform(key_, first) < density_)) x[0] = 0.0f;
-        } else if (size <= kMaxPackedGroup) {
-          apply_packed(x, first);
+        } else if (size <= kernels::kMaxRankedGroup) {
+          kernels::rank_by_magnitude(x, size, stride, ranks.data());
+          kernels::keep_random_ranked(key_, first, ranks.data(), low_, epsilon_, denom_, x, size,
+                                      stride);
         } else {
           apply_indexed(x, first);
         }
@@ -172,32 +183,16 @@ class DellaSparsifier : public Sparsifier {
   }
 
  private:
-  // Groups up to this size sort 64-bit keys (magnitude bits, then the complement of the index),
-  // which is much faster than sorting indices with a comparator.
-  static constexpr uint64_t kMaxPackedGroup = uint64_t{1} << 32;
-
-  // Keeps or zeroes the element of rank r = q + 1 (q = 0 for the lowest) at group index b.
+  // Keeps or zeroes the element of rank r = q + 1 (q = 0 for the lowest) at group index b, as
+  // kernels::keep_random_ranked does.
   void decide(float* x, uint64_t first, uint64_t b, uint64_t q) const {
-    const float rank_norm =
-        static_cast<float>(q) / static_cast<float>(groups_.size - 1);  // (r − 1)/(n − 1)
+    const float rank_norm = static_cast<float>(q) / denom_;  // (r − 1)/(n − 1)
     const float p = low_ + (rank_norm * 2.0f) * epsilon_;
     const uint64_t offset = b * groups_.stride;
     if (!(kernels::random_uniform(key_, first + offset) < p)) x[offset] = 0.0f;
   }
 
-  void apply_packed(float* x, uint64_t first) const {
-    const uint64_t size = groups_.size;
-    thread_local std::vector<uint64_t> keys;
-    keys.resize(size);
-    // Ascending keys: smaller magnitude first, and among equal ones the higher index first.
-    for (uint64_t b = 0; b < size; ++b) {
-      keys[b] =
-          (uint64_t{kernels::magnitude_bits(x[b * groups_.stride])} << 32) | (0xFFFFFFFFu - b);
-    }
-    std::sort(keys.begin(), keys.end());
-    for (uint64_t q = 0; q < size; ++q) decide(x, first, 0xFFFFFFFFu - (keys[q] & 0xFFFFFFFFu), q);
-  }
-
+  // Groups too large for 32-bit ranks sort indices with a comparator.
   void apply_indexed(float* x, uint64_t first) const {
     const uint64_t size = groups_.size;
     std::vector<uint32_t> bits(size);
@@ -215,6 +210,7 @@ class DellaSparsifier : public Sparsifier {
   float density_;
   float low_;  // density − ε
   float epsilon_;
+  float denom_;  // n − 1
 };
 
 class DellaMagprune : public Sparsification {

@@ -12,6 +12,7 @@
 #include "smelt/kernels/random.h"
 #include "smelt/kernels/select.h"
 #include "smelt/methods/factories.h"
+#include "smelt/methods/mask_pool.h"
 
 namespace smelt::methods {
 namespace {
@@ -72,42 +73,6 @@ class Magnitude : public Sparsification {
   std::unique_ptr<Sparsifier> begin(const TensorContext& ctx, size_t /*input*/,
                                     double density) const override {
     return std::make_unique<MagnitudeSparsifier>(ctx.numel, kept_count(density, ctx.numel));
-  }
-};
-
-// Byte masks of DARE task vectors, kept from the L1 pass to the merge pass so the random numbers
-// are drawn once. Buffers are reused across tensors (fresh memory costs first-touch page faults,
-// slow on VMs: formats.md §3); tensors above kMaxMaskElements draw twice instead, so memory does
-// not grow with the largest tensor.
-constexpr uint64_t kMaxMaskElements = uint64_t{1} << 24;
-
-class MaskPool {
- public:
-  static std::vector<uint8_t> take(uint64_t n) {
-    std::lock_guard lock(mutex());
-    auto& pool = buffers();
-    std::vector<uint8_t> v;
-    if (!pool.empty()) {
-      v = std::move(pool.back());
-      pool.pop_back();
-    }
-    if (v.size() < n) v.resize(n);
-    return v;
-  }
-  static void give(std::vector<uint8_t> v) {
-    if (v.empty()) return;
-    std::lock_guard lock(mutex());
-    if (buffers().size() < 8) buffers().push_back(std::move(v));
-  }
-
- private:
-  static std::mutex& mutex() {
-    static std::mutex m;
-    return m;
-  }
-  static std::vector<std::vector<uint8_t>>& buffers() {
-    static std::vector<std::vector<uint8_t>> b;
-    return b;
   }
 };
 

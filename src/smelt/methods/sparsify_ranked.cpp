@@ -2,7 +2,11 @@
 #include "smelt/methods/sparsify_ranked.h"
 
 #include <algorithm>
+#include <array>
+#include <atomic>
+#include <bit>
 #include <cmath>
+#include <mutex>
 #include <numeric>
 #include <vector>
 
@@ -11,6 +15,7 @@
 #include "smelt/kernels/rank.h"
 #include "smelt/kernels/select.h"
 #include "smelt/methods/factories.h"
+#include "smelt/methods/mask_pool.h"
 
 namespace smelt::methods {
 namespace {
@@ -150,13 +155,50 @@ class DropAll : public Sparsifier {
 
 class DellaSparsifier : public Sparsifier {
  public:
-  DellaSparsifier(uint64_t key, Groups groups, double density, double epsilon)
-      : key_(key),
+  DellaSparsifier(uint64_t key, Groups groups, double density, double epsilon, uint64_t numel)
+      : numel_(numel),
+        key_(key),
         groups_(groups),
         density_(static_cast<float>(density)),
         low_(static_cast<float>(density - epsilon)),
         epsilon_(static_cast<float>(epsilon)),
         denom_(static_cast<float>(groups.size - 1)) {}
+
+  ~DellaSparsifier() override { MaskPool::give(std::move(mask_)); }
+
+  // Under the L1 rescale: ranks and decides once, keeping the decisions as a byte mask for the
+  // merge pass (tensors up to kMaxMaskElements). A decision's mark is "the result is not +0":
+  // exact, since a dropped element becomes +0 and a kept +0 stays +0 either way.
+  std::array<double, 2> l1_norms(const Chunk& chunk, const float* x,
+                                 const float* base) const override {
+    const size_t n = chunk.n;
+    thread_local std::vector<float> delta, sparse;
+    delta.resize(n);
+    sparse.resize(n);
+    kernels::subtract(x, base, delta.data(), n);
+    std::copy(delta.begin(), delta.end(), sparse.begin());
+    apply(chunk, sparse.data());
+    if (numel_ <= kMaxMaskElements) {
+      {
+        std::lock_guard lock(mutex_);
+        if (mask_.empty()) mask_ = MaskPool::take(numel_);
+      }
+      uint8_t* m = mask_.data() + chunk.offset;
+      for (size_t j = 0; j < n; ++j) m[j] = std::bit_cast<uint32_t>(sparse[j]) != 0;
+      masked_.fetch_add(n, std::memory_order_relaxed);
+    }
+    return {kernels::abs_sum(delta.data(), n), kernels::abs_sum(sparse.data(), n)};
+  }
+
+  void apply_difference(const Chunk& chunk, const float* x, const float* base,
+                        float* delta) const override {
+    if (masked_.load(std::memory_order_relaxed) == numel_ && !mask_.empty()) {
+      kernels::masked_difference(mask_.data() + chunk.offset, x, base, delta, chunk.n);
+      return;
+    }
+    kernels::subtract(x, base, delta, chunk.n);
+    apply(chunk, delta);
+  }
 
   void apply(const Chunk& chunk, float* delta) const override {
     const uint64_t size = groups_.size;
@@ -205,6 +247,11 @@ class DellaSparsifier : public Sparsifier {
     for (uint64_t q = 0; q < size; ++q) decide(x, first, order[q], q);
   }
 
+  uint64_t numel_;
+  // Decisions from l1_norms (disjoint chunk ranges); used once every element has its byte.
+  mutable std::mutex mutex_;
+  mutable std::vector<uint8_t> mask_;
+  mutable std::atomic<uint64_t> masked_{0};
   uint64_t key_;
   Groups groups_;
   float density_;
@@ -241,7 +288,7 @@ class DellaMagprune : public Sparsification {
     if (density <= 0.0) return std::make_unique<DropAll>();
     const double epsilon = model_value_or(ctx, input, "epsilon", kDefaultEpsilon);
     return std::make_unique<DellaSparsifier>(kernels::stream_key(ctx.seed, ctx.name, input),
-                                             della_groups(ctx), density, epsilon);
+                                             della_groups(ctx), density, epsilon, ctx.numel);
   }
 };
 

@@ -170,6 +170,14 @@ TEST(SelectKernels, ElementwiseLoopsMatchScalarArithmetic) {
       const float prod = -1.7f * a[j];  // rounded to f32 before the add: no fused multiply-add
       ASSERT_EQ(acc[j], b[j] + prod);
     }
+    std::vector<float> mask = b, z = a;
+    for (size_t j = 0; j < n; j += 3) mask[j] = (j % 2) ? 0.0f : -0.0f;
+    if (n > 4) mask[4] = std::numeric_limits<float>::quiet_NaN();
+    kernels::zero_where_nonzero(mask.data(), z.data(), n);
+    for (size_t j = 0; j < n; ++j) {
+      ASSERT_EQ(std::bit_cast<uint32_t>(z[j]),
+                std::bit_cast<uint32_t>(mask[j] == 0.0f ? a[j] : 0.0f));
+    }
     kernels::weighted_pair(0.25f, a.data(), 0.75f, b.data(), out.data(), n);
     for (size_t j = 0; j < n; ++j) {
       const float x = 0.25f * a[j], y = 0.75f * b[j];

@@ -484,6 +484,10 @@ SMELT_ELEMENTWISE void weighted_pair(float a, const float* x, float b, const flo
   for (size_t j = 0; j < n; ++j) out[j] = a * x[j] + b * y[j];
 }
 
+SMELT_ELEMENTWISE void zero_where_nonzero(const float* mask, float* x, size_t n) {
+  for (size_t j = 0; j < n; ++j) x[j] = mask[j] != 0.0f ? 0.0f : x[j];
+}
+
 SMELT_ELEMENTWISE void divide(float* x, float d, size_t n) {
   for (size_t j = 0; j < n; ++j) x[j] /= d;
 }

@@ -115,6 +115,8 @@ void scale(float w, const float* x, float* out, size_t n);
 void scale_add(float w, const float* x, float* acc, size_t n);
 // out[j] = a * x[j] + b * y[j].
 void weighted_pair(float a, const float* x, float b, const float* y, float* out, size_t n);
+// x[j] = 0 where mask[j] != 0 (a NaN mask value counts as nonzero).
+void zero_where_nonzero(const float* mask, float* x, size_t n);
 // x[j] /= d.
 void divide(float* x, float d, size_t n);
 // x[j] /= d[j].

@@ -75,8 +75,19 @@ class OutlierSparsifier : public Sparsifier {
       top_.keep_top(chunk.offset, outliers.data(), n);
     }
     upper_.keep_top(chunk.offset, delta, n);
+    if (drop_top_) kernels::zero_where_nonzero(outliers.data(), delta, n);
+  }
+
+  // The same on x − base, without storing the difference first.
+  void apply_difference(const Chunk& chunk, const float* x, const float* base,
+                        float* delta) const override {
+    const size_t n = chunk.n;
+    upper_.keep_top_difference(chunk.offset, x, base, delta, n);
     if (drop_top_) {
-      for (size_t j = 0; j < n; ++j) delta[j] = outliers[j] != 0.0f ? 0.0f : delta[j];
+      thread_local std::vector<float> outliers;
+      outliers.resize(n);
+      top_.keep_top_difference(chunk.offset, x, base, outliers.data(), n);
+      kernels::zero_where_nonzero(outliers.data(), delta, n);
     }
   }
 

@@ -61,17 +61,24 @@ TEST(SelectKernels, FusedRandomMaskEqualsSubtractThenMask) {
       // Two steps, written out here: the difference, then each element kept with probability p.
       std::vector<float> want(n);
       double s = 0, t = 0;
-      std::array<double, 4> sl{}, tl{};
+      std::array<double, 16> sl{}, tl{};
       for (size_t j = 0; j < n; ++j) {
         want[j] = a[j] - b[j];
         const bool keep = kernels::random_uniform(key, first + j) < p;
-        const size_t lane = j < n / 4 * 4 ? j % 4 : 0;
+        const size_t lane = j < n / 16 * 16 ? j % 16 : 0;
         sl[lane] += std::fabs(double{want[j]});
         if (keep) tl[lane] += std::fabs(double{want[j]});
         if (!keep) want[j] = 0.0f;
       }
-      s = (sl[0] + sl[1]) + (sl[2] + sl[3]);
-      t = (tl[0] + tl[1]) + (tl[2] + tl[3]);
+      // abs_sum's fixed tree: lanes l and l + w added for w = 8, 4, 2, 1.
+      for (size_t w = 8; w > 0; w /= 2) {
+        for (size_t l = 0; l < w; ++l) {
+          sl[l] += sl[l + w];
+          tl[l] += tl[l + w];
+        }
+      }
+      s = sl[0];
+      t = tl[0];
       std::vector<float> got(n, -1.0f);
       kernels::keep_random_difference(key, first, p, a.data(), b.data(), got.data(), n);
       EXPECT_EQ(got, want) << "n=" << n << " p=" << p;

@@ -578,6 +578,39 @@ void keep_random_difference(uint64_t key, uint64_t first_counter, float p, const
   keep_random_difference_scalar(key, first_counter, p, a, b, delta, n);
 }
 
+namespace {
+
+// abs_sum's lanes: |x[j]| goes to lane j % 16 (the tail to lane 0), lanes combined by a fixed
+// tree, so sums are a pure function of the values and vectorize (16 independent chains).
+constexpr size_t kAbsLanes = 16;
+
+// Adds |x[j]| to lane j % 16 for j < n (n a multiple of 16).
+SMELT_ELEMENTWISE void abs_sum_lanes(const float* x, size_t n, double* s) {
+  for (size_t j = 0; j < n; j += kAbsLanes) {
+    for (size_t l = 0; l < kAbsLanes; ++l) s[l] += std::fabs(double{x[j + l]});
+  }
+}
+
+double abs_sum_finish(double* s) {
+  for (size_t w = kAbsLanes / 2; w > 0; w /= 2) {
+    for (size_t l = 0; l < w; ++l) s[l] += s[l + w];
+  }
+  return s[0];
+}
+
+// abs_sum_lanes over a block of two arrays (the tail, n % 16 elements, into lane 0).
+void abs_sum_pair_block(const float* d, const float* kept, size_t n, double* s, double* t) {
+  const size_t body = n / kAbsLanes * kAbsLanes;
+  abs_sum_lanes(d, body, s);
+  abs_sum_lanes(kept, body, t);
+  for (size_t j = body; j < n; ++j) {
+    s[0] += std::fabs(double{d[j]});
+    t[0] += std::fabs(double{kept[j]});
+  }
+}
+
+}  // namespace
+
 void random_mask(uint64_t key, uint64_t first_counter, float p, uint8_t* m, size_t n) {
 #if defined(__x86_64__)
   static const bool has_avx512 =
@@ -597,56 +630,36 @@ SMELT_ELEMENTWISE void masked_difference(const uint8_t* m, const float* a, const
 }
 
 std::array<double, 2> masked_abs_sums(const uint8_t* m, const float* a, const float* b, size_t n) {
-  constexpr size_t kBlock = 2048;  // a multiple of 4: abs_sum's lanes stay j % 4
+  constexpr size_t kBlock = 2048;  // a multiple of 16: abs_sum's lanes stay j % 16
   alignas(64) float d[kBlock];
   alignas(64) float kept[kBlock];
-  double s[4] = {0, 0, 0, 0};
-  double t[4] = {0, 0, 0, 0};
+  double s[kAbsLanes] = {};
+  double t[kAbsLanes] = {};
   for (size_t start = 0; start < n; start += kBlock) {
     const size_t len = std::min(kBlock, n - start);
     subtract(a + start, b + start, d, len);
     masked_difference(m + start, a + start, b + start, kept, len);
-    size_t j = 0;
-    for (; j + 4 <= len; j += 4) {
-      for (size_t l = 0; l < 4; ++l) {
-        s[l] += std::fabs(double{d[j + l]});
-        t[l] += std::fabs(double{kept[j + l]});
-      }
-    }
-    for (; j < len; ++j) {  // only in the last block
-      s[0] += std::fabs(double{d[j]});
-      t[0] += std::fabs(double{kept[j]});
-    }
+    abs_sum_pair_block(d, kept, len, s, t);  // a tail only in the last block
   }
-  return {(s[0] + s[1]) + (s[2] + s[3]), (t[0] + t[1]) + (t[2] + t[3])};
+  return {abs_sum_finish(s), abs_sum_finish(t)};
 }
 
 std::array<double, 2> random_kept_abs_sums(uint64_t key, uint64_t first_counter, float p,
                                            const float* a, const float* b, size_t n) {
-  // Blocks of a multiple of 4 elements keep abs_sum's lanes (element j in lane j % 4, the tail
+  // Blocks of a multiple of 16 elements keep abs_sum's lanes (element j in lane j % 16, the tail
   // in lane 0); the differences and the masked ones are formed by the vectorized kernels.
   constexpr size_t kBlock = 2048;
   alignas(64) float d[kBlock];
   alignas(64) float kept[kBlock];
-  double s[4] = {0, 0, 0, 0};
-  double t[4] = {0, 0, 0, 0};
+  double s[kAbsLanes] = {};
+  double t[kAbsLanes] = {};
   for (size_t start = 0; start < n; start += kBlock) {
     const size_t m = std::min(kBlock, n - start);
     subtract(a + start, b + start, d, m);
     keep_random_difference(key, first_counter + start, p, a + start, b + start, kept, m);
-    size_t j = 0;
-    for (; j + 4 <= m; j += 4) {
-      for (size_t l = 0; l < 4; ++l) {
-        s[l] += std::fabs(double{d[j + l]});
-        t[l] += std::fabs(double{kept[j + l]});
-      }
-    }
-    for (; j < m; ++j) {  // only in the last block
-      s[0] += std::fabs(double{d[j]});
-      t[0] += std::fabs(double{kept[j]});
-    }
+    abs_sum_pair_block(d, kept, m, s, t);  // a tail only in the last block
   }
-  return {(s[0] + s[1]) + (s[2] + s[3]), (t[0] + t[1]) + (t[2] + t[3])};
+  return {abs_sum_finish(s), abs_sum_finish(t)};
 }
 
 namespace {
@@ -771,13 +784,11 @@ void gram_upper(const float* const* v, size_t m, size_t n, double* upper) {
 }
 
 double abs_sum(const float* x, size_t n) {
-  double s[4] = {0, 0, 0, 0};
-  size_t j = 0;
-  for (; j + 4 <= n; j += 4) {
-    for (size_t l = 0; l < 4; ++l) s[l] += std::fabs(double{x[j + l]});
-  }
-  for (; j < n; ++j) s[0] += std::fabs(double{x[j]});
-  return (s[0] + s[1]) + (s[2] + s[3]);
+  double s[kAbsLanes] = {};
+  const size_t body = n / kAbsLanes * kAbsLanes;
+  abs_sum_lanes(x, body, s);
+  for (size_t j = body; j < n; ++j) s[0] += std::fabs(double{x[j]});
+  return abs_sum_finish(s);
 }
 
 }  // namespace smelt::kernels

@@ -26,6 +26,34 @@
 namespace smelt::kernels {
 namespace {
 
+#if defined(__x86_64__)
+// Runtime CPU features for the hand-dispatched kernels, each queried once.
+bool cpu_has_avx512f() {
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+}
+bool cpu_has_avx512dq() {
+  static const bool has = __builtin_cpu_supports("avx512dq");
+  return has;
+}
+bool cpu_has_avx512bw() {
+  static const bool has = __builtin_cpu_supports("avx512bw");
+  return has;
+}
+#endif
+
+// Reductions in double (dot, abs_sum) add element j to lane j % 16 (a tail shorter than 16 to
+// lane 0) and combine the lanes by the fixed tree below: 16 independent chains vectorize, and the
+// sum is still a pure function of the values, the same for every instruction set.
+constexpr size_t kSumLanes = 16;
+
+double combine_lanes(double* s) {
+  for (size_t w = kSumLanes / 2; w > 0; w /= 2) {
+    for (size_t l = 0; l < w; ++l) s[l] += s[l + w];
+  }
+  return s[0];
+}
+
 constexpr size_t kBins = 65536;
 // magnitude_bits has no sign bit, so its high 16 bits take 32768 values.
 constexpr size_t kHighBins = 32768;
@@ -156,8 +184,7 @@ __attribute__((target("avx512f,popcnt"))) size_t drop_zeros_avx512(uint32_t* bit
 
 size_t drop_zeros(uint32_t* bits, size_t n) {
 #ifdef SMELT_HAVE_AVX512_FILTER
-  static const bool has_avx512 = __builtin_cpu_supports("avx512f");
-  if (has_avx512) return drop_zeros_avx512(bits, n);
+  if (cpu_has_avx512f()) return drop_zeros_avx512(bits, n);
 #endif
   return drop_zeros_scalar(bits, n);
 }
@@ -166,8 +193,7 @@ size_t drop_zeros(uint32_t* bits, size_t n) {
 size_t filter_lows(const float* a, const float* b, size_t n, uint32_t high_bin, uint32_t* lows,
                    uint64_t* zeros) {
 #ifdef SMELT_HAVE_AVX512_FILTER
-  static const bool has_avx512 = __builtin_cpu_supports("avx512f");
-  if (has_avx512) return filter_lows_avx512(a, b, n, high_bin, lows, zeros);
+  if (cpu_has_avx512f()) return filter_lows_avx512(a, b, n, high_bin, lows, zeros);
 #endif
   return filter_lows_scalar(a, b, n, high_bin, lows, zeros);
 }
@@ -563,8 +589,7 @@ keep_random_difference_avx512(uint64_t key, uint64_t first_counter, float p, con
 
 void keep_random(uint64_t key, uint64_t first_counter, float p, float* x, size_t n) {
 #if defined(__x86_64__)
-  static const bool has_avx512dq = __builtin_cpu_supports("avx512dq");
-  if (has_avx512dq) return keep_random_avx512(key, first_counter, p, x, n);
+  if (cpu_has_avx512dq()) return keep_random_avx512(key, first_counter, p, x, n);
 #endif
   keep_random_scalar(key, first_counter, p, x, n);
 }
@@ -572,35 +597,25 @@ void keep_random(uint64_t key, uint64_t first_counter, float p, float* x, size_t
 void keep_random_difference(uint64_t key, uint64_t first_counter, float p, const float* a,
                             const float* b, float* delta, size_t n) {
 #if defined(__x86_64__)
-  static const bool has_avx512dq = __builtin_cpu_supports("avx512dq");
-  if (has_avx512dq) return keep_random_difference_avx512(key, first_counter, p, a, b, delta, n);
+  if (cpu_has_avx512dq()) {
+    return keep_random_difference_avx512(key, first_counter, p, a, b, delta, n);
+  }
 #endif
   keep_random_difference_scalar(key, first_counter, p, a, b, delta, n);
 }
 
 namespace {
 
-// abs_sum's lanes: |x[j]| goes to lane j % 16 (the tail to lane 0), lanes combined by a fixed
-// tree, so sums are a pure function of the values and vectorize (16 independent chains).
-constexpr size_t kAbsLanes = 16;
-
-// Adds |x[j]| to lane j % 16 for j < n (n a multiple of 16).
+// Adds |x[j]| to lane j % 16 for j < n (n a multiple of 16): abs_sum's lanes.
 SMELT_ELEMENTWISE void abs_sum_lanes(const float* x, size_t n, double* s) {
-  for (size_t j = 0; j < n; j += kAbsLanes) {
-    for (size_t l = 0; l < kAbsLanes; ++l) s[l] += std::fabs(double{x[j + l]});
+  for (size_t j = 0; j < n; j += kSumLanes) {
+    for (size_t l = 0; l < kSumLanes; ++l) s[l] += std::fabs(double{x[j + l]});
   }
-}
-
-double abs_sum_finish(double* s) {
-  for (size_t w = kAbsLanes / 2; w > 0; w /= 2) {
-    for (size_t l = 0; l < w; ++l) s[l] += s[l + w];
-  }
-  return s[0];
 }
 
 // abs_sum_lanes over a block of two arrays (the tail, n % 16 elements, into lane 0).
 void abs_sum_pair_block(const float* d, const float* kept, size_t n, double* s, double* t) {
-  const size_t body = n / kAbsLanes * kAbsLanes;
+  const size_t body = n / kSumLanes * kSumLanes;
   abs_sum_lanes(d, body, s);
   abs_sum_lanes(kept, body, t);
   for (size_t j = body; j < n; ++j) {
@@ -613,9 +628,9 @@ void abs_sum_pair_block(const float* d, const float* kept, size_t n, double* s, 
 
 void random_mask(uint64_t key, uint64_t first_counter, float p, uint8_t* m, size_t n) {
 #if defined(__x86_64__)
-  static const bool has_avx512 =
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
-  if (has_avx512) return random_mask_avx512(key, first_counter, p, m, n);
+  if (cpu_has_avx512dq() && cpu_has_avx512bw()) {
+    return random_mask_avx512(key, first_counter, p, m, n);
+  }
 #endif
   random_mask_scalar(key, first_counter, p, m, n);
 }
@@ -629,37 +644,40 @@ SMELT_ELEMENTWISE void masked_difference(const uint8_t* m, const float* a, const
   }
 }
 
-std::array<double, 2> masked_abs_sums(const uint8_t* m, const float* a, const float* b, size_t n) {
-  constexpr size_t kBlock = 2048;  // a multiple of 16: abs_sum's lanes stay j % 16
+namespace {
+
+// {abs_sum(a − b), abs_sum(kept)} where form_kept(start, len, kept) writes the sparsified
+// difference of elements [start, start + len). Blocks are a multiple of 16 elements, so abs_sum's
+// lanes stay j % 16 (a tail only in the last block).
+template <typename FormKept>
+std::array<double, 2> kept_abs_sums(const float* a, const float* b, size_t n, FormKept form_kept) {
+  constexpr size_t kBlock = 2048;
   alignas(64) float d[kBlock];
   alignas(64) float kept[kBlock];
-  double s[kAbsLanes] = {};
-  double t[kAbsLanes] = {};
+  double s[kSumLanes] = {};
+  double t[kSumLanes] = {};
   for (size_t start = 0; start < n; start += kBlock) {
     const size_t len = std::min(kBlock, n - start);
     subtract(a + start, b + start, d, len);
-    masked_difference(m + start, a + start, b + start, kept, len);
-    abs_sum_pair_block(d, kept, len, s, t);  // a tail only in the last block
+    form_kept(start, len, kept);
+    abs_sum_pair_block(d, kept, len, s, t);
   }
-  return {abs_sum_finish(s), abs_sum_finish(t)};
+  return {combine_lanes(s), combine_lanes(t)};
+}
+
+}  // namespace
+
+std::array<double, 2> masked_abs_sums(const uint8_t* m, const float* a, const float* b, size_t n) {
+  return kept_abs_sums(a, b, n, [&](size_t start, size_t len, float* kept) {
+    masked_difference(m + start, a + start, b + start, kept, len);
+  });
 }
 
 std::array<double, 2> random_kept_abs_sums(uint64_t key, uint64_t first_counter, float p,
                                            const float* a, const float* b, size_t n) {
-  // Blocks of a multiple of 16 elements keep abs_sum's lanes (element j in lane j % 16, the tail
-  // in lane 0); the differences and the masked ones are formed by the vectorized kernels.
-  constexpr size_t kBlock = 2048;
-  alignas(64) float d[kBlock];
-  alignas(64) float kept[kBlock];
-  double s[kAbsLanes] = {};
-  double t[kAbsLanes] = {};
-  for (size_t start = 0; start < n; start += kBlock) {
-    const size_t m = std::min(kBlock, n - start);
-    subtract(a + start, b + start, d, m);
-    keep_random_difference(key, first_counter + start, p, a + start, b + start, kept, m);
-    abs_sum_pair_block(d, kept, m, s, t);  // a tail only in the last block
-  }
-  return {abs_sum_finish(s), abs_sum_finish(t)};
+  return kept_abs_sums(a, b, n, [&](size_t start, size_t len, float* kept) {
+    keep_random_difference(key, first_counter + start, p, a + start, b + start, kept, len);
+  });
 }
 
 namespace {
@@ -731,64 +749,58 @@ void elect_sign(const float* const* d, const float* w, size_t count, size_t n, f
 
 namespace {
 
-constexpr size_t kDotLanes = 16;
-
 // Adds a[j] * b[j] to lane j % 16 for j < n (n a multiple of 16), the way dot() does.
 SMELT_ELEMENTWISE void dot_lanes(const float* a, const float* b, size_t n, double* s) {
-  for (size_t j = 0; j < n; j += kDotLanes) {
-    for (size_t l = 0; l < kDotLanes; ++l) s[l] += double{a[j + l]} * double{b[j + l]};
+  for (size_t j = 0; j < n; j += kSumLanes) {
+    for (size_t l = 0; l < kSumLanes; ++l) s[l] += double{a[j + l]} * double{b[j + l]};
   }
 }
 
 // dot()'s tail (into lane 0) and its fixed combining tree.
 double dot_finish(const float* a, const float* b, size_t n, double* s) {
   for (size_t j = 0; j < n; ++j) s[0] += double{a[j]} * double{b[j]};
-  for (size_t w = kDotLanes / 2; w > 0; w /= 2) {
-    for (size_t l = 0; l < w; ++l) s[l] += s[l + w];
-  }
-  return s[0];
+  return combine_lanes(s);
 }
 
 }  // namespace
 
-// Sixteen interleaved accumulators (element j in lane j % 16, the tail in lane 0), combined by
-// a fixed tree: vectorizes (two AVX-512 or four AVX2 registers of doubles) and is still a pure
-// function of the chunk's values, the same for every instruction set.
+// kSumLanes interleaved accumulators combined by combine_lanes (two AVX-512 or four AVX2
+// registers of doubles).
 double dot(const float* a, const float* b, size_t n) {
-  double s[kDotLanes] = {};
-  const size_t body = n / kDotLanes * kDotLanes;
+  double s[kSumLanes] = {};
+  const size_t body = n / kSumLanes * kSumLanes;
   dot_lanes(a, b, body, s);
   return dot_finish(a + body, b + body, n - body, s);
 }
 
 void gram_upper(const float* const* v, size_t m, size_t n, double* upper) {
   const size_t pairs = m * (m + 1) / 2;
-  std::vector<double> lanes(pairs * kDotLanes, 0.0);
-  const size_t body = n / kDotLanes * kDotLanes;
-  constexpr size_t kBlock = 1024;  // a multiple of kDotLanes: lanes stay j % 16
+  std::vector<double> lanes(pairs * kSumLanes, 0.0);
+  const size_t body = n / kSumLanes * kSumLanes;
+  constexpr size_t kBlock = 1024;  // a multiple of kSumLanes: lanes stay j % 16
   for (size_t first = 0; first < body; first += kBlock) {
     const size_t len = std::min(kBlock, body - first);
     size_t p = 0;
     for (size_t i = 0; i < m; ++i) {
       for (size_t j = i; j < m; ++j, ++p) {
-        dot_lanes(v[i] + first, v[j] + first, len, lanes.data() + p * kDotLanes);
+        dot_lanes(v[i] + first, v[j] + first, len, lanes.data() + p * kSumLanes);
       }
     }
   }
   size_t p = 0;
   for (size_t i = 0; i < m; ++i) {
     for (size_t j = i; j < m; ++j, ++p) {
-      upper[p] = dot_finish(v[i] + body, v[j] + body, n - body, lanes.data() + p * kDotLanes);
+      upper[p] = dot_finish(v[i] + body, v[j] + body, n - body, lanes.data() + p * kSumLanes);
     }
   }
 }
 
 double abs_sum(const float* x, size_t n) {
-  double s[kAbsLanes] = {};
-  const size_t body = n / kAbsLanes * kAbsLanes;
+  double s[kSumLanes] = {};
+  const size_t body = n / kSumLanes * kSumLanes;
   abs_sum_lanes(x, body, s);
   for (size_t j = body; j < n; ++j) s[0] += std::fabs(double{x[j]});
-  return abs_sum_finish(s);
+  return combine_lanes(s);
 }
 
 }  // namespace smelt::kernels

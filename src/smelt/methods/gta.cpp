@@ -79,43 +79,34 @@ class Magnitude : public Sparsification {
 class RandomSparsifier : public Sparsifier {
  public:
   RandomSparsifier(uint64_t key, float density, uint64_t numel)
-      : key_(key), density_(density), numel_(numel) {}
-  ~RandomSparsifier() override { MaskPool::give(std::move(mask_)); }
+      : key_(key), density_(density), mask_(numel) {}
   void apply(const Chunk& chunk, float* delta) const override {
     kernels::keep_random(key_, chunk.offset, density_, delta, chunk.n);
   }
   void apply_difference(const Chunk& chunk, const float* x, const float* base,
                         float* delta) const override {
-    if (masked_.load(std::memory_order_relaxed) == numel_ && !mask_.empty()) {
-      kernels::masked_difference(mask_.data() + chunk.offset, x, base, delta, chunk.n);
+    if (const uint8_t* m = mask_.complete()) {
+      kernels::masked_difference(m + chunk.offset, x, base, delta, chunk.n);
       return;
     }
     kernels::keep_random_difference(key_, chunk.offset, density_, x, base, delta, chunk.n);
   }
+  // Under the L1 rescale: draws the mask once, keeping it for the merge pass (mask_pool.h).
   std::array<double, 2> l1_norms(const Chunk& chunk, const float* x,
                                  const float* base) const override {
-    if (numel_ > kMaxMaskElements) {
+    uint8_t* m = mask_.chunk(chunk.offset);
+    if (m == nullptr) {
       return kernels::random_kept_abs_sums(key_, chunk.offset, density_, x, base, chunk.n);
     }
-    {
-      std::lock_guard lock(mutex_);
-      if (mask_.empty()) mask_ = MaskPool::take(numel_);
-    }
-    uint8_t* m = mask_.data() + chunk.offset;
     kernels::random_mask(key_, chunk.offset, density_, m, chunk.n);
-    const std::array<double, 2> sums = kernels::masked_abs_sums(m, x, base, chunk.n);
-    masked_.fetch_add(chunk.n, std::memory_order_relaxed);
-    return sums;
+    mask_.filled(chunk.n);
+    return kernels::masked_abs_sums(m, x, base, chunk.n);
   }
 
  private:
   uint64_t key_;
   float density_;
-  uint64_t numel_;
-  // Filled by l1_norms chunk by chunk (disjoint ranges); used once every element has its byte.
-  mutable std::mutex mutex_;
-  mutable std::vector<uint8_t> mask_;
-  mutable std::atomic<uint64_t> masked_{0};
+  mutable TaskMask mask_;
 };
 
 class Random : public Sparsification {
@@ -321,11 +312,18 @@ void Sparsifier::apply_difference(const Chunk& chunk, const float* x, const floa
 
 std::array<double, 2> Sparsifier::l1_norms(const Chunk& chunk, const float* x,
                                            const float* base) const {
+  return materialized_l1_norms(chunk, x, base);
+}
+
+std::array<double, 2> Sparsifier::materialized_l1_norms(const Chunk& chunk, const float* x,
+                                                        const float* base,
+                                                        const float** sparse_out) const {
   float* delta = delta_scratch(chunk.n);
   float* sparse = delta_scratch(chunk.n, 1);
   kernels::subtract(x, base, delta, chunk.n);
   std::memcpy(sparse, delta, chunk.n * sizeof(float));
   apply(chunk, sparse);
+  if (sparse_out) *sparse_out = sparse;
   return {kernels::abs_sum(delta, chunk.n), kernels::abs_sum(sparse, chunk.n)};
 }
 

@@ -42,6 +42,12 @@ class Sparsifier {
   // passes; used for the L1 rescale). The default materializes both.
   virtual std::array<double, 2> l1_norms(const Chunk& chunk, const float* x,
                                          const float* base) const;
+
+ protected:
+  // The default l1_norms; *sparse (if given) receives the sparsified chunk (thread-local
+  // scratch, valid until this thread's next call).
+  std::array<double, 2> materialized_l1_norms(const Chunk& chunk, const float* x, const float* base,
+                                              const float** sparse = nullptr) const;
 };
 
 // A sparsification primitive of spec §5. Each is a stateless singleton; a new one (e.g.

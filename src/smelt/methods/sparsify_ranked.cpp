@@ -167,7 +167,7 @@ class DropAll : public Sparsifier {
 class DellaSparsifier : public Sparsifier {
  public:
   DellaSparsifier(uint64_t key, Groups groups, double density, double epsilon, uint64_t numel)
-      : numel_(numel),
+      : mask_(numel),
         key_(key),
         groups_(groups),
         density_(static_cast<float>(density)),
@@ -175,36 +175,24 @@ class DellaSparsifier : public Sparsifier {
         epsilon_(static_cast<float>(epsilon)),
         denom_(static_cast<float>(groups.size - 1)) {}
 
-  ~DellaSparsifier() override { MaskPool::give(std::move(mask_)); }
-
   // Under the L1 rescale: ranks and decides once, keeping the decisions as a byte mask for the
-  // merge pass (tensors up to kMaxMaskElements). A decision's mark is "the result is not +0":
-  // exact, since a dropped element becomes +0 and a kept +0 stays +0 either way.
+  // merge pass (mask_pool.h). A decision's mark is "the result is not +0": exact, since a dropped
+  // element becomes +0 and a kept +0 stays +0 either way.
   std::array<double, 2> l1_norms(const Chunk& chunk, const float* x,
                                  const float* base) const override {
-    const size_t n = chunk.n;
-    thread_local std::vector<float> delta, sparse;
-    delta.resize(n);
-    sparse.resize(n);
-    kernels::subtract(x, base, delta.data(), n);
-    std::copy(delta.begin(), delta.end(), sparse.begin());
-    apply(chunk, sparse.data());
-    if (numel_ <= kMaxMaskElements) {
-      {
-        std::lock_guard lock(mutex_);
-        if (mask_.empty()) mask_ = MaskPool::take(numel_);
-      }
-      uint8_t* m = mask_.data() + chunk.offset;
-      for (size_t j = 0; j < n; ++j) m[j] = std::bit_cast<uint32_t>(sparse[j]) != 0;
-      masked_.fetch_add(n, std::memory_order_relaxed);
+    const float* sparse = nullptr;
+    const std::array<double, 2> sums = materialized_l1_norms(chunk, x, base, &sparse);
+    if (uint8_t* m = mask_.chunk(chunk.offset)) {
+      for (size_t j = 0; j < chunk.n; ++j) m[j] = std::bit_cast<uint32_t>(sparse[j]) != 0;
+      mask_.filled(chunk.n);
     }
-    return {kernels::abs_sum(delta.data(), n), kernels::abs_sum(sparse.data(), n)};
+    return sums;
   }
 
   void apply_difference(const Chunk& chunk, const float* x, const float* base,
                         float* delta) const override {
-    if (masked_.load(std::memory_order_relaxed) == numel_ && !mask_.empty()) {
-      kernels::masked_difference(mask_.data() + chunk.offset, x, base, delta, chunk.n);
+    if (const uint8_t* m = mask_.complete()) {
+      kernels::masked_difference(m + chunk.offset, x, base, delta, chunk.n);
       return;
     }
     kernels::subtract(x, base, delta, chunk.n);
@@ -258,11 +246,7 @@ class DellaSparsifier : public Sparsifier {
     for (uint64_t q = 0; q < size; ++q) decide(x, first, order[q], q);
   }
 
-  uint64_t numel_;
-  // Decisions from l1_norms (disjoint chunk ranges); used once every element has its byte.
-  mutable std::mutex mutex_;
-  mutable std::vector<uint8_t> mask_;
-  mutable std::atomic<uint64_t> masked_{0};
+  mutable TaskMask mask_;  // decisions from l1_norms
   uint64_t key_;
   Groups groups_;
   float density_;

@@ -22,6 +22,20 @@ namespace smelt::io {
 
 std::string errno_text() { return std::strerror(errno); }
 
+int64_t pread_full(int fd, void* dst, uint64_t size, uint64_t pos) {
+  char* p = static_cast<char*>(dst);
+  uint64_t done = 0;
+  while (done < size) {
+    const ssize_t r = ::pread(fd, p + done, std::min<uint64_t>(size - done, 1u << 30),
+                              static_cast<off_t>(pos + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return -1;
+    if (r == 0) break;
+    done += static_cast<uint64_t>(r);
+  }
+  return static_cast<int64_t>(done);
+}
+
 namespace {
 
 std::string write_error(const std::filesystem::path& path, int err) {
@@ -145,6 +159,23 @@ void pwrite_all(int fd, const void* data, uint64_t size, uint64_t offset,
   }
 }
 
+std::string read_whole_file(const std::filesystem::path& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail("{}: cannot read: {}", path.string(), errno_text());
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail("{}: cannot read: not a regular file", path.string());
+  }
+  std::string text(static_cast<size_t>(st.st_size), '\0');
+  const int64_t r = pread_full(fd, text.data(), text.size(), 0);
+  const std::string why = r < 0 ? errno_text() : "";
+  ::close(fd);
+  if (r < 0) fail("{}: cannot read: {}", path.string(), why);
+  text.resize(static_cast<size_t>(r));
+  return text;
+}
+
 void fsync_dir(const std::filesystem::path& dir) {
   const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
   if (fd >= 0) {
@@ -167,10 +198,11 @@ bool direct_io_from_environment() {
 }
 
 AtomicFile::AtomicFile(std::filesystem::path path, uint64_t size, AtomicFileOptions options)
-    : path_(std::move(path)), size_(size) {
+    : path_(std::move(path)), size_(size), publish_(std::move(options.publish)) {
+  // Errors name `path`, the file the user asked for, never the hidden temporary.
   temp_path_ = temp_name_for(path_);
   fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd_ < 0) fail("{}: cannot create: {}", temp_path_.string(), errno_text());
+  if (fd_ < 0) fail("{}: cannot create: {}", path_.string(), errno_text());
   // Sizing the file up front makes every byte not written (padding) zero.
   if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) {
     const std::string why = errno_text();
@@ -178,8 +210,7 @@ AtomicFile::AtomicFile(std::filesystem::path path, uint64_t size, AtomicFileOpti
     fd_ = -1;
     std::error_code ec;
     std::filesystem::remove(temp_path_, ec);
-    fail("{}: cannot size file to {} bytes: {} (is the disk full?)", temp_path_.string(), size,
-         why);
+    fail("{}: cannot size file to {} bytes: {} (is the disk full?)", path_.string(), size, why);
   }
   if (!options.direct_io) return;
   align_ = options.alignment != 0 ? options.alignment : direct_io_alignment(temp_path_, 4096);
@@ -226,12 +257,12 @@ uint64_t AtomicFile::evicted_blocks() const {
 
 void AtomicFile::expect(uint64_t offset, uint64_t size) {
   if (offset > size_ || size > size_ - offset) {
-    fail("{}: internal: region of {} bytes at {} is outside the file's {} bytes",
-         temp_path_.string(), size, offset, size_);
+    fail("{}: internal: region of {} bytes at {} is outside the file's {} bytes", path_.string(),
+         size, offset, size_);
   }
   if (direct_fd_ < 0 || size == 0) return;
   std::lock_guard lock(mu_);
-  if (writes_started_) fail("{}: internal: expect() after a write", temp_path_.string());
+  if (writes_started_) fail("{}: internal: expect() after a write", path_.string());
   if (!declared_) {
     // The first declaration replaces "every byte is expected".
     for (Block& blk : blocks_) blk.expected = 0;
@@ -252,12 +283,12 @@ void AtomicFile::throw_if_failed() const {
 
 void AtomicFile::pwrite(const void* data, uint64_t size, uint64_t offset) {
   if (direct_fd_ < 0) {
-    pwrite_all(fd_, data, size, offset, temp_path_);
+    pwrite_all(fd_, data, size, offset, path_);
     return;
   }
   if (offset > size_ || size > size_ - offset) {
-    fail("{}: internal: write of {} bytes at {} is outside the file's {} bytes",
-         temp_path_.string(), size, offset, size_);
+    fail("{}: internal: write of {} bytes at {} is outside the file's {} bytes", path_.string(),
+         size, offset, size_);
   }
   const char* src = static_cast<const char*>(data);
   while (size > 0) {
@@ -277,7 +308,7 @@ void AtomicFile::write_piece(uint64_t b, uint64_t in_block, const char* src, uin
   Block& blk = blocks_[b];
   for (;;) {
     throw_if_failed();
-    if (stop_) fail("{}: internal: write after commit", temp_path_.string());
+    if (stop_) fail("{}: internal: write after commit", path_.string());
     switch (blk.state) {
       case BlockState::kEmpty:
         if (!direct_ok_) {
@@ -296,7 +327,7 @@ void AtomicFile::write_piece(uint64_t b, uint64_t in_block, const char* src, uin
         // The block's buffer is already on disk (evicted, or bytes nobody declared): write these
         // bytes where they belong, after that write, through the page cache.
         lock.unlock();
-        pwrite_all(fd_, src, n, b * block_bytes_ + in_block, temp_path_);
+        pwrite_all(fd_, src, n, b * block_bytes_ + in_block, path_);
         return;
       case BlockState::kOpen:
         break;
@@ -374,7 +405,7 @@ void AtomicFile::evict_oldest(std::unique_lock<std::mutex>& lock) {
   std::string err;
   try {
     zero_gaps(blk.buffer, blk.written, block_length(b));
-    pwrite_all(fd_, blk.buffer, block_length(b), b * block_bytes_, temp_path_);
+    pwrite_all(fd_, blk.buffer, block_length(b), b * block_bytes_, path_);
   } catch (const Error& e) {
     err = e.what();
   }
@@ -454,12 +485,12 @@ std::string AtomicFile::write_block(uint64_t b, const char* buffer) {
         direct_ok_ = false;
         break;
       }
-      return write_error(temp_path_, w < 0 ? errno : ENOSPC);
+      return write_error(path_, w < 0 ? errno : ENOSPC);
     }
     if (done >= padded) return {};
   }
   try {
-    pwrite_all(fd_, buffer, length, offset, temp_path_);
+    pwrite_all(fd_, buffer, length, offset, path_);
   } catch (const Error& e) {
     return e.what();
   }
@@ -509,17 +540,21 @@ void AtomicFile::commit() {
     stop_writer(/*abort=*/false);
     throw_if_failed();
     if (::ftruncate(fd_, static_cast<off_t>(size_)) != 0) {
-      fail("{}: cannot truncate to {} bytes: {}", temp_path_.string(), size_, errno_text());
+      fail("{}: cannot truncate to {} bytes: {}", path_.string(), size_, errno_text());
     }
   }
-  if (::fdatasync(fd_) != 0) fail("{}: fdatasync failed: {}", temp_path_.string(), errno_text());
+  if (::fdatasync(fd_) != 0) fail("{}: fdatasync failed: {}", path_.string(), errno_text());
   if (direct_fd_ >= 0) ::close(direct_fd_);
   direct_fd_ = -1;
   ::close(fd_);
   fd_ = -1;
-  std::error_code ec;
-  std::filesystem::rename(temp_path_, path_, ec);
-  if (ec) fail("{}: cannot rename into place: {}", path_.string(), ec.message());
+  if (publish_) {
+    publish_(temp_path_, path_);
+  } else {
+    std::error_code ec;
+    std::filesystem::rename(temp_path_, path_, ec);
+    if (ec) fail("{}: cannot rename into place: {}", path_.string(), ec.message());
+  }
   committed_ = true;
   fsync_dir(path_.parent_path());
 }

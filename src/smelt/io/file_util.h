@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <deque>
 #include <filesystem>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -16,9 +17,15 @@ namespace smelt::io {
 
 // strerror(errno) as a string.
 std::string errno_text();
+// Reads `size` bytes at `pos` of `fd` into `dst`, retrying short reads and EINTR (the one read
+// loop every reader shares). Returns the bytes read: fewer than `size` only at the end of the
+// file. Returns -1 with errno set on a read error.
+int64_t pread_full(int fd, void* dst, uint64_t size, uint64_t pos);
 // Writes all `size` bytes at `offset` (retrying short writes); throws smelt::Error naming `path`.
 void pwrite_all(int fd, const void* data, uint64_t size, uint64_t offset,
                 const std::filesystem::path& path);
+// The whole content of a (small) file; throws smelt::Error naming `path` and the cause.
+std::string read_whole_file(const std::filesystem::path& path);
 // fsyncs a directory so a rename inside it is durable (best effort).
 void fsync_dir(const std::filesystem::path& dir);
 // A hidden, unique temporary name beside `path` (".<name>.smelt-tmp-XXXXXXXX").
@@ -41,6 +48,10 @@ struct AtomicFileOptions {
   // Direct I/O alignment; 0 queries the filesystem (statx) and uses at least 4096. Other values
   // are for tests (a too-small alignment makes the kernel refuse direct writes).
   uint64_t alignment = 0;
+  // How commit() puts the finished temporary at `path`. Empty: rename(2), which replaces any
+  // file there; right inside smelt's own temporary folder. Outputs at a user's path pass
+  // publish_file() (io/output_claim.h), which never replaces what smelt did not create.
+  std::function<void(const std::filesystem::path& temp, const std::filesystem::path& path)> publish;
 };
 
 // A file of known size written under a hidden temporary name beside `path` (from any thread, at
@@ -120,6 +131,7 @@ class AtomicFile {
   int direct_fd_ = -1;  // O_DIRECT; -1 in buffered mode
   bool committed_ = false;
   bool direct_mode_ = false;  // blocks are combined (direct_fd_ was open)
+  std::function<void(const std::filesystem::path&, const std::filesystem::path&)> publish_;
 
   // Direct mode only.
   uint64_t align_ = 4096;

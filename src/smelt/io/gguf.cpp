@@ -186,16 +186,10 @@ class GgufParser {
 
   // Reads n bytes at the cursor (without moving it), retrying short reads.
   void pread_all(char* dst, uint64_t n, const Where& where) const {
-    uint64_t done = 0;
-    while (done < n) {
-      const ssize_t r = ::pread(fd_, dst + done, std::min<uint64_t>(n - done, 1u << 30),
-                                static_cast<off_t>(pos_ + done));
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) {
-        fail("{}: {}: read failed: {} (was the file changed while being read?)", label_,
-             where.str(), r < 0 ? errno_text() : "unexpected end of file");
-      }
-      done += static_cast<uint64_t>(r);
+    const int64_t r = pread_full(fd_, dst, n, pos_);
+    if (r != static_cast<int64_t>(n)) {
+      fail("{}: {}: read failed: {} (was the file changed while being read?)", label_, where.str(),
+           r < 0 ? errno_text() : "unexpected end of file");
     }
   }
 
@@ -867,7 +861,8 @@ uint64_t GgufTensorSpec::nbytes() const {
 }
 
 GgufWriter::GgufWriter(std::filesystem::path path, std::vector<GgufKv> kvs,
-                       std::vector<GgufTensorSpec> tensors, uint32_t alignment)
+                       std::vector<GgufTensorSpec> tensors, uint32_t alignment,
+                       AtomicFileOptions file_options)
     : path_(std::move(path)), kvs_(std::move(kvs)), specs_(std::move(tensors)) {
   const std::string label = path_.string();
   if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
@@ -925,9 +920,13 @@ GgufWriter::GgufWriter(std::filesystem::path path, std::vector<GgufKv> kvs,
   header.resize(data_start, '\0');
   offsets_.resize(specs_.size());
   for (size_t i = 0; i < specs_.size(); ++i) offsets_[i] = data_start + relative[i];
-  written_ = std::make_unique<std::atomic<uint64_t>[]>(specs_.size());
+  {
+    std::vector<std::string> names;
+    for (const GgufTensorSpec& s : specs_) names.push_back(s.name);
+    ledger_ = std::make_unique<WriteLedger>(label, std::move(names), nbytes_);
+  }
 
-  file_ = std::make_unique<AtomicFile>(path_, data_start + pos);
+  file_ = std::make_unique<AtomicFile>(path_, data_start + pos, file_options);
   // Declaring every region (padding between tensors is never written) lets the file write each
   // block as soon as its bytes are in.
   file_->expect(0, header.size());
@@ -944,27 +943,13 @@ std::optional<size_t> GgufWriter::index_of(std::string_view name) const {
 }
 
 void GgufWriter::write(size_t index, uint64_t offset, const void* data, uint64_t size) {
-  if (index >= specs_.size()) {
-    fail("{}: tensor index {} is out of range ({} tensors)", path_.string(), index, specs_.size());
-  }
-  const uint64_t nb = nbytes_[index];
-  if (offset > nb || size > nb - offset) {
-    fail("{}: tensor '{}': write of {} bytes at {} is outside its {} bytes", path_.string(),
-         specs_[index].name, size, offset, nb);
-  }
+  ledger_->record(index, offset, size);
   file_->pwrite(data, size, offsets_[index] + offset);
-  written_[index].fetch_add(size, std::memory_order_relaxed);
 }
 
 void GgufWriter::finish() {
   if (finished_) return;
-  for (size_t i = 0; i < specs_.size(); ++i) {
-    const uint64_t w = written_[i].load();
-    if (w != nbytes_[i]) {
-      fail("{}: tensor '{}': {} of {} bytes were written; refusing to finish an incomplete file",
-           path_.string(), specs_[i].name, w, nbytes_[i]);
-    }
-  }
+  ledger_->check_complete();
   file_->commit();
   finished_ = true;
 }

@@ -212,7 +212,8 @@ struct GgufTensorSpec {
 class GgufWriter {
  public:
   GgufWriter(std::filesystem::path path, std::vector<GgufKv> kvs,
-             std::vector<GgufTensorSpec> tensors, uint32_t alignment = kGgufDefaultAlignment);
+             std::vector<GgufTensorSpec> tensors, uint32_t alignment = kGgufDefaultAlignment,
+             AtomicFileOptions file_options = {});
   ~GgufWriter();
   GgufWriter(const GgufWriter&) = delete;
   GgufWriter& operator=(const GgufWriter&) = delete;
@@ -237,7 +238,7 @@ class GgufWriter {
   std::vector<GgufTensorSpec> specs_;
   std::vector<uint64_t> nbytes_;
   std::vector<uint64_t> offsets_;  // absolute
-  std::unique_ptr<std::atomic<uint64_t>[]> written_;
+  std::unique_ptr<WriteLedger> ledger_;  // every byte written exactly once
   std::unordered_map<std::string, size_t> by_name_;
 };
 

@@ -75,6 +75,7 @@ bool resolve_folder(const fs::path& dir, const std::string& ref, ResolvedModel* 
              index.string(), tensor, f);
       }
       files.insert(f);
+      out->index_weight_map.emplace_back(tensor, f);
     }
     for (const std::string& f : files) {
       if (!fs::is_regular_file(dir / f)) {
@@ -267,10 +268,8 @@ std::shared_ptr<Model> Model::open(const ResolvedModel& resolved) {
   }
   auto m = from_files(resolved, std::move(files));
   if (!resolved.index_json.empty()) {
-    const auto j = nlohmann::json::parse(read_text(resolved.index_json));
-    for (auto& [tensor, file] : j["weight_map"].items()) {
+    for (const auto& [tensor, shard] : resolved.index_weight_map) {
       const ModelTensor mt = m->find(tensor);
-      const std::string shard = file.get<std::string>();
       if (!mt.info) {
         fail("{}: maps tensor '{}' to {}, but that shard does not contain it",
              resolved.index_json.string(), tensor, shard);

@@ -33,6 +33,9 @@ struct ResolvedModel {
   std::filesystem::path root;         // model folder; for a single file, its parent folder
   std::filesystem::path config_json;  // empty when the model has none
   std::filesystem::path index_json;   // empty unless sharded with an index
+  // The index's weight_map (tensor name, shard file name), parsed and checked once by
+  // resolve_model; Model::open cross-checks it against the shards' headers.
+  std::vector<std::pair<std::string, std::string>> index_weight_map;
   std::vector<std::filesystem::path> weight_files;
   bool single_file = false;  // the reference named one .safetensors or .gguf file
   bool gguf = false;         // weight_files are the parts of a GGUF model

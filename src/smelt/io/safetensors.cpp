@@ -251,7 +251,9 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
          f->file_size_);
   }
   unsigned char len_bytes[8];
-  if (::pread(f->fd_, len_bytes, 8, 0) != 8) fail("{}: cannot read header length", label);
+  if (pread_full(f->fd_, len_bytes, 8, 0) != 8) {
+    fail("{}: cannot read header length: {}", label, errno_text());
+  }
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | len_bytes[i];
   if (n > kMaxHeaderBytes) {
@@ -267,11 +269,8 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
         label, n, f->file_size_);
   }
   std::string header(n, '\0');
-  uint64_t got = 0;
-  while (got < n) {
-    const ssize_t r = ::pread(f->fd_, header.data() + got, n - got, static_cast<off_t>(8 + got));
-    if (r <= 0) fail("{}: cannot read header: {}", label, r < 0 ? errno_text() : "short read");
-    got += static_cast<uint64_t>(r);
+  if (const int64_t r = pread_full(f->fd_, header.data(), n, 8); r != static_cast<int64_t>(n)) {
+    fail("{}: cannot read header: {}", label, r < 0 ? errno_text() : "short read");
   }
   f->header_ = parse_safetensors_header(header, f->file_size_, label);
   for (size_t i = 0; i < f->header_.tensors.size(); ++i) {
@@ -299,17 +298,10 @@ void SafetensorsFile::read(const TensorInfo& t, uint64_t offset, void* dst, uint
 
 void pread_exact(int fd, void* dst, uint64_t size, uint64_t pos, const std::filesystem::path& path,
                  std::string_view tensor) {
-  char* p = static_cast<char*>(dst);
-  while (size > 0) {
-    const ssize_t r = ::pread(fd, p, std::min<uint64_t>(size, 1u << 30), static_cast<off_t>(pos));
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) {
-      fail("{}: tensor '{}': read failed: {} (was the file changed while merging?)", path.string(),
-           tensor, r < 0 ? errno_text() : "unexpected end of file");
-    }
-    p += r;
-    pos += static_cast<uint64_t>(r);
-    size -= static_cast<uint64_t>(r);
+  const int64_t r = pread_full(fd, dst, size, pos);
+  if (r != static_cast<int64_t>(size)) {
+    fail("{}: tensor '{}': read failed: {} (was the file changed while merging?)", path.string(),
+         tensor, r < 0 ? errno_text() : "unexpected end of file");
   }
 }
 
@@ -365,7 +357,12 @@ SafetensorsWriter::SafetensorsWriter(std::filesystem::path path, std::vector<Ten
   const uint64_t data_start = 8 + body.size();
   offsets_.resize(specs_.size());
   for (size_t i = 0; i < specs_.size(); ++i) offsets_[i] = data_start + relative[i];
-  written_ = std::make_unique<std::atomic<uint64_t>[]>(specs_.size());
+  {
+    std::vector<std::string> names;
+    std::vector<uint64_t> sizes;
+    for (const TensorSpec& s : specs_) names.push_back(s.name), sizes.push_back(s.nbytes());
+    ledger_ = std::make_unique<WriteLedger>(path_.string(), std::move(names), std::move(sizes));
+  }
 
   file_ = std::make_unique<AtomicFile>(path_, data_start + pos);
   // Declaring every region lets the file write each block as soon as its bytes are in.
@@ -387,14 +384,8 @@ std::optional<size_t> SafetensorsWriter::index_of(std::string_view name) const {
 }
 
 void SafetensorsWriter::write(size_t index, uint64_t offset, const void* data, uint64_t size) {
-  const TensorSpec& s = specs_.at(index);
-  const uint64_t nb = s.nbytes();
-  if (offset > nb || size > nb - offset) {
-    fail("{}: tensor '{}': write of {} bytes at {} is outside its {} bytes", path_.string(), s.name,
-         size, offset, nb);
-  }
+  ledger_->record(index, offset, size);
   file_->pwrite(data, size, offsets_[index] + offset);
-  written_[index].fetch_add(size, std::memory_order_relaxed);
   // Start writing dirty pages to disk as we go, so the final fdatasync has little left to do and
   // disk writes overlap reading and merging.
   constexpr uint64_t kWritebackEvery = uint64_t{64} << 20;
@@ -406,14 +397,7 @@ void SafetensorsWriter::write(size_t index, uint64_t offset, const void* data, u
 
 void SafetensorsWriter::finish() {
   if (finished_) return;
-  for (size_t i = 0; i < specs_.size(); ++i) {
-    const uint64_t nb = specs_[i].nbytes();
-    const uint64_t w = written_[i].load();
-    if (w != nb) {
-      fail("{}: tensor '{}': {} of {} bytes were written; refusing to finish an incomplete file",
-           path_.string(), specs_[i].name, w, nb);
-    }
-  }
+  ledger_->check_complete();
   file_->commit();
   finished_ = true;
 }
@@ -526,10 +510,11 @@ void ShardedWriter::finish() {
 void write_file_atomic(const std::filesystem::path& path, std::string_view text) {
   const auto temp = temp_name_for(path);
   const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) fail("{}: cannot create: {}", temp.string(), errno_text());
+  // Errors name `path`, never the hidden temporary.
+  if (fd < 0) fail("{}: cannot create: {}", path.string(), errno_text());
   try {
-    pwrite_all(fd, text.data(), text.size(), 0, temp);
-    if (::fdatasync(fd) != 0) fail("{}: fdatasync failed: {}", temp.string(), errno_text());
+    pwrite_all(fd, text.data(), text.size(), 0, path);
+    if (::fdatasync(fd) != 0) fail("{}: fdatasync failed: {}", path.string(), errno_text());
   } catch (...) {
     ::close(fd);
     std::filesystem::remove(temp);

@@ -15,6 +15,7 @@
 
 #include "smelt/dtype.h"
 #include "smelt/io/file_util.h"
+#include "smelt/io/write_ledger.h"
 
 namespace smelt::io {
 
@@ -131,7 +132,7 @@ class SafetensorsWriter {
   bool finished_ = false;
   std::vector<TensorSpec> specs_;
   std::vector<uint64_t> offsets_;  // absolute
-  std::unique_ptr<std::atomic<uint64_t>[]> written_;
+  std::unique_ptr<WriteLedger> ledger_;  // every byte written exactly once
   std::atomic<uint64_t> since_writeback_{0};
   std::unordered_map<std::string, size_t> by_name_;
 };

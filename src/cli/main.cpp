@@ -9,6 +9,7 @@
 
 #include "cli/common.h"
 #include "smelt/error.h"
+#include "smelt/interrupt.h"
 #include "smelt/kernels/quant.h"
 
 namespace smelt::cli {
@@ -37,6 +38,7 @@ std::string human_count(uint64_t n) {
 }  // namespace smelt::cli
 
 int main(int argc, char** argv) {
+  smelt::install_interrupt_handler();
   CLI::App app{
       "smelt: merge neural network models (mergekit-compatible), fast and in bounded memory.\n\n"
       "Examples:\n"
@@ -54,6 +56,10 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const smelt::Interrupted& e) {
+    std::fflush(stdout);
+    fmt::print(stderr, "smelt: {}\n", e.what());
+    return e.exit_code();
   } catch (const smelt::Error& e) {
     std::fflush(stdout);
     fmt::print(stderr, "smelt: error: {}\n", e.what());

@@ -1,6 +1,8 @@
 // Fixed-size thread pool with a blocking parallel-for.
 #include "smelt/exec/thread_pool.h"
 
+#include "smelt/interrupt.h"
+
 namespace smelt::exec {
 
 ThreadPool::ThreadPool(size_t threads) {
@@ -25,6 +27,7 @@ void ThreadPool::run_items(size_t worker) {
     const auto* fn = fn_;
     lock.unlock();
     try {
+      check_interrupted();  // Ctrl-C stops the work between items (interrupt.h)
       (*fn)(index, worker);
     } catch (...) {
       lock.lock();
@@ -53,7 +56,10 @@ void ThreadPool::worker_loop(size_t worker) {
 void ThreadPool::parallel_for(size_t count, const std::function<void(size_t, size_t)>& fn) {
   if (count == 0) return;
   if (workers_.empty() || count == 1) {
-    for (size_t i = 0; i < count; ++i) fn(i, 0);
+    for (size_t i = 0; i < count; ++i) {
+      check_interrupted();
+      fn(i, 0);
+    }
     return;
   }
   {

@@ -242,11 +242,18 @@ TEST_F(MergeBadInput, NonEmptyOutputNeedsOverwrite) {
   EXPECT_NE(r.exit_code, 0);
   EXPECT_HAS(r.output, "--overwrite");
   EXPECT_TRUE(fs::exists(work / "out" / "keep.txt"));
+  // --overwrite replaces a model folder only: a user's own file is never deleted.
+  auto refused =
+      run_smelt("merge " + quote(work / "c.yml") + " " + quote(work / "out") + " --overwrite -q");
+  EXPECT_EQ(refused.exit_code, 1) << refused.output;
+  EXPECT_HAS(refused.output, "keep.txt");
+  EXPECT_TRUE(fs::exists(work / "out" / "keep.txt"));
+  fs::remove(work / "out" / "keep.txt");
+  testing::write_bytes(work / "out" / "model.safetensors", "an old model");
   auto ok =
       run_smelt("merge " + quote(work / "c.yml") + " " + quote(work / "out") + " --overwrite -q");
   ASSERT_EQ(ok.exit_code, 0) << ok.output;
-  EXPECT_FALSE(fs::exists(work / "out" / "keep.txt"));
-  EXPECT_TRUE(fs::exists(work / "out" / "model.safetensors"));
+  EXPECT_NE(testing::read_bytes(work / "out" / "model.safetensors"), "an old model");
 }
 
 TEST_F(MergeBadInput, MergekitOnlyFlagsAreAcceptedWithANote) {

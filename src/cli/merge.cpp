@@ -96,6 +96,9 @@ void run(const MergeCliOptions& o) {
   mo.copy_tokenizer = o.copy_tokenizer;
   mo.write_model_card = o.write_model_card;
   mo.overwrite = o.overwrite;
+  mo.on_note = [&](const std::string& text) {
+    if (!o.quiet) fmt::print(stderr, "note: {}\n", text);
+  };
   if (o.dry_run) {
     exec::check_output_path(p, o.out, o.overwrite);
     print_plan_summary(p, mo.exec, mo.shard_size);

@@ -7,6 +7,7 @@
 #include "smelt/error.h"
 #include "smelt/exec/buffer.h"
 #include "smelt/exec/thread_pool.h"
+#include "smelt/test_hooks.h"
 #include "smelt/kernels/convert.h"
 #include "smelt/kernels/quant.h"
 
@@ -215,6 +216,7 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
     auto write_out = [&](uint64_t offset, const void* data, uint64_t size) {
       writer.write(job_index, offset, data, size);
       for (size_t d : job.duplicates) writer.write(d, offset, data, size);
+      test_hooks::reached("first-chunk");
     };
     if (job.duplicate_of >= 0) {
       // Written together with the job it duplicates.

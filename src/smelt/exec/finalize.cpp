@@ -3,11 +3,11 @@
 
 #include <fmt/format.h>
 
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "smelt/error.h"
+#include "smelt/io/file_util.h"
 #include "smelt/io/safetensors.h"
 #include "smelt/plan/architecture.h"
 
@@ -17,11 +17,6 @@ namespace fs = std::filesystem;
 using nlohmann::ordered_json;
 
 namespace {
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 // Sets a dotted key ("text_config.num_hidden_layers") in j when its parent exists.
 void set_dotted(ordered_json& j, const std::string& key, int64_t value) {
@@ -80,14 +75,15 @@ std::vector<std::string> copy_tokenizer(const plan::Plan& plan, const fs::path& 
   std::vector<std::string> written;
   for (const char* f : kFiles) {
     if (fs::is_regular_file(root / f)) {
-      fs::copy_file(root / f, dir / f, fs::copy_options::overwrite_existing);
+      io::write_file_atomic(dir / f, io::read_whole_file(root / f));
       written.push_back(f);
     }
   }
   if (plan.config.chat_template) {
     const std::string& tmpl = *plan.config.chat_template;
     const fs::path tc = dir / "tokenizer_config.json";
-    ordered_json j = fs::exists(tc) ? ordered_json::parse(read_text(tc)) : ordered_json::object();
+    ordered_json j =
+        fs::exists(tc) ? ordered_json::parse(io::read_whole_file(tc)) : ordered_json::object();
     j["chat_template"] = tmpl;
     io::write_file_atomic(tc, j.dump(2) + "\n");
     if (fs::exists(dir / "chat_template.jinja"))

@@ -2,6 +2,7 @@
 #include "smelt/exec/merge.h"
 
 #include <fmt/format.h>
+#include <sys/stat.h>
 
 #include <map>
 #include <nlohmann/json.hpp>
@@ -9,10 +10,13 @@
 
 #include "smelt/error.h"
 #include "smelt/exec/finalize.h"
+#include "smelt/interrupt.h"
 #include "smelt/io/gguf.h"
 #include "smelt/io/gguf_export.h"
+#include "smelt/io/output_claim.h"
 #include "smelt/io/safetensors.h"
 #include "smelt/kernels/quant.h"
+#include "smelt/test_hooks.h"
 
 namespace smelt::exec {
 namespace fs = std::filesystem;
@@ -24,6 +28,19 @@ fs::path normalized(const fs::path& p) {
   return ec ? fs::absolute(p).lexically_normal() : c;
 }
 
+// OUT as written to: its folder resolved, its last component kept as given, so that a symbolic
+// link at OUT is seen (and refused), never followed to whatever it points at.
+fs::path output_location(const fs::path& out) {
+  const fs::path a = fs::absolute(out).lexically_normal();
+  fs::path name = a.filename();
+  fs::path parent = a.parent_path();
+  if (name.empty()) {  // "out/" names the folder out
+    name = parent.filename();
+    parent = parent.parent_path();
+  }
+  return normalized(parent) / name;
+}
+
 // True when `inner` is `outer` or lies inside it.
 bool within(const fs::path& inner, const fs::path& outer) {
   auto [a, b] = std::mismatch(outer.begin(), outer.end(), inner.begin(), inner.end());
@@ -33,7 +50,11 @@ bool within(const fs::path& inner, const fs::path& outer) {
 // Removes a folder on scope exit unless released.
 class TempFolder {
  public:
-  explicit TempFolder(fs::path p) : path_(std::move(p)) { fs::create_directories(path_); }
+  explicit TempFolder(fs::path p) : path_(std::move(p)) {
+    std::error_code ec;
+    fs::create_directory(path_, ec);
+    if (ec) fail("{}: cannot create a folder: {}", path_.string(), ec.message());
+  }
   ~TempFolder() {
     if (!path_.empty()) {
       std::error_code ec;
@@ -50,7 +71,8 @@ class TempFolder {
 }  // namespace
 
 void check_output_path(const plan::Plan& plan, const fs::path& out, bool overwrite) {
-  const fs::path o = normalized(out);
+  const fs::path o = output_location(out);
+  const fs::path resolved = normalized(out);  // where a link at OUT points
   for (const auto& m : plan.models) {
     if (m.stage) continue;
     const io::ResolvedModel& r = m.model->resolved();
@@ -62,32 +84,47 @@ void check_output_path(const plan::Plan& plan, const fs::path& out, bool overwri
       protect.push_back(normalized(r.root));
     }
     for (const fs::path& root : protect) {
-      if (within(o, root)) {
+      if (within(o, root) || within(resolved, root)) {
         fail(
             "output folder {} is {} input model {} ({}); choose another folder — smelt never "
             "writes into an input model",
             out.string(), o == root ? "the same path as" : "inside", m.ref, root.string());
       }
-      if (within(root, o)) {
+      if (within(root, o) || within(root, resolved)) {
         fail("output folder {} contains input model {} ({}); choose another folder", out.string(),
              m.ref, root.string());
       }
     }
   }
-  std::error_code ec;
   if (plan.gguf_output) {
-    if (fs::is_directory(o, ec))
+    const std::string kind = io::describe_file_type(o);
+    if (kind == "a folder") {
       fail("output {} is a folder; GGUF output is one file (e.g. merged.gguf)", out.string());
-    if (fs::exists(o, ec) && !overwrite)
+    }
+    if (kind != "missing" && kind != "a file") {
+      fail("output {} is {}; smelt only replaces a regular file. Choose another output path",
+           out.string(), kind);
+    }
+    if (kind == "a file" && !overwrite) {
       fail("output file {} exists; pass --overwrite to replace it", out.string());
+    }
     return;
   }
-  if (fs::exists(o, ec)) {
-    if (!fs::is_directory(o, ec)) fail("output path {} exists and is not a folder", out.string());
-    if (!fs::is_empty(o, ec) && !overwrite) {
-      fail("output folder {} exists and is not empty; pass --overwrite to replace it",
-           out.string());
-    }
+  const std::string kind = io::describe_file_type(o);
+  if (kind == "missing") return;
+  if (kind != "a folder") {
+    fail("output path {} exists and is {}, not a folder; choose another OUT", out.string(), kind);
+  }
+  std::error_code ec;
+  if (fs::is_empty(o, ec) || ec) return;
+  if (!overwrite) {
+    fail("output folder {} exists and is not empty; pass --overwrite to replace it", out.string());
+  }
+  if (const std::string foreign = io::foreign_entries(o); !foreign.empty()) {
+    fail(
+        "output folder {}: --overwrite replaces only a model folder (weights, config, tokenizer, "
+        "model card), and this folder also holds {}; move them away or choose another OUT",
+        out.string(), foreign);
   }
 }
 
@@ -157,12 +194,72 @@ std::vector<io::GgufKv> output_kvs(const plan::Plan& plan, const std::string& na
   return kvs;
 }
 
-void run_gguf_merge(const plan::Plan& plan, const fs::path& out, const MergeOptions& options) {
+// Identity of an input file when the merge began: a file written in place changes its size,
+// mtime or ctime.
+struct InputStamp {
+  fs::path path;
+  struct stat st {};
+};
+
+std::vector<InputStamp> stamp_inputs(const plan::Plan& plan) {
+  std::vector<InputStamp> stamps;
+  for (const auto& m : plan.models) {
+    if (m.stage) continue;
+    for (const fs::path& f : m.model->resolved().weight_files) {
+      InputStamp s{f};
+      if (::stat(f.c_str(), &s.st) == 0) stamps.push_back(s);
+    }
+  }
+  return stamps;
+}
+
+bool same_time(const timespec& a, const timespec& b) {
+  return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
+}
+
+// Refuses to publish an output read from inputs that changed while it was being made.
+void check_inputs_unchanged(const std::vector<InputStamp>& stamps) {
+  for (const InputStamp& s : stamps) {
+    struct stat now {};
+    if (::stat(s.path.c_str(), &now) != 0) {
+      fail("input {} disappeared during the merge; the output was not kept", s.path.string());
+    }
+    if (now.st_ino != s.st.st_ino || now.st_dev != s.st.st_dev || now.st_size != s.st.st_size ||
+        !same_time(now.st_mtim, s.st.st_mtim) || !same_time(now.st_ctim, s.st.st_ctim)) {
+      fail(
+          "input {} was modified during the merge, so the output could mix old and new weights; "
+          "it was not kept. Run the merge again once the file is final",
+          s.path.string());
+    }
+  }
+}
+
+// Error messages name OUT, never the hidden temporary they were written under.
+[[noreturn]] void rethrow_naming(const Error& e, const fs::path& temp, const fs::path& target) {
+  std::string m = e.what();
+  const std::string from = temp.string(), to = target.string();
+  for (size_t at = m.find(from); at != std::string::npos; at = m.find(from, at + to.size())) {
+    m.replace(at, from.size(), to);
+  }
+  throw Error(m);
+}
+
+void run_gguf_merge(const plan::Plan& plan, const fs::path& out, const MergeOptions& options,
+                    const std::vector<InputStamp>& stamps) {
   std::vector<io::GgufTensorSpec> specs;
   for (const auto& job : plan.jobs) {
     specs.push_back({job.name, static_cast<kernels::GgmlType>(job.ggml_type), job.shape});
   }
-  io::GgufWriter writer(out, output_kvs(plan, out.stem().string()), specs);
+  io::AtomicFileOptions file_options;
+  const bool overwrite = options.overwrite;
+  file_options.publish = [&](const fs::path& temp, const fs::path& path) {
+    test_hooks::reached("before-publish");
+    check_interrupted();
+    check_inputs_unchanged(stamps);
+    io::publish_file(temp, path, overwrite);
+  };
+  io::GgufWriter writer(out, output_kvs(plan, out.stem().string()), specs,
+                        io::kGgufDefaultAlignment, file_options);
   std::vector<size_t> all(plan.jobs.size());
   for (size_t i = 0; i < all.size(); ++i) all[i] = i;
   GgufSink sink(writer);
@@ -170,61 +267,76 @@ void run_gguf_merge(const plan::Plan& plan, const fs::path& out, const MergeOpti
   writer.finish();
 }
 
+void note(const MergeOptions& options, const std::string& text) {
+  if (options.on_note) options.on_note(text);
+}
+
 }  // namespace
 
 void run_merge(const plan::Plan& plan, const fs::path& out, const MergeOptions& options) {
   check_output_path(plan, out, options.overwrite);
+  const fs::path target = output_location(out);
+  InterruptibleScope interruptible;
+  io::OutputClaim claim(target);
+  if (!claim.removed().empty()) {
+    note(options, fmt::format("removed {} temporar{} ({:.1f} MB) left beside {} by an interrupted "
+                              "run",
+                              claim.removed().size(), claim.removed().size() == 1 ? "y" : "ies",
+                              static_cast<double>(claim.removed_bytes()) / 1e6, target.string()));
+  }
+  for (const fs::path& k : claim.kept()) {
+    note(options, fmt::format("left {} alone: it is named like a smelt temporary but holds other "
+                              "files",
+                              k.string()));
+  }
+  // Checked again under the lock: the path may have changed since the plan was made.
+  check_output_path(plan, out, options.overwrite);
+  const std::vector<InputStamp> stamps = stamp_inputs(plan);
   if (plan.gguf_output) {
-    run_gguf_merge(plan, normalized(out), options);
+    run_gguf_merge(plan, target, options, stamps);
     return;
   }
-  const fs::path target = normalized(out);
-  std::random_device rd;
-  TempFolder temp(target.parent_path() /
-                  fmt::format(".{}.smelt-tmp-{:08x}", target.filename().string(), rd()));
-
-  const std::string& config_text =
-      options.config_text.empty() ? plan.config.yaml_text : options.config_text;
-  std::vector<io::TensorSpec> specs;
-  for (const auto& job : plan.jobs) specs.push_back({job.name, job.dtype, job.shape});
-  std::map<std::string, std::string> metadata = {
-      {"smelt_version", SMELT_VERSION},
-      {"mergekit_config", config_text},
-      {"random_seed", std::to_string(options.exec.seed)},
-  };
-  {
-    io::ShardedWriter writer(temp.path(), specs, options.shard_size, metadata);
-    execute(plan, writer, options.exec);
-    writer.finish();
-  }
-  if (const std::string cfg = output_config_json(plan); !cfg.empty()) {
-    io::write_file_atomic(temp.path() / "config.json", cfg);
-  }
-  if (options.write_model_card) {
-    io::write_file_atomic(temp.path() / "README.md",
-                          model_card(plan, target.filename().string(), config_text));
-    io::write_file_atomic(temp.path() / "mergekit_config.yml", config_text);
-  }
-  if (options.copy_tokenizer) copy_tokenizer(plan, temp.path());
-
-  std::error_code ec;
-  if (fs::exists(target, ec)) {
-    // --overwrite: move the old folder aside, put the new one in place, then delete the old one.
-    const fs::path old = target.parent_path() /
-                         fmt::format(".{}.smelt-old-{:08x}", target.filename().string(), rd());
-    fs::rename(target, old, ec);
-    if (ec) fail("cannot move the existing {} aside: {}", target.string(), ec.message());
-    fs::rename(temp.path(), target, ec);
-    if (ec) {
-      fs::rename(old, target);
-      fail("cannot rename the finished merge into {}: {}", target.string(), ec.message());
+  TempFolder temp(io::temp_name_for(target));
+  try {
+    const std::string& config_text =
+        options.config_text.empty() ? plan.config.yaml_text : options.config_text;
+    std::vector<io::TensorSpec> specs;
+    for (const auto& job : plan.jobs) specs.push_back({job.name, job.dtype, job.shape});
+    std::map<std::string, std::string> metadata = {
+        {"smelt_version", SMELT_VERSION},
+        {"mergekit_config", config_text},
+        {"random_seed", std::to_string(options.exec.seed)},
+    };
+    {
+      io::ShardedWriter writer(temp.path(), specs, options.shard_size, metadata);
+      execute(plan, writer, options.exec);
+      check_interrupted();
+      writer.finish();
     }
+    check_interrupted();
+    if (const std::string cfg = output_config_json(plan); !cfg.empty()) {
+      io::write_file_atomic(temp.path() / "config.json", cfg);
+    }
+    if (options.write_model_card) {
+      io::write_file_atomic(temp.path() / "README.md",
+                            model_card(plan, target.filename().string(), config_text));
+      io::write_file_atomic(temp.path() / "mergekit_config.yml", config_text);
+    }
+    if (options.copy_tokenizer) copy_tokenizer(plan, temp.path());
+    io::fsync_dir(temp.path());
+    test_hooks::reached("before-publish");
+    check_interrupted();
+    check_inputs_unchanged(stamps);
+    const std::string left = io::publish_folder(temp.path(), target, options.overwrite);
     temp.release();
-    fs::remove_all(old, ec);
-  } else {
-    fs::rename(temp.path(), target, ec);
-    if (ec) fail("cannot rename the finished merge into {}: {}", target.string(), ec.message());
-    temp.release();
+    if (!left.empty()) note(options, left);
+  } catch (const Interrupted&) {
+    throw;
+  } catch (const Error& e) {
+    rethrow_naming(e, temp.path(), target);
+  } catch (const fs::filesystem_error& e) {
+    std::string what = e.path1().empty() ? std::string("a file") : e.path1().string();
+    rethrow_naming(Error(fmt::format("{}: {}", what, e.code().message())), temp.path(), target);
   }
 }
 

@@ -150,7 +150,9 @@ void add_merge(CLI::App& app) {
                 "write README.md and mergekit_config.yml (default on)");
   cmd->add_flag("--safe-serialization,!--no-safe-serialization", o->safe_serialization,
                 "write safetensors (always on)");
-  cmd->add_flag("--overwrite", o->overwrite, "replace an existing non-empty OUT");
+  cmd->add_flag("--overwrite", o->overwrite,
+                "replace an existing output: a folder holding only model files (weights, config, "
+                "tokenizer, card), or a regular .gguf file; anything else is refused");
   cmd->add_option("--format", o->format,
                   "output format: safetensors, gguf, or auto (gguf when OUT ends in .gguf or the "
                   "inputs are GGUF files)")

@@ -138,3 +138,54 @@ TEST(MakeModel, TokenizerIsAValidByteLevelBpe) {
 
 }  // namespace
 }  // namespace smelt
+
+namespace smelt {
+namespace {
+
+// A GGUF file with one F32 tensor of 4 elements and the given string KVs (any bytes).
+std::string gguf_with_strings(const std::vector<std::pair<std::string, std::string>>& kvs) {
+  std::string b = "GGUF";
+  auto u32 = [&](uint32_t v) { b.append(reinterpret_cast<const char*>(&v), 4); };
+  auto u64 = [&](uint64_t v) { b.append(reinterpret_cast<const char*>(&v), 8); };
+  auto str = [&](const std::string& s) { u64(s.size()), b += s; };
+  u32(3), u64(1), u64(kvs.size());
+  for (const auto& [k, v] : kvs) str(k), u32(8), str(v);
+  str("w"), u32(1), u64(4), u32(0), u64(0);  // name, 1 dim of 4, F32, offset 0
+  while (b.size() % 32) b += '\0';
+  b.append(16, '\0');
+  return b;
+}
+
+// Strangers' metadata must not reach the terminal as escape sequences or invalid UTF-8.
+TEST(CliInspect, MetadataControlCharactersAndBadUtf8AreEscaped) {
+  TempDir dir;
+  const std::string evil = "\x1b[31mred\x1b[0m\xff\xfe\nnext\xe2\x80\xae";
+  testing::write_bytes(dir / "m.gguf",
+                       gguf_with_strings({{"general.architecture", "llama"}, {"evil", evil}}));
+  auto r = run_smelt("inspect " + quote(dir / "m.gguf"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output.find('\x1b'), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find('\xff'), std::string::npos);
+  EXPECT_NE(r.output.find("evil = \\x1b[31mred\\x1b[0m\\xff\\xfe\\nnext\\u{202e}"),
+            std::string::npos)
+      << r.output;
+  auto j = run_smelt("inspect --json " + quote(dir / "m.gguf"));
+  ASSERT_EQ(j.exit_code, 0) << j.output;
+  const auto parsed = nlohmann::json::parse(j.output);  // valid JSON (throws otherwise)
+  const std::string shown = parsed["files"][0]["metadata"]["evil"];
+  EXPECT_EQ(shown.rfind("\x1b[31mred", 0), 0u);  // escaped as \u001b in the JSON text
+  EXPECT_EQ(j.output.find('\x1b'), std::string::npos);
+
+  // safetensors headers must be UTF-8 (the reader refuses others), but may hold JSON escapes.
+  const std::string header =
+      R"({"__metadata__":{"note":"\u001b[31mred\u0007"},"w":{"dtype":"F32","shape":[1],)"
+      R"("data_offsets":[0,4]}})";
+  testing::write_bytes(dir / "m.safetensors", testing::raw_safetensors(header, 4));
+  auto s = run_smelt("inspect " + quote(dir / "m.safetensors"));
+  ASSERT_EQ(s.exit_code, 0) << s.output;
+  EXPECT_EQ(s.output.find('\x1b'), std::string::npos) << s.output;
+  EXPECT_NE(s.output.find("note = \\x1b[31mred\\x07"), std::string::npos) << s.output;
+}
+
+}  // namespace
+}  // namespace smelt

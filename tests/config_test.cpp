@@ -45,6 +45,13 @@ std::string config_error(const std::string& yaml) {
   return error_of([&] { parse_config(yaml, "merge.yml"); });
 }
 
+// The warnings of a config that parses, one per line.
+std::string config_warnings(const std::string& yaml) {
+  std::string out;
+  for (const std::string& w : parse_config(yaml, "merge.yml").warnings) out += w + "\n";
+  return out;
+}
+
 constexpr char kTensor[] = "model.layers.3.mlp.up_proj.weight";
 
 // ---------------------------------------------------------------------------------------------
@@ -683,24 +690,60 @@ models:
                         "numbers (gradient) or a list of {filter, value}; got string \"abc\""));
 }
 
-TEST(ConfigError, UnknownKeySuggestsTheClosestValidKey) {
-  EXPECT_EQ(config_error("merge_metod: linear\nmodels: [{model: a}]\n"),
-            "merge.yml: merge_metod: unknown key; did you mean 'merge_method'?");
-  EXPECT_THAT(config_error("merge_method: linear\nmodels:\n  - model: a\n    paramters: {}\n"),
-              HasSubstr("merge.yml: models[0].paramters: unknown key; did you mean "
-                        "'parameters'?"));
+TEST(ConfigWarning, UnknownKeySuggestsTheClosestValidKey) {
+  EXPECT_EQ(config_warnings("merge_method: linear\nmodels:\n  - model: a\n    paramters: {}\n"),
+            "merge.yml: models[0].paramters: unknown key (ignored); did you mean 'parameters'?\n");
   EXPECT_THAT(config_error("merge_method: x\nslices:\n  - sources:\n      - model: a\n        "
                            "layer_range: [0, 1]\n      - model: b\n        layer_rnage: [0, 1]\n"),
-              HasSubstr("merge.yml: slices[0].sources[1].layer_rnage: unknown key; did you mean "
-                        "'layer_range'?"));
-  EXPECT_THAT(config_error("merge_method: linear\nmodels: [{model: a}]\ntokenizer: {sorce: base}"),
-              HasSubstr("merge.yml: tokenizer.sorce: unknown key; did you mean 'source'?"));
+              HasSubstr("merge.yml: slices[0].sources[1].layer_range: missing; add layer_range: "
+                        "[start, end] (end exclusive) (note: slices[0].sources[1].layer_rnage: "
+                        "unknown key (ignored); did you mean 'layer_range'?)"));
+  EXPECT_THAT(
+      config_warnings("merge_method: linear\nmodels: [{model: a}]\ntokenizer: {sorce: base}"),
+      HasSubstr("merge.yml: tokenizer.sorce: unknown key (ignored); did you mean 'source'?"));
+  EXPECT_THAT(config_warnings("merge_method: linear\nmodels:\n  - model: {model: a, lorra: b}\n"),
+              HasSubstr("models[0].model.lorra: unknown key (ignored); did you mean 'lora'?"));
 }
 
-TEST(ConfigError, UnknownKeyWithoutCloseMatchListsValidKeys) {
-  std::string e = config_error("merge_method: linear\nmodels: [{model: a}]\nexperts: []\n");
-  EXPECT_THAT(e, HasSubstr("merge.yml: experts: unknown key; valid keys here are merge_method, "));
-  EXPECT_THAT(e, HasSubstr("mergekit-moe"));
+// mergekit ignores keys it does not know; real configs carry e.g. `revision:` beside a slice
+// source's model.
+TEST(ConfigWarning, UnknownKeysAreIgnoredAsInMergekit) {
+  const MergeConfig c = parse_config(
+      "merge_method: passthrough\nslices:\n  - sources:\n      - model: a\n        revision: "
+      "main\n        layer_range: [0, 2]\n",
+      "merge.yml");
+  ASSERT_EQ(c.slices.size(), 1u);
+  EXPECT_EQ(c.slices[0].sources[0].layer_end, 2);
+  ASSERT_EQ(c.warnings.size(), 1u);
+  EXPECT_EQ(c.warnings[0],
+            "merge.yml: slices[0].sources[0].revision: unknown key (ignored); valid keys here are "
+            "model, layer_range, parameters");
+}
+
+TEST(ConfigWarning, UnknownKeyWithoutCloseMatchListsValidKeys) {
+  std::string w = config_warnings("merge_method: linear\nmodels: [{model: a}]\nexperts: []\n");
+  EXPECT_THAT(w, HasSubstr("merge.yml: experts: unknown key (ignored); valid keys here are "
+                           "merge_method, "));
+  EXPECT_THAT(w, HasSubstr("mergekit-moe"));
+}
+
+TEST(ConfigWarning, MultiDocumentWarningsNameTheDocument) {
+  const auto docs = parse_config_documents(
+      "merge_method: linear\nmodels: [{model: a}]\n---\nmerge_method: linear\nmodels: [{model: "
+      "a, weight: 1}]\n",
+      "multi.yml");
+  ASSERT_EQ(docs.size(), 2u);
+  EXPECT_TRUE(docs[0].warnings.empty());
+  ASSERT_EQ(docs[1].warnings.size(), 1u);
+  EXPECT_THAT(docs[1].warnings[0], HasSubstr("multi.yml (document 2): models[0].weight: unknown "
+                                             "key (ignored)"));
+}
+
+// A misspelt required key reads as missing; the error still says what was probably meant.
+TEST(ConfigError, MissingKeyErrorNamesTheUnknownKeysToo) {
+  EXPECT_EQ(config_error("merge_metod: linear\nmodels: [{model: a}]\n"),
+            "merge.yml: merge_method: missing required key; add e.g. merge_method: linear (note: "
+            "merge_metod: unknown key (ignored); did you mean 'merge_method'?)");
 }
 
 TEST(ConfigError, BothModelsAndSlicesAreRejected) {
@@ -815,8 +858,6 @@ TEST(ConfigError, BadModelReferencesNameTheirPath) {
   EXPECT_THAT(config_error("merge_method: linear\nmodels:\n  - model: {model: a@b@c}\n"),
               HasSubstr("merge.yml: models[0].model.model: invalid model path 'a@b@c' - multiple "
                         "@"));
-  EXPECT_THAT(config_error("merge_method: linear\nmodels:\n  - model: {model: a, lorra: b}\n"),
-              HasSubstr("models[0].model.lorra: unknown key; did you mean 'lora'?"));
 }
 
 TEST(ConfigError, TokenSourceNeedsExactlyOneOfTokenIdOrToken) {

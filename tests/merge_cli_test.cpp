@@ -196,10 +196,159 @@ TEST_F(MergeBadInput, UnknownMethodSuggestsClosest) {
   EXPECT_HAS(e, "did you mean dare_ties?");
 }
 
-TEST_F(MergeBadInput, UnknownKeySuggestsClosest) {
-  const std::string e = merge_error(ties("      weight: 0.5", "paramters:\n  lambda: 1\n"));
-  EXPECT_HAS(e, "paramters");
-  EXPECT_HAS(e, "parameters");
+TEST_F(MergeBadInput, UnknownKeySuggestsClosestAndStrictRefusesIt) {
+  const std::string e =
+      merge_error(ties("      weight: 0.5", "paramters:\n  lambda: 1\n"), " --strict");
+  EXPECT_HAS(e, "smelt: error: ");
+  EXPECT_HAS(e, "paramters: unknown key (ignored); did you mean 'parameters'?");
+  EXPECT_HAS(e, "--strict");
+}
+
+// mergekit ignores unknown keys, so real configs carry e.g. `revision:` beside a slice source.
+TEST_F(MergeBadInput, UnknownKeyIsAWarningBeforeAnyWork) {
+  TempDir work;
+  testing::write_bytes(work / "c.yml",
+                       fmt::format("merge_method: passthrough\nslices:\n  - sources:\n      - "
+                                   "model: {}\n        revision: main\n        layer_range: [0, "
+                                   "2]\n",
+                                   path("a")));
+  const std::string warning =
+      "warning: " + (work / "c.yml").string() +
+      ": slices[0].sources[0].revision: unknown key (ignored); valid keys here are model, "
+      "layer_range, parameters";
+  auto r = run_smelt("merge " + quote(work / "c.yml") + " " + quote(work / "out"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_HAS(r.output, warning);
+  EXPECT_LT(r.output.find(warning), r.output.find("wrote"));
+  EXPECT_TRUE(fs::exists(work / "out" / "model.safetensors"));
+  auto p = run_smelt("plan " + quote(work / "c.yml"));
+  ASSERT_EQ(p.exit_code, 0) << p.output;
+  EXPECT_HAS(p.output, warning);
+  auto strict = run_smelt("plan --strict " + quote(work / "c.yml"));
+  EXPECT_EQ(strict.exit_code, 1) << strict.output;
+  EXPECT_HAS(strict.output, "smelt: error: " + (work / "c.yml").string() +
+                                ": slices[0].sources[0].revision: unknown key");
+  auto strict_merge =
+      run_smelt("merge --strict " + quote(work / "c.yml") + " " + quote(work / "out2"));
+  EXPECT_EQ(strict_merge.exit_code, 1) << strict_merge.output;
+  EXPECT_FALSE(fs::exists(work / "out2"));
+}
+
+TEST_F(MergeBadInput, RandomSeedMustBeANonNegativeInteger) {
+  for (const char* seed : {"-1", "abc", "1.5", "18446744073709551616"}) {
+    const std::string e =
+        merge_error(ties("      weight: 0.5"), std::string(" --random-seed ") + seed);
+    EXPECT_HAS(e, fmt::format("smelt: error: --random-seed: '{}' is not a seed", seed));
+  }
+  TempDir work;
+  testing::write_bytes(work / "c.yml", ties("      weight: 0.5"));
+  auto p = run_smelt("plan " + quote(work / "c.yml") + " --random-seed=-5");
+  EXPECT_EQ(p.exit_code, 1) << p.output;
+  EXPECT_HAS(p.output, "--random-seed: '-5' is not a seed");
+  auto ok = run_smelt("plan " + quote(work / "c.yml") + " --random-seed 18446744073709551615");
+  EXPECT_EQ(ok.exit_code, 0) << ok.output;
+}
+
+TEST_F(MergeBadInput, ThreadCountMustBeACount) {
+  for (const char* j : {"-1", "abc", "100000"}) {
+    const std::string e = merge_error(ties("      weight: 0.5"), std::string(" --threads=") + j);
+    EXPECT_HAS(e, fmt::format("smelt: error: --threads: '{}' is not a thread count", j));
+  }
+  TempDir work;
+  testing::write_bytes(work / "c.yml", ties("      weight: 0.5"));
+  auto zero = run_smelt("merge -q -j 0 " + quote(work / "c.yml") + " " + quote(work / "out"));
+  EXPECT_EQ(zero.exit_code, 0) << zero.output;  // 0: one thread per core
+}
+
+TEST_F(MergeBadInput, GgufTypeFlagsWithSafetensorsOutputAreRefused) {
+  EXPECT_HAS(merge_error(ties("      weight: 0.5"), " --out-type Q8_0"),
+             "smelt: error: --out-type: the output is safetensors, and these flags apply to GGUF "
+             "output only");
+  EXPECT_HAS(merge_error(ties("      weight: 0.5"), " --tensor-type attn=Q8_0"),
+             "smelt: error: --tensor-type: the output is safetensors");
+  TempDir work;
+  testing::write_bytes(work / "c.yml", ties("      weight: 0.5"));
+  auto p = run_smelt("plan " + quote(work / "c.yml") + " --out-type Q8_0");
+  EXPECT_EQ(p.exit_code, 1) << p.output;
+  EXPECT_HAS(p.output, "--out-type: the output is safetensors");
+}
+
+TEST_F(MergeBadInput, ConfigJsonThatIsNotJsonFailsInPlan) {
+  TempDir work;
+  fs::copy(path("a"), work / "a", fs::copy_options::recursive);
+  testing::write_bytes(work / "a" / "config.json",
+                       "{\"architectures\": [\"LlamaForCausalLM\"],\n  oops");
+  testing::write_bytes(work / "c.yml", fmt::format("models:\n  - model: {}\n  - model: {}\n"
+                                                   "merge_method: linear\nparameters: {{weight: "
+                                                   "0.5}}\n",
+                                                   (work / "a").string(), path("b")));
+  const std::string expected = "smelt: error: " + (work / "a" / "config.json").string() +
+                               ": not valid JSON (parse error "
+                               "at line 2, column 3";
+  auto p = run_smelt("plan " + quote(work / "c.yml"));
+  EXPECT_EQ(p.exit_code, 1) << p.output;
+  EXPECT_HAS(p.output, expected);
+  auto m = run_smelt("merge " + quote(work / "c.yml") + " " + quote(work / "out"));
+  EXPECT_EQ(m.exit_code, 1) << m.output;
+  EXPECT_HAS(m.output, expected);
+  EXPECT_FALSE(fs::exists(work / "out"));
+}
+
+TEST_F(MergeBadInput, UnreadableConfigPathsAreOneLineErrors) {
+  TempDir work;
+  testing::write_bytes(work / "c.yml", ties("      weight: 0.5"));
+  auto empty_out = run_smelt("merge " + quote(work / "c.yml") + " ''");
+  EXPECT_EQ(empty_out.exit_code, 1) << empty_out.output;
+  EXPECT_HAS(empty_out.output, "smelt: error: OUT: the output path is empty");
+  auto empty_cfg = run_smelt("plan ''");
+  EXPECT_EQ(empty_cfg.exit_code, 1) << empty_cfg.output;
+  EXPECT_HAS(empty_cfg.output, "smelt: error: CONFIG: the config path is empty");
+  auto folder = run_smelt("plan " + quote(work.path()));
+  EXPECT_EQ(folder.exit_code, 1) << folder.output;
+  EXPECT_HAS(folder.output, "smelt: error: " + work.path().string() + ": is a folder");
+  auto missing = run_smelt("merge " + quote(work / "nope.yml") + " " + quote(work / "out"));
+  EXPECT_EQ(missing.exit_code, 1) << missing.output;
+  EXPECT_HAS(missing.output,
+             "smelt: error: " + (work / "nope.yml").string() + ": no such config file");
+  for (const auto* r : {&empty_out, &empty_cfg, &folder, &missing}) {
+    EXPECT_EQ(r->output.find("internal error"), std::string::npos) << r->output;
+  }
+}
+
+// The plan's memory estimate comes from the plan, not from --max-memory.
+TEST_F(MergeBadInput, MemoryEstimateFollowsThePlanAndStaysInTheBudget) {
+  TempDir work;
+  testing::write_bytes(work / "ties.yml", ties("      weight: 0.5\n      density: 0.5"));
+  testing::write_bytes(work / "linear.yml",
+                       fmt::format("models:\n  - model: {}\n  - model: {}\nmerge_method: "
+                                   "linear\nparameters: {{weight: 0.5}}\n",
+                                   path("a"), path("b")));
+  // "estimated peak memory: X MB (N workers x ..." -> {bytes, workers}.
+  auto estimate = [&](const std::string& args) {
+    auto r = run_smelt("plan " + args);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    const size_t at = r.output.find("estimated peak memory: ");
+    EXPECT_NE(at, std::string::npos) << r.output;
+    if (at == std::string::npos) return std::pair<double, int>{0, 0};
+    const char* s = r.output.c_str() + at + 23;
+    char* end = nullptr;
+    double v = std::strtod(s, &end);
+    v *= end[1] == 'M' ? 1e6 : end[1] == 'k' ? 1e3 : end[1] == 'G' ? 1e9 : 1;
+    const int workers = std::atoi(std::strchr(end, '(') + 1);
+    return std::pair<double, int>{v, workers};
+  };
+  const auto small = estimate(quote(work / "linear.yml") + " -j 2 --max-memory 512M");
+  const auto big = estimate(quote(work / "linear.yml") + " -j 2 --max-memory 4G");
+  EXPECT_EQ(small, big);  // a bigger budget does not inflate a small merge's estimate
+  EXPECT_LT(small.first, 512.0 * (1 << 20));
+  EXPECT_EQ(small.second, 2);
+  EXPECT_GT(estimate(quote(work / "ties.yml") + " -j 1").first,
+            estimate(quote(work / "linear.yml") + " -j 1").first);
+  // Many threads: workers capped so that the estimate stays within the budget.
+  const auto capped = estimate(quote(work / "ties.yml") + " -j 64 --max-memory 128M");
+  EXPECT_GT(capped.second, 1);
+  EXPECT_LT(capped.second, 64);
+  EXPECT_LE(capped.first, 128.0 * (1 << 20));
 }
 
 TEST_F(MergeBadInput, NotYetSupportedFeaturesNameTheirKey) {
@@ -304,14 +453,16 @@ TEST(MergeMaxMemory, SmallBudgetChangesChunksNotElementwiseResults) {
   auto big = testing::run_smelt("merge -q " + testing::quote(work / "c.yml") + " " +
                                 testing::quote(work / "o1"));
   ASSERT_EQ(big.exit_code, 0) << big.output;
-  auto plan = testing::run_smelt("plan " + testing::quote(work / "c.yml") + " --max-memory 97M");
+  // Chunks of up to 1 Mi elements need about 44 MiB per worker (2 inputs; executor.cpp); 60M
+  // leaves about 22 MiB after the reserve and the output, so the chunk halves twice.
+  const std::string small_budget = " --chunk-elements 1048576 --max-memory 60M ";
+  auto plan = testing::run_smelt("merge --dry-run" + small_budget + testing::quote(work / "c.yml") +
+                                 " " + testing::quote(work / "o2"));
   ASSERT_EQ(plan.exit_code, 0) << plan.output;
-  // 1 MiB left after the reserve: 1 worker, chunks of 1 MiB / 44 bytes (2 inputs) = 23831,
-  // rounded down to whole 256-element quanta.
-  EXPECT_NE(plan.output.find("(1 worker, chunks of 23808 elements"), std::string::npos)
-      << plan.output;
-  auto small = testing::run_smelt("merge -q --max-memory 97M " + testing::quote(work / "c.yml") +
-                                  " " + testing::quote(work / "o2"));
+  EXPECT_NE(plan.output.find("(1 worker x "), std::string::npos) << plan.output;
+  EXPECT_NE(plan.output.find("with chunks of 262144 elements"), std::string::npos) << plan.output;
+  auto small = testing::run_smelt("merge -q" + small_budget + testing::quote(work / "c.yml") + " " +
+                                  testing::quote(work / "o2"));
   ASSERT_EQ(small.exit_code, 0) << small.output;
   EXPECT_EQ(testing::read_bytes(work / "o1" / "model.safetensors"),
             testing::read_bytes(work / "o2" / "model.safetensors"));
@@ -320,6 +471,25 @@ TEST(MergeMaxMemory, SmallBudgetChangesChunksNotElementwiseResults) {
   EXPECT_NE(tiny.exit_code, 0);
   EXPECT_NE(tiny.output.find("--max-memory 10 MiB is too small"), std::string::npos) << tiny.output;
   EXPECT_FALSE(std::filesystem::exists(work / "o3"));
+}
+
+}  // namespace
+}  // namespace smelt
+
+namespace smelt {
+namespace {
+
+TEST(CliVerbs, UnknownVerbNamesTheVerbsAndExitsOne) {
+  auto r = testing::run_smelt("frobnicate");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.output, "smelt: error: unknown verb 'frobnicate'; verbs: merge, plan, inspect\n");
+  auto typo = testing::run_smelt("merg a b");
+  EXPECT_EQ(typo.exit_code, 1);
+  EXPECT_NE(typo.output.find("did you mean 'merge'?"), std::string::npos) << typo.output;
+  auto bare = testing::run_smelt("");
+  EXPECT_EQ(bare.exit_code, 0);  // bare `smelt` prints the help
+  EXPECT_NE(bare.output.find("Usage: smelt"), std::string::npos) << bare.output;
+  EXPECT_EQ(testing::run_smelt("--version").exit_code, 0);
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "smelt/io/safetensors.h"
 
@@ -18,6 +19,11 @@ void add_plan(CLI::App& app);
 // A tensor's storage type for display: the ggml type name for GGUF tensors ("q4_K"), else the
 // safetensors dtype ("BF16").
 std::string type_name(const io::TensorInfo& t);
+
+// `text` (a name or metadata value from a file) as it can be shown on a terminal: control
+// characters (ESC, newline, ...) and bidirectional overrides as visible escapes (\x1b, \n,
+// \u{202e}), bytes that are not UTF-8 as \xNN; everything else unchanged.
+std::string printable(std::string_view text);
 
 // "1.50 GB" style (decimal units, as disk sizes are usually shown).
 std::string human_bytes(uint64_t bytes);

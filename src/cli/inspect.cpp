@@ -29,13 +29,14 @@ void print_architecture(const io::Model& model) {
   std::vector<std::string> names;
   for (const auto& t : model.tensors()) names.push_back(t.info->name);
   const plan::ArchitectureInfo a = plan::infer_architecture(names, config_text);
-  fmt::print("architecture: {}\n", a.architecture.empty() ? "(no config.json)" : a.architecture);
-  fmt::print("model_type:   {}\n", a.model_type.empty() ? "-" : a.model_type);
+  fmt::print("architecture: {}\n",
+             a.architecture.empty() ? "(no config.json)" : printable(a.architecture));
+  fmt::print("model_type:   {}\n", a.model_type.empty() ? "-" : printable(a.model_type));
   fmt::print("table entry:  {}\n",
              a.family.empty() ? "none (inferred from tensor names)" : a.family);
   fmt::print("layer stacks:\n");
   for (const auto& [prefix, count] : a.layers.layers_by_prefix) {
-    fmt::print("  {}.N  {} layers{}\n", prefix, count,
+    fmt::print("  {}.N  {} layers{}\n", printable(prefix), count,
                prefix == a.layer_prefix ? "  (main stack; slices address it)" : "");
   }
   if (a.layers.layers_by_prefix.empty()) fmt::print("  none: every tensor is merged by name\n");
@@ -53,7 +54,7 @@ void print_architecture(const io::Model& model) {
   }
   auto list = [](const char* what, const std::vector<std::string>& v) {
     fmt::print("{} ({}):\n", what, v.size());
-    for (size_t i = 0; i < v.size() && i < 12; ++i) fmt::print("  {}\n", v[i]);
+    for (size_t i = 0; i < v.size() && i < 12; ++i) fmt::print("  {}\n", printable(v[i]));
     if (v.size() > 12) fmt::print("  ... and {} more\n", v.size() - 12);
   };
   list("embeddings (vocabulary rows)", emb);
@@ -103,19 +104,25 @@ void run_inspect(const InspectOptions& o) {
       bd[name] = {{"tensors", d.tensors}, {"parameters", d.params}, {"bytes", d.bytes}};
     }
     j["by_dtype"] = bd;
-    fmt::print("{}\n", j.dump(2));
+    // Names and metadata come from the file: invalid UTF-8 becomes U+FFFD instead of throwing
+    // (control characters are escaped by JSON itself).
+    fmt::print("{}\n", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
     return;
   }
-  fmt::print("model {} ({} file{}", model->resolved().ref, files.size(), many ? "s" : "");
-  fmt::print(" in {})\n", model->resolved().root.string());
+  // Everything shown below that comes from the files goes through printable(): a stranger's
+  // metadata must not reach the terminal as escape sequences.
+  fmt::print("model {} ({} file{}", printable(model->resolved().ref), files.size(),
+             many ? "s" : "");
+  fmt::print(" in {})\n", printable(model->resolved().root.string()));
   size_t width = 4;
-  for (const auto& t : model->tensors()) width = std::max(width, t.info->name.size());
+  for (const auto& t : model->tensors()) width = std::max(width, printable(t.info->name).size());
   fmt::print("{:<{}}  {:<7}  {:<20}  {:>12}{}\n", "name", width, "dtype", "shape", "bytes",
              many ? "  file" : "");
   for (const auto& t : model->tensors()) {
-    fmt::print("{:<{}}  {:<7}  {:<20}  {:>12}{}\n", t.info->name, width, type_name(*t.info),
-               fmt::format("[{}]", fmt::join(t.info->shape, ", ")), t.info->nbytes,
-               many ? "  " + t.file->path().filename().string() : std::string());
+    fmt::print("{:<{}}  {:<7}  {:<20}  {:>12}{}\n", printable(t.info->name), width,
+               type_name(*t.info), fmt::format("[{}]", fmt::join(t.info->shape, ", ")),
+               t.info->nbytes,
+               many ? "  " + printable(t.file->path().filename().string()) : std::string());
   }
   fmt::print("\ntotal: {} tensors, {} parameters ({}), {} ({} bytes)\n", total.tensors,
              human_count(total.params), total.params, human_bytes(total.bytes), total.bytes);
@@ -124,14 +131,16 @@ void run_inspect(const InspectOptions& o) {
   }
   for (const auto& f : files) {
     if (f->metadata().empty()) continue;
-    fmt::print("metadata of {}:\n", f->path().filename().string());
+    fmt::print("metadata of {}:\n", printable(f->path().filename().string()));
     for (const auto& [k, v] : f->metadata()) {
-      // One line per key: newlines shown as \n, long values cut.
-      std::string shown;
-      for (char ch : v) shown += ch == '\n' ? std::string("\\n") : std::string(1, ch);
-      if (shown.size() > 120)
-        shown = shown.substr(0, 120) + fmt::format("... ({} chars)", v.size());
-      fmt::print("  {} = {}\n", k, shown);
+      // One line per key: control characters escaped, long values cut (at a character boundary).
+      std::string shown = printable(v);
+      if (shown.size() > 120) {
+        size_t cut = 120;
+        while (cut > 0 && (static_cast<unsigned char>(shown[cut]) & 0xC0) == 0x80) --cut;
+        shown = shown.substr(0, cut) + fmt::format("... ({} bytes)", v.size());
+      }
+      fmt::print("  {} = {}\n", printable(k), shown);
     }
   }
 }

@@ -1,13 +1,17 @@
 // Entry point of the `smelt` binary: dispatches to one verb per file and turns errors into
 // messages and exit codes.
 #include <fmt/core.h>
+#include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstring>
 #include <exception>
+#include <filesystem>
 #include <new>
 
 #include "cli/common.h"
+#include "smelt/config/suggest.h"
 #include "smelt/error.h"
 #include "smelt/interrupt.h"
 #include "smelt/kernels/quant.h"
@@ -37,6 +41,36 @@ std::string human_count(uint64_t n) {
 
 }  // namespace smelt::cli
 
+namespace {
+
+// The verb argv[1] names, checked before CLI11 parses: CLI11 would answer an unknown verb with
+// "A subcommand is required" and exit code 106. Returns the error message, or "" when argv[1] is
+// a verb or a flag (--help, --version). Hidden verbs (dev) are accepted but not listed.
+std::string unknown_verb_message(CLI::App& app, const char* word) {
+  if (word[0] == '-') return "";
+  std::vector<std::string> listed, all;
+  for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+    if (sub->check_name(word)) return "";
+    all.push_back(sub->get_name());
+    if (!sub->get_group().empty()) listed.push_back(sub->get_name());
+  }
+  const std::string guess = smelt::config::closest_match(word, listed);
+  return fmt::format("unknown verb '{}'; {}verbs: {}", word,
+                     guess.empty() ? "" : fmt::format("did you mean '{}'? ", guess),
+                     fmt::join(listed, ", "));
+}
+
+// "PATH1: PATH2: cause" for a std::filesystem error: the paths it names and the OS's reason,
+// without the library's "filesystem error: <function>" prefix.
+std::string filesystem_error_message(const std::filesystem::filesystem_error& e) {
+  std::string where;
+  if (!e.path1().empty()) where = fmt::format("{}: ", e.path1().string());
+  if (!e.path2().empty()) where += fmt::format("{}: ", e.path2().string());
+  return where + e.code().message();
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   smelt::install_interrupt_handler();
   CLI::App app{
@@ -48,10 +82,20 @@ int main(int argc, char** argv) {
       "smelt"};
   app.set_version_flag("--version", std::string("smelt ") + SMELT_VERSION);
   app.require_subcommand(1);
-  smelt::cli::add_inspect(app);
   smelt::cli::add_merge(app);
   smelt::cli::add_plan(app);
+  smelt::cli::add_inspect(app);
   smelt::cli::add_dev(app);
+  if (argc < 2) {
+    // Bare `smelt`: the help, as `smelt --help` prints it, with exit code 0 (asking what smelt
+    // does is not an error).
+    fmt::print("{}", app.help());
+    return 0;
+  }
+  if (const std::string message = unknown_verb_message(app, argv[1]); !message.empty()) {
+    fmt::print(stderr, "smelt: error: {}\n", message);
+    return 1;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -63,6 +107,12 @@ int main(int argc, char** argv) {
   } catch (const smelt::Error& e) {
     std::fflush(stdout);
     fmt::print(stderr, "smelt: error: {}\n", e.what());
+    return 1;
+  } catch (const std::filesystem::filesystem_error& e) {
+    // An OS error on a path no check caught before (permissions, a vanished file): the user's
+    // environment, not a bug in smelt.
+    std::fflush(stdout);
+    fmt::print(stderr, "smelt: error: {}\n", filesystem_error_message(e));
     return 1;
   } catch (const std::bad_alloc&) {
     fmt::print(stderr, "smelt: error: out of memory\n");

@@ -18,8 +18,9 @@ struct MergeCliOptions {
   std::string config;
   std::string out;
   std::string shard_size = "5B";
-  uint64_t seed = 0;
-  size_t threads = std::max(1u, std::thread::hardware_concurrency());
+  std::string seed = "0";
+  std::string threads = "0";  // 0 = one per core
+  bool strict = false;
   bool copy_tokenizer = true;
   bool write_model_card = true;
   bool overwrite = false;
@@ -75,19 +76,24 @@ void run(const MergeCliOptions& o) {
         "--no-safe-serialization: smelt writes safetensors only (PyTorch pickle output is not "
         "supported)");
   }
+  if (o.out.empty())
+    fail("OUT: the output path is empty; give the folder (or .gguf file) to write");
   plan::PlanOptions po;
-  po.seed = o.seed;
+  po.seed = parse_seed(o.seed);
   po.shard_size = io::parse_shard_size(o.shard_size);
   po.allow_crimes = o.allow_crimes;
   po.allow_shape_mismatch = o.allow_shape_mismatch;
   po.tensor_set = tensor_set_mode(o.tensor_intersection, o.tensor_union);
   set_output_format(o.format, o.out, o.out_type, o.tensor_types, &po);
   exec::MergeOptions mo;
-  mo.exec.threads = std::max<size_t>(1, o.threads);
-  mo.exec.seed = o.seed;
+  mo.exec.threads = parse_threads(o.threads);
+  mo.exec.seed = po.seed;
   mo.exec.max_memory = parse_memory_size(o.max_memory);
+  mo.exec.shard_size = po.shard_size;
   if (o.chunk_elements) mo.exec.chunk_elements = o.chunk_elements;
-  exec::Recipe recipe = load_recipe(o.config, po, mo.exec, &mo.config_text);
+  exec::Recipe recipe =
+      load_recipe(o.config, po, mo.exec, {.strict = o.strict, .quiet = o.quiet}, &mo.config_text);
+  check_gguf_only_flags(recipe.final_plan(), o.out_type, o.tensor_types);
   if (!o.quiet) {
     for (const auto& stage : recipe.plans) print_warnings(*stage);
   }
@@ -141,9 +147,14 @@ void add_merge(CLI::App& app) {
   cmd->add_option("--out-shard-size", o->shard_size,
                   "largest shard in bytes (k/m/b decimal suffixes)")
       ->capture_default_str();
-  cmd->add_option("--random-seed", o->seed, "seed for random methods (DARE, DELLA)")
+  cmd->add_option("--random-seed", o->seed,
+                  "seed for random methods (DARE, DELLA; a non-negative integer)")
       ->capture_default_str();
-  cmd->add_option("-j,--threads,--num-threads", o->threads, "threads")->capture_default_str();
+  cmd->add_option("-j,--threads,--num-threads", o->threads,
+                  "threads (0 = one per core; --max-memory may allow fewer)")
+      ->capture_default_str();
+  cmd->add_flag("--strict", o->strict,
+                "unknown config keys are errors (by default warnings: mergekit ignores them)");
   cmd->add_flag("--copy-tokenizer,!--no-copy-tokenizer", o->copy_tokenizer,
                 "copy the base (or first) model's tokenizer files (default on)");
   cmd->add_flag("--write-model-card,!--no-write-model-card", o->write_model_card,

@@ -3,7 +3,11 @@
 #include <fmt/ranges.h>
 #include <fnmatch.h>
 
+#include <cerrno>
+#include <filesystem>
 #include <fstream>
+#include <optional>
+#include <system_error>
 #include <thread>
 
 #include "cli/common.h"
@@ -15,13 +19,49 @@
 
 namespace smelt::cli {
 
-exec::Recipe load_recipe(const std::string& path, const plan::PlanOptions& options,
-                         const exec::ExecOptions& exec, std::string* text_out) {
+namespace {
+
+// The config file's text; an unreadable path is an error naming it and the OS's reason.
+std::string read_config_file(const std::string& path) {
+  if (path.empty()) fail("CONFIG: the config path is empty; give the mergekit YAML file to run");
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (status.type() == std::filesystem::file_type::not_found) {
+    fail("{}: no such config file", path);
+  }
+  if (status.type() == std::filesystem::file_type::directory) {
+    fail("{}: is a folder, not a config file; give the mergekit YAML file inside it", path);
+  }
+  errno = 0;
   std::ifstream in(path, std::ios::binary);
-  if (!in) fail("{}: cannot read the config file", path);
-  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  if (!in) {
+    fail("{}: cannot read the config file: {}", path,
+         std::generic_category().message(errno ? errno : EIO));
+  }
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  if (in.bad()) fail("{}: cannot read the config file: read error", path);
+  return text;
+}
+
+}  // namespace
+
+exec::Recipe load_recipe(const std::string& path, const plan::PlanOptions& options,
+                         const exec::ExecOptions& exec, const ConfigWarnings& warnings,
+                         std::string* text_out) {
+  const std::string text = read_config_file(path);
   auto docs = config::parse_config_documents(text, path);
   if (docs.empty()) fail("{}: the config file is empty", path);
+  std::vector<std::string> unknown;
+  for (const auto& doc : docs)
+    unknown.insert(unknown.end(), doc.warnings.begin(), doc.warnings.end());
+  if (warnings.strict && !unknown.empty()) {
+    fail("{}{} (--strict: unknown config keys are errors)", unknown[0],
+         unknown.size() > 1 ? fmt::format("; and {} more unknown key(s)", unknown.size() - 1)
+                            : std::string());
+  }
+  if (!warnings.quiet) {
+    for (const auto& w : unknown) fmt::print(stderr, "warning: {}\n", w);
+  }
   if (text_out) *text_out = text;
   return exec::build_recipe(docs, options, exec);
 }
@@ -52,6 +92,52 @@ uint64_t parse_memory_size(const std::string& text) {
          text);
   }
   return v * mult;
+}
+
+namespace {
+
+// A decimal integer in [0, 2^64) or nullopt (signs, spaces, suffixes and overflow included).
+std::optional<uint64_t> parse_unsigned(const std::string& text) {
+  if (text.empty() || text.size() > 20) return std::nullopt;
+  uint64_t v = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return std::nullopt;
+    const uint64_t d = static_cast<uint64_t>(c - '0');
+    if (v > (UINT64_MAX - d) / 10) return std::nullopt;
+    v = v * 10 + d;
+  }
+  return v;
+}
+
+}  // namespace
+
+uint64_t parse_seed(const std::string& text) {
+  const auto v = parse_unsigned(text);
+  if (!v) {
+    fail("--random-seed: '{}' is not a seed; use a non-negative integer below 2^64, e.g. 42", text);
+  }
+  return *v;
+}
+
+size_t parse_threads(const std::string& text) {
+  // More would only be capped by --max-memory; a limit keeps typos from meaning "a million".
+  constexpr uint64_t kMaxThreads = 4096;
+  const auto v = parse_unsigned(text);
+  if (!v || *v > kMaxThreads) {
+    fail("--threads: '{}' is not a thread count; use 1 to {}, or 0 for one per core", text,
+         kMaxThreads);
+  }
+  if (*v == 0) return std::max(1u, std::thread::hardware_concurrency());
+  return static_cast<size_t>(*v);
+}
+
+void check_gguf_only_flags(const plan::Plan& plan, const std::string& out_type,
+                           const std::vector<std::string>& tensor_types) {
+  if (plan.gguf_output || (out_type.empty() && tensor_types.empty())) return;
+  fail(
+      "{}: the output is safetensors, and these flags apply to GGUF output only; write GGUF "
+      "(--format gguf, or an OUT ending in .gguf) or drop them",
+      !out_type.empty() ? "--out-type" : "--tensor-type");
 }
 
 void set_output_format(const std::string& format, const std::string& out,
@@ -107,10 +193,15 @@ void print_plan_summary(const plan::Plan& plan, const exec::ExecOptions& exec,
                plan.layer_count_key.empty() ? "" : " (config.json " + plan.layer_count_key + ")");
   }
   fmt::print("reads: {} from inputs\n", human_bytes(in_bytes));
-  const exec::ExecLayout run = exec::exec_layout(plan, exec);
-  fmt::print("estimated peak memory: {} ({} worker{}, chunks of {} elements; --max-memory {})\n",
-             human_bytes(run.working_bytes), run.workers, run.workers > 1 ? "s" : "",
-             run.chunk_elements, human_bytes(exec.max_memory));
+  const exec::MemoryEstimate mem = exec::estimate_memory(plan, exec);
+  const exec::ExecLayout& run = mem.layout;
+  fmt::print(
+      "estimated peak memory: {} ({} worker{} x {} with chunks of {} elements, statistics cache "
+      "{}, method state {}, output blocks {}, process {}; --max-memory {})\n",
+      human_bytes(mem.total_bytes), run.workers, run.workers > 1 ? "s" : "",
+      human_bytes(run.worker_bytes), run.chunk_elements, human_bytes(mem.cache_bytes),
+      human_bytes(run.state_bytes), human_bytes(run.writer_bytes), human_bytes(run.reserve_bytes),
+      human_bytes(exec.max_memory));
   // Cold-disk read and durable write speeds measured on the reference machine (formats.md §3).
   const double seconds = double(in_bytes) / 4.0e9 + double(out_bytes) / 1.1e9;
   fmt::print("estimated time: {:.1f}s (cold disk; less when inputs are in the page cache)\n",
@@ -153,8 +244,9 @@ struct PlanCliOptions {
   std::string config;
   std::string explain;
   std::string shard_size = "5B";
-  uint64_t seed = 0;
-  size_t threads = std::max(1u, std::thread::hardware_concurrency());
+  std::string seed = "0";
+  std::string threads = "0";  // 0 = one per core
+  bool strict = false;
   bool allow_crimes = false;
   bool allow_shape_mismatch = false;
   bool tensor_intersection = false;
@@ -180,8 +272,13 @@ void add_plan(CLI::App& app) {
                   "matching this glob");
   cmd->add_option("--out-shard-size", o->shard_size, "shard size (bytes; k/m/b suffixes)")
       ->capture_default_str();
-  cmd->add_option("--random-seed", o->seed, "seed for random methods")->capture_default_str();
-  cmd->add_option("-j,--threads,--num-threads", o->threads, "threads")->capture_default_str();
+  cmd->add_option("--random-seed", o->seed, "seed for random methods (a non-negative integer)")
+      ->capture_default_str();
+  cmd->add_option("-j,--threads,--num-threads", o->threads,
+                  "threads (0 = one per core; --max-memory may allow fewer)")
+      ->capture_default_str();
+  cmd->add_flag("--strict", o->strict,
+                "unknown config keys are errors (by default warnings: mergekit ignores them)");
   cmd->add_flag("--allow-crimes", o->allow_crimes, "allow different architectures");
   cmd->add_flag("--allow-shape-mismatch", o->allow_shape_mismatch,
                 "task-vector methods: leave out models whose tensor shape differs from the base's");
@@ -197,17 +294,19 @@ void add_plan(CLI::App& app) {
                 "raw tensor files: merge each tensor over the files that have it");
   cmd->callback([o] {
     plan::PlanOptions po;
-    po.seed = o->seed;
+    po.seed = parse_seed(o->seed);
     po.allow_crimes = o->allow_crimes;
     po.allow_shape_mismatch = o->allow_shape_mismatch;
     po.tensor_set = tensor_set_mode(o->tensor_intersection, o->tensor_union);
     set_output_format(o->format, "", o->out_type, o->tensor_types, &po);
     po.shard_size = io::parse_shard_size(o->shard_size);
     exec::ExecOptions eo;
-    eo.threads = o->threads;
-    eo.seed = o->seed;
+    eo.threads = parse_threads(o->threads);
+    eo.seed = po.seed;
     eo.max_memory = parse_memory_size(o->max_memory);
-    exec::Recipe recipe = load_recipe(o->config, po, eo);
+    eo.shard_size = po.shard_size;
+    exec::Recipe recipe = load_recipe(o->config, po, eo, {.strict = o->strict});
+    check_gguf_only_flags(recipe.final_plan(), o->out_type, o->tensor_types);
     for (size_t i = 0; i + 1 < recipe.plans.size(); ++i) {
       fmt::print("stage '{}':\n", recipe.names[i]);
       print_warnings(*recipe.plans[i]);

@@ -2,6 +2,7 @@
 #include "smelt/config/config.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -50,7 +51,28 @@ std::string key_path(const std::string& path, const std::string& key) {
 
 std::string shown(const std::string& path) { return path.empty() ? "(top level)" : path; }
 
-// Checks that `node` is a mapping whose keys are unique, plain and among `allowed`.
+// Where check_mapping reports unknown keys while read_config runs (set by UnknownKeySink). The
+// parse is one call deep on one thread; a thread-local spares passing the list through every
+// reader.
+thread_local std::vector<std::string>* t_unknown_keys = nullptr;
+
+// Collects the unknown-key warnings of the document being read into *out for its lifetime.
+class UnknownKeySink {
+ public:
+  explicit UnknownKeySink(std::vector<std::string>* out) : saved_(t_unknown_keys) {
+    t_unknown_keys = out;
+  }
+  ~UnknownKeySink() { t_unknown_keys = saved_; }
+  UnknownKeySink(const UnknownKeySink&) = delete;
+  UnknownKeySink& operator=(const UnknownKeySink&) = delete;
+
+ private:
+  std::vector<std::string>* saved_;
+};
+
+// Checks that `node` is a mapping whose keys are unique and plain. A key not among `allowed` is
+// ignored, as mergekit ignores it (docs/compat.md), with a warning naming its path and the closest
+// valid key; outside a parse with a sink it is an error.
 void check_mapping(const YAML::Node& node, const std::string& path,
                    const std::vector<std::string>& allowed, std::string_view expected) {
   if (!node.IsMap()) {
@@ -78,7 +100,9 @@ void check_mapping(const YAML::Node& node, const std::string& path,
                     "' belongs to mergekit-moe configs, which this parser does not "
                     "read)";
     }
-    fail("{}: unknown key; {}", child(path, key), what_to_do);
+    if (!t_unknown_keys) fail("{}: unknown key; {}", child(path, key), what_to_do);
+    t_unknown_keys->push_back(
+        fmt::format("{}: unknown key (ignored); {}", child(path, key), what_to_do));
   }
 }
 
@@ -659,13 +683,23 @@ std::vector<MergeConfig> parse_config_documents(std::string_view text, std::stri
   for (size_t i = 0; i < docs.size(); ++i) {
     const std::string label =
         docs.size() == 1 ? std::string(filename) : fmt::format("{} (document {})", filename, i + 1);
+    std::vector<std::string> unknown_keys;
     try {
-      MergeConfig c = read_config(docs[i].root);
+      MergeConfig c;
+      {
+        UnknownKeySink sink(&unknown_keys);
+        c = read_config(docs[i].root);
+      }
+      for (const std::string& w : unknown_keys) c.warnings.push_back(label + ": " + w);
       c.filename = std::string(filename);
       c.yaml_text = std::move(docs[i].text);
       configs.push_back(std::move(c));
     } catch (const Error& e) {
-      fail("{}: {}", label, e.what());
+      // A typo'd required key reads as "missing": name the unknown keys too (with their "did you
+      // mean"), since the warnings are never printed when the parse fails.
+      fail("{}: {}{}", label, e.what(),
+           unknown_keys.empty() ? std::string()
+                                : fmt::format(" (note: {})", fmt::join(unknown_keys, "; ")));
     } catch (const YAML::Exception& e) {
       // yaml-cpp conversion errors should not happen (every node is type-checked first); if one
       // does, it still names the file.

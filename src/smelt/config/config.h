@@ -117,6 +117,10 @@ struct MergeConfig {
   std::optional<TokenizerSource> tokenizer_source;  // never set together with tokenizer
   std::optional<TokenizerConfig> tokenizer;
   std::optional<std::string> chat_template;
+  // Unknown keys, ignored as mergekit ignores them: "<filename>: <yaml path>: unknown key
+  // (ignored); did you mean '<key>'?", in YAML order. The CLI prints them before any work
+  // (--strict makes them errors).
+  std::vector<std::string> warnings;
 
   // Features a later stage may not support; each is a plain question about the config.
   bool uses_models() const { return !models.empty(); }
@@ -141,9 +145,10 @@ struct MergeConfig {
 };
 
 // Parses every document of a (possibly multi-document, `---` separated) YAML text; empty
-// documents are skipped. Throws smelt::Error "<filename>: <yaml path>: <problem>; <what to do>"
-// (for a YAML syntax error "<filename>:<line>:<column>: ..."); with more than one document the
-// filename part reads "<filename> (document N)".
+// documents are skipped. Unknown keys become MergeConfig::warnings. Throws smelt::Error
+// "<filename>: <yaml path>: <problem>; <what to do>" (for a YAML syntax error
+// "<filename>:<line>:<column>: ..."); with more than one document the filename part reads
+// "<filename> (document N)".
 std::vector<MergeConfig> parse_config_documents(std::string_view text, std::string_view filename);
 
 // Parses a YAML text holding exactly one merge configuration. Throws smelt::Error as above, and

@@ -27,11 +27,15 @@ ScratchBuffer& ScratchBuffer::operator=(ScratchBuffer&& other) noexcept {
   return *this;
 }
 
+size_t ScratchBuffer::mapped_size(size_t bytes) {
+  return (bytes + kHugePage - 1) / kHugePage * kHugePage;
+}
+
 void ScratchBuffer::reserve(size_t bytes) {
   if (bytes <= capacity_) return;
   if (data_) ::munmap(data_, capacity_);
   data_ = nullptr;
-  const size_t size = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  const size_t size = mapped_size(bytes);
   void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) {
     capacity_ = 0;

@@ -16,6 +16,9 @@ class ScratchBuffer {
   ScratchBuffer(ScratchBuffer&& other) noexcept;
   ScratchBuffer& operator=(ScratchBuffer&& other) noexcept;
 
+  // The memory a buffer of `bytes` bytes occupies once touched: whole 2 MiB huge pages.
+  static size_t mapped_size(size_t bytes);
+
   // Makes room for `bytes` bytes; contents are not kept when the buffer grows.
   void reserve(size_t bytes);
   void* data() const { return data_; }

@@ -7,6 +7,7 @@
 #include "smelt/error.h"
 #include "smelt/exec/buffer.h"
 #include "smelt/exec/thread_pool.h"
+#include "smelt/io/file_util.h"
 #include "smelt/test_hooks.h"
 #include "smelt/kernels/convert.h"
 #include "smelt/kernels/quant.h"
@@ -24,15 +25,31 @@ struct WorkerBuffers {
   std::vector<const float*> pointers;
 };
 
-// Memory outside the chunk buffers: code, headers, method state, allocator slack.
-constexpr uint64_t kReserveBytes = uint64_t{96} << 20;
+// What --max-memory counts (exec_layout), measured as resident memory:
+// - kReserveBytes: the process itself (code, libraries, model headers, the plan, the per-chunk
+//   partials of statistics passes) and allocator slack; `smelt plan` of a small model stays
+//   under 8 MB.
+// - per worker: its WorkerBuffers at their mapped size (ScratchBuffer rounds each to 2 MiB huge
+//   pages: buffer.h), the methods' thread-local scratch (about k + 2 floats per element), and
+//   kThreadBytes for its thread (stack pages, malloc arena).
+// - the largest job's method state (Method::state_bytes: the task masks of mask_pool.h).
+// - the output writer's in-flight blocks: io::AtomicFileOptions::max_in_flight_bytes for each
+//   file written at once (two at a shard boundary), at most the output's size.
+// - the statistics cache: what is left (execute() uses it only for jobs that fit).
+constexpr uint64_t kReserveBytes = uint64_t{32} << 20;
+constexpr uint64_t kThreadBytes = uint64_t{1} << 20;
 constexpr uint64_t kMinChunk = uint64_t{1} << 14;
 // Chunk sizes are multiples of this, so GGUF blocks (32 or 256 elements) never straddle chunks.
 constexpr uint64_t kChunkQuantum = 256;
+// Largest stored element (f64/i64): raw input and output buffers are sized for it.
+constexpr uint64_t kMaxElementBytes = 8;
 
-// Bytes one worker needs per element of a chunk with k inputs: f32 inputs, raw input and output
-// bytes (up to 8 each), the f32 output, and method scratch (about k + 2 floats).
-uint64_t bytes_per_element(size_t k) { return 4 * k + 8 + 4 + 8 + 4 * (k + 2); }
+// Resident bytes of one worker for chunks of c elements with k inputs.
+uint64_t worker_bytes(uint64_t c, size_t k) {
+  const auto mapped = [](uint64_t bytes) { return ScratchBuffer::mapped_size(bytes); };
+  return k * mapped(c * 4) + mapped(c * kMaxElementBytes) + mapped(c * 4) +
+         mapped(c * kMaxElementBytes) + c * 4 * (k + 2) + kThreadBytes;
+}
 
 // The chunk for a method's alignment (e.g. a row): a multiple of it, and of kChunkQuantum when
 // that is possible, so quantized blocks stay whole.
@@ -138,31 +155,64 @@ void raw_to_f32(const plan::JobInput& in, const char* raw, float* dst, size_t n)
 ExecLayout exec_layout(const plan::Plan& plan, const ExecOptions& options) {
   size_t k = 1;
   uint64_t largest = 1;
+  ExecLayout layout;
   for (const auto& j : plan.jobs) {
     k = std::max(k, j.inputs.size());
     largest = std::max(largest, j.numel());
+    if (j.method && !j.copy && !j.constant && j.duplicate_of < 0) {
+      layout.state_bytes = std::max(layout.state_bytes, j.method->state_bytes(j.context(0)));
+    }
   }
-  const uint64_t per_element = bytes_per_element(k);
-  if (options.max_memory < kReserveBytes + kMinChunk * per_element) {
-    fail("--max-memory {} MiB is too small: smelt needs at least {} MiB for {} inputs",
-         options.max_memory >> 20, (kReserveBytes + kMinChunk * per_element + (1 << 20) - 1) >> 20,
-         k);
+  // The writer's files: one GGUF file or one shard, else two shards written at once at a
+  // boundary; each holds at most per_file bytes of blocks, and never more than the output.
+  const uint64_t per_file = io::AtomicFileOptions{}.max_in_flight_bytes;
+  const uint64_t output = plan.output_bytes();
+  const bool one_file =
+      plan.gguf_output || (options.shard_size > 0 && output <= options.shard_size);
+  layout.writer_bytes = std::min(output, (one_file ? 1 : 2) * per_file);
+  layout.reserve_bytes = kReserveBytes;
+  const uint64_t fixed = layout.reserve_bytes + layout.state_bytes + layout.writer_bytes;
+  const uint64_t smallest_worker = worker_bytes(std::min(kMinChunk, largest), k);
+  if (options.max_memory < fixed + smallest_worker) {
+    fail(
+        "--max-memory {} MiB is too small: this merge needs at least {} MiB ({} inputs per "
+        "tensor); raise it",
+        options.max_memory >> 20, (fixed + smallest_worker + (1 << 20) - 1) >> 20, k);
   }
-  const uint64_t budget = options.max_memory - kReserveBytes;
-  ExecLayout layout;
-  layout.chunk_elements =
-      std::max(kMinChunk, std::min({options.chunk_elements, budget / per_element}));
-  layout.chunk_elements = layout.chunk_elements / kChunkQuantum * kChunkQuantum;
+  const uint64_t budget = options.max_memory - fixed;
+  // The largest chunk (up to options.chunk_elements) whose worker fits the budget.
+  uint64_t chunk = std::max(kMinChunk, options.chunk_elements / kChunkQuantum * kChunkQuantum);
+  while (chunk > kMinChunk && worker_bytes(std::min(chunk, largest), k) > budget) {
+    chunk = std::max(kMinChunk, chunk / 2 / kChunkQuantum * kChunkQuantum);
+  }
+  layout.chunk_elements = chunk;
   // Workers never need more than the largest tensor's chunks.
-  const uint64_t per_worker = std::min(layout.chunk_elements, largest) * per_element;
+  layout.worker_bytes = worker_bytes(std::min(chunk, largest), k);
   layout.workers = static_cast<size_t>(
-      std::clamp<uint64_t>(budget / per_worker, 1, std::max<size_t>(1, options.threads)));
-  layout.working_bytes = kReserveBytes + layout.workers * per_worker;
+      std::clamp<uint64_t>(budget / layout.worker_bytes, 1, std::max<size_t>(1, options.threads)));
+  const uint64_t used = fixed + layout.workers * layout.worker_bytes;
   // What is left of the budget caches small jobs' inputs across statistics passes.
-  layout.cache_bytes =
-      options.max_memory > layout.working_bytes ? options.max_memory - layout.working_bytes : 0;
-  layout.working_bytes = std::min(options.max_memory, layout.working_bytes + layout.cache_bytes);
+  layout.cache_bytes = options.max_memory > used ? options.max_memory - used : 0;
+  layout.working_bytes = used + layout.cache_bytes;
   return layout;
+}
+
+MemoryEstimate estimate_memory(const plan::Plan& plan, const ExecOptions& options) {
+  MemoryEstimate e;
+  e.layout = exec_layout(plan, options);
+  for (const auto& job : plan.jobs) {
+    if (job.copy || job.constant || job.duplicate_of >= 0 || !job.method) continue;
+    uint64_t need = 0;
+    for (const plan::JobInput& in : job.inputs) need += (raw_bytes(in, job.numel()) + 63) / 64 * 64;
+    if (ScratchBuffer::mapped_size(need) > e.layout.cache_bytes || need <= e.cache_bytes) continue;
+    // Only mergers with statistics passes use the cache (execute_jobs).
+    if (job.method->begin(job.context(options.seed))->stat_passes() > 0) e.cache_bytes = need;
+  }
+  e.cache_bytes = ScratchBuffer::mapped_size(e.cache_bytes);
+  const ExecLayout& l = e.layout;
+  e.total_bytes =
+      l.reserve_bytes + l.workers * l.worker_bytes + l.state_bytes + l.writer_bytes + e.cache_bytes;
+  return e;
 }
 
 namespace {
@@ -194,15 +244,21 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
   std::vector<WorkerBuffers> buffers(pool.size());
   // The cache is sized once for the largest job it can hold: growing it job by job would pay
   // first-touch page faults again at every size (slow on VMs: formats.md §3).
+  // A job's inputs in their stored form, each padded to 64 bytes as the cache holds them.
   auto job_raw_bytes = [](const plan::TensorJob& job) {
     uint64_t total = 0;
-    for (const plan::JobInput& in : job.inputs) total += raw_bytes(in, job.numel());
+    for (const plan::JobInput& in : job.inputs)
+      total += (raw_bytes(in, job.numel()) + 63) / 64 * 64;
     return total;
+  };
+  // Whether the cache, at its mapped size, stays within its share of the budget.
+  auto fits_cache = [&](uint64_t need) {
+    return need > 0 && ScratchBuffer::mapped_size(need) <= layout.cache_bytes;
   };
   uint64_t cache_need = 0;  // bytes of the largest job inputs' stored form that fit
   for (size_t j : jobs) {
     const uint64_t need = job_raw_bytes(plan.jobs[j]);
-    if (need <= layout.cache_bytes) cache_need = std::max(cache_need, need);
+    if (fits_cache(need)) cache_need = std::max(cache_need, need);
   }
   ScratchBuffer cache;  // a job's inputs in their stored form, when they fit layout.cache_bytes
   Progress progress;
@@ -255,13 +311,13 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
       // the cache budget they are read once, in the first pass, and kept in their stored form
       // (bf16 stays 2 bytes: later passes convert chunks in cache-sized pieces, which costs less
       // memory traffic than keeping f32 copies).
-      const bool cached = merger->stat_passes() > 0 && job_raw_bytes(job) <= layout.cache_bytes;
+      const bool cached = merger->stat_passes() > 0 && fits_cache(job_raw_bytes(job));
       std::vector<uint64_t> cache_start(k + 1, 0);  // input i's bytes at cache_start[i]
       if (cached) {
         for (size_t i = 0; i < k; ++i) {
           cache_start[i + 1] = cache_start[i] + (raw_bytes(job.inputs[i], numel) + 63) / 64 * 64;
         }
-        cache.reserve(std::max(cache_need + 64 * k, cache_start[k]));
+        cache.reserve(std::max(cache_need, cache_start[k]));
       }
       bool cache_filled = false;
 

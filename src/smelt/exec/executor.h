@@ -1,6 +1,6 @@
 // Runs a merge plan: streams every job's inputs in fixed-size chunks (pread into reused per-worker
 // buffers), merges them on a thread pool and writes each chunk at its place in its shard. Memory
-// is bounded by threads x inputs x chunk size, whatever the model or tensor size.
+// is bounded by --max-memory, whatever the model, tensor size or thread count (exec_layout).
 #pragma once
 
 #include <cstdint>
@@ -21,8 +21,8 @@ struct Progress {
 struct ExecOptions {
   size_t threads = 1;
   uint64_t seed = 0;
-  // Bound on the data in flight (chunk buffers of all workers plus a fixed reserve). It limits
-  // the chunk size and then the number of workers, never the other way round.
+  // Bound on the process's memory (exec_layout counts what goes in it). It limits the chunk size
+  // and then the number of workers, never the other way round.
   uint64_t max_memory = uint64_t{512} << 20;
   // Largest chunk (elements; rounded down to the method's alignment). The chunk size depends only
   // on this, max_memory and the plan, never on the thread count, so whole-tensor statistics and
@@ -30,6 +30,9 @@ struct ExecOptions {
   // 32768 (128 KiB per f32 array) keeps a chunk's inputs and intermediates in L2: measured 1.4–1.7x
   // less CPU than 262144 for linear, ties, slerp and model_stock (docs/performance.md).
   uint64_t chunk_elements = uint64_t{1} << 15;
+  // Largest output shard (--out-shard-size), for counting the writer's in-flight blocks: one
+  // file when the output fits one shard, else two at a shard boundary. 0: assume two.
+  uint64_t shard_size = 0;
   std::function<void(const Progress&)> on_progress;  // called from the coordinating thread
 };
 
@@ -40,17 +43,33 @@ class TensorSink {
   virtual void write(size_t job, uint64_t offset, const void* data, uint64_t size) = 0;
 };
 
-// How execute() will run `plan`: elements per chunk, concurrent workers, and the bytes of working
-// memory they use (for estimates and --max-memory). Throws smelt::Error when max_memory cannot
-// hold even one small chunk.
+// How execute() will run `plan`: elements per chunk, concurrent workers, and the memory they use
+// (for estimates and --max-memory). The budget holds for any thread count: workers are capped by
+// what fits. Throws smelt::Error when max_memory cannot hold even one worker with a small chunk.
 struct ExecLayout {
   uint64_t chunk_elements = 0;
   size_t workers = 1;
-  uint64_t working_bytes = 0;  // at most max_memory
-  // Of the budget, what caches a job's f32 inputs across statistics passes (jobs that fit).
+  // Parts of the budget (executor.cpp says what each counts).
+  uint64_t reserve_bytes = 0;  // the process itself: code, headers, the plan, allocator slack
+  uint64_t worker_bytes = 0;   // one worker: its chunk buffers as mapped, scratch, thread
+  uint64_t state_bytes = 0;    // the largest job's method state (task masks)
+  uint64_t writer_bytes = 0;   // the output writer's in-flight blocks
+  // Of the budget, what may cache a job's inputs across statistics passes (jobs that fit).
   uint64_t cache_bytes = 0;
+  // reserve + workers x worker + state + writer + cache: at most max_memory.
+  uint64_t working_bytes = 0;
 };
 ExecLayout exec_layout(const plan::Plan& plan, const ExecOptions& options);
+
+// An estimate of the peak memory of executing `plan` with `options`: exec_layout's parts, with
+// the statistics cache only as large as the largest job that uses it (jobs with statistics
+// passes whose inputs fit), and the state of the job that needs the most.
+struct MemoryEstimate {
+  ExecLayout layout;
+  uint64_t cache_bytes = 0;  // statistics cache actually used
+  uint64_t total_bytes = 0;  // reserve + workers x worker + state + writer + cache
+};
+MemoryEstimate estimate_memory(const plan::Plan& plan, const ExecOptions& options);
 
 // Executes every job of `plan`, writing job i as tensor i of `writer` (whose tensor list must be
 // the jobs' names, dtypes and shapes in job order). Throws smelt::Error on read/write failures.

@@ -358,6 +358,12 @@ std::vector<ParamSpec> GtaMethod::model_params() const {
   return params;
 }
 
+uint64_t GtaMethod::state_bytes(const TensorContext& ctx) const {
+  if (!variant_.sparsification || ctx.numel > kMaxMaskElements) return 0;
+  // Every task vector may keep a mask (an upper bound: not every sparsifier keeps one).
+  return ctx.numel * (ctx.num_inputs > 0 ? ctx.num_inputs - 1 : 0);
+}
+
 uint64_t GtaMethod::chunk_alignment(const TensorContext& ctx) const {
   return variant_.sparsification != nullptr ? variant_.sparsification->chunk_alignment(ctx) : 1;
 }

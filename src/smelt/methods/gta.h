@@ -113,6 +113,8 @@ class GtaMethod : public Method {
   BaseUse base_use() const override { return BaseUse::kRequired; }
   uint64_t chunk_alignment(const TensorContext& ctx) const override;
   void validate(const TensorContext& ctx) const override;
+  // One byte mask per sparsified task vector (mask_pool.h), for tensors small enough to keep one.
+  uint64_t state_bytes(const TensorContext& ctx) const override;
   std::unique_ptr<TensorMerger> begin(const TensorContext& ctx) const override;
 
   // Problems with ctx's tensor that do not stop the merge (e.g. a density so low that a task

@@ -93,6 +93,10 @@ class Method {
   // Problems that do not stop the merge (e.g. a density that keeps no element), known before
   // reading data; the planner reports them once.
   virtual std::vector<std::string> warnings(const TensorContext& /*ctx*/) const { return {}; }
+  // Bytes a merger of ctx's tensor may hold besides the executor's chunk buffers (e.g. task-vector
+  // masks, mask_pool.h), an upper bound; the executor counts the largest job's against
+  // --max-memory. Small fixed state (per-chunk partials) is covered by the executor's reserve.
+  virtual uint64_t state_bytes(const TensorContext& /*ctx*/) const { return 0; }
   // Starts merging one tensor.
   virtual std::unique_ptr<TensorMerger> begin(const TensorContext& ctx) const = 0;
 };

@@ -25,6 +25,21 @@ std::string read_text_file(const std::filesystem::path& p) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
+// A model's config.json text, checked to be JSON here so a broken file is named at plan time
+// rather than misread later as a model without architecture information.
+std::string read_config_json(const std::filesystem::path& p) {
+  std::string text = read_text_file(p);
+  try {
+    [[maybe_unused]] const nlohmann::json parsed = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    // e.what() is "[json.exception.parse_error.101] parse error at line L, column C: ...".
+    std::string why = e.what();
+    if (const size_t at = why.find("] "); at != std::string::npos) why.erase(0, at + 2);
+    fail("{}: not valid JSON ({}); fix or replace the model's config.json", p.string(), why);
+  }
+  return text;
+}
+
 // A config.json-like description of a GGUF model from its metadata, so the architecture table's
 // "gguf" entry applies (layer stack blk.N, block_count, tied output head).
 std::string gguf_config_text(const io::Model& model) {
@@ -204,7 +219,7 @@ class Planner {
         m.gguf = true;
         m.config_text = gguf_config_text(*m.model);
       } else if (!m.model->resolved().config_json.empty()) {
-        m.config_text = read_text_file(m.model->resolved().config_json);
+        m.config_text = read_config_json(m.model->resolved().config_json);
       }
     }
     std::vector<std::string> names;

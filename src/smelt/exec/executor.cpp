@@ -33,7 +33,7 @@ struct WorkerBuffers {
 //   pages: buffer.h), the methods' thread-local scratch (about k + 2 floats per element), and
 //   kThreadBytes for its thread (stack pages, malloc arena).
 // - the largest job's method state (Method::state_bytes: the task masks of mask_pool.h).
-// - the output writer's in-flight blocks: io::AtomicFileOptions::max_in_flight_bytes for each
+// - the output writer's in-flight blocks: writer_bytes_per_file() for each
 //   file written at once (two at a shard boundary), at most the output's size.
 // - the statistics cache: what is left (execute() uses it only for jobs that fit).
 constexpr uint64_t kReserveBytes = uint64_t{32} << 20;
@@ -165,7 +165,7 @@ ExecLayout exec_layout(const plan::Plan& plan, const ExecOptions& options) {
   }
   // The writer's files: one GGUF file or one shard, else two shards written at once at a
   // boundary; each holds at most per_file bytes of blocks, and never more than the output.
-  const uint64_t per_file = io::AtomicFileOptions{}.max_in_flight_bytes;
+  const uint64_t per_file = writer_bytes_per_file(options.max_memory);
   const uint64_t output = plan.output_bytes();
   const bool one_file =
       plan.gguf_output || (options.shard_size > 0 && output <= options.shard_size);
@@ -195,6 +195,11 @@ ExecLayout exec_layout(const plan::Plan& plan, const ExecOptions& options) {
   layout.cache_bytes = options.max_memory > used ? options.max_memory - used : 0;
   layout.working_bytes = used + layout.cache_bytes;
   return layout;
+}
+
+uint64_t writer_bytes_per_file(uint64_t max_memory) {
+  const uint64_t most = io::AtomicFileOptions{}.max_in_flight_bytes;  // 64 MiB
+  return std::clamp<uint64_t>(max_memory / 8, uint64_t{8} << 20, most);
 }
 
 MemoryEstimate estimate_memory(const plan::Plan& plan, const ExecOptions& options) {

@@ -61,6 +61,11 @@ struct ExecLayout {
 };
 ExecLayout exec_layout(const plan::Plan& plan, const ExecOptions& options);
 
+// The output writer's bound on buffered blocks per file (io::AtomicFileOptions::
+// max_in_flight_bytes) for a --max-memory budget: an eighth of it, between 8 and 64 MiB, so that
+// small budgets still leave room for workers.
+uint64_t writer_bytes_per_file(uint64_t max_memory);
+
 // An estimate of the peak memory of executing `plan` with `options`: exec_layout's parts, with
 // the statistics cache only as large as the largest job that uses it (jobs with statistics
 // passes whose inputs fit), and the state of the job that needs the most.

@@ -251,6 +251,7 @@ void run_gguf_merge(const plan::Plan& plan, const fs::path& out, const MergeOpti
     specs.push_back({job.name, static_cast<kernels::GgmlType>(job.ggml_type), job.shape});
   }
   io::AtomicFileOptions file_options;
+  file_options.max_in_flight_bytes = writer_bytes_per_file(options.exec.max_memory);
   const bool overwrite = options.overwrite;
   file_options.publish = [&](const fs::path& temp, const fs::path& path) {
     test_hooks::reached("before-publish");
@@ -308,7 +309,9 @@ void run_merge(const plan::Plan& plan, const fs::path& out, const MergeOptions& 
         {"random_seed", std::to_string(options.exec.seed)},
     };
     {
-      io::ShardedWriter writer(temp.path(), specs, options.shard_size, metadata);
+      io::AtomicFileOptions file_options;
+      file_options.max_in_flight_bytes = writer_bytes_per_file(options.exec.max_memory);
+      io::ShardedWriter writer(temp.path(), specs, options.shard_size, metadata, file_options);
       execute(plan, writer, options.exec);
       check_interrupted();
       writer.finish();

@@ -926,7 +926,7 @@ GgufWriter::GgufWriter(std::filesystem::path path, std::vector<GgufKv> kvs,
     ledger_ = std::make_unique<WriteLedger>(label, std::move(names), nbytes_);
   }
 
-  file_ = std::make_unique<AtomicFile>(path_, data_start + pos, file_options);
+  file_ = std::make_unique<AtomicFile>(path_, data_start + pos, std::move(file_options));
   // Declaring every region (padding between tensors is never written) lets the file write each
   // block as soon as its bytes are in.
   file_->expect(0, header.size());

@@ -320,7 +320,8 @@ uint64_t TensorSpec::nbytes() const {
 }
 
 SafetensorsWriter::SafetensorsWriter(std::filesystem::path path, std::vector<TensorSpec> tensors,
-                                     const std::map<std::string, std::string>& metadata)
+                                     const std::map<std::string, std::string>& metadata,
+                                     AtomicFileOptions file_options)
     : path_(std::move(path)), specs_(std::move(tensors)) {
   // Larger element types first (safetensors' own order) so every tensor is naturally aligned;
   // otherwise the caller's order is kept.
@@ -364,7 +365,7 @@ SafetensorsWriter::SafetensorsWriter(std::filesystem::path path, std::vector<Ten
     ledger_ = std::make_unique<WriteLedger>(path_.string(), std::move(names), std::move(sizes));
   }
 
-  file_ = std::make_unique<AtomicFile>(path_, data_start + pos);
+  file_ = std::make_unique<AtomicFile>(path_, data_start + pos, std::move(file_options));
   // Declaring every region lets the file write each block as soon as its bytes are in.
   file_->expect(0, data_start);
   for (size_t i = 0; i < specs_.size(); ++i) file_->expect(offsets_[i], specs_[i].nbytes());
@@ -454,11 +455,14 @@ std::vector<std::string> shard_file_names(size_t n) {
 
 ShardedWriter::ShardedWriter(const std::filesystem::path& dir, std::vector<TensorSpec> tensors,
                              uint64_t max_shard_bytes,
-                             const std::map<std::string, std::string>& metadata)
-    : ShardedWriter(dir, tensors, plan_shards(tensors, max_shard_bytes), metadata) {}
+                             const std::map<std::string, std::string>& metadata,
+                             AtomicFileOptions file_options)
+    : ShardedWriter(dir, tensors, plan_shards(tensors, max_shard_bytes), metadata,
+                    std::move(file_options)) {}
 
 ShardedWriter::ShardedWriter(const std::filesystem::path& dir, std::vector<TensorSpec> tensors,
-                             ShardLayout layout, const std::map<std::string, std::string>& metadata)
+                             ShardLayout layout, const std::map<std::string, std::string>& metadata,
+                             AtomicFileOptions file_options)
     : dir_(dir), tensors_(std::move(tensors)), layout_(std::move(layout)) {
   location_.assign(tensors_.size(), {SIZE_MAX, 0});
   for (const auto& shard : layout_.shards) {
@@ -479,8 +483,8 @@ ShardedWriter::ShardedWriter(const std::filesystem::path& dir, std::vector<Tenso
       specs.push_back(tensors_[i]);
       location_[i] = {s, k};
     }
-    writers_.push_back(std::make_unique<SafetensorsWriter>(dir_ / layout_.file_names[s],
-                                                           std::move(specs), metadata));
+    writers_.push_back(std::make_unique<SafetensorsWriter>(
+        dir_ / layout_.file_names[s], std::move(specs), metadata, file_options));
   }
 }
 

@@ -110,7 +110,8 @@ struct TensorSpec {
 class SafetensorsWriter {
  public:
   SafetensorsWriter(std::filesystem::path path, std::vector<TensorSpec> tensors,
-                    const std::map<std::string, std::string>& metadata);
+                    const std::map<std::string, std::string>& metadata,
+                    AtomicFileOptions file_options = {});
   ~SafetensorsWriter();
   SafetensorsWriter(const SafetensorsWriter&) = delete;
   SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
@@ -156,10 +157,12 @@ std::vector<std::string> shard_file_names(size_t n);
 class ShardedWriter {
  public:
   ShardedWriter(const std::filesystem::path& dir, std::vector<TensorSpec> tensors,
-                uint64_t max_shard_bytes, const std::map<std::string, std::string>& metadata);
+                uint64_t max_shard_bytes, const std::map<std::string, std::string>& metadata,
+                AtomicFileOptions file_options = {});
   // Same with an explicit layout (every tensor index in exactly one shard).
   ShardedWriter(const std::filesystem::path& dir, std::vector<TensorSpec> tensors,
-                ShardLayout layout, const std::map<std::string, std::string>& metadata);
+                ShardLayout layout, const std::map<std::string, std::string>& metadata,
+                AtomicFileOptions file_options = {});
   // Writes bytes of tensor `index` (index into the constructor's list). Thread-safe.
   void write(size_t index, uint64_t offset, const void* data, uint64_t size);
   // Finishes every shard, then writes the index atomically.

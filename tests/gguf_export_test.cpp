@@ -380,6 +380,26 @@ TEST(GgufExport, CorruptTokenizerJsonNamesFile) {
   EXPECT_NE(error_with(bad.dump()).find("added_tokens"), std::string::npos);
 }
 
+TEST(GgufExport, ByteLevelBpeWithNoMergesIsAcceptedAndWritesAnEmptyMergesList) {
+  // Every token a byte or an added token: no merges at all is a valid byte-level BPE.
+  TempDir dir;
+  const fs::path m = dir / "m";
+  ASSERT_EQ(run_smelt("dev make-model " + quote(m)).exit_code, 0);
+  const json config = read_json_file(m / "config.json");
+  json tj = read_json_file(m / "tokenizer.json");
+  ASSERT_FALSE(tj["model"]["merges"].empty());
+  tj["model"]["merges"] = json::array();
+  write_bytes(m / "tokenizer.json", tj.dump());
+  std::vector<GgufKv> kvs;
+  ASSERT_EQ(error_of([&] { kvs = gguf_export_kvs(m, config, "x", -1); }), "");
+  EXPECT_EQ(kv(kvs, "tokenizer.ggml.model")->as_string(), "gpt2");
+  // llama.cpp needs the key for a "gpt2" vocabulary, so it is written, empty.
+  const GgufValue* merges = kv(kvs, "tokenizer.ggml.merges");
+  ASSERT_NE(merges, nullptr);
+  EXPECT_EQ(merges->elem_type(), GgufType::kString);
+  EXPECT_EQ(merges->size(), 0u);
+}
+
 // ---- SentencePiece tokenizer.model --------------------------------------------------------------
 
 void put_varint(std::string& out, uint64_t v) {

@@ -491,8 +491,9 @@ GgufVocab vocab_from_tokenizer_json(const json& tj, const fs::path& file, int64_
   } else {
     v.model = "gpt2";
     v.pre = gguf_bpe_pre_type(tj);
+    // An empty merges list is valid: every token is then a byte or an added token
+    // (docs/gguf.md, "Tokenizer").
     v.merges = bpe_merges(*model, file);
-    if (v.merges.empty()) fail("{}: a byte-level BPE tokenizer needs model.merges", file.string());
   }
   v.token_types = std::move(t.type);
   check_unique(v.tokens, file);
@@ -1072,7 +1073,8 @@ std::vector<GgufKv> gguf_export_kvs(const fs::path& model_dir, const json& confi
   set("tokenizer.ggml.tokens", GgufValue::array(vocab.tokens));
   if (!vocab.scores.empty()) set("tokenizer.ggml.scores", GgufValue::array(vocab.scores));
   set("tokenizer.ggml.token_type", GgufValue::array(vocab.token_types));
-  if (!vocab.merges.empty()) set("tokenizer.ggml.merges", GgufValue::array(vocab.merges));
+  // llama.cpp refuses a "gpt2" vocabulary without the merges key, even an empty one.
+  if (vocab.model == "gpt2") set("tokenizer.ggml.merges", GgufValue::array(vocab.merges));
 
   const Specials specials =
       find_specials(model_dir, config, tokenizer_json ? &*tokenizer_json : nullptr,

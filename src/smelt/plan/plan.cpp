@@ -14,37 +14,12 @@
 #include "smelt/io/gguf.h"
 #include "smelt/io/gguf_export.h"
 #include "smelt/kernels/quant.h"
+#include "smelt/plan/model_config.h"
 
 namespace smelt::plan {
 namespace {
 
 using config::ParameterSettings;
-
-std::string read_text_file(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-// A config.json-like description of a GGUF model from its metadata, so the architecture table's
-// "gguf" entry applies (layer stack blk.N, block_count, tied output head).
-std::string gguf_config_text(const io::Model& model) {
-  const auto* file = dynamic_cast<const io::GgufFile*>(model.files().at(0).get());
-  std::string arch = "unknown";
-  if (file) {
-    if (const io::GgufValue* v = file->find_kv("general.architecture")) {
-      if (auto s = v->as_string()) arch = std::string(*s);
-    }
-  }
-  nlohmann::json j = {{"model_type", "gguf"},
-                      {"architectures", {arch}},
-                      {"tie_word_embeddings", !model.has("output.weight")}};
-  if (file) {
-    if (const io::GgufValue* v = file->find_kv(arch + ".block_count")) {
-      if (auto n = v->as_uint()) j["block_count"] = *n;
-    }
-  }
-  return j.dump();
-}
 
 std::string shape_str(const std::vector<uint64_t>& s) {
   return fmt::format("[{}]", fmt::join(s, ", "));
@@ -200,12 +175,8 @@ class Planner {
         }
         fail_at(r.yaml_path, e.what());
       }
-      if (m.model->resolved().gguf) {
-        m.gguf = true;
-        m.config_text = gguf_config_text(*m.model);
-      } else if (!m.model->resolved().config_json.empty()) {
-        m.config_text = read_text_file(m.model->resolved().config_json);
-      }
+      m.gguf = m.model->resolved().gguf;
+      m.config_text = model_config_text(*m.model);
     }
     std::vector<std::string> names;
     for (const auto& t : m.model->tensors()) names.push_back(t.info->name);

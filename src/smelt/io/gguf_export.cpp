@@ -762,18 +762,35 @@ std::optional<std::string> gguf_tensor_name(const std::string& arch, const std::
        hf_name, arch);
 }
 
-int64_t gguf_qk_permute_heads(const std::string& arch, const std::string& hf_name,
+int64_t gguf_qk_permute_heads(const std::string& arch, const std::string& hf_name, uint64_t rows,
                               const json& config) {
   if (arch != "llama") return 0;
-  if (ends_with(hf_name, "self_attn.q_proj.weight") ||
-      ends_with(hf_name, "self_attn.q_proj.bias")) {
-    return head_count(config);
+  const bool q = ends_with(hf_name, "self_attn.q_proj.weight") ||
+                 ends_with(hf_name, "self_attn.q_proj.bias");
+  const bool k = ends_with(hf_name, "self_attn.k_proj.weight") ||
+                 ends_with(hf_name, "self_attn.k_proj.bias");
+  if (!q && !k) return 0;
+  // The head counts come from config.json; a wrong one would permute rows across heads and
+  // write a corrupt file, so they are checked against the tensor (docs/gguf.md, "Q/K
+  // permutation").
+  const char* heads_key =
+      q || !find(config, "num_key_value_heads") ? "num_attention_heads" : "num_key_value_heads";
+  const uint32_t heads = q ? head_count(config) : head_count_kv(config);
+  const char* hd_key = find(config, "head_dim") ? "head_dim" : "hidden_size";
+  const uint32_t hd = head_dim(config);
+  if (hd % 2 != 0) {
+    fail(
+        "config.json: head dimension {} (from '{}') is odd; tensor '{}' needs an even one for "
+        "llama.cpp's Q/K row order",
+        hd, hd_key, hf_name);
   }
-  if (ends_with(hf_name, "self_attn.k_proj.weight") ||
-      ends_with(hf_name, "self_attn.k_proj.bias")) {
-    return head_count_kv(config);
+  if (rows != uint64_t{heads} * hd) {
+    fail(
+        "tensor '{}' has {} rows, but config.json's '{}' = {} heads of dimension {} (from '{}') "
+        "make {}; fix '{}' in config.json",
+        hf_name, rows, heads_key, heads, hd, hd_key, uint64_t{heads} * hd, heads_key);
   }
-  return 0;
+  return heads;
 }
 
 uint64_t gguf_qk_source_row(uint64_t out_row, uint64_t rows, int64_t n_head) {
@@ -785,16 +802,6 @@ uint64_t gguf_qk_source_row(uint64_t out_row, uint64_t rows, int64_t n_head) {
   const uint64_t h = out_row / hd, within = out_row % hd;
   const uint64_t i = within / 2, j = within % 2;
   return h * hd + j * (hd / 2) + i;
-}
-
-void gguf_qk_permute_rows(const void* src, void* dst, uint64_t rows, uint64_t row_bytes,
-                          int64_t n_head) {
-  const auto* in = static_cast<const char*>(src);
-  auto* out = static_cast<char*>(dst);
-  for (uint64_t r = 0; r < rows; ++r) {
-    std::memcpy(out + r * row_bytes, in + gguf_qk_source_row(r, rows, n_head) * row_bytes,
-                row_bytes);
-  }
 }
 
 kernels::GgmlType gguf_default_type(const std::string& gguf_name,

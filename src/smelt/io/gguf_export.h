@@ -39,27 +39,25 @@ std::string gguf_arch_for(const nlohmann::json& config);
 // name: llama.cpp refuses a file with tensors it does not load, so nothing may be passed through.
 std::optional<std::string> gguf_tensor_name(const std::string& arch, const std::string& hf_name);
 
-// The number of heads to permute HF tensor `hf_name` by for the llama architecture, or 0 for no
-// permutation: q_proj.weight/bias -> num_attention_heads, k_proj.weight/bias ->
-// num_key_value_heads (num_attention_heads when absent). Other architectures (qwen2 runs RoPE in
-// the NEOX layout HF uses) and other tensors return 0.
+// The number of heads to permute HF tensor `hf_name` of `rows` rows by for the llama
+// architecture, or 0 for no permutation: q_proj.weight/bias -> num_attention_heads,
+// k_proj.weight/bias -> num_key_value_heads (num_attention_heads when absent). Other
+// architectures (qwen2 runs RoPE in the NEOX layout HF uses) and other tensors return 0.
+// Throws smelt::Error naming the tensor and the config.json key unless rows = heads × head_dim
+// with an even head_dim (head_dim from config.json, else hidden_size / num_attention_heads).
 //
 // The permutation turns HF's rotate-half pairing (dimension i pairs with i + hd/2) into the
-// interleaved pairs (2i, 2i+1) of llama.cpp's llama RoPE. With hd = rows / n_head, output row
-// h*hd + 2*i + j is input row h*hd + j*(hd/2) + i, for h < n_head, i < hd/2, j in {0, 1}. It
-// moves whole rows (a bias is a tensor of 1-element rows), so it commutes with elementwise merges.
-int64_t gguf_qk_permute_heads(const std::string& arch, const std::string& hf_name,
+// interleaved pairs (2i, 2i+1) of llama.cpp's llama RoPE (docs/gguf.md, "Q/K permutation").
+// With hd = rows / n_head, output row h*hd + 2*i + j is input row h*hd + j*(hd/2) + i, for
+// h < n_head, i < hd/2, j in {0, 1}. It moves whole rows (a bias is a tensor of 1-element rows),
+// so it commutes with elementwise merges.
+int64_t gguf_qk_permute_heads(const std::string& arch, const std::string& hf_name, uint64_t rows,
                               const nlohmann::json& config);
 
 // The input row that output row `out_row` of a `rows`-row tensor comes from under the Q/K
-// permutation with `n_head` heads (formula above). Throws smelt::Error unless rows is a positive
-// multiple of 2 * n_head and out_row < rows.
+// permutation with `n_head` heads (formula above): the one implementation of the permutation.
+// Throws smelt::Error unless rows is a positive multiple of 2 * n_head and out_row < rows.
 uint64_t gguf_qk_source_row(uint64_t out_row, uint64_t rows, int64_t n_head);
-
-// Applies the Q/K permutation to a row-major tensor of `rows` rows of `row_bytes` bytes each:
-// dst row r = src row gguf_qk_source_row(r). src and dst must not overlap. Throws as above.
-void gguf_qk_permute_rows(const void* src, void* dst, uint64_t rows, uint64_t row_bytes,
-                          int64_t n_head);
 
 // The tensor type llama.cpp's converter gives a tensor by default ("--outtype auto"): F32 for
 // 1-D tensors and names ending in "_norm.weight" (llama.cpp needs 1-D tensors in F32); otherwise

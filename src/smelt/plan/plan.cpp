@@ -829,7 +829,13 @@ class Planner {
           fail("{}: {}", cfg_.filename, e.what());
         }
         if (!name) continue;  // tensors llama.cpp's converter drops (rotary inv_freq, ...)
-        const int64_t heads = io::gguf_qk_permute_heads(plan_.gguf_arch, job.name, hf_config);
+        int64_t heads = 0;
+        try {
+          heads = io::gguf_qk_permute_heads(plan_.gguf_arch, job.name,
+                                            job.shape.empty() ? 0 : job.shape[0], hf_config);
+        } catch (const Error& e) {
+          fail("{}: {}: {}", cfg_.filename, ref(plan_.donor), e.what());
+        }
         for (JobInput& in : job.inputs) in.permute_heads = heads;
         if (heads > 0 && job.copy) {
           fail("{}: tensor '{}' needs its rows permuted but is not a float tensor", cfg_.filename,

@@ -13,7 +13,7 @@
 
 #include "smelt/dtype.h"
 #include "smelt/io/gguf.h"
-#include "smelt/kernels/quant.h"
+#include "smelt/kernels/ggml_type.h"
 
 namespace smelt::io {
 

@@ -13,7 +13,7 @@
 #include "smelt/error.h"
 #include "smelt/io/gguf.h"
 #include "smelt/io/gguf_export.h"
-#include "smelt/kernels/quant.h"
+#include "smelt/kernels/ggml_type.h"
 #include "smelt/plan/model_config.h"
 
 namespace smelt::plan {

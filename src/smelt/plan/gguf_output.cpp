@@ -92,8 +92,7 @@ void assign_gguf_output(Plan& plan, const PlanOptions& options) {
   std::vector<std::pair<std::regex, GgmlType>> overrides;
   for (const auto& [re, type] : options.gguf_tensor_types) {
     try {
-      overrides.emplace_back(std::regex(re),
-                             parse_type(type, "--tensor-type " + re + "=" + type));
+      overrides.emplace_back(std::regex(re), parse_type(type, "--tensor-type " + re + "=" + type));
     } catch (const std::regex_error& e) {
       fail("--tensor-type: '{}' is not a valid regular expression ({})", re, e.what());
     }
@@ -114,8 +113,7 @@ void assign_gguf_output(Plan& plan, const PlanOptions& options) {
         break;
       }
     }
-    if (!type && job.shape.size() <= 1)
-      type = in_type == GgmlType::kF16 ? in_type : GgmlType::kF32;
+    if (!type && job.shape.size() <= 1) type = in_type == GgmlType::kF16 ? in_type : GgmlType::kF32;
     if (!type && out_type) type = out_type;
     if (!type) {
       const kernels::GgmlTypeTraits* tr = kernels::ggml_type_traits(in_type);
@@ -148,9 +146,9 @@ void assign_gguf_output(Plan& plan, const PlanOptions& options) {
   }
   if (fallbacks) {
     warn(plan,
-        fmt::format("{} tensor(s) whose rows are not a whole number of quantization blocks are "
-                    "written as F16",
-                    fallbacks));
+         fmt::format("{} tensor(s) whose rows are not a whole number of quantization blocks are "
+                     "written as F16",
+                     fallbacks));
   }
 }
 

@@ -18,7 +18,8 @@
 #include "smelt/kernels/convert.h"
 #include "smelt/kernels/random.h"
 #include "smelt/kernels/rank.h"
-#include "smelt/kernels/select.h"
+#include "smelt/kernels/elementwise.h"
+#include "smelt/kernels/topk.h"
 
 namespace {
 

@@ -16,7 +16,8 @@
 #include "method_driver.h"
 #include "smelt/error.h"
 #include "smelt/kernels/random.h"
-#include "smelt/kernels/select.h"
+#include "smelt/kernels/elementwise.h"
+#include "smelt/kernels/topk.h"
 #include "smelt/methods/gta.h"
 #include "smelt/methods/method.h"
 

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "smelt/error.h"
-#include "smelt/kernels/select.h"
+#include "smelt/kernels/elementwise.h"
 #include "smelt/methods/factories.h"
 
 namespace smelt::methods {

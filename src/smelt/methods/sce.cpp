@@ -9,7 +9,8 @@
 #include <vector>
 
 #include "smelt/error.h"
-#include "smelt/kernels/select.h"
+#include "smelt/kernels/elementwise.h"
+#include "smelt/kernels/topk.h"
 #include "smelt/methods/factories.h"
 
 namespace smelt::methods {

@@ -6,7 +6,7 @@
 #include <memory>
 
 #include "smelt/error.h"
-#include "smelt/kernels/select.h"
+#include "smelt/kernels/elementwise.h"
 #include "smelt/methods/factories.h"
 
 namespace smelt::methods {

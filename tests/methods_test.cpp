@@ -303,7 +303,7 @@ TEST(Registry, ListsNamesInMergekitOrderAndRejectsUnknown) {
   EXPECT_EQ(find_method("linear"), find_method("linear"));  // one instance per method
 }
 
-TEST(Registry, GtaFamilyDefaultsFollowTheSpecTable) {
+TEST(Registry, GtaFamilyDefaultsFollowTheMethodsTable) {
   // name → {normalize, rescale}
   const std::map<std::string, std::pair<double, double>> table = {{"task_arithmetic", {0, 0}},
                                                                   {"ties", {1, 0}},

@@ -1,5 +1,5 @@
 // The generalized task arithmetic merge shared by task_arithmetic, ties, dare_ties and
-// dare_linear, and the magnitude and random sparsifications (spec §4.6, §5).
+// dare_linear, and the magnitude and random sparsifications (docs/methods.md).
 #include "smelt/methods/gta.h"
 
 #include <array>

@@ -1,4 +1,4 @@
-// linear (Model Soups): the weighted average, or weighted sum, of every input (spec §4.1).
+// linear (Model Soups): the weighted average, or weighted sum, of every input (docs/methods.md).
 #include <fmt/ranges.h>
 
 #include <memory>

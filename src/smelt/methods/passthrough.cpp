@@ -1,4 +1,5 @@
-// passthrough: copies its single input, optionally scaled; used for layer stacking (spec §4.12).
+// passthrough: copies its single input, optionally scaled; used for layer stacking
+// (docs/methods.md).
 #include <memory>
 
 #include "smelt/error.h"

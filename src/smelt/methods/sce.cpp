@@ -1,4 +1,4 @@
-// sce (spec §4.7, FuseChat's Select–Calculate–Erase): task vectors restricted to the elements
+// sce (docs/methods.md, FuseChat's Select–Calculate–Erase): task vectors restricted to the elements
 // where the models disagree most, weighted by their mean square, merged after sign election.
 #include <algorithm>
 #include <atomic>

@@ -1,5 +1,5 @@
 // slerp: spherical interpolation between the base and one other model, over each whole tensor
-// flattened into one vector (spec §4.2).
+// flattened into one vector (docs/methods.md).
 #include <array>
 #include <cmath>
 #include <cstring>

@@ -1,4 +1,5 @@
-// The magnitude_outliers (breadcrumbs) and della_magprune (della) sparsifications (spec §5).
+// The magnitude_outliers (breadcrumbs) and della_magprune (della) sparsifications
+// (docs/methods.md).
 #include "smelt/methods/sparsify_ranked.h"
 
 #include <algorithm>

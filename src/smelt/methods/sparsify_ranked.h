@@ -1,5 +1,5 @@
-// The rank-based sparsifications of spec §5 used by breadcrumbs* (magnitude_outliers) and della*
-// (della_magprune), as Sparsification primitives for the GTA family (gta.h).
+// The rank-based sparsifications (docs/methods.md) used by breadcrumbs* (magnitude_outliers) and
+// della* (della_magprune), as Sparsification primitives for the GTA family (gta.h).
 //
 // Both rank elements in one total order, the one ties' top-k uses: a ranks above b when
 // |a| > |b|, or |a| = |b| and a has the lower element index (|x| compared as magnitude_bits, so

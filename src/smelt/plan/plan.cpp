@@ -282,7 +282,7 @@ class Planner {
     slice->base = static_cast<int>(slice->sources.size() - 1);
   }
 
-  // ---- output heads tied to the embeddings (users.md A.11, mergekit #385) ----
+  // ---- output heads tied to the embeddings (docs/architectures.md) ----
 
   bool is_head(const ArchitectureInfo& a, const std::string& name) const {
     for (const auto& [head, emb] : a.tied) {
@@ -711,7 +711,7 @@ class Planner {
   }
 
   // Inputs must share a shape, except embeddings, which are cropped to their common top-left block
-  // (mergekit's rectification, spec §6.1).
+  // (mergekit's rectification, docs/config.md).
   void reconcile_shapes(TensorJob* job, const SliceView& slice) {
     bool same = true;
     for (const auto& in : job->inputs) same = same && in.source.info->shape == job->shape;

@@ -1,6 +1,6 @@
 // Micro-benchmarks behind smelt's I/O and kernel choices: pread into a reused buffer vs mmap for
-// streaming a warm file (formats.md §3 measured pread faster on this VM class), and the dtype
-// conversion, top-k and della ranking kernels. Run: build/smelt_bench (figures in
+// streaming a warm file (docs/performance.md: pread measured faster on this VM class), and the
+// dtype conversion, top-k and della ranking kernels. Run: build/smelt_bench (figures in
 // docs/performance.md).
 #include <benchmark/benchmark.h>
 #include <fcntl.h>
@@ -18,7 +18,8 @@
 #include "smelt/kernels/convert.h"
 #include "smelt/kernels/random.h"
 #include "smelt/kernels/rank.h"
-#include "smelt/kernels/select.h"
+#include "smelt/kernels/elementwise.h"
+#include "smelt/kernels/topk.h"
 
 namespace {
 

@@ -6,7 +6,7 @@ values need not match smelt bit for bit (tests/reference/mergekit_ref.py is the 
     numpy_baseline.py CONFIG OUT_DIR [--seed N] [--select partition|sort] [--read mmap|pread]
                       [--out-shard-size 5B]
 
-What it copies from mergekit's execution model (spec/mergekit.md §3.3, §5, §8, §9.1):
+What it copies from mergekit's execution model (docs/performance.md, docs/config.md):
   * one tensor at a time, whole tensors in memory, single-threaded, in tensor-name order;
   * inputs read like safetensors' safe_open: the file is memory-mapped once per model and each
     tensor is copied out of the mapping (--read pread reads each tensor with one read() instead);
@@ -203,7 +203,7 @@ class ShardWriter:
 
 
 # --------------------------------------------------------------------------------------------
-# sparsification (spec/mergekit.md §5)
+# sparsification (docs/methods.md)
 
 SELECT = "partition"
 RNG = np.random.default_rng(0)
@@ -302,7 +302,7 @@ def della_magprune(delta, density, rescale, epsilon):
 
 
 # --------------------------------------------------------------------------------------------
-# methods (spec/mergekit.md §4)
+# methods (docs/methods.md)
 
 GTA = {  # method: (sparsification, consensus, default normalize, default rescale)
     "task_arithmetic": (None, False, False, False),

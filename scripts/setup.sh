@@ -6,7 +6,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libfmt-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
-  libeigen3-dev python3 python3-numpy python3-yaml time
+  python3 python3-numpy python3-yaml time
 )
 
 missing=()

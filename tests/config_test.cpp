@@ -316,7 +316,7 @@ TEST(Suggest, NothingPlausibleGivesEmpty) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The mergekit examples (spec §2.5)
+// The examples of mergekit's examples/ folder (keys as in docs/config.md)
 
 TEST(Config, LinearExampleParses) {
   MergeConfig c = parse_config(R"(models:

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -133,17 +134,47 @@ TEST(GgufExport, TensorNamesQwen2HasQkvBiasesOnly) {
 // ---- Q/K permutation ----------------------------------------------------------------------------
 
 TEST(GgufExport, PermuteHeadsQUsesHeadsKUsesKvHeads) {
-  const json c = llama_config(8, 2);
-  EXPECT_EQ(gguf_qk_permute_heads("llama", "model.layers.0.self_attn.q_proj.weight", c), 8);
-  EXPECT_EQ(gguf_qk_permute_heads("llama", "model.layers.0.self_attn.q_proj.bias", c), 8);
-  EXPECT_EQ(gguf_qk_permute_heads("llama", "model.layers.0.self_attn.k_proj.weight", c), 2);
-  EXPECT_EQ(gguf_qk_permute_heads("llama", "model.layers.0.self_attn.k_proj.bias", c), 2);
-  EXPECT_EQ(gguf_qk_permute_heads("llama", "model.layers.0.self_attn.v_proj.weight", c), 0);
-  EXPECT_EQ(gguf_qk_permute_heads("llama", "model.layers.0.self_attn.o_proj.weight", c), 0);
-  EXPECT_EQ(gguf_qk_permute_heads("qwen2", "model.layers.0.self_attn.q_proj.weight", c), 0);
+  const json c = llama_config(8, 2);  // hidden 64: head dim 8, so q has 64 rows and k 16
+  EXPECT_EQ(gguf_qk_permute_heads("llama", "model.layers.0.self_attn.q_proj.weight", 64, c), 8);
+  EXPECT_EQ(gguf_qk_permute_heads("llama", "model.layers.0.self_attn.q_proj.bias", 64, c), 8);
+  EXPECT_EQ(gguf_qk_permute_heads("llama", "model.layers.0.self_attn.k_proj.weight", 16, c), 2);
+  EXPECT_EQ(gguf_qk_permute_heads("llama", "model.layers.0.self_attn.k_proj.bias", 16, c), 2);
+  EXPECT_EQ(gguf_qk_permute_heads("llama", "model.layers.0.self_attn.v_proj.weight", 16, c), 0);
+  EXPECT_EQ(gguf_qk_permute_heads("llama", "model.layers.0.self_attn.o_proj.weight", 64, c), 0);
+  EXPECT_EQ(gguf_qk_permute_heads("qwen2", "model.layers.0.self_attn.q_proj.weight", 64, c), 0);
   json no_kv = c;
   no_kv.erase("num_key_value_heads");
-  EXPECT_EQ(gguf_qk_permute_heads("llama", "model.layers.0.self_attn.k_proj.weight", no_kv), 8);
+  EXPECT_EQ(gguf_qk_permute_heads("llama", "model.layers.0.self_attn.k_proj.weight", 64, no_kv), 8);
+}
+
+TEST(GgufExport, PermuteHeadsRefusesHeadCountsThatDoNotMatchTheTensor) {
+  const json c = llama_config(8, 2);  // head dim 8
+  // k_proj of 4 kv heads (32 rows) with a config saying 2: names the tensor and the key.
+  const std::string k = "model.layers.1.self_attn.k_proj.weight";
+  std::string e = error_of([&] { gguf_qk_permute_heads("llama", k, 32, c); });
+  EXPECT_NE(e.find(k), std::string::npos) << e;
+  EXPECT_NE(e.find("num_key_value_heads"), std::string::npos) << e;
+  // Without num_key_value_heads, k uses (and the message names) num_attention_heads.
+  json no_kv = c;
+  no_kv.erase("num_key_value_heads");
+  e = error_of([&] { gguf_qk_permute_heads("llama", k, 32, no_kv); });
+  EXPECT_NE(e.find("'num_attention_heads'"), std::string::npos) << e;
+  // q rows that are no multiple of the head dim, and an explicit head_dim that disagrees.
+  const std::string q = "model.layers.0.self_attn.q_proj.bias";
+  e = error_of([&] { gguf_qk_permute_heads("llama", q, 60, c); });
+  EXPECT_NE(e.find(q), std::string::npos) << e;
+  EXPECT_NE(e.find("num_attention_heads"), std::string::npos) << e;
+  json hd = c;
+  hd["head_dim"] = 4;
+  EXPECT_NE(error_of([&] { gguf_qk_permute_heads("llama", q, 64, hd); }).find("head_dim"),
+            std::string::npos);
+  // An odd head dimension has no RoPE pairs.
+  hd["head_dim"] = 7;
+  e = error_of([&] { gguf_qk_permute_heads("llama", q, 56, hd); });
+  EXPECT_NE(e.find("odd"), std::string::npos) << e;
+  EXPECT_NE(e.find(q), std::string::npos) << e;
+  // qwen2 permutes nothing, so nothing is checked.
+  EXPECT_EQ(gguf_qk_permute_heads("qwen2", q, 60, c), 0);
 }
 
 TEST(GgufExport, PermuteRowsMatchesConverterReshape) {
@@ -162,11 +193,37 @@ TEST(GgufExport, PermuteRowsMatchesConverterReshape) {
         for (int c = 0; c < cols; ++c)
           expected[((h * (hd / 2) + i) * 2 + j) * cols + c] =
               w[((h * 2 + j) * (hd / 2) + i) * cols + c];
-  gguf_qk_permute_rows(w.data(), out.data(), rows, cols * sizeof(float), n_head);
+  for (int r = 0; r < rows; ++r) {
+    const uint64_t src = gguf_qk_source_row(r, rows, n_head);
+    std::copy_n(w.begin() + src * cols, cols, out.begin() + r * cols);
+  }
   EXPECT_EQ(out, expected);
 
   EXPECT_NE(error_of([] { gguf_qk_source_row(0, 10, 4); }), "");  // 10 rows: not 4 even heads
   EXPECT_NE(error_of([] { gguf_qk_source_row(8, 8, 2); }), "");
+}
+
+// A config.json whose head count does not match the tensors is refused by the plan, before any
+// data is read, instead of writing rows permuted across the wrong heads.
+TEST(GgufExport, MergeWithWrongKvHeadCountFailsInThePlanNamingTensorAndKey) {
+  TempDir dir;
+  const fs::path m = dir / "m";
+  ASSERT_EQ(run_smelt("dev make-model " + quote(m) +
+                      " --hidden 64 --heads 4 --kv-heads 2 --layers 2 --vocab 320")
+                .exit_code,
+            0);
+  json config = read_json_file(m / "config.json");
+  config["num_key_value_heads"] = 4;  // the tensors have 2 kv heads of 16 rows
+  write_bytes(m / "config.json", config.dump());
+  write_bytes(dir / "c.yml", "models:\n  - model: " + m.string() + "\nmerge_method: passthrough\n");
+  auto r = run_smelt("merge -q " + quote(dir / "c.yml") + " " + quote(dir / "out.gguf"));
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("model.layers.0.self_attn.k_proj.weight"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("num_key_value_heads"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "out.gguf"));
+  auto plan = run_smelt("plan " + quote(dir / "c.yml") + " --format gguf");
+  EXPECT_NE(plan.exit_code, 0) << plan.output;
 }
 
 TEST(GgufExport, DefaultTypesFollowConverter) {
@@ -380,6 +437,26 @@ TEST(GgufExport, CorruptTokenizerJsonNamesFile) {
   EXPECT_NE(error_with(bad.dump()).find("added_tokens"), std::string::npos);
 }
 
+TEST(GgufExport, ByteLevelBpeWithNoMergesIsAcceptedAndWritesAnEmptyMergesList) {
+  // Every token a byte or an added token: no merges at all is a valid byte-level BPE.
+  TempDir dir;
+  const fs::path m = dir / "m";
+  ASSERT_EQ(run_smelt("dev make-model " + quote(m)).exit_code, 0);
+  const json config = read_json_file(m / "config.json");
+  json tj = read_json_file(m / "tokenizer.json");
+  ASSERT_FALSE(tj["model"]["merges"].empty());
+  tj["model"]["merges"] = json::array();
+  write_bytes(m / "tokenizer.json", tj.dump());
+  std::vector<GgufKv> kvs;
+  ASSERT_EQ(error_of([&] { kvs = gguf_export_kvs(m, config, "x", -1); }), "");
+  EXPECT_EQ(kv(kvs, "tokenizer.ggml.model")->as_string(), "gpt2");
+  // llama.cpp needs the key for a "gpt2" vocabulary, so it is written, empty.
+  const GgufValue* merges = kv(kvs, "tokenizer.ggml.merges");
+  ASSERT_NE(merges, nullptr);
+  EXPECT_EQ(merges->elem_type(), GgufType::kString);
+  EXPECT_EQ(merges->size(), 0u);
+}
+
 // ---- SentencePiece tokenizer.model --------------------------------------------------------------
 
 void put_varint(std::string& out, uint64_t v) {
@@ -578,9 +655,12 @@ void write_gguf(const TinyLlama& m, const fs::path& dir, const fs::path& out) {
     if (!gguf_name) continue;
     const auto& shape = m.shape.at(name);
     std::vector<float> v = values;
-    if (int64_t heads = gguf_qk_permute_heads(arch, name, m.config)) {
+    if (int64_t heads = gguf_qk_permute_heads(arch, name, shape[0], m.config)) {
       const uint64_t row = shape.size() == 2 ? shape[1] : 1;
-      gguf_qk_permute_rows(values.data(), v.data(), shape[0], row * sizeof(float), heads);
+      for (uint64_t r = 0; r < shape[0]; ++r) {
+        std::copy_n(values.begin() + gguf_qk_source_row(r, shape[0], heads) * row, row,
+                    v.begin() + r * row);
+      }
     }
     specs.push_back({*gguf_name, kernels::GgmlType::kF32, shape});
     data.push_back(std::move(v));

@@ -214,6 +214,24 @@ TEST_F(GgufMerge, InspectAndPlanWorkOnGgufInputs) {
   EXPECT_HAS(plan.output, "q4_K");
 }
 
+// A GGUF file with output.weight has a head of its own; a tied one has none (llama.cpp reuses
+// token_embd.weight).
+TEST_F(GgufMerge, InspectArchTellsTiedFromOutputWeight) {
+  auto untied = run_smelt("inspect --arch " + quote(*dir_ / "a.gguf"));
+  ASSERT_EQ(untied.exit_code, 0) << untied.output;
+  EXPECT_HAS(untied.output, "output head tied to the embeddings: no");
+  EXPECT_HAS(untied.output, "table entry:  gguf");
+
+  TempDir work;
+  std::vector<Spec> specs = tiny_llama(GgmlType::kQ8_0);
+  ASSERT_EQ(specs.back().name, "output.weight");
+  specs.pop_back();
+  write_gguf(work / "tied.gguf", specs, 7);
+  auto tied = run_smelt("inspect --arch " + quote(work / "tied.gguf"));
+  ASSERT_EQ(tied.exit_code, 0) << tied.output;
+  EXPECT_HAS(tied.output, "output head tied to the embeddings: yes");
+}
+
 TEST_F(GgufMerge, CorruptGgufNamesTheFile) {
   TempDir work;
   std::string bytes = testing::read_bytes(*dir_ / "a.gguf");

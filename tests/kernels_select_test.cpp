@@ -1,6 +1,6 @@
-// The merge methods' elementwise kernels and reductions (kernels/select.h) against plain scalar
-// versions written here: exact equality where the kernel promises a fixed operation order,
-// closeness to a long double sum for the reductions.
+// The merge methods' elementwise kernels and reductions (kernels/elementwise.h) and top-k
+// selection (kernels/topk.h) against plain scalar versions written here: exact equality where
+// the kernel promises a fixed operation order, closeness to a long double sum for the reductions.
 #include <gtest/gtest.h>
 
 #include <array>
@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "smelt/kernels/random.h"
-#include "smelt/kernels/select.h"
+#include "smelt/kernels/elementwise.h"
 
 namespace smelt {
 namespace {

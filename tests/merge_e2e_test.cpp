@@ -2,7 +2,8 @@
 // numpy re-implementation of mergekit's semantics (tests/reference/mergekit_ref.py).
 //
 // The configs follow mergekit's examples (linear.yml, ties.yml, bio-merge.yml,
-// gradient-slerp.yml; spec §2.5) with the model names replaced by tiny generated models.
+// gradient-slerp.yml in mergekit's examples/) with the model names replaced by tiny generated
+// models.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -294,7 +295,7 @@ dtype: float16
                   7);
 }
 
-// Passthrough with a scale filter list (spec §2.5 example 8), plus a per-layer gradient.
+// Passthrough with a scale filter list (as in mergekit's examples), plus a per-layer gradient.
 TEST_F(MergeE2E, PassthroughScaleFilterMatchesReference) {
   merge_and_check("passthrough-scale", R"(models:
   - model: @/ft1

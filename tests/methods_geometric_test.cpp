@@ -1,8 +1,9 @@
 // Tests of the geometric merge methods (nuslerp, multislerp, karcher, model_stock, nearswap,
 // arcee_fusion). Each runs exactly as the executor runs it (method_driver.h: validate, begin,
 // statistics passes and merge over shuffled chunks, possibly on several threads) and is compared
-// with an independent whole-tensor double-precision reference written from the spec's text
-// (shared/spec/mergekit.md §4.3–4.5, §4.9–4.11), never from smelt's coefficient tricks.
+// with an independent whole-tensor double-precision reference written from the formulas of
+// docs/methods.md (nuslerp, multislerp, karcher, model_stock, nearswap, arcee_fusion), never from
+// smelt's coefficient tricks.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -160,7 +161,7 @@ TEST(GeometricRegistry, MethodsHaveMergekitCardNamesBaseUseAndParameterDefaults)
 }
 
 TEST(GeometricRegistry, ListsTheMethodsInMergekitRegistryOrder) {
-  // mergekit's order (spec §4), restricted to the methods smelt has registered.
+  // mergekit's order (docs/methods.md), restricted to the methods smelt has registered.
   const std::vector<std::string> mergekit = {"linear",
                                              "slerp",
                                              "nuslerp",
@@ -196,9 +197,9 @@ TEST(GeometricRegistry, ListsTheMethodsInMergekitRegistryOrder) {
 // ---------------------------------------------------------------------------------------------
 // nuslerp
 
-// The groups of element indices that nuslerp interpolates as vectors, from the spec's wording:
-// flatten → one vector; else the tensor is transposed (dims 0 and −1) when row_wise and each
-// slice along the last dimension is a vector.
+// The groups of element indices that nuslerp interpolates as vectors, from docs/methods.md's
+// wording: flatten → one vector; else the tensor is transposed (dims 0 and −1) when row_wise and
+// each slice along the last dimension is a vector.
 std::vector<std::vector<size_t>> nuslerp_vectors(const std::vector<uint64_t>& shape, bool row_wise,
                                                  bool flatten) {
   size_t numel = 1;
@@ -439,8 +440,8 @@ TEST(NuSlerp, ValidateRejectsWrongInputCountsAndMissingWeightsNamingTensor) {
 // ---------------------------------------------------------------------------------------------
 // multislerp
 
-// mergekit's algorithm on whole vectors in double (spec §4.4); throws std::runtime_error where
-// mergekit raises.
+// mergekit's algorithm on whole vectors in double (docs/methods.md); throws std::runtime_error
+// where mergekit raises.
 Reference multislerp_reference(const Inputs& in, Vec w, bool normalize, double eps = 1e-8) {
   const size_t n = in.tensors[0].size();
   Vec b(n, 0.0);
@@ -630,7 +631,7 @@ struct KarcherResult {
   int iterations = 0;      // iterations that moved the mean
 };
 
-// mergekit's algorithm on whole vectors in double (spec §4.5).
+// mergekit's algorithm on whole vectors in double (docs/methods.md).
 KarcherResult karcher_reference(const std::vector<Tensor>& x, int max_iter, double tol) {
   const size_t k = x.size(), n = x[0].size();
   const double alpha = 1.0 / static_cast<double>(k);
@@ -853,7 +854,7 @@ TEST(Karcher, OutputIsBitIdenticalForAnyThreadCountAndChunkOrder) {
 // ---------------------------------------------------------------------------------------------
 // model_stock
 
-// mergekit's algorithm in double (spec §4.9): rows along the last dim when filter_wise (a 1-D
+// mergekit's algorithm in double (docs/methods.md): rows along the last dim when filter_wise (a 1-D
 // tensor is one row), else the whole tensor.
 Reference model_stock_reference(const Inputs& in, bool filter_wise) {
   const size_t n = in.tensors[0].size();

@@ -131,7 +131,8 @@ std::vector<bool> top_k_mask(const std::vector<float>& v, uint64_t k) {
   return keep;
 }
 
-// breadcrumbs (spec §5, without the n_top = 0 quirk): sort ascending, keep [n_bot, N − n_top).
+// breadcrumbs (docs/methods.md, without the n_top = 0 quirk): sort ascending, keep [n_bot, N −
+// n_top).
 std::vector<bool> breadcrumbs_mask(const std::vector<float>& delta, double density, double gamma) {
   const auto n = static_cast<long long>(delta.size());
   const auto keep = static_cast<long long>(std::floor(density * n));
@@ -148,8 +149,8 @@ std::vector<bool> breadcrumbs_mask(const std::vector<float>& delta, double densi
   return mask;
 }
 
-// della (spec §5): rank within each group along dim 1, p from the rank, Bernoulli(p) with smelt's
-// generator (its key and f32 formula for p, so that masks can be compared exactly).
+// della (docs/methods.md): rank within each group along dim 1, p from the rank, Bernoulli(p) with
+// smelt's generator (its key and f32 formula for p, so that masks can be compared exactly).
 std::vector<bool> della_mask(const std::vector<float>& delta, std::vector<uint64_t> shape,
                              double density, double epsilon, uint64_t key) {
   if (shape.size() < 2) shape = {1, delta.size()};
@@ -193,7 +194,7 @@ struct GtaSetup {
   double lambda = 1.0;
 };
 
-// The GTA merge (spec §4.6) of masked task vectors, in double.
+// The GTA merge (docs/methods.md) of masked task vectors, in double.
 Reference gta_reference(const Inputs& in, const std::vector<TaskRef>& tasks, const GtaSetup& s) {
   const Tensor& b = in.tensors[in.base];
   const size_t n = b.size();
@@ -253,7 +254,7 @@ Reference gta_reference(const Inputs& in, const std::vector<TaskRef>& tasks, con
   return ref;
 }
 
-// sce (spec §4.7) in double, the selection by a sort of the variances.
+// sce (docs/methods.md) in double, the selection by a sort of the variances.
 Reference sce_reference(const Inputs& in, double select_topk) {
   const Tensor& b = in.tensors[in.base];
   const size_t n = b.size();
@@ -314,7 +315,7 @@ Reference sce_reference(const Inputs& in, double select_topk) {
   return ref;
 }
 
-// ram / ramplus_tl (spec §4.8) in double; r = 0 gives ram.
+// ram / ramplus_tl (docs/methods.md) in double; r = 0 gives ram.
 Reference ram_reference(const Inputs& in, double epsilon, double r, double alpha) {
   const Tensor& b = in.tensors[in.base];
   const size_t n = b.size();

@@ -16,7 +16,8 @@
 #include "method_driver.h"
 #include "smelt/error.h"
 #include "smelt/kernels/random.h"
-#include "smelt/kernels/select.h"
+#include "smelt/kernels/elementwise.h"
+#include "smelt/kernels/topk.h"
 #include "smelt/methods/gta.h"
 #include "smelt/methods/method.h"
 
@@ -302,7 +303,7 @@ TEST(Registry, ListsNamesInMergekitOrderAndRejectsUnknown) {
   EXPECT_EQ(find_method("linear"), find_method("linear"));  // one instance per method
 }
 
-TEST(Registry, GtaFamilyDefaultsFollowTheSpecTable) {
+TEST(Registry, GtaFamilyDefaultsFollowTheMethodsTable) {
   // name → {normalize, rescale}
   const std::map<std::string, std::pair<double, double>> table = {{"task_arithmetic", {0, 0}},
                                                                   {"ties", {1, 0}},

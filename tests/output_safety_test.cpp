@@ -17,6 +17,7 @@
 #include "smelt/error.h"
 #include "smelt/io/model_ref.h"
 #include "smelt/io/output_claim.h"
+#include "smelt/io/safetensors.h"
 #include "smelt/io/write_ledger.h"
 #include "test_util.h"
 

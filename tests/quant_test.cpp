@@ -553,8 +553,9 @@ TEST(QuantQuantize, PlainTypesConvertWithRoundToNearestEven) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Golden outputs: FNV-1a hashes of what ggml's reference functions (ggml d99724f, ggml-base built
-// for x86-64 by its CMake) produce for the same deterministic inputs.
+// Golden outputs: FNV-1a hashes of what ggml's reference functions (ggml-org/ggml commit d99724f,
+// ggml-base built for plain x86-64 by its CMake) produce for the same deterministic inputs.
+// tests/reference/quant_golden.sh builds that ggml and prints these constants.
 
 uint64_t lcg_state;
 uint32_t lcg() {

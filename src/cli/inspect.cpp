@@ -9,6 +9,7 @@
 #include "cli/common.h"
 #include "smelt/io/model_ref.h"
 #include "smelt/plan/architecture.h"
+#include "smelt/plan/model_config.h"
 
 namespace smelt::cli {
 namespace {
@@ -21,11 +22,8 @@ struct InspectOptions {
 
 // `--arch`: what smelt inferred about the model's structure (names + data table).
 void print_architecture(const io::Model& model) {
-  std::string config_text;
-  if (!model.resolved().config_json.empty()) {
-    std::ifstream in(model.resolved().config_json);
-    config_text.assign(std::istreambuf_iterator<char>(in), {});
-  }
+  // The planner's view of the model (for GGUF, the tied head is read from output.weight).
+  const std::string config_text = plan::model_config_text(model);
   std::vector<std::string> names;
   for (const auto& t : model.tensors()) names.push_back(t.info->name);
   const plan::ArchitectureInfo a = plan::infer_architecture(names, config_text);

@@ -4,8 +4,9 @@ config with numpy (float64) and compares it with what smelt wrote.
 
     mergekit_ref.py CONFIG OUT_DIR [--seed N]
 
-Implements mergekit's semantics (spec /work/shared/spec/mergekit.md sections 2.2, 2.3, 3.1,
-3.2, 4.1, 4.2, 4.6, 4.12, 5) with smelt's documented decisions:
+Implements mergekit's semantics as docs/config.md (parameter values, precedence, slices) and
+docs/methods.md (linear, slerp, the task arithmetic family, passthrough, sparsification) describe
+them, with smelt's documented decisions:
   * everything is computed in float64 from the stored input values and rounded once to the
     output dtype (out_dtype, else dtype, else the base's (else first input's) stored dtype);
   * magnitude top-k keeps exactly floor(density*N) elements, ties broken by lowest index;
@@ -166,7 +167,7 @@ def random_uniform(key, count):
 
 
 # ------------------------------------------------------------------------------------------
-# Parameters (spec 2.2, 2.3)
+# Parameters (docs/config.md)
 
 
 def evaluate(setting, t, name):
@@ -200,7 +201,7 @@ def lookup(pname, t, levels):
 
 
 # ------------------------------------------------------------------------------------------
-# Planning: config -> output tensor jobs (spec 3.1, 3.2)
+# Planning: config -> output tensor jobs (docs/config.md)
 
 
 class Source:
@@ -310,7 +311,7 @@ def plan_slices(cfg, models):
 
 
 # ------------------------------------------------------------------------------------------
-# Merge methods (spec 4.1, 4.2, 4.6, 4.12, 5)
+# Merge methods (docs/methods.md)
 
 GTA = {  # name: (sparsification, sign consensus, default normalize, default rescale)
     "task_arithmetic": (None, False, False, False),

@@ -1,6 +1,6 @@
 // Growable scratch buffers for the executor's workers: anonymous memory advised for transparent
 // huge pages and reused for every chunk, so page faults are paid once per run (first-touch faults
-// are very expensive on the target VMs: formats.md §3).
+// are very expensive on the target VMs: docs/performance.md).
 #pragma once
 
 #include <cstddef>

@@ -8,6 +8,7 @@
 #include "smelt/exec/buffer.h"
 #include "smelt/exec/thread_pool.h"
 #include "smelt/io/file_util.h"
+#include "smelt/io/gguf_export.h"
 #include "smelt/test_hooks.h"
 #include "smelt/kernels/convert.h"
 #include "smelt/kernels/quant.h"
@@ -83,14 +84,6 @@ void read_elements(const io::ModelTensor& src, const std::vector<uint64_t>& shap
   }
 }
 
-// llama.cpp's Q/K row order (convert_hf_to_gguf's permute): output row h*hd + 2i + j holds input
-// row h*hd + j*(hd/2) + i.
-uint64_t permuted_row(uint64_t row, uint64_t rows, int64_t heads) {
-  const uint64_t hd = rows / static_cast<uint64_t>(heads);
-  const uint64_t h = row / hd, rem = row % hd;
-  return h * hd + (rem % 2) * (hd / 2) + rem / 2;
-}
-
 // Bytes of input `in`'s stored form for elements [0, n) of the job's output layout (whole
 // blocks for GGUF-quantized inputs; chunk offsets and sizes are block multiples).
 uint64_t raw_bytes(const plan::JobInput& in, uint64_t n) {
@@ -131,7 +124,7 @@ void read_raw(const plan::JobInput& in, const std::vector<uint64_t>& shape, uint
     while (done < n) {
       const uint64_t e = offset + done, row = e / cols, col = e % cols;
       const uint64_t take = std::min<uint64_t>(cols - col, n - done);
-      const uint64_t src_row = permuted_row(row, rows, in.permute_heads);
+      const uint64_t src_row = io::gguf_qk_source_row(row, rows, in.permute_heads);
       in.source.file->read(t, (src_row * cols + col) * es, dst + done * es, take * es);
       done += take;
     }

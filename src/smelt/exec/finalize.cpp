@@ -128,7 +128,7 @@ std::string model_card(const plan::Plan& plan, const std::string& out_name,
       "# {}\n\nThis is a merge of pre-trained language models created with smelt, "
       "a mergekit-compatible model merger.\n\n## Merge Details\n### Merge Method\n\n",
       out_name);
-  const bool show_base = plan.base_model >= 0 && method.name() != "slerp";
+  const bool show_base = plan.base_model >= 0 && method.card_names_base();
   card += fmt::format("This model was merged using the [{}]({}) merge method{}.\n\n",
                       method.pretty_name(), method.reference_url(),
                       show_base ? " using " + link(plan.models[plan.base_model].ref) + " as a base"

@@ -1,5 +1,5 @@
 // The non-weight files of a merged model folder: config.json, tokenizer files, the README.md
-// model card and mergekit_config.yml (mergekit spec §7.5, §9).
+// model card and mergekit_config.yml (docs/config.md).
 #pragma once
 
 #include <filesystem>

@@ -15,8 +15,9 @@
 #include <vector>
 
 #include "smelt/io/file_util.h"
-#include "smelt/io/safetensors.h"
-#include "smelt/kernels/quant.h"
+#include "smelt/io/write_ledger.h"
+#include "smelt/io/tensor_file.h"
+#include "smelt/kernels/ggml_type.h"
 
 namespace smelt::io {
 

@@ -10,6 +10,7 @@
 
 #include "smelt/error.h"
 #include "smelt/io/gguf.h"
+#include "smelt/io/safetensors.h"
 
 namespace smelt::io {
 namespace fs = std::filesystem;

@@ -6,9 +6,10 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
-#include "smelt/io/safetensors.h"
+#include "smelt/io/tensor_file.h"
 
 namespace smelt::io {
 

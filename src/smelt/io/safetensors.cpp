@@ -93,18 +93,6 @@ uint64_t json_uint(const json& v, const std::string& label, const std::string& t
 
 }  // namespace
 
-uint64_t TensorInfo::numel() const {
-  uint64_t n = 1;
-  for (uint64_t d : shape) n *= d;
-  return n;
-}
-
-bool TensorInfo::quantized() const {
-  // ggml ids of F32, F16, the integer types, F64 and BF16 are plain element types.
-  return ggml_type >= 0 && ggml_type != 0 && ggml_type != 1 &&
-         !(ggml_type >= 24 && ggml_type <= 28) && ggml_type != 30;
-}
-
 SafetensorsHeader parse_safetensors_header(std::string_view header_json, uint64_t file_size,
                                            const std::string& label) {
   if (const size_t bad = find_invalid_utf8(header_json); bad != std::string_view::npos) {
@@ -294,15 +282,6 @@ void SafetensorsFile::read(const TensorInfo& t, uint64_t offset, void* dst, uint
          size, offset, t.nbytes);
   }
   pread_exact(fd_, dst, size, t.offset + offset, path_, t.name);
-}
-
-void pread_exact(int fd, void* dst, uint64_t size, uint64_t pos, const std::filesystem::path& path,
-                 std::string_view tensor) {
-  const int64_t r = pread_full(fd, dst, size, pos);
-  if (r != static_cast<int64_t>(size)) {
-    fail("{}: tensor '{}': read failed: {} (was the file changed while merging?)", path.string(),
-         tensor, r < 0 ? errno_text() : "unexpected end of file");
-  }
 }
 
 uint64_t TensorSpec::numel() const {

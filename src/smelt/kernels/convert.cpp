@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "smelt/error.h"
+#include "smelt/kernels/cpu_features.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_* values
@@ -377,12 +378,9 @@ bool cpu_supports(ConvertIsa isa) {
       return true;
 #if SMELT_CONVERT_X86
     case ConvertIsa::kAvx2:
-      __builtin_cpu_init();
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+      return cpu_has_avx2() && cpu_has_f16c();
     case ConvertIsa::kAvx512:  // its set reuses the AVX2 widening kernels
-      __builtin_cpu_init();
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
-             __builtin_cpu_supports("f16c");
+      return cpu_has_avx512f() && cpu_has_avx2() && cpu_has_f16c();
 #endif
     default:
       return false;

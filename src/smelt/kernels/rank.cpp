@@ -4,8 +4,10 @@
 #include <bit>
 #include <vector>
 
+#include "smelt/kernels/cpu_features.h"
 #include "smelt/kernels/random.h"
-#include "smelt/kernels/select.h"
+#include "smelt/kernels/elementwise.h"
+#include "smelt/kernels/topk.h"
 
 namespace smelt::kernels {
 namespace {
@@ -199,7 +201,7 @@ namespace {
 }
 
 #if defined(__x86_64__)
-// As keep_random (select.cpp): the generator vectorizes well only with AVX-512DQ's vpmullq. The
+// As keep_random (elementwise.cpp): the generator vectorizes well only with AVX-512DQ's vpmullq. The
 // uint32 → f32 conversion, the division and the comparison are exact IEEE operations in both.
 [[gnu::target("avx512f,avx512dq"), gnu::optimize("O3", "fp-contract=off")]] void
 keep_random_ranked_avx512(uint64_t key, uint64_t first_counter, const uint32_t* ranks, float low,
@@ -219,8 +221,7 @@ keep_random_ranked_avx512(uint64_t key, uint64_t first_counter, const uint32_t* 
 void keep_random_ranked(uint64_t key, uint64_t first_counter, const uint32_t* ranks, float low,
                         float epsilon, float denom, float* x, size_t n, size_t stride) {
 #if defined(__x86_64__)
-  static const bool has_avx512dq = __builtin_cpu_supports("avx512dq");
-  if (has_avx512dq) {
+  if (cpu_has_avx512dq()) {
     return keep_random_ranked_avx512(key, first_counter, ranks, low, epsilon, denom, x, n, stride);
   }
 #endif

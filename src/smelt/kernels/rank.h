@@ -10,7 +10,7 @@ namespace smelt::kernels {
 // The largest group rank_by_magnitude accepts (ranks and counts are 32-bit).
 inline constexpr uint64_t kMaxRankedGroup = UINT32_MAX;
 
-// Ranks the n elements x[b * stride] (b < n) in ascending order of magnitude_bits (select.h: −0 =
+// Ranks the n elements x[b * stride] (b < n) in ascending order of magnitude_bits (topk.h: −0 =
 // +0, every NaN above +inf); among equal magnitudes the higher index comes first. Writes
 // ranks[b] = the position of element b in that order (0 for the lowest), so for 0 < n ≤
 // kMaxRankedGroup the ranks are a permutation of [0, n). It is the order of std::sort on the

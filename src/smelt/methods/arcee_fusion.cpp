@@ -1,6 +1,6 @@
 // arcee_fusion: keeps the other model's changes to the base only where their importance (|p − q|
 // times the row's KL divergence between softmax(p) and softmax(q)) is an outlier: at least
-// median + 1.5·IQR of the importance (spec §4.11).
+// median + 1.5·IQR of the importance (docs/methods.md).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -9,7 +9,7 @@
 
 #include "smelt/error.h"
 #include "smelt/kernels/random.h"
-#include "smelt/kernels/select.h"
+#include "smelt/kernels/elementwise.h"
 #include "smelt/methods/factories.h"
 
 namespace smelt::methods {

@@ -1,4 +1,4 @@
-// breadcrumbs (spec §4.6): task vectors trimmed of their smallest and largest entries, then
+// breadcrumbs (docs/methods.md): task vectors trimmed of their smallest and largest entries, then
 // summed.
 #include "smelt/methods/factories.h"
 #include "smelt/methods/gta.h"

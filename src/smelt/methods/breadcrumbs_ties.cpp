@@ -1,4 +1,4 @@
-// breadcrumbs_ties (spec §4.6): task vectors trimmed of their smallest and largest entries,
+// breadcrumbs_ties (docs/methods.md): task vectors trimmed of their smallest and largest entries,
 // then sign election.
 #include "smelt/methods/factories.h"
 #include "smelt/methods/gta.h"

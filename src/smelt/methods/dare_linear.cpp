@@ -1,4 +1,4 @@
-// dare_linear (spec §4.6): task vectors randomly dropped and L1-rescaled, then summed.
+// dare_linear (docs/methods.md): task vectors randomly dropped and L1-rescaled, then summed.
 #include "smelt/methods/factories.h"
 #include "smelt/methods/gta.h"
 

@@ -1,4 +1,4 @@
-// dare_ties (spec §4.6): task vectors randomly dropped and L1-rescaled, then sign election.
+// dare_ties (docs/methods.md): task vectors randomly dropped and L1-rescaled, then sign election.
 #include "smelt/methods/factories.h"
 #include "smelt/methods/gta.h"
 

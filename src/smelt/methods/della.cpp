@@ -1,5 +1,5 @@
-// della (spec §4.6): task vectors kept with a probability that grows with their magnitude rank,
-// L1-rescaled, then sign election.
+// della (docs/methods.md): task vectors kept with a probability that grows with their magnitude
+// rank, L1-rescaled, then sign election.
 #include "smelt/methods/factories.h"
 #include "smelt/methods/gta.h"
 #include "smelt/methods/sparsify_ranked.h"

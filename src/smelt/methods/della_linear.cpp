@@ -1,5 +1,5 @@
-// della_linear (spec §4.6): task vectors kept with a probability that grows with their magnitude
-// rank, L1-rescaled, then summed.
+// della_linear (docs/methods.md): task vectors kept with a probability that grows with their
+// magnitude rank, L1-rescaled, then summed.
 #include "smelt/methods/factories.h"
 #include "smelt/methods/gta.h"
 #include "smelt/methods/sparsify_ranked.h"

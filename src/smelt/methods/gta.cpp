@@ -1,5 +1,5 @@
 // The generalized task arithmetic merge shared by task_arithmetic, ties, dare_ties and
-// dare_linear, and the magnitude and random sparsifications (spec §4.6, §5).
+// dare_linear, and the magnitude and random sparsifications (docs/methods.md).
 #include "smelt/methods/gta.h"
 
 #include <array>
@@ -10,7 +10,8 @@
 
 #include "smelt/error.h"
 #include "smelt/kernels/random.h"
-#include "smelt/kernels/select.h"
+#include "smelt/kernels/elementwise.h"
+#include "smelt/kernels/topk.h"
 #include "smelt/methods/factories.h"
 #include "smelt/methods/mask_pool.h"
 

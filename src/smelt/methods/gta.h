@@ -1,4 +1,4 @@
-// The generalized task arithmetic family (spec §4.6): task_arithmetic, ties, dare_ties,
+// The generalized task arithmetic family (docs/methods.md): task_arithmetic, ties, dare_ties,
 // dare_linear (and later breadcrumbs*, della*) as one merge over task vectors, configured by a
 // pluggable sparsification, a sign-consensus rule and default normalize/rescale.
 #pragma once
@@ -15,8 +15,8 @@
 
 namespace smelt::methods {
 
-// Sparsifies one task vector δ = x − b of one tensor (spec §5). The GTA merger drives it like a
-// TensorMerger: statistics passes while wants_pass(), then apply() on every chunk.
+// Sparsifies one task vector δ = x − b of one tensor (docs/methods.md). The GTA merger drives it
+// like a TensorMerger: statistics passes while wants_pass(), then apply() on every chunk.
 class Sparsifier {
  public:
   virtual ~Sparsifier() = default;
@@ -50,7 +50,7 @@ class Sparsifier {
                                               const float** sparse = nullptr) const;
 };
 
-// A sparsification primitive of spec §5. Each is a stateless singleton; a new one (e.g.
+// A sparsification primitive (docs/methods.md). Each is a stateless singleton; a new one (e.g.
 // breadcrumbs' magnitude_outliers) subclasses this and is named in its methods' GtaVariant.
 class Sparsification {
  public:
@@ -81,13 +81,14 @@ const Sparsification& magnitude_sparsification();
 // density, so the mask depends only on the seed, the tensor name and the input index.
 const Sparsification& random_sparsification();
 
-// How the family combines weighted task vectors D_i = w_i · δ_i (spec §4.6 step 4).
+// How the family combines weighted task vectors D_i = w_i · δ_i (docs/methods.md, task arithmetic
+// family).
 enum class Consensus {
   kNone,  // mixed = Σ D_i, divisor = Σ w_i
   kSum,   // per element, keep the D_i whose sign matches sign(Σ D_i); divisor = Σ kept w_i
 };
 
-// One row of the spec §4.6 table, plus the names the model card uses.
+// One row of the task arithmetic table in docs/methods.md, plus the names the model card uses.
 struct GtaVariant {
   std::string_view name;
   std::string_view pretty_name;
@@ -95,7 +96,7 @@ struct GtaVariant {
   const Sparsification* sparsification = nullptr;  // nullptr: task vectors are kept whole
   Consensus consensus = Consensus::kNone;
   bool default_normalize = false;
-  bool default_rescale = false;  // L1-norm matching after sparsifying (spec §5)
+  bool default_rescale = false;  // L1-norm matching after sparsifying (docs/methods.md)
 };
 
 // A method of the family: out = b + λ · normalize(consensus(w_i · sparsify(x_i − b))), in f32.

@@ -1,5 +1,5 @@
 // karcher: the Riemannian (Karcher) mean of every input on the unit hypersphere, scaled by the
-// inputs' mean norm; each tensor is one flattened vector (spec §4.5).
+// inputs' mean norm; each tensor is one flattened vector (docs/methods.md).
 //
 // The mean direction u starts as a combination of the unit inputs u_i = x_i/r_i and every update
 // (u ← cos‖T‖·u + sin‖T‖·T/‖T‖, with T = Σ β_i (u_i − cos θ_i·u)) is again one, so u is tracked as
@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "smelt/error.h"
-#include "smelt/kernels/select.h"
+#include "smelt/kernels/elementwise.h"
 #include "smelt/methods/factories.h"
 
 namespace smelt::methods {

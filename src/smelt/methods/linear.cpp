@@ -1,11 +1,11 @@
-// linear (Model Soups): the weighted average, or weighted sum, of every input (spec §4.1).
+// linear (Model Soups): the weighted average, or weighted sum, of every input (docs/methods.md).
 #include <fmt/ranges.h>
 
 #include <memory>
 #include <vector>
 
 #include "smelt/error.h"
-#include "smelt/kernels/select.h"
+#include "smelt/kernels/elementwise.h"
 #include "smelt/methods/factories.h"
 
 namespace smelt::methods {

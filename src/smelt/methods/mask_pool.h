@@ -14,7 +14,7 @@ namespace smelt::methods {
 inline constexpr uint64_t kMaxMaskElements = uint64_t{1} << 24;
 
 // Mask buffers reused across tensors: fresh memory costs first-touch page faults, which are slow
-// on VMs (formats.md §3).
+// on VMs (docs/performance.md).
 class MaskPool {
  public:
   static std::vector<uint8_t> take(uint64_t n) {

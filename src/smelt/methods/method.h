@@ -80,11 +80,15 @@ class Method {
   virtual std::string_view name() const = 0;
   virtual std::string_view pretty_name() const = 0;
   virtual std::string_view reference_url() const = 0;
-  // Parameters resolved once per tensor, ignoring per-model settings ("G" in the spec).
+  // Parameters resolved once per tensor, ignoring per-model settings ("G" in docs/methods.md).
   virtual std::vector<ParamSpec> global_params() const { return {}; }
-  // Parameters resolved for each input model ("M" in the spec).
+  // Parameters resolved for each input model ("M" in docs/methods.md).
   virtual std::vector<ParamSpec> model_params() const { return {}; }
   virtual BaseUse base_use() const { return BaseUse::kNone; }
+  // Whether the model card says the merge used the base model "as a base". False where the base
+  // is an end of an interpolation rather than a model the others are merged onto (slerp:
+  // docs/methods.md).
+  virtual bool card_names_base() const { return true; }
   // Chunks hold whole runs of this many elements (e.g. a row for row-wise methods).
   virtual uint64_t chunk_alignment(const TensorContext& /*ctx*/) const { return 1; }
   // Checks what can be known before reading data (input count, parameter ranges, weight sums).

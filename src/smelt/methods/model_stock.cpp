@@ -1,5 +1,5 @@
 // model_stock: moves from the base towards the average of the other models by a ratio t set by
-// the mean angle between their task vectors, over the whole tensor or each row (spec §4.9).
+// the mean angle between their task vectors, over the whole tensor or each row (docs/methods.md).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "smelt/error.h"
-#include "smelt/kernels/select.h"
+#include "smelt/kernels/elementwise.h"
 #include "smelt/methods/factories.h"
 
 namespace smelt::methods {

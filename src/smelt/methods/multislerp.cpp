@@ -1,5 +1,5 @@
 // multislerp: weighted barycentric interpolation of several models on the hypersphere, with an
-// optional base whose task vectors are interpolated instead (spec §4.4).
+// optional base whose task vectors are interpolated instead (docs/methods.md).
 //
 // Every vector the algorithm builds (the unit inputs, their weighted mean, the tangent vectors,
 // the result) is a linear combination of the input vectors v_i, so one statistics pass gathers
@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "smelt/error.h"
-#include "smelt/kernels/select.h"
+#include "smelt/kernels/elementwise.h"
 #include "smelt/methods/factories.h"
 
 namespace smelt::methods {

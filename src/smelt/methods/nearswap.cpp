@@ -1,5 +1,5 @@
 // nearswap: takes the other model's value where it is close to the base and keeps the base where
-// they differ much, elementwise (spec §4.10).
+// they differ much, elementwise (docs/methods.md).
 #include <algorithm>
 #include <cmath>
 #include <cstring>

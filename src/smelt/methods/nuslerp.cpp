@@ -1,5 +1,5 @@
 // nuslerp: spherical interpolation between two models (or their task vectors from a base), over
-// the whole tensor, each row, or each column (spec §4.3).
+// the whole tensor, each row, or each column (docs/methods.md).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "smelt/error.h"
-#include "smelt/kernels/select.h"
+#include "smelt/kernels/elementwise.h"
 #include "smelt/methods/factories.h"
 
 namespace smelt::methods {

@@ -1,8 +1,9 @@
-// passthrough: copies its single input, optionally scaled; used for layer stacking (spec §4.12).
+// passthrough: copies its single input, optionally scaled; used for layer stacking
+// (docs/methods.md).
 #include <memory>
 
 #include "smelt/error.h"
-#include "smelt/kernels/select.h"
+#include "smelt/kernels/elementwise.h"
 #include "smelt/methods/factories.h"
 
 namespace smelt::methods {

@@ -1,5 +1,5 @@
-// ram (spec §4.8): unique task-vector entries added whole, shared ones averaged; and the RamMethod
-// that ramplus_tl shares.
+// ram (docs/methods.md): unique task-vector entries added whole, shared ones averaged; and the
+// RamMethod that ramplus_tl shares.
 #include "smelt/methods/ram.h"
 
 #include <algorithm>

@@ -1,4 +1,4 @@
-// ram and ramplus_tl (spec §4.8, Reinforced Agent Merging): task-vector entries above epsilon
+// ram and ramplus_tl (docs/methods.md, Reinforced Agent Merging): task-vector entries above epsilon
 // that only one model changes are added whole, entries several models change are averaged.
 #pragma once
 

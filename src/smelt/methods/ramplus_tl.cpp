@@ -1,5 +1,5 @@
-// ramplus_tl (spec §4.8): RAM with each model's unique entries boosted by how much of its change
-// it shares with other models, measured per tensor.
+// ramplus_tl (docs/methods.md): RAM with each model's unique entries boosted by how much of its
+// change it shares with other models, measured per tensor.
 #include "smelt/methods/factories.h"
 #include "smelt/methods/ram.h"
 

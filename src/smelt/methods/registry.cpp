@@ -16,7 +16,7 @@ struct Registration {
   std::unique_ptr<Method> (*make)();
 };
 
-// One line per method, in mergekit's registry order (spec §4).
+// One line per method, in mergekit's registry order (docs/methods.md).
 constexpr Registration kRegistry[] = {
     {"linear", make_linear},
     {"slerp", make_slerp},

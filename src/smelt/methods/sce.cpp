@@ -1,4 +1,4 @@
-// sce (spec §4.7, FuseChat's Select–Calculate–Erase): task vectors restricted to the elements
+// sce (docs/methods.md, FuseChat's Select–Calculate–Erase): task vectors restricted to the elements
 // where the models disagree most, weighted by their mean square, merged after sign election.
 #include <algorithm>
 #include <atomic>
@@ -9,7 +9,8 @@
 #include <vector>
 
 #include "smelt/error.h"
-#include "smelt/kernels/select.h"
+#include "smelt/kernels/elementwise.h"
+#include "smelt/kernels/topk.h"
 #include "smelt/methods/factories.h"
 
 namespace smelt::methods {

@@ -1,12 +1,12 @@
 // slerp: spherical interpolation between the base and one other model, over each whole tensor
-// flattened into one vector (spec §4.2).
+// flattened into one vector (docs/methods.md).
 #include <array>
 #include <cmath>
 #include <cstring>
 #include <memory>
 
 #include "smelt/error.h"
-#include "smelt/kernels/select.h"
+#include "smelt/kernels/elementwise.h"
 #include "smelt/methods/factories.h"
 
 namespace smelt::methods {
@@ -80,6 +80,7 @@ class Slerp : public Method {
     return {{"t", std::nullopt, "interpolation position: 0 gives the base, 1 the other model"}};
   }
   BaseUse base_use() const override { return BaseUse::kRequired; }
+  bool card_names_base() const override { return false; }
 
   void validate(const TensorContext& ctx) const override {
     if (ctx.num_inputs == 1) return;  // a tensor only one model has is copied, as mergekit does

@@ -1,4 +1,5 @@
-// The magnitude_outliers (breadcrumbs) and della_magprune (della) sparsifications (spec §5).
+// The magnitude_outliers (breadcrumbs) and della_magprune (della) sparsifications
+// (docs/methods.md).
 #include "smelt/methods/sparsify_ranked.h"
 
 #include <algorithm>
@@ -13,7 +14,8 @@
 #include "smelt/error.h"
 #include "smelt/kernels/random.h"
 #include "smelt/kernels/rank.h"
-#include "smelt/kernels/select.h"
+#include "smelt/kernels/elementwise.h"
+#include "smelt/kernels/topk.h"
 #include "smelt/methods/factories.h"
 #include "smelt/methods/mask_pool.h"
 

@@ -1,5 +1,5 @@
-// The rank-based sparsifications of spec §5 used by breadcrumbs* (magnitude_outliers) and della*
-// (della_magprune), as Sparsification primitives for the GTA family (gta.h).
+// The rank-based sparsifications (docs/methods.md) used by breadcrumbs* (magnitude_outliers) and
+// della* (della_magprune), as Sparsification primitives for the GTA family (gta.h).
 //
 // Both rank elements in one total order, the one ties' top-k uses: a ranks above b when
 // |a| > |b|, or |a| = |b| and a has the lower element index (|x| compared as magnitude_bits, so
@@ -13,7 +13,7 @@ namespace smelt::methods {
 // magnitude_outliers (breadcrumbs): with N = numel, keep = ⌊density·N⌋, n_top = ⌊gamma·N⌋,
 // n_bot = N − keep − n_top (if negative: n_top += n_bot, n_bot = 0), drops the n_top highest- and
 // the n_bot lowest-ranked elements, so exactly `keep` remain. Two streaming top-k selections
-// (select.h) over the same passes: kept = top(keep + n_top) minus top(n_top). M parameter gamma
+// (topk.h) over the same passes: kept = top(keep + n_top) minus top(n_top). M parameter gamma
 // (default 0.01, must be ≥ 0). n_top = 0 drops nothing at the top (mergekit's slice [n_bot:-0] is
 // empty and zeroes the whole delta); keep = 0 drops the task vector, with a warning.
 const Sparsification& magnitude_outliers_sparsification();

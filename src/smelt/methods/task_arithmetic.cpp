@@ -1,4 +1,4 @@
-// task_arithmetic (spec §4.6): the base plus the weighted sum of task vectors.
+// task_arithmetic (docs/methods.md): the base plus the weighted sum of task vectors.
 #include "smelt/methods/factories.h"
 #include "smelt/methods/gta.h"
 

@@ -1,4 +1,5 @@
-// ties (spec §4.6): task vectors trimmed to their largest-magnitude entries, then sign election.
+// ties (docs/methods.md): task vectors trimmed to their largest-magnitude entries, then sign
+// election.
 #include "smelt/methods/factories.h"
 #include "smelt/methods/gta.h"
 

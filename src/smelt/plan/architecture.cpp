@@ -238,37 +238,4 @@ ArchitectureInfo infer_architecture(const std::vector<std::string>& tensor_names
   return a;
 }
 
-std::string find_layer_count_key(const std::string& config_json_text, int64_t num_layers) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(config_json_text);
-  } catch (...) {
-    return "";
-  }
-  static const char* kKeys[] = {"num_hidden_layers",
-                                "n_layer",
-                                "num_layers",
-                                "n_layers",
-                                "text_config.num_hidden_layers",
-                                "llm_config.num_hidden_layers"};
-  for (const char* key : kKeys) {
-    const nlohmann::json* node = &j;
-    std::string_view k = key;
-    bool found = true;
-    while (found) {
-      const size_t dot = k.find('.');
-      const std::string part(k.substr(0, dot));
-      if (!node->is_object() || !node->contains(part)) {
-        found = false;
-        break;
-      }
-      node = &(*node)[part];
-      if (dot == std::string_view::npos) break;
-      k.remove_prefix(dot + 1);
-    }
-    if (found && node->is_number_integer() && node->get<int64_t>() == num_layers) return key;
-  }
-  return "";
-}
-
 }  // namespace smelt::plan

@@ -75,9 +75,4 @@ ArchitectureInfo infer_architecture(const std::vector<std::string>& tensor_names
 // True when `name` matches the glob `pattern` ('*' matches any run of characters, dots included).
 bool glob_match(std::string_view pattern, std::string_view name);
 
-// The config.json key holding the layer count (e.g. "num_hidden_layers", "n_layer",
-// "text_config.num_hidden_layers"), found by trying the common names; empty when none matches
-// `num_layers`.
-std::string find_layer_count_key(const std::string& config_json_text, int64_t num_layers);
-
 }  // namespace smelt::plan

@@ -4,62 +4,19 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <regex>
 #include <set>
 
 #include "smelt/config/suggest.h"
 #include "smelt/error.h"
-#include "smelt/io/gguf.h"
-#include "smelt/io/gguf_export.h"
-#include "smelt/kernels/quant.h"
+#include "smelt/kernels/ggml_type.h"
+#include "smelt/plan/gguf_output.h"
+#include "smelt/plan/model_config.h"
 
 namespace smelt::plan {
 namespace {
 
 using config::ParameterSettings;
-
-std::string read_text_file(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-// A model's config.json text, checked to be JSON here so a broken file is named at plan time
-// rather than misread later as a model without architecture information.
-std::string read_config_json(const std::filesystem::path& p) {
-  std::string text = read_text_file(p);
-  try {
-    [[maybe_unused]] const nlohmann::json parsed = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
-    // e.what() is "[json.exception.parse_error.101] parse error at line L, column C: ...".
-    std::string why = e.what();
-    if (const size_t at = why.find("] "); at != std::string::npos) why.erase(0, at + 2);
-    fail("{}: not valid JSON ({}); fix or replace the model's config.json", p.string(), why);
-  }
-  return text;
-}
-
-// A config.json-like description of a GGUF model from its metadata, so the architecture table's
-// "gguf" entry applies (layer stack blk.N, block_count, tied output head).
-std::string gguf_config_text(const io::Model& model) {
-  const auto* file = dynamic_cast<const io::GgufFile*>(model.files().at(0).get());
-  std::string arch = "unknown";
-  if (file) {
-    if (const io::GgufValue* v = file->find_kv("general.architecture")) {
-      if (auto s = v->as_string()) arch = std::string(*s);
-    }
-  }
-  nlohmann::json j = {{"model_type", "gguf"},
-                      {"architectures", {arch}},
-                      {"tie_word_embeddings", !model.has("output.weight")}};
-  if (file) {
-    if (const io::GgufValue* v = file->find_kv(arch + ".block_count")) {
-      if (auto n = v->as_uint()) j["block_count"] = *n;
-    }
-  }
-  return j.dump();
-}
 
 std::string shape_str(const std::vector<uint64_t>& s) {
   return fmt::format("[{}]", fmt::join(s, ", "));
@@ -105,7 +62,7 @@ class Planner {
     } else {
       plan_slices();
     }
-    assign_output_format();
+    assign_gguf_output(plan_, opt_);
     dedupe();
     finish_jobs();
     return std::move(plan_);
@@ -215,12 +172,8 @@ class Planner {
         }
         fail_at(r.yaml_path, e.what());
       }
-      if (m.model->resolved().gguf) {
-        m.gguf = true;
-        m.config_text = gguf_config_text(*m.model);
-      } else if (!m.model->resolved().config_json.empty()) {
-        m.config_text = read_config_json(m.model->resolved().config_json);
-      }
+      m.gguf = m.model->resolved().gguf;
+      m.config_text = model_config_text(*m.model);
     }
     std::vector<std::string> names;
     for (const auto& t : m.model->tensors()) names.push_back(t.info->name);
@@ -328,7 +281,7 @@ class Planner {
     slice->base = static_cast<int>(slice->sources.size() - 1);
   }
 
-  // ---- output heads tied to the embeddings (users.md A.11, mergekit #385) ----
+  // ---- output heads tied to the embeddings (docs/architectures.md) ----
 
   bool is_head(const ArchitectureInfo& a, const std::string& name) const {
     for (const auto& [head, emb] : a.tied) {
@@ -757,7 +710,7 @@ class Planner {
   }
 
   // Inputs must share a shape, except embeddings, which are cropped to their common top-left block
-  // (mergekit's rectification, spec §6.1).
+  // (mergekit's rectification, docs/config.md).
   void reconcile_shapes(TensorJob* job, const SliceView& slice) {
     bool same = true;
     for (const auto& in : job->inputs) same = same && in.source.info->shape == job->shape;
@@ -842,130 +795,6 @@ class Planner {
                                                     "top-level parameters)"));
         }
       }
-    }
-  }
-
-  // GGUF output: the ggml type of every tensor, and tensors that pass through unchanged with the
-  // same type are copied byte for byte (never requantized).
-  void assign_output_format() {
-    const bool gguf_in = plan_.models[plan_.donor].gguf;
-    plan_.gguf_output =
-        opt_.format == OutputFormat::kGguf || (opt_.format == OutputFormat::kAuto && gguf_in);
-    if (!plan_.gguf_output) return;
-    using kernels::GgmlType;
-    nlohmann::json hf_config;
-    if (!gguf_in) {
-      // Export: llama.cpp's names and Q/K row order, from the output config.
-      plan_.gguf_export = true;
-      if (plan_.raw) fail_at("", "GGUF export needs models with a config.json");
-      try {
-        hf_config = nlohmann::json::parse(plan_.models[plan_.donor].config_text);
-      } catch (const nlohmann::json::exception& e) {
-        fail("{}: config.json is not valid JSON ({})", ref(plan_.donor), e.what());
-      }
-      plan_.gguf_arch = io::gguf_arch_for(hf_config);
-      std::vector<TensorJob> kept;
-      for (TensorJob& job : plan_.jobs) {
-        std::optional<std::string> name;
-        try {
-          name = io::gguf_tensor_name(plan_.gguf_arch, job.name);
-        } catch (const Error& e) {
-          fail("{}: {}", cfg_.filename, e.what());
-        }
-        if (!name) continue;  // tensors llama.cpp's converter drops (rotary inv_freq, ...)
-        const int64_t heads = io::gguf_qk_permute_heads(plan_.gguf_arch, job.name, hf_config);
-        for (JobInput& in : job.inputs) in.permute_heads = heads;
-        if (heads > 0 && job.copy) {
-          fail("{}: tensor '{}' needs its rows permuted but is not a float tensor", cfg_.filename,
-               job.name);
-        }
-        job.name = *name;
-        kept.push_back(std::move(job));
-      }
-      plan_.jobs = std::move(kept);
-      if (auto freqs = io::gguf_rope_freqs(hf_config)) {
-        TensorJob rope;
-        rope.name = "rope_freqs.weight";
-        rope.shape = {freqs->size()};
-        rope.dtype = DType::kF32;
-        rope.ggml_type = static_cast<int32_t>(GgmlType::kF32);
-        rope.constant = std::make_shared<const std::vector<float>>(std::move(*freqs));
-        plan_.jobs.push_back(std::move(rope));
-      }
-    }
-    auto parse_type = [&](const std::string& name, const std::string& flag) {
-      auto t = kernels::parse_ggml_type(name);
-      const kernels::GgmlTypeTraits* tr = t ? kernels::ggml_type_traits(*t) : nullptr;
-      if (!tr || !tr->can_quantize) {
-        fail(
-            "{}: '{}' is not a type smelt can write; use one of F32, F16, BF16, Q8_0, Q4_0, "
-            "Q4_K, Q5_K, Q6_K",
-            flag, name);
-      }
-      return *t;
-    };
-    std::vector<std::pair<std::regex, GgmlType>> overrides;
-    for (const auto& [re, type] : opt_.gguf_tensor_types) {
-      try {
-        overrides.emplace_back(std::regex(re),
-                               parse_type(type, "--tensor-type " + re + "=" + type));
-      } catch (const std::regex_error& e) {
-        fail("--tensor-type: '{}' is not a valid regular expression ({})", re, e.what());
-      }
-    }
-    std::optional<GgmlType> out_type;
-    if (!opt_.gguf_out_type.empty()) out_type = parse_type(opt_.gguf_out_type, "--out-type");
-    size_t fallbacks = 0;
-    for (TensorJob& job : plan_.jobs) {
-      if (job.constant) continue;
-      const size_t r = job.base >= 0 ? static_cast<size_t>(job.base) : 0;
-      const io::TensorInfo& in = *job.inputs[r].source.info;
-      const GgmlType in_type = gguf_in ? static_cast<GgmlType>(in.ggml_type)
-                                       : io::gguf_default_type(job.name, job.shape, in.dtype);
-      std::optional<GgmlType> type;
-      for (const auto& [re, t] : overrides) {
-        if (std::regex_search(job.name, re)) {
-          type = t;
-          break;
-        }
-      }
-      if (!type && job.shape.size() <= 1)
-        type = in_type == GgmlType::kF16 ? in_type : GgmlType::kF32;
-      if (!type && out_type) type = out_type;
-      if (!type) {
-        const kernels::GgmlTypeTraits* tr = kernels::ggml_type_traits(in_type);
-        type = tr && tr->can_quantize ? in_type : GgmlType::kQ8_0;
-      }
-      const kernels::GgmlTypeTraits* tr = kernels::ggml_type_traits(*type);
-      if (tr->block_elems > 1 && (job.shape.empty() || job.shape.back() % tr->block_elems != 0)) {
-        ++fallbacks;
-        type = GgmlType::kF16;
-      }
-      if (!job.copy && !dtype_is_convertible_float(in.dtype) && !in.quantized()) {
-        job.copy = true;  // integer tensors keep their type
-      }
-      if (job.copy) {
-        if (!gguf_in && !kernels::ggml_type_for_dtype(in.dtype)) {
-          fail("{}: tensor '{}' of type {} cannot be stored in GGUF", cfg_.filename, job.name,
-               dtype_name(in.dtype));
-        }
-        job.ggml_type =
-            gguf_in ? in.ggml_type : static_cast<int32_t>(*kernels::ggml_type_for_dtype(in.dtype));
-        continue;
-      }
-      job.ggml_type = static_cast<int32_t>(*type);
-      job.dtype = kernels::ggml_type_dtype(*type).value_or(DType::kF32);
-      // Unchanged tensors are copied byte for byte when their type is kept.
-      const bool unchanged = job.inputs.size() == 1 && job.method == passthrough_ &&
-                             job.params.per_model[0].count("scale") &&
-                             job.params.per_model[0].at("scale") == 1.0 && job.shape == in.shape;
-      if (unchanged && gguf_in && in.ggml_type == job.ggml_type) job.copy = true;
-    }
-    if (fallbacks) {
-      warn(
-          fmt::format("{} tensor(s) whose rows are not a whole number of quantization blocks are "
-                      "written as F16",
-                      fallbacks));
     }
   }
 

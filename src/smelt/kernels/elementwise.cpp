@@ -1,0 +1,343 @@
+// The elementwise loops and fixed-order reductions merge methods run over chunks.
+#include "smelt/kernels/elementwise.h"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <vector>
+
+#include "smelt/kernels/cpu_features.h"
+#include "smelt/kernels/random.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace smelt::kernels {
+namespace {
+
+// Reductions in double (dot, abs_sum) add element j to lane j % 16 (a tail shorter than 16 to
+// lane 0) and combine the lanes by the fixed tree below: 16 independent chains vectorize, and the
+// sum is still a pure function of the values, the same for every instruction set.
+constexpr size_t kSumLanes = 16;
+
+double combine_lanes(double* s) {
+  for (size_t w = kSumLanes / 2; w > 0; w /= 2) {
+    for (size_t l = 0; l < w; ++l) s[l] += s[l + w];
+  }
+  return s[0];
+}
+
+}  // namespace
+
+SMELT_ELEMENTWISE void subtract(const float* a, const float* b, float* out, size_t n) {
+  for (size_t j = 0; j < n; ++j) out[j] = a[j] - b[j];
+}
+
+SMELT_ELEMENTWISE void scale(float w, const float* x, float* out, size_t n) {
+  for (size_t j = 0; j < n; ++j) out[j] = w * x[j];
+}
+
+SMELT_ELEMENTWISE void scale_add(float w, const float* x, float* acc, size_t n) {
+  for (size_t j = 0; j < n; ++j) acc[j] += w * x[j];
+}
+
+SMELT_ELEMENTWISE void weighted_pair(float a, const float* x, float b, const float* y, float* out,
+                                     size_t n) {
+  for (size_t j = 0; j < n; ++j) out[j] = a * x[j] + b * y[j];
+}
+
+SMELT_ELEMENTWISE void zero_where_nonzero(const float* mask, float* x, size_t n) {
+  for (size_t j = 0; j < n; ++j) x[j] = mask[j] != 0.0f ? 0.0f : x[j];
+}
+
+SMELT_ELEMENTWISE void divide(float* x, float d, size_t n) {
+  for (size_t j = 0; j < n; ++j) x[j] /= d;
+}
+
+SMELT_ELEMENTWISE void divide(float* x, const float* d, size_t n) {
+  for (size_t j = 0; j < n; ++j) x[j] /= d[j];
+}
+
+namespace {
+
+[[gnu::always_inline]] inline void keep_random_loop(uint64_t key, uint64_t first_counter, float p,
+                                                    float* x, size_t n) {
+  for (size_t j = 0; j < n; ++j) x[j] = random_uniform(key, first_counter + j) < p ? x[j] : 0.0f;
+}
+
+#if defined(__x86_64__)
+// The generator's 64-bit multiplies vectorize well only with AVX-512DQ (vpmullq); emulating them
+// on AVX2 or SSE is slower than scalar code, so the other path stays scalar. Both give the same
+// bits: the arithmetic is integer, and the 24-bit value converts to float exactly.
+[[gnu::target("avx512f,avx512dq"), gnu::optimize("O3")]] void keep_random_avx512(
+    uint64_t key, uint64_t first_counter, float p, float* x, size_t n) {
+  keep_random_loop(key, first_counter, p, x, n);
+}
+#endif
+
+[[gnu::always_inline]] inline void keep_random_difference_loop(uint64_t key, uint64_t first_counter,
+                                                               float p, const float* a,
+                                                               const float* b, float* delta,
+                                                               size_t n) {
+  for (size_t j = 0; j < n; ++j) {
+    const float d = a[j] - b[j];
+    delta[j] = random_uniform(key, first_counter + j) < p ? d : 0.0f;
+  }
+}
+
+#if defined(__x86_64__)
+[[gnu::target("avx512f,avx512dq"), gnu::optimize("O3", "fp-contract=off")]] void
+keep_random_difference_avx512(uint64_t key, uint64_t first_counter, float p, const float* a,
+                              const float* b, float* delta, size_t n) {
+  keep_random_difference_loop(key, first_counter, p, a, b, delta, n);
+}
+#endif
+
+[[gnu::always_inline]] inline void random_mask_loop(uint64_t key, uint64_t first_counter, float p,
+                                                    uint8_t* m, size_t n) {
+  for (size_t j = 0; j < n; ++j) m[j] = random_uniform(key, first_counter + j) < p ? 1 : 0;
+}
+#if defined(__x86_64__)
+[[gnu::target("avx512f,avx512dq,avx512bw"), gnu::optimize("O3")]] void random_mask_avx512(
+    uint64_t key, uint64_t first_counter, float p, uint8_t* m, size_t n) {
+  random_mask_loop(key, first_counter, p, m, n);
+}
+#endif
+[[gnu::optimize("no-tree-vectorize")]] void random_mask_scalar(uint64_t key, uint64_t first_counter,
+                                                               float p, uint8_t* m, size_t n) {
+  random_mask_loop(key, first_counter, p, m, n);
+}
+
+[[gnu::optimize("no-tree-vectorize")]] void keep_random_difference_scalar(uint64_t key,
+                                                                          uint64_t first_counter,
+                                                                          float p, const float* a,
+                                                                          const float* b,
+                                                                          float* delta, size_t n) {
+  keep_random_difference_loop(key, first_counter, p, a, b, delta, n);
+}
+
+[[gnu::optimize("no-tree-vectorize")]] void keep_random_scalar(uint64_t key, uint64_t first_counter,
+                                                               float p, float* x, size_t n) {
+  keep_random_loop(key, first_counter, p, x, n);
+}
+
+}  // namespace
+
+void keep_random(uint64_t key, uint64_t first_counter, float p, float* x, size_t n) {
+#if defined(__x86_64__)
+  if (cpu_has_avx512dq()) return keep_random_avx512(key, first_counter, p, x, n);
+#endif
+  keep_random_scalar(key, first_counter, p, x, n);
+}
+
+void keep_random_difference(uint64_t key, uint64_t first_counter, float p, const float* a,
+                            const float* b, float* delta, size_t n) {
+#if defined(__x86_64__)
+  if (cpu_has_avx512dq()) {
+    return keep_random_difference_avx512(key, first_counter, p, a, b, delta, n);
+  }
+#endif
+  keep_random_difference_scalar(key, first_counter, p, a, b, delta, n);
+}
+
+namespace {
+
+// Adds |x[j]| to lane j % 16 for j < n (n a multiple of 16): abs_sum's lanes.
+SMELT_ELEMENTWISE void abs_sum_lanes(const float* x, size_t n, double* s) {
+  for (size_t j = 0; j < n; j += kSumLanes) {
+    for (size_t l = 0; l < kSumLanes; ++l) s[l] += std::fabs(double{x[j + l]});
+  }
+}
+
+// abs_sum_lanes over a block of two arrays (the tail, n % 16 elements, into lane 0).
+void abs_sum_pair_block(const float* d, const float* kept, size_t n, double* s, double* t) {
+  const size_t body = n / kSumLanes * kSumLanes;
+  abs_sum_lanes(d, body, s);
+  abs_sum_lanes(kept, body, t);
+  for (size_t j = body; j < n; ++j) {
+    s[0] += std::fabs(double{d[j]});
+    t[0] += std::fabs(double{kept[j]});
+  }
+}
+
+}  // namespace
+
+void random_mask(uint64_t key, uint64_t first_counter, float p, uint8_t* m, size_t n) {
+#if defined(__x86_64__)
+  if (cpu_has_avx512dq() && cpu_has_avx512bw()) {
+    return random_mask_avx512(key, first_counter, p, m, n);
+  }
+#endif
+  random_mask_scalar(key, first_counter, p, m, n);
+}
+
+SMELT_ELEMENTWISE void masked_difference(const uint8_t* m, const float* a, const float* b,
+                                         float* delta, size_t n) {
+  // As integers (m is 0 or 1, so -m is all ones or zero): GCC vectorizes this, not the select.
+  for (size_t j = 0; j < n; ++j) {
+    const uint32_t d = std::bit_cast<uint32_t>(a[j] - b[j]);
+    delta[j] = std::bit_cast<float>(d & (0u - uint32_t{m[j]}));
+  }
+}
+
+namespace {
+
+// {abs_sum(a − b), abs_sum(kept)} where form_kept(start, len, kept) writes the sparsified
+// difference of elements [start, start + len). Blocks are a multiple of 16 elements, so abs_sum's
+// lanes stay j % 16 (a tail only in the last block).
+template <typename FormKept>
+std::array<double, 2> kept_abs_sums(const float* a, const float* b, size_t n, FormKept form_kept) {
+  constexpr size_t kBlock = 2048;
+  alignas(64) float d[kBlock];
+  alignas(64) float kept[kBlock];
+  double s[kSumLanes] = {};
+  double t[kSumLanes] = {};
+  for (size_t start = 0; start < n; start += kBlock) {
+    const size_t len = std::min(kBlock, n - start);
+    subtract(a + start, b + start, d, len);
+    form_kept(start, len, kept);
+    abs_sum_pair_block(d, kept, len, s, t);
+  }
+  return {combine_lanes(s), combine_lanes(t)};
+}
+
+}  // namespace
+
+std::array<double, 2> masked_abs_sums(const uint8_t* m, const float* a, const float* b, size_t n) {
+  return kept_abs_sums(a, b, n, [&](size_t start, size_t len, float* kept) {
+    masked_difference(m + start, a + start, b + start, kept, len);
+  });
+}
+
+std::array<double, 2> random_kept_abs_sums(uint64_t key, uint64_t first_counter, float p,
+                                           const float* a, const float* b, size_t n) {
+  return kept_abs_sums(a, b, n, [&](size_t start, size_t len, float* kept) {
+    keep_random_difference(key, first_counter + start, p, a + start, b + start, kept, len);
+  });
+}
+
+namespace {
+
+// elect_sign on elements [0, n) of the arrays (n small enough for L1). The first input
+// initializes each sum: 0 + d0 would only turn -0 into +0, and both count as >= 0 below; a first
+// term "match ? x : +0" is exactly what 0 + (match ? x : 0) gives, since a match is never ±0.
+SMELT_ELEMENTWISE void elect_sign_block(const float* const* d, const float* w, size_t count,
+                                        size_t first, size_t n, float* majority, float* mixed,
+                                        float* divisor) {
+  const float* d0 = d[0] + first;
+  for (size_t j = 0; j < n; ++j) majority[j] = d0[j];
+  for (size_t i = 1; i < count; ++i) {
+    const float* di = d[i] + first;
+    for (size_t j = 0; j < n; ++j) majority[j] += di[j];
+  }
+  for (size_t j = 0; j < n; ++j) majority[j] = majority[j] >= 0.0f ? 1.0f : -1.0f;
+  for (size_t i = 0; i < count; ++i) {
+    const float* di = d[i] + first;
+    const float wi = w[i];
+    for (size_t j = 0; j < n; ++j) {
+      // majority is exactly ±1, so the product is positive iff the signs match and d is nonzero
+      // (NaN never matches, as in mergekit).
+      const bool match = di[j] * majority[j] > 0.0f;
+      const float m = match ? di[j] : 0.0f;
+      const float v = match ? wi : 0.0f;
+      mixed[j] = i == 0 ? m : mixed[j] + m;
+      divisor[j] = i == 0 ? v : divisor[j] + v;
+    }
+  }
+  for (size_t j = 0; j < n; ++j) divisor[j] = divisor[j] == 0.0f ? 1.0f : divisor[j];
+}
+
+// The same for two inputs in one loop (the common TIES merge of two fine-tunes).
+SMELT_ELEMENTWISE void elect_sign_pair(const float* d0, const float* d1, float w0, float w1,
+                                       size_t n, float* mixed, float* divisor) {
+  for (size_t j = 0; j < n; ++j) {
+    const float sign = d0[j] + d1[j] >= 0.0f ? 1.0f : -1.0f;
+    const bool m0 = d0[j] * sign > 0.0f;
+    const bool m1 = d1[j] * sign > 0.0f;
+    const float mixed0 = m0 ? d0[j] : 0.0f;
+    const float div0 = m0 ? w0 : 0.0f;
+    mixed[j] = mixed0 + (m1 ? d1[j] : 0.0f);
+    const float dv = div0 + (m1 ? w1 : 0.0f);
+    divisor[j] = dv == 0.0f ? 1.0f : dv;
+  }
+}
+
+}  // namespace
+
+void elect_sign(const float* const* d, const float* w, size_t count, size_t n, float* majority,
+                float* mixed, float* divisor) {
+  if (count == 0) {
+    std::fill(mixed, mixed + n, 0.0f);
+    std::fill(divisor, divisor + n, 1.0f);
+    return;
+  }
+  if (count == 2) {
+    elect_sign_pair(d[0], d[1], w[0], w[1], n, mixed, divisor);
+    return;
+  }
+  // Blocks that stay in L1 while every input is visited.
+  constexpr size_t kBlock = 2048;
+  for (size_t first = 0; first < n; first += kBlock) {
+    const size_t m = std::min(kBlock, n - first);
+    elect_sign_block(d, w, count, first, m, majority + first, mixed + first, divisor + first);
+  }
+}
+
+namespace {
+
+// Adds a[j] * b[j] to lane j % 16 for j < n (n a multiple of 16), the way dot() does.
+SMELT_ELEMENTWISE void dot_lanes(const float* a, const float* b, size_t n, double* s) {
+  for (size_t j = 0; j < n; j += kSumLanes) {
+    for (size_t l = 0; l < kSumLanes; ++l) s[l] += double{a[j + l]} * double{b[j + l]};
+  }
+}
+
+// dot()'s tail (into lane 0) and its fixed combining tree.
+double dot_finish(const float* a, const float* b, size_t n, double* s) {
+  for (size_t j = 0; j < n; ++j) s[0] += double{a[j]} * double{b[j]};
+  return combine_lanes(s);
+}
+
+}  // namespace
+
+// kSumLanes interleaved accumulators combined by combine_lanes (two AVX-512 or four AVX2
+// registers of doubles).
+double dot(const float* a, const float* b, size_t n) {
+  double s[kSumLanes] = {};
+  const size_t body = n / kSumLanes * kSumLanes;
+  dot_lanes(a, b, body, s);
+  return dot_finish(a + body, b + body, n - body, s);
+}
+
+void gram_upper(const float* const* v, size_t m, size_t n, double* upper) {
+  const size_t pairs = m * (m + 1) / 2;
+  std::vector<double> lanes(pairs * kSumLanes, 0.0);
+  const size_t body = n / kSumLanes * kSumLanes;
+  constexpr size_t kBlock = 1024;  // a multiple of kSumLanes: lanes stay j % 16
+  for (size_t first = 0; first < body; first += kBlock) {
+    const size_t len = std::min(kBlock, body - first);
+    size_t p = 0;
+    for (size_t i = 0; i < m; ++i) {
+      for (size_t j = i; j < m; ++j, ++p) {
+        dot_lanes(v[i] + first, v[j] + first, len, lanes.data() + p * kSumLanes);
+      }
+    }
+  }
+  size_t p = 0;
+  for (size_t i = 0; i < m; ++i) {
+    for (size_t j = i; j < m; ++j, ++p) {
+      upper[p] = dot_finish(v[i] + body, v[j] + body, n - body, lanes.data() + p * kSumLanes);
+    }
+  }
+}
+
+double abs_sum(const float* x, size_t n) {
+  double s[kSumLanes] = {};
+  const size_t body = n / kSumLanes * kSumLanes;
+  abs_sum_lanes(x, body, s);
+  for (size_t j = body; j < n; ++j) s[0] += std::fabs(double{x[j]});
+  return combine_lanes(s);
+}
+
+}  // namespace smelt::kernels

@@ -1,0 +1,61 @@
+// The elementwise loops and reductions merge methods run over chunks (differences, weighted sums,
+// random masks, TIES sign election, dot products, norms), vectorized and bit-identical on every
+// instruction set.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+
+namespace smelt::kernels {
+
+// Elementwise loops. They vectorize (with runtime dispatch to AVX2/AVX-512) and never fuse a
+// multiply and an add, so every instruction set gives the same bits.
+
+// out[j] = a[j] - b[j].
+void subtract(const float* a, const float* b, float* out, size_t n);
+// out[j] = w * x[j].
+void scale(float w, const float* x, float* out, size_t n);
+// acc[j] += w * x[j] (the product rounded to f32, then the sum).
+void scale_add(float w, const float* x, float* acc, size_t n);
+// out[j] = a * x[j] + b * y[j].
+void weighted_pair(float a, const float* x, float b, const float* y, float* out, size_t n);
+// x[j] = 0 where mask[j] != 0 (a NaN mask value counts as nonzero).
+void zero_where_nonzero(const float* mask, float* x, size_t n);
+// x[j] /= d.
+void divide(float* x, float d, size_t n);
+// x[j] /= d[j].
+void divide(float* x, const float* d, size_t n);
+// Zeroes x[j] unless random_uniform(key, first_counter + j) < p (random.h): a Bernoulli(p) mask
+// that depends only on the key and each element's position.
+void keep_random(uint64_t key, uint64_t first_counter, float p, float* x, size_t n);
+// delta[j] = a[j] - b[j] where random_uniform(key, first_counter + j) < p, else 0: keep_random
+// applied to a − b without storing the difference first.
+void keep_random_difference(uint64_t key, uint64_t first_counter, float p, const float* a,
+                            const float* b, float* delta, size_t n);
+// {abs_sum(a − b), abs_sum(keep_random(a − b))} for that mask, in one pass and with abs_sum's
+// summation order (so both equal the two-step results bit for bit).
+std::array<double, 2> random_kept_abs_sums(uint64_t key, uint64_t first_counter, float p,
+                                           const float* a, const float* b, size_t n);
+// m[j] = 1 if random_uniform(key, first_counter + j) < p, else 0: keep_random's mask as bytes.
+void random_mask(uint64_t key, uint64_t first_counter, float p, uint8_t* m, size_t n);
+// delta[j] = m[j] ? a[j] - b[j] : 0 (with random_mask's bytes, equal to keep_random_difference).
+void masked_difference(const uint8_t* m, const float* a, const float* b, float* delta, size_t n);
+// {abs_sum(a − b), abs_sum(masked_difference(m, a, b))}, in one pass with abs_sum's order.
+std::array<double, 2> masked_abs_sums(const uint8_t* m, const float* a, const float* b, size_t n);
+// TIES sign election over count weighted task vectors d[i] (n values each) with weights w[i]:
+// majority[j] = +1 if the sum over i of d[i][j] >= 0, else -1; mixed[j] = sum of the d[i][j]
+// whose sign equals majority[j] (zeros never match); divisor[j] = sum of the matching w[i], or 1
+// where that is 0. Sums run in i order. majority is scratch of n values.
+void elect_sign(const float* const* d, const float* w, size_t count, size_t n, float* majority,
+                float* mixed, float* divisor);
+
+// Reductions in double with a fixed summation order, so a chunk's result depends only on its
+// values (callers combine chunk results in chunk order).
+double dot(const float* a, const float* b, size_t n);  // sum of a[j] * b[j]
+// Every dot(v[i], v[j], n) for i <= j, row by row, into upper (m(m+1)/2 values) in one pass over
+// L1-sized blocks; each value equals dot()'s bit for bit.
+void gram_upper(const float* const* v, size_t m, size_t n, double* upper);
+double abs_sum(const float* x, size_t n);  // sum of |x[j]|
+
+}  // namespace smelt::kernels

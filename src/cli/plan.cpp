@@ -202,7 +202,8 @@ void print_plan_summary(const plan::Plan& plan, const exec::ExecOptions& exec,
       human_bytes(run.worker_bytes), run.chunk_elements, human_bytes(mem.cache_bytes),
       human_bytes(run.state_bytes), human_bytes(run.writer_bytes), human_bytes(run.reserve_bytes),
       human_bytes(exec.max_memory));
-  // Cold-disk read and durable write speeds measured on the reference machine (formats.md §3).
+  // Cold-disk read and durable write speeds measured on the reference machine
+  // (docs/performance.md).
   const double seconds = double(in_bytes) / 4.0e9 + double(out_bytes) / 1.1e9;
   fmt::print("estimated time: {:.1f}s (cold disk; less when inputs are in the page cache)\n",
              seconds);

@@ -1,4 +1,4 @@
-// Parsing and validation of mergekit merge configurations (spec §2.1, §2.4, §10.4).
+// Parsing and validation of mergekit merge configurations (docs/config.md).
 #include "smelt/config/config.h"
 
 #include <fmt/format.h>

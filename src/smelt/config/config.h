@@ -1,5 +1,5 @@
-// The mergekit merge configuration (`mergekit-yaml` schema, spec §2.1) parsed from YAML text into
-// plain structs; every element remembers its YAML path so later stages can name it in errors.
+// The mergekit merge configuration (`mergekit-yaml` schema, docs/config.md) parsed from YAML text
+// into plain structs; every element remembers its YAML path so later stages can name it in errors.
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,5 @@
-// ParameterSetting parsing, evaluation and precedence resolution (mergekit spec §2.2-2.3).
+// ParameterSetting parsing, evaluation and precedence resolution (docs/config.md, "Parameter
+// values" and "Precedence").
 #include "smelt/config/parameter.h"
 
 #include <fmt/format.h>

@@ -106,9 +106,9 @@ struct ResolvedParameter {
   const ParameterValue* setting = nullptr;  // its yaml_path() names the config line
 };
 
-// mergekit's precedence rule (spec §2.3): scans `levels` (highest precedence first; null pointers
-// are skipped) and returns the first level that sets `name` to a value present for
-// `tensor_name` at t. A level whose conditional list matches nothing falls through to the next.
+// mergekit's precedence rule (docs/config.md, "Precedence"): scans `levels` (highest precedence
+// first; null pointers are skipped) and returns the first level that sets `name` to a value present
+// for `tensor_name` at t. A level whose conditional list matches nothing falls through to the next.
 // nullopt when no level gives a value (the caller then applies the method's default).
 std::optional<ResolvedParameter> resolve_parameter(
     const std::vector<const ParameterSettings*>& levels, std::string_view name,

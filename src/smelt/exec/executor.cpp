@@ -9,15 +9,16 @@
 #include "smelt/exec/thread_pool.h"
 #include "smelt/io/file_util.h"
 #include "smelt/io/gguf_export.h"
-#include "smelt/test_hooks.h"
 #include "smelt/kernels/convert.h"
 #include "smelt/kernels/quant.h"
+#include "smelt/test_hooks.h"
 
 namespace smelt::exec {
 namespace {
 
 // Buffers owned by one worker, grown to the largest need and then reused (fresh allocations per
-// chunk would pay first-touch page faults again: formats.md §3).
+// chunk would pay first-touch page faults again: docs/performance.md, "Memory and file reads on
+// this VM class").
 struct WorkerBuffers {
   std::vector<ScratchBuffer> inputs;
   ScratchBuffer raw;
@@ -241,8 +242,9 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
   ThreadPool pool(layout.workers);
   std::vector<WorkerBuffers> buffers(pool.size());
   // The cache is sized once for the largest job it can hold: growing it job by job would pay
-  // first-touch page faults again at every size (slow on VMs: formats.md §3).
-  // A job's inputs in their stored form, each padded to 64 bytes as the cache holds them.
+  // first-touch page faults again at every size (slow on VMs: docs/performance.md, "Memory and file
+  // reads on this VM class"). A job's inputs in their stored form, each padded to 64 bytes as the
+  // cache holds them.
   auto job_raw_bytes = [](const plan::TensorJob& job) {
     uint64_t total = 0;
     for (const plan::JobInput& in : job.inputs)

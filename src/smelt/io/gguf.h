@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "smelt/io/file_util.h"
-#include "smelt/io/write_ledger.h"
 #include "smelt/io/tensor_file.h"
+#include "smelt/io/write_ledger.h"
 #include "smelt/kernels/ggml_type.h"
 
 namespace smelt::io {
@@ -238,7 +238,7 @@ class GgufWriter {
   std::vector<GgufKv> kvs_;
   std::vector<GgufTensorSpec> specs_;
   std::vector<uint64_t> nbytes_;
-  std::vector<uint64_t> offsets_;  // absolute
+  std::vector<uint64_t> offsets_;        // absolute
   std::unique_ptr<WriteLedger> ledger_;  // every byte written exactly once
   std::unordered_map<std::string, size_t> by_name_;
 };

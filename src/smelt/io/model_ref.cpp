@@ -55,26 +55,9 @@ bool resolve_folder(const fs::path& dir, const std::string& ref, ResolvedModel* 
   const fs::path index = dir / "model.safetensors.index.json";
   if (fs::is_regular_file(index)) {
     out->index_json = index;
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(read_text(index));
-    } catch (const nlohmann::json::exception& e) {
-      fail("{}: not valid JSON ({})", index.string(), e.what());
-    }
-    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
-      fail("{}: has no \"weight_map\" object; the index is corrupt", index.string());
-    }
     std::set<std::string> files;
-    for (auto& [tensor, file] : j["weight_map"].items()) {
-      if (!file.is_string()) {
-        fail("{}: weight_map entry '{}' must be a file name string", index.string(), tensor);
-      }
-      const std::string f = file.get<std::string>();
-      if (f.empty() || f.find('/') != std::string::npos || f == "." || f == "..") {
-        fail("{}: weight_map entry '{}' names '{}', which is not a plain file name in the folder",
-             index.string(), tensor, f);
-      }
-      files.insert(f);
+    for (const auto& [tensor, file] : parse_safetensors_index(read_text(index), index.string())) {
+      files.insert(file);
     }
     for (const std::string& f : files) {
       if (!fs::is_regular_file(dir / f)) {
@@ -146,6 +129,33 @@ std::string ModelRef::str() const {
     if (!lora_revision.empty()) s += "@" + lora_revision;
   }
   return s;
+}
+
+std::vector<std::pair<std::string, std::string>> parse_safetensors_index(std::string_view text,
+                                                                         const std::string& label) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: not valid JSON ({})", label, e.what());
+  }
+  if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
+    fail("{}: has no \"weight_map\" object; the index is corrupt", label);
+  }
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& [tensor, file] : j["weight_map"].items()) {
+    if (!file.is_string()) {
+      fail("{}: weight_map entry '{}' must be a file name string", label, tensor);
+    }
+    const std::string& f = file.get_ref<const std::string&>();
+    if (f.empty() || f.find('/') != std::string::npos || f == "." || f == "..") {
+      fail("{}: weight_map entry '{}' names '{}', which is not a plain file name in the folder",
+           label, tensor, f);
+    }
+    out.emplace_back(tensor, f);
+  }
+  if (out.empty()) fail("{}: weight_map is empty", label);
+  return out;
 }
 
 fs::path hf_hub_cache_dir() {
@@ -267,17 +277,17 @@ std::shared_ptr<Model> Model::open(const ResolvedModel& resolved) {
   }
   auto m = from_files(resolved, std::move(files));
   if (!resolved.index_json.empty()) {
-    const auto j = nlohmann::json::parse(read_text(resolved.index_json));
-    for (auto& [tensor, file] : j["weight_map"].items()) {
+    const std::string label = resolved.index_json.string();
+    const std::string text = read_text(resolved.index_json);
+    for (const auto& [tensor, shard] : parse_safetensors_index(text, label)) {
       const ModelTensor mt = m->find(tensor);
-      const std::string shard = file.get<std::string>();
       if (!mt.info) {
-        fail("{}: maps tensor '{}' to {}, but that shard does not contain it",
-             resolved.index_json.string(), tensor, shard);
+        fail("{}: maps tensor '{}' to {}, but that shard does not contain it", label, tensor,
+             shard);
       }
       if (mt.file->path().filename() != shard) {
-        fail("{}: maps tensor '{}' to {}, but it is in {}", resolved.index_json.string(), tensor,
-             shard, mt.file->path().filename().string());
+        fail("{}: maps tensor '{}' to {}, but it is in {}", label, tensor, shard,
+             mt.file->path().filename().string());
       }
     }
   }

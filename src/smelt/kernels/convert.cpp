@@ -16,6 +16,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #pragma GCC diagnostic pop
+#include <cpuid.h>
 #define SMELT_CONVERT_X86 1
 #else
 #define SMELT_CONVERT_X86 0
@@ -371,6 +372,15 @@ constexpr KernelSet kAvx512Set = {
 
 #endif  // SMELT_CONVERT_X86
 
+#if SMELT_CONVERT_X86
+// Whether the CPU has F16C. Clang before 16 does not know "f16c" in __builtin_cpu_supports (the
+// fuzz build uses clang, docs/reliability.md), so the CPUID bit (leaf 1, ECX) is read directly.
+bool cpu_has_f16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+}
+#endif
+
 bool cpu_supports(ConvertIsa isa) {
   switch (isa) {
     case ConvertIsa::kGeneric:
@@ -378,11 +388,10 @@ bool cpu_supports(ConvertIsa isa) {
 #if SMELT_CONVERT_X86
     case ConvertIsa::kAvx2:
       __builtin_cpu_init();
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+      return __builtin_cpu_supports("avx2") && cpu_has_f16c();
     case ConvertIsa::kAvx512:  // its set reuses the AVX2 widening kernels
       __builtin_cpu_init();
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
-             __builtin_cpu_supports("f16c");
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && cpu_has_f16c();
 #endif
     default:
       return false;

@@ -29,8 +29,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       }
     }
     std::vector<char> buf(64);
+    uint64_t end = 0;
     for (const smelt::io::TensorInfo& t : f->tensors()) {
+      // The reader's documented guarantees: data in tensor-info order without overlap, aligned,
+      // inside the file; each tensor findable by name.
       if (f->find(t.name) != &t) __builtin_trap();
+      if (t.offset < end || t.offset % f->alignment() != 0 || t.offset > f->file_size() ||
+          t.nbytes > f->file_size() - t.offset) {
+        __builtin_trap();
+      }
+      end = t.offset + t.nbytes;
       f->read(t, 0, buf.data(), std::min<uint64_t>(t.nbytes, buf.size()));
     }
   } catch (const smelt::Error&) {

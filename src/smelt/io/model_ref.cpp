@@ -56,27 +56,10 @@ bool resolve_folder(const fs::path& dir, const std::string& ref, ResolvedModel* 
   const fs::path index = dir / "model.safetensors.index.json";
   if (fs::is_regular_file(index)) {
     out->index_json = index;
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(read_text(index));
-    } catch (const nlohmann::json::exception& e) {
-      fail("{}: not valid JSON ({})", index.string(), e.what());
-    }
-    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
-      fail("{}: has no \"weight_map\" object; the index is corrupt", index.string());
-    }
     std::set<std::string> files;
-    for (auto& [tensor, file] : j["weight_map"].items()) {
-      if (!file.is_string()) {
-        fail("{}: weight_map entry '{}' must be a file name string", index.string(), tensor);
-      }
-      const std::string f = file.get<std::string>();
-      if (f.empty() || f.find('/') != std::string::npos || f == "." || f == "..") {
-        fail("{}: weight_map entry '{}' names '{}', which is not a plain file name in the folder",
-             index.string(), tensor, f);
-      }
-      files.insert(f);
-      out->index_weight_map.emplace_back(tensor, f);
+    out->index_weight_map = parse_safetensors_index(read_text(index), index.string());
+    for (const auto& [tensor, file] : out->index_weight_map) {
+      files.insert(file);
     }
     for (const std::string& f : files) {
       if (!fs::is_regular_file(dir / f)) {
@@ -148,6 +131,33 @@ std::string ModelRef::str() const {
     if (!lora_revision.empty()) s += "@" + lora_revision;
   }
   return s;
+}
+
+std::vector<std::pair<std::string, std::string>> parse_safetensors_index(std::string_view text,
+                                                                         const std::string& label) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: not valid JSON ({})", label, e.what());
+  }
+  if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
+    fail("{}: has no \"weight_map\" object; the index is corrupt", label);
+  }
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& [tensor, file] : j["weight_map"].items()) {
+    if (!file.is_string()) {
+      fail("{}: weight_map entry '{}' must be a file name string", label, tensor);
+    }
+    const std::string& f = file.get_ref<const std::string&>();
+    if (f.empty() || f.find('/') != std::string::npos || f == "." || f == "..") {
+      fail("{}: weight_map entry '{}' names '{}', which is not a plain file name in the folder",
+           label, tensor, f);
+    }
+    out.emplace_back(tensor, f);
+  }
+  if (out.empty()) fail("{}: weight_map is empty", label);
+  return out;
 }
 
 fs::path hf_hub_cache_dir() {
@@ -269,15 +279,20 @@ std::shared_ptr<Model> Model::open(const ResolvedModel& resolved) {
   }
   auto m = from_files(resolved, std::move(files));
   if (!resolved.index_json.empty()) {
-    for (const auto& [tensor, shard] : resolved.index_weight_map) {
+    const std::string label = resolved.index_json.string();
+    // resolve_model parsed the index once; a ResolvedModel built another way is parsed here.
+    const auto weight_map = resolved.index_weight_map.empty()
+                                ? parse_safetensors_index(read_text(resolved.index_json), label)
+                                : resolved.index_weight_map;
+    for (const auto& [tensor, shard] : weight_map) {
       const ModelTensor mt = m->find(tensor);
       if (!mt.info) {
-        fail("{}: maps tensor '{}' to {}, but that shard does not contain it",
-             resolved.index_json.string(), tensor, shard);
+        fail("{}: maps tensor '{}' to {}, but that shard does not contain it", label, tensor,
+             shard);
       }
       if (mt.file->path().filename() != shard) {
-        fail("{}: maps tensor '{}' to {}, but it is in {}", resolved.index_json.string(), tensor,
-             shard, mt.file->path().filename().string());
+        fail("{}: maps tensor '{}' to {}, but it is in {}", label, tensor, shard,
+             mt.file->path().filename().string());
       }
     }
   }

@@ -7,6 +7,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "smelt/io/tensor_file.h"
@@ -44,6 +45,13 @@ struct ResolvedModel {
 
 // The Hugging Face hub cache folder: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub.
 std::filesystem::path hf_hub_cache_dir();
+
+// The weight map of a model.safetensors.index.json text: (tensor name, shard file name) pairs in
+// name order. Checks that the text is a JSON object with a non-empty "weight_map" object whose
+// values are plain file names (non-empty, no '/', not "." or ".."). Throws smelt::Error naming
+// `label` (the index file) and the entry otherwise.
+std::vector<std::pair<std::string, std::string>> parse_safetensors_index(std::string_view text,
+                                                                         const std::string& label);
 
 // Resolves `ref` (model part only; a LoRA part is rejected as not supported yet). Throws
 // smelt::Error listing every place looked at when nothing is found, and a clear "not supported

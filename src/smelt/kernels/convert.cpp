@@ -17,6 +17,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #pragma GCC diagnostic pop
+#include <cpuid.h>
 #define SMELT_CONVERT_X86 1
 #else
 #define SMELT_CONVERT_X86 0

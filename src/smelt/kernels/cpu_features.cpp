@@ -1,6 +1,10 @@
 // x86 CPU features, each queried once.
 #include "smelt/kernels/cpu_features.h"
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
 namespace smelt::kernels {
 
 #if defined(__x86_64__)
@@ -18,8 +22,13 @@ bool cpu_has_avx2() {
   static const bool has = query([] { return bool(__builtin_cpu_supports("avx2")); });
   return has;
 }
+// Clang before 16 does not know "f16c" in __builtin_cpu_supports (the fuzz build uses clang,
+// docs/reliability.md), so the CPUID bit (leaf 1, ECX) is read directly.
 bool cpu_has_f16c() {
-  static const bool has = query([] { return bool(__builtin_cpu_supports("f16c")); });
+  static const bool has = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+  }();
   return has;
 }
 bool cpu_has_avx512f() {

@@ -184,7 +184,11 @@ TEST_F(ModelResolve, IndexMappingATensorItsShardLacks) {
 TEST_F(ModelResolve, OpenWithAnIndexThatIsNoLongerValid) {
   TempDir d;
   fs::copy(*dir_ / "sharded", d / "m", fs::copy_options::recursive);
-  const ResolvedModel resolved = resolve_model(ModelRef::parse((d / "m").string()));
+  // resolve_model parses the index once and Model::open uses that; a ResolvedModel built by
+  // hand (no parsed weight map) has its index parsed, with the same checks, by Model::open.
+  ResolvedModel resolved = resolve_model(ModelRef::parse((d / "m").string()));
+  EXPECT_FALSE(resolved.index_weight_map.empty());
+  resolved.index_weight_map.clear();
   for (const char* text :
        {"{\"weight_map\": 3}", "{}", "[1]", "{\"weight_map\": {\"a\": 1}}", "{"}) {
     write_bytes(d / "m" / "model.safetensors.index.json", text);

@@ -6,6 +6,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libfmt-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
+  libpcre2-dev libutf8proc-dev libsentencepiece-dev python3-sentencepiece
   python3 python3-numpy python3-yaml time
 )
 

@@ -33,8 +33,10 @@ cmake --build "$build" -j"$(nproc)"
 # llama.cpp as a real GGUF client for tests: node-llama-cpp (pinned in tests/node) ships prebuilt
 # CPU binaries in its registry packages. --ignore-scripts skips its postinstall, which could try to
 # build llama.cpp from source; the tests only use the prebuilt binaries. It needs node >= 20
-# (Debian 12's own nodejs is 18); without it the llama.cpp test is skipped.
-if [ ! -d "$here/tests/node/node_modules/node-llama-cpp" ]; then
+# (Debian 12's own nodejs is 18); without it the llama.cpp test is skipped. The same folder pins
+# Hugging Face's tokenizers (Node binding, prebuilt .node binaries), the tokenizer tests' reference.
+if [ ! -d "$here/tests/node/node_modules/node-llama-cpp" ] ||
+  [ ! -d "$here/tests/node/node_modules/tokenizers" ]; then
   if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -44,7 +46,7 @@ if [ ! -d "$here/tests/node/node_modules/node-llama-cpp" ]; then
     $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
   fi
   if node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)'; then
-    echo "setup: installing tests/node (node-llama-cpp)"
+    echo "setup: installing tests/node (node-llama-cpp, tokenizers)"
     (cd "$here/tests/node" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
   else
     echo "setup: node $(node --version) is older than 20; skipping tests/node (node-llama-cpp)"

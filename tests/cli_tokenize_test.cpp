@@ -26,8 +26,10 @@ class CliTokenize : public ::testing::Test {
                          " " + quote(dir_->path()) + " " +
                          quote(src / "tests/data/tokenizer_corpus.txt") + " > " + quote(out));
     if (r.exit_code != 0) {
-      setup_error_ = "the reference needs /usr/bin/python3 with sentencepiece (Debian: "
-                     "python3-sentencepiece; scripts/setup.sh installs it):\n" + r.output;
+      setup_error_ =
+          "the reference needs /usr/bin/python3 with sentencepiece (Debian: "
+          "python3-sentencepiece; scripts/setup.sh installs it):\n" +
+          r.output;
       return;
     }
     ref_ = json::parse(testing::read_bytes(out)).at("bpe");

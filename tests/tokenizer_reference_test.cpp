@@ -31,7 +31,9 @@ bool skip_node_tests() {
 }
 
 fs::path node_dir() { return fs::path(SMELT_SOURCE_DIR) / "tests" / "node"; }
-fs::path corpus_path() { return fs::path(SMELT_SOURCE_DIR) / "tests" / "data" / "tokenizer_corpus.txt"; }
+fs::path corpus_path() {
+  return fs::path(SMELT_SOURCE_DIR) / "tests" / "data" / "tokenizer_corpus.txt";
+}
 
 // Why the reference library cannot run here, or "" when it can.
 std::string reference_missing() {
@@ -39,8 +41,10 @@ std::string reference_missing() {
     return "tests/node/node_modules/tokenizers is missing: run scripts/setup.sh (npm ci in "
            "tests/node), or set SMELT_SKIP_NODE_TESTS=1 to skip the reference tests";
   }
-  auto r = run_command("node -e 'process.exit(+process.versions.node.split(\".\")[0] >= 20 ? 0 : 1)'");
-  if (r.exit_code != 0) return "node >= 20 is not on PATH (scripts/setup.sh installs it): " + r.output;
+  auto r =
+      run_command("node -e 'process.exit(+process.versions.node.split(\".\")[0] >= 20 ? 0 : 1)'");
+  if (r.exit_code != 0)
+    return "node >= 20 is not on PATH (scripts/setup.sh installs it): " + r.output;
   return "";
 }
 
@@ -64,8 +68,8 @@ class TokRefJson : public ::testing::TestWithParam<const char*> {
                            quote(dir_->path() / style / "tokenizer.json") + " " +
                            quote(corpus_path()) + " > " + quote(out) + " 2>" + quote(err));
       if (r.exit_code != 0) {
-        setup_error_ += std::string("tokenize.mjs failed for ") + style + ":\n" +
-                        testing::read_bytes(err);
+        setup_error_ +=
+            std::string("tokenize.mjs failed for ") + style + ":\n" + testing::read_bytes(err);
         continue;
       }
       ref_[style] = json::parse(testing::read_bytes(out));
@@ -96,9 +100,11 @@ std::string compare(const Tokenizer& t, const std::string& text, const json& wan
   const Encoding plain = t.encode(text, {.add_special_tokens = false});
   const auto want_ids = want.at("ids").get<std::vector<int32_t>>();
   const auto want_plain = want.at("ids_plain").get<std::vector<int32_t>>();
-  if (with.ids != want_ids) diff += "  ids " + ids_text(with.ids) + "\n  want " + ids_text(want_ids) + "\n";
+  if (with.ids != want_ids)
+    diff += "  ids " + ids_text(with.ids) + "\n  want " + ids_text(want_ids) + "\n";
   if (plain.ids != want_plain) {
-    diff += "  ids without special tokens " + ids_text(plain.ids) + "\n  want " + ids_text(want_plain) + "\n";
+    diff += "  ids without special tokens " + ids_text(plain.ids) + "\n  want " +
+            ids_text(want_plain) + "\n";
   }
   if (with.ids == want_ids && with.tokens != want.at("tokens").get<std::vector<std::string>>()) {
     diff += "  tokens " + show(with.tokens) + "\n  want " + show(want.at("tokens")) + "\n";
@@ -108,7 +114,8 @@ std::string compare(const Tokenizer& t, const std::string& text, const json& wan
       {t.decode(with.ids, {.skip_special_tokens = true}), want.at("decoded_skip")},
       {t.decode(plain.ids), want.at("decoded_plain")},
   };
-  const char* names[] = {"decode", "decode skipping special tokens", "decode without special tokens"};
+  const char* names[] = {"decode", "decode skipping special tokens",
+                         "decode without special tokens"};
   for (int i = 0; i < 3; ++i) {
     if (decodes[i].first != decodes[i].second) {
       diff += std::string("  ") + names[i] + " " + show(decodes[i].first) + "\n  want " +
@@ -143,7 +150,8 @@ TEST_P(TokRefJson, EveryLineAndTheWholeCorpusMatchTheReference) {
     if (diff.empty()) continue;
     if (++differing <= 5) report += "line " + json(text).dump() + ":\n" + diff;
   }
-  EXPECT_EQ(differing, 0u) << differing << " of " << lines << " lines differ; the first:\n" << report;
+  EXPECT_EQ(differing, 0u) << differing << " of " << lines << " lines differ; the first:\n"
+                           << report;
   const std::string corpus = testing::read_bytes(corpus_path());
   EXPECT_EQ(compare(*t, corpus, ref.at("whole")), "") << "the whole corpus differs";
 }
@@ -156,8 +164,9 @@ INSTANTIATE_TEST_SUITE_P(TokRef, TokRefJson, ::testing::ValuesIn(kStyles),
 TEST(TokRefCorpus, CoversTheHardCases) {
   const std::string corpus = testing::read_bytes(corpus_path());
   EXPECT_GE(corpus.size(), 10000u);
-  for (const char* s : {"<|endoftext|>", "<s>", "[CLS]", "<|im_start|>", "é", "東京", "مرحبا",
-                        "नमस्ते", "👨‍👩‍👧‍👦", "123456789012345678901234567890", "\t\t", "     ", "def "}) {
+  for (const char* s :
+       {"<|endoftext|>", "<s>", "[CLS]", "<|im_start|>", "é", "東京", "مرحبا", "नमस्ते",
+        "👨‍👩‍👧‍👦", "123456789012345678901234567890", "\t\t", "     ", "def "}) {
     EXPECT_NE(corpus.find(s), std::string::npos) << s;
   }
 }

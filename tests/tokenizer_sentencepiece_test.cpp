@@ -33,12 +33,13 @@ class TokSentencePiece : public ::testing::Test {
     const fs::path out = dir_->path() / "reference.json";
     auto r = run_command(std::string(kPython) + " " +
                          quote(src / "tests/reference/sentencepiece_ref.py") + " " +
-                         quote(dir_->path()) + " " + quote(src / "tests/data/tokenizer_corpus.txt") +
-                         " > " + quote(out));
+                         quote(dir_->path()) + " " +
+                         quote(src / "tests/data/tokenizer_corpus.txt") + " > " + quote(out));
     if (r.exit_code != 0) {
       setup_error_ = "the reference needs " + std::string(kPython) +
                      " with sentencepiece (Debian: python3-sentencepiece; scripts/setup.sh "
-                     "installs it):\n" + r.output;
+                     "installs it):\n" +
+                     r.output;
       return;
     }
     ref_ = json::parse(testing::read_bytes(out));
@@ -86,13 +87,26 @@ void expect_matches_library(const Tokenizer& t, const json& ref) {
     EXPECT_EQ(t.decode(with.ids), line.at("decoded").get<std::string>());
     const bool has_unk = std::find(want.begin(), want.end(), unk) != want.end();
     if (!has_unk) {
-      EXPECT_EQ(t.decode(with.ids, {.skip_special_tokens = true}), line.at("decoded").get<std::string>());
+      EXPECT_EQ(t.decode(with.ids, {.skip_special_tokens = true}),
+                line.at("decoded").get<std::string>());
     }
   }
   EXPECT_GT(lines, 200u);
   EXPECT_EQ(differing, 0u);
+  // Invalid UTF-8 is the library's business too (it reads such bytes as U+FFFD).
+  for (const auto& raw : ref.at("raw")) {
+    const std::string hex = raw.at("hex");
+    std::string bytes;
+    for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+      bytes += static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16));
+    }
+    EXPECT_EQ(t.encode(bytes, {.add_special_tokens = false}).ids,
+              raw.at("ids").get<std::vector<int32_t>>())
+        << hex;
+  }
   const auto whole = ref.at("whole").at("ids").get<std::vector<int32_t>>();
-  const std::string corpus = testing::read_bytes(fs::path(SMELT_SOURCE_DIR) / "tests/data/tokenizer_corpus.txt");
+  const std::string corpus =
+      testing::read_bytes(fs::path(SMELT_SOURCE_DIR) / "tests/data/tokenizer_corpus.txt");
   EXPECT_EQ(t.encode(corpus, {.add_special_tokens = false}).ids, whole);
   EXPECT_EQ(t.decode(whole), ref.at("whole").at("decoded").get<std::string>());
 }
@@ -123,7 +137,8 @@ TEST_F(TokSentencePiece, FolderLoadsTokenizerModelAndConfigDecidesBosEos) {
   auto plain = Tokenizer::load(folder)->encode(text, {.add_special_tokens = false}).ids;
   ASSERT_FALSE(plain.empty());
 
-  write_bytes(folder / "tokenizer_config.json", R"({"add_bos_token": false, "add_eos_token": true})");
+  write_bytes(folder / "tokenizer_config.json",
+              R"({"add_bos_token": false, "add_eos_token": true})");
   auto t = Tokenizer::load(folder);
   auto ids = t->encode(text).ids;
   ASSERT_EQ(ids.size(), plain.size() + 1);
@@ -131,7 +146,8 @@ TEST_F(TokSentencePiece, FolderLoadsTokenizerModelAndConfigDecidesBosEos) {
   EXPECT_NE(ids.front(), bos);
   EXPECT_EQ(t->encode(text, {.add_special_tokens = false}).ids, plain);
 
-  write_bytes(folder / "tokenizer_config.json", R"({"add_bos_token": true, "add_eos_token": true})");
+  write_bytes(folder / "tokenizer_config.json",
+              R"({"add_bos_token": true, "add_eos_token": true})");
   ids = Tokenizer::load(folder)->encode(text).ids;
   ASSERT_EQ(ids.size(), plain.size() + 2);
   EXPECT_EQ(ids.front(), bos);

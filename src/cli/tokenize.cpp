@@ -61,7 +61,8 @@ void run_tokenize(const TokenizeOptions& o) {
     return;
   }
   if (!o.text.empty() && !o.file.empty()) fail("give TEXT or --file, not both");
-  if (o.text.empty() && o.file.empty()) fail("nothing to tokenize: give TEXT, --file F or --decode ID...");
+  if (o.text.empty() && o.file.empty())
+    fail("nothing to tokenize: give TEXT, --file F or --decode ID...");
   const std::string text = o.file.empty() ? o.text : read_text_file(o.file);
   const tok::Encoding e = t->encode(text, {.add_special_tokens = !o.no_special});
   if (o.json) {

@@ -62,6 +62,9 @@ def main(out_dir, corpus_path):
             entry["lines"].append({"text": line, "ids": ids,
                                    "pieces": [sp.id_to_piece(i) for i in ids],
                                    "decoded": sp.decode(ids)})
+        # Bytes that are not UTF-8 (stray continuation, overlong form, cut sequence) and a NUL.
+        entry["raw"] = [{"hex": raw.hex(), "ids": sp.encode(raw)}
+                        for raw in (b"a\xffb\xc0\x80c", b"a\x00b\n", b"x \xe4\xb8", b"\x80\x80")]
         entry["whole"] = {"ids": sp.encode(corpus)}
         entry["whole"]["decoded"] = sp.decode(entry["whole"]["ids"])
         out[name] = entry

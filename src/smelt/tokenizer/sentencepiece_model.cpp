@@ -20,7 +20,8 @@ bool config_flag(const nlohmann::json& config, const fs::path& file, const char*
   if (!config.is_object()) return fallback;
   auto it = config.find(key);
   if (it == config.end() || it->is_null()) return fallback;
-  if (!it->is_boolean()) fail("{}: '{}' must be true or false, not {}", file.string(), key, it->dump());
+  if (!it->is_boolean())
+    fail("{}: '{}' must be true or false, not {}", file.string(), key, it->dump());
   return it->get<bool>();
 }
 
@@ -32,7 +33,8 @@ class SentencePieceTokenizer final : public Tokenizer {
       fail("{}: not a SentencePiece model file ({})", model_file.string(), status.message());
     }
     nlohmann::json config;
-    const fs::path config_file = config_dir.empty() ? fs::path() : config_dir / "tokenizer_config.json";
+    const fs::path config_file =
+        config_dir.empty() ? fs::path() : config_dir / "tokenizer_config.json";
     std::error_code ec;
     if (!config_file.empty() && fs::is_regular_file(config_file, ec)) {
       std::ifstream in(config_file, std::ios::binary);
@@ -108,7 +110,8 @@ class SentencePieceTokenizer final : public Tokenizer {
 std::unique_ptr<Tokenizer> load_sentencepiece(const fs::path& model_file,
                                               const fs::path& config_dir) {
   std::error_code ec;
-  if (!fs::is_regular_file(model_file, ec)) fail("{}: no such SentencePiece model file", model_file.string());
+  if (!fs::is_regular_file(model_file, ec))
+    fail("{}: no such SentencePiece model file", model_file.string());
   return std::make_unique<SentencePieceTokenizer>(model_file, config_dir);
 }
 

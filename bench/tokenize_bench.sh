@@ -6,6 +6,9 @@
 # own, without special tokens: smelt with one encode() call per line (bench/tokenize_bench.cpp),
 # the Node binding with encodeBatch over 1000 lines at a time (RAYON_NUM_THREADS=1,
 # TOKENIZERS_PARALLELISM=false), sentencepiece with encode(list of lines, num_threads=1).
+# MB/s is bytes over CPU seconds of the encoding loop (Google Benchmark's CPU time for smelt, the
+# process's CPU time for the references), so that other work on a shared machine does not move
+# the figures.
 #
 # usage: bench/tokenize_bench.sh [--bench build/smelt_bench] [--mb 10] [--work DIR]
 set -euo pipefail
@@ -76,7 +79,7 @@ echo "text: $text ($bytes bytes, $(wc -l <"$text") lines); one thread, each line
 printf '%-28s %12s %12s\n' "tokenizer" "smelt MB/s" "ref MB/s"
 for style in gpt2 llama3 llama2 mistral unigram wordpiece; do
   ref=$(RAYON_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false node "$here/tests/node/tokenize.mjs" bench \
-    "$work/tok/$style/tokenizer.json" "$text" | awk '{printf "%.2f", $1 / $2 / 1e6}')
+    "$work/tok/$style/tokenizer.json" "$text" | awk '{printf "%.2f", $1 / $3 / 1e6}')
   printf '%-28s %12s %12s\n' "$style (tokenizer.json)" "$(smelt_mbps "$work/tok/$style")" "$ref"
 done
 for model in bpe unigram; do
@@ -86,9 +89,9 @@ import sentencepiece as spm
 sp = spm.SentencePieceProcessor(model_file=sys.argv[1])
 data = open(sys.argv[2], encoding="utf-8").read()
 lines = data.split("\n")
-start = time.perf_counter()
+start = time.process_time()
 sp.encode(lines, num_threads=1)
-print("%.2f" % (len(data.encode()) / (time.perf_counter() - start) / 1e6))
+print("%.2f" % (len(data.encode()) / (time.process_time() - start) / 1e6))
 PY
 )
   printf '%-28s %12s %12s\n' "$model (sentencepiece)" "$(smelt_mbps "$work/sp/$model/tokenizer.model")" "$ref"

@@ -4,14 +4,15 @@
 // learned here from a training text (a simple BPE / frequency count; the binding exposes no
 // trainer options). Each file is loaded back by the reference library before it is kept.
 //
-// usage: node make_tokenizers.mjs OUT_DIR CORPUS   ->  OUT_DIR/<style>/tokenizer.json, names on stdout
+// usage: node make_tokenizers.mjs OUT_DIR CORPUS [STYLE...]
+//        -> OUT_DIR/<style>/tokenizer.json for the named styles (default: all), names on stdout
 import fs from 'node:fs'
 import path from 'node:path'
 import { Tokenizer } from 'tokenizers'
 
-const [outDir, corpusPath] = process.argv.slice(2)
+const [outDir, corpusPath, ...only] = process.argv.slice(2)
 if (!outDir || !corpusPath) {
-  console.error('usage: node make_tokenizers.mjs OUT_DIR CORPUS')
+  console.error('usage: node make_tokenizers.mjs OUT_DIR CORPUS [STYLE...]')
   process.exit(2)
 }
 
@@ -378,7 +379,14 @@ const styles = {
   unigram: () => unigram(text),
   wordpiece: () => wordpiece(text),
 }
+for (const name of only) {
+  if (!(name in styles)) {
+    console.error(`unknown style ${name}; styles: ${Object.keys(styles).join(', ')}`)
+    process.exit(2)
+  }
+}
 for (const [name, make] of Object.entries(styles)) {
+  if (only.length && !only.includes(name)) continue
   const spec = make()
   const dir = path.join(outDir, name)
   fs.mkdirSync(dir, { recursive: true })

@@ -163,6 +163,25 @@ TEST_F(TokSentencePiece, FolderLoadsTokenizerModelAndConfigDecidesBosEos) {
   fs::remove(folder / "tokenizer_config.json");
 }
 
+TEST_F(TokSentencePiece, ModelWithoutBosGetsNoneAndStillMatchesLibrary) {
+  const json& r = ref("nobos");
+  ASSERT_EQ(r.at("bos"), -1);
+  auto t = Tokenizer::load(model_path("nobos"));
+  for (const auto& line : r.at("lines")) {
+    const std::string text = line.at("text");
+    const auto want = line.at("ids").get<std::vector<int32_t>>();
+    ASSERT_EQ(t->encode(text).ids, want) << text;
+    ASSERT_EQ(t->encode(text, {.add_special_tokens = false}).ids, want) << text;
+  }
+  // EOS exists in this model: asking for it still adds it.
+  const fs::path folder = dir_->path() / "nobos";
+  testing::write_bytes(folder / "tokenizer_config.json", R"({"add_eos_token": true})");
+  const auto ids = Tokenizer::load(folder)->encode("abc").ids;
+  ASSERT_FALSE(ids.empty());
+  EXPECT_EQ(ids.back(), r.at("eos").get<int32_t>());
+  fs::remove(folder / "tokenizer_config.json");
+}
+
 TEST_F(TokSentencePiece, VocabularyLookupsAndSpecialPieces) {
   auto t = Tokenizer::load(model_path("bpe"));
   const json& r = ref("bpe");

@@ -3,7 +3,7 @@
 library's own encodings of a corpus: the reference that tests/tokenizer_sentencepiece_test.cpp
 compares smelt's SentencePiece engine with (docs/tokenizer-sentencepiece.md).
 
-usage: sentencepiece_ref.py OUT_DIR CORPUS  ->  OUT_DIR/{bpe,unigram}/tokenizer.model + JSON on stdout
+usage: sentencepiece_ref.py OUT_DIR CORPUS  ->  OUT_DIR/{bpe,unigram,nobos}/tokenizer.model + JSON on stdout
 """
 import io
 import json
@@ -51,6 +51,9 @@ def main(out_dir, corpus_path):
         # T5 style: Unigram, NFKC normalization, extra whitespace removed, <unk> for rare chars.
         "unigram": train(out_dir, "unigram", text, model_type="unigram", vocab_size=900,
                          character_coverage=0.995, hard_vocab_limit=False),
+        # No BOS piece at all (T5 has none): nothing can be prepended.
+        "nobos": train(out_dir, "nobos", text, model_type="bpe", vocab_size=400, bos_id=-1,
+                       character_coverage=0.99),
     }
     out = {}
     for name, path in models.items():

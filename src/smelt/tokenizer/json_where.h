@@ -20,6 +20,10 @@ struct Where {
   std::string path;
 
   Where at(std::string_view key) const;
+  // Throws when a Sequence component is nested more than kMaxDepth levels deep (a crafted file
+  // must not exhaust the stack).
+  void check_depth() const;
+  static constexpr size_t kMaxDepth = 64;
   Where at(size_t index) const;
   // Throws smelt::Error "<file>: <path>: <what>".
   [[noreturn]] void fail(std::string_view what) const;

@@ -171,6 +171,7 @@ class Sequence : public Normalizer {
 std::unique_ptr<Normalizer> make_normalizer(const Json& value, const Where& w) {
   if (value.is_null()) return nullptr;
   expect_object(value, w);
+  w.check_depth();
   std::string type = required_string(value, "type", w);
   if (type == "NFC") return std::make_unique<UnicodeForm>(NormalForm::kNfc);
   if (type == "NFD") return std::make_unique<UnicodeForm>(NormalForm::kNfd);

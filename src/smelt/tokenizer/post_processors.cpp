@@ -153,6 +153,7 @@ std::unique_ptr<PostProcessor> make_wrap_processor(SpecialPiece before, SpecialP
 std::unique_ptr<PostProcessor> make_post_processor(const Json& value, const Where& w) {
   if (value.is_null()) return nullptr;
   expect_object(value, w);
+  w.check_depth();
   std::string type = required_string(value, "type", w);
   if (type == "TemplateProcessing") return make_template(value, w);
   if (type == "BertProcessing" || type == "RobertaProcessing") return make_cls_sep(value, w);

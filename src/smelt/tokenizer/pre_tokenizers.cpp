@@ -238,6 +238,7 @@ std::string single_char(const Json& value, std::string_view key, const Where& w)
 std::unique_ptr<PreTokenizer> make_pre_tokenizer(const Json& value, const Where& w) {
   if (value.is_null()) return nullptr;
   expect_object(value, w);
+  w.check_depth();
   std::string type = required_string(value, "type", w);
   if (type == "ByteLevel") {
     return std::make_unique<ByteLevel>(optional_bool(value, "add_prefix_space", w, true),

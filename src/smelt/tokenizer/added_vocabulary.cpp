@@ -34,6 +34,7 @@ Json added_token_json(const AddedToken& t) {
 }
 
 void AddedVocabulary::Trie::insert(std::string_view s, int32_t v) {
+  starts[static_cast<unsigned char>(s[0])] = true;
   uint32_t node = 0;
   for (unsigned char c : s) {
     auto [it, inserted] =
@@ -98,6 +99,10 @@ void AddedVocabulary::split(std::string_view text, bool normalized,
   size_t done = 0;  // end of the last emitted segment
   size_t pos = 0;
   while (pos < text.size()) {
+    if (!trie.starts[static_cast<unsigned char>(text[pos])]) {
+      ++pos;
+      continue;
+    }
     auto [len, index] = trie.longest(text, pos);
     if (len == 0) {
       ++pos;

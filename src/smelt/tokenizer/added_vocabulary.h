@@ -3,6 +3,7 @@
 // single_word / lstrip / rstrip rules of the reference library (docs/tokenizer.md).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -58,6 +59,7 @@ class AddedVocabulary {
   struct Trie {
     std::unordered_map<uint64_t, uint32_t> edges;
     std::vector<int32_t> value{-1};
+    std::array<bool, 256> starts{};  // bytes some token begins with: the scan skips the others
     void insert(std::string_view s, int32_t v);
     // The longest token at text[pos...], as (length, index); length 0 when none.
     std::pair<size_t, int32_t> longest(std::string_view text, size_t pos) const;

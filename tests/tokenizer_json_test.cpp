@@ -437,6 +437,19 @@ TEST(TokJsonNormalizer, UnicodeFormsLowercaseStrip) {
   EXPECT_EQ(words(seq, "  ab  ", {"<unk>", "ab_"}), (Strings{"ab_"}));
 }
 
+TEST(TokJsonNormalizer, NmtAndByteLevel) {
+  auto words = [](Json normalizer, const std::string& text, const Strings& vocab) {
+    Json doc = skeleton(Json{{"type", "WordLevel"}, {"vocab", vocab_of(vocab)}, {"unk_token", "<unk>"}});
+    doc["normalizer"] = std::move(normalizer);
+    Loaded t(doc);
+    return t->encode(text).tokens;
+  };
+  // Nmt drops U+0001 and turns a tab and U+200B into spaces.
+  EXPECT_EQ(words({{"type", "Nmt"}}, "a\x01\tb\xE2\x80\x8B", {"<unk>", "a b "}), (Strings{"a b "}));
+  // ByteLevel spells the space byte as Ġ.
+  EXPECT_EQ(words({{"type", "ByteLevel"}}, "a b", {"<unk>", "a" + kG + "b"}), (Strings{"a" + kG + "b"}));
+}
+
 TEST(TokJsonPreTokenizer, SplitBehaviorsFollowTheirDefinitions) {
   // "a-b--c" split at each "-": parts a, -, b, -, -, c.
   std::string text = "a-b--c";
@@ -478,6 +491,18 @@ TEST(TokJsonPreTokenizer, DigitsPunctuationWhitespace) {
             (Strings{"ab", "!?"}));
   EXPECT_EQ(pieces({{"type", "Whitespace"}}, "a1  !?b"), (Strings{"a1", "!?", "b"}));
   EXPECT_EQ(pieces({{"type", "WhitespaceSplit"}}, " ab \t12 "), (Strings{"ab", "12"}));
+  EXPECT_EQ(pieces({{"type", "FixedLength"}, {"length", 2}}, "ab12!"), (Strings{"ab", "12", "!"}));
+}
+
+TEST(TokJsonDecoder, CtcCollapsesRepeatsAndDropsPad) {
+  Json doc = skeleton(Json{{"type", "WordLevel"},
+                           {"vocab", vocab_of({"<pad>", "|", "h", "e", "l", "o"})},
+                           {"unk_token", "<pad>"}});
+  doc["decoder"] = {{"type", "CTC"}, {"pad_token", "<pad>"}, {"word_delimiter_token", "|"},
+                    {"cleanup", true}};
+  Loaded t(doc);
+  // h h e l <pad> l o | h -> "hel" "l" "o" " " "h" (repeats collapse; the pad separates l's).
+  EXPECT_EQ(t->decode({2, 2, 3, 4, 0, 4, 5, 1, 2}), "hello h");
 }
 
 // --- edit and save ---
@@ -583,6 +608,16 @@ TEST(TokJsonErrors, UnknownComponentTypeNamesItsPath) {
   Json p = gpt2();
   p["post_processor"] = {{"type", "Nope"}};
   expect_error(p, "post_processor.type");
+}
+
+TEST(TokJsonErrors, MetaspaceAddPrefixSpaceMustAgreeWithPrependScheme) {
+  Json doc = unigram();
+  doc["pre_tokenizer"].erase("prepend_scheme");
+  doc["pre_tokenizer"]["add_prefix_space"] = false;
+  expect_error(doc, "pre_tokenizer.add_prefix_space: add_prefix_space does not match declared prepend_scheme");
+  doc["pre_tokenizer"]["prepend_scheme"] = "never";
+  Loaded t(doc);
+  EXPECT_EQ(t->encode("ab").tokens, (Strings{"a", "b"}));
 }
 
 TEST(TokJsonErrors, BadRegexShowsPcre2MessageAndOffset) {

@@ -179,6 +179,22 @@ void replace_all(std::string& s, std::string_view from, std::string_view to) {
   }
 }
 
+// The WordPiece decoder's cleanup of tokenization artifacts (spaces before punctuation, English
+// contractions).
+void wordpiece_cleanup(std::string& t) {
+  replace_all(t, " .", ".");
+  replace_all(t, " ?", "?");
+  replace_all(t, " !", "!");
+  replace_all(t, " ,", ",");
+  replace_all(t, " ' ", "'");
+  replace_all(t, " n't", "n't");
+  replace_all(t, " 'm", "'m");
+  replace_all(t, " do not", " don't");
+  replace_all(t, " 's", "'s");
+  replace_all(t, " 've", "'ve");
+  replace_all(t, " 're", "'re");
+}
+
 class WordPiece : public Decoder {
  public:
   WordPiece(std::string prefix, bool cleanup) : prefix_(std::move(prefix)), cleanup_(cleanup) {}
@@ -192,19 +208,7 @@ class WordPiece : public Decoder {
           t.insert(0, " ");
         }
       }
-      if (cleanup_) {
-        replace_all(t, " .", ".");
-        replace_all(t, " ?", "?");
-        replace_all(t, " !", "!");
-        replace_all(t, " ,", ",");
-        replace_all(t, " ' ", "'");
-        replace_all(t, " n't", "n't");
-        replace_all(t, " 'm", "'m");
-        replace_all(t, " do not", " don't");
-        replace_all(t, " 's", "'s");
-        replace_all(t, " 've", "'ve");
-        replace_all(t, " 're", "'re");
-      }
+      if (cleanup_) wordpiece_cleanup(t);
     }
   }
 
@@ -225,6 +229,32 @@ class BpeSuffix : public Decoder {
 
  private:
   std::string suffix_;
+};
+
+
+// CTC: repeated tokens collapse, the pad token vanishes, the word delimiter becomes a space.
+class Ctc : public Decoder {
+ public:
+  Ctc(std::string pad, std::string delimiter, bool cleanup)
+      : pad_(std::move(pad)), delimiter_(std::move(delimiter)), cleanup_(cleanup) {}
+  void decode_chain(std::vector<std::string>& tokens) const override {
+    std::vector<std::string> out;
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      if (i > 0 && tokens[i] == tokens[i - 1]) continue;
+      std::string t = tokens[i];
+      if (!pad_.empty()) replace_all(t, pad_, "");
+      if (cleanup_) {
+        wordpiece_cleanup(t);
+        if (!delimiter_.empty()) replace_all(t, delimiter_, " ");
+      }
+      if (!t.empty()) out.push_back(std::move(t));
+    }
+    tokens = std::move(out);
+  }
+
+ private:
+  std::string pad_, delimiter_;
+  bool cleanup_;
 };
 
 class Sequence : public Decoder {
@@ -265,8 +295,9 @@ std::unique_ptr<Decoder> make_decoder(const Json& value, const Where& w) {
         w.at("prepend_scheme").fail("unknown prepend_scheme \"" + *scheme + "\" (always, first, never)");
       }
       prepend = *scheme != "never";
-    } else {
-      prepend = optional_bool(value, "add_prefix_space", w, true);
+    }
+    if (!optional_bool(value, "add_prefix_space", w, true)) {
+      if (prepend) w.at("add_prefix_space").fail("add_prefix_space does not match declared prepend_scheme");
     }
     return std::make_unique<Metaspace>(replacement, prepend);
   }
@@ -285,6 +316,11 @@ std::unique_ptr<Decoder> make_decoder(const Json& value, const Where& w) {
   if (type == "BPEDecoder") {
     return std::make_unique<BpeSuffix>(optional_string(value, "suffix", w).value_or("</w>"));
   }
+  if (type == "CTC") {
+    return std::make_unique<Ctc>(optional_string(value, "pad_token", w).value_or("<pad>"),
+                                 optional_string(value, "word_delimiter_token", w).value_or("|"),
+                                 optional_bool(value, "cleanup", w, true));
+  }
   if (type == "Sequence") {
     Where dw = w.at("decoders");
     const Json& list = expect_array(required(value, "decoders", w), dw);
@@ -296,7 +332,7 @@ std::unique_ptr<Decoder> make_decoder(const Json& value, const Where& w) {
   }
   w.at("type").fail("unknown decoder type \"" + type +
                     "\" (smelt supports ByteLevel, Metaspace, ByteFallback, Fuse, Strip, Replace, "
-                    "WordPiece, BPEDecoder, Sequence)");
+                    "WordPiece, BPEDecoder, CTC, Sequence)");
 }
 
 }  // namespace smelt::tok

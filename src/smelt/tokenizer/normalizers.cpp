@@ -3,6 +3,7 @@
 
 #include <vector>
 
+#include "smelt/tokenizer/pre_tokenizers.h"
 #include "smelt/tokenizer/split.h"
 #include "smelt/tokenizer/unicode.h"
 
@@ -155,6 +156,43 @@ class BertNormalizer : public Normalizer {
   bool clean_text_, chinese_, strip_, lower_;
 };
 
+// Nmt: drops some control characters and maps some others to a space.
+class Nmt : public Normalizer {
+ public:
+  void normalize(std::string& text) const override {
+    std::string out;
+    out.reserve(text.size());
+    for (size_t i = 0; i < text.size();) {
+      size_t len = 0;
+      char32_t cp = decode_utf8(text, i, len);
+      bool drop = (cp >= 0x01 && cp <= 0x08) || cp == 0x0B || (cp >= 0x0E && cp <= 0x1F) ||
+                  cp == 0x7F || cp == 0x8F || cp == 0x9F;
+      bool space = cp == 0x09 || cp == 0x0A || cp == 0x0C || cp == 0x0D || cp == 0x1680 ||
+                   (cp >= 0x200B && cp <= 0x200F) || cp == 0x2028 || cp == 0x2029 ||
+                   cp == 0x2581 || cp == 0xFEFF || cp == 0xFFFD;
+      if (space) {
+        out.push_back(' ');
+      } else if (!drop) {
+        out.append(text, i, len);
+      }
+      i += len;
+    }
+    text = std::move(out);
+  }
+};
+
+// ByteLevel as a normalizer: every byte spelled as its GPT-2 byte-level character.
+class ByteLevelNormalizer : public Normalizer {
+ public:
+  void normalize(std::string& text) const override {
+    const auto& chars = byte_level_chars();
+    std::string out;
+    out.reserve(text.size() * 2);
+    for (unsigned char c : text) out.append(chars[c]);
+    text = std::move(out);
+  }
+};
+
 class Sequence : public Normalizer {
  public:
   explicit Sequence(std::vector<std::unique_ptr<Normalizer>> parts) : parts_(std::move(parts)) {}
@@ -192,6 +230,8 @@ std::unique_ptr<Normalizer> make_normalizer(const Json& value, const Where& w) {
         optional_bool(value, "handle_chinese_chars", w, true),
         optional_bool(value, "strip_accents", w, lowercase), lowercase);
   }
+  if (type == "Nmt") return std::make_unique<Nmt>();
+  if (type == "ByteLevel") return std::make_unique<ByteLevelNormalizer>();
   if (type == "Sequence") {
     Where pw = w.at("normalizers");
     const Json& list = expect_array(required(value, "normalizers", w), pw);
@@ -203,7 +243,7 @@ std::unique_ptr<Normalizer> make_normalizer(const Json& value, const Where& w) {
   }
   w.at("type").fail("unknown normalizer type \"" + type +
                     "\" (smelt supports NFC, NFD, NFKC, NFKD, Lowercase, Strip, StripAccents, "
-                    "Replace, Prepend, BertNormalizer, Sequence)");
+                    "Replace, Prepend, BertNormalizer, Nmt, ByteLevel, Sequence)");
 }
 
 }  // namespace smelt::tok

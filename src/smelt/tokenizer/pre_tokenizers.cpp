@@ -212,6 +212,29 @@ class BertPreTokenizer : public PreTokenizer {
   }
 };
 
+// Pieces of `length` characters (the last may be shorter).
+class FixedLength : public PreTokenizer {
+ public:
+  explicit FixedLength(size_t length) : length_(length) {}
+  void pre_tokenize(std::vector<PreToken>& pieces) const override {
+    split_each(pieces, [&](std::string_view text, Ranges& out) {
+      size_t start = 0, count = 0;
+      for (size_t i = 0; i < text.size(); i += utf8_length(static_cast<unsigned char>(text[i]))) {
+        if (count == length_) {
+          out.emplace_back(start, i);
+          start = i;
+          count = 0;
+        }
+        ++count;
+      }
+      if (start < text.size()) out.emplace_back(start, text.size());
+    });
+  }
+
+ private:
+  size_t length_;
+};
+
 class Sequence : public PreTokenizer {
  public:
   explicit Sequence(std::vector<std::unique_ptr<PreTokenizer>> parts) : parts_(std::move(parts)) {}
@@ -259,8 +282,13 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const Json& value, const Where&
         w.at("prepend_scheme").fail("unknown prepend_scheme \"" + *scheme +
                                     "\" (always, first, never)");
       }
-    } else if (!optional_bool(value, "add_prefix_space", w, true)) {
-      prepend = Metaspace::Prepend::kNever;  // the older spelling of prepend_scheme
+    }
+    // The older add_prefix_space: false must agree with prepend_scheme (absent means "always"),
+    // as the reference library requires.
+    if (!optional_bool(value, "add_prefix_space", w, true)) {
+      if (prepend != Metaspace::Prepend::kNever) {
+        w.at("add_prefix_space").fail("add_prefix_space does not match declared prepend_scheme");
+      }
     }
     return std::make_unique<Metaspace>(replacement, prepend, optional_bool(value, "split", w, true));
   }
@@ -286,6 +314,11 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const Json& value, const Where&
     return std::make_unique<CharSplit>([cp](char32_t c) { return c == cp; },
                                        SplitBehavior::kRemoved);
   }
+  if (type == "FixedLength") {
+    size_t length = static_cast<size_t>(optional_int(value, "length", w, 5));
+    if (length == 0) w.at("length").fail("must be at least 1");
+    return std::make_unique<FixedLength>(length);
+  }
   if (type == "Sequence") {
     Where pw = w.at("pretokenizers");
     const Json& list = expect_array(required(value, "pretokenizers", w), pw);
@@ -297,7 +330,7 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const Json& value, const Where&
   }
   w.at("type").fail("unknown pre-tokenizer type \"" + type +
                     "\" (smelt supports ByteLevel, Split, Metaspace, Digits, Punctuation, "
-                    "Whitespace, WhitespaceSplit, BertPreTokenizer, CharDelimiterSplit, Sequence)");
+                    "Whitespace, WhitespaceSplit, BertPreTokenizer, CharDelimiterSplit, FixedLength, Sequence)");
 }
 
 }  // namespace smelt::tok

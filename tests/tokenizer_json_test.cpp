@@ -450,6 +450,61 @@ TEST(TokJsonNormalizer, NmtAndByteLevel) {
   EXPECT_EQ(words({{"type", "ByteLevel"}}, "a b", {"<unk>", "a" + kG + "b"}), (Strings{"a" + kG + "b"}));
 }
 
+std::string base64(const std::string& bytes) {
+  static const char* kAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  size_t i = 0;
+  for (; i + 2 < bytes.size(); i += 3) {
+    uint32_t v = (uint8_t(bytes[i]) << 16) | (uint8_t(bytes[i + 1]) << 8) | uint8_t(bytes[i + 2]);
+    for (int k = 3; k >= 0; --k) out.push_back(kAlphabet[(v >> (6 * k)) & 63]);
+  }
+  if (i < bytes.size()) {
+    uint32_t v = uint8_t(bytes[i]) << 16;
+    if (i + 1 < bytes.size()) v |= uint8_t(bytes[i + 1]) << 8;
+    out.push_back(kAlphabet[(v >> 18) & 63]);
+    out.push_back(kAlphabet[(v >> 12) & 63]);
+    out.push_back(i + 1 < bytes.size() ? kAlphabet[(v >> 6) & 63] : '=');
+    out.push_back('=');
+  }
+  return out;
+}
+
+// A SentencePiece charsmap with the rules 'A' -> "a" and 'B' -> "xy", built as a darts double
+// array by hand: the root's offset is 256, so byte c lives in unit 256 ^ c = 256 + c (label c,
+// leaf bit 8, offset 1024), whose value unit is 1280 + c.
+std::string tiny_charsmap() {
+  std::vector<uint32_t> units(1536, 0);
+  units[0] = 256u << 10;
+  std::string replacements = "a" + std::string(1, '\0') + "xy" + std::string(1, '\0');
+  auto rule = [&](unsigned char c, uint32_t index) {
+    units[256 + c] = c | (1u << 8) | (1024u << 10);
+    units[1280 + c] = (1u << 31) | index;
+  };
+  rule('A', 0);
+  rule('B', 2);
+  std::string bytes;
+  auto put = [&](uint32_t v) {
+    for (int k = 0; k < 4; ++k) bytes.push_back(static_cast<char>((v >> (8 * k)) & 0xFF));
+  };
+  put(static_cast<uint32_t>(units.size() * 4));
+  for (uint32_t u : units) put(u);
+  return base64(bytes + replacements);
+}
+
+TEST(TokJsonNormalizer, PrecompiledCharsmapRulesPerGrapheme) {
+  auto words = [](const std::string& text, const Strings& vocab) {
+    Json doc = skeleton(Json{{"type", "WordLevel"}, {"vocab", vocab_of(vocab)}, {"unk_token", "<unk>"}});
+    doc["normalizer"] = {{"type", "Precompiled"}, {"precompiled_charsmap", tiny_charsmap()}};
+    doc["pre_tokenizer"] = {{"type", "WhitespaceSplit"}};
+    Loaded t(doc);
+    return t->encode(text).tokens;
+  };
+  EXPECT_EQ(words("ABC", {"<unk>", "axyC"}), (Strings{"axyC"}));
+  // "A" + U+0308 is one grapheme shorter than 6 bytes: the rule for its prefix "A" replaces the
+  // whole cluster, so the diaeresis goes too (the reference library's behavior).
+  EXPECT_EQ(words("A\xCC\x88" "C", {"<unk>", "aC"}), (Strings{"aC"}));
+}
+
 TEST(TokJsonPreTokenizer, SplitBehaviorsFollowTheirDefinitions) {
   // "a-b--c" split at each "-": parts a, -, b, -, -, c.
   std::string text = "a-b--c";
@@ -679,6 +734,14 @@ TEST(TokJsonErrors, DeeplyNestedSequencesAreRefused) {
   Json doc = gpt2();
   doc["normalizer"] = n;
   expect_error(doc, "components nested more than 64 levels deep");
+}
+
+TEST(TokJsonErrors, BadPrecompiledCharsmap) {
+  Json doc = unigram();
+  doc["normalizer"] = {{"type", "Precompiled"}, {"precompiled_charsmap", "!!!"}};
+  expect_error(doc, "normalizer.precompiled_charsmap: not valid base64");
+  doc["normalizer"]["precompiled_charsmap"] = base64(std::string("\xFF\xFF\x00\x00" "abcd", 8));
+  expect_error(doc, "normalizer.precompiled_charsmap: trie size 65535 exceeds the 4 bytes that follow");
 }
 
 TEST(TokJsonErrors, NotJsonAtAll) {

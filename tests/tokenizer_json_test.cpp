@@ -560,6 +560,36 @@ TEST(TokJsonDecoder, CtcCollapsesRepeatsAndDropsPad) {
   EXPECT_EQ(t->decode({2, 2, 3, 4, 0, 4, 5, 1, 2}), "hello h");
 }
 
+TEST(TokJsonBpe, TruncationLeavesRoomForSpecialTokensAndPaddingFills) {
+  Json doc = llama2();
+  doc["truncation"] = {{"max_length", 3}, {"strategy", "LongestFirst"}, {"stride", 0},
+                       {"direction", "Right"}};
+  Loaded right(doc);
+  // "hi hi hi" -> ▁hi ▁hi ▁hi; with <s> only 2 fit: <s> ▁hi ▁hi. Without specials, 3 fit.
+  EXPECT_EQ(right->encode("hi hi hi").ids, (Ids{1, 263, 263}));
+  EXPECT_EQ(right->encode("hi hi hi hi", {.add_special_tokens = false}).ids, (Ids{263, 263, 263}));
+  doc["truncation"]["direction"] = "Left";
+  doc["truncation"]["max_length"] = 2;
+  Loaded left(doc);
+  // Left truncation keeps the last token of "h hi": <s> ▁hi.
+  EXPECT_EQ(left->encode("h hi").ids, (Ids{1, 263}));
+
+  Json padded = llama2();
+  padded["padding"] = {{"strategy", {{"Fixed", 4}}}, {"direction", "Left"},
+                       {"pad_to_multiple_of", nullptr}, {"pad_id", 0}, {"pad_type_id", 0},
+                       {"pad_token", "<unk>"}};
+  Loaded p(padded);
+  Encoding e = p->encode("hi");
+  EXPECT_EQ(e.ids, (Ids{0, 0, 1, 263}));
+  EXPECT_EQ(e.tokens, (Strings{"<unk>", "<unk>", "<s>", kSp + "hi"}));
+  padded["padding"]["strategy"] = "BatchLongest";
+  padded["padding"]["direction"] = "Right";
+  padded["padding"]["pad_to_multiple_of"] = 3;
+  Loaded m(padded);
+  EXPECT_EQ(m->encode("hi hi").ids, (Ids{1, 263, 263}));     // 3 already a multiple of 3
+  EXPECT_EQ(m->encode("hi").ids, (Ids{1, 263, 0}));           // 2 -> 3
+}
+
 // --- edit and save ---
 
 TEST(TokJsonEdit, AddTokensGetNextIdsAndAreMatched) {
@@ -576,8 +606,7 @@ TEST(TokJsonEdit, AddTokensGetNextIdsAndAreMatched) {
 
 TEST(TokJsonEdit, TruncateRemovesIdsAndTheMergesThatNeedThem) {
   Json doc = gpt2();
-  doc["truncation"] = {{"max_length", 7}, {"strategy", "LongestFirst"}, {"stride", 0},
-                       {"direction", "Right"}};  // unknown to smelt, must survive a save
+  doc["x_extension"] = {{"note", "unknown to smelt"}, {"n", 7}};  // must survive a save
   doc["model"]["my_field"] = "kept";
   Loaded t(doc);
   t->truncate_vocab(12);  // drops "hello" (12) and everything after, <|endoftext|> included
@@ -594,7 +623,7 @@ TEST(TokJsonEdit, TruncateRemovesIdsAndTheMergesThatNeedThem) {
   EXPECT_EQ(back.encode("hello world!").ids, t->encode("hello world!").ids);
   EXPECT_EQ(back.vocab_size(), 12u);
   Json saved = Json::parse(testing::read_bytes(out / "tokenizer.json"));
-  EXPECT_EQ(saved["truncation"]["max_length"], 7);
+  EXPECT_EQ(saved["x_extension"]["n"], 7);
   EXPECT_EQ(saved["model"]["my_field"], "kept");
   EXPECT_TRUE(std::filesystem::exists(out / "special_tokens_map.json"));
 }

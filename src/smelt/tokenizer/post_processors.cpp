@@ -28,6 +28,11 @@ class Template : public PostProcessor {
     }
     encoding = std::move(out);
   }
+  size_t added_tokens() const override {
+    size_t n = 0;
+    for (const Item& item : items_) n += item.special.ids.size();
+    return n;
+  }
 
  private:
   std::vector<Item> items_;
@@ -38,6 +43,11 @@ class Sequence : public PostProcessor {
   explicit Sequence(std::vector<std::unique_ptr<PostProcessor>> parts) : parts_(std::move(parts)) {}
   void process(Encoding& encoding) const override {
     for (const auto& p : parts_) p->process(encoding);
+  }
+  size_t added_tokens() const override {
+    size_t n = 0;
+    for (const auto& p : parts_) n += p->added_tokens();
+    return n;
   }
 
  private:

@@ -16,6 +16,8 @@ class PostProcessor {
   virtual ~PostProcessor() = default;
   // Adds the special tokens of a single sequence (called when add_special_tokens is set).
   virtual void process(Encoding& encoding) const = 0;
+  // How many ids process() adds (truncation leaves room for them).
+  virtual size_t added_tokens() const = 0;
 };
 
 // Builds the post-processor described at `w` (null gives nullptr); unknown types and template

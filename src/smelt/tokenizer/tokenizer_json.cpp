@@ -26,6 +26,17 @@ struct JsonTokenizer::Pipeline {
   std::unique_ptr<Decoder> decoder;
   std::unique_ptr<AddedVocabulary> added;
   size_t vocab_size = 0;
+  // "truncation" (absent: max_length is nullopt) and "padding" of tokenizer.json.
+  std::optional<size_t> max_length;
+  size_t stride = 0;
+  bool truncate_left = false;
+  bool only_second = false;
+  std::optional<size_t> pad_fixed;  // Fixed(n); nullopt with `pad` set: BatchLongest
+  bool pad = false;
+  size_t pad_multiple = 0;
+  bool pad_left = false;
+  int32_t pad_id = 0;
+  std::string pad_token;
 };
 
 namespace {
@@ -120,6 +131,39 @@ std::unique_ptr<JsonTokenizer::Pipeline> JsonTokenizer::build() const {
     }
   }
 
+  // Truncation and padding, which the reference library applies on every encode.
+  if (const Json& t = part("truncation"); !t.is_null()) {
+    Where tw = root.at("truncation");
+    expect_object(t, tw);
+    p->max_length = static_cast<size_t>(expect_int(required(t, "max_length", tw), tw.at("max_length"), 0, INT32_MAX));
+    p->stride = static_cast<size_t>(optional_int(t, "stride", tw, 0));
+    std::string direction = optional_string(t, "direction", tw).value_or("Right");
+    if (direction != "Right" && direction != "Left") tw.at("direction").fail("expected \"Right\" or \"Left\"");
+    p->truncate_left = direction == "Left";
+    std::string strategy = optional_string(t, "strategy", tw).value_or("LongestFirst");
+    if (strategy != "LongestFirst" && strategy != "OnlyFirst" && strategy != "OnlySecond") {
+      tw.at("strategy").fail("expected LongestFirst, OnlyFirst or OnlySecond");
+    }
+    p->only_second = strategy == "OnlySecond";
+  }
+  if (const Json& pad = part("padding"); !pad.is_null()) {
+    Where pw = root.at("padding");
+    expect_object(pad, pw);
+    p->pad = true;
+    const Json& strategy = pad.contains("strategy") ? pad["strategy"] : Json("BatchLongest");
+    if (strategy.is_object() && strategy.contains("Fixed")) {
+      p->pad_fixed = static_cast<size_t>(expect_int(strategy["Fixed"], pw.at("strategy").at("Fixed"), 0, INT32_MAX));
+    } else if (strategy != Json("BatchLongest")) {
+      pw.at("strategy").fail("expected \"BatchLongest\" or {\"Fixed\": n}");
+    }
+    std::string direction = optional_string(pad, "direction", pw).value_or("Right");
+    if (direction != "Right" && direction != "Left") pw.at("direction").fail("expected \"Right\" or \"Left\"");
+    p->pad_left = direction == "Left";
+    p->pad_multiple = static_cast<size_t>(optional_int(pad, "pad_to_multiple_of", pw, 0));
+    p->pad_id = static_cast<int32_t>(optional_int(pad, "pad_id", pw, 0));
+    p->pad_token = optional_string(pad, "pad_token", pw).value_or("[PAD]");
+  }
+
   // tokenizer_config.json's add_bos_token / add_eos_token replace the post-processor.
   if (config_.is_object()) {
     Where cw{config_file_, ""};
@@ -189,8 +233,44 @@ Encoding JsonTokenizer::encode(std::string_view text, const EncodeOptions& optio
       for (const PreToken& piece : pieces) p.model->tokenize(piece.text, out);
     }
   }
+  if (p.max_length) truncate(p, options.add_special_tokens, out);
   if (options.add_special_tokens && p.post_processor) p.post_processor->process(out);
+  if (p.pad) {
+    size_t target = p.pad_fixed.value_or(out.ids.size());
+    if (p.pad_multiple > 0 && target % p.pad_multiple) target += p.pad_multiple - target % p.pad_multiple;
+    if (out.ids.size() < target) {
+      size_t n = target - out.ids.size();
+      auto at_ids = p.pad_left ? out.ids.begin() : out.ids.end();
+      out.ids.insert(at_ids, n, p.pad_id);
+      auto at_tokens = p.pad_left ? out.tokens.begin() : out.tokens.end();
+      out.tokens.insert(at_tokens, n, p.pad_token);
+    }
+  }
   return out;
+}
+
+void JsonTokenizer::truncate(const Pipeline& p, bool add_special_tokens, Encoding& out) const {
+  size_t max_length = *p.max_length;
+  size_t added = add_special_tokens && p.post_processor ? p.post_processor->added_tokens() : 0;
+  if (added > max_length) {
+    fail("{}: truncation.max_length {} leaves no room for the {} special tokens", file_,
+         max_length, added);
+  }
+  max_length -= added;
+  if (out.ids.size() <= max_length) return;
+  if (p.only_second) fail("{}: truncation strategy OnlySecond needs a second sequence", file_);
+  if (max_length > 0 && p.stride >= max_length) {
+    fail("{}: truncation.stride {} must be less than max_length {} (less the special tokens)",
+         file_, p.stride, max_length);
+  }
+  size_t drop = out.ids.size() - max_length;
+  if (p.truncate_left) {
+    out.ids.erase(out.ids.begin(), out.ids.begin() + static_cast<std::ptrdiff_t>(drop));
+    out.tokens.erase(out.tokens.begin(), out.tokens.begin() + static_cast<std::ptrdiff_t>(drop));
+  } else {
+    out.ids.resize(max_length);
+    out.tokens.resize(max_length);
+  }
 }
 
 std::string JsonTokenizer::decode(const std::vector<int32_t>& ids,

@@ -47,6 +47,8 @@ class JsonTokenizer : public Tokenizer {
   struct Pipeline;
   // Builds the pipeline from doc_ and config_ (throws naming file_ on any problem).
   std::unique_ptr<Pipeline> build() const;
+  // tokenizer.json's "truncation" applied to an encoding before post-processing.
+  void truncate(const Pipeline& p, bool add_special_tokens, Encoding& out) const;
   // Applies an edit to doc_/config_/special_map_ and rebuilds, restoring all three on failure.
   template <typename Edit>
   void edit(Edit&& change);

@@ -32,7 +32,7 @@ bool is_word_char(char32_t cp);
 bool is_numeric(char32_t cp);
 // ASCII punctuation or a Unicode P* general category.
 bool is_punctuation(char32_t cp);
-// General category C* (control, format, unassigned, private use, surrogate).
+// General categories Cc, Cf, Co, Cs (the reference library's "other" leaves unassigned Cn alone).
 bool is_other(char32_t cp);
 // General category Mn.
 bool is_nonspacing_mark(char32_t cp);

@@ -6,11 +6,14 @@
 // (SMELT_SKIP_NODE_TESTS=1 skips it instead).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 
 #include "smelt/tokenizer/tokenizer.h"
+#include "smelt/tokenizer/tokenizer_json.h"
 #include "test_util.h"
 
 namespace smelt::tok {
@@ -40,9 +43,8 @@ std::string reference_missing() {
     return "tests/node/node_modules/tokenizers is missing: run scripts/setup.sh (npm ci in "
            "tests/node), or set SMELT_SKIP_NODE_TESTS=1 to skip the reference tests";
   }
-  auto r =
-      run_command(testing::node_command() +
-                  " -e 'process.exit(+process.versions.node.split(\".\")[0] >= 20 ? 0 : 1)'");
+  auto r = run_command(testing::node_command() +
+                       " -e 'process.exit(+process.versions.node.split(\".\")[0] >= 20 ? 0 : 1)'");
   if (r.exit_code != 0)
     return "node >= 20 is not installed (scripts/setup.sh installs it): " + r.output;
   return "";
@@ -66,16 +68,16 @@ class TokRefJson : public ::testing::TestWithParam<const char*> {
   // Writes `style`'s tokenizer.json under dir_ and returns the reference's encodings.
   static json make_reference(const std::string& style) {
     const fs::path err = dir_->path() / "stderr.txt";
-    auto made = run_command(testing::node_command() + " " + quote(node_dir() / "make_tokenizers.mjs") + " " +
-                            quote(dir_->path()) + " " + quote(corpus_path()) + " " + style + " 2>" +
-                            quote(err));
+    auto made = run_command(testing::node_command() + " " +
+                            quote(node_dir() / "make_tokenizers.mjs") + " " + quote(dir_->path()) +
+                            " " + quote(corpus_path()) + " " + style + " 2>" + quote(err));
     if (made.exit_code != 0) {
       throw std::runtime_error("make_tokenizers.mjs failed:\n" + made.output +
                                testing::read_bytes(err));
     }
     const fs::path out = dir_->path() / (style + ".json");
-    auto r = run_command(testing::node_command() + " " + quote(node_dir() / "tokenize.mjs") + " corpus " +
-                         quote(dir_->path() / style / "tokenizer.json") + " " +
+    auto r = run_command(testing::node_command() + " " + quote(node_dir() / "tokenize.mjs") +
+                         " corpus " + quote(dir_->path() / style / "tokenizer.json") + " " +
                          quote(corpus_path()) + " > " + quote(out) + " 2>" + quote(err));
     if (r.exit_code != 0) {
       throw std::runtime_error("tokenize.mjs failed for " + style + ":\n" +
@@ -161,6 +163,60 @@ TEST_P(TokRefJson, EveryLineAndTheWholeCorpusMatchTheReference) {
                            << report;
   const std::string corpus = testing::read_bytes(corpus_path());
   EXPECT_EQ(compare(*t, corpus, ref.at("whole")), "") << "the whole corpus differs";
+}
+
+// A tokenizer edited by smelt (ids stripped, tokens added) and saved loads in the reference
+// library, which encodes the added tokens to the ids smelt gave them and agrees with smelt on
+// text around them.
+TEST_F(TokRefJson, AnEditedTokenizerSavedBySmeltLoadsInTheReference) {
+  for (const std::string style : {"gpt2", "llama2"}) {
+    SCOPED_TRACE(style);
+    (void)make_reference(style);
+    JsonTokenizer t(dir_->path() / style / "tokenizer.json", dir_->path() / style);
+    const size_t before = t.vocab_size();
+    // Strip the top of the model vocabulary (added tokens above it go too), then add tokens.
+    const size_t keep = before - 40;
+    t.truncate_vocab(keep);
+    ASSERT_EQ(t.vocab_size(), keep);
+    const std::vector<int32_t> ids =
+        t.add_tokens({{.content = "<|im_start|>", .special = true, .normalized = false},
+                      {.content = "<|im_end|>", .special = true, .normalized = false},
+                      {.content = "smeltium", .special = false}});
+    ASSERT_EQ(ids.size(), 3u);
+    EXPECT_EQ(ids[0], static_cast<int32_t>(keep));
+    const fs::path saved = dir_->path() / (style + "-edited");
+    fs::create_directories(saved);
+    t.save(saved);
+
+    const std::vector<std::string> texts = {"<|im_start|>user hello<|im_end|>",
+                                            "a smeltium alloy, 42 times", "plain text only"};
+    std::string args;
+    for (const auto& x : texts) args += " " + quote(x);
+    const fs::path out = dir_->path() / (style + "-edited.json");
+    auto r = run_command(testing::node_command() + " " + quote(node_dir() / "tokenize.mjs") +
+                         " saved " + quote(saved) + args + " > " + quote(out));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const json ref = json::parse(testing::read_bytes(out));
+    EXPECT_EQ(ref.at("vocab_size").get<size_t>(), keep + 3);
+    std::map<std::string, int32_t> added;
+    for (const auto& a : ref.at("added_tokens")) added[a.at("token")] = a.at("id");
+    EXPECT_EQ(added["<|im_start|>"], ids[0]);
+    EXPECT_EQ(added["<|im_end|>"], ids[1]);
+    EXPECT_EQ(added["smeltium"], ids[2]);
+    auto reloaded = Tokenizer::load(saved);
+    for (size_t i = 0; i < texts.size(); ++i) {
+      const json& want = ref.at("strings").at(i);
+      EXPECT_EQ(reloaded->encode(texts[i]).ids, want.at("ids").get<std::vector<int32_t>>())
+          << texts[i];
+      EXPECT_EQ(t.encode(texts[i]).ids, want.at("ids").get<std::vector<int32_t>>()) << texts[i];
+    }
+    const auto first = ref.at("strings").at(0).at("ids").get<std::vector<int32_t>>();
+    EXPECT_NE(std::find(first.begin(), first.end(), ids[0]), first.end());
+    EXPECT_NE(std::find(first.begin(), first.end(), ids[1]), first.end());
+    const auto second = ref.at("strings").at(1).at("ids").get<std::vector<int32_t>>();
+    EXPECT_NE(std::find(second.begin(), second.end(), ids[2]), second.end());
+    for (int32_t id : first) EXPECT_LT(id, static_cast<int32_t>(keep + 3));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(TokRef, TokRefJson, ::testing::ValuesIn(kStyles),

@@ -764,6 +764,9 @@ TEST(TokJsonErrors, MissingFieldsAndWrongTypes) {
   Json template_bad = llama2();
   template_bad["post_processor"]["special_tokens"] = Json::object();
   expect_error(template_bad, "post_processor.single[0].SpecialToken.id: template names special token \"<s>\"");
+  Json huge_pad = gpt2();
+  huge_pad["padding"] = {{"strategy", {{"Fixed", 2000000000}}}, {"pad_id", 0}, {"pad_token", "h"}};
+  expect_error(huge_pad, "padding.strategy.Fixed: integer 2000000000 is out of range [0, 16777216]");
   Json not_object = Json::array({1, 2});
   expect_error(not_object, "expected an object, got array");
 }

@@ -549,6 +549,17 @@ TEST(TokJsonPreTokenizer, DigitsPunctuationWhitespace) {
   EXPECT_EQ(pieces({{"type", "FixedLength"}, {"length", 2}}, "ab12!"), (Strings{"ab", "12", "!"}));
 }
 
+TEST(TokJsonPreTokenizer, PunctuationUsesTheReferenceLibrarysOlderTable) {
+  Json doc = skeleton(Json{{"type", "WordLevel"},
+                           {"vocab", vocab_of({"<unk>", "a", "b", "\xC2\xBF", "a\xE2\xB9\x8C" "b"})},
+                           {"unk_token", "<unk>"}});
+  doc["pre_tokenizer"] = {{"type", "Punctuation"}, {"behavior", "Isolated"}};
+  Loaded t(doc);
+  // ¿ (U+00BF, Unicode 1.1) is punctuation; ⹌ (U+2E4C, Po since Unicode 11) is not to it.
+  EXPECT_EQ(t->encode("a\xC2\xBF" "b").tokens, (Strings{"a", "\xC2\xBF", "b"}));
+  EXPECT_EQ(t->encode("a\xE2\xB9\x8C" "b").tokens, (Strings{"a\xE2\xB9\x8C" "b"}));
+}
+
 TEST(TokJsonDecoder, CtcCollapsesRepeatsAndDropsPad) {
   Json doc = skeleton(Json{{"type", "WordLevel"},
                            {"vocab", vocab_of({"<pad>", "|", "h", "e", "l", "o"})},
@@ -753,6 +764,9 @@ TEST(TokJsonErrors, MissingFieldsAndWrongTypes) {
   Json template_bad = llama2();
   template_bad["post_processor"]["special_tokens"] = Json::object();
   expect_error(template_bad, "post_processor.single[0].SpecialToken.id: template names special token \"<s>\"");
+  Json huge_pad = gpt2();
+  huge_pad["padding"] = {{"strategy", {{"Fixed", 2000000000}}}, {"pad_id", 0}, {"pad_token", "h"}};
+  expect_error(huge_pad, "padding.strategy.Fixed: integer 2000000000 is out of range [0, 16777216]");
   Json not_object = Json::array({1, 2});
   expect_error(not_object, "expected an object, got array");
 }

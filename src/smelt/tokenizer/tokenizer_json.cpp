@@ -41,6 +41,9 @@ struct JsonTokenizer::Pipeline {
 
 namespace {
 
+// The longest padded length smelt accepts from a tokenizer.json (2^24 tokens).
+constexpr int64_t kMaxPadding = int64_t{1} << 24;
+
 // A special token named in tokenizer_config.json / special_tokens_map.json: a string or an
 // {"content": ...} object; nullopt when absent or null.
 std::optional<std::string> special_token_name(const Json& config, const std::string& key,
@@ -152,7 +155,9 @@ std::unique_ptr<JsonTokenizer::Pipeline> JsonTokenizer::build() const {
     p->pad = true;
     const Json& strategy = pad.contains("strategy") ? pad["strategy"] : Json("BatchLongest");
     if (strategy.is_object() && strategy.contains("Fixed")) {
-      p->pad_fixed = static_cast<size_t>(expect_int(strategy["Fixed"], pw.at("strategy").at("Fixed"), 0, INT32_MAX));
+      // Bounded so that a crafted file cannot make every encoding a giant allocation.
+      p->pad_fixed = static_cast<size_t>(
+          expect_int(strategy["Fixed"], pw.at("strategy").at("Fixed"), 0, kMaxPadding));
     } else if (strategy != Json("BatchLongest")) {
       pw.at("strategy").fail("expected \"BatchLongest\" or {\"Fixed\": n}");
     }
@@ -160,6 +165,9 @@ std::unique_ptr<JsonTokenizer::Pipeline> JsonTokenizer::build() const {
     if (direction != "Right" && direction != "Left") pw.at("direction").fail("expected \"Right\" or \"Left\"");
     p->pad_left = direction == "Left";
     p->pad_multiple = static_cast<size_t>(optional_int(pad, "pad_to_multiple_of", pw, 0));
+    if (p->pad_multiple > kMaxPadding) {
+      pw.at("pad_to_multiple_of").fail(fmt::format("{} is beyond smelt's limit of {}", p->pad_multiple, kMaxPadding));
+    }
     p->pad_id = static_cast<int32_t>(optional_int(pad, "pad_id", pw, 0));
     p->pad_token = optional_string(pad, "pad_token", pw).value_or("[PAD]");
   }

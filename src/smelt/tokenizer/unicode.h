@@ -30,7 +30,8 @@ bool is_whitespace(char32_t cp);
 bool is_word_char(char32_t cp);
 // Rust's char::is_numeric: general categories Nd, Nl, No.
 bool is_numeric(char32_t cp);
-// ASCII punctuation or a Unicode P* general category.
+// ASCII punctuation or a Unicode P* general category, leaving out the P* characters assigned
+// after Unicode 8.0 as the reference library's table does.
 bool is_punctuation(char32_t cp);
 // General categories Cc, Cf, Co, Cs (the reference library's "other" leaves unassigned Cn alone).
 bool is_other(char32_t cp);

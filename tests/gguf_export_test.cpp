@@ -652,6 +652,12 @@ TEST(GgufExport, CorruptSentencePieceModelNamesFile) {
   put_bytes(one_byte, 1, sp_piece("<unk>", 0.0f, 2));
   put_bytes(one_byte, 1, sp_piece("<0x0A>", 0.0f, 6));
   EXPECT_NE(error_with(one_byte).find(f.string()), std::string::npos);
+  // libsentencepiece throws (not a Status) for a piece that starts with a NUL byte (found by
+  // fuzz/sentencepiece_fuzz.cpp); still an error naming the file, not a crash.
+  std::string nul_piece;
+  put_bytes(nul_piece, 1, sp_piece("<unk>", 0.0f, 2));
+  put_bytes(nul_piece, 1, sp_piece(std::string(1, '\0'), 0.0f, 1));
+  EXPECT_NE(error_with(nul_piece).find(f.string()), std::string::npos);
   std::string nan_score;
   put_bytes(nan_score, 1, sp_piece("<unk>", 0.0f, 2));
   put_bytes(nan_score, 1, sp_piece("x", std::nanf(""), 1));

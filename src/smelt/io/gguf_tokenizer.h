@@ -1,6 +1,7 @@
 // A model folder's tokenizer as GGUF metadata (tokenizer.ggml.*): SentencePiece tokenizer.model
-// or tokenizers' tokenizer.json, special tokens and chat templates, read as llama.cpp's
-// converter reads them (docs/gguf.md, "Tokenizer"); every byte of the files is checked.
+// or tokenizers' tokenizer.json (their vocabularies read by the tokenizer module, which checks
+// them), special tokens and chat templates, as llama.cpp's converter reads them (docs/gguf.md,
+// "Tokenizer").
 #pragma once
 
 #include <cstdint>

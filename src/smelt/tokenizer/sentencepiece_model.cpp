@@ -37,7 +37,13 @@ void load_model(sentencepiece::SentencePieceProcessor& sp, const fs::path& model
   std::error_code ec;
   if (!fs::is_regular_file(model_file, ec))
     fail("{}: no such SentencePiece model file", model_file.string());
-  const auto status = sp.Load(model_file.string());
+  sentencepiece::util::Status status;
+  try {
+    status = sp.Load(model_file.string());
+  } catch (const std::exception& e) {
+    // The library also throws: its trie builder refuses a piece that starts with a NUL byte.
+    fail("{}: not a SentencePiece model file ({})", model_file.string(), e.what());
+  }
   if (!status.ok()) {
     // The library's parse failure names its own source line; say what it means instead.
     std::string reason = status.message();

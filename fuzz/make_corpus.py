@@ -280,6 +280,17 @@ model = field(2, 2, b"\x08\x01\x10\x02")
 model += b"".join(field(1, 2, piece(*p)) for p in pieces)
 model += field(3, 2, b"normalizer") + field(99, 1, b"\0" * 8) + field(98, 5, b"\0" * 4)
 put("sentencepiece", "tiny.model", model)
+# One that libsentencepiece loads (the reader of gguf_sentencepiece_vocab): byte pieces need
+# trainer_spec.byte_fallback (field 35) and all 256 of them; NormalizerSpec.name "identity".
+loads = field(2, 2, field(35, 0, varint(1)))
+loads += b"".join(field(1, 2, piece(*p)) for p in pieces[:3])
+loads += b"".join(field(1, 2, piece("<0x%02X>" % b, 0.0, 6)) for b in range(256))
+loads += b"".join(field(1, 2, piece(*p)) for p in pieces[4:])
+loads += field(3, 2, field(1, 2, b"identity"))
+put("sentencepiece", "loads.model", loads)
+put("sentencepiece", "nan_score_loads.model",
+    field(1, 2, piece("<unk>", 0.0, 2)) + field(1, 2, field(1, 2, b"a") +
+                                                field(2, 5, struct.pack("<I", 0x7FC00000))))
 put("sentencepiece", "one_piece.model", field(1, 2, piece("a", 0.0)))
 put("sentencepiece", "no_pieces.model", field(2, 2, b"\x08\x01"))
 put("sentencepiece", "truncated.model", model[:37])

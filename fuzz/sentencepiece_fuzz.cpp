@@ -1,5 +1,6 @@
-// libFuzzer target: a SentencePiece tokenizer.model (protobuf ModelProto) read by
-// gguf_sentencepiece_vocab, at its own size and padded/cut to a fixed vocabulary size.
+// libFuzzer target: a SentencePiece tokenizer.model (protobuf ModelProto) read through
+// libsentencepiece by gguf_sentencepiece_vocab, at its own size and padded/cut to a fixed
+// vocabulary size.
 // smelt::Error is the expected outcome for a bad file; anything else is a finding.
 #include "fuzz_util.h"
 #include "smelt/error.h"

@@ -430,11 +430,25 @@ TEST(GgufExport, CorruptTokenizerJsonNamesFile) {
   bad["model"]["merges"][0] = 7;
   EXPECT_NE(error_with(bad.dump()).find("merges[0]"), std::string::npos);
   bad = good;
-  bad["model"]["type"] = "Unigram";
-  EXPECT_NE(error_with(bad.dump()).find("Unigram"), std::string::npos);
+  bad["model"]["type"] = "Unigram";  // with BPE's vocab object: refused by the engine
+  EXPECT_NE(error_with(bad.dump()).find(tf.string()), std::string::npos);
+  // A valid Unigram model: loaded by the engine, refused by GGUF export.
   bad = good;
-  bad["added_tokens"][0]["content"] = "a";  // now two ids spell "a"
-  EXPECT_NE(error_with(bad.dump()).find("duplicate"), std::string::npos);
+  std::vector<std::pair<int, std::string>> by_id;
+  for (const auto& [token, id] : good["model"]["vocab"].items()) by_id.emplace_back(id, token);
+  std::sort(by_id.begin(), by_id.end());
+  json pieces = json::array();
+  for (const auto& [id, token] : by_id) pieces.push_back({token, -1.0});
+  bad["model"] = {{"type", "Unigram"}, {"vocab", pieces}, {"unk_id", nullptr}};
+  e = error_with(bad.dump());
+  EXPECT_NE(e.find(tf.string()), std::string::npos) << e;
+  EXPECT_NE(e.find("Unigram"), std::string::npos) << e;
+  // An added token spelled like a vocab token but with another id: the engine refuses the ids.
+  bad = good;
+  bad["added_tokens"][0]["content"] = "a";
+  e = error_with(bad.dump());
+  EXPECT_NE(e.find(tf.string()), std::string::npos) << e;
+  EXPECT_NE(e.find("added_tokens[0]"), std::string::npos) << e;
   bad = good;
   bad["added_tokens"] = "nope";
   EXPECT_NE(error_with(bad.dump()).find("added_tokens"), std::string::npos);
@@ -495,15 +509,26 @@ std::string sp_piece(const std::string& text, float score, int type) {
   return p;
 }
 
-// A tiny SentencePiece model: <unk> <s> </s> <0x0A> ▁a b, plus trainer/normalizer specs and an
-// unknown field in a piece, which readers must skip.
+// trainer_spec with byte_fallback = true (field 35): libsentencepiece accepts byte pieces only so.
+std::string byte_fallback_trainer_spec() {
+  std::string spec;
+  put_key(spec, 35, 0);
+  put_varint(spec, 1);
+  std::string out;
+  put_bytes(out, 2, spec);
+  return out;
+}
+
+// A tiny SentencePiece model that libsentencepiece loads: <unk> <s> </s>, the 256 byte pieces,
+// ▁a (with an unknown field, which readers must skip), b, a user-defined <|u|>, a one-character
+// user-defined Q, an unused zz, then a normalizer_spec.
 std::string tiny_sentencepiece() {
-  std::string model;
-  put_bytes(model, 2, std::string("\x08\x01\x10\x02", 4));  // trainer_spec (skipped)
+  std::string model = byte_fallback_trainer_spec();
   put_bytes(model, 1, sp_piece("<unk>", 0.0f, 2));
   put_bytes(model, 1, sp_piece("<s>", 0.0f, 3));
   put_bytes(model, 1, sp_piece("</s>", 0.0f, 3));
-  put_bytes(model, 1, sp_piece("<0x0A>", 0.0f, 6));
+  for (int b = 0; b < 256; ++b)
+    put_bytes(model, 1, sp_piece(fmt::format("<0x{:02X}>", b), 0.0f, 6));
   std::string a = sp_piece(
       "\xe2\x96\x81"
       "a",
@@ -512,45 +537,66 @@ std::string tiny_sentencepiece() {
   put_varint(a, 300);
   put_bytes(model, 1, a);
   put_bytes(model, 1, sp_piece("b", -2.25f, 1));
-  put_bytes(model, 3, "normalizer");  // normalizer_spec (skipped)
+  put_bytes(model, 1, sp_piece("<|u|>", 0.0f, 4));
+  put_bytes(model, 1, sp_piece("Q", 0.0f, 4));
+  put_bytes(model, 1, sp_piece("zz", -9.0f, 5));
+  std::string normalizer;
+  put_bytes(normalizer, 1, "identity");  // NormalizerSpec.name
+  put_bytes(model, 3, normalizer);
   return model;
 }
+constexpr size_t kTinyPieces = 264;
 
 TEST(GgufExport, SentencePieceModelParsedIntoTokensScoresTypes) {
   TempDir dir;
   const fs::path f = dir / "tokenizer.model";
   write_bytes(f, tiny_sentencepiece());
-  const GgufVocab v = gguf_sentencepiece_vocab(f, 8);
+  const GgufVocab v = gguf_sentencepiece_vocab(f, kTinyPieces + 2);
   EXPECT_EQ(v.model, "llama");
   EXPECT_EQ(v.pre, "default");
-  EXPECT_EQ(v.tokens, (std::vector<std::string>{"<unk>", "<s>", "</s>", "<0x0A>",
-                                                "\xe2\x96\x81"
-                                                "a",
-                                                "b", "[PAD6]", "[PAD7]"}));
-  EXPECT_EQ(v.scores, (std::vector<float>{0, 0, 0, 0, -1.5f, -2.25f, -10000, -10000}));
-  EXPECT_EQ(v.token_types,
-            (std::vector<int32_t>{kGgufTokenUnknown, kGgufTokenControl, kGgufTokenControl,
-                                  kGgufTokenByte, kGgufTokenNormal, kGgufTokenNormal,
-                                  kGgufTokenUnused, kGgufTokenUnused}));
-  EXPECT_EQ(gguf_sentencepiece_vocab(f, -1).tokens.size(), 6u);
+  ASSERT_EQ(v.tokens.size(), kTinyPieces + 2);
+  ASSERT_EQ(v.scores.size(), kTinyPieces + 2);
+  ASSERT_EQ(v.token_types.size(), kTinyPieces + 2);
+  const std::vector<std::string> head(v.tokens.begin(), v.tokens.begin() + 4);
+  EXPECT_EQ(head, (std::vector<std::string>{"<unk>", "<s>", "</s>", "<0x00>"}));
+  const std::vector<std::string> tail(v.tokens.begin() + 258, v.tokens.end());
+  EXPECT_EQ(tail, (std::vector<std::string>{"<0xFF>",
+                                            "\xe2\x96\x81"
+                                            "a",
+                                            "b", "<|u|>", "Q", "zz", "[PAD264]", "[PAD265]"}));
+  const std::vector<float> tail_scores(v.scores.begin() + 258, v.scores.end());
+  EXPECT_EQ(tail_scores, (std::vector<float>{0, -1.5f, -2.25f, 0, 0, -9, -10000, -10000}));
+  EXPECT_EQ(v.token_types[0], kGgufTokenUnknown);
+  EXPECT_EQ(v.token_types[1], kGgufTokenControl);
+  EXPECT_EQ(v.token_types[2], kGgufTokenControl);
+  EXPECT_EQ(v.token_types[3], kGgufTokenByte);
+  const std::vector<int32_t> tail_types(v.token_types.begin() + 258, v.token_types.end());
+  // A one-character user-defined piece reads as normal: libsentencepiece's API cannot tell the
+  // two apart (docs/tokenizer-sentencepiece.md, "Vocabulary").
+  EXPECT_EQ(tail_types, (std::vector<int32_t>{kGgufTokenByte, kGgufTokenNormal, kGgufTokenNormal,
+                                              kGgufTokenUserDefined, kGgufTokenNormal,
+                                              kGgufTokenUnused, kGgufTokenUnused,
+                                              kGgufTokenUnused}));
+  EXPECT_EQ(gguf_sentencepiece_vocab(f, -1).tokens.size(), kTinyPieces);
   EXPECT_EQ(gguf_sentencepiece_vocab(f, 3).tokens.size(), 3u);  // the converter drops extra pieces
 
   // Through gguf_export_kvs: tokenizer.model wins over tokenizer.json, as in the converter.
   const fs::path m = dir / "m";
   ASSERT_EQ(run_smelt("dev make-model " + quote(m)).exit_code, 0);
   json config = read_json_file(m / "config.json");
-  config["vocab_size"] = 6;
+  config["vocab_size"] = kTinyPieces;
   fs::copy_file(f, m / "tokenizer.model");
   const auto kvs = gguf_export_kvs(m, config, "sp", -1);
   EXPECT_EQ(kv(kvs, "tokenizer.ggml.model")->as_string(), "llama");
-  EXPECT_EQ(kv(kvs, "tokenizer.ggml.scores")->size(), 6u);
-  EXPECT_EQ(kv(kvs, "tokenizer.ggml.scores")->at(5).as_float(), -2.25);
+  EXPECT_EQ(kv(kvs, "tokenizer.ggml.scores")->size(), kTinyPieces);
+  EXPECT_EQ(kv(kvs, "tokenizer.ggml.scores")->at(260).as_float(), -2.25);
   EXPECT_EQ(kv(kvs, "tokenizer.ggml.merges"), nullptr);
   EXPECT_EQ(kv(kvs, "tokenizer.ggml.bos_token_id")->as_uint(), 1u);
   EXPECT_EQ(kv(kvs, "tokenizer.ggml.eos_token_id")->as_uint(), 2u);
   EXPECT_EQ(kv(kvs, "tokenizer.ggml.unknown_token_id")->as_uint(), 0u);
 }
 
+// Whatever libsentencepiece refuses is an error naming the file (docs/tokenizer-sentencepiece.md).
 TEST(GgufExport, CorruptSentencePieceModelNamesFile) {
   TempDir dir;
   const fs::path f = dir / "tokenizer.model";
@@ -559,9 +605,8 @@ TEST(GgufExport, CorruptSentencePieceModelNamesFile) {
     write_bytes(f, bytes);
     return error_of([&] { gguf_sentencepiece_vocab(f, -1); });
   };
-  // Every truncation is an error naming the file, or (cut between fields) parses fewer pieces;
-  // only cuts inside the trailing normalizer_spec field (12 bytes) keep all six.
-  const size_t specs_start = good.size() - 12;
+  // Every truncation is an error naming the file, or (cut between fields) a model of fewer
+  // pieces; the whole file has them all.
   for (size_t cut = 0; cut < good.size(); ++cut) {
     std::string e;
     size_t pieces = 0;
@@ -572,37 +617,53 @@ TEST(GgufExport, CorruptSentencePieceModelNamesFile) {
       e = err.what();
     }
     if (e.empty()) {
-      EXPECT_EQ(cut >= specs_start, pieces == 6) << "cut at " << cut;
-      EXPECT_LE(pieces, 6u);
+      EXPECT_LE(pieces, kTinyPieces) << "cut at " << cut;
     } else {
       EXPECT_NE(e.find(f.string()), std::string::npos) << e;
     }
   }
-  EXPECT_NE(error_with("").find("no pieces"), std::string::npos);
-  std::string e = error_with(good.substr(0, good.size() - 3));
+  EXPECT_EQ(error_with(good), "");
+  std::string e = error_with("");
+  EXPECT_NE(e.find(f.string()), std::string::npos) << e;  // no pieces, so no <unk>
+  e = error_with("not a model");
   EXPECT_NE(e.find(f.string()), std::string::npos) << e;
-  EXPECT_NE(e.find("truncated or corrupt"), std::string::npos) << e;
+  EXPECT_NE(e.find("not a SentencePiece model"), std::string::npos) << e;
+  e = error_with(good.substr(0, good.size() - 3));
+  EXPECT_NE(e.find(f.string()), std::string::npos) << e;
 
   std::string huge;  // a piece claiming 2^40 bytes
   put_key(huge, 1, 2);
   put_varint(huge, uint64_t{1} << 40);
-  EXPECT_NE(error_with(huge).find("exceeds"), std::string::npos);
-  std::string bad_type;
-  put_bytes(bad_type, 1, sp_piece("x", 0, 9));
-  EXPECT_NE(error_with(bad_type).find("unknown type 9"), std::string::npos);
+  EXPECT_NE(error_with(huge).find(f.string()), std::string::npos);
   std::string group;  // wire type 3 (groups) is not accepted
   put_key(group, 5, 3);
-  EXPECT_NE(error_with(group).find("wire type"), std::string::npos);
-  std::string no_text;
+  EXPECT_NE(error_with(group).find(f.string()), std::string::npos);
+  std::string no_text = byte_fallback_trainer_spec();
+  put_bytes(no_text, 1, sp_piece("<unk>", 0.0f, 2));
   std::string p;
   put_float(p, 2, 1.0f);
   put_bytes(no_text, 1, p);
-  EXPECT_NE(error_with(no_text).find("no text"), std::string::npos);
+  EXPECT_NE(error_with(no_text).find(f.string()), std::string::npos);
   std::string long_varint(11, '\xff');
   EXPECT_NE(error_with(long_varint).find(f.string()), std::string::npos);
+  // Byte pieces need byte_fallback and all 256 of them, as the library (and the converter,
+  // which loads the file with it) require.
+  std::string one_byte;
+  put_bytes(one_byte, 1, sp_piece("<unk>", 0.0f, 2));
+  put_bytes(one_byte, 1, sp_piece("<0x0A>", 0.0f, 6));
+  EXPECT_NE(error_with(one_byte).find(f.string()), std::string::npos);
+  // libsentencepiece throws (not a Status) for a piece that starts with a NUL byte (found by
+  // fuzz/sentencepiece_fuzz.cpp); still an error naming the file, not a crash.
+  std::string nul_piece;
+  put_bytes(nul_piece, 1, sp_piece("<unk>", 0.0f, 2));
+  put_bytes(nul_piece, 1, sp_piece(std::string(1, '\0'), 0.0f, 1));
+  EXPECT_NE(error_with(nul_piece).find(f.string()), std::string::npos);
   std::string nan_score;
+  put_bytes(nan_score, 1, sp_piece("<unk>", 0.0f, 2));
   put_bytes(nan_score, 1, sp_piece("x", std::nanf(""), 1));
-  EXPECT_NE(error_with(nan_score).find("not finite"), std::string::npos);
+  e = error_with(nan_score);
+  EXPECT_NE(e.find(f.string()), std::string::npos) << e;
+  EXPECT_NE(e.find("not finite"), std::string::npos) << e;
 }
 
 // ---- the real client: llama.cpp via node-llama-cpp ----------------------------------------------
@@ -849,7 +910,7 @@ TEST(GgufExport, NodeLlamaCppLoadsTinyLlama) {
 
 // A SentencePiece vocabulary of `n` pieces: <unk> <s> </s>, the 256 byte pieces, then words.
 std::string sentencepiece_of_size(int n) {
-  std::string model;
+  std::string model = byte_fallback_trainer_spec();
   put_bytes(model, 1, sp_piece("<unk>", 0.0f, 2));
   put_bytes(model, 1, sp_piece("<s>", 0.0f, 3));
   put_bytes(model, 1, sp_piece("</s>", 0.0f, 3));

@@ -207,6 +207,37 @@ TEST_F(TokSentencePiece, VocabularyLookupsAndSpecialPieces) {
   EXPECT_THROW(t->decode({static_cast<int32_t>(t->vocab_size())}), Error);
 }
 
+// read_sentencepiece_vocab: every piece in id order as the tokenizer spells it, with the
+// library's types; the trained model's user-defined symbols are told from normal pieces.
+TEST_F(TokSentencePiece, VocabularyListsPiecesScoresAndTypes) {
+  auto t = Tokenizer::load(model_path("bpe"));
+  const SentencePieceVocab v = read_sentencepiece_vocab(model_path("bpe"));
+  ASSERT_EQ(v.pieces.size(), t->vocab_size());
+  ASSERT_EQ(v.scores.size(), v.pieces.size());
+  ASSERT_EQ(v.types.size(), v.pieces.size());
+  for (size_t i = 0; i < v.pieces.size(); ++i) {
+    ASSERT_EQ(v.pieces[i], t->id_to_token(static_cast<int32_t>(i))) << i;
+  }
+  const json& r = ref("bpe");
+  EXPECT_EQ(v.types[r.at("unk").get<size_t>()], SentencePieceVocab::kUnknown);
+  EXPECT_EQ(v.types[r.at("bos").get<size_t>()], SentencePieceVocab::kControl);
+  EXPECT_EQ(v.types[r.at("eos").get<size_t>()], SentencePieceVocab::kControl);
+  EXPECT_EQ(v.types[*t->token_to_id("<|im_start|>")], SentencePieceVocab::kUserDefined);
+  EXPECT_EQ(v.types[*t->token_to_id("<|im_end|>")], SentencePieceVocab::kUserDefined);
+  EXPECT_EQ(v.types[*t->token_to_id("<0x41>")], SentencePieceVocab::kByte);
+  size_t normal = 0, bytes = 0;
+  for (auto type : v.types) {
+    normal += type == SentencePieceVocab::kNormal;
+    bytes += type == SentencePieceVocab::kByte;
+  }
+  EXPECT_EQ(bytes, 256u);
+  EXPECT_EQ(normal, v.pieces.size() - 256 - 2 - 3);  // bytes, user-defined, unk/bos/eos
+  // The scores are the file's: a BPE model's fall with the rank.
+  const size_t first_merge = *t->token_to_id("<0xFF>") + 1;
+  EXPECT_LT(v.scores.back(), v.scores[first_merge]);
+  EXPECT_THROW(read_sentencepiece_vocab(model_path("bpe").parent_path() / "missing.model"), Error);
+}
+
 TEST(TokSentencePieceFile, NotAModelIsAnErrorNamingTheFile) {
   TempDir dir;
   const std::pair<const char*, std::string> cases[] = {

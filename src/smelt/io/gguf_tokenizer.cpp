@@ -1,17 +1,19 @@
-// Tokenizer files -> tokenizer.ggml.* KVs: SentencePiece protobuf, tokenizer.json BPE, special
-// tokens and chat templates.
+// Tokenizer files -> tokenizer.ggml.* KVs: the vocabulary as the tokenizer module reads it
+// (libsentencepiece, the tokenizer.json engine), GGUF's token types, special tokens and chat
+// templates.
 #include "smelt/io/gguf_tokenizer.h"
 
 #include <algorithm>
 #include <cctype>
 #include <cmath>
-#include <cstring>
 #include <optional>
 #include <string_view>
 #include <unordered_map>
 
 #include "smelt/error.h"
 #include "smelt/io/gguf_json.h"
+#include "smelt/tokenizer/sentencepiece_model.h"
+#include "smelt/tokenizer/tokenizer_json.h"
 
 namespace smelt::io {
 namespace fs = std::filesystem;
@@ -24,136 +26,6 @@ namespace {
 
 bool ends_with(std::string_view s, std::string_view suffix) { return s.ends_with(suffix); }
 bool starts_with(std::string_view s, std::string_view prefix) { return s.starts_with(prefix); }
-
-// ---- SentencePiece protobuf ---------------------------------------------------------------------
-
-// A bounds-checked reader of protobuf wire format over one buffer; every read checks the bytes
-// that remain and errors name the file and offset.
-class ProtoReader {
- public:
-  ProtoReader(std::string_view bytes, const fs::path& file, size_t base = 0)
-      : bytes_(bytes), file_(file), base_(base) {}
-
-  bool done() const { return pos_ >= bytes_.size(); }
-  size_t offset() const { return base_ + pos_; }
-
-  [[noreturn]] void corrupt(const std::string& what) const {
-    fail("{}: truncated or corrupt SentencePiece model: {} at byte {}", file_.string(), what,
-         offset());
-  }
-
-  uint64_t varint(const char* what) {
-    uint64_t value = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
-      if (pos_ >= bytes_.size()) corrupt(fmt::format("{} runs past the end", what));
-      const uint8_t b = static_cast<uint8_t>(bytes_[pos_++]);
-      if (shift == 63 && b > 1) corrupt(fmt::format("{} overflows 64 bits", what));
-      value |= static_cast<uint64_t>(b & 0x7F) << shift;
-      if (!(b & 0x80)) return value;
-    }
-    corrupt(fmt::format("{} is longer than 10 bytes", what));
-  }
-
-  // Reads a field key; returns {field number, wire type}.
-  std::pair<uint64_t, uint32_t> key() {
-    const uint64_t k = varint("field key");
-    const uint64_t field = k >> 3;
-    const uint32_t wire = static_cast<uint32_t>(k & 7);
-    if (field == 0 || field > (uint64_t{1} << 29) - 1) {
-      corrupt(fmt::format("field number {} is invalid", field));
-    }
-    return {field, wire};
-  }
-
-  std::string_view length_delimited(const char* what) {
-    const size_t start = pos_;
-    const uint64_t n = varint(what);
-    if (n > bytes_.size() - pos_) {
-      pos_ = start;
-      corrupt(fmt::format("{} of {} bytes exceeds the {} bytes that remain", what, n,
-                          bytes_.size() - start));
-    }
-    std::string_view out = bytes_.substr(pos_, static_cast<size_t>(n));
-    pos_ += static_cast<size_t>(n);
-    return out;
-  }
-
-  uint32_t fixed32(const char* what) {
-    if (bytes_.size() - pos_ < 4) corrupt(fmt::format("{} runs past the end", what));
-    uint32_t v = 0;
-    for (int i = 0; i < 4; ++i)
-      v |= static_cast<uint32_t>(static_cast<uint8_t>(bytes_[pos_ + i])) << (8 * i);
-    pos_ += 4;
-    return v;
-  }
-
-  void skip(uint32_t wire, uint64_t field) {
-    switch (wire) {
-      case 0:
-        varint("varint field");
-        return;
-      case 1:
-        if (bytes_.size() - pos_ < 8) corrupt("64-bit field runs past the end");
-        pos_ += 8;
-        return;
-      case 2:
-        length_delimited("length-delimited field");
-        return;
-      case 5:
-        fixed32("32-bit field");
-        return;
-      default:
-        corrupt(fmt::format("field {} has unsupported wire type {}", field, wire));
-    }
-  }
-
-  size_t pos() const { return pos_; }
-
- private:
-  std::string_view bytes_;
-  const fs::path& file_;
-  size_t base_;
-  size_t pos_ = 0;
-};
-
-struct SpPiece {
-  std::string piece;
-  float score = 0.0f;
-  int32_t type = kGgufTokenNormal;
-};
-
-SpPiece parse_piece(std::string_view bytes, const fs::path& file, size_t base, size_t index) {
-  ProtoReader r(bytes, file, base);
-  SpPiece p;
-  bool has_piece = false;
-  while (!r.done()) {
-    const auto [field, wire] = r.key();
-    if (field == 1) {
-      if (wire != 2) r.corrupt(fmt::format("piece {} text has wire type {}", index, wire));
-      p.piece = std::string(r.length_delimited("piece text"));
-      has_piece = true;
-    } else if (field == 2) {
-      if (wire != 5) r.corrupt(fmt::format("piece {} score has wire type {}", index, wire));
-      const uint32_t bits = r.fixed32("piece score");
-      std::memcpy(&p.score, &bits, 4);
-      if (!std::isfinite(p.score)) r.corrupt(fmt::format("piece {} score is not finite", index));
-    } else if (field == 3) {
-      if (wire != 0) r.corrupt(fmt::format("piece {} type has wire type {}", index, wire));
-      const uint64_t t = r.varint("piece type");
-      // SentencePiece's Type enum: NORMAL 1, UNKNOWN 2, CONTROL 3, USER_DEFINED 4, UNUSED 5,
-      // BYTE 6 -- the same numbers as llama.cpp's token types.
-      if (t < 1 || t > 6) r.corrupt(fmt::format("piece {} has unknown type {}", index, t));
-      p.type = static_cast<int32_t>(t);
-    } else {
-      r.skip(wire, field);
-    }
-  }
-  if (!has_piece) {
-    fail("{}: truncated or corrupt SentencePiece model: piece {} has no text", file.string(),
-         index);
-  }
-  return p;
-}
 
 // ---- tokenizer.json -----------------------------------------------------------------------------
 
@@ -176,87 +48,39 @@ std::string sp_spaces(std::string s) {
   return s;
 }
 
-struct AddedToken {
-  int64_t id = 0;
-  std::string content;
-  bool special = false;
-};
-
-std::vector<AddedToken> added_tokens(const json& tj, const fs::path& file) {
-  std::vector<AddedToken> out;
-  const json* arr = find(tj, "added_tokens");
-  if (!arr) return out;
-  if (!arr->is_array()) fail("{}: 'added_tokens' must be an array", file.string());
-  for (size_t i = 0; i < arr->size(); ++i) {
-    const json& t = (*arr)[i];
-    const json* id = find(t, "id");
-    const json* content = find(t, "content");
-    if (!id || !id->is_number_integer() || id->get<int64_t>() < 0 || !content ||
-        !content->is_string()) {
-      fail("{}: added_tokens[{}] needs a non-negative integer 'id' and a string 'content'",
-           file.string(), i);
-    }
-    AddedToken a;
-    a.id = id->get<int64_t>();
-    a.content = content->get<std::string>();
-    if (const json* s = find(t, "special")) a.special = s->is_boolean() && s->get<bool>();
-    out.push_back(std::move(a));
-  }
-  return out;
+// A JSON value of the validated document, or nullptr when absent or null.
+const tok::Json* find_in(const tok::Json& obj, const char* key) {
+  if (!obj.is_object()) return nullptr;
+  auto it = obj.find(key);
+  return it == obj.end() || it->is_null() ? nullptr : &*it;
 }
 
-// The id -> token map of tokenizer.json's model.vocab, checked.
-std::vector<std::pair<int64_t, std::string>> bpe_vocab_entries(const json& model,
-                                                               const fs::path& file) {
-  const json* vocab = find(model, "vocab");
-  if (!vocab || !vocab->is_object()) fail("{}: model.vocab must be an object", file.string());
-  std::vector<std::pair<int64_t, std::string>> out;
-  out.reserve(vocab->size());
-  for (auto it = vocab->begin(); it != vocab->end(); ++it) {
-    if (!it->is_number_integer() || it->get<int64_t>() < 0) {
-      fail("{}: model.vocab['{}'] must be a non-negative integer id (it is {})", file.string(),
-           it.key(), it->dump());
-    }
-    out.emplace_back(it->get<int64_t>(), it.key());
-  }
-  return out;
-}
-
-std::vector<std::string> bpe_merges(const json& model, const fs::path& file) {
+// model.merges as llama.cpp stores them: "left right", in rank order. The engine has checked each
+// entry (a "left right" string or a pair of strings whose tokens are in the vocabulary).
+std::vector<std::string> bpe_merges(const tok::Json& model) {
   std::vector<std::string> out;
-  const json* merges = find(model, "merges");
+  const tok::Json* merges = find_in(model, "merges");
   if (!merges) return out;
-  if (!merges->is_array()) fail("{}: model.merges must be an array", file.string());
   out.reserve(merges->size());
-  for (size_t i = 0; i < merges->size(); ++i) {
-    const json& m = (*merges)[i];
+  for (const tok::Json& m : *merges) {
     if (m.is_string()) {
-      const std::string s = m.get<std::string>();
-      // llama.cpp splits at the first space after the first byte.
-      if (s.size() < 3 || s.find(' ', 1) == std::string::npos) {
-        fail("{}: model.merges[{}] '{}' is not two tokens separated by a space", file.string(), i,
-             s);
-      }
-      out.push_back(s);
-    } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
-      // transformers >= 4.45 pairs; spaces inside a part are stored as U+0120 ('Ġ') as the
-      // converter does, so the "left right" string stays unambiguous.
-      std::string s;
-      for (int part = 0; part < 2; ++part) {
-        if (part == 1) s += ' ';
-        for (char c : m[part].get<std::string>()) {
-          if (c == ' ') {
-            s += "\xc4\xa0";
-          } else {
-            s += c;
-          }
+      out.push_back(m.get<std::string>());
+      continue;
+    }
+    // transformers >= 4.45 pairs; spaces inside a part are stored as U+0120 ('Ġ') as the
+    // converter does, so the "left right" string stays unambiguous.
+    std::string s;
+    for (int part = 0; part < 2; ++part) {
+      if (part == 1) s += ' ';
+      for (char c : m[part].get_ref<const std::string&>()) {
+        if (c == ' ') {
+          s += "\xc4\xa0";
+        } else {
+          s += c;
         }
       }
-      out.push_back(std::move(s));
-    } else {
-      fail("{}: model.merges[{}] must be a string or a pair of strings (it is {})", file.string(),
-           i, m.dump());
     }
+    out.push_back(std::move(s));
   }
   return out;
 }
@@ -273,10 +97,14 @@ void check_unique(const std::vector<std::string>& tokens, const fs::path& file) 
   }
 }
 
-GgufVocab vocab_from_tokenizer_json(const json& tj, const fs::path& file, int64_t vocab_size) {
-  const json* model = find(tj, "model");
-  if (!model || !model->is_object()) fail("{}: 'model' must be an object", file.string());
-  const json* type = find(*model, "type");
+// The GGUF vocabulary of a tokenizer.json that the module's engine has loaded and validated
+// (ids without holes, added tokens at the ids the reference library gives them, merges of
+// vocabulary tokens); the token type rules are the converter's (docs/gguf.md, "Tokenizer").
+GgufVocab vocab_from_tokenizer_json(const tok::JsonTokenizer& tokenizer, const fs::path& file,
+                                    int64_t vocab_size) {
+  const tok::Json& tj = tokenizer.json();
+  const tok::Json& model = tj["model"];
+  const tok::Json* type = find_in(model, "type");
   const std::string model_type = type && type->is_string() ? type->get<std::string>() : "";
   if (model_type != "BPE") {
     fail(
@@ -284,58 +112,37 @@ GgufVocab vocab_from_tokenizer_json(const json& tj, const fs::path& file, int64_
         "SentencePiece model needs its tokenizer.model)",
         file.string(), model_type.empty() ? std::string("(none)") : model_type);
   }
-  const json* bf = find(*model, "byte_fallback");
+  const tok::Json* bf = find_in(model, "byte_fallback");
   const bool byte_fallback = bf && bf->is_boolean() && bf->get<bool>();
 
-  const auto entries = bpe_vocab_entries(*model, file);
-  const auto added = added_tokens(tj, file);
-  int64_t max_id = -1;
-  for (const auto& [id, tok] : entries) max_id = std::max(max_id, id);
-  for (const auto& a : added) max_id = std::max(max_id, a.id);
-  if (max_id < 0) fail("{}: the vocabulary is empty", file.string());
-  const int64_t n = vocab_size >= 0 ? vocab_size : max_id + 1;
+  const int64_t count = static_cast<int64_t>(tokenizer.vocab_size());
+  if (count == 0) fail("{}: the vocabulary is empty", file.string());
+  const int64_t n = vocab_size >= 0 ? vocab_size : count;
   if (n > static_cast<int64_t>(kGgufMaxArrayElements)) {
     fail("{}: vocabulary size {} exceeds the {} tokens a GGUF array can hold", file.string(), n,
          kGgufMaxArrayElements);
   }
-  if (max_id >= n) {
+  if (count > n) {
     fail("{}: token id {} is not below the model's vocab_size {} (config.json)", file.string(),
-         max_id, n);
-  }
-
-  struct {
-    std::vector<std::optional<std::string>> text;
-    std::vector<int32_t> type;
-  } t;
-  t.text.resize(static_cast<size_t>(n));
-  t.type.assign(static_cast<size_t>(n), kGgufTokenNormal);
-  for (const auto& [id, tok] : entries) {
-    auto& slot = t.text[static_cast<size_t>(id)];
-    if (slot && *slot != tok) {
-      fail("{}: id {} belongs to two tokens, '{}' and '{}'", file.string(), id, *slot, tok);
-    }
-    slot = tok;
-  }
-  for (const auto& a : added) {
-    const size_t i = static_cast<size_t>(a.id);
-    if (a.special || looks_special(a.content)) {
-      t.text[i] = a.content;
-      t.type[i] = kGgufTokenControl;
-    } else {
-      t.text[i] = byte_fallback ? a.content : sp_spaces(a.content);
-      t.type[i] = kGgufTokenUserDefined;
-    }
+         count - 1, n);
   }
 
   GgufVocab v;
   v.tokens.reserve(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) {
-    auto& slot = t.text[static_cast<size_t>(i)];
-    if (!slot) {
-      v.tokens.push_back(fmt::format("[PAD{}]", i));
-      t.type[static_cast<size_t>(i)] = kGgufTokenUnused;
+  v.token_types.assign(static_cast<size_t>(n), kGgufTokenNormal);
+  for (int64_t i = 0; i < count; ++i)
+    v.tokens.push_back(*tokenizer.id_to_token(static_cast<int32_t>(i)));
+  for (int64_t i = count; i < n; ++i) {
+    v.tokens.push_back(fmt::format("[PAD{}]", i));
+    v.token_types[static_cast<size_t>(i)] = kGgufTokenUnused;
+  }
+  for (const tok::AddedToken& a : tokenizer.added_tokens()) {
+    const size_t i = static_cast<size_t>(a.id);
+    if (a.special || looks_special(a.content)) {
+      v.token_types[i] = kGgufTokenControl;
     } else {
-      v.tokens.push_back(std::move(*slot));
+      if (!byte_fallback) v.tokens[i] = sp_spaces(a.content);
+      v.token_types[i] = kGgufTokenUserDefined;
     }
   }
   if (byte_fallback) {
@@ -346,10 +153,10 @@ GgufVocab vocab_from_tokenizer_json(const json& tj, const fs::path& file, int64_
     v.scores.assign(static_cast<size_t>(n), -1000.0f);
     for (size_t i = 0; i < v.tokens.size(); ++i) {
       const std::string& s = v.tokens[i];
-      if (t.type[i] == kGgufTokenNormal && s.size() == 6 && starts_with(s, "<0x") && s[5] == '>' &&
-          std::isxdigit(static_cast<unsigned char>(s[3])) &&
+      if (v.token_types[i] == kGgufTokenNormal && s.size() == 6 && starts_with(s, "<0x") &&
+          s[5] == '>' && std::isxdigit(static_cast<unsigned char>(s[3])) &&
           std::isxdigit(static_cast<unsigned char>(s[4]))) {
-        t.type[i] = kGgufTokenByte;
+        v.token_types[i] = kGgufTokenByte;
       }
     }
   } else {
@@ -357,9 +164,8 @@ GgufVocab vocab_from_tokenizer_json(const json& tj, const fs::path& file, int64_
     v.pre = gguf_bpe_pre_type(tj);
     // An empty merges list is valid: every token is then a byte or an added token
     // (docs/gguf.md, "Tokenizer").
-    v.merges = bpe_merges(*model, file);
+    v.merges = bpe_merges(model);
   }
-  v.token_types = std::move(t.type);
   check_unique(v.tokens, file);
   return v;
 }
@@ -434,7 +240,7 @@ struct Specials {
 // tokenizer.json's TemplateProcessing, then tokenizer_config.json names (and add_*_token
 // booleans), then special_tokens_map.json names, then config.json *_token_id; the first source
 // that gives a type wins and ids outside the vocabulary are skipped.
-Specials find_specials(const fs::path& dir, const json& config, const json* tokenizer_json,
+Specials find_specials(const fs::path& dir, const json& config, const tok::Json* tokenizer_json,
                        const json* tokenizer_config, const std::vector<std::string>& tokens) {
   static const std::pair<const char*, const char*> kTypes[] = {
       {"bos", "tokenizer.ggml.bos_token_id"},     {"eos", "tokenizer.ggml.eos_token_id"},
@@ -460,21 +266,21 @@ Specials find_specials(const fs::path& dir, const json& config, const json* toke
       tokenizer_config ? token_content(find(*tokenizer_config, "eos_token")) : std::nullopt;
   // A TemplateProcessing post-processor that wraps single sequences in BOS ... EOS means the
   // tokenizer adds them (Llama 3 has no add_bos_token but such a template).
-  if (const json* pp = tokenizer_json ? find(*tokenizer_json, "post_processor") : nullptr) {
-    std::vector<const json*> procs;
-    if (const json* list = find(*pp, "processors"); list && list->is_array()) {
-      for (const json& p : *list) procs.push_back(&p);
+  if (const tok::Json* pp = tokenizer_json ? find_in(*tokenizer_json, "post_processor") : nullptr) {
+    std::vector<const tok::Json*> procs;
+    if (const tok::Json* list = find_in(*pp, "processors"); list && list->is_array()) {
+      for (const tok::Json& p : *list) procs.push_back(&p);
     } else {
       procs.push_back(pp);
     }
-    for (const json* p : procs) {
-      const json* type = find(*p, "type");
+    for (const tok::Json* p : procs) {
+      const tok::Json* type = find_in(*p, "type");
       if (!type || *type != "TemplateProcessing") continue;
-      const json* single = find(*p, "single");
+      const tok::Json* single = find_in(*p, "single");
       if (!single || !single->is_array() || single->size() < 2) continue;
-      auto special_id = [](const json& item) -> std::optional<std::string> {
-        const json* st = find(item, "SpecialToken");
-        const json* id = st ? find(*st, "id") : nullptr;
+      auto special_id = [](const tok::Json& item) -> std::optional<std::string> {
+        const tok::Json* st = find_in(item, "SpecialToken");
+        const tok::Json* id = st ? find_in(*st, "id") : nullptr;
         if (id && id->is_string()) return id->get<std::string>();
         return std::nullopt;
       };
@@ -567,29 +373,14 @@ void add_chat_template(std::vector<GgufKv>& kvs, const fs::path& dir,
 }  // namespace
 
 GgufVocab gguf_sentencepiece_vocab(const fs::path& tokenizer_model, int64_t vocab_size) {
-  const std::string bytes = read_file(tokenizer_model);
-  ProtoReader r(bytes, tokenizer_model);
-  std::vector<SpPiece> pieces;
-  while (!r.done()) {
-    const auto [field, wire] = r.key();
-    if (field == 1) {  // ModelProto.pieces
-      if (wire != 2) r.corrupt(fmt::format("pieces field has wire type {}", wire));
-      const size_t start = r.pos();
-      const std::string_view msg = r.length_delimited("piece");
-      const size_t body = start + (r.pos() - start - msg.size());
-      pieces.push_back(parse_piece(msg, tokenizer_model, body, pieces.size()));
-    } else {
-      r.skip(wire, field);
-    }
-  }
-  if (pieces.empty()) {
-    fail("{}: truncated or corrupt SentencePiece model: no pieces", tokenizer_model.string());
-  }
+  tok::SentencePieceVocab pieces = tok::read_sentencepiece_vocab(tokenizer_model);
+  if (pieces.pieces.empty())
+    fail("{}: the SentencePiece model has no pieces", tokenizer_model.string());
   if (vocab_size > static_cast<int64_t>(kGgufMaxArrayElements)) {
     fail("{}: vocabulary size {} exceeds the {} tokens a GGUF array can hold",
          tokenizer_model.string(), vocab_size, kGgufMaxArrayElements);
   }
-  const size_t n = vocab_size >= 0 ? static_cast<size_t>(vocab_size) : pieces.size();
+  const size_t n = vocab_size >= 0 ? static_cast<size_t>(vocab_size) : pieces.pieces.size();
   GgufVocab v;
   v.model = "llama";
   v.pre = "default";
@@ -597,10 +388,15 @@ GgufVocab gguf_sentencepiece_vocab(const fs::path& tokenizer_model, int64_t voca
   v.scores.reserve(n);
   v.token_types.reserve(n);
   for (size_t i = 0; i < n; ++i) {
-    if (i < pieces.size()) {
-      v.tokens.push_back(std::move(pieces[i].piece));
-      v.scores.push_back(pieces[i].score);
-      v.token_types.push_back(pieces[i].type);
+    if (i < pieces.pieces.size()) {
+      if (!std::isfinite(pieces.scores[i])) {
+        fail("{}: piece {} ('{}') has a score that is not finite", tokenizer_model.string(), i,
+             pieces.pieces[i]);
+      }
+      v.tokens.push_back(std::move(pieces.pieces[i]));
+      v.scores.push_back(pieces.scores[i]);
+      // SentencePiece's piece types are llama.cpp's token types, number for number.
+      v.token_types.push_back(static_cast<int32_t>(pieces.types[i]));
     } else {
       v.tokens.push_back(fmt::format("[PAD{}]", i));
       v.scores.push_back(-10000.0f);
@@ -610,33 +406,33 @@ GgufVocab gguf_sentencepiece_vocab(const fs::path& tokenizer_model, int64_t voca
   return v;
 }
 
-std::string gguf_bpe_pre_type(const json& tokenizer_json) {
+std::string gguf_bpe_pre_type(const tok::Json& tokenizer_json) {
   // The split regexes of the Llama 3 and Qwen2 tokenizer.json files, as llama.cpp quotes them.
   static constexpr std::string_view kLlama3 =
       R"re((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)re";
   static constexpr std::string_view kQwen2 =
       R"re((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)re";
-  const json* pre = find(tokenizer_json, "pre_tokenizer");
+  const tok::Json* pre = find_in(tokenizer_json, "pre_tokenizer");
   if (!pre) return "default";
-  auto type_of = [](const json& j) -> std::string {
-    const json* t = find(j, "type");
+  auto type_of = [](const tok::Json& j) -> std::string {
+    const tok::Json* t = find_in(j, "type");
     return t && t->is_string() ? t->get<std::string>() : "";
   };
-  auto use_regex = [](const json& j) {
-    const json* u = find(j, "use_regex");
+  auto use_regex = [](const tok::Json& j) {
+    const tok::Json* u = find_in(j, "use_regex");
     return !u || !u->is_boolean() || u->get<bool>();  // tokenizers' default is true
   };
   if (type_of(*pre) == "ByteLevel") return use_regex(*pre) ? "gpt-2" : "default";
   if (type_of(*pre) != "Sequence") return "default";
-  const json* list = find(*pre, "pretokenizers");
+  const tok::Json* list = find_in(*pre, "pretokenizers");
   if (!list || !list->is_array() || list->size() != 2) return "default";
-  const json& split = (*list)[0];
-  const json& byte_level = (*list)[1];
+  const tok::Json& split = (*list)[0];
+  const tok::Json& byte_level = (*list)[1];
   if (type_of(split) != "Split" || type_of(byte_level) != "ByteLevel" || use_regex(byte_level)) {
     return "default";
   }
-  const json* pattern = find(split, "pattern");
-  const json* regex = pattern ? find(*pattern, "Regex") : nullptr;
+  const tok::Json* pattern = find_in(split, "pattern");
+  const tok::Json* regex = pattern ? find_in(*pattern, "Regex") : nullptr;
   if (!regex || !regex->is_string()) return "default";
   const std::string& r = regex->get_ref<const std::string&>();
   if (r == kLlama3) return "llama-bpe";
@@ -651,8 +447,7 @@ void gguf_add_tokenizer_kvs(std::vector<GgufKv>& kvs, const fs::path& model_dir,
   const fs::path tokenizer_json_file = model_dir / "tokenizer.json";
   const fs::path tokenizer_model_file = model_dir / "tokenizer.model";
   const fs::path tokenizer_config_file = model_dir / "tokenizer_config.json";
-  std::optional<json> tokenizer_json, tokenizer_config;
-  if (fs::is_regular_file(tokenizer_json_file)) tokenizer_json = read_json(tokenizer_json_file);
+  std::optional<json> tokenizer_config;
   if (fs::is_regular_file(tokenizer_config_file)) {
     tokenizer_config = read_json(tokenizer_config_file);
     if (!tokenizer_config->is_object()) {
@@ -660,18 +455,26 @@ void gguf_add_tokenizer_kvs(std::vector<GgufKv>& kvs, const fs::path& model_dir,
     }
   }
   GgufVocab vocab;
+  // tokenizer.json as the tokenizer module reads it: the whole engine (which validates every
+  // id, merge and added token) when it gives the vocabulary, else only its JSON for the specials.
+  std::unique_ptr<tok::JsonTokenizer> json_tokenizer;
+  tok::Json tokenizer_json;
+  const bool has_tokenizer_json = fs::is_regular_file(tokenizer_json_file);
   if (fs::is_regular_file(tokenizer_model_file)) {
+    if (has_tokenizer_json) tokenizer_json = tok::read_json_file(tokenizer_json_file.string());
     vocab = gguf_sentencepiece_vocab(tokenizer_model_file, vocab_size);
     overlay_sp_added_tokens(vocab, model_dir, tokenizer_config ? &*tokenizer_config : nullptr);
     check_unique(vocab.tokens, tokenizer_model_file);
-  } else if (tokenizer_json) {
-    if (!tokenizer_json->is_object())
-      fail("{}: must be a JSON object", tokenizer_json_file.string());
-    vocab = vocab_from_tokenizer_json(*tokenizer_json, tokenizer_json_file, vocab_size);
+  } else if (has_tokenizer_json) {
+    // No config folder: the specials below are read from tokenizer_config.json by GGUF's rules.
+    json_tokenizer = std::make_unique<tok::JsonTokenizer>(tokenizer_json_file, fs::path());
+    vocab = vocab_from_tokenizer_json(*json_tokenizer, tokenizer_json_file, vocab_size);
   } else {
     fail("{}: no tokenizer.model or tokenizer.json; GGUF export needs the tokenizer",
          model_dir.string());
   }
+  const tok::Json* tokenizer_json_doc =
+      json_tokenizer ? &json_tokenizer->json() : (has_tokenizer_json ? &tokenizer_json : nullptr);
   set("tokenizer.ggml.model", GgufValue::of(vocab.model));
   set("tokenizer.ggml.pre", GgufValue::of(vocab.pre));
   set("tokenizer.ggml.tokens", GgufValue::array(vocab.tokens));
@@ -681,7 +484,7 @@ void gguf_add_tokenizer_kvs(std::vector<GgufKv>& kvs, const fs::path& model_dir,
   if (vocab.model == "gpt2") set("tokenizer.ggml.merges", GgufValue::array(vocab.merges));
 
   const Specials specials =
-      find_specials(model_dir, config, tokenizer_json ? &*tokenizer_json : nullptr,
+      find_specials(model_dir, config, tokenizer_json_doc,
                     tokenizer_config ? &*tokenizer_config : nullptr, vocab.tokens);
   for (const auto& [key, id] : specials.ids) set(key, GgufValue::of(id));
   if (specials.add_bos) {

@@ -1,6 +1,7 @@
 // A model folder's tokenizer as GGUF metadata (tokenizer.ggml.*): SentencePiece tokenizer.model
-// or tokenizers' tokenizer.json, special tokens and chat templates, read as llama.cpp's
-// converter reads them (docs/gguf.md, "Tokenizer"); every byte of the files is checked.
+// or tokenizers' tokenizer.json (their vocabularies read by the tokenizer module, which checks
+// them), special tokens and chat templates, as llama.cpp's converter reads them (docs/gguf.md,
+// "Tokenizer").
 #pragma once
 
 #include <cstdint>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "smelt/io/gguf.h"
+#include "smelt/tokenizer/json_where.h"
 
 namespace smelt::io {
 
@@ -32,11 +34,11 @@ inline constexpr int32_t kGgufTokenUserDefined = 4;
 inline constexpr int32_t kGgufTokenUnused = 5;
 inline constexpr int32_t kGgufTokenByte = 6;
 
-// Reads a SentencePiece tokenizer.model (protobuf ModelProto) into a "llama" vocabulary: piece,
-// score and type of each ModelProto.pieces entry, types kept as SentencePiece numbers them (which
-// are llama.cpp's numbers). With `vocab_size` >= 0 the list is cut or padded to that size (padding
-// "[PAD{id}]", score -10000, type unused), as the converter does. Throws smelt::Error naming the
-// file for a truncated or malformed protobuf, an unknown piece type, or no pieces.
+// Reads a SentencePiece tokenizer.model into a "llama" vocabulary through the tokenizer module
+// (libsentencepiece): piece, score and type of each piece, types kept as SentencePiece numbers them
+// (which are llama.cpp's numbers). With `vocab_size` >= 0 the list is cut or padded to that size
+// (padding "[PAD{id}]", score -10000, type unused), as the converter does. Throws smelt::Error
+// naming the file for a file libsentencepiece refuses or a score that is not finite.
 GgufVocab gguf_sentencepiece_vocab(const std::filesystem::path& tokenizer_model,
                                    int64_t vocab_size);
 
@@ -46,7 +48,7 @@ GgufVocab gguf_sentencepiece_vocab(const std::filesystem::path& tokenizer_model,
 // (llama.cpp's generic splitting; tokenization may differ from HF's) for anything else. The
 // converter instead hashes the tokens of a test string and refuses unknown hashes, which a merged
 // model's tokenizer usually is not.
-std::string gguf_bpe_pre_type(const nlohmann::json& tokenizer_json);
+std::string gguf_bpe_pre_type(const tok::Json& tokenizer_json);
 
 // Appends to `kvs` the tokenizer KVs of the model in `model_dir` (config.json parsed as `config`)
 // with exactly `vocab_size` tokens: tokenizer.ggml.model/pre/tokens/token_type (+ scores for

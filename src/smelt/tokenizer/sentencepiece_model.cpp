@@ -25,18 +25,39 @@ bool config_flag(const nlohmann::json& config, const fs::path& file, const char*
   return it->get<bool>();
 }
 
+// Whether `piece` is longer than its first UTF-8 character, as libsentencepiece's OneCharLen
+// measures it (the length its lead byte announces).
+bool is_multi_char(const std::string& piece) {
+  static constexpr size_t kLen[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4};
+  return piece.size() > kLen[static_cast<unsigned char>(piece[0]) >> 4];
+}
+
+// Loads `model_file` into `sp`; throws naming the file when libsentencepiece refuses it.
+void load_model(sentencepiece::SentencePieceProcessor& sp, const fs::path& model_file) {
+  std::error_code ec;
+  if (!fs::is_regular_file(model_file, ec))
+    fail("{}: no such SentencePiece model file", model_file.string());
+  sentencepiece::util::Status status;
+  try {
+    status = sp.Load(model_file.string());
+  } catch (const std::exception& e) {
+    // The library also throws: its trie builder refuses a piece that starts with a NUL byte.
+    fail("{}: not a SentencePiece model file ({})", model_file.string(), e.what());
+  }
+  if (!status.ok()) {
+    // The library's parse failure names its own source line; say what it means instead.
+    std::string reason = status.message();
+    if (reason.find("ParseFromArray") != std::string::npos) {
+      reason = "the bytes are not a SentencePiece ModelProto";
+    }
+    fail("{}: not a SentencePiece model file ({})", model_file.string(), reason);
+  }
+}
+
 class SentencePieceTokenizer final : public Tokenizer {
  public:
   SentencePieceTokenizer(const fs::path& model_file, const fs::path& config_dir) {
-    const auto status = sp_.Load(model_file.string());
-    if (!status.ok()) {
-      // The library's parse failure names its own source line; say what it means instead.
-      std::string reason = status.message();
-      if (reason.find("ParseFromArray") != std::string::npos) {
-        reason = "the bytes are not a SentencePiece ModelProto";
-      }
-      fail("{}: not a SentencePiece model file ({})", model_file.string(), reason);
-    }
+    load_model(sp_, model_file);
     nlohmann::json config;
     const fs::path config_file =
         config_dir.empty() ? fs::path() : config_dir / "tokenizer_config.json";
@@ -112,11 +133,47 @@ class SentencePieceTokenizer final : public Tokenizer {
 
 }  // namespace
 
+SentencePieceVocab read_sentencepiece_vocab(const fs::path& model_file) {
+  sentencepiece::SentencePieceProcessor sp;
+  load_model(sp, model_file);
+  const int n = sp.GetPieceSize();
+  SentencePieceVocab v;
+  v.pieces.reserve(static_cast<size_t>(n));
+  v.scores.reserve(static_cast<size_t>(n));
+  v.types.reserve(static_cast<size_t>(n));
+  for (int id = 0; id < n; ++id) {
+    v.pieces.push_back(sp.IdToPiece(id));
+    v.scores.push_back(sp.GetScore(id));
+    SentencePieceVocab::Type type = SentencePieceVocab::kNormal;
+    if (sp.IsUnknown(id)) {
+      type = SentencePieceVocab::kUnknown;
+    } else if (sp.IsControl(id)) {
+      type = SentencePieceVocab::kControl;
+    } else if (sp.IsUnused(id)) {
+      type = SentencePieceVocab::kUnused;
+    } else if (sp.IsByte(id)) {
+      type = SentencePieceVocab::kByte;
+    }
+    v.types.push_back(type);
+  }
+  // The library's API has no IsUserDefined. SetVocabulary({}) marks every normal piece of more
+  // than one character unused and leaves user-defined pieces alone, which tells the two apart;
+  // a one-character user-defined piece stays "normal" (docs/tokenizer-sentencepiece.md,
+  // "Vocabulary"). Models that are neither BPE nor Unigram refuse the call and keep "normal".
+  if (sp.SetVocabulary({}).ok()) {
+    for (int id = 0; id < n; ++id) {
+      const size_t i = static_cast<size_t>(id);
+      if (v.types[i] == SentencePieceVocab::kNormal && !sp.IsUnused(id) &&
+          is_multi_char(v.pieces[i])) {
+        v.types[i] = SentencePieceVocab::kUserDefined;
+      }
+    }
+  }
+  return v;
+}
+
 std::unique_ptr<Tokenizer> load_sentencepiece(const fs::path& model_file,
                                               const fs::path& config_dir) {
-  std::error_code ec;
-  if (!fs::is_regular_file(model_file, ec))
-    fail("{}: no such SentencePiece model file", model_file.string());
   return std::make_unique<SentencePieceTokenizer>(model_file, config_dir);
 }
 

@@ -327,6 +327,10 @@ std::optional<std::string> JsonTokenizer::id_to_token(int32_t id) const {
   return std::nullopt;
 }
 
+const std::vector<AddedToken>& JsonTokenizer::added_tokens() const {
+  return pipeline_->added->tokens();
+}
+
 bool JsonTokenizer::is_special(int32_t id) const {
   const AddedToken* t = pipeline_->added->find_id(id);
   return t && t->special;

@@ -42,6 +42,8 @@ class JsonTokenizer : public Tokenizer {
   void save(const std::filesystem::path& dir) const;
 
   const Json& json() const { return doc_; }
+  // The added tokens in tokenizer.json order, a repeated entry once, with their ids and flags.
+  const std::vector<AddedToken>& added_tokens() const;
 
  private:
   struct Pipeline;

@@ -33,6 +33,15 @@ using testing::TempDir;
 #define EXPECT_HAS(text, part) \
   EXPECT_NE(std::string(text).find(part), std::string::npos) << "in: " << (text)
 
+// Writes a linear merge of models `a` and `b` (paths) to `config`; also the suite's own config.
+void write_linear_config(const fs::path& config, const fs::path& a, const fs::path& b) {
+  testing::write_bytes(
+      config,
+      fmt::format("merge_method: linear\nmodels:\n  - model: {}\n    parameters: {{weight: 0.5}}\n"
+                  "  - model: {}\n    parameters: {{weight: 0.5}}\ndtype: float32\n",
+                  a.string(), b.string()));
+}
+
 class OutputSafety : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -44,16 +53,7 @@ class OutputSafety : public ::testing::Test {
     };
     mk(quote(*dir_ / "a") + small);
     mk(quote(*dir_ / "b") + " --base " + quote(*dir_ / "a") + " --seed 2");
-    testing::write_bytes(*dir_ / "linear.yml",
-                         fmt::format(R"(merge_method: linear
-models:
-  - model: {}
-    parameters: {{weight: 0.5}}
-  - model: {}
-    parameters: {{weight: 0.5}}
-dtype: float32
-)",
-                                     (*dir_ / "a").string(), (*dir_ / "b").string()));
+    write_linear_config(*dir_ / "linear.yml", *dir_ / "a", *dir_ / "b");
   }
   static void TearDownTestSuite() { delete dir_; }
 
@@ -277,11 +277,7 @@ TEST_F(OutputSafety, CtrlCAndSigtermStopTheMergeAndRemoveTemporaries) {
 TEST_F(OutputSafety, AnInputModifiedDuringTheMergeIsAnError) {
   TempDir work;
   fs::copy(model("b"), work / "b");
-  testing::write_bytes(
-      work / "c.yml",
-      fmt::format("merge_method: linear\nmodels:\n  - model: {}\n    parameters: {{weight: 0.5}}\n"
-                  "  - model: {}\n    parameters: {{weight: 0.5}}\ndtype: float32\n",
-                  model("a").string(), (work / "b").string()));
+  write_linear_config(work / "c.yml", model("a"), work / "b");
   const fs::path out = work / "out";
   auto run = start_paused(work, "before-publish",
                           fmt::format("merge {} {} -q", quote(work / "c.yml"), quote(out)));
@@ -303,11 +299,7 @@ TEST_F(OutputSafety, AnInputModifiedDuringTheMergeIsAnError) {
 TEST_F(OutputSafety, AnInputTruncatedDuringTheMergeIsAClearReadError) {
   TempDir work;
   fs::copy(model("b"), work / "b");
-  testing::write_bytes(
-      work / "c.yml",
-      fmt::format("merge_method: linear\nmodels:\n  - model: {}\n    parameters: {{weight: 0.5}}\n"
-                  "  - model: {}\n    parameters: {{weight: 0.5}}\ndtype: float32\n",
-                  model("a").string(), (work / "b").string()));
+  write_linear_config(work / "c.yml", model("a"), work / "b");
   const fs::path out = work / "out";
   auto run = start_paused(work, "first-chunk",
                           fmt::format("merge {} {} -q -j 1", quote(work / "c.yml"), quote(out)));
@@ -378,11 +370,7 @@ TEST_F(OutputSafety, ADiskFullWhileCopyingTheTokenizerIsAClearError) {
   big.front() = '{';
   big.back() = '}';
   testing::write_bytes(work / "a" / "tokenizer.json", big);
-  testing::write_bytes(
-      work / "c.yml",
-      fmt::format("merge_method: linear\nmodels:\n  - model: {}\n    parameters: {{weight: 0.5}}\n"
-                  "  - model: {}\n    parameters: {{weight: 0.5}}\ndtype: float32\n",
-                  (work / "a").string(), model("b").string()));
+  write_linear_config(work / "c.yml", work / "a", model("b"));
   const SmallDisk disk(work / "disk", 1 << 20);
   const fs::path out = work / "disk" / "out";
   const auto r = run_command(fmt::format("{}{} merge {} {} -q", disk.prefix(), SMELT_BIN,

@@ -10,23 +10,10 @@
 namespace smelt::tok {
 namespace {
 
-class Bpe : public Model {
+class Bpe : public DictionaryModel {
  public:
   Bpe(const Json& value, const Where& w);
   void tokenize(std::string_view word, Encoding& out) const override;
-  std::optional<int32_t> token_to_id(std::string_view token) const override {
-    auto it = vocab_.find(token);
-    if (it == vocab_.end()) return std::nullopt;
-    return it->second;
-  }
-  const std::string* id_to_token(int32_t id) const override {
-    if (id < 0 || static_cast<size_t>(id) >= by_id_.size()) return nullptr;
-    const std::string& s = by_id_[id];
-    if (s.empty() && token_to_id("") != id) return nullptr;
-    return &s;
-  }
-  size_t token_count() const override { return vocab_.size(); }
-  size_t vocab_size() const override { return by_id_.size(); }
 
  private:
   struct Merge {
@@ -40,8 +27,6 @@ class Bpe : public Model {
   void merge_word(std::string_view word, std::vector<int32_t>& ids) const;
   int32_t unk_id() const;
 
-  StringMap<int32_t> vocab_;
-  std::vector<std::string> by_id_;
   std::unordered_map<uint64_t, Merge> merges_;
   std::optional<std::string> unk_token_;
   std::string prefix_;  // continuing_subword_prefix
@@ -58,8 +43,7 @@ class Bpe : public Model {
   mutable StringMap<std::vector<int32_t>> cache_;
 };
 
-Bpe::Bpe(const Json& value, const Where& w) {
-  read_vocab_object(required(value, "vocab", w), w.at("vocab"), vocab_, by_id_);
+Bpe::Bpe(const Json& value, const Where& w) : DictionaryModel(value, w) {
   if (value.contains("dropout") && !value["dropout"].is_null()) {
     const Json& d = value["dropout"];
     if (!d.is_number()) w.at("dropout").fail("expected a number or null, got " + json_type_name(d));

@@ -38,8 +38,8 @@ void read_vocab_object(const Json& value, const Where& w, StringMap<int32_t>& vo
   for (auto it = value.begin(); it != value.end(); ++it) {
     int64_t id = expect_int(it.value(), w.at(it.key()), 0, INT32_MAX);
     if (id >= limit) {
-      w.at(it.key()).fail(fmt::format("id {} leaves holes: the vocabulary has {} entries", id,
-                                      value.size()));
+      w.at(it.key()).fail(
+          fmt::format("id {} leaves holes: the vocabulary has {} entries", id, value.size()));
     }
     auto [pos, inserted] = vocab.emplace(it.key(), static_cast<int32_t>(id));
     if (!inserted) w.fail("token \"" + it.key() + "\" appears twice");
@@ -54,6 +54,23 @@ void read_vocab_object(const Json& value, const Where& w, StringMap<int32_t>& vo
   for (size_t id = 0; id < owner.size(); ++id) {
     if (owner[id]) by_id[id] = *owner[id];
   }
+}
+
+DictionaryModel::DictionaryModel(const Json& value, const Where& w) {
+  read_vocab_object(required(value, "vocab", w), w.at("vocab"), vocab_, by_id_);
+}
+
+std::optional<int32_t> DictionaryModel::token_to_id(std::string_view token) const {
+  auto it = vocab_.find(token);
+  if (it == vocab_.end()) return std::nullopt;
+  return it->second;
+}
+
+const std::string* DictionaryModel::id_to_token(int32_t id) const {
+  if (id < 0 || static_cast<size_t>(id) >= by_id_.size()) return nullptr;
+  const std::string& s = by_id_[id];
+  if (s.empty() && token_to_id("") != id) return nullptr;  // a hole in the ids
+  return &s;
 }
 
 }  // namespace smelt::tok

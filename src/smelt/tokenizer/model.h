@@ -39,6 +39,23 @@ class Model {
   virtual size_t token_count() const = 0;
 };
 
+// A model whose vocabulary is a {"token": id} object (BPE, WordPiece, WordLevel): the lookups
+// they share.
+class DictionaryModel : public Model {
+ public:
+  std::optional<int32_t> token_to_id(std::string_view token) const override;
+  const std::string* id_to_token(int32_t id) const override;
+  size_t token_count() const override { return vocab_.size(); }
+  size_t vocab_size() const override { return by_id_.size(); }
+
+ protected:
+  // Reads value["vocab"] (read_vocab_object).
+  DictionaryModel(const Json& value, const Where& w);
+
+  StringMap<int32_t> vocab_;
+  std::vector<std::string> by_id_;
+};
+
 // Builds the model described at `w` ("model"); a missing or unknown type, bad vocab or merges throw
 // naming the file and JSON path.
 std::unique_ptr<Model> make_model(const Json& value, const Where& w);

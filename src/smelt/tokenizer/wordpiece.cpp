@@ -8,26 +8,12 @@
 namespace smelt::tok {
 namespace {
 
-// Shared vocabulary lookups of the two dictionary models.
-class VocabModel : public Model {
+// The unk token the two dictionary models share.
+class VocabModel : public DictionaryModel {
  public:
-  VocabModel(const Json& value, const Where& w) {
-    read_vocab_object(required(value, "vocab", w), w.at("vocab"), vocab_, by_id_);
+  VocabModel(const Json& value, const Where& w) : DictionaryModel(value, w) {
     unk_token_ = optional_string(value, "unk_token", w).value_or("<unk>");
   }
-  std::optional<int32_t> token_to_id(std::string_view token) const override {
-    auto it = vocab_.find(token);
-    if (it == vocab_.end()) return std::nullopt;
-    return it->second;
-  }
-  const std::string* id_to_token(int32_t id) const override {
-    if (id < 0 || static_cast<size_t>(id) >= by_id_.size()) return nullptr;
-    const std::string& s = by_id_[id];
-    if (s.empty() && token_to_id("") != id) return nullptr;
-    return &s;
-  }
-  size_t token_count() const override { return vocab_.size(); }
-  size_t vocab_size() const override { return by_id_.size(); }
 
  protected:
   void push_unk(Encoding& out) const {
@@ -37,8 +23,6 @@ class VocabModel : public Model {
     out.tokens.push_back(unk_token_);
   }
 
-  StringMap<int32_t> vocab_;
-  std::vector<std::string> by_id_;
   std::string unk_token_;
 };
 

@@ -16,9 +16,9 @@
 #include <vector>
 
 #include "smelt/kernels/convert.h"
+#include "smelt/kernels/elementwise.h"
 #include "smelt/kernels/random.h"
 #include "smelt/kernels/rank.h"
-#include "smelt/kernels/elementwise.h"
 #include "smelt/kernels/topk.h"
 
 namespace {

@@ -101,7 +101,7 @@ class SafetensorsWriter {
   std::unique_ptr<AtomicFile> file_;
   bool finished_ = false;
   std::vector<TensorSpec> specs_;
-  std::vector<uint64_t> offsets_;  // absolute
+  std::vector<uint64_t> offsets_;        // absolute
   std::unique_ptr<WriteLedger> ledger_;  // every byte written exactly once
   std::atomic<uint64_t> since_writeback_{0};
   std::unordered_map<std::string, size_t> by_name_;

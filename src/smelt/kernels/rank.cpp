@@ -5,8 +5,8 @@
 #include <vector>
 
 #include "smelt/kernels/cpu_features.h"
-#include "smelt/kernels/random.h"
 #include "smelt/kernels/elementwise.h"
+#include "smelt/kernels/random.h"
 #include "smelt/kernels/topk.h"
 
 namespace smelt::kernels {
@@ -201,8 +201,8 @@ namespace {
 }
 
 #if defined(__x86_64__)
-// As keep_random (elementwise.cpp): the generator vectorizes well only with AVX-512DQ's vpmullq. The
-// uint32 → f32 conversion, the division and the comparison are exact IEEE operations in both.
+// As keep_random (elementwise.cpp): the generator vectorizes well only with AVX-512DQ's vpmullq.
+// The uint32 → f32 conversion, the division and the comparison are exact IEEE operations in both.
 [[gnu::target("avx512f,avx512dq"), gnu::optimize("O3", "fp-contract=off")]] void
 keep_random_ranked_avx512(uint64_t key, uint64_t first_counter, const uint32_t* ranks, float low,
                           float epsilon, float denom, float* x, size_t n, size_t stride) {

@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "smelt/error.h"
-#include "smelt/kernels/random.h"
 #include "smelt/kernels/elementwise.h"
+#include "smelt/kernels/random.h"
 #include "smelt/methods/factories.h"
 
 namespace smelt::methods {

@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "smelt/error.h"
+#include "smelt/kernels/elementwise.h"
 #include "smelt/kernels/random.h"
 #include "smelt/kernels/rank.h"
-#include "smelt/kernels/elementwise.h"
 #include "smelt/kernels/topk.h"
 #include "smelt/methods/factories.h"
 #include "smelt/methods/mask_pool.h"

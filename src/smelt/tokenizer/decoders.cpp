@@ -36,8 +36,8 @@ class ByteLevel : public Decoder {
 
 class Metaspace : public Decoder {
  public:
-  Metaspace(std::string replacement, bool prepend) : replacement_(std::move(replacement)),
-                                                     prepend_(prepend) {}
+  Metaspace(std::string replacement, bool prepend)
+      : replacement_(std::move(replacement)), prepend_(prepend) {}
   void decode_chain(std::vector<std::string>& tokens) const override {
     for (size_t i = 0; i < tokens.size(); ++i) {
       std::string& t = tokens[i];
@@ -115,7 +115,8 @@ class Fuse : public Decoder {
 // Removes up to `start` leading and `stop` trailing `content` characters from each token.
 class Strip : public Decoder {
  public:
-  Strip(char32_t content, size_t start, size_t stop) : content_(content), start_(start), stop_(stop) {}
+  Strip(char32_t content, size_t start, size_t stop)
+      : content_(content), start_(start), stop_(stop) {}
   void decode_chain(std::vector<std::string>& tokens) const override {
     std::vector<size_t> starts;
     for (std::string& t : tokens) {
@@ -231,7 +232,6 @@ class BpeSuffix : public Decoder {
   std::string suffix_;
 };
 
-
 // CTC: repeated tokens collapse, the pad token vanishes, the word delimiter becomes a space.
 class Ctc : public Decoder {
  public:
@@ -292,12 +292,14 @@ std::unique_ptr<Decoder> make_decoder(const Json& value, const Where& w) {
     bool prepend = true;
     if (auto scheme = optional_string(value, "prepend_scheme", w)) {
       if (*scheme != "always" && *scheme != "first" && *scheme != "never") {
-        w.at("prepend_scheme").fail("unknown prepend_scheme \"" + *scheme + "\" (always, first, never)");
+        w.at("prepend_scheme")
+            .fail("unknown prepend_scheme \"" + *scheme + "\" (always, first, never)");
       }
       prepend = *scheme != "never";
     }
     if (!optional_bool(value, "add_prefix_space", w, true)) {
-      if (prepend) w.at("add_prefix_space").fail("add_prefix_space does not match declared prepend_scheme");
+      if (prepend)
+        w.at("add_prefix_space").fail("add_prefix_space does not match declared prepend_scheme");
     }
     return std::make_unique<Metaspace>(replacement, prepend);
   }

@@ -2,9 +2,8 @@
 // it checks, so a bad tokenizer.json is a one-line smelt::Error (docs/tokenizer.md).
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>

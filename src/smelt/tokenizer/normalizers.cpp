@@ -7,7 +7,6 @@
 #include <vector>
 
 #include "smelt/error.h"
-
 #include "smelt/tokenizer/pre_tokenizers.h"
 #include "smelt/tokenizer/split.h"
 #include "smelt/tokenizer/unicode.h"
@@ -173,8 +172,8 @@ class Nmt : public Normalizer {
       bool drop = (cp >= 0x01 && cp <= 0x08) || cp == 0x0B || (cp >= 0x0E && cp <= 0x1F) ||
                   cp == 0x7F || cp == 0x8F || cp == 0x9F;
       bool space = cp == 0x09 || cp == 0x0A || cp == 0x0C || cp == 0x0D || cp == 0x1680 ||
-                   (cp >= 0x200B && cp <= 0x200F) || cp == 0x2028 || cp == 0x2029 ||
-                   cp == 0x2581 || cp == 0xFEFF || cp == 0xFFFD;
+                   (cp >= 0x200B && cp <= 0x200F) || cp == 0x2028 || cp == 0x2029 || cp == 0x2581 ||
+                   cp == 0xFEFF || cp == 0xFFFD;
       if (space) {
         out.push_back(' ');
       } else if (!drop) {
@@ -246,11 +245,13 @@ class Precompiled : public Normalizer {
     if (bytes->size() < 4) cw.fail("shorter than its 4-byte header");
     auto u32 = [&](size_t at) {
       const auto* p = reinterpret_cast<const unsigned char*>(bytes->data() + at);
-      return uint32_t{p[0]} | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16) | (uint32_t{p[3]} << 24);
+      return uint32_t{p[0]} | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16) |
+             (uint32_t{p[3]} << 24);
     };
     uint64_t trie_bytes = u32(0);
     if (trie_bytes > bytes->size() - 4) {
-      cw.fail(fmt::format("trie size {} exceeds the {} bytes that follow", trie_bytes, bytes->size() - 4));
+      cw.fail(fmt::format("trie size {} exceeds the {} bytes that follow", trie_bytes,
+                          bytes->size() - 4));
     }
     units_.resize(trie_bytes / 4);
     for (size_t i = 0; i < units_.size(); ++i) units_[i] = u32(4 + 4 * i);
@@ -326,15 +327,19 @@ class Precompiled : public Normalizer {
       if ((u >> 8) & 1) {
         size_t index = unit(node) & ((1u << 31) - 1);
         if (index > normalized_.size()) {
-          fail("tokenizer: Precompiled normalizer: replacement offset {} is past the {} bytes of "
-               "replacements", index, normalized_.size());
+          fail(
+              "tokenizer: Precompiled normalizer: replacement offset {} is past the {} bytes of "
+              "replacements",
+              index, normalized_.size());
         }
         size_t stop = normalized_.find('\0', index);
         if (stop == std::string::npos) stop = normalized_.size();
         std::string_view result = std::string_view(normalized_).substr(index, stop - index);
         if (!is_valid_utf8(result)) {
-          fail("tokenizer: Precompiled normalizer: replacement at offset {} starts inside a character",
-               index);
+          fail(
+              "tokenizer: Precompiled normalizer: replacement at offset {} starts inside a "
+              "character",
+              index);
         }
         return result;
       }
@@ -378,10 +383,10 @@ std::unique_ptr<Normalizer> make_normalizer(const Json& value, const Where& w) {
   if (type == "Prepend") return std::make_unique<Prepend>(required_string(value, "prepend", w));
   if (type == "BertNormalizer") {
     bool lowercase = optional_bool(value, "lowercase", w, true);
-    return std::make_unique<BertNormalizer>(
-        optional_bool(value, "clean_text", w, true),
-        optional_bool(value, "handle_chinese_chars", w, true),
-        optional_bool(value, "strip_accents", w, lowercase), lowercase);
+    return std::make_unique<BertNormalizer>(optional_bool(value, "clean_text", w, true),
+                                            optional_bool(value, "handle_chinese_chars", w, true),
+                                            optional_bool(value, "strip_accents", w, lowercase),
+                                            lowercase);
   }
   if (type == "Nmt") return std::make_unique<Nmt>();
   if (type == "Precompiled") return std::make_unique<Precompiled>(value, w);

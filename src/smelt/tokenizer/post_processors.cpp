@@ -123,7 +123,8 @@ std::unique_ptr<PostProcessor> make_template(const Json& value, const Where& w) 
       if (ids.size() != tokens.size()) at.fail("\"ids\" and \"tokens\" differ in length");
       SpecialPiece piece;
       for (size_t i = 0; i < ids.size(); ++i) {
-        piece.ids.push_back(static_cast<int32_t>(expect_int(ids[i], at.at("ids").at(i), 0, INT32_MAX)));
+        piece.ids.push_back(
+            static_cast<int32_t>(expect_int(ids[i], at.at("ids").at(i), 0, INT32_MAX)));
         piece.tokens.push_back(expect_string(tokens[i], at.at("tokens").at(i)));
       }
       specials[it.key()] = std::move(piece);

@@ -13,6 +13,8 @@ namespace smelt::cli {
 // Each verb lives in its own file and registers its subcommand here.
 void add_inspect(CLI::App& app);
 void add_dev(CLI::App& app);
+void add_eval(CLI::App& app);
+void add_generate(CLI::App& app);
 void add_merge(CLI::App& app);
 void add_plan(CLI::App& app);
 void add_tokenize(CLI::App& app);

@@ -79,7 +79,9 @@ int main(int argc, char** argv) {
       "  smelt merge config.yml ./merged      run a mergekit YAML config\n"
       "  smelt plan config.yml                 check a config and show what a merge would do\n"
       "  smelt inspect ./model                 list a model's tensors\n"
-      "  smelt tokenize ./model \"Hello\"        run a model's tokenizer\n",
+      "  smelt tokenize ./model \"Hello\"        run a model's tokenizer\n"
+      "  smelt eval ./model --text wiki.txt    perplexity and task scores on the CPU\n"
+      "  smelt generate ./model -p \"Hi\"        continue a prompt\n",
       "smelt"};
   app.set_version_flag("--version", std::string("smelt ") + SMELT_VERSION);
   app.require_subcommand(1);
@@ -87,6 +89,8 @@ int main(int argc, char** argv) {
   smelt::cli::add_plan(app);
   smelt::cli::add_inspect(app);
   smelt::cli::add_tokenize(app);
+  smelt::cli::add_eval(app);
+  smelt::cli::add_generate(app);
   smelt::cli::add_dev(app);
   if (argc < 2) {
     // Bare `smelt`: the help, as `smelt --help` prints it, with exit code 0 (asking what smelt

@@ -4,6 +4,8 @@
 
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 
 #include "cli/common.h"
 #include "cli/eval_common.h"
@@ -18,6 +20,8 @@ namespace {
 struct GenerateCliOptions {
   std::string model;
   std::string prompt;
+  std::string prompt_file;
+  bool ignore_eos = false;
   int max_tokens = 256;
   double temperature = 0;
   int top_k = 0;
@@ -31,6 +35,13 @@ struct GenerateCliOptions {
 
 void run(const GenerateCliOptions& o) {
   if (o.max_tokens < 1) fail("--max-tokens must be at least 1");
+  if (o.prompt.empty() == o.prompt_file.empty()) fail("give --prompt TEXT or --prompt-file FILE");
+  std::string prompt_text = o.prompt;
+  if (!o.prompt_file.empty()) {
+    std::ifstream in(o.prompt_file, std::ios::binary);
+    if (!in) fail("--prompt-file {}: cannot read this file", o.prompt_file);
+    prompt_text.assign(std::istreambuf_iterator<char>(in), {});
+  }
   if (o.ctx < 0) fail("--ctx must be positive");
   eval::SamplerOptions so;
   so.temperature = o.temperature;
@@ -44,7 +55,7 @@ void run(const GenerateCliOptions& o) {
   mo.max_memory = parse_memory_size(o.max_memory);
   mo.quiet = o.quiet;
   eval::EvalModel m = open_model_argument(o.model, mo);
-  const auto prompt = m.tokenizer->encode(o.prompt).ids;
+  const auto prompt = m.tokenizer->encode(prompt_text).ids;
   if (prompt.empty()) fail("--prompt: the prompt tokenizes to nothing");
   const int train_ctx = m.model->info().n_ctx_train;
   int n_ctx = o.ctx;
@@ -70,7 +81,7 @@ void run(const GenerateCliOptions& o) {
       break;
     }
     const int32_t next = sampler.sample(logits.data(), vocab);
-    if (std::find(m.eos.begin(), m.eos.end(), next) != m.eos.end()) {
+    if (!o.ignore_eos && std::find(m.eos.begin(), m.eos.end(), next) != m.eos.end()) {
       why = "end of sequence";
       break;
     }
@@ -115,7 +126,9 @@ void add_generate(CLI::App& app) {
       "  smelt generate merge.yml --prompt \"12+35=\" --max-tokens 8\n"
       "  smelt generate ./model --prompt \"Once\" --temperature 0.8 --top-p 0.95 --seed 7");
   cmd->add_option("model", o->model, "model folder, .gguf file or merge config")->required();
-  cmd->add_option("--prompt,-p", o->prompt, "the text to continue")->required();
+  cmd->add_option("--prompt,-p", o->prompt, "the text to continue");
+  cmd->add_option("--prompt-file", o->prompt_file, "continue this file's text instead");
+  cmd->add_flag("--ignore-eos", o->ignore_eos, "do not stop at end-of-sequence tokens");
   cmd->add_option("--max-tokens,-n", o->max_tokens, "tokens to generate at most (default 256)");
   cmd->add_option("--temperature", o->temperature, "sampling temperature (0 = greedy, default)");
   cmd->add_option("--top-k", o->top_k, "sample among the K most likely tokens (0 = all)");

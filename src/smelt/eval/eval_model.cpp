@@ -2,6 +2,7 @@
 
 #include "smelt/error.h"
 #include "smelt/io/gguf.h"
+#include "smelt/tokenizer/gguf_vocab.h"
 
 namespace smelt::eval {
 
@@ -15,7 +16,7 @@ EvalModel open_eval_model(const std::string& path, const infer::LoadOptions& opt
   m.model = infer::Model::load(path, options);
   const bool gguf = fs::is_regular_file(path, ec) && fs::path(path).extension() == ".gguf";
   if (gguf) {
-    fail("{}: reading a GGUF file's own vocabulary is not supported yet", path);
+    m.tokenizer = tok::load_gguf_tokenizer(*io::GgufFile::open(path));
   } else {
     const fs::path dir = fs::is_directory(path, ec) ? fs::path(path) : fs::path(path).parent_path();
     if (!fs::exists(dir / "tokenizer.json", ec) && !fs::exists(dir / "tokenizer.model", ec)) {

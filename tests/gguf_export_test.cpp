@@ -26,19 +26,19 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-using smelt::testing::node_command;
-using smelt::testing::quote;
-using smelt::testing::run_command;
-using smelt::testing::run_smelt;
-using smelt::testing::TempDir;
-using smelt::testing::write_bytes;
 using smelt::testing::load_tiny_llama;
 using smelt::testing::load_tiny_model;
+using smelt::testing::node_command;
+using smelt::testing::quote;
 using smelt::testing::reference_log_softmax;
 using smelt::testing::reference_log_softmax_all;
 using smelt::testing::ReferenceOptions;
+using smelt::testing::run_command;
+using smelt::testing::run_smelt;
+using smelt::testing::TempDir;
 using smelt::testing::TinyLlama;
 using smelt::testing::TinyModel;
+using smelt::testing::write_bytes;
 
 // The message of the smelt::Error `f` throws ("" when it throws nothing).
 template <typename F>
@@ -405,6 +405,59 @@ TEST(GgufExport, Gemma2KvsDefaultsAndQueryScaleCheck) {
               std::string::npos)
         << key;
   }
+}
+
+// `smelt merge` of gemma2 models to GGUF merges the HF values w and adds the converter's 1 once,
+// to the merged norms only.
+TEST(GgufExport, Gemma2MergeAddsOneToTheMergedNorms) {
+  TempDir dir;
+  const std::string shape =
+      " --hidden 64 --heads 4 --kv-heads 2 --head-dim 32 --layers 2 --dtype F32"
+      " --arch Gemma2ForCausalLM --model-type gemma2";
+  auto made = run_smelt("dev make-model " + quote(dir / "a") + shape);
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  made = run_smelt("dev make-model " + quote(dir / "b") + " --base " + quote(dir / "a") +
+                   " --delta-scale 0.05 --seed 3");
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  write_bytes(dir / "avg.yml",
+              fmt::format("models:\n  - model: {}\n    parameters: {{weight: 0.25}}\n"
+                          "  - model: {}\n    parameters: {{weight: 0.75}}\n"
+                          "merge_method: linear\ndtype: float32\n",
+                          (dir / "a").string(), (dir / "b").string()));
+  auto r = run_smelt("merge -q --out-type F32 " + quote(dir / "avg.yml") + " " +
+                     quote(dir / "avg.gguf"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const TinyModel a = load_tiny_model(dir / "a", 1.0f), b = load_tiny_model(dir / "b", 1.0f);
+  auto file = GgufFile::open(dir / "avg.gguf");
+  EXPECT_EQ(file->find_kv("tokenizer.ggml.add_space_prefix")->as_bool(), false);
+  auto expect_merged = [&](const std::string& gguf, const std::string& hf, float offset) {
+    const TensorInfo* t = file->find(gguf);
+    ASSERT_TRUE(t) << gguf;
+    ASSERT_EQ(t->ggml_type, 0) << gguf;
+    std::vector<float> got(t->numel());
+    file->read(*t, 0, got.data(), got.size() * sizeof(float));
+    const auto& wa = a.w.at(hf);
+    const auto& wb = b.w.at(hf);
+    ASSERT_EQ(got.size(), wa.size()) << gguf;
+    double max_err = 0, max_delta = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      const double want = 0.25 * wa[i] + 0.75 * wb[i] + offset;
+      max_err = std::max(max_err, std::abs(got[i] - want));
+      max_delta = std::max(max_delta, std::abs(double(wa[i]) - wb[i]));
+    }
+    EXPECT_LT(max_err, 1e-6) << gguf;
+    EXPECT_GT(max_delta, 0.01) << gguf << ": the two models do not differ";
+  };
+  expect_merged("blk.0.attn_norm.weight", "model.layers.0.input_layernorm.weight", 1.0f);
+  expect_merged("blk.1.post_attention_norm.weight",
+                "model.layers.1.post_attention_layernorm.weight", 1.0f);
+  expect_merged("blk.1.ffn_norm.weight", "model.layers.1.pre_feedforward_layernorm.weight", 1.0f);
+  expect_merged("blk.0.post_ffw_norm.weight", "model.layers.0.post_feedforward_layernorm.weight",
+                1.0f);
+  expect_merged("output_norm.weight", "model.norm.weight", 1.0f);
+  expect_merged("blk.0.ffn_up.weight", "model.layers.0.mlp.up_proj.weight", 0.0f);
+  expect_merged("token_embd.weight", "model.embed_tokens.weight", 0.0f);
+  EXPECT_FALSE(file->find("output.weight"));
 }
 
 // make-model's new families: the tensors and config keys each one has.

@@ -113,6 +113,9 @@ std::vector<GgufKv> gguf_export_kvs(const fs::path& model_dir, const json& confi
   gguf_set_kv(kvs, "general.quantization_version", GgufValue::of(uint32_t{2}));
   gguf_add_hparam_kvs(kvs, arch, config, block_count_override);
   gguf_add_tokenizer_kvs(kvs, model_dir, config, gguf_vocab_size(config));
+  // Gemma's SentencePiece tokenizer adds no space prefix; the converter always says so
+  // (docs/gguf.md, "Gemma2").
+  if (arch == "gemma2") gguf_set_kv(kvs, "tokenizer.ggml.add_space_prefix", GgufValue::of(false));
   return kvs;
 }
 

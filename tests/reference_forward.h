@@ -29,7 +29,11 @@ struct TinyModel {
   double query_scale = 0;    // multiplies q·k: query_pre_attn_scalar^-0.5 (gemma2), else hd^-0.5
   double attn_softcap = 0;   // gemma2 attn_logit_softcapping; 0 = none
   double final_softcap = 0;  // gemma2 final_logit_softcapping; 0 = none
-  int sliding_window = 0;    // keys visible to a query: t - W < u <= t; 0 = none
+  // Multiplies the embeddings: gemma2's sqrt(hidden_size) rounded to the config's torch_dtype
+  // (HF builds it as a tensor of the activation dtype; llama.cpp uses sqrtf, the same in f32 but
+  // not in bf16 when sqrt(hidden_size) is not exact), else 1.
+  double embed_scale = 1;
+  int sliding_window = 0;                 // keys visible to a query: t - W < u <= t; 0 = none
   bool sliding_even_layers_only = false;  // gemma2: layers 0, 2, 4, ... slide; mistral: all
   std::vector<double> inv_freq;           // RoPE inverse frequencies (hd / 2), scaling applied
   std::map<std::string, std::vector<float>> w;  // HF name -> values
@@ -100,6 +104,16 @@ inline TinyModel load_tiny_model(const std::filesystem::path& dir, float scale) 
     m.final_softcap = c.value("final_logit_softcapping", 30.0);
     m.sliding_window = c.value("sliding_window", 4096);
     m.sliding_even_layers_only = true;
+    const float root = std::sqrt(static_cast<float>(m.hidden));
+    const auto dtype = parse_torch_dtype(c.value("torch_dtype", "float32"));
+    m.embed_scale = root;
+    if (dtype && (*dtype == DType::kBF16 || *dtype == DType::kF16)) {
+      uint16_t half = 0;
+      float back = 0;
+      kernels::from_f32(*dtype, &root, &half, 1);
+      kernels::to_f32(*dtype, &half, &back, 1);
+      m.embed_scale = back;
+    }
   } else if (c.value("model_type", "") == "mistral" && c.contains("sliding_window") &&
              c["sliding_window"].is_number()) {
     m.sliding_window = c["sliding_window"];
@@ -203,9 +217,7 @@ inline std::vector<std::vector<double>> reference_log_softmax_all(
   const std::vector<double> inv_freq =
       opt.skip_rope_scaling ? reference_inv_freq(nlohmann::json::object(), m.hd, m.theta)
                             : m.inv_freq;
-  // HF scales the embeddings by sqrt(hidden) in the activation dtype (f32 here), as llama.cpp.
-  const double embed_scale =
-      gemma2 ? static_cast<double>(std::sqrt(static_cast<float>(m.hidden))) : 1.0;
+  const double embed_scale = m.embed_scale;
   std::vector<std::vector<double>> x(T, std::vector<double>(m.hidden));
   for (size_t t = 0; t < T; ++t)
     for (int i = 0; i < m.hidden; ++i)

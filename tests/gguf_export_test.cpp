@@ -460,6 +460,40 @@ TEST(GgufExport, Gemma2MergeAddsOneToTheMergedNorms) {
   EXPECT_FALSE(file->find("output.weight"));
 }
 
+// The reference's sliding window (Mistral: every layer): a query sees itself and the W - 1 keys
+// before it, so positions < W are untouched and a window as long as the prompt changes nothing.
+TEST(GgufExport, ReferenceSlidingWindowMasksOnlyKeysOutsideTheWindow) {
+  TempDir dir;
+  auto made = run_smelt("dev make-model " + quote(dir / "m") +
+                        " --dtype F32 --weight-std 0.2 --arch MistralForCausalLM"
+                        " --model-type mistral --sliding-window 3");
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  TinyModel m = load_tiny_model(dir / "m", 1.0f);
+  ASSERT_EQ(m.sliding_window, 3);
+  const std::vector<int> ids = {1, 70, 80, 90, 100, 110, 120};
+  ReferenceOptions off;
+  off.ignore_sliding_window = true;
+  const auto windowed = reference_log_softmax_all(m, ids);
+  const auto full = reference_log_softmax_all(m, ids, off);
+  for (size_t t = 0; t < ids.size(); ++t) {
+    double gap = 0;
+    for (size_t i = 0; i < full[t].size(); ++i)
+      gap = std::max(gap, std::abs(full[t][i] - windowed[t][i]));
+    if (t < 3) {
+      EXPECT_EQ(gap, 0.0) << t;
+    } else {
+      EXPECT_GT(gap, 1e-3) << t;
+    }
+  }
+  m.sliding_window = static_cast<int>(ids.size());
+  EXPECT_EQ(reference_log_softmax_all(m, ids), full);
+  // gemma2's query_pre_attn_scalar option reaches the config and the reference's scale.
+  made = run_smelt("dev make-model " + quote(dir / "g") +
+                   " --arch Gemma2ForCausalLM --model-type gemma2 --query-pre-attn-scalar 144");
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  EXPECT_DOUBLE_EQ(load_tiny_model(dir / "g", 1.0f).query_scale, 1.0 / 12.0);
+}
+
 // make-model's new families: the tensors and config keys each one has.
 TEST(GgufExport, MakeModelQwen3Gemma2AndMistralShapes) {
   TempDir dir;

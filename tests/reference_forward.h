@@ -41,12 +41,28 @@ struct TinyModel {
 };
 using TinyLlama = TinyModel;  // the name the llama-only tests used
 
+// The RoPE parameters of `config`: "rope_parameters" (transformers >= 5) or "rope_scaling";
+// null when neither is an object.
+inline nlohmann::json reference_rope_params(const nlohmann::json& config) {
+  for (const char* key : {"rope_parameters", "rope_scaling"}) {
+    if (config.contains(key) && config[key].is_object()) return config[key];
+  }
+  return nullptr;
+}
+
+// A number of `config`, `fallback` when absent and `if_null` when null (HF's "off").
+inline double reference_number(const nlohmann::json& config, const char* key, double fallback,
+                               double if_null = 0) {
+  if (!config.contains(key)) return fallback;
+  return config[key].is_null() ? if_null : config[key].get<double>();
+}
+
 // HF's RoPE inverse frequencies for `config` (rope_scaling default, linear or llama3; the
 // formulas docs/gguf.md cites, in double).
 inline std::vector<double> reference_inv_freq(const nlohmann::json& config, int hd, double theta) {
   std::vector<double> inv(static_cast<size_t>(hd / 2));
   for (int i = 0; i < hd / 2; ++i) inv[i] = std::pow(theta, -2.0 * i / hd);
-  nlohmann::json rs = config.value("rope_scaling", nlohmann::json());
+  const nlohmann::json rs = reference_rope_params(config);
   if (!rs.is_object()) return inv;
   const std::string type = rs.value("rope_type", rs.value("type", std::string()));
   const double factor = rs.value("factor", 1.0);
@@ -95,14 +111,17 @@ inline TinyModel load_tiny_model(const std::filesystem::path& dir, float scale) 
   m.layers = c["num_hidden_layers"];
   m.vocab = c["vocab_size"];
   m.eps = c.value("rms_norm_eps", 1e-6);
-  m.theta = c.value("rope_theta", 10000.0);
+  const nlohmann::json rope = reference_rope_params(c);
+  m.theta = c.contains("rope_theta")                          ? c["rope_theta"].get<double>()
+            : rope.is_object() && rope.contains("rope_theta") ? rope["rope_theta"].get<double>()
+                                                              : 10000.0;
   m.inv_freq = reference_inv_freq(c, m.hd, m.theta);
-  m.query_scale =
-      1.0 / std::sqrt(gemma2 ? c.value("query_pre_attn_scalar", 256.0) : static_cast<double>(m.hd));
+  m.query_scale = 1.0 / std::sqrt(gemma2 ? reference_number(c, "query_pre_attn_scalar", 256.0)
+                                         : static_cast<double>(m.hd));
   if (gemma2) {
-    m.attn_softcap = c.value("attn_logit_softcapping", 50.0);
-    m.final_softcap = c.value("final_logit_softcapping", 30.0);
-    m.sliding_window = c.value("sliding_window", 4096);
+    m.attn_softcap = reference_number(c, "attn_logit_softcapping", 50.0);
+    m.final_softcap = reference_number(c, "final_logit_softcapping", 30.0);
+    m.sliding_window = static_cast<int>(reference_number(c, "sliding_window", 4096));
     m.sliding_even_layers_only = true;
     const float root = std::sqrt(static_cast<float>(m.hidden));
     const auto dtype = parse_torch_dtype(c.value("torch_dtype", "float32"));

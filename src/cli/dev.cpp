@@ -47,6 +47,8 @@ void add_dev(CLI::App& app) {
       ->capture_default_str();
   mk->add_option("--attn-softcap", o->attn_logit_softcapping, "gemma2 attn_logit_softcapping")
       ->capture_default_str();
+  mk->add_option("--query-pre-attn-scalar", o->query_pre_attn_scalar,
+                 "gemma2 query_pre_attn_scalar (0 = head_dim)");
   mk->add_option("--final-softcap", o->final_logit_softcapping, "gemma2 final_logit_softcapping")
       ->capture_default_str();
   mk->add_option("--base", *base, "make a fine-tune of this model folder");

@@ -40,6 +40,7 @@ struct MakeModelOptions {
   // Gemma2 only (config.json): tanh soft-capping of attention scores and of the final logits.
   double attn_logit_softcapping = 50.0;
   double final_logit_softcapping = 30.0;
+  int query_pre_attn_scalar = 0;  // 0 = head_dim (what llama.cpp's gemma2 uses)
   // Tensor naming: "llama" (model.layers.N.self_attn...) or "gpt2" (transformer.h.N.attn.c_attn,
   // config key n_layer, output head tied to transformer.wte).
   std::string style = "llama";

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <string_view>
 
+#include "reference_forward.h"
 #include "smelt/error.h"
 #include "smelt/io/gguf.h"
 #include "smelt/io/model_ref.h"
@@ -25,11 +26,18 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using smelt::testing::load_tiny_llama;
+using smelt::testing::load_tiny_model;
+using smelt::testing::node_command;
 using smelt::testing::quote;
+using smelt::testing::reference_log_softmax;
+using smelt::testing::reference_log_softmax_all;
+using smelt::testing::ReferenceOptions;
 using smelt::testing::run_command;
 using smelt::testing::run_smelt;
-using smelt::testing::node_command;
 using smelt::testing::TempDir;
+using smelt::testing::TinyLlama;
+using smelt::testing::TinyModel;
 using smelt::testing::write_bytes;
 
 // The message of the smelt::Error `f` throws ("" when it throws nothing).
@@ -69,15 +77,17 @@ json llama_config(int heads = 4, int kv_heads = 2) {
 
 // ---- architecture and names ---------------------------------------------------------------------
 
-TEST(GgufExport, ArchForLlamaMistralQwen2) {
+TEST(GgufExport, ArchForLlamaMistralQwen2Qwen3Gemma2) {
   EXPECT_EQ(gguf_arch_for({{"architectures", {"LlamaForCausalLM"}}}), "llama");
   EXPECT_EQ(gguf_arch_for({{"architectures", {"MistralForCausalLM"}}}), "llama");
   EXPECT_EQ(gguf_arch_for({{"architectures", {"Qwen2ForCausalLM"}}}), "qwen2");
+  EXPECT_EQ(gguf_arch_for({{"architectures", {"Qwen3ForCausalLM"}}}), "qwen3");
+  EXPECT_EQ(gguf_arch_for({{"architectures", {"Gemma2ForCausalLM"}}}), "gemma2");
   EXPECT_EQ(error_of([] {
               gguf_arch_for({{"architectures", {"GPT2LMHeadModel"}}});
             }),
-            "GGUF export supports llama, mistral and qwen2 models; GPT2LMHeadModel is not "
-            "supported yet");
+            "GGUF export supports llama, mistral, qwen2, qwen3 and gemma2 models; GPT2LMHeadModel "
+            "is not supported yet");
   EXPECT_NE(error_of([] { gguf_arch_for(json::object()); }).find("architectures"),
             std::string::npos);
 }
@@ -132,6 +142,50 @@ TEST(GgufExport, TensorNamesQwen2HasQkvBiasesOnly) {
             "");
   EXPECT_NE(error_of([] { gguf_tensor_name("qwen2", "model.layers.2.mlp.up_proj.bias"); }), "");
   EXPECT_NE(error_of([] { gguf_tensor_name("gpt2", "model.norm.weight"); }), "");
+}
+
+TEST(GgufExport, TensorNamesQwen3HasHeadNormsAndNoBiases) {
+  EXPECT_EQ(*gguf_tensor_name("qwen3", "model.layers.1.self_attn.q_norm.weight"),
+            "blk.1.attn_q_norm.weight");
+  EXPECT_EQ(*gguf_tensor_name("qwen3", "model.layers.1.self_attn.k_norm.weight"),
+            "blk.1.attn_k_norm.weight");
+  EXPECT_EQ(*gguf_tensor_name("qwen3", "model.layers.1.post_attention_layernorm.weight"),
+            "blk.1.ffn_norm.weight");
+  EXPECT_EQ(*gguf_tensor_name("qwen3", "lm_head.weight"), "output.weight");
+  for (const char* bad : {"model.layers.0.self_attn.q_proj.bias", "model.layers.0.mlp.up_proj.bias",
+                          "lm_head.bias", "model.layers.0.pre_feedforward_layernorm.weight"}) {
+    EXPECT_NE(error_of([&] { gguf_tensor_name("qwen3", bad); }).find(bad), std::string::npos)
+        << bad;
+  }
+  // The head norms exist only in qwen3.
+  EXPECT_NE(error_of([] { gguf_tensor_name("llama", "model.layers.0.self_attn.q_norm.weight"); }),
+            "");
+}
+
+TEST(GgufExport, TensorNamesGemma2HasFourNormsAndDropsTheHead) {
+  const std::pair<const char*, const char*> cases[] = {
+      {"model.layers.0.input_layernorm.weight", "blk.0.attn_norm.weight"},
+      {"model.layers.0.post_attention_layernorm.weight", "blk.0.post_attention_norm.weight"},
+      {"model.layers.0.pre_feedforward_layernorm.weight", "blk.0.ffn_norm.weight"},
+      {"model.layers.0.post_feedforward_layernorm.weight", "blk.0.post_ffw_norm.weight"},
+      {"model.layers.3.self_attn.o_proj.weight", "blk.3.attn_output.weight"},
+      {"model.norm.weight", "output_norm.weight"},
+  };
+  for (const auto& [hf, gguf] : cases) {
+    auto name = gguf_tensor_name("gemma2", hf);
+    ASSERT_TRUE(name.has_value()) << hf;
+    EXPECT_EQ(*name, gguf) << hf;
+  }
+  EXPECT_FALSE(gguf_tensor_name("gemma2", "lm_head.weight"));  // llama.cpp reuses token_embd
+  EXPECT_NE(error_of([] { gguf_tensor_name("gemma2", "model.layers.0.self_attn.q_proj.bias"); }),
+            "");
+  // +1 on exactly the norms (HF applies them as 1 + w).
+  EXPECT_EQ(gguf_value_offset("gemma2", "model.layers.0.pre_feedforward_layernorm.weight"), 1.0f);
+  EXPECT_EQ(gguf_value_offset("gemma2", "model.norm.weight"), 1.0f);
+  EXPECT_EQ(gguf_value_offset("gemma2", "model.layers.0.mlp.up_proj.weight"), 0.0f);
+  EXPECT_EQ(gguf_value_offset("gemma2", "model.embed_tokens.weight"), 0.0f);
+  EXPECT_EQ(gguf_value_offset("llama", "model.norm.weight"), 0.0f);
+  EXPECT_EQ(gguf_value_offset("qwen3", "model.layers.0.self_attn.q_norm.weight"), 0.0f);
 }
 
 // ---- Q/K permutation ----------------------------------------------------------------------------
@@ -221,8 +275,7 @@ TEST(GgufExport, MergeWithWrongKvHeadCountFailsInThePlanNamingTensorAndKey) {
   write_bytes(dir / "c.yml", "models:\n  - model: " + m.string() + "\nmerge_method: passthrough\n");
   auto r = run_smelt("merge -q " + quote(dir / "c.yml") + " " + quote(dir / "out.gguf"));
   EXPECT_NE(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("model.layers.0.self_attn.k_proj.weight"), std::string::npos)
-      << r.output;
+  EXPECT_NE(r.output.find("model.layers.0.self_attn.k_proj.weight"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("num_key_value_heads"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir / "out.gguf"));
   auto plan = run_smelt("plan " + quote(dir / "c.yml") + " --format gguf");
@@ -258,6 +311,244 @@ TEST(GgufExport, RopeFreqsOnlyForLlama3Scaling) {
   ASSERT_EQ(f->size(), 8u);     // head_dim 16 / 2
   EXPECT_EQ(f->front(), 1.0f);  // short wavelengths are kept
   EXPECT_EQ(f->back(), 8.0f);   // long ones are divided by the factor
+}
+
+// The converter's L for llama3 is rope_scaling's original_max_position_embeddings, else the
+// top-level key, else 8192; the divisors match HF's frequencies computed independently.
+TEST(GgufExport, RopeFreqsLlama3MatchHfFrequenciesAndReadTheOriginalContext) {
+  json c = llama_config();
+  c["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}};
+  c["original_max_position_embeddings"] = 64;  // top level only
+  const int hd = 16;
+  auto check = [&](const json& config, double expected_l) {
+    const auto f = gguf_rope_freqs(config);
+    EXPECT_TRUE(f && f->size() == static_cast<size_t>(hd / 2));
+    if (!f || f->size() != static_cast<size_t>(hd / 2)) return -1;
+    json with_l = config;
+    with_l["rope_scaling"]["original_max_position_embeddings"] = expected_l;
+    const auto scaled = smelt::testing::reference_inv_freq(with_l, hd, 10000.0);
+    const auto plain = smelt::testing::reference_inv_freq(json::object(), hd, 10000.0);
+    int smoothed = 0;
+    for (int i = 0; i < hd / 2; ++i) {
+      EXPECT_NEAR((*f)[i], plain[i] / scaled[i], 1e-5 * plain[i] / scaled[i]) << i;
+      smoothed += (*f)[i] > 1.0f && (*f)[i] < 8.0f;
+    }
+    return smoothed;
+  };
+  // L = 64 puts wavelengths 19.9 and 62.8 in the smoothed band.
+  EXPECT_EQ(check(c, 64.0), 2);
+  c["rope_scaling"]["original_max_position_embeddings"] = 32;  // rope_scaling's wins
+  EXPECT_EQ(check(c, 32.0), 1);
+  c.erase("original_max_position_embeddings");
+  c["rope_scaling"].erase("original_max_position_embeddings");
+  EXPECT_EQ(check(c, 8192.0), 1);  // default: only wavelength 6283 lies in (2048, 8192)
+  // llama.cpp's qwen2/qwen3/gemma2 graphs have no frequency factors.
+  c["architectures"] = {"Qwen3ForCausalLM"};
+  EXPECT_NE(error_of([&] { gguf_rope_freqs(c); }).find("llama3"), std::string::npos);
+  std::vector<GgufKv> kvs;
+  EXPECT_NE(error_of([&] { gguf_add_hparam_kvs(kvs, "qwen3", c, -1); }).find("llama3"),
+            std::string::npos);
+}
+
+json gemma2_config() {
+  return {{"architectures", {"Gemma2ForCausalLM"}},
+          {"model_type", "gemma2"},
+          {"hidden_size", 64},
+          {"num_attention_heads", 4},
+          {"num_key_value_heads", 2},
+          {"num_hidden_layers", 2},
+          {"intermediate_size", 128},
+          {"max_position_embeddings", 8192},
+          {"rms_norm_eps", 1e-6},
+          {"query_pre_attn_scalar", 256},
+          {"vocab_size", 320}};
+}
+
+TEST(GgufExport, Gemma2KvsDefaultsAndQueryScaleCheck) {
+  json c = gemma2_config();  // head_dim, caps and window absent: Gemma2Config's defaults
+  std::vector<GgufKv> kvs;
+  gguf_add_hparam_kvs(kvs, "gemma2", c, -1);
+  auto u32 = [&](const std::string& key) { return kv(kvs, key)->as_uint().value_or(0); };
+  auto f32 = [&](const std::string& key) { return kv(kvs, key)->as_float().value_or(0); };
+  EXPECT_EQ(u32("gemma2.attention.key_length"), 256u);
+  EXPECT_EQ(u32("gemma2.attention.value_length"), 256u);
+  EXPECT_EQ(u32("gemma2.rope.dimension_count"), 256u);
+  EXPECT_EQ(u32("gemma2.attention.sliding_window"), 4096u);
+  EXPECT_FLOAT_EQ(f32("gemma2.attn_logit_softcapping"), 50.0f);
+  EXPECT_FLOAT_EQ(f32("gemma2.final_logit_softcapping"), 30.0f);
+  c["head_dim"] = 16;
+  c["query_pre_attn_scalar"] = 16;
+  c["sliding_window"] = 5;
+  c["attn_logit_softcapping"] = 7.5;
+  c["final_logit_softcapping"] = 3.0;
+  kvs.clear();
+  gguf_add_hparam_kvs(kvs, "gemma2", c, -1);
+  EXPECT_EQ(u32("gemma2.attention.key_length"), 16u);
+  EXPECT_EQ(u32("gemma2.attention.sliding_window"), 5u);
+  EXPECT_FLOAT_EQ(f32("gemma2.attn_logit_softcapping"), 7.5f);
+  EXPECT_FLOAT_EQ(f32("gemma2.final_logit_softcapping"), 3.0f);
+  // llama.cpp scales queries by 1/sqrt(head_dim) (1/sqrt(hidden/heads) at 46 layers): another
+  // query_pre_attn_scalar cannot be represented.
+  c["query_pre_attn_scalar"] = 32;
+  EXPECT_NE(
+      error_of([&] { gguf_add_hparam_kvs(kvs, "gemma2", c, -1); }).find("query_pre_attn_scalar"),
+      std::string::npos);
+  c["query_pre_attn_scalar"] = 16;  // hidden / heads: right only for a 46-layer model
+  c["head_dim"] = 32;
+  EXPECT_NE(error_of([&] { gguf_add_hparam_kvs(kvs, "gemma2", c, -1); }), "");
+  EXPECT_EQ(error_of([&] { gguf_add_hparam_kvs(kvs, "gemma2", c, 46); }), "");
+  c["head_dim"] = 16;
+  for (const char* key : {"attn_logit_softcapping", "final_logit_softcapping", "sliding_window"}) {
+    json n = c;
+    n[key] = nullptr;
+    EXPECT_NE(error_of([&] { gguf_add_hparam_kvs(kvs, "gemma2", n, -1); }).find(key),
+              std::string::npos)
+        << key;
+  }
+}
+
+// `smelt merge` of gemma2 models to GGUF merges the HF values w and adds the converter's 1 once,
+// to the merged norms only.
+TEST(GgufExport, Gemma2MergeAddsOneToTheMergedNorms) {
+  TempDir dir;
+  const std::string shape =
+      " --hidden 64 --heads 4 --kv-heads 2 --head-dim 32 --layers 2 --dtype F32"
+      " --arch Gemma2ForCausalLM --model-type gemma2";
+  auto made = run_smelt("dev make-model " + quote(dir / "a") + shape);
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  made = run_smelt("dev make-model " + quote(dir / "b") + " --base " + quote(dir / "a") +
+                   " --delta-scale 0.05 --seed 3");
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  write_bytes(dir / "avg.yml",
+              fmt::format("models:\n  - model: {}\n    parameters: {{weight: 0.25}}\n"
+                          "  - model: {}\n    parameters: {{weight: 0.75}}\n"
+                          "merge_method: linear\ndtype: float32\n",
+                          (dir / "a").string(), (dir / "b").string()));
+  auto r = run_smelt("merge -q --out-type F32 " + quote(dir / "avg.yml") + " " +
+                     quote(dir / "avg.gguf"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const TinyModel a = load_tiny_model(dir / "a", 1.0f), b = load_tiny_model(dir / "b", 1.0f);
+  auto file = GgufFile::open(dir / "avg.gguf");
+  EXPECT_EQ(file->find_kv("tokenizer.ggml.add_space_prefix")->as_bool(), false);
+  auto expect_merged = [&](const std::string& gguf, const std::string& hf, float offset) {
+    const TensorInfo* t = file->find(gguf);
+    ASSERT_TRUE(t) << gguf;
+    ASSERT_EQ(t->ggml_type, 0) << gguf;
+    std::vector<float> got(t->numel());
+    file->read(*t, 0, got.data(), got.size() * sizeof(float));
+    const auto& wa = a.w.at(hf);
+    const auto& wb = b.w.at(hf);
+    ASSERT_EQ(got.size(), wa.size()) << gguf;
+    double max_err = 0, max_delta = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      const double want = 0.25 * wa[i] + 0.75 * wb[i] + offset;
+      max_err = std::max(max_err, std::abs(got[i] - want));
+      max_delta = std::max(max_delta, std::abs(double(wa[i]) - wb[i]));
+    }
+    EXPECT_LT(max_err, 1e-6) << gguf;
+    EXPECT_GT(max_delta, 0.01) << gguf << ": the two models do not differ";
+  };
+  expect_merged("blk.0.attn_norm.weight", "model.layers.0.input_layernorm.weight", 1.0f);
+  expect_merged("blk.1.post_attention_norm.weight",
+                "model.layers.1.post_attention_layernorm.weight", 1.0f);
+  expect_merged("blk.1.ffn_norm.weight", "model.layers.1.pre_feedforward_layernorm.weight", 1.0f);
+  expect_merged("blk.0.post_ffw_norm.weight", "model.layers.0.post_feedforward_layernorm.weight",
+                1.0f);
+  expect_merged("output_norm.weight", "model.norm.weight", 1.0f);
+  expect_merged("blk.0.ffn_up.weight", "model.layers.0.mlp.up_proj.weight", 0.0f);
+  expect_merged("token_embd.weight", "model.embed_tokens.weight", 0.0f);
+  EXPECT_FALSE(file->find("output.weight"));
+}
+
+// The reference's sliding window (Mistral: every layer): a query sees itself and the W - 1 keys
+// before it, so positions < W are untouched and a window as long as the prompt changes nothing.
+TEST(GgufExport, ReferenceSlidingWindowMasksOnlyKeysOutsideTheWindow) {
+  TempDir dir;
+  auto made = run_smelt("dev make-model " + quote(dir / "m") +
+                        " --dtype F32 --weight-std 0.2 --arch MistralForCausalLM"
+                        " --model-type mistral --sliding-window 3");
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  TinyModel m = load_tiny_model(dir / "m", 1.0f);
+  ASSERT_EQ(m.sliding_window, 3);
+  const std::vector<int> ids = {1, 70, 80, 90, 100, 110, 120};
+  ReferenceOptions off;
+  off.ignore_sliding_window = true;
+  const auto windowed = reference_log_softmax_all(m, ids);
+  const auto full = reference_log_softmax_all(m, ids, off);
+  for (size_t t = 0; t < ids.size(); ++t) {
+    double gap = 0;
+    for (size_t i = 0; i < full[t].size(); ++i)
+      gap = std::max(gap, std::abs(full[t][i] - windowed[t][i]));
+    if (t < 3) {
+      EXPECT_EQ(gap, 0.0) << t;
+    } else {
+      EXPECT_GT(gap, 1e-3) << t;
+    }
+  }
+  m.sliding_window = static_cast<int>(ids.size());
+  EXPECT_EQ(reference_log_softmax_all(m, ids), full);
+  // gemma2's query_pre_attn_scalar option reaches the config and the reference's scale.
+  made = run_smelt("dev make-model " + quote(dir / "g") +
+                   " --arch Gemma2ForCausalLM --model-type gemma2 --query-pre-attn-scalar 144");
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  EXPECT_DOUBLE_EQ(load_tiny_model(dir / "g", 1.0f).query_scale, 1.0 / 12.0);
+}
+
+// make-model's new families: the tensors and config keys each one has.
+TEST(GgufExport, MakeModelQwen3Gemma2AndMistralShapes) {
+  TempDir dir;
+  auto made = run_smelt("dev make-model " + quote(dir / "q") +
+                        " --hidden 64 --heads 4 --kv-heads 2 --head-dim 32 --layers 2"
+                        " --dtype F32 --arch Qwen3ForCausalLM --model-type qwen3");
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  TinyModel q = load_tiny_model(dir / "q", 1.0f);
+  EXPECT_EQ(q.config["head_dim"], 32);
+  EXPECT_EQ(q.config["attention_bias"], false);
+  EXPECT_EQ(q.shape.at("model.layers.1.self_attn.q_proj.weight"), (std::vector<uint64_t>{128, 64}));
+  EXPECT_EQ(q.shape.at("model.layers.1.self_attn.k_proj.weight"), (std::vector<uint64_t>{64, 64}));
+  EXPECT_EQ(q.shape.at("model.layers.1.self_attn.o_proj.weight"), (std::vector<uint64_t>{64, 128}));
+  EXPECT_EQ(q.shape.at("model.layers.1.self_attn.q_norm.weight"), (std::vector<uint64_t>{32}));
+  EXPECT_EQ(q.shape.at("model.layers.1.self_attn.k_norm.weight"), (std::vector<uint64_t>{32}));
+  for (const auto& [name, shape] : q.shape) EXPECT_EQ(name.find(".bias"), std::string::npos);
+  EXPECT_EQ(q.w.at("model.layers.0.self_attn.q_norm.weight").size(), 32u);
+
+  made = run_smelt("dev make-model " + quote(dir / "g") +
+                   " --hidden 64 --heads 4 --kv-heads 2 --head-dim 32 --layers 2 --dtype F32"
+                   " --arch Gemma2ForCausalLM --model-type gemma2 --sliding-window 5");
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  TinyModel g = load_tiny_model(dir / "g", 1.0f);
+  EXPECT_EQ(g.config["hidden_activation"], "gelu_pytorch_tanh");
+  EXPECT_EQ(g.config["tie_word_embeddings"], true);
+  EXPECT_EQ(g.config["query_pre_attn_scalar"], 32);
+  EXPECT_EQ(g.config["sliding_window"], 5);
+  EXPECT_EQ(g.config["attn_logit_softcapping"], 50.0);
+  EXPECT_EQ(g.config["final_logit_softcapping"], 30.0);
+  EXPECT_FALSE(g.w.count("lm_head.weight"));
+  for (const char* norm : {"input_layernorm", "post_attention_layernorm",
+                           "pre_feedforward_layernorm", "post_feedforward_layernorm"}) {
+    const auto& w = g.w.at(std::string("model.layers.1.") + norm + ".weight");
+    ASSERT_EQ(w.size(), 64u) << norm;
+    // Stored as w (applied as 1 + w): spread around 0, so a missing +1 cannot go unnoticed.
+    double mean = 0, max_abs = 0;
+    for (float v : w) mean += v / 64.0, max_abs = std::max(max_abs, std::abs(double(v)));
+    EXPECT_LT(std::abs(mean), 0.05) << norm;
+    EXPECT_GT(max_abs, 0.05) << norm;
+  }
+
+  made = run_smelt("dev make-model " + quote(dir / "m") +
+                   " --arch MistralForCausalLM --model-type mistral --sliding-window 8"
+                   " --rope-theta 1000000 --rope-scaling linear --rope-factor 2");
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  const json mc = read_json_file(dir / "m" / "config.json");
+  EXPECT_EQ(mc["sliding_window"], 8);
+  EXPECT_EQ(mc["rope_theta"], 1000000.0);
+  EXPECT_EQ(mc["rope_scaling"], json({{"rope_type", "linear"}, {"factor", 2.0}}));
+  // A plain llama config has neither key it did not have before.
+  made = run_smelt("dev make-model " + quote(dir / "l"));
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  const json lc = read_json_file(dir / "l" / "config.json");
+  EXPECT_FALSE(lc.contains("sliding_window"));
+  EXPECT_TRUE(lc["rope_scaling"].is_null());
 }
 
 // ---- KVs of a generated tiny llama --------------------------------------------------------------
@@ -573,10 +864,10 @@ TEST(GgufExport, SentencePieceModelParsedIntoTokensScoresTypes) {
   const std::vector<int32_t> tail_types(v.token_types.begin() + 258, v.token_types.end());
   // A one-character user-defined piece reads as normal: libsentencepiece's API cannot tell the
   // two apart (docs/tokenizer-sentencepiece.md, "Vocabulary").
-  EXPECT_EQ(tail_types, (std::vector<int32_t>{kGgufTokenByte, kGgufTokenNormal, kGgufTokenNormal,
-                                              kGgufTokenUserDefined, kGgufTokenNormal,
-                                              kGgufTokenUnused, kGgufTokenUnused,
-                                              kGgufTokenUnused}));
+  EXPECT_EQ(tail_types,
+            (std::vector<int32_t>{kGgufTokenByte, kGgufTokenNormal, kGgufTokenNormal,
+                                  kGgufTokenUserDefined, kGgufTokenNormal, kGgufTokenUnused,
+                                  kGgufTokenUnused, kGgufTokenUnused}));
   EXPECT_EQ(gguf_sentencepiece_vocab(f, -1).tokens.size(), kTinyPieces);
   EXPECT_EQ(gguf_sentencepiece_vocab(f, 3).tokens.size(), 3u);  // the converter drops extra pieces
 
@@ -668,43 +959,6 @@ TEST(GgufExport, CorruptSentencePieceModelNamesFile) {
 
 // ---- the real client: llama.cpp via node-llama-cpp ----------------------------------------------
 
-struct TinyLlama {
-  json config;
-  int hidden, heads, kv_heads, hd, inter, layers, vocab;
-  double eps, theta;
-  std::map<std::string, std::vector<float>> w;  // HF name -> values (row-major)
-  std::map<std::string, std::vector<uint64_t>> shape;
-};
-
-// Reads a generated model's tensors as f32 and multiplies every matrix by `scale` (the generator's
-// 0.02 weights make attention nearly uniform, which would hide a wrong Q/K layout).
-TinyLlama load_tiny_llama(const fs::path& dir, float scale) {
-  TinyLlama m;
-  m.config = read_json_file(dir / "config.json");
-  m.hidden = m.config["hidden_size"];
-  m.heads = m.config["num_attention_heads"];
-  m.kv_heads = m.config["num_key_value_heads"];
-  m.hd = m.hidden / m.heads;
-  m.inter = m.config["intermediate_size"];
-  m.layers = m.config["num_hidden_layers"];
-  m.vocab = m.config["vocab_size"];
-  m.eps = m.config["rms_norm_eps"];
-  m.theta = m.config["rope_theta"];
-  auto model = Model::open(dir.string());
-  for (const ModelTensor& t : model->tensors()) {
-    std::vector<char> bytes(t.info->nbytes);
-    t.file->read(*t.info, 0, bytes.data(), bytes.size());
-    std::vector<float> v(t.info->numel());
-    kernels::to_f32(t.info->dtype, bytes.data(), v.data(), v.size());
-    if (t.info->shape.size() == 2) {
-      for (float& x : v) x *= scale;
-    }
-    m.w[t.info->name] = std::move(v);
-    m.shape[t.info->name] = t.info->shape;
-  }
-  return m;
-}
-
 // Writes `m` as an all-F32 GGUF the way an exporter would: KVs from gguf_export_kvs, names from
 // gguf_tensor_name, Q/K rows permuted.
 void write_gguf(const TinyLlama& m, const fs::path& dir, const fs::path& out) {
@@ -719,6 +973,7 @@ void write_gguf(const TinyLlama& m, const fs::path& dir, const fs::path& out) {
     if (!gguf_name) continue;
     const auto& shape = m.shape.at(name);
     std::vector<float> v = values;
+    for (float& x : v) x += gguf_value_offset(arch, name);
     if (int64_t heads = gguf_qk_permute_heads(arch, name, shape[0], m.config)) {
       const uint64_t row = shape.size() == 2 ? shape[1] : 1;
       for (uint64_t r = 0; r < shape[0]; ++r) {
@@ -734,100 +989,6 @@ void write_gguf(const TinyLlama& m, const fs::path& dir, const fs::path& out) {
     writer.write(i, 0, data[i].data(), data[i].size() * sizeof(float));
   }
   writer.finish();
-}
-
-std::vector<double> matvec(const std::vector<float>& w, const std::vector<double>& x, int out) {
-  const size_t in = x.size();
-  std::vector<double> y(static_cast<size_t>(out), 0.0);
-  for (int o = 0; o < out; ++o) {
-    double s = 0;
-    for (size_t i = 0; i < in; ++i) s += static_cast<double>(w[o * in + i]) * x[i];
-    y[o] = s;
-  }
-  return y;
-}
-
-std::vector<double> rms_norm(const std::vector<double>& x, const std::vector<float>& w,
-                             double eps) {
-  double ss = 0;
-  for (double v : x) ss += v * v;
-  const double r = 1.0 / std::sqrt(ss / static_cast<double>(x.size()) + eps);
-  std::vector<double> y(x.size());
-  for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * r * w[i];
-  return y;
-}
-
-// HF LlamaForCausalLM in double precision: log-softmax of the logits after the last token.
-// `interleaved_rope` applies RoPE to pairs (2i, 2i+1) instead of HF's (i, i + hd/2): the result a
-// GGUF written without the Q/K permutation would give, used to show the test can tell them apart.
-std::vector<double> reference_log_softmax(const TinyLlama& m, const std::vector<int>& ids,
-                                          bool interleaved_rope = false) {
-  const size_t T = ids.size();
-  auto W = [&](const std::string& n) -> const std::vector<float>& { return m.w.at(n); };
-  std::vector<std::vector<double>> x(T, std::vector<double>(m.hidden));
-  for (size_t t = 0; t < T; ++t)
-    for (int i = 0; i < m.hidden; ++i)
-      x[t][i] = W("model.embed_tokens.weight")[ids[t] * m.hidden + i];
-  auto rope = [&](std::vector<double>& v, int n_heads, size_t pos) {
-    for (int h = 0; h < n_heads; ++h) {
-      double* head = v.data() + h * m.hd;
-      for (int i = 0; i < m.hd / 2; ++i) {
-        const double angle = static_cast<double>(pos) * std::pow(m.theta, -2.0 * i / m.hd);
-        const int a = interleaved_rope ? 2 * i : i, b = interleaved_rope ? 2 * i + 1 : i + m.hd / 2;
-        const double x0 = head[a], x1 = head[b];
-        head[a] = x0 * std::cos(angle) - x1 * std::sin(angle);
-        head[b] = x1 * std::cos(angle) + x0 * std::sin(angle);
-      }
-    }
-  };
-  for (int l = 0; l < m.layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    std::vector<std::vector<double>> q(T), k(T), v(T);
-    for (size_t t = 0; t < T; ++t) {
-      const auto h = rms_norm(x[t], W(p + "input_layernorm.weight"), m.eps);
-      q[t] = matvec(W(p + "self_attn.q_proj.weight"), h, m.heads * m.hd);
-      k[t] = matvec(W(p + "self_attn.k_proj.weight"), h, m.kv_heads * m.hd);
-      v[t] = matvec(W(p + "self_attn.v_proj.weight"), h, m.kv_heads * m.hd);
-      rope(q[t], m.heads, t);
-      rope(k[t], m.kv_heads, t);
-    }
-    for (size_t t = 0; t < T; ++t) {
-      std::vector<double> attn(m.heads * m.hd, 0.0);
-      for (int h = 0; h < m.heads; ++h) {
-        const int g = h / (m.heads / m.kv_heads);
-        std::vector<double> s(t + 1);
-        double mx = -1e300;
-        for (size_t u = 0; u <= t; ++u) {
-          double d = 0;
-          for (int i = 0; i < m.hd; ++i) d += q[t][h * m.hd + i] * k[u][g * m.hd + i];
-          s[u] = d / std::sqrt(static_cast<double>(m.hd));
-          mx = std::max(mx, s[u]);
-        }
-        double sum = 0;
-        for (double& e : s) sum += (e = std::exp(e - mx));
-        for (size_t u = 0; u <= t; ++u)
-          for (int i = 0; i < m.hd; ++i) attn[h * m.hd + i] += s[u] / sum * v[u][g * m.hd + i];
-      }
-      const auto o = matvec(W(p + "self_attn.o_proj.weight"), attn, m.hidden);
-      for (int i = 0; i < m.hidden; ++i) x[t][i] += o[i];
-      const auto h2 = rms_norm(x[t], W(p + "post_attention_layernorm.weight"), m.eps);
-      const auto gate = matvec(W(p + "mlp.gate_proj.weight"), h2, m.inter);
-      const auto up = matvec(W(p + "mlp.up_proj.weight"), h2, m.inter);
-      std::vector<double> act(m.inter);
-      for (int i = 0; i < m.inter; ++i) act[i] = gate[i] / (1.0 + std::exp(-gate[i])) * up[i];
-      const auto down = matvec(W(p + "mlp.down_proj.weight"), act, m.hidden);
-      for (int i = 0; i < m.hidden; ++i) x[t][i] += down[i];
-    }
-  }
-  const auto h = rms_norm(x[T - 1], W("model.norm.weight"), m.eps);
-  const std::string head =
-      m.w.count("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight";
-  auto logits = matvec(W(head), h, m.vocab);
-  const double mx = *std::max_element(logits.begin(), logits.end());
-  double sum = 0;
-  for (double z : logits) sum += std::exp(z - mx);
-  for (double& z : logits) z -= mx + std::log(sum);
-  return logits;
 }
 
 // Why llama.cpp cannot run here (tests/node/node_modules lacks node-llama-cpp, or no node >= 20);
@@ -1004,6 +1165,177 @@ TEST(GgufExport, SmeltMergeExportRunsInLlamaCppAndSelfMergeKeepsTheLogits) {
   }
   EXPECT_LT(export_err, 1e-4);
   EXPECT_EQ(self_err, 0.0) << "the self-merge changed the logits";
+}
+
+// ---- llama.cpp as the reference of every exported family ----------------------------------------
+
+// Runs llama.cpp (tests/node/llama_eval.mjs --all) on `gguf`: the next-token log-softmax after
+// every position of `ids`.
+std::vector<std::vector<double>> llama_cpp_log_softmax_all(const fs::path& gguf,
+                                                           const std::vector<int>& ids,
+                                                           const fs::path& work) {
+  const fs::path node_dir = fs::path(SMELT_SOURCE_DIR) / "tests" / "node";
+  const fs::path err = work / "stderr.txt";
+  auto r = run_command("( " + node_command() + " " + quote(node_dir / "llama_eval.mjs") + " " +
+                       quote(gguf) + " '" + json(ids).dump() + "' --all 2>" + quote(err) + " )");
+  EXPECT_EQ(r.exit_code, 0) << r.output << smelt::testing::read_bytes(err);
+  std::vector<std::vector<double>> out;
+  try {
+    const json parsed = json::parse(r.output);
+    EXPECT_EQ(parsed.at("n_tokens"), ids.size());
+    EXPECT_EQ(parsed.at("argmax").size(), ids.size());
+    for (const auto& row : parsed.at("logits")) {
+      out.emplace_back();
+      for (const auto& v : row) out.back().push_back(v.is_number() ? v.get<double>() : -1e30);
+    }
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "llama_eval output is not JSON: " << e.what() << "\n" << r.output;
+  }
+  return out;
+}
+
+// The largest |a - b| over every position and token (infinity when the shapes differ).
+double max_abs_diff(const std::vector<std::vector<double>>& a,
+                    const std::vector<std::vector<double>>& b, size_t from_position = 0) {
+  if (a.size() != b.size()) return INFINITY;
+  double m = 0;
+  for (size_t t = from_position; t < a.size(); ++t) {
+    if (a[t].size() != b[t].size()) return INFINITY;
+    for (size_t i = 0; i < a[t].size(); ++i) m = std::max(m, std::abs(a[t][i] - b[t][i]));
+  }
+  return m;
+}
+
+// A 20-token prompt: longer than the small sliding windows the tests use.
+const std::vector<int> kLongPrompt = {1,   3 + 'h', 3 + 'e', 3 + 'l', 3 + 'l', 3 + 'o', 300,
+                                      42,  3 + ' ', 3 + 'w', 3 + 'o', 3 + 'r', 3 + 'l', 3 + 'd',
+                                      271, 17,      299,     3 + 'a', 64,      5};
+
+// Makes a model with `make_args` (F32, sharp weights), exports it with `smelt merge`
+// (passthrough, F32, the real exporter) to dir/model.gguf and returns llama.cpp's log-softmax at
+// every position of kLongPrompt.
+std::vector<std::vector<double>> export_and_run(const TempDir& dir, const std::string& make_args) {
+  const fs::path m = dir / "m";
+  auto made =
+      run_smelt("dev make-model " + quote(m) + " --dtype F32 --weight-std 0.2 " + make_args);
+  EXPECT_EQ(made.exit_code, 0) << made.output;
+  write_bytes(dir / "copy.yml",
+              fmt::format("models:\n  - model: {}\nmerge_method: passthrough\n", m.string()));
+  auto r = run_smelt("merge -q --out-type F32 " + quote(dir / "copy.yml") + " " +
+                     quote(dir / "model.gguf"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  return llama_cpp_log_softmax_all(dir / "model.gguf", kLongPrompt, dir.path());
+}
+
+TEST(GgufExport, NodeLlamaCppRunsTinyQwen3LikeHf) {
+  REQUIRE_NODE_LLAMA_CPP();
+  TempDir dir;
+  const auto got =
+      export_and_run(dir,
+                     "--hidden 64 --heads 4 --kv-heads 2 --head-dim 32 --layers 2 --vocab 320"
+                     " --arch Qwen3ForCausalLM --model-type qwen3 --rope-theta 1000");
+  auto file = GgufFile::open(dir / "model.gguf");
+  EXPECT_EQ(file->find_kv("general.architecture")->as_string(), "qwen3");
+  EXPECT_EQ(file->find_kv("qwen3.attention.key_length")->as_uint(), 32u);
+  ASSERT_TRUE(file->find("blk.1.attn_q_norm.weight"));
+  EXPECT_EQ(file->find("blk.1.attn_k_norm.weight")->shape, (std::vector<uint64_t>{32}));
+  const TinyModel model = load_tiny_model(dir / "m", 1.0f);
+  const auto ref = reference_log_softmax_all(model, kLongPrompt);
+  ReferenceOptions no_norm, interleaved;
+  no_norm.skip_qk_norm = true;
+  interleaved.interleaved_rope = true;
+  const double err = max_abs_diff(got, ref);
+  const double norm_gap = max_abs_diff(reference_log_softmax_all(model, kLongPrompt, no_norm), ref);
+  const double rope_gap =
+      max_abs_diff(reference_log_softmax_all(model, kLongPrompt, interleaved), ref);
+  EXPECT_LT(err, 1e-4) << "llama.cpp disagrees with the HF qwen3 reference";
+  EXPECT_GT(norm_gap, 0.1) << "the test model cannot tell q_norm/k_norm from none";
+  EXPECT_GT(rope_gap, 0.1) << "the test model cannot tell the RoPE layouts apart";
+  std::cout << "qwen3: max |llama.cpp - reference| = " << err << " over " << kLongPrompt.size()
+            << " positions (without q/k norms: " << norm_gap << ", interleaved RoPE: " << rope_gap
+            << ")\n";
+}
+
+TEST(GgufExport, NodeLlamaCppRunsTinyGemma2LikeHf) {
+  REQUIRE_NODE_LLAMA_CPP();
+  TempDir dir;
+  // Window 5 < the 20-token prompt; soft caps small enough to change the result.
+  const auto got =
+      export_and_run(dir,
+                     "--hidden 64 --heads 4 --kv-heads 2 --head-dim 32 --layers 3 --vocab 320"
+                     " --arch Gemma2ForCausalLM --model-type gemma2 --sliding-window 5"
+                     " --attn-softcap 2 --final-softcap 3");
+  auto file = GgufFile::open(dir / "model.gguf");
+  EXPECT_EQ(file->find_kv("general.architecture")->as_string(), "gemma2");
+  EXPECT_EQ(file->find_kv("gemma2.attention.sliding_window")->as_uint(), 5u);
+  EXPECT_FALSE(file->find("output.weight"));
+  ASSERT_TRUE(file->find("blk.0.post_ffw_norm.weight"));
+  ASSERT_TRUE(file->find("blk.0.post_attention_norm.weight"));
+  const TinyModel model = load_tiny_model(dir / "m", 1.0f);
+  ASSERT_EQ(model.sliding_window, 5);
+  ASSERT_EQ(model.attn_softcap, 2.0);
+  ReferenceOptions hf, as_llama_cpp, no_one, no_window, no_cap;
+  as_llama_cpp.llama_cpp_gelu = true;
+  no_one.gemma_norm_without_one = no_one.llama_cpp_gelu = true;
+  no_window.ignore_sliding_window = no_window.llama_cpp_gelu = true;
+  no_cap.skip_softcapping = no_cap.llama_cpp_gelu = true;
+  const auto ref = reference_log_softmax_all(model, kLongPrompt, as_llama_cpp);
+  const double err = max_abs_diff(got, ref);
+  const double hf_err = max_abs_diff(got, reference_log_softmax_all(model, kLongPrompt, hf));
+  const double one_gap = max_abs_diff(reference_log_softmax_all(model, kLongPrompt, no_one), ref);
+  const double cap_gap = max_abs_diff(reference_log_softmax_all(model, kLongPrompt, no_cap), ref);
+  const auto full = reference_log_softmax_all(model, kLongPrompt, no_window);
+  // The window only matters once a query has more than 5 keys.
+  const double early_window_gap =
+      max_abs_diff(std::vector<std::vector<double>>(full.begin(), full.begin() + 5),
+                   std::vector<std::vector<double>>(ref.begin(), ref.begin() + 5));
+  const double window_gap = max_abs_diff(full, ref);
+  // The exported norms are the HF weights plus 1.
+  const auto& norm = *file->find("blk.1.ffn_norm.weight");
+  std::vector<float> stored(64);
+  ASSERT_EQ(norm.ggml_type, 0);
+  file->read(norm, 0, stored.data(), stored.size() * sizeof(float));
+  const auto& hf_norm = model.w.at("model.layers.1.pre_feedforward_layernorm.weight");
+  for (size_t i = 0; i < stored.size(); ++i) EXPECT_EQ(stored[i], hf_norm[i] + 1.0f) << i;
+
+  EXPECT_LT(err, 1e-4) << "llama.cpp disagrees with the HF gemma2 reference";
+  EXPECT_LT(hf_err, 1e-2) << "llama.cpp's F16 gelu table should be the only difference";
+  EXPECT_GT(one_gap, 0.5) << "the test model cannot tell 1 + w from w";
+  EXPECT_GT(cap_gap, 0.05) << "the soft caps do not matter in the test model";
+  EXPECT_EQ(early_window_gap, 0.0);
+  EXPECT_GT(window_gap, 0.05) << "the sliding window does not matter in the test model";
+  std::cout << "gemma2: max |llama.cpp - reference (F16 gelu table)| = " << err
+            << ", vs exact HF gelu " << hf_err << "; gaps: norms as w " << one_gap
+            << ", no soft-capping " << cap_gap << ", no sliding window " << window_gap << "\n";
+}
+
+// llama with RoPE scaling: linear (rope.scaling.* keys) and llama3 (rope_freqs.weight).
+TEST(GgufExport, NodeLlamaCppRunsLlamaRopeScalingLikeHf) {
+  REQUIRE_NODE_LLAMA_CPP();
+  for (const char* scaling : {"linear", "llama3"}) {
+    SCOPED_TRACE(scaling);
+    TempDir dir;
+    const auto got = export_and_run(
+        dir, fmt::format("--hidden 64 --heads 4 --kv-heads 2 --layers 2 --vocab 320"
+                         " --rope-scaling {} --rope-factor 4 --rope-original-context 64",
+                         scaling));
+    auto file = GgufFile::open(dir / "model.gguf");
+    EXPECT_EQ(file->find("rope_freqs.weight") != nullptr, std::string(scaling) == "llama3");
+    if (std::string(scaling) == "linear") {
+      EXPECT_EQ(file->find_kv("llama.rope.scaling.type")->as_string(), "linear");
+      EXPECT_EQ(file->find_kv("llama.rope.scaling.factor")->as_float(), 4.0f);
+    }
+    const TinyModel model = load_tiny_model(dir / "m", 1.0f);
+    const auto ref = reference_log_softmax_all(model, kLongPrompt);
+    ReferenceOptions plain;
+    plain.skip_rope_scaling = true;
+    const double err = max_abs_diff(got, ref);
+    const double gap = max_abs_diff(reference_log_softmax_all(model, kLongPrompt, plain), ref);
+    EXPECT_LT(err, 1e-4) << "llama.cpp disagrees with the HF reference";
+    EXPECT_GT(gap, 0.05) << "the scaling does not matter in the test model";
+    std::cout << scaling << " RoPE: max |llama.cpp - reference| = " << err
+              << " (unscaled RoPE would be off by " << gap << ")\n";
+  }
 }
 
 }  // namespace

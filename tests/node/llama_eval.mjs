@@ -6,7 +6,14 @@
 //       "logits": [...]}
 // node-llama-cpp exposes the next-token distribution, not the raw logit vector, so "logits" are
 // log-softmax values: the raw logits minus their log-sum-exp (same argmax and differences; compare
-// with log_softmax of a reference). Exits non-zero with a message on stderr on any failure.
+// with log_softmax of a reference).
+//
+// With a third argument --all, the distribution after EVERY position of the sequence is printed:
+//   node llama_eval.mjs MODEL.gguf '[1, 72, 101]' --all
+//   -> {"n_vocab": 320, "n_tokens": 3, "argmax": [17, 4, 99], "logits_normalization":
+//       "log_softmax", "logits": [[...], [...], [...]]}
+// where argmax[t] and logits[t] belong to the next token after ids[0..t] (one list per position,
+// in order). Exits non-zero with a message on stderr on any failure.
 import process from "node:process";
 import {getLlama, LlamaLogLevel} from "node-llama-cpp";
 
@@ -16,8 +23,11 @@ function die(message) {
 }
 
 async function main() {
-  const [modelPath, idsJson] = process.argv.slice(2);
-  if (!modelPath || !idsJson) die("usage: node llama_eval.mjs MODEL.gguf TOKEN_IDS_JSON");
+  const [modelPath, idsJson, mode, ...extra] = process.argv.slice(2);
+  const usage = "usage: node llama_eval.mjs MODEL.gguf TOKEN_IDS_JSON [--all]";
+  if (!modelPath || !idsJson || extra.length > 0) die(usage);
+  if (mode != null && mode !== "--all") die(`unknown option '${mode}'; ${usage}`);
+  const all = mode === "--all";
   let ids;
   try {
     ids = JSON.parse(idsJson);
@@ -57,11 +67,13 @@ async function main() {
     flashAttention: false,
     experimentalKvCacheKeyType: "F32",
     experimentalKvCacheValueType: "F32",
+    swaFullCache: true,  // sliding-window layers keep every position (no cache-size effects)
   });
   const sequence = context.getSequence();
-  // Evaluate all tokens; ask for the distribution after the last one. Temperature 0 selects
-  // llama.cpp's greedy sampler, which leaves every logit in the candidate list untouched.
-  const input = ids.map((t, i) => i + 1 === ids.length
+  // Evaluate all tokens; ask for the distribution after the last one (after each one with
+  // --all). Temperature 0 selects llama.cpp's greedy sampler, which leaves every logit in the
+  // candidate list untouched.
+  const input = ids.map((t, i) => all || i + 1 === ids.length
       ? [t, {generateNext: {probabilities: true, options: {temperature: 0}}}]
       : t);
   let results;
@@ -70,23 +82,42 @@ async function main() {
   } catch (e) {
     die(`evaluation failed: ${e.message}\n${logs.join("\n")}`);
   }
-  const probabilities = results[ids.length - 1]?.next?.probabilities;
-  if (!probabilities || probabilities.size === 0) die("llama.cpp returned no next-token distribution");
-  const nVocab = probabilities.size;
-  const logits = new Array(nVocab).fill(null);
-  for (const [token, p] of probabilities) {
-    if (token < 0 || token >= nVocab) die(`token ${token} outside the vocabulary of ${nVocab}`);
-    logits[token] = p > 0 ? Math.log(p) : null;  // null: the probability underflowed in f32
+  // The log-softmax and argmax of position `pos`'s next-token distribution.
+  const distribution = (pos) => {
+    const probabilities = results[pos]?.next?.probabilities;
+    if (!probabilities || probabilities.size === 0) {
+      die(`llama.cpp returned no next-token distribution at position ${pos}`);
+    }
+    const nVocab = probabilities.size;
+    const logits = new Array(nVocab).fill(null);
+    for (const [token, p] of probabilities) {
+      if (token < 0 || token >= nVocab) die(`token ${token} outside the vocabulary of ${nVocab}`);
+      logits[token] = p > 0 ? Math.log(p) : null;  // null: the probability underflowed in f32
+    }
+    let argmax = 0;
+    for (let i = 1; i < nVocab; ++i) if ((logits[i] ?? -Infinity) > (logits[argmax] ?? -Infinity)) argmax = i;
+    return {nVocab, argmax, logits};
+  };
+  if (all) {
+    const rows = ids.map((_, pos) => distribution(pos));
+    if (rows.some((r) => r.nVocab !== rows[0].nVocab)) die("positions disagree on the vocabulary size");
+    process.stdout.write(JSON.stringify({
+      n_vocab: rows[0].nVocab,
+      n_tokens: ids.length,
+      argmax: rows.map((r) => r.argmax),
+      logits_normalization: "log_softmax",
+      logits: rows.map((r) => r.logits),
+    }) + "\n");
+  } else {
+    const {nVocab, argmax, logits} = distribution(ids.length - 1);
+    process.stdout.write(JSON.stringify({
+      n_vocab: nVocab,
+      n_tokens: ids.length,
+      argmax,
+      logits_normalization: "log_softmax",
+      logits,
+    }) + "\n");
   }
-  let argmax = 0;
-  for (let i = 1; i < nVocab; ++i) if ((logits[i] ?? -Infinity) > (logits[argmax] ?? -Infinity)) argmax = i;
-  process.stdout.write(JSON.stringify({
-    n_vocab: nVocab,
-    n_tokens: ids.length,
-    argmax,
-    logits_normalization: "log_softmax",
-    logits,
-  }) + "\n");
   await context.dispose();
   await model.dispose();
   await llama.dispose();

@@ -17,19 +17,35 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 namespace {
 
+// The tensor layout beyond llama's: extra norms and their convention.
+enum class Family { kLlama, kQwen3, kGemma2 };
+
+Family family_of(const std::string& architecture) {
+  if (architecture == "Qwen3ForCausalLM") return Family::kQwen3;
+  if (architecture == "Gemma2ForCausalLM") return Family::kGemma2;
+  return Family::kLlama;
+}
+
 struct Shape {
   int hidden, intermediate, layers, heads, kv_heads, vocab;
   bool tied;
+  int head_dim = 0;  // hidden / heads unless the config says otherwise
+  Family family = Family::kLlama;
 };
 
 struct GenTensor {
   io::TensorSpec spec;
-  enum Kind { kWeight, kNorm, kEmbedding } kind;
+  // kZeroNorm: a norm applied as (1 + w) (gemma2), so its weights are drawn around 0.
+  enum Kind { kWeight, kNorm, kEmbedding, kZeroNorm } kind;
 };
 
 std::vector<GenTensor> llama_tensors(const Shape& s, DType dtype) {
   const uint64_t h = s.hidden, v = s.vocab, inter = s.intermediate;
-  const uint64_t kv = static_cast<uint64_t>(s.kv_heads) * (s.hidden / s.heads);
+  const uint64_t hd = static_cast<uint64_t>(s.head_dim);
+  const uint64_t q = static_cast<uint64_t>(s.heads) * hd;
+  const uint64_t kv = static_cast<uint64_t>(s.kv_heads) * hd;
+  const bool gemma2 = s.family == Family::kGemma2;
+  const GenTensor::Kind norm = gemma2 ? GenTensor::kZeroNorm : GenTensor::kNorm;
   std::vector<GenTensor> out;
   auto add = [&](std::string name, std::vector<uint64_t> shape, GenTensor::Kind kind) {
     out.push_back({{std::move(name), dtype, std::move(shape)}, kind});
@@ -37,17 +53,25 @@ std::vector<GenTensor> llama_tensors(const Shape& s, DType dtype) {
   add("model.embed_tokens.weight", {v, h}, GenTensor::kEmbedding);
   for (int l = 0; l < s.layers; ++l) {
     const std::string p = fmt::format("model.layers.{}.", l);
-    add(p + "input_layernorm.weight", {h}, GenTensor::kNorm);
-    add(p + "self_attn.q_proj.weight", {h, h}, GenTensor::kWeight);
+    add(p + "input_layernorm.weight", {h}, norm);
+    add(p + "self_attn.q_proj.weight", {q, h}, GenTensor::kWeight);
     add(p + "self_attn.k_proj.weight", {kv, h}, GenTensor::kWeight);
     add(p + "self_attn.v_proj.weight", {kv, h}, GenTensor::kWeight);
-    add(p + "self_attn.o_proj.weight", {h, h}, GenTensor::kWeight);
-    add(p + "post_attention_layernorm.weight", {h}, GenTensor::kNorm);
+    if (s.family == Family::kQwen3) {
+      add(p + "self_attn.q_norm.weight", {hd}, GenTensor::kNorm);
+      add(p + "self_attn.k_norm.weight", {hd}, GenTensor::kNorm);
+    }
+    add(p + "self_attn.o_proj.weight", {h, q}, GenTensor::kWeight);
+    add(p + "post_attention_layernorm.weight", {h}, norm);
+    if (gemma2) {
+      add(p + "pre_feedforward_layernorm.weight", {h}, norm);
+      add(p + "post_feedforward_layernorm.weight", {h}, norm);
+    }
     add(p + "mlp.gate_proj.weight", {inter, h}, GenTensor::kWeight);
     add(p + "mlp.up_proj.weight", {inter, h}, GenTensor::kWeight);
     add(p + "mlp.down_proj.weight", {h, inter}, GenTensor::kWeight);
   }
-  add("model.norm.weight", {h}, GenTensor::kNorm);
+  add("model.norm.weight", {h}, norm);
   if (!s.tied) add("lm_head.weight", {v, h}, GenTensor::kEmbedding);
   return out;
 }
@@ -213,32 +237,84 @@ json gpt2_config(const Shape& s, const MakeModelOptions& o, DType dtype) {
           {"torch_dtype", std::string(torch_dtype_name(dtype))}};
 }
 
+json rope_scaling_config(const MakeModelOptions& o) {
+  if (o.rope_scaling.empty()) return nullptr;
+  if (o.rope_scaling == "linear") return {{"rope_type", "linear"}, {"factor", o.rope_factor}};
+  if (o.rope_scaling == "llama3") {
+    return {{"rope_type", "llama3"},
+            {"factor", o.rope_factor},
+            {"low_freq_factor", 1.0},
+            {"high_freq_factor", 4.0},
+            {"original_max_position_embeddings", o.rope_original_context}};
+  }
+  fail("make-model: unknown rope scaling '{}' (linear or llama3)", o.rope_scaling);
+}
+
+// Gemma2ForCausalLM's config.json (transformers' Gemma2Config keys).
+json gemma2_config(const Shape& s, const MakeModelOptions& o, DType dtype) {
+  return {
+      {"architectures", {o.architecture}},
+      {"model_type", o.model_type},
+      {"attention_bias", false},
+      {"attention_dropout", 0.0},
+      {"attn_logit_softcapping", o.attn_logit_softcapping},
+      {"bos_token_id", 1},
+      {"eos_token_id", 2},
+      {"final_logit_softcapping", o.final_logit_softcapping},
+      {"head_dim", s.head_dim},
+      {"hidden_act", "gelu_pytorch_tanh"},
+      {"hidden_activation", "gelu_pytorch_tanh"},
+      {"hidden_size", s.hidden},
+      {"initializer_range", 0.02},
+      {"intermediate_size", s.intermediate},
+      {"max_position_embeddings", 8192},
+      {"num_attention_heads", s.heads},
+      {"num_hidden_layers", s.layers},
+      {"num_key_value_heads", s.kv_heads},
+      {"pad_token_id", 0},
+      {"query_pre_attn_scalar", o.query_pre_attn_scalar > 0 ? o.query_pre_attn_scalar : s.head_dim},
+      {"rms_norm_eps", 1e-6},
+      {"rope_scaling", rope_scaling_config(o)},
+      {"rope_theta", o.rope_theta},
+      {"sliding_window", o.sliding_window > 0 ? o.sliding_window : 4096},
+      {"tie_word_embeddings", true},
+      {"torch_dtype", std::string(torch_dtype_name(dtype))},
+      {"transformers_version", "4.46.0"},
+      {"use_cache", true},
+      {"vocab_size", s.vocab}};
+}
+
 json llama_config(const Shape& s, const MakeModelOptions& o, DType dtype) {
-  return {{"architectures", {o.architecture}},
-          {"model_type", o.model_type},
-          {"attention_bias", false},
-          {"attention_dropout", 0.0},
-          {"bos_token_id", 1},
-          {"eos_token_id", 2},
-          {"head_dim", s.hidden / s.heads},
-          {"hidden_act", "silu"},
-          {"hidden_size", s.hidden},
-          {"initializer_range", 0.02},
-          {"intermediate_size", s.intermediate},
-          {"max_position_embeddings", 2048},
-          {"mlp_bias", false},
-          {"num_attention_heads", s.heads},
-          {"num_hidden_layers", s.layers},
-          {"num_key_value_heads", s.kv_heads},
-          {"pretraining_tp", 1},
-          {"rms_norm_eps", 1e-5},
-          {"rope_scaling", nullptr},
-          {"rope_theta", 10000.0},
-          {"tie_word_embeddings", s.tied},
-          {"torch_dtype", std::string(torch_dtype_name(dtype))},
-          {"transformers_version", "4.46.0"},
-          {"use_cache", true},
-          {"vocab_size", s.vocab}};
+  if (s.family == Family::kGemma2) return gemma2_config(s, o, dtype);
+  json config = {{"architectures", {o.architecture}},
+                 {"model_type", o.model_type},
+                 {"attention_bias", false},
+                 {"attention_dropout", 0.0},
+                 {"bos_token_id", 1},
+                 {"eos_token_id", 2},
+                 {"head_dim", s.head_dim},
+                 {"hidden_act", "silu"},
+                 {"hidden_size", s.hidden},
+                 {"initializer_range", 0.02},
+                 {"intermediate_size", s.intermediate},
+                 {"max_position_embeddings", 2048},
+                 {"mlp_bias", false},
+                 {"num_attention_heads", s.heads},
+                 {"num_hidden_layers", s.layers},
+                 {"num_key_value_heads", s.kv_heads},
+                 {"pretraining_tp", 1},
+                 {"rms_norm_eps", 1e-5},
+                 {"rope_scaling", rope_scaling_config(o)},
+                 {"rope_theta", o.rope_theta},
+                 {"tie_word_embeddings", s.tied},
+                 {"torch_dtype", std::string(torch_dtype_name(dtype))},
+                 {"transformers_version", "4.46.0"},
+                 {"use_cache", true},
+                 {"vocab_size", s.vocab}};
+  // Keys only some options write, so that the other configs stay as they were.
+  if (o.sliding_window > 0) config["sliding_window"] = o.sliding_window;
+  if (s.family == Family::kQwen3) config["use_sliding_window"] = false;
+  return config;
 }
 
 // Assigns tensors to `n` shards of roughly equal bytes, keeping order.
@@ -290,6 +366,14 @@ void make_model(const MakeModelOptions& o, const fs::path& out) {
     s.kv_heads = base_config.value("num_key_value_heads", s.heads);
     s.vocab = base_config.at("vocab_size");
     s.tied = g || base_config.value("tie_word_embeddings", false);
+    if (base_config.contains("architectures") && base_config["architectures"].is_array() &&
+        !base_config["architectures"].empty() && base_config["architectures"][0].is_string()) {
+      s.family = family_of(base_config["architectures"][0].get<std::string>());
+    }
+    if (s.family == Family::kGemma2) s.tied = true;
+    if (base_config.contains("head_dim") && base_config["head_dim"].is_number_integer()) {
+      s.head_dim = base_config["head_dim"];
+    }
     if (auto d = parse_torch_dtype(base_config.value("torch_dtype", "float32"))) dtype = *d;
   } else {
     s.hidden = o.hidden_size;
@@ -300,14 +384,20 @@ void make_model(const MakeModelOptions& o, const fs::path& out) {
     s.kv_heads = o.num_kv_heads > 0 ? o.num_kv_heads : o.num_heads;
     s.vocab = o.vocab_size;
     s.tied = o.tied_embeddings;
+    s.family = family_of(o.architecture);
+    if (s.family == Family::kGemma2) s.tied = true;  // Gemma2 ties its head to the embeddings
+    s.head_dim = o.head_dim;
   }
-  if (s.hidden <= 0 || s.layers < 0 || s.heads <= 0 || s.hidden % s.heads != 0 || s.kv_heads <= 0 ||
-      s.heads % s.kv_heads != 0 || s.intermediate <= 0) {
+  // head_dim defaults to hidden / heads, which must then divide evenly.
+  const bool explicit_hd = s.head_dim > 0;
+  if (s.hidden <= 0 || s.layers < 0 || s.heads <= 0 || (!explicit_hd && s.hidden % s.heads != 0) ||
+      s.kv_heads <= 0 || s.heads % s.kv_heads != 0 || s.intermediate <= 0 || s.head_dim < 0) {
     fail(
         "make-model: inconsistent shape (hidden {} must be a positive multiple of heads {}, and "
         "heads a multiple of kv heads {})",
         s.hidden, s.heads, s.kv_heads);
   }
+  if (!explicit_hd) s.head_dim = s.hidden / s.heads;
   if (!dtype_is_convertible_float(dtype))
     fail("make-model: dtype {} is not a float type", dtype_name(dtype));
 
@@ -347,7 +437,16 @@ void make_model(const MakeModelOptions& o, const fs::path& out) {
     } else {
       for (uint64_t j = 0; j < n; ++j) {
         const float z = kernels::random_normal(key, j);
-        values[j] = gen[i].kind == GenTensor::kNorm ? 1.0f + 0.1f * z : 0.02f * z;
+        switch (gen[i].kind) {
+          case GenTensor::kNorm:
+            values[j] = 1.0f + 0.1f * z;
+            break;
+          case GenTensor::kZeroNorm:
+            values[j] = 0.1f * z;
+            break;
+          default:
+            values[j] = static_cast<float>(o.weight_std) * z;
+        }
       }
     }
     bytes.resize(spec.nbytes());

@@ -22,6 +22,25 @@ struct MakeModelOptions {
   bool tied_embeddings = false;
   std::string architecture = "LlamaForCausalLM";  // written to config.json "architectures"
   std::string model_type = "llama";
+  // Family extras, keyed on `architecture`: Qwen3ForCausalLM adds per-head q_norm/k_norm;
+  // Gemma2ForCausalLM adds its four norms per layer (stored as w, applied as 1 + w), GeGLU
+  // config keys, soft-capping and a tied head. Anything else is llama-shaped.
+  int head_dim = 0;        // 0 = hidden_size / num_heads; written as config "head_dim"
+  int sliding_window = 0;  // 0 = none (gemma2: 4096, its default); > 0 writes "sliding_window"
+  double rope_theta = 10000.0;
+  // "" = none (config "rope_scaling": null), "linear" or "llama3" (with rope_factor and, for
+  // llama3, Llama 3.1's low/high frequency factors 1 and 4 and original_max_position_embeddings
+  // rope_original_context, written inside rope_scaling).
+  std::string rope_scaling;
+  double rope_factor = 8.0;
+  int rope_original_context = 8192;
+  // Standard deviation of the random matrices (norm weights are 1 + 0.1 N(0,1), gemma2's
+  // 0.1 N(0,1)); larger values make attention sharper, so test models can tell layouts apart.
+  double weight_std = 0.02;
+  // Gemma2 only (config.json): tanh soft-capping of attention scores and of the final logits.
+  double attn_logit_softcapping = 50.0;
+  double final_logit_softcapping = 30.0;
+  int query_pre_attn_scalar = 0;  // 0 = head_dim (what llama.cpp's gemma2 uses)
   // Tensor naming: "llama" (model.layers.N.self_attn...) or "gpt2" (transformer.h.N.attn.c_attn,
   // config key n_layer, output head tied to transformer.wte).
   std::string style = "llama";

@@ -360,6 +360,10 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
         WorkerBuffers& b = buffers[w];
         b.out.reserve(ch.n * sizeof(float));
         merger->merge(ch, b.out.as<float>());
+        if (job.value_offset != 0.0f) {
+          float* out = b.out.as<float>();
+          for (size_t e = 0; e < ch.n; ++e) out[e] += job.value_offset;
+        }
         if (quant) {
           // Chunks are whole blocks: chunk sizes are multiples of kChunkQuantum.
           const uint64_t bytes = ch.n / quant->block_elems * quant->block_bytes;

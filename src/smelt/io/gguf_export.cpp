@@ -1,5 +1,5 @@
-// HF llama / mistral / qwen2 -> GGUF: the Q/K permutation, tensor types and the metadata KVs
-// (assembled from gguf_hparams and gguf_tokenizer).
+// HF llama / mistral / qwen2 / qwen3 / gemma2 -> GGUF: the Q/K permutation, gemma2's norm offset,
+// tensor types and the metadata KVs (assembled from gguf_hparams and gguf_tokenizer).
 #include "smelt/io/gguf_export.h"
 
 #include <string_view>
@@ -47,6 +47,10 @@ int64_t gguf_qk_permute_heads(const std::string& arch, const std::string& hf_nam
         hf_name, rows, heads_key, heads, hd, hd_key, uint64_t{heads} * hd, heads_key);
   }
   return heads;
+}
+
+float gguf_value_offset(const std::string& arch, const std::string& hf_name) {
+  return arch == "gemma2" && ends_with(hf_name, "norm.weight") ? 1.0f : 0.0f;
 }
 
 uint64_t gguf_qk_source_row(uint64_t out_row, uint64_t rows, int64_t n_head) {
@@ -109,6 +113,9 @@ std::vector<GgufKv> gguf_export_kvs(const fs::path& model_dir, const json& confi
   gguf_set_kv(kvs, "general.quantization_version", GgufValue::of(uint32_t{2}));
   gguf_add_hparam_kvs(kvs, arch, config, block_count_override);
   gguf_add_tokenizer_kvs(kvs, model_dir, config, gguf_vocab_size(config));
+  // Gemma's SentencePiece tokenizer adds no space prefix; the converter always says so
+  // (docs/gguf.md, "Gemma2").
+  if (arch == "gemma2") gguf_set_kv(kvs, "tokenizer.ggml.add_space_prefix", GgufValue::of(false));
   return kvs;
 }
 

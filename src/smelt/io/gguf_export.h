@@ -21,6 +21,11 @@
 
 namespace smelt::io {
 
+// What the converter adds to every value of HF tensor `hf_name` for architecture `arch`: 1 for
+// gemma2's norms (names ending in "norm.weight"; HF applies them as 1 + w, llama.cpp as w), 0
+// for everything else (docs/gguf.md, "Gemma2"). Added after merging, to the merged values.
+float gguf_value_offset(const std::string& arch, const std::string& hf_name);
+
 // The number of heads to permute HF tensor `hf_name` of `rows` rows by for the llama
 // architecture, or 0 for no permutation: q_proj.weight/bias -> num_attention_heads,
 // k_proj.weight/bias -> num_key_value_heads (num_attention_heads when absent). Other

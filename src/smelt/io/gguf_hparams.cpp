@@ -9,6 +9,7 @@
 
 #include "smelt/error.h"
 #include "smelt/io/gguf_json.h"
+#include "smelt/io/gguf_names.h"
 
 namespace smelt::io {
 using gguf_json::find;
@@ -49,6 +50,28 @@ float rope_theta(const json& config) {
   return 10000.0f;
 }
 
+// Gemma2's config (transformers' Gemma2Config) has other defaults than llama's.
+bool is_gemma2(const json& config) {
+  const json* archs = find(config, "architectures");
+  if (archs && archs->is_array() && !archs->empty() && (*archs)[0] == "Gemma2ForCausalLM")
+    return true;
+  const json* type = find(config, "model_type");
+  return type && *type == "gemma2";
+}
+
+// A config value that must be a positive number: `fallback` when the key is absent, an error
+// when it is null (llama.cpp has no way to turn the feature off).
+float positive_or_default(const json& config, const char* key, float fallback) {
+  if (config.contains(key) && config[key].is_null()) {
+    fail(
+        "config.json: '{}' is null; llama.cpp's gemma2 always applies it, so GGUF export needs a "
+        "number",
+        key);
+  }
+  const json* v = find(config, key);
+  return v ? positive_f32(*v, key) : fallback;
+}
+
 }  // namespace
 
 uint32_t gguf_head_count(const json& config) { return required_u32(config, "num_attention_heads"); }
@@ -59,6 +82,7 @@ uint32_t gguf_head_count_kv(const json& config) {
 
 uint32_t gguf_head_dim(const json& config) {
   if (auto hd = optional_u32(config, "head_dim")) return *hd;
+  if (is_gemma2(config)) return 256;  // Gemma2Config's default
   const uint32_t hidden = required_u32(config, "hidden_size");
   const uint32_t heads = gguf_head_count(config);
   if (hidden % heads != 0) {
@@ -117,9 +141,36 @@ void gguf_add_hparam_kvs(std::vector<GgufKv>& kvs, const std::string& arch, cons
   if (hd % 2 != 0) fail("config.json: head dimension {} is odd; RoPE needs pairs", hd);
   set_arch("rope.dimension_count", GgufValue::of(hd));
   set_arch("vocab_size", GgufValue::of(vocab_size));
-  if (find(config, "head_dim")) {
+  if (find(config, "head_dim") || arch == "gemma2") {
     set_arch("attention.key_length", GgufValue::of(hd));
     set_arch("attention.value_length", GgufValue::of(hd));
+  }
+  if (arch == "gemma2") {
+    // Soft-capping and the sliding window, with Gemma2Config's defaults (docs/gguf.md,
+    // "Gemma2").
+    set_arch("attn_logit_softcapping",
+             GgufValue::of(positive_or_default(config, "attn_logit_softcapping", 50.0f)));
+    set_arch("final_logit_softcapping",
+             GgufValue::of(positive_or_default(config, "final_logit_softcapping", 30.0f)));
+    if (config.contains("sliding_window") && config["sliding_window"].is_null()) {
+      fail(
+          "config.json: 'sliding_window' is null; llama.cpp's gemma2 always slides its even "
+          "layers, so GGUF export needs a window");
+    }
+    set_arch("attention.sliding_window",
+             GgufValue::of(optional_u32(config, "sliding_window").value_or(4096)));
+    // llama.cpp has no key for the query scale: it uses 1/sqrt(head_dim), or
+    // 1/sqrt(hidden/heads) for a 46-layer model (Gemma 2 27B). A config whose
+    // query_pre_attn_scalar differs would run with another attention scale.
+    const float scalar = positive_or_default(config, "query_pre_attn_scalar", 256.0f);
+    const uint32_t used = blocks == 46 ? hidden / heads : hd;
+    if (scalar != static_cast<float>(used)) {
+      fail(
+          "config.json: query_pre_attn_scalar {} is not the {} llama.cpp's gemma2 uses for a "
+          "{}-layer model (head_dim, or hidden_size / num_attention_heads with 46 layers); the "
+          "export would change the attention scale",
+          scalar, used, blocks);
+    }
   }
 
   // RoPE scaling (what the converter writes; llama3 needs the rope_freqs tensor instead).
@@ -128,6 +179,9 @@ void gguf_add_hparam_kvs(std::vector<GgufKv>& kvs, const std::string& arch, cons
   std::transform(scaling.begin(), scaling.end(), scaling.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   const json* factor = find(params, "factor");
+  if (scaling == "llama3" && arch != "llama") {
+    fail("config.json: llama3 RoPE scaling is not supported for GGUF export of {} models", arch);
+  }
   if (scaling.empty() || scaling == "default" || scaling == "llama3" || scaling == "dynamic") {
     // Nothing to write: plain RoPE, llama3 (rope_freqs.weight, see gguf_rope_freqs) or dynamic
     // NTK (which the converter also leaves out; it only changes contexts past the trained one).
@@ -165,6 +219,11 @@ std::optional<std::vector<float>> gguf_rope_freqs(const json& config) {
   std::transform(type.begin(), type.end(), type.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   if (type != "llama3") return std::nullopt;
+  // Only llama.cpp's llama graph applies rope_freqs; any other architecture would refuse the
+  // file for an unused tensor.
+  if (const std::string arch = gguf_arch_for(config); arch != "llama") {
+    fail("config.json: llama3 RoPE scaling is not supported for GGUF export of {} models", arch);
+  }
   auto number = [&](const char* key, double fallback) {
     const json* v = find(params, key);
     return v ? static_cast<double>(positive_f32(*v, key)) : fallback;
@@ -174,7 +233,12 @@ std::optional<std::vector<float>> gguf_rope_freqs(const json& config) {
   const double factor = number("factor", 8.0);
   const double low = number("low_freq_factor", 1.0);
   const double high = number("high_freq_factor", 4.0);
-  const double old_ctx = number("original_max_position_embeddings", 8192.0);
+  // The converter's L: rope_scaling's original_max_position_embeddings, else the top-level key,
+  // else 8192 (docs/gguf.md, "Hyper-parameters").
+  const json* top = find(config, "original_max_position_embeddings");
+  const double old_ctx = number(
+      "original_max_position_embeddings",
+      top ? static_cast<double>(positive_f32(*top, "original_max_position_embeddings")) : 8192.0);
   const double low_wavelen = old_ctx / low, high_wavelen = old_ctx / high;
   std::vector<float> out;
   for (uint32_t k = 0; k < dim; k += 2) {

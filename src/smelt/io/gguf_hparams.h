@@ -1,5 +1,6 @@
-// The hyper-parameters of a Hugging Face llama / mistral / qwen2 config.json as GGUF metadata
-// (docs/gguf.md, "Hyper-parameters"), and the head counts the Q/K permutation needs.
+// The hyper-parameters of a Hugging Face llama / mistral / qwen2 / qwen3 / gemma2 config.json as
+// GGUF metadata (docs/gguf.md, "Hyper-parameters" and "Gemma2"), and the head counts the Q/K
+// permutation needs.
 #pragma once
 
 #include <cstdint>
@@ -13,7 +14,8 @@
 namespace smelt::io {
 
 // num_attention_heads; num_key_value_heads (num_attention_heads when absent); head_dim when the
-// config gives it, else hidden_size / num_attention_heads. Throw smelt::Error naming the key
+// config gives it, else 256 for gemma2 (Gemma2Config's default) and hidden_size /
+// num_attention_heads for the others. Throw smelt::Error naming the key
 // when a value is missing, not a positive integer, or hidden_size is no multiple of the heads.
 uint32_t gguf_head_count(const nlohmann::json& config);
 uint32_t gguf_head_count_kv(const nlohmann::json& config);

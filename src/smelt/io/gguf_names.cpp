@@ -20,10 +20,22 @@ struct ArchRow {
   std::string_view hf_class, gguf_arch;
 };
 constexpr ArchRow kArchitectures[] = {
-    {"LlamaForCausalLM", "llama"},
-    {"MistralForCausalLM", "llama"},  // llama.cpp runs Mistral as llama
-    {"Qwen2ForCausalLM", "qwen2"},
+    {"LlamaForCausalLM", "llama"}, {"MistralForCausalLM", "llama"},  // llama.cpp runs Mistral as
+                                                                     // llama
+    {"Qwen2ForCausalLM", "qwen2"}, {"Qwen3ForCausalLM", "qwen3"},   {"Gemma2ForCausalLM", "gemma2"},
 };
+
+// GGUF architectures as bits, so that a table row can name the ones that load a tensor.
+enum : uint8_t { kLlama = 1, kQwen2 = 2, kQwen3 = 4, kGemma2 = 8, kAll = 15 };
+
+uint8_t arch_bit(const std::string& arch) {
+  if (arch == "llama") return kLlama;
+  if (arch == "qwen2") return kQwen2;
+  if (arch == "qwen3") return kQwen3;
+  if (arch == "gemma2") return kGemma2;
+  fail("GGUF export: unknown GGUF architecture '{}' (expected llama, qwen2, qwen3 or gemma2)",
+       arch);
+}
 
 // Name endings of tensors llama.cpp's converter drops.
 constexpr std::string_view kDroppedSuffixes[] = {
@@ -32,32 +44,40 @@ constexpr std::string_view kDroppedSuffixes[] = {
     ".attention.bias",
 };
 
-// A mapped name and the architectures whose llama.cpp loader has the tensor.
+// A mapped name, the architectures whose llama.cpp loader has the tensor (`archs`) and, for
+// layer tensors, those that also load its .bias (`bias_archs`).
 struct NameRow {
   std::string_view hf, gguf;
-  bool llama, qwen2;
+  uint8_t archs, bias_archs;
 };
 
-// Tensors outside the layers: full names.
+// Tensors outside the layers: full names. gemma2's loader reuses token_embd for the output, and
+// its converter drops lm_head.weight (see gguf_tensor_name).
 constexpr NameRow kLooseTensors[] = {
-    {"model.embed_tokens.weight", "token_embd.weight", true, true},
-    {"model.norm.weight", "output_norm.weight", true, true},
-    {"lm_head.weight", "output.weight", true, true},
-    {"lm_head.bias", "output.bias", false, true},
+    {"model.embed_tokens.weight", "token_embd.weight", kAll, 0},
+    {"model.norm.weight", "output_norm.weight", kAll, 0},
+    {"lm_head.weight", "output.weight", kLlama | kQwen2 | kQwen3, 0},
+    {"lm_head.bias", "output.bias", kQwen2, 0},
 };
 
-// Tensors of layer N: "model.layers.N.<hf>.<suffix>" -> "blk.N.<gguf>.<suffix>". Every row has
-// a .weight in both architectures; the flags say which loads the .bias.
+// Tensors of layer N: "model.layers.N.<hf>.<suffix>" -> "blk.N.<gguf>.<suffix>". The first row
+// whose hf name and architecture match applies (post_attention_layernorm means different norms
+// in llama and gemma2).
 constexpr NameRow kLayerTensors[] = {
-    {"input_layernorm", "attn_norm", false, false},
-    {"self_attn.q_proj", "attn_q", true, true},
-    {"self_attn.k_proj", "attn_k", true, true},
-    {"self_attn.v_proj", "attn_v", true, true},
-    {"self_attn.o_proj", "attn_output", true, false},
-    {"post_attention_layernorm", "ffn_norm", false, false},
-    {"mlp.gate_proj", "ffn_gate", true, false},
-    {"mlp.up_proj", "ffn_up", true, false},
-    {"mlp.down_proj", "ffn_down", true, false},
+    {"input_layernorm", "attn_norm", kAll, 0},
+    {"self_attn.q_proj", "attn_q", kAll, kLlama | kQwen2},
+    {"self_attn.k_proj", "attn_k", kAll, kLlama | kQwen2},
+    {"self_attn.v_proj", "attn_v", kAll, kLlama | kQwen2},
+    {"self_attn.q_norm", "attn_q_norm", kQwen3, 0},
+    {"self_attn.k_norm", "attn_k_norm", kQwen3, 0},
+    {"self_attn.o_proj", "attn_output", kAll, kLlama},
+    {"post_attention_layernorm", "ffn_norm", kLlama | kQwen2 | kQwen3, 0},
+    {"post_attention_layernorm", "post_attention_norm", kGemma2, 0},
+    {"pre_feedforward_layernorm", "ffn_norm", kGemma2, 0},
+    {"post_feedforward_layernorm", "post_ffw_norm", kGemma2, 0},
+    {"mlp.gate_proj", "ffn_gate", kAll, kLlama},
+    {"mlp.up_proj", "ffn_up", kAll, kLlama},
+    {"mlp.down_proj", "ffn_down", kAll, kLlama},
 };
 
 // ---- lookups ------------------------------------------------------------------------------------
@@ -86,36 +106,39 @@ std::string gguf_arch_for(const nlohmann::json& config) {
   const nlohmann::json* archs = gguf_json::find(config, "architectures");
   if (!archs || !archs->is_array() || archs->empty() || !(*archs)[0].is_string()) {
     fail(
-        "config.json has no 'architectures' list; GGUF export supports llama, mistral and qwen2 "
-        "models");
+        "config.json has no 'architectures' list; GGUF export supports llama, mistral, qwen2, "
+        "qwen3 and gemma2 models");
   }
   const std::string arch = (*archs)[0].get<std::string>();
   for (const ArchRow& row : kArchitectures) {
     if (arch == row.hf_class) return std::string(row.gguf_arch);
   }
-  fail("GGUF export supports llama, mistral and qwen2 models; {} is not supported yet", arch);
+  fail(
+      "GGUF export supports llama, mistral, qwen2, qwen3 and gemma2 models; {} is not supported "
+      "yet",
+      arch);
 }
 
 std::optional<std::string> gguf_tensor_name(const std::string& arch, const std::string& hf_name) {
-  if (arch != "llama" && arch != "qwen2") {
-    fail("GGUF export: unknown GGUF architecture '{}' (expected llama or qwen2)", arch);
-  }
-  const bool llama = arch == "llama";
+  const uint8_t bit = arch_bit(arch);
   const std::string_view name = hf_name;
   for (std::string_view dropped : kDroppedSuffixes) {
     if (name.ends_with(dropped)) return std::nullopt;
   }
+  // The converter leaves gemma2's lm_head out: llama.cpp uses the embeddings as the head.
+  if (bit == kGemma2 && name == "lm_head.weight") return std::nullopt;
   for (const NameRow& row : kLooseTensors) {
-    if (name == row.hf && (llama ? row.llama : row.qwen2)) return std::string(row.gguf);
+    if (name == row.hf && (row.archs & bit)) return std::string(row.gguf);
   }
   uint64_t layer = 0;
   std::string_view rest;
   if (split_layer_name(name, layer, rest)) {
     for (const NameRow& row : kLayerTensors) {
+      if (!(row.archs & bit)) continue;
       if (!rest.starts_with(row.hf) || rest.size() <= row.hf.size() || rest[row.hf.size()] != '.')
         continue;
       const std::string_view suffix = rest.substr(row.hf.size() + 1);
-      const bool ok = suffix == "weight" || (suffix == "bias" && (llama ? row.llama : row.qwen2));
+      const bool ok = suffix == "weight" || (suffix == "bias" && (row.bias_archs & bit));
       if (ok) return fmt::format("blk.{}.{}.{}", layer, row.gguf, suffix);
     }
   }

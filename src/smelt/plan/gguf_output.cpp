@@ -64,6 +64,11 @@ void assign_gguf_output(Plan& plan, const PlanOptions& options) {
         fail("{}: tensor '{}' needs its rows permuted but is not a float tensor", cfg.filename,
              job.name);
       }
+      job.value_offset = io::gguf_value_offset(plan.gguf_arch, job.name);
+      if (job.value_offset != 0.0f && job.copy) {
+        fail("{}: tensor '{}' needs 1 added to it but is not a float tensor", cfg.filename,
+             job.name);
+      }
       job.name = *name;
       kept.push_back(std::move(job));
     }

@@ -807,9 +807,10 @@ class Planner {
       if (job.inputs.size() != 1) continue;
       const bool copy_like = job.copy || job.method == passthrough_;
       if (!copy_like) continue;
-      std::string key = fmt::format("{}|{}|{}|{}|{}", job.inputs[0].model, job.inputs[0].tensor,
-                                    static_cast<int>(job.dtype), job.copy,
-                                    job.copy ? 0.0 : job.params.per_model[0].at("scale"));
+      std::string key =
+          fmt::format("{}|{}|{}|{}|{}|{}", job.inputs[0].model, job.inputs[0].tensor,
+                      static_cast<int>(job.dtype), job.copy,
+                      job.copy ? 0.0 : job.params.per_model[0].at("scale"), job.value_offset);
       auto [it, inserted] = first.emplace(key, i);
       if (!inserted) {
         job.duplicate_of = static_cast<int>(it->second);

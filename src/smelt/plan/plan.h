@@ -41,6 +41,8 @@ struct TensorJob {
   bool copy = false;  // copy inputs[0]'s bytes unchanged (non-float tensors)
   // Values computed by the planner rather than merged (e.g. GGUF's rope_freqs.weight); no inputs.
   std::shared_ptr<const std::vector<float>> constant;
+  // Added to every merged value before it is written (GGUF export of gemma2's norms, 1 + w).
+  float value_offset = 0.0f;
   bool is_embedding = false;
   double t = 0;  // gradient position
   methods::ResolvedParams params;

@@ -1,0 +1,49 @@
+// Tokenizers from a GGUF file's own vocabulary (tokenizer.ggml.*), tokenizing text the way
+// llama.cpp does for that file: "gpt2" (byte-level BPE with merges) through the tokenizer.json
+// engine, "llama" (SentencePiece scores and byte tokens) through libsentencepiece
+// (docs/tokenizer.md, "Tokenizers from GGUF files").
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "smelt/tokenizer/tokenizer.h"
+
+namespace smelt::io {
+class GgufFile;
+}
+
+namespace smelt::tok {
+
+// What a GGUF file says about its tokenizer beyond the vocabulary, with llama.cpp's defaults for
+// absent keys already applied.
+struct GgufTokenizerInfo {
+  std::string model;  // tokenizer.ggml.model: "gpt2" or "llama"
+  std::string pre;    // tokenizer.ggml.pre ("default" when absent); "default" for "llama"
+  size_t vocab_size = 0;
+  std::optional<int32_t> bos_id, eos_id, unk_id, pad_id;
+  bool add_bos = false;           // encode(add_special_tokens=true) prepends bos_id
+  bool add_eos = false;           // ... and appends eos_id
+  bool add_space_prefix = false;  // "llama": a space before every piece of plain text
+  // The pre-tokenizer names tokenizer.ggml.pre may hold for "gpt2".
+  static std::vector<std::string> known_pre_types();
+};
+
+// Reads and checks the tokenizer keys of `file` (see load_gguf_tokenizer). Throws smelt::Error
+// naming the file and the key.
+GgufTokenizerInfo read_gguf_tokenizer_info(const io::GgufFile& file);
+
+// The tokenizer of a GGUF file, built from tokenizer.ggml.* alone. encode() gives the ids
+// llama.cpp's llama_tokenize(text, add_special, parse_special=false) gives: user-defined tokens
+// (type 4) are split out of the text, control tokens (type 3) are not; add_special_tokens adds
+// BOS/EOS as add_bos_token / add_eos_token say. decode() follows llama.cpp's pieces: byte tokens
+// become bytes, "▁" a space, control tokens nothing. kind() is "gguf". Throws smelt::Error naming
+// the file and the GGUF key for a missing or malformed key (array lengths that disagree, token
+// types or special ids out of range, empty or duplicate tokens, merges of unknown tokens, an
+// unknown tokenizer.ggml.pre).
+std::unique_ptr<Tokenizer> load_gguf_tokenizer(const io::GgufFile& file);
+
+}  // namespace smelt::tok

@@ -211,6 +211,96 @@ Vocab read_vocab(const KeyReader& r, bool with_scores) {
   return v;
 }
 
+// The token types llama.cpp acts on. It recognizes end-of-generation and fill-in-the-middle
+// tokens by their text and makes them control tokens whatever their type (so they are not split
+// out of plain text), makes a few chat-format tokens user-defined, and undoes two of those for
+// vocabularies that use them otherwise (docs/tokenizer.md, "Tokenizers from GGUF files").
+void apply_llama_cpp_overrides(Vocab& v) {
+  static const char* const kControlByText[] = {
+      // end of turn / generation
+      "<|eot_id|>",
+      "<|im_end|>",
+      "<|end|>",
+      "<|return|>",
+      "<|call|>",
+      "<|flush|>",
+      "<|calls|>",
+      "<end_of_turn>",
+      "<|endoftext|>",
+      "</s>",
+      "<|eom_id|>",
+      "<EOT>",
+      "_<EOT>",
+      "[EOT]",
+      "[EOS]",
+      "<|end_of_text|>",
+      "<end_of_utterance>",
+      "<eos>",
+      "<turn|>",
+      "<|tool_response>",
+      "<\xef\xbd\x9c"
+      "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+      "[e~[",
+      // fill in the middle
+      "<|fim_prefix|>",
+      "<fim-prefix>",
+      "<fim_prefix>",
+      "<\xef\xbd\x9c"
+      "fim\xe2\x96\x81begin\xef\xbd\x9c>",
+      "<PRE>",
+      "\xe2\x96\x81<PRE>",
+      "<|code_prefix|>",
+      "<|prefix|>",
+      "<|fim_suffix|>",
+      "<fim-suffix>",
+      "<fim_suffix>",
+      "<\xef\xbd\x9c"
+      "fim\xe2\x96\x81hole\xef\xbd\x9c>",
+      "<SUF>",
+      "\xe2\x96\x81<SUF>",
+      "<|code_suffix|>",
+      "<|suffix|>",
+      "<|fim_middle|>",
+      "<fim-middle>",
+      "<fim_middle>",
+      "<\xef\xbd\x9c"
+      "fim\xe2\x96\x81end\xef\xbd\x9c>",
+      "<MID>",
+      "\xe2\x96\x81<MID>",
+      "<|code_middle|>",
+      "<|middle|>",
+      "<|fim_pad|>",
+      "<fim-pad>",
+      "<fim_pad>",
+      "<PAD>",
+      "[PAD]",
+      "<|fim_repo|>",
+      "<|repo_name|>",
+      "<fim-repo>",
+      "<REPO>",
+      "<reponame>",
+      "<|file_sep|>",
+  };
+  auto id_of = [&](std::string_view t) -> int32_t {
+    auto it = v.ids.find(t);
+    return it == v.ids.end() ? -1 : it->second;
+  };
+  for (const char* t : kControlByText) {
+    if (int32_t id = id_of(t); id >= 0) v.types[static_cast<size_t>(id)] = kControl;
+  }
+  for (const char* t : {"<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"}) {
+    if (int32_t id = id_of(t); id >= 0) v.types[static_cast<size_t>(id)] = kUserDefined;
+  }
+  const bool has_end = id_of("<|end|>") >= 0,
+             has_call = id_of("<|call|>") >= 0 || id_of("<|calls|>") >= 0;
+  if (has_end && has_call && (id_of("<|return|>") >= 0 || id_of("<|flush|>") >= 0)) {
+    v.types[static_cast<size_t>(id_of("<|end|>"))] = kUserDefined;
+  }
+  if (id_of("<|tool_response>") >= 0 && id_of("</s>") >= 0) {
+    v.types[static_cast<size_t>(id_of("</s>"))] = kNormal;
+  }
+}
+
 // "<0xNN>" with upper-case hex digits, as llama.cpp spells byte tokens; -1 for anything else.
 int byte_of(const std::string& piece) {
   if (piece.size() != 6 || !piece.starts_with("<0x") || piece[5] != '>') return -1;
@@ -256,6 +346,7 @@ class GgufTokenizer final : public Tokenizer {
       : info_(std::move(info)), path_(file.path().string()) {
     const KeyReader r{file};
     vocab_ = read_vocab(r, info_.model == "llama");
+    apply_llama_cpp_overrides(vocab_);
     // Tokens split out of plain text: user-defined ones, longest first (llama.cpp's order; equal
     // lengths by id).
     for (size_t i = 0; i < vocab_.tokens.size(); ++i) {
@@ -553,9 +644,9 @@ GgufTokenizerInfo read_gguf_tokenizer_info(const io::GgufFile& file) {
   r.required("tokenizer.ggml.model");
   info.model = *r.string("tokenizer.ggml.model");
   const io::GgufValue& tokens = r.required("tokenizer.ggml.tokens");
-  if (!tokens.is_array()) {
+  if (!tokens.is_array() || tokens.elem_type() != io::GgufType::kString) {
     fail("{}: expected an array of strings, got {}", r.where("tokenizer.ggml.tokens"),
-         io::gguf_type_name(tokens.type()));
+         tokens.to_string());
   }
   info.vocab_size = tokens.size();
   const size_t n = info.vocab_size;

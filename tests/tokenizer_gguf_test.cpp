@@ -423,6 +423,19 @@ TEST_F(TokGguf, InfoAndSpecialTokens) {
   }
 }
 
+// Tokenizer::load and `smelt tokenize` take a .gguf file.
+TEST_F(TokGguf, LoadAndCliTakeGgufFiles) {
+  const fs::path gguf = model("llama3").gguf;
+  auto t = Tokenizer::load(gguf);
+  EXPECT_EQ(t->kind(), "gguf");
+  const std::string text = "Hello world, 12345!";
+  const auto want = t->encode(text);
+  auto r = run_smelt("tokenize --json " + quote(gguf) + " " + quote(fs::path(text)));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json out = json::parse(r.output);
+  EXPECT_EQ(out.at("ids").get<std::vector<int32_t>>(), want.ids) << r.output;
+}
+
 // A copy of `src` with `edit` applied to its KVs (tensors dropped: only the vocabulary matters).
 fs::path rewrite(const fs::path& src, const fs::path& dst,
                  const std::function<void(std::vector<io::GgufKv>&)>& edit) {

@@ -204,11 +204,11 @@ class TokGguf : public ::testing::Test {
       const fs::path err = work / "stderr.txt";
       auto made = run_command(
           testing::node_command() + " " + quote(node_dir() / "make_tokenizers.mjs") + " " +
-          quote(work / "tok") + " " + quote(corpus_path()) + " gpt2 llama3 2>" + quote(err));
+          quote(work / "tok") + " " + quote(corpus_path()) + " gpt2 llama3 llama2 2>" + quote(err));
       if (made.exit_code != 0) {
         throw std::runtime_error("make_tokenizers.mjs failed:\n" + made.output + read_bytes(err));
       }
-      for (const char* style : {"gpt2", "llama3"}) {
+      for (const char* style : {"gpt2", "llama3", "llama2"}) {
         const fs::path tj = work / "tok" / style / "tokenizer.json";
         auto t = Tokenizer::load(tj);
         models_[style] = export_model(work, style, tj, t->vocab_size(), json());
@@ -355,6 +355,16 @@ TEST_F(TokGguf, DefaultPreTokenizerMatchesLlamaCpp) {
   auto file = io::GgufFile::open(model("default").gguf);
   ASSERT_EQ(read_gguf_tokenizer_info(*file).pre, "default");
   expect_matches("default", /*compare_folder=*/false);
+}
+
+// A SentencePiece-style BPE tokenizer.json (byte fallback), which smelt exports as "llama" with
+// equal scores as llama.cpp's converter does: llama.cpp's score-ordered merging then differs from
+// the folder's merge ranks, so only llama.cpp is the reference.
+TEST_F(TokGguf, LlamaVocabularyFromTokenizerJsonMatchesLlamaCpp) {
+  REQUIRE_NODE_LLAMA_CPP();
+  auto file = io::GgufFile::open(model("llama2").gguf);
+  ASSERT_EQ(read_gguf_tokenizer_info(*file).model, "llama");
+  expect_matches("llama2", /*compare_folder=*/false);
 }
 
 TEST_F(TokGguf, SentencePieceMatchesLlamaCppAndFolder) {

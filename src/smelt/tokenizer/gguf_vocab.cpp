@@ -489,8 +489,12 @@ class GgufTokenizer final : public Tokenizer {
              r.where("tokenizer.ggml.tokens"), i);
       }
     }
+    // Appended directly: the tokens are known to be distinct, and the ordered object's own
+    // insertion looks for the key first, which is quadratic in the vocabulary size.
     Json vocab = Json::object();
-    for (size_t i = 0; i < vocab_.tokens.size(); ++i) vocab[vocab_.tokens[i]] = i;
+    auto& entries = vocab.get_ref<Json::object_t&>();
+    entries.reserve(vocab_.tokens.size());
+    for (size_t i = 0; i < vocab_.tokens.size(); ++i) entries.emplace_back(vocab_.tokens[i], i);
     const io::GgufValue& merges_kv = r.array("tokenizer.ggml.merges", 0);
     auto merge_strings = merges_kv.string_array();
     if (!merge_strings) {

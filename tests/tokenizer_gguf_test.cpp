@@ -147,14 +147,14 @@ struct LlamaCpp {
 
 // llama.cpp's ids for `texts` (tests/node/llama_tokenize.mjs).
 LlamaCpp llama_cpp_tokenize(const fs::path& gguf, const std::vector<std::string>& texts,
-                            const fs::path& work) {
+                            const fs::path& work, bool parse_special = false) {
   const fs::path in = work / "texts.json";
   write_bytes(in, json(texts).dump());
   const fs::path out = work / "llama_ids.json";
   const fs::path err = work / "llama_err.txt";
-  auto r =
-      run_command(testing::node_command() + " " + quote(node_dir() / "llama_tokenize.mjs") + " " +
-                  quote(gguf) + " " + quote(in) + " > " + quote(out) + " 2> " + quote(err));
+  auto r = run_command(testing::node_command() + " " + quote(node_dir() / "llama_tokenize.mjs") +
+                       " " + quote(gguf) + " " + quote(in) + (parse_special ? " --special" : "") +
+                       " > " + quote(out) + " 2> " + quote(err));
   if (r.exit_code != 0) throw std::runtime_error("llama_tokenize.mjs failed: " + read_bytes(err));
   const json j = json::parse(read_bytes(out));
   LlamaCpp l;
@@ -317,6 +317,24 @@ class TokGguf : public ::testing::Test {
     EXPECT_EQ(differ, 0u);
     std::cout << name << ": " << all.size() << " texts (" << tokens
               << " tokens) equal to llama.cpp's ids\n";
+
+    // parse_special: control tokens written in the text are split out as well.
+    auto special = load_gguf_tokenizer(*file, {.parse_special = true});
+    const LlamaCpp ls = llama_cpp_tokenize(m.gguf, all, dir_->path(), /*parse_special=*/true);
+    ASSERT_EQ(ls.ids.size(), all.size());
+    size_t special_differ = 0, special_changed = 0;
+    for (size_t i = 0; i < all.size(); ++i) {
+      const auto got = special->encode(all[i], {.add_special_tokens = false}).ids;
+      if (got != ours[i]) ++special_changed;
+      if (got != ls.ids[i]) {
+        ++special_differ;
+        ADD_FAILURE() << name << ": parse_special ids differ from llama.cpp for: " << all[i]
+                      << "\n  smelt:     " << json(got).dump()
+                      << "\n  llama.cpp: " << json(ls.ids[i]).dump();
+      }
+    }
+    EXPECT_EQ(special_differ, 0u);
+    EXPECT_GT(special_changed, 0u) << "no text of the corpus holds a control token";
     const GgufTokenizerInfo info = read_gguf_tokenizer_info(*file);
     // node-llama-cpp reports BOS / EOS only when they are control tokens.
     if (l.bos >= 0) EXPECT_EQ(info.bos_id.value_or(-1), l.bos);

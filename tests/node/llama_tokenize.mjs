@@ -1,8 +1,9 @@
 // Tokenizes texts with llama.cpp (node-llama-cpp's prebuilt CPU binaries, never a download or a
 // build) from a GGUF file's own vocabulary, as llama_tokenize(text, add_special=false,
 // parse_special=false) does, and prints the ids as JSON on stdout:
-//   node llama_tokenize.mjs MODEL.gguf TEXTS.json
+//   node llama_tokenize.mjs MODEL.gguf TEXTS.json [--special]
 //   -> {"bos": 1, "eos": 2, "ids": [[...], ...]}   (one id list per text of the JSON array)
+// --special: parse_special=true (control tokens written in the text become those tokens).
 // Only the vocabulary is loaded. Exits non-zero with a message on stderr on any failure.
 import fs from "node:fs";
 import process from "node:process";
@@ -14,8 +15,11 @@ function die(message) {
 }
 
 async function main() {
-  const [modelPath, textsPath] = process.argv.slice(2);
-  if (!modelPath || !textsPath) die("usage: node llama_tokenize.mjs MODEL.gguf TEXTS.json");
+  const [modelPath, textsPath, flag] = process.argv.slice(2);
+  if (!modelPath || !textsPath || (flag != null && flag !== "--special")) {
+    die("usage: node llama_tokenize.mjs MODEL.gguf TEXTS.json [--special]");
+  }
+  const special = flag === "--special";
   let texts;
   try {
     texts = JSON.parse(fs.readFileSync(textsPath, "utf8"));
@@ -41,8 +45,8 @@ async function main() {
   } catch (e) {
     die(`llama.cpp could not load ${modelPath}: ${e.message}\n${logs.join("\n")}`);
   }
-  // specialTokens = false: control tokens written in the text stay text (parse_special=false).
-  const ids = texts.map((t) => Array.from(model.tokenize(t, false)));
+  // specialTokens is llama_tokenize's parse_special (add_special is always false here).
+  const ids = texts.map((t) => Array.from(model.tokenize(t, special)));
   process.stdout.write(JSON.stringify({bos: model.tokens.bos, eos: model.tokens.eos, ids}) + "\n");
   await model.dispose();
   await llama.dispose();

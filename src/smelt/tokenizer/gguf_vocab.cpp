@@ -342,15 +342,20 @@ enum SpType : int32_t { kSpNormal = 1, kSpUnknown = 2, kSpByte = 6 };
 
 class GgufTokenizer final : public Tokenizer {
  public:
-  GgufTokenizer(const io::GgufFile& file, GgufTokenizerInfo info)
+  GgufTokenizer(const io::GgufFile& file, GgufTokenizerInfo info,
+                const GgufTokenizerOptions& options)
       : info_(std::move(info)), path_(file.path().string()) {
     const KeyReader r{file};
     vocab_ = read_vocab(r, info_.model == "llama");
     apply_llama_cpp_overrides(vocab_);
-    // Tokens split out of plain text: user-defined ones, longest first (llama.cpp's order; equal
+    // Tokens split out of plain text: user-defined ones (and control / unknown ones with
+    // parse_special), longest first (llama.cpp's order; equal
     // lengths by id).
     for (size_t i = 0; i < vocab_.tokens.size(); ++i) {
-      if (vocab_.types[i] == kUserDefined) split_out_.push_back(static_cast<int32_t>(i));
+      const int32_t t = vocab_.types[i];
+      if (t == kUserDefined || (options.parse_special && (t == kControl || t == kUnknown))) {
+        split_out_.push_back(static_cast<int32_t>(i));
+      }
     }
     std::stable_sort(split_out_.begin(), split_out_.end(), [&](int32_t a, int32_t b) {
       return vocab_.tokens[a].size() > vocab_.tokens[b].size();
@@ -707,8 +712,9 @@ GgufTokenizerInfo read_gguf_tokenizer_info(const io::GgufFile& file) {
   return info;
 }
 
-std::unique_ptr<Tokenizer> load_gguf_tokenizer(const io::GgufFile& file) {
-  return std::make_unique<GgufTokenizer>(file, read_gguf_tokenizer_info(file));
+std::unique_ptr<Tokenizer> load_gguf_tokenizer(const io::GgufFile& file,
+                                               const GgufTokenizerOptions& options) {
+  return std::make_unique<GgufTokenizer>(file, read_gguf_tokenizer_info(file), options);
 }
 
 }  // namespace smelt::tok

@@ -36,14 +36,22 @@ struct GgufTokenizerInfo {
 // naming the file and the key.
 GgufTokenizerInfo read_gguf_tokenizer_info(const io::GgufFile& file);
 
+struct GgufTokenizerOptions {
+  // llama_tokenize's parse_special: control and unknown tokens written in the text are split out
+  // too (chat templates); false (llama.cpp's perplexity) tokenizes them as text.
+  bool parse_special = false;
+};
+
 // The tokenizer of a GGUF file, built from tokenizer.ggml.* alone. encode() gives the ids
-// llama.cpp's llama_tokenize(text, add_special, parse_special=false) gives: user-defined tokens
-// (type 4) are split out of the text, control tokens (type 3) are not; add_special_tokens adds
+// llama.cpp's llama_tokenize(text, add_special, parse_special) gives: user-defined tokens
+// (type 4) are split out of the text, control tokens (type 3) only with parse_special (after
+// llama.cpp's retyping of tokens by their text, docs/tokenizer.md); add_special_tokens adds
 // BOS/EOS as add_bos_token / add_eos_token say. decode() follows llama.cpp's pieces: byte tokens
 // become bytes, "▁" a space, control tokens nothing. kind() is "gguf". Throws smelt::Error naming
 // the file and the GGUF key for a missing or malformed key (array lengths that disagree, token
 // types or special ids out of range, empty or duplicate tokens, merges of unknown tokens, an
 // unknown tokenizer.ggml.pre).
-std::unique_ptr<Tokenizer> load_gguf_tokenizer(const io::GgufFile& file);
+std::unique_ptr<Tokenizer> load_gguf_tokenizer(const io::GgufFile& file,
+                                               const GgufTokenizerOptions& options = {});
 
 }  // namespace smelt::tok

@@ -532,10 +532,6 @@ TEST_F(TokGguf, MalformedKeysAreClearErrors) {
        gpt2,
        set("tokenizer.ggml.tokens", io::GgufValue::array(dup)),
        {"tokenizer.ggml.tokens", "ids 300 and 301"}},
-      {"empty token",
-       gpt2,
-       set("tokenizer.ggml.tokens", io::GgufValue::array(empty)),
-       {"tokenizer.ggml.tokens", "token 5", "empty"}},
       {"short token_type",
        gpt2,
        set("tokenizer.ggml.token_type", io::GgufValue::array(std::vector<int32_t>{1, 1})),
@@ -569,6 +565,10 @@ TEST_F(TokGguf, MalformedKeysAreClearErrors) {
        set("tokenizer.ggml.merges",
            io::GgufValue::array(std::vector<std::string>{"zz\xe2\x98\x83 q"})),
        {"tokenizer.ggml.merges", "merge 0", "not a token"}},
+      {"scores not numbers",
+       spm,
+       set("tokenizer.ggml.scores", io::GgufValue::array(std::vector<std::string>{"a"})),
+       {"tokenizer.ggml.scores"}},
       {"short scores",
        spm,
        set("tokenizer.ggml.scores", io::GgufValue::array(std::vector<float>{0.0f})),
@@ -610,6 +610,13 @@ TEST_F(TokGguf, MalformedKeysAreClearErrors) {
     const std::string nan_msg = load_error(q);
     EXPECT_NE(nan_msg.find("tokenizer.ggml.scores"), std::string::npos) << nan_msg;
     EXPECT_NE(nan_msg.find("not finite"), std::string::npos) << nan_msg;
+  }
+  // An empty token is named "[EMPTY_<id>]", as llama.cpp names it.
+  {
+    const fs::path p = rewrite(gpt2, work / "empty.gguf",
+                               set("tokenizer.ggml.tokens", io::GgufValue::array(empty)));
+    auto f = io::GgufFile::open(p);
+    EXPECT_EQ(load_gguf_tokenizer(*f)->id_to_token(5), "[EMPTY_5]");
   }
   // Decoding an id past the vocabulary names it.
   auto f = io::GgufFile::open(gpt2);

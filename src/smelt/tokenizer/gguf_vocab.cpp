@@ -152,9 +152,8 @@ Vocab read_vocab(const KeyReader& r, bool with_scores) {
   for (std::string_view s : *strings) v.tokens.emplace_back(s);
   v.ids.reserve(n);
   for (size_t i = 0; i < n; ++i) {
-    if (v.tokens[i].empty()) {
-      fail("{}: token {} is the empty string", r.where("tokenizer.ggml.tokens"), i);
-    }
+    // llama.cpp names an empty token "[EMPTY_<id>]" (it could never be produced from text).
+    if (v.tokens[i].empty()) v.tokens[i] = fmt::format("[EMPTY_{}]", i);
     auto [it, inserted] = v.ids.emplace(v.tokens[i], static_cast<int32_t>(i));
     if (!inserted) {
       fail("{}: token '{}' has ids {} and {}; a token must appear once",
@@ -192,12 +191,20 @@ Vocab read_vocab(const KeyReader& r, bool with_scores) {
   if (with_scores) {
     if (r.find("tokenizer.ggml.scores")) {
       const io::GgufValue& scores = r.array("tokenizer.ggml.scores", n);
-      if (scores.elem_type() != io::GgufType::kF32) {
-        fail("{}: expected an array of f32, got {}", r.where("tokenizer.ggml.scores"),
+      // f32, or i32 as llama.cpp also accepts.
+      v.scores.resize(n);
+      if (scores.elem_type() == io::GgufType::kF32) {
+        std::memcpy(v.scores.data(), scores.payload().data(), 4 * n);
+      } else if (scores.elem_type() == io::GgufType::kI32) {
+        for (size_t i = 0; i < n; ++i) {
+          int32_t x;
+          std::memcpy(&x, scores.payload().data() + 4 * i, 4);
+          v.scores[i] = static_cast<float>(x);
+        }
+      } else {
+        fail("{}: expected an array of f32 (or i32), got {}", r.where("tokenizer.ggml.scores"),
              io::gguf_type_name(scores.elem_type()));
       }
-      v.scores.resize(n);
-      std::memcpy(v.scores.data(), scores.payload().data(), 4 * n);
       for (size_t i = 0; i < n; ++i) {
         if (!std::isfinite(v.scores[i])) {
           fail("{}: token {} ('{}') has a score that is not finite",

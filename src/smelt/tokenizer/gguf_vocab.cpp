@@ -356,8 +356,7 @@ class GgufTokenizer final : public Tokenizer {
     vocab_ = read_vocab(r, info_.model == "llama");
     apply_llama_cpp_overrides(vocab_);
     // Tokens split out of plain text: user-defined ones (and control / unknown ones with
-    // parse_special), longest first (llama.cpp's order; equal
-    // lengths by id).
+    // parse_special), longest first as in llama.cpp (equal lengths by id).
     for (size_t i = 0; i < vocab_.tokens.size(); ++i) {
       const int32_t t = vocab_.types[i];
       if (t == kUserDefined || (options.parse_special && (t == kControl || t == kUnknown))) {
@@ -445,6 +444,7 @@ class GgufTokenizer final : public Tokenizer {
     frags.push_back({0, text.size(), -1});
     for (int32_t id : split_out_) {
       const std::string& tok = vocab_.tokens[static_cast<size_t>(id)];
+      if (text.find(tok) == std::string_view::npos) continue;  // the common case
       std::vector<Fragment> next;
       next.reserve(frags.size());
       for (const Fragment& f : frags) {

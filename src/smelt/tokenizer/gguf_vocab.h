@@ -47,10 +47,11 @@ struct GgufTokenizerOptions {
 // (type 4) are split out of the text, control tokens (type 3) only with parse_special (after
 // llama.cpp's retyping of tokens by their text, docs/tokenizer.md); add_special_tokens adds
 // BOS/EOS as add_bos_token / add_eos_token say. decode() follows llama.cpp's pieces: byte tokens
-// become bytes, "▁" a space, control tokens nothing. kind() is "gguf". Throws smelt::Error naming
-// the file and the GGUF key for a missing or malformed key (array lengths that disagree, token
-// types or special ids out of range, empty or duplicate tokens, merges of unknown tokens, an
-// unknown tokenizer.ggml.pre).
+// become bytes, "▁" a space, control tokens of "llama" vocabularies nothing; is_special() is true
+// for control and unknown tokens. kind() is "gguf". Throws smelt::Error naming the file and the
+// GGUF key for a missing or malformed key (array lengths that disagree, token types or special
+// ids out of range, duplicate tokens, merges of unknown tokens, an unknown tokenizer.ggml.pre).
+// The tokenizer copies what it needs: `file` may be closed afterwards.
 std::unique_ptr<Tokenizer> load_gguf_tokenizer(const io::GgufFile& file,
                                                const GgufTokenizerOptions& options = {});
 

@@ -2,6 +2,8 @@
 #include "smelt/tokenizer/tokenizer.h"
 
 #include "smelt/error.h"
+#include "smelt/io/gguf.h"
+#include "smelt/tokenizer/gguf_vocab.h"
 #include "smelt/tokenizer/sentencepiece_model.h"
 #include "smelt/tokenizer/tokenizer_json.h"
 
@@ -19,8 +21,10 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const fs::path& path) {
     }
     fail("{}: no tokenizer.json or tokenizer.model in this folder", path.string());
   }
-  if (!fs::is_regular_file(path, ec)) fail("{}: no such tokenizer file or model folder", path.string());
+  if (!fs::is_regular_file(path, ec))
+    fail("{}: no such tokenizer file or model folder", path.string());
   if (path.extension() == ".json") return load_tokenizer_json(path, path.parent_path());
+  if (path.extension() == ".gguf") return load_gguf_tokenizer(*io::GgufFile::open(path));
   return load_sentencepiece(path, path.parent_path());
 }
 

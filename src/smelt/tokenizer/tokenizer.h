@@ -37,7 +37,8 @@ class Tokenizer {
 
   // Loads the tokenizer of a model folder: tokenizer.json (with tokenizer_config.json and
   // special_tokens_map.json when present), else tokenizer.model. A path to one tokenizer.json
-  // or tokenizer.model file loads that file. Throws smelt::Error naming the file and the
+  // or tokenizer.model file loads that file; a .gguf file loads the vocabulary it holds
+  // (load_gguf_tokenizer in gguf_vocab.h). Throws smelt::Error naming the file and the
   // problem (unknown component type, bad regex, colliding ids, ...).
   static std::unique_ptr<Tokenizer> load(const std::filesystem::path& path);
 
@@ -51,7 +52,7 @@ class Tokenizer {
   virtual std::optional<int32_t> token_to_id(std::string_view token) const = 0;
   virtual std::optional<std::string> id_to_token(int32_t id) const = 0;
   virtual bool is_special(int32_t id) const = 0;
-  // "tokenizer.json" or "sentencepiece".
+  // "tokenizer.json", "sentencepiece" or "gguf".
   virtual std::string_view kind() const = 0;
 };
 

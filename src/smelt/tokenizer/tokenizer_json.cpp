@@ -77,6 +77,11 @@ JsonTokenizer::JsonTokenizer(const fs::path& tokenizer_json, const fs::path& con
   pipeline_ = build();
 }
 
+JsonTokenizer::JsonTokenizer(Json doc, std::string name) : file_(std::move(name)) {
+  doc_ = std::move(doc);
+  pipeline_ = build();
+}
+
 JsonTokenizer::~JsonTokenizer() = default;
 
 std::unique_ptr<JsonTokenizer::Pipeline> JsonTokenizer::build() const {

@@ -20,6 +20,9 @@ class JsonTokenizer : public Tokenizer {
   // Loads `tokenizer_json`; `config_dir` (may be empty) holds tokenizer_config.json and
   // special_tokens_map.json when present. Throws smelt::Error naming the file.
   JsonTokenizer(const std::filesystem::path& tokenizer_json, const std::filesystem::path& config_dir);
+  // Builds the pipeline from a tokenizer.json document held in memory, without
+  // tokenizer_config.json; `name` stands for the file in error messages.
+  JsonTokenizer(Json doc, std::string name);
   ~JsonTokenizer() override;
 
   Encoding encode(std::string_view text, const EncodeOptions& options = {}) const override;

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <string_view>
 
+#include "forward_reference.h"
 #include "smelt/error.h"
 #include "smelt/io/gguf.h"
 #include "smelt/io/model_ref.h"
@@ -25,11 +26,16 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using smelt::testing::llama_cpp_log_softmax;
+using smelt::testing::load_tiny_llama;
+using smelt::testing::node_command;
 using smelt::testing::quote;
+using smelt::testing::read_json_file;
+using smelt::testing::reference_log_softmax;
 using smelt::testing::run_command;
 using smelt::testing::run_smelt;
-using smelt::testing::node_command;
 using smelt::testing::TempDir;
+using smelt::testing::TinyLlama;
 using smelt::testing::write_bytes;
 
 // The message of the smelt::Error `f` throws ("" when it throws nothing).
@@ -48,11 +54,6 @@ const GgufValue* kv(const std::vector<GgufKv>& kvs, const std::string& key) {
     if (k.key == key) return &k.value;
   }
   return nullptr;
-}
-
-json read_json_file(const fs::path& p) {
-  std::ifstream in(p);
-  return json::parse(in);
 }
 
 json llama_config(int heads = 4, int kv_heads = 2) {
@@ -221,8 +222,7 @@ TEST(GgufExport, MergeWithWrongKvHeadCountFailsInThePlanNamingTensorAndKey) {
   write_bytes(dir / "c.yml", "models:\n  - model: " + m.string() + "\nmerge_method: passthrough\n");
   auto r = run_smelt("merge -q " + quote(dir / "c.yml") + " " + quote(dir / "out.gguf"));
   EXPECT_NE(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("model.layers.0.self_attn.k_proj.weight"), std::string::npos)
-      << r.output;
+  EXPECT_NE(r.output.find("model.layers.0.self_attn.k_proj.weight"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("num_key_value_heads"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir / "out.gguf"));
   auto plan = run_smelt("plan " + quote(dir / "c.yml") + " --format gguf");
@@ -573,10 +573,10 @@ TEST(GgufExport, SentencePieceModelParsedIntoTokensScoresTypes) {
   const std::vector<int32_t> tail_types(v.token_types.begin() + 258, v.token_types.end());
   // A one-character user-defined piece reads as normal: libsentencepiece's API cannot tell the
   // two apart (docs/tokenizer-sentencepiece.md, "Vocabulary").
-  EXPECT_EQ(tail_types, (std::vector<int32_t>{kGgufTokenByte, kGgufTokenNormal, kGgufTokenNormal,
-                                              kGgufTokenUserDefined, kGgufTokenNormal,
-                                              kGgufTokenUnused, kGgufTokenUnused,
-                                              kGgufTokenUnused}));
+  EXPECT_EQ(tail_types,
+            (std::vector<int32_t>{kGgufTokenByte, kGgufTokenNormal, kGgufTokenNormal,
+                                  kGgufTokenUserDefined, kGgufTokenNormal, kGgufTokenUnused,
+                                  kGgufTokenUnused, kGgufTokenUnused}));
   EXPECT_EQ(gguf_sentencepiece_vocab(f, -1).tokens.size(), kTinyPieces);
   EXPECT_EQ(gguf_sentencepiece_vocab(f, 3).tokens.size(), 3u);  // the converter drops extra pieces
 
@@ -668,43 +668,6 @@ TEST(GgufExport, CorruptSentencePieceModelNamesFile) {
 
 // ---- the real client: llama.cpp via node-llama-cpp ----------------------------------------------
 
-struct TinyLlama {
-  json config;
-  int hidden, heads, kv_heads, hd, inter, layers, vocab;
-  double eps, theta;
-  std::map<std::string, std::vector<float>> w;  // HF name -> values (row-major)
-  std::map<std::string, std::vector<uint64_t>> shape;
-};
-
-// Reads a generated model's tensors as f32 and multiplies every matrix by `scale` (the generator's
-// 0.02 weights make attention nearly uniform, which would hide a wrong Q/K layout).
-TinyLlama load_tiny_llama(const fs::path& dir, float scale) {
-  TinyLlama m;
-  m.config = read_json_file(dir / "config.json");
-  m.hidden = m.config["hidden_size"];
-  m.heads = m.config["num_attention_heads"];
-  m.kv_heads = m.config["num_key_value_heads"];
-  m.hd = m.hidden / m.heads;
-  m.inter = m.config["intermediate_size"];
-  m.layers = m.config["num_hidden_layers"];
-  m.vocab = m.config["vocab_size"];
-  m.eps = m.config["rms_norm_eps"];
-  m.theta = m.config["rope_theta"];
-  auto model = Model::open(dir.string());
-  for (const ModelTensor& t : model->tensors()) {
-    std::vector<char> bytes(t.info->nbytes);
-    t.file->read(*t.info, 0, bytes.data(), bytes.size());
-    std::vector<float> v(t.info->numel());
-    kernels::to_f32(t.info->dtype, bytes.data(), v.data(), v.size());
-    if (t.info->shape.size() == 2) {
-      for (float& x : v) x *= scale;
-    }
-    m.w[t.info->name] = std::move(v);
-    m.shape[t.info->name] = t.info->shape;
-  }
-  return m;
-}
-
 // Writes `m` as an all-F32 GGUF the way an exporter would: KVs from gguf_export_kvs, names from
 // gguf_tensor_name, Q/K rows permuted.
 void write_gguf(const TinyLlama& m, const fs::path& dir, const fs::path& out) {
@@ -735,130 +698,6 @@ void write_gguf(const TinyLlama& m, const fs::path& dir, const fs::path& out) {
   }
   writer.finish();
 }
-
-std::vector<double> matvec(const std::vector<float>& w, const std::vector<double>& x, int out) {
-  const size_t in = x.size();
-  std::vector<double> y(static_cast<size_t>(out), 0.0);
-  for (int o = 0; o < out; ++o) {
-    double s = 0;
-    for (size_t i = 0; i < in; ++i) s += static_cast<double>(w[o * in + i]) * x[i];
-    y[o] = s;
-  }
-  return y;
-}
-
-std::vector<double> rms_norm(const std::vector<double>& x, const std::vector<float>& w,
-                             double eps) {
-  double ss = 0;
-  for (double v : x) ss += v * v;
-  const double r = 1.0 / std::sqrt(ss / static_cast<double>(x.size()) + eps);
-  std::vector<double> y(x.size());
-  for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * r * w[i];
-  return y;
-}
-
-// HF LlamaForCausalLM in double precision: log-softmax of the logits after the last token.
-// `interleaved_rope` applies RoPE to pairs (2i, 2i+1) instead of HF's (i, i + hd/2): the result a
-// GGUF written without the Q/K permutation would give, used to show the test can tell them apart.
-std::vector<double> reference_log_softmax(const TinyLlama& m, const std::vector<int>& ids,
-                                          bool interleaved_rope = false) {
-  const size_t T = ids.size();
-  auto W = [&](const std::string& n) -> const std::vector<float>& { return m.w.at(n); };
-  std::vector<std::vector<double>> x(T, std::vector<double>(m.hidden));
-  for (size_t t = 0; t < T; ++t)
-    for (int i = 0; i < m.hidden; ++i)
-      x[t][i] = W("model.embed_tokens.weight")[ids[t] * m.hidden + i];
-  auto rope = [&](std::vector<double>& v, int n_heads, size_t pos) {
-    for (int h = 0; h < n_heads; ++h) {
-      double* head = v.data() + h * m.hd;
-      for (int i = 0; i < m.hd / 2; ++i) {
-        const double angle = static_cast<double>(pos) * std::pow(m.theta, -2.0 * i / m.hd);
-        const int a = interleaved_rope ? 2 * i : i, b = interleaved_rope ? 2 * i + 1 : i + m.hd / 2;
-        const double x0 = head[a], x1 = head[b];
-        head[a] = x0 * std::cos(angle) - x1 * std::sin(angle);
-        head[b] = x1 * std::cos(angle) + x0 * std::sin(angle);
-      }
-    }
-  };
-  for (int l = 0; l < m.layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    std::vector<std::vector<double>> q(T), k(T), v(T);
-    for (size_t t = 0; t < T; ++t) {
-      const auto h = rms_norm(x[t], W(p + "input_layernorm.weight"), m.eps);
-      q[t] = matvec(W(p + "self_attn.q_proj.weight"), h, m.heads * m.hd);
-      k[t] = matvec(W(p + "self_attn.k_proj.weight"), h, m.kv_heads * m.hd);
-      v[t] = matvec(W(p + "self_attn.v_proj.weight"), h, m.kv_heads * m.hd);
-      rope(q[t], m.heads, t);
-      rope(k[t], m.kv_heads, t);
-    }
-    for (size_t t = 0; t < T; ++t) {
-      std::vector<double> attn(m.heads * m.hd, 0.0);
-      for (int h = 0; h < m.heads; ++h) {
-        const int g = h / (m.heads / m.kv_heads);
-        std::vector<double> s(t + 1);
-        double mx = -1e300;
-        for (size_t u = 0; u <= t; ++u) {
-          double d = 0;
-          for (int i = 0; i < m.hd; ++i) d += q[t][h * m.hd + i] * k[u][g * m.hd + i];
-          s[u] = d / std::sqrt(static_cast<double>(m.hd));
-          mx = std::max(mx, s[u]);
-        }
-        double sum = 0;
-        for (double& e : s) sum += (e = std::exp(e - mx));
-        for (size_t u = 0; u <= t; ++u)
-          for (int i = 0; i < m.hd; ++i) attn[h * m.hd + i] += s[u] / sum * v[u][g * m.hd + i];
-      }
-      const auto o = matvec(W(p + "self_attn.o_proj.weight"), attn, m.hidden);
-      for (int i = 0; i < m.hidden; ++i) x[t][i] += o[i];
-      const auto h2 = rms_norm(x[t], W(p + "post_attention_layernorm.weight"), m.eps);
-      const auto gate = matvec(W(p + "mlp.gate_proj.weight"), h2, m.inter);
-      const auto up = matvec(W(p + "mlp.up_proj.weight"), h2, m.inter);
-      std::vector<double> act(m.inter);
-      for (int i = 0; i < m.inter; ++i) act[i] = gate[i] / (1.0 + std::exp(-gate[i])) * up[i];
-      const auto down = matvec(W(p + "mlp.down_proj.weight"), act, m.hidden);
-      for (int i = 0; i < m.hidden; ++i) x[t][i] += down[i];
-    }
-  }
-  const auto h = rms_norm(x[T - 1], W("model.norm.weight"), m.eps);
-  const std::string head =
-      m.w.count("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight";
-  auto logits = matvec(W(head), h, m.vocab);
-  const double mx = *std::max_element(logits.begin(), logits.end());
-  double sum = 0;
-  for (double z : logits) sum += std::exp(z - mx);
-  for (double& z : logits) z -= mx + std::log(sum);
-  return logits;
-}
-
-// Why llama.cpp cannot run here (tests/node/node_modules lacks node-llama-cpp, or no node >= 20);
-// empty when it can.
-std::string node_llama_cpp_missing() {
-  if (!fs::exists(fs::path(SMELT_SOURCE_DIR) / "tests/node/node_modules/node-llama-cpp")) {
-    return "tests/node/node_modules is missing (npm ci in tests/node)";
-  }
-  if (run_command(node_command() +
-                  " -e 'process.exit(+process.versions.node.split(\".\")[0] >= 20 ? 0 : 1)'")
-          .exit_code != 0) {
-    return "node >= 20 is not installed (node-llama-cpp needs it; " + node_command() + ")";
-  }
-  return "";
-}
-
-// Fails the calling test unless node-llama-cpp and node >= 20 are installed (scripts/setup.sh
-// installs both), so that CI cannot pass without running llama.cpp. SMELT_SKIP_LLAMA_CPP=1 turns
-// the failure into a skip on machines that cannot have them; CI never sets it.
-#define REQUIRE_NODE_LLAMA_CPP()                                                     \
-  do {                                                                               \
-    if (const std::string why = node_llama_cpp_missing(); !why.empty()) {            \
-      const char* opt_out = std::getenv("SMELT_SKIP_LLAMA_CPP");                     \
-      if (opt_out && std::string_view(opt_out) == "1") {                             \
-        GTEST_SKIP() << why << " (SMELT_SKIP_LLAMA_CPP=1)";                          \
-      }                                                                              \
-      FAIL() << why                                                                  \
-             << ": run scripts/setup.sh, or set SMELT_SKIP_LLAMA_CPP=1 to skip the " \
-                "llama.cpp checks";                                                  \
-    }                                                                                \
-  } while (0)
 
 // Exports the model in `m` (with matrices scaled by 10) to GGUF, runs it through llama.cpp with
 // tests/node/llama_eval.mjs and checks the next-token log-softmax against the HF reference, and
@@ -943,24 +782,6 @@ TEST(GgufExport, NodeLlamaCppLoadsTinyQwen2WithSentencePiece) {
 
 namespace smelt::io {
 namespace {
-
-// Runs llama.cpp (tests/node/llama_eval.mjs) on `gguf` and returns the next-token log-softmax.
-std::vector<double> llama_cpp_log_softmax(const fs::path& gguf, const std::vector<int>& ids,
-                                          const fs::path& work) {
-  const fs::path node_dir = fs::path(SMELT_SOURCE_DIR) / "tests" / "node";
-  const fs::path err = work / "stderr.txt";
-  auto r = run_command("( " + node_command() + " " + quote(node_dir / "llama_eval.mjs") + " " +
-                       quote(gguf) + " '" + json(ids).dump() + "' 2>" + quote(err) + " )");
-  EXPECT_EQ(r.exit_code, 0) << r.output << smelt::testing::read_bytes(err);
-  std::vector<double> out;
-  try {
-    const json parsed = json::parse(r.output);
-    for (const auto& v : parsed.at("logits")) out.push_back(v.get<double>());
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "llama_eval output is not JSON: " << r.output;
-  }
-  return out;
-}
 
 // `smelt merge ... out.gguf` exports a safetensors merge that llama.cpp loads and runs like the HF
 // model, and a linear merge of a model with itself gives the model's own logits.

@@ -550,6 +550,122 @@ TEST(InferModelLlamaCpp, QuantizedGgufMatchesLlamaCpp) {
       });
 }
 
+// ---- other stored forms ------------------------------------------------------------------------
+
+// BF16 and F16 weights in two shards with an index: used as stored, same numbers as the
+// reference on the same (rounded) values.
+TEST(InferModel, HalfPrecisionShardedFoldersMatchTheReference) {
+  for (const char* dtype : {"BF16", "F16"}) {
+    SCOPED_TRACE(dtype);
+    TempDir dir;
+    auto made = run_smelt("dev make-model " + quote(dir / "m") +
+                          " --hidden 64 --heads 4 --kv-heads 2 --layers 2 --vocab 320 --shards 2"
+                          " --dtype " +
+                          dtype);
+    ASSERT_EQ(made.exit_code, 0) << made.output;
+    ASSERT_TRUE(fs::exists(dir / "m/model.safetensors.index.json"));
+    const auto ref_model = smelt::testing::load_tiny_llama(dir / "m", 1.0f);
+    const auto ref = smelt::testing::reference_log_softmax_all(ref_model, kIds);
+    auto model = Model::load(dir / "m", two_threads());
+    EXPECT_LT(max_diff(smelt_log_softmax_all(*model, kIds), ref), 1e-3);
+    uint64_t bytes = 0;
+    for (const auto& [name, values] : ref_model.w) bytes += values.size() * 2;
+    EXPECT_EQ(model->info().weight_bytes, bytes);  // two bytes per weight: nothing widened
+  }
+}
+
+// A GGUF of a qwen3 or gemma2 model written here with llama.cpp's names and keys (HF layout, no
+// Q/K permutation; gemma2 norms stored as 1 + w): the same numbers as the HF folder.
+void write_family_gguf(const TinySpec& s, const fs::path& out) {
+  const std::string arch = s.family;
+  const std::string a = arch + ".";
+  std::vector<io::GgufKv> kvs;
+  auto set = [&](const std::string& k, io::GgufValue v) { io::gguf_set_kv(kvs, k, std::move(v)); };
+  set("general.architecture", io::GgufValue::of(arch));
+  set(a + "context_length", io::GgufValue::of(uint32_t{2048}));
+  set(a + "embedding_length", io::GgufValue::of(uint32_t(s.hidden)));
+  set(a + "block_count", io::GgufValue::of(uint32_t(s.layers)));
+  set(a + "feed_forward_length", io::GgufValue::of(uint32_t(s.inter)));
+  set(a + "attention.head_count", io::GgufValue::of(uint32_t(s.heads)));
+  set(a + "attention.head_count_kv", io::GgufValue::of(uint32_t(s.kv_heads)));
+  set(a + "attention.key_length", io::GgufValue::of(uint32_t(s.head_dim)));
+  set(a + "attention.value_length", io::GgufValue::of(uint32_t(s.head_dim)));
+  set(a + "attention.layer_norm_rms_epsilon", io::GgufValue::of(1e-5f));
+  set(a + "rope.freq_base", io::GgufValue::of(10000.0f));
+  set("tokenizer.ggml.bos_token_id", io::GgufValue::of(uint32_t{1}));
+  set("tokenizer.ggml.eos_token_id", io::GgufValue::of(uint32_t{2}));
+  set("tokenizer.ggml.add_bos_token", io::GgufValue::of(true));
+  if (arch == "gemma2") {
+    set(a + "attn_logit_softcapping",
+        io::GgufValue::of(s.extra["attn_logit_softcapping"].get<float>()));
+    set(a + "final_logit_softcapping",
+        io::GgufValue::of(s.extra["final_logit_softcapping"].get<float>()));
+    set(a + "attention.sliding_window",
+        io::GgufValue::of(s.extra["sliding_window"].get<uint32_t>()));
+  }
+  const std::vector<std::pair<std::string, std::string>> layer_names = {
+      {"input_layernorm.weight", "attn_norm.weight"},
+      {"self_attn.q_proj.weight", "attn_q.weight"},
+      {"self_attn.k_proj.weight", "attn_k.weight"},
+      {"self_attn.v_proj.weight", "attn_v.weight"},
+      {"self_attn.o_proj.weight", "attn_output.weight"},
+      {"self_attn.q_norm.weight", "attn_q_norm.weight"},
+      {"self_attn.k_norm.weight", "attn_k_norm.weight"},
+      {"post_attention_layernorm.weight",
+       arch == "gemma2" ? "post_attention_norm.weight" : "ffn_norm.weight"},
+      {"pre_feedforward_layernorm.weight", "ffn_norm.weight"},
+      {"post_feedforward_layernorm.weight", "post_ffw_norm.weight"},
+      {"mlp.gate_proj.weight", "ffn_gate.weight"},
+      {"mlp.up_proj.weight", "ffn_up.weight"},
+      {"mlp.down_proj.weight", "ffn_down.weight"}};
+  auto tensors = tiny_tensors(s);
+  std::vector<io::GgufTensorSpec> specs;
+  for (auto& t : tensors) {
+    std::string name;
+    if (t.name == "model.embed_tokens.weight") name = "token_embd.weight";
+    if (t.name == "model.norm.weight") name = "output_norm.weight";
+    if (t.name == "lm_head.weight") name = "output.weight";
+    for (int l = 0; l < s.layers && name.empty(); ++l) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      for (const auto& [hf, gg] : layer_names)
+        if (t.name == p + hf) name = "blk." + std::to_string(l) + "." + gg;
+    }
+    ASSERT_FALSE(name.empty()) << t.name;
+    if (arch == "gemma2" && name.ends_with("norm.weight")) {
+      auto* f = reinterpret_cast<float*>(t.bytes.data());
+      for (size_t i = 0; i < t.bytes.size() / 4; ++i) f[i] += 1.0f;
+    }
+    specs.push_back({name, kernels::GgmlType::kF32, t.shape});
+  }
+  io::GgufWriter w(out, kvs, specs);
+  for (size_t i = 0; i < specs.size(); ++i)
+    w.write(i, 0, tensors[i].bytes.data(), tensors[i].bytes.size());
+  w.finish();
+}
+
+TEST(InferModel, Qwen3AndGemma2GgufMatchTheHfFolder) {
+  for (const char* family : {"qwen3", "gemma2"}) {
+    SCOPED_TRACE(family);
+    TempDir dir;
+    TinySpec s = spec_of(family);
+    // llama.cpp scales gemma2's scores by 1/sqrt(head_dim) (query_pre_attn_scalar = head_dim in
+    // the 2B and 9B models).
+    if (s.family == "gemma2") s.extra["query_pre_attn_scalar"] = s.head_dim;
+    write_tiny(dir / "m", s);
+    write_family_gguf(s, dir / "m.gguf");
+    const auto hf = smelt_log_softmax_all(*Model::load(dir / "m", two_threads()), kIds);
+    auto gguf = Model::load(dir / "m.gguf", two_threads());
+    EXPECT_EQ(gguf->info().family, family);
+    EXPECT_EQ(gguf->info().head_dim, s.head_dim);
+    EXPECT_TRUE(gguf->info().add_bos);
+    const auto got = smelt_log_softmax_all(*gguf, kIds);
+    EXPECT_LT(max_diff(got, hf), 1e-4);
+    const auto ref = smelt::testing::reference_log_softmax_all(
+        smelt::testing::load_tiny_llama(dir / "m", 1.0f), kIds);
+    EXPECT_LT(max_diff(got, ref), 1e-3);
+  }
+}
+
 // ---- model info ------------------------------------------------------------------------------
 
 TEST(InferModel, InfoFromConfigAndGenerationConfig) {

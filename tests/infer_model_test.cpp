@@ -426,6 +426,13 @@ TEST(InferModel, BatchedDecodeEqualsTokenByToken) {
     tail->decode(ids, 3, last3);
     const std::vector<float> expect(all.end() - 3 * 320, all.end());
     EXPECT_LT(max_abs(last3, expect), 1e-4f);
+    // One thread gives the same numbers (work is split over rows and heads only).
+    LoadOptions one_thread;
+    one_thread.threads = 1;
+    auto serial_model =
+        Model::from_memory(tiny_config(spec_of(family)), tiny_tensors(spec_of(family)), one_thread);
+    auto serial = serial_model->new_session(700);
+    EXPECT_EQ(max_abs(decode_all(*serial, ids), all), 0.0f);
     std::vector<float> none;
     auto s0 = model->new_session(700);
     s0->decode(ids, 0, none);
@@ -673,7 +680,7 @@ TEST(InferModel, InfoFromConfigAndGenerationConfig) {
   TinySpec s = spec_of("qwen3");
   s.extra = {{"eos_token_id", {2, 5}}, {"bos_token_id", 3}};
   write_tiny(dir / "m", s);
-  auto model = Model::load(dir / "m", {});
+  auto model = Model::load(dir / "m/model.safetensors", {});  // a single file names its folder
   const ModelInfo& i = model->info();
   EXPECT_EQ(i.family, "qwen3");
   EXPECT_EQ(i.n_vocab, 320);

@@ -638,7 +638,9 @@ std::unique_ptr<Model> finish(std::unique_ptr<ForwardModel> m, const TensorSet& 
   return m;
 }
 
-std::unique_ptr<Model> load_hf(const fs::path& dir, const LoadOptions& options) {
+// `path`: a model folder, or one .safetensors file with config.json beside it.
+std::unique_ptr<Model> load_hf(const fs::path& path, const LoadOptions& options) {
+  const fs::path dir = fs::is_directory(path) ? path : path.parent_path();
   const fs::path cfg_path = dir / "config.json";
   std::ifstream in(cfg_path);
   if (!in)
@@ -670,9 +672,9 @@ std::unique_ptr<Model> load_hf(const fs::path& dir, const LoadOptions& options) 
       if (!eos.empty()) m->info_.eos_token_ids = eos;
     }
   }
-  auto model = io::Model::open(dir.string());
+  auto model = io::Model::open(path.string());
   TensorSet ts;
-  ts.label = dir.string();
+  ts.label = path.string();
   std::unordered_map<const io::TensorFile*, const Mapping*> maps;
   for (const auto& f : model->files()) {
     m->maps_.push_back(std::make_unique<Mapping>(f->path()));
@@ -823,10 +825,11 @@ std::unique_ptr<Model> load_gguf(const fs::path& path, const LoadOptions& option
 // ---- public entry points ----------------------------------------------------------------------
 
 std::unique_ptr<Model> Model::load(const std::filesystem::path& path, const LoadOptions& options) {
-  if (fs::is_directory(path)) return load_hf(path, options);
+  if (fs::is_directory(path) || path.extension() == ".safetensors") return load_hf(path, options);
   if (path.extension() == ".gguf") return load_gguf(path, options);
   if (!fs::exists(path)) fail("{}: no such model folder or .gguf file", path.string());
-  fail("{}: not a model folder (with config.json) or a .gguf file", path.string());
+  fail("{}: not a model folder (with config.json), a .safetensors file or a .gguf file",
+       path.string());
 }
 
 std::unique_ptr<Model> Model::from_memory(const nlohmann::json& config,

@@ -743,6 +743,17 @@ TEST(InferModel, MissingOrMisshapedTensorIsNamed) {
   e = error_of([&] { Model::from_memory(tiny_config(spec_of("qwen2")), no_bias, {}); });
   EXPECT_CONTAINS(e, "model.layers.0.self_attn.k_proj.bias");
 
+  // A tensor the family does not have (an MLP bias) would be ignored: refused.
+  auto extra = tensors;
+  extra.push_back(f32_tensor("model.layers.0.mlp.down_proj.bias", {64}, std::vector<float>(64)));
+  e = error_of([&] { Model::from_memory(tiny_config(s), extra, {}); });
+  EXPECT_CONTAINS(e, "model.layers.0.mlp.down_proj.bias");
+  // Tensors converters drop are fine.
+  auto inv_freq = tensors;
+  inv_freq.push_back(
+      f32_tensor("model.layers.0.self_attn.rotary_emb.inv_freq", {8}, std::vector<float>(8)));
+  EXPECT_EQ(error_of([&] { Model::from_memory(tiny_config(s), inv_freq, {}); }), "");
+
   // A dtype the forward pass does not read.
   auto f64 = tensors;
   for (auto& t : f64)

@@ -519,8 +519,10 @@ std::string tensor_name(bool gguf, Family family, const std::string& kind, int l
 
 void ForwardModel::build(const TensorSet& ts, bool gguf) {
   const ModelInfo& mi = info_;
+  std::unordered_map<std::string, bool> used;
   auto lookup = [&](const std::string& name, bool required) -> const RawTensor* {
     const RawTensor* t = ts.find(name);
+    if (t) used[name] = true;
     if (!t && required)
       fail("{}: tensor '{}' is missing; a {} model needs it", ts.label, name, mi.family);
     if (t && !t->supported)
@@ -604,6 +606,26 @@ void ForwardModel::build(const TensorSet& ts, bool gguf) {
     L.gate = weight(name("gate", l), mi.n_ff, E);
     L.up = weight(name("up", l), mi.n_ff, E);
     L.down = weight(name("down", l), E, mi.n_ff);
+  }
+  // A tensor the forward pass would ignore means a model it does not describe (MLP biases, extra
+  // norms, experts, ...): refuse rather than compute something else. Tensors converters drop
+  // anyway are allowed.
+  static constexpr std::string_view kIgnorable[] = {
+      ".rotary_emb.inv_freq", ".attention.masked_bias", ".attention.bias", "rope_freqs.weight"};
+  std::vector<std::string> unused;
+  for (const auto& [n, t] : ts.by_name) {
+    if (used.count(n)) continue;
+    bool ignorable = false;
+    for (std::string_view suffix : kIgnorable) ignorable = ignorable || n.ends_with(suffix);
+    if (!ignorable) unused.push_back(n);
+  }
+  if (!unused.empty()) {
+    std::sort(unused.begin(), unused.end());
+    fail(
+        "{}: tensor '{}'{} is not part of a {} model as the forward pass runs it "
+        "(docs/inference.md lists what each family has)",
+        ts.label, unused.front(),
+        unused.size() > 1 ? fmt::format(" (and {} more)", unused.size() - 1) : "", mi.family);
   }
 }
 
@@ -866,11 +888,20 @@ namespace {
 Session::Session(const ForwardModel& m, int n_ctx) : m_(m), n_ctx_(n_ctx) {
   const ModelInfo& mi = m.info_;
   const size_t kv = static_cast<size_t>(mi.n_head_kv) * static_cast<size_t>(mi.head_dim);
-  k_cache_.resize(static_cast<size_t>(mi.n_layer));
-  v_cache_.resize(static_cast<size_t>(mi.n_layer));
-  for (int l = 0; l < mi.n_layer; ++l) {
-    k_cache_[static_cast<size_t>(l)].resize(kv * static_cast<size_t>(n_ctx));
-    v_cache_[static_cast<size_t>(l)].resize(kv * static_cast<size_t>(n_ctx));
+  // kv <= 2^48 and n_ctx <= 2^24, so the product cannot overflow 64 bits.
+  const double bytes = 2.0 * mi.n_layer * static_cast<double>(kv) * n_ctx * sizeof(float);
+  try {
+    k_cache_.resize(static_cast<size_t>(mi.n_layer));
+    v_cache_.resize(static_cast<size_t>(mi.n_layer));
+    for (int l = 0; l < mi.n_layer; ++l) {
+      k_cache_[static_cast<size_t>(l)].resize(kv * static_cast<size_t>(n_ctx));
+      v_cache_[static_cast<size_t>(l)].resize(kv * static_cast<size_t>(n_ctx));
+    }
+  } catch (const std::bad_alloc&) {
+    fail(
+        "cannot allocate the KV cache of {:.0f} MiB for a context of {} tokens; use a smaller "
+        "context",
+        bytes / (1 << 20), n_ctx);
   }
 }
 

@@ -111,6 +111,8 @@ struct ReferenceOptions {
   std::vector<double> inv_freq;
   // Ignore every sliding window (to show a test's window matters).
   bool no_window = false;
+  // gemma2's embedding multiplier; 0: sqrt(hidden_size).
+  double embed_scale = 0;
 };
 
 // Keys visible to a query in layer `l` (0 = all), from config.json as the families define it.
@@ -149,7 +151,9 @@ inline std::vector<std::vector<double>> reference_log_softmax_all(
   for (size_t t = 0; t < T; ++t)
     for (int i = 0; i < m.hidden; ++i)
       x[t][i] = W("model.embed_tokens.weight")[ids[t] * m.hidden + i] *
-                (gemma ? std::sqrt(static_cast<double>(m.hidden)) : 1.0);
+                (!gemma                ? 1.0
+                 : opt.embed_scale > 0 ? opt.embed_scale
+                                       : std::sqrt(static_cast<double>(m.hidden)));
   auto rope = [&](std::vector<double>& v, int n_heads, size_t pos) {
     for (int h = 0; h < n_heads; ++h) {
       double* head = v.data() + h * m.hd;

@@ -15,6 +15,7 @@
 #include "smelt/io/gguf.h"
 #include "smelt/io/gguf_hparams.h"
 #include "smelt/io/safetensors.h"
+#include "smelt/kernels/convert.h"
 #include "test_util.h"
 
 namespace smelt::infer {
@@ -579,6 +580,40 @@ TEST(InferModel, HalfPrecisionShardedFoldersMatchTheReference) {
     for (const auto& [name, values] : ref_model.w) bytes += values.size() * 2;
     EXPECT_EQ(model->info().weight_bytes, bytes);  // two bytes per weight: nothing widened
   }
+}
+
+// transformers scales gemma2's embeddings by sqrt(hidden) in the model's dtype: 8.5 for
+// sqrt(72) = 8.485 in BF16.
+TEST(InferModel, Gemma2Bf16EmbeddingScaleIsRoundedAsTransformersDoes) {
+  TempDir dir;
+  TinySpec s = spec_of("gemma2");
+  s.hidden = 72;
+  json config = tiny_config(s);
+  config["torch_dtype"] = "bfloat16";
+  auto tensors = tiny_tensors(s);
+  std::vector<io::TensorSpec> specs;
+  for (auto& t : tensors) {
+    std::vector<float> f(t.bytes.size() / 4);
+    std::memcpy(f.data(), t.bytes.data(), t.bytes.size());
+    t.dtype = DType::kBF16;
+    t.bytes.resize(f.size() * 2);
+    kernels::from_f32(DType::kBF16, f.data(), t.bytes.data(), f.size());
+    specs.push_back({t.name, t.dtype, t.shape});
+  }
+  fs::create_directories(dir / "m");
+  smelt::testing::write_bytes(dir / "m/config.json", config.dump());
+  io::SafetensorsWriter w(dir / "m/model.safetensors", specs, {{"format", "pt"}});
+  for (size_t i = 0; i < tensors.size(); ++i)
+    w.write(i, 0, tensors[i].bytes.data(), tensors[i].bytes.size());
+  w.finish();
+  const auto ref_model = smelt::testing::load_tiny_llama(dir / "m", 1.0f);
+  smelt::testing::ReferenceOptions rounded;
+  rounded.embed_scale = 8.5;
+  const auto ref = smelt::testing::reference_log_softmax_all(ref_model, kIds, rounded);
+  const auto got = smelt_log_softmax_all(*Model::load(dir / "m", two_threads()), kIds);
+  EXPECT_LT(max_diff(got, ref), 1e-3);
+  std::cout << "gemma2 bf16: rounded scale vs sqrt(72): "
+            << max_diff(ref, smelt::testing::reference_log_softmax_all(ref_model, kIds)) << "\n";
 }
 
 // A GGUF of a qwen3 or gemma2 model written here with llama.cpp's names and keys (HF layout, no

@@ -22,6 +22,7 @@
 #include "smelt/infer/parallel.h"
 #include "smelt/io/gguf.h"
 #include "smelt/io/model_ref.h"
+#include "smelt/kernels/convert.h"
 #include "smelt/kernels/ggml_type.h"
 
 namespace smelt::infer {
@@ -576,6 +577,14 @@ void ForwardModel::build(const TensorSet& ts, bool gguf) {
   const int64_t E = mi.n_embd, hd = mi.head_dim, nq = mi.n_head * hd, nkv = mi.n_head_kv * hd;
   const float plus = hp_.norm_plus_one ? 1.0f : 0.0f;
   tok_embd_ = weight(name("tok_embd"), mi.n_vocab, E);
+  // transformers multiplies gemma2's embeddings by sqrt(hidden) rounded to the activation dtype
+  // (the stored one); llama.cpp by sqrt(n_embd) in f32 (docs/inference.md).
+  if (!gguf && hp_.embd_scale != 1.0f) {
+    if (tok_embd_.type == GgmlType::kBF16)
+      hp_.embd_scale = kernels::bf16_to_f32(kernels::f32_to_bf16(hp_.embd_scale));
+    else if (tok_embd_.type == GgmlType::kF16)
+      hp_.embd_scale = kernels::f16_to_f32(kernels::f32_to_f16(hp_.embd_scale));
+  }
   out_norm_ = vec(name("output_norm"), E, true, plus);
   if (const RawTensor* o = lookup(name("output"), false))
     output_ = matrix(o, mi.n_vocab, E);

@@ -222,7 +222,8 @@ TEST(GgufExport, MergeWithWrongKvHeadCountFailsInThePlanNamingTensorAndKey) {
   write_bytes(dir / "c.yml", "models:\n  - model: " + m.string() + "\nmerge_method: passthrough\n");
   auto r = run_smelt("merge -q " + quote(dir / "c.yml") + " " + quote(dir / "out.gguf"));
   EXPECT_NE(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("model.layers.0.self_attn.k_proj.weight"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("model.layers.0.self_attn.k_proj.weight"), std::string::npos)
+      << r.output;
   EXPECT_NE(r.output.find("num_key_value_heads"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir / "out.gguf"));
   auto plan = run_smelt("plan " + quote(dir / "c.yml") + " --format gguf");
@@ -573,10 +574,10 @@ TEST(GgufExport, SentencePieceModelParsedIntoTokensScoresTypes) {
   const std::vector<int32_t> tail_types(v.token_types.begin() + 258, v.token_types.end());
   // A one-character user-defined piece reads as normal: libsentencepiece's API cannot tell the
   // two apart (docs/tokenizer-sentencepiece.md, "Vocabulary").
-  EXPECT_EQ(tail_types,
-            (std::vector<int32_t>{kGgufTokenByte, kGgufTokenNormal, kGgufTokenNormal,
-                                  kGgufTokenUserDefined, kGgufTokenNormal, kGgufTokenUnused,
-                                  kGgufTokenUnused, kGgufTokenUnused}));
+  EXPECT_EQ(tail_types, (std::vector<int32_t>{kGgufTokenByte, kGgufTokenNormal, kGgufTokenNormal,
+                                              kGgufTokenUserDefined, kGgufTokenNormal,
+                                              kGgufTokenUnused, kGgufTokenUnused,
+                                              kGgufTokenUnused}));
   EXPECT_EQ(gguf_sentencepiece_vocab(f, -1).tokens.size(), kTinyPieces);
   EXPECT_EQ(gguf_sentencepiece_vocab(f, 3).tokens.size(), 3u);  // the converter drops extra pieces
 

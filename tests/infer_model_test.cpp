@@ -612,8 +612,10 @@ TEST(InferModel, Gemma2Bf16EmbeddingScaleIsRoundedAsTransformersDoes) {
   const auto ref = smelt::testing::reference_log_softmax_all(ref_model, kIds, rounded);
   const auto got = smelt_log_softmax_all(*Model::load(dir / "m", two_threads()), kIds);
   EXPECT_LT(max_diff(got, ref), 1e-3);
-  std::cout << "gemma2 bf16: rounded scale vs sqrt(72): "
-            << max_diff(ref, smelt::testing::reference_log_softmax_all(ref_model, kIds)) << "\n";
+  const double unrounded =
+      max_diff(ref, smelt::testing::reference_log_softmax_all(ref_model, kIds));
+  EXPECT_GT(unrounded, 3e-3) << "the rounding does not matter on this model";
+  std::cout << "gemma2 bf16: rounded scale vs sqrt(72): " << unrounded << "\n";
 }
 
 // A GGUF of a qwen3 or gemma2 model written here with llama.cpp's names and keys (HF layout, no

@@ -148,7 +148,7 @@ const json* jfind(const json& j, const char* key) {
 }
 
 int64_t cfg_int(const json& cfg, const char* key, std::optional<int64_t> fallback,
-                int64_t min_value = 1) {
+                int64_t min_value = 1, int64_t max_value = kMaxDim) {
   const json* v = jfind(cfg, key);
   if (!v) {
     if (fallback) return *fallback;
@@ -157,8 +157,8 @@ int64_t cfg_int(const json& cfg, const char* key, std::optional<int64_t> fallbac
   if (!v->is_number_integer())
     fail("config.json: '{}' must be an integer (it is {})", key, v->dump());
   const int64_t x = v->get<int64_t>();
-  if (x < min_value || x > kMaxDim)
-    fail("config.json: '{}' = {} is outside [{}, {}]", key, x, min_value, kMaxDim);
+  if (x < min_value || x > max_value)
+    fail("config.json: '{}' = {} is outside [{}, {}]", key, x, min_value, max_value);
   return x;
 }
 
@@ -292,7 +292,8 @@ HfSetup hf_setup(const json& cfg) {
   if (mi.n_head % mi.n_head_kv != 0)
     fail("config.json: num_attention_heads {} is not a multiple of num_key_value_heads {}",
          mi.n_head, mi.n_head_kv);
-  mi.n_ctx_train = static_cast<int>(cfg_int(cfg, "max_position_embeddings", 0, 0));
+  mi.n_ctx_train = static_cast<int>(
+      cfg_int(cfg, "max_position_embeddings", 0, 0, std::numeric_limits<int32_t>::max()));
   hp.eps = static_cast<float>(cfg_float(cfg, "rms_norm_eps", 1e-6));
   double theta = 10000.0;
   if (const json* rp = jfind(cfg, "rope_parameters"); rp && jfind(*rp, "rope_theta"))
@@ -383,8 +384,8 @@ struct GgufMeta {
   const io::GgufFile* file;
   std::string arch;
   const io::GgufValue* find(const std::string& key) const { return file->find_kv(key); }
-  int64_t get_int(const std::string& key, std::optional<int64_t> fallback,
-                  int64_t min_value = 1) const {
+  int64_t get_int(const std::string& key, std::optional<int64_t> fallback, int64_t min_value = 1,
+                  int64_t max_value = kMaxDim) const {
     const io::GgufValue* v = find(key);
     if (!v) {
       if (fallback) return *fallback;
@@ -392,9 +393,9 @@ struct GgufMeta {
            key);
     }
     auto x = v->as_int();
-    if (!x || *x < min_value || *x > kMaxDim)
+    if (!x || *x < min_value || *x > max_value)
       fail("{}: metadata key '{}' must be an integer in [{}, {}] (it is {})", file->path().string(),
-           key, min_value, kMaxDim, v->to_string());
+           key, min_value, max_value, v->to_string());
     return *x;
   }
   double get_float(const std::string& key, double fallback, bool positive = true) const {
@@ -752,7 +753,8 @@ std::unique_ptr<Model> load_gguf(const fs::path& path, const LoadOptions& option
   mi.n_ff = static_cast<int>(meta.get_int(a + "feed_forward_length", std::nullopt));
   mi.n_head = static_cast<int>(meta.get_int(a + "attention.head_count", std::nullopt));
   mi.n_head_kv = static_cast<int>(meta.get_int(a + "attention.head_count_kv", mi.n_head));
-  mi.n_ctx_train = static_cast<int>(meta.get_int(a + "context_length", 0, 0));
+  mi.n_ctx_train = static_cast<int>(
+      meta.get_int(a + "context_length", 0, 0, std::numeric_limits<int32_t>::max()));
   if (mi.n_head % mi.n_head_kv != 0)
     fail("{}: head_count {} is not a multiple of head_count_kv {}", label, mi.n_head, mi.n_head_kv);
   const int64_t default_hd = mi.n_embd / mi.n_head;

@@ -899,7 +899,7 @@ namespace {
 Session::Session(const ForwardModel& m, int n_ctx) : m_(m), n_ctx_(n_ctx) {
   const ModelInfo& mi = m.info_;
   const size_t kv = static_cast<size_t>(mi.n_head_kv) * static_cast<size_t>(mi.head_dim);
-  // kv <= 2^48 and n_ctx <= 2^24, so the product cannot overflow 64 bits.
+  // The weight shapes bound kv by 2^31 and new_session n_ctx by 2^24: no 64-bit overflow.
   const double bytes = 2.0 * mi.n_layer * static_cast<double>(kv) * n_ctx * sizeof(float);
   try {
     k_cache_.resize(static_cast<size_t>(mi.n_layer));
@@ -908,7 +908,7 @@ Session::Session(const ForwardModel& m, int n_ctx) : m_(m), n_ctx_(n_ctx) {
       k_cache_[static_cast<size_t>(l)].resize(kv * static_cast<size_t>(n_ctx));
       v_cache_[static_cast<size_t>(l)].resize(kv * static_cast<size_t>(n_ctx));
     }
-  } catch (const std::bad_alloc&) {
+  } catch (const std::exception&) {  // bad_alloc, or length_error past max_size()
     fail(
         "cannot allocate the KV cache of {:.0f} MiB for a context of {} tokens; use a smaller "
         "context",

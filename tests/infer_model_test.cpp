@@ -620,7 +620,8 @@ TEST(InferModel, Gemma2Bf16EmbeddingScaleIsRoundedAsTransformersDoes) {
 
 // A GGUF of a qwen3 or gemma2 model written here with llama.cpp's names and keys (HF layout, no
 // Q/K permutation; gemma2 norms stored as 1 + w): the same numbers as the HF folder.
-void write_family_gguf(const TinySpec& s, const fs::path& out) {
+void write_family_gguf(const TinySpec& s, const fs::path& out,
+                       const std::vector<io::GgufKv>& tokenizer_kvs = {}) {
   const std::string arch = s.family;
   const std::string a = arch + ".";
   std::vector<io::GgufKv> kvs;
@@ -636,6 +637,7 @@ void write_family_gguf(const TinySpec& s, const fs::path& out) {
   set(a + "attention.value_length", io::GgufValue::of(uint32_t(s.head_dim)));
   set(a + "attention.layer_norm_rms_epsilon", io::GgufValue::of(1e-5f));
   set(a + "rope.freq_base", io::GgufValue::of(10000.0f));
+  for (const auto& kv : tokenizer_kvs) set(kv.key, kv.value);
   set("tokenizer.ggml.bos_token_id", io::GgufValue::of(uint32_t{1}));
   set("tokenizer.ggml.eos_token_id", io::GgufValue::of(uint32_t{2}));
   set("tokenizer.ggml.add_bos_token", io::GgufValue::of(true));
@@ -707,6 +709,41 @@ TEST(InferModel, Qwen3AndGemma2GgufMatchTheHfFolder) {
     const auto ref = smelt::testing::reference_log_softmax_all(
         smelt::testing::load_tiny_llama(dir / "m", 1.0f), kIds);
     EXPECT_LT(max_diff(got, ref), 1e-3);
+  }
+}
+
+// The same files with a tokenizer (copied from an exported llama) run in llama.cpp: its qwen3 and
+// gemma2 agree with smelt's (the HF folder and the GGUF).
+TEST(InferModelLlamaCpp, Qwen3AndGemma2MatchLlamaCpp) {
+  REQUIRE_NODE_LLAMA_CPP();
+  TempDir dir;
+  write_tiny(dir / "tok", spec_of("llama"), /*tokenizer=*/true);
+  smelt::testing::write_bytes(
+      dir / "copy.yml",
+      fmt::format("models:\n  - model: {}\nmerge_method: passthrough\n", (dir / "tok").string()));
+  auto r = run_smelt(fmt::format("merge -q --out-type F32 {} {}", quote(dir / "copy.yml"),
+                                 quote(dir / "tok.gguf")));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::vector<io::GgufKv> tokenizer;
+  const auto tok_file = io::GgufFile::open(dir / "tok.gguf");
+  for (const auto& kv : tok_file->kvs())
+    if (kv.key.starts_with("tokenizer.")) tokenizer.push_back(kv);
+  for (const char* family : {"qwen3", "gemma2"}) {
+    SCOPED_TRACE(family);
+    TinySpec s = spec_of(family);
+    if (s.family == "gemma2") s.extra["query_pre_attn_scalar"] = s.head_dim;
+    const fs::path m = dir / family;
+    write_tiny(m, s);
+    const fs::path gguf = dir / (std::string(family) + ".gguf");
+    write_family_gguf(s, gguf, tokenizer);
+    const auto cpp = smelt::testing::llama_cpp_log_softmax(gguf, kIds, dir.path());
+    ASSERT_EQ(cpp.size(), 320u);
+    const auto hf = smelt_log_softmax_all(*Model::load(m, two_threads()), kIds).back();
+    const auto from_gguf = smelt_log_softmax_all(*Model::load(gguf, two_threads()), kIds).back();
+    EXPECT_LT(max_diff(hf, cpp), 1e-3);
+    EXPECT_LT(max_diff(from_gguf, cpp), 1e-3);
+    std::cout << family << ": max |Δ log-softmax| HF-vs-llama.cpp " << max_diff(hf, cpp)
+              << ", GGUF-vs-llama.cpp " << max_diff(from_gguf, cpp) << "\n";
   }
 }
 

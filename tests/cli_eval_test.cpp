@@ -168,7 +168,7 @@ TEST(CliEval, BadInputGivesOneClearError) {
   cfg["architectures"] = {"GPTNeoXForCausalLM"};
   cfg["model_type"] = "gpt_neox";
   write_bytes(z.ft1 / "config.json", cfg.dump());
-  expect_error("eval " + quote(z.ft1) + tasks, "qwen2");
+  expect_error("eval " + quote(z.ft1) + tasks, "Qwen2ForCausalLM");
   write_bytes(z.dir / "long.jsonl",
               "{\"prompt\": \"" + std::string(100, 'a') + "\", \"answer\": \"b\"}\n");
   expect_error("eval " + quote(z.base) + " --ctx 16 --tasks " + quote(z.dir / "long.jsonl"),

@@ -247,7 +247,9 @@ void add_eval(CLI::App& app) {
       ->required()
       ->expected(1, -1);
   cmd->add_option("--text", o->text, "perplexity and bits per byte of this text file");
-  cmd->add_option("--tasks", o->tasks, "a JSONL task file (repeatable)")->expected(1);
+  cmd->add_option("--tasks", o->tasks, "a JSONL task file (repeatable)")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   cmd->add_option("--ctx,-c", o->ctx,
                   "context length (perplexity chunks: default 512, as llama.cpp; tasks: the "
                   "model's context, at most 2048)");

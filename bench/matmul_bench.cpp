@@ -22,9 +22,8 @@ namespace {
 
 using smelt::kernels::GgmlType;
 
-constexpr GgmlType kTypes[] = {GgmlType::kF32,  GgmlType::kF16,  GgmlType::kBF16,
-                               GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ4_K,
-                               GgmlType::kQ5_K, GgmlType::kQ6_K};
+constexpr GgmlType kTypes[] = {GgmlType::kF32,  GgmlType::kF16,  GgmlType::kBF16, GgmlType::kQ8_0,
+                               GgmlType::kQ4_0, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K};
 
 struct Fixture {
   std::vector<uint8_t> bytes;
@@ -55,10 +54,10 @@ Fixture make(GgmlType type, int64_t rows, int64_t cols, int64_t n_tokens) {
 void report(benchmark::State& state, int64_t rows, int64_t cols, int64_t n_tokens,
             size_t weight_bytes) {
   const double it = static_cast<double>(state.iterations());
-  state.counters["GFLOPS"] = benchmark::Counter(2.0 * rows * cols * n_tokens * it * 1e-9,
-                                                benchmark::Counter::kIsRate);
-  state.counters["wGB/s"] =
-      benchmark::Counter(static_cast<double>(weight_bytes) * it * 1e-9, benchmark::Counter::kIsRate);
+  state.counters["GFLOPS"] =
+      benchmark::Counter(2.0 * rows * cols * n_tokens * it * 1e-9, benchmark::Counter::kIsRate);
+  state.counters["wGB/s"] = benchmark::Counter(static_cast<double>(weight_bytes) * it * 1e-9,
+                                               benchmark::Counter::kIsRate);
 }
 
 // Args: type index, rows, n_tokens, threads (cols = 2048).
@@ -84,7 +83,7 @@ void matmul_args(benchmark::internal::Benchmark* b) {
   for (int t : {2, 5})
     for (int64_t n : {1, 256}) b->Args({t, 2048, n, 2});
 }
-BENCHMARK(BM_Matmul)->Apply(matmul_args)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_Matmul)->Apply(matmul_args)->Unit(benchmark::kMicrosecond);
 
 // A tiny matrix at n_tokens 1 (per-call overhead): 64x64 f32 and Q8_0 with a 2-thread team.
 void BM_MatmulTiny(benchmark::State& state) {
@@ -120,8 +119,8 @@ void BM_OpenBlasSgemm(benchmark::State& state) {
     if (type != GgmlType::kF32)
       smelt::kernels::dequantize(type, f.bytes.data(), wf.data(), wf.size());
     if (n_tokens == 1)
-      cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(rows), static_cast<int>(cols),
-                  1.0f, wf.data(), static_cast<int>(cols), f.x.data(), 1, 0.0f, f.y.data(), 1);
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(rows), static_cast<int>(cols), 1.0f,
+                  wf.data(), static_cast<int>(cols), f.x.data(), 1, 0.0f, f.y.data(), 1);
     else
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n_tokens),
                   static_cast<int>(rows), static_cast<int>(cols), 1.0f, f.x.data(),
@@ -136,8 +135,7 @@ BENCHMARK(BM_OpenBlasSgemm)
     ->Args({0, 2048, 256})
     ->Args({0, 5632, 256})
     ->Args({5, 2048, 256})
-    ->Unit(benchmark::kMicrosecond)
-    ->UseRealTime();
+    ->Unit(benchmark::kMicrosecond);
 #endif
 
 }  // namespace

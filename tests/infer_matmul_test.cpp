@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "smelt/error.h"
+#include "smelt/infer/dequant_row.h"
 #include "smelt/infer/matmul.h"
 #include "smelt/infer/parallel.h"
 #include "smelt/kernels/quant.h"
@@ -162,6 +163,29 @@ TEST(Matmul, TokensAreIndependentWithinARegime) {
   matmul(w.w, x.data(), 200, all.data(), nullptr);
   matmul(w.w, x.data() + 100 * 512, 100, part.data(), nullptr);
   ASSERT_EQ(0, std::memcmp(all.data() + 100 * 45, part.data(), part.size() * sizeof(float)));
+}
+
+// The matmul kernels' own row dequantizer gives kernels::dequantize's bits, on random bytes (any
+// f16 scale: subnormal, infinite, NaN) and on quantized normal data.
+TEST(Matmul, DequantRowMatchesKernelsDequantize) {
+  std::mt19937 rng(17);
+  for (GgmlType type : {GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16, GgmlType::kQ8_0,
+                        GgmlType::kQ4_0, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K}) {
+    const size_t n = 1024;
+    Weights w = make_weights(type, 1, static_cast<int64_t>(n), 6);
+    std::vector<uint8_t> random(w.bytes.size());
+    for (int rep = 0; rep < 20; ++rep) {
+      const bool use_random = rep > 0;
+      if (use_random)
+        for (auto& b : random) b = static_cast<uint8_t>(rng());
+      const void* src = use_random ? random.data() : w.bytes.data();
+      std::vector<float> a(n), b(n);
+      dequant_row(type, src, a.data(), n);
+      kernels::dequantize(type, src, b.data(), n);
+      ASSERT_EQ(0, std::memcmp(a.data(), b.data(), n * sizeof(float)))
+          << kernels::ggml_type_name(type) << " rep " << rep;
+    }
+  }
 }
 
 TEST(Matmul, UnsupportedTypeThrows) {

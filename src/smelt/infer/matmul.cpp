@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "smelt/error.h"
+#include "smelt/infer/dequant_row.h"
 #include "smelt/infer/parallel.h"
 #include "smelt/kernels/quant.h"
 
@@ -259,7 +260,7 @@ thread_local Scratch t_panel;  // one dequantized panel
 const float* row_f32(const WeightMatrix& w, size_t row_bytes, int64_t r, float* buf) {
   const auto* row = static_cast<const uint8_t*>(w.data) + static_cast<size_t>(r) * row_bytes;
   if (w.type == GgmlType::kF32) return reinterpret_cast<const float*>(row);
-  kernels::dequantize(w.type, row, buf, static_cast<size_t>(w.cols));
+  dequant_row(w.type, row, buf, static_cast<size_t>(w.cols));
   return buf;
 }
 

@@ -16,9 +16,11 @@
 #include "smelt/infer/matmul.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "smelt/error.h"
@@ -40,8 +42,10 @@ using kernels::GgmlType;
 
 // Rows of one panel (two AVX-512 vectors, four AVX2 vectors).
 constexpr int64_t kPanelRows = 32;
-// Tokens per micro-kernel call in the panel path (6 x 2 zmm accumulators).
-constexpr int kTile = 6;
+// Tokens per micro-kernel call in the panel path (12 x 2 zmm accumulators).
+constexpr int kTile = 12;
+// Columns per block of the panel path (a 32 KiB slice of the panel).
+constexpr int64_t kColBlock = 256;
 // From this many tokens on, the panel path is used.
 constexpr int64_t kGemmMinTokens = 4;
 // Below this many multiply-adds a matmul runs on the calling thread alone.
@@ -134,14 +138,18 @@ DotFn dot_fn() {
 }
 
 // ---- panel micro-kernels (prompt path) ----
-// out[t * kPanelRows + j] = sum_c panel[c * kPanelRows + j] * x[t * ldx + c], for t < NT, as a
-// chain of fused multiply-adds in c order.
+// out[t * kPanelRows + j] (+)= sum_c panel[c * kPanelRows + j] * x[t * ldx + c], for t < NT, as
+// a chain of fused multiply-adds in c order, starting from 0 or (load) from out's value: a chain
+// cut into column blocks gives the same bits as an uncut one.
 
 template <int NT>
-void panel_scalar(const float* panel, int64_t cols, const float* x, int64_t ldx, float* out) {
+void panel_scalar(const float* panel, int64_t cols, const float* x, int64_t ldx, float* out,
+                  bool load) {
   float acc[NT][kPanelRows] = {};
+  if (load) std::memcpy(acc, out, sizeof acc);
   for (int64_t c = 0; c < cols; ++c) {
     const float* w = panel + c * kPanelRows;
+#pragma GCC unroll 16
     for (int t = 0; t < NT; ++t) {
       const float b = x[t * ldx + c];
       for (int j = 0; j < kPanelRows; ++j) acc[t][j] = std::fma(w[j], b, acc[t][j]);
@@ -152,19 +160,26 @@ void panel_scalar(const float* panel, int64_t cols, const float* x, int64_t ldx,
 
 #if defined(__x86_64__)
 template <int NT>
-[[gnu::target("avx512f")]] void panel_avx512(const float* panel, int64_t cols, const float* x,
-                                             int64_t ldx, float* out) {
+[[gnu::target("avx512f"), gnu::optimize("O3")]] void panel_avx512(const float* panel, int64_t cols,
+                                                                  const float* x, int64_t ldx,
+                                                                  float* out, bool load) {
   __m512 a0[NT], a1[NT];
-  for (int t = 0; t < NT; ++t) a0[t] = a1[t] = _mm512_setzero_ps();
+#pragma GCC unroll 16
+  for (int t = 0; t < NT; ++t) {
+    a0[t] = load ? _mm512_loadu_ps(out + t * kPanelRows) : _mm512_setzero_ps();
+    a1[t] = load ? _mm512_loadu_ps(out + t * kPanelRows + 16) : _mm512_setzero_ps();
+  }
   for (int64_t c = 0; c < cols; ++c) {
     const __m512 w0 = _mm512_load_ps(panel + c * kPanelRows);
     const __m512 w1 = _mm512_load_ps(panel + c * kPanelRows + 16);
+#pragma GCC unroll 16
     for (int t = 0; t < NT; ++t) {
       const __m512 b = _mm512_set1_ps(x[t * ldx + c]);
       a0[t] = _mm512_fmadd_ps(w0, b, a0[t]);
       a1[t] = _mm512_fmadd_ps(w1, b, a1[t]);
     }
   }
+#pragma GCC unroll 16
   for (int t = 0; t < NT; ++t) {
     _mm512_storeu_ps(out + t * kPanelRows, a0[t]);
     _mm512_storeu_ps(out + t * kPanelRows + 16, a1[t]);
@@ -173,60 +188,85 @@ template <int NT>
 
 // AVX2 has 16 registers: two tokens x four vectors per call.
 template <int NT>
-[[gnu::target("avx2,fma")]] void panel_avx2_2(const float* panel, int64_t cols, const float* x,
-                                              int64_t ldx, float* out) {
+[[gnu::target("avx2,fma"), gnu::optimize("O3")]] void panel_avx2_2(const float* panel, int64_t cols,
+                                                                   const float* x, int64_t ldx,
+                                                                   float* out, bool load) {
   __m256 a[NT][4];
+#pragma GCC unroll 16
   for (int t = 0; t < NT; ++t)
-    for (int v = 0; v < 4; ++v) a[t][v] = _mm256_setzero_ps();
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v)
+      a[t][v] = load ? _mm256_loadu_ps(out + t * kPanelRows + 8 * v) : _mm256_setzero_ps();
   for (int64_t c = 0; c < cols; ++c) {
     const float* w = panel + c * kPanelRows;
     __m256 b[NT];
+#pragma GCC unroll 16
     for (int t = 0; t < NT; ++t) b[t] = _mm256_broadcast_ss(x + t * ldx + c);
+#pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
       const __m256 wv = _mm256_load_ps(w + 8 * v);
+#pragma GCC unroll 16
       for (int t = 0; t < NT; ++t) a[t][v] = _mm256_fmadd_ps(wv, b[t], a[t][v]);
     }
   }
+#pragma GCC unroll 16
   for (int t = 0; t < NT; ++t)
+#pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) _mm256_storeu_ps(out + t * kPanelRows + 8 * v, a[t][v]);
 }
 
 template <int NT>
 [[gnu::target("avx2,fma")]] void panel_avx2(const float* panel, int64_t cols, const float* x,
-                                            int64_t ldx, float* out) {
+                                            int64_t ldx, float* out, bool load) {
   int t = 0;
-  for (; t + 2 <= NT; t += 2) panel_avx2_2<2>(panel, cols, x + t * ldx, ldx, out + t * kPanelRows);
-  if (t < NT) panel_avx2_2<1>(panel, cols, x + t * ldx, ldx, out + t * kPanelRows);
+  for (; t + 2 <= NT; t += 2)
+    panel_avx2_2<2>(panel, cols, x + t * ldx, ldx, out + t * kPanelRows, load);
+  if (t < NT) panel_avx2_2<1>(panel, cols, x + t * ldx, ldx, out + t * kPanelRows, load);
 }
 #endif
 
-using PanelFn = void (*)(const float*, int64_t, const float*, int64_t, float*);
+using PanelFn = void (*)(const float*, int64_t, const float*, int64_t, float*, bool);
 
-PanelFn panel_fn(int nt) {
-  static const PanelFn* table = [] {
-    static PanelFn t[kTile + 1] = {};
-    Isa i = isa();
+template <template <int> class K, size_t... I>
+void fill_table(PanelFn* t, std::index_sequence<I...>) {
+  ((t[I + 1] = K<static_cast<int>(I) + 1>::fn), ...);
+}
+
+template <int NT>
+struct ScalarK {
+  static constexpr PanelFn fn = panel_scalar<NT>;
+};
 #if defined(__x86_64__)
-    if (i == Isa::kAvx512) {
-      PanelFn v[] = {nullptr,         panel_avx512<1>, panel_avx512<2>, panel_avx512<3>,
-                     panel_avx512<4>, panel_avx512<5>, panel_avx512<6>};
-      std::copy(std::begin(v), std::end(v), t);
-      return static_cast<const PanelFn*>(t);
-    }
-    if (i == Isa::kAvx2) {
-      PanelFn v[] = {nullptr,       panel_avx2<1>, panel_avx2<2>, panel_avx2<3>,
-                     panel_avx2<4>, panel_avx2<5>, panel_avx2<6>};
-      std::copy(std::begin(v), std::end(v), t);
-      return static_cast<const PanelFn*>(t);
-    }
+template <int NT>
+struct Avx512K {
+  static constexpr PanelFn fn = panel_avx512<NT>;
+};
+template <int NT>
+struct Avx2K {
+  static constexpr PanelFn fn = panel_avx2<NT>;
+};
 #endif
-    (void)i;
-    PanelFn v[] = {nullptr,         panel_scalar<1>, panel_scalar<2>, panel_scalar<3>,
-                   panel_scalar<4>, panel_scalar<5>, panel_scalar<6>};
-    std::copy(std::begin(v), std::end(v), t);
-    return static_cast<const PanelFn*>(t);
+
+// The micro-kernel for nt (1..kTile) tokens on this CPU.
+PanelFn panel_fn(int nt) {
+  static const std::array<PanelFn, kTile + 1> table = [] {
+    std::array<PanelFn, kTile + 1> t{};
+    const auto seq = std::make_index_sequence<kTile>();
+    switch (isa()) {
+#if defined(__x86_64__)
+      case Isa::kAvx512:
+        fill_table<Avx512K>(t.data(), seq);
+        break;
+      case Isa::kAvx2:
+        fill_table<Avx2K>(t.data(), seq);
+        break;
+#endif
+      default:
+        fill_table<ScalarK>(t.data(), seq);
+    }
+    return t;
   }();
-  return table[nt];
+  return table[static_cast<size_t>(nt)];
 }
 
 // ---- per-thread scratch ----
@@ -253,8 +293,9 @@ class Scratch {
   size_t size_ = 0;
 };
 
-thread_local Scratch t_row;    // one dequantized row
-thread_local Scratch t_panel;  // one dequantized panel
+thread_local Scratch t_row;    // one dequantized row, or a panel's rows of one slice
+thread_local Scratch t_panel;  // one transposed slice of a panel
+thread_local Scratch t_acc;    // a panel's accumulators, every token
 
 // Row r of W as f32: in place for F32, else dequantized into `buf`.
 const float* row_f32(const WeightMatrix& w, size_t row_bytes, int64_t r, float* buf) {
@@ -262,6 +303,20 @@ const float* row_f32(const WeightMatrix& w, size_t row_bytes, int64_t r, float* 
   if (w.type == GgmlType::kF32) return reinterpret_cast<const float*>(row);
   dequant_row(w.type, row, buf, static_cast<size_t>(w.cols));
   return buf;
+}
+
+// slice[c * kPanelRows + j] = tmp[j * kColBlock + c] for c < kc, j < kPanelRows (rows from nr on
+// are zero).
+[[gnu::optimize("O3")]] void transpose_slice(const float* tmp, int64_t nr, int64_t kc,
+                                             float* slice) {
+  constexpr int64_t kB = 16;
+  for (int64_t c0 = 0; c0 < kc; c0 += kB) {
+    const int64_t ce = std::min(kc, c0 + kB);
+    for (int64_t j = 0; j < nr; ++j)
+      for (int64_t c = c0; c < ce; ++c) slice[c * kPanelRows + j] = tmp[j * kColBlock + c];
+    for (int64_t j = nr; j < kPanelRows; ++j)
+      for (int64_t c = c0; c < ce; ++c) slice[c * kPanelRows + j] = 0;
+  }
 }
 
 void gemv_rows(const WeightMatrix& w, size_t row_bytes, const float* x, int64_t n_tokens, float* y,
@@ -274,29 +329,35 @@ void gemv_rows(const WeightMatrix& w, size_t row_bytes, const float* x, int64_t 
   }
 }
 
-// Panels p0..p1 (rows p * kPanelRows ..) times every token.
+// Panels p0..p1 (rows p * kPanelRows ..) times every token. The columns are taken kColBlock at a
+// time (a whole number of blocks of every type): the panel's slice is dequantized row by row into
+// `tmp`, transposed into `slice` (slice[c * kPanelRows + j], both in L1), and every token passes
+// over it; the per-token accumulators wait in `acc` between slices.
 void gemm_panels(const WeightMatrix& w, size_t row_bytes, const float* x, int64_t n_tokens,
                  float* y, int64_t p0, int64_t p1) {
   const int64_t cols = w.cols;
-  float* panel = t_panel.get(static_cast<size_t>(cols * kPanelRows));
-  float* row = t_row.get(static_cast<size_t>(cols));
-  alignas(64) float out[kTile * kPanelRows];
+  float* slice = t_panel.get(static_cast<size_t>(kColBlock * kPanelRows));
+  float* tmp = t_row.get(static_cast<size_t>(kColBlock * kPanelRows));
+  float* acc = t_acc.get(static_cast<size_t>(n_tokens * kPanelRows));
+  const auto* base = static_cast<const uint8_t*>(w.data);
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t r0 = p * kPanelRows;
     const int64_t nr = std::min(kPanelRows, w.rows - r0);
-    for (int64_t j = 0; j < nr; ++j) {
-      const float* src = row_f32(w, row_bytes, r0 + j, row);
-      for (int64_t c = 0; c < cols; ++c) panel[c * kPanelRows + j] = src[c];
+    for (int64_t c0 = 0; c0 < cols; c0 += kColBlock) {
+      const int64_t kc = std::min(kColBlock, cols - c0);
+      const size_t offset = *kernels::ggml_type_bytes(w.type, static_cast<uint64_t>(c0));
+      for (int64_t j = 0; j < nr; ++j)
+        dequant_row(w.type, base + static_cast<size_t>(r0 + j) * row_bytes + offset,
+                    tmp + j * kColBlock, static_cast<size_t>(kc));
+      transpose_slice(tmp, nr, kc, slice);
+      for (int64_t t0 = 0; t0 < n_tokens; t0 += kTile) {
+        const int nt = static_cast<int>(std::min<int64_t>(kTile, n_tokens - t0));
+        panel_fn(nt)(slice, kc, x + t0 * cols + c0, cols, acc + t0 * kPanelRows, c0 > 0);
+      }
     }
-    for (int64_t j = nr; j < kPanelRows; ++j)
-      for (int64_t c = 0; c < cols; ++c) panel[c * kPanelRows + j] = 0;
-    for (int64_t t0 = 0; t0 < n_tokens; t0 += kTile) {
-      const int nt = static_cast<int>(std::min<int64_t>(kTile, n_tokens - t0));
-      panel_fn(nt)(panel, cols, x + t0 * cols, cols, out);
-      for (int t = 0; t < nt; ++t)
-        std::memcpy(y + (t0 + t) * w.rows + r0, out + t * kPanelRows,
-                    static_cast<size_t>(nr) * sizeof(float));
-    }
+    for (int64_t t = 0; t < n_tokens; ++t)
+      std::memcpy(y + t * w.rows + r0, acc + t * kPanelRows,
+                  static_cast<size_t>(nr) * sizeof(float));
   }
 }
 

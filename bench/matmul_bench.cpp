@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "smelt/infer/dequant_row.h"
 #include "smelt/infer/matmul.h"
 #include "smelt/infer/parallel.h"
 #include "smelt/kernels/quant.h"
@@ -106,18 +107,18 @@ BENCHMARK(BM_ParallelForRangeEmpty);
 #if defined(SMELT_HAVE_OPENBLAS)
 // OpenBLAS sgemm, one thread: y [n x rows] = x [n x cols] * W^T. Arg 0 type index: for anything
 // but F32 the whole W is dequantized to f32 inside the timed loop (what a "dequantize, then
-// sgemm" kernel would pay at least once per call).
+// sgemm" kernel would pay at least once per call), with the matmul kernels' own row dequantizer.
 void BM_OpenBlasSgemm(benchmark::State& state) {
   const GgmlType type = kTypes[state.range(0)];
   const int64_t rows = state.range(1), cols = 2048, n_tokens = state.range(2);
   openblas_set_num_threads(1);
   Fixture f = make(type, rows, cols, n_tokens);
   std::vector<float> wf(static_cast<size_t>(rows * cols));
-  smelt::kernels::dequantize(type, f.bytes.data(), wf.data(), wf.size());
+  smelt::infer::dequant_row(type, f.bytes.data(), wf.data(), wf.size());
   state.SetLabel(std::string(smelt::kernels::ggml_type_name(type)));
   for (auto _ : state) {
     if (type != GgmlType::kF32)
-      smelt::kernels::dequantize(type, f.bytes.data(), wf.data(), wf.size());
+      smelt::infer::dequant_row(type, f.bytes.data(), wf.data(), wf.size());
     if (n_tokens == 1)
       cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(rows), static_cast<int>(cols), 1.0f,
                   wf.data(), static_cast<int>(cols), f.x.data(), 1, 0.0f, f.y.data(), 1);
@@ -135,6 +136,7 @@ BENCHMARK(BM_OpenBlasSgemm)
     ->Args({0, 2048, 256})
     ->Args({0, 5632, 256})
     ->Args({5, 2048, 256})
+    ->Args({7, 2048, 256})
     ->Unit(benchmark::kMicrosecond);
 #endif
 

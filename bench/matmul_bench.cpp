@@ -1,6 +1,7 @@
 // The forward pass's matrix products (src/smelt/infer/matmul.h; docs/performance.md, "Forward
 // pass: matrix products"): GFLOP/s and weight GB/s per weight type at n_tokens 1 (generation) and
-// 256 (prompt), on 2048x2048 and 5632x2048 matrices, one thread unless the name says otherwise;
+// 256 (prompt), on 2048x2048 and 5632x2048 (rows x cols) matrices, one thread unless the
+// arguments (type, rows, n_tokens, threads) say otherwise;
 // and, when the build found OpenBLAS, its sgemm on the same shapes (f32 weights as they are, and
 // quantized weights dequantized to f32 first) for the comparison the kernel choice rests on.
 // Run: build/smelt_bench --benchmark_filter=Matmul
@@ -80,11 +81,17 @@ void matmul_args(benchmark::internal::Benchmark* b) {
   for (int t = 0; t < 8; ++t)
     for (int64_t rows : {2048, 5632})
       for (int64_t n : {1, 256}) b->Args({t, rows, n, 1});
-  // Two threads, generation and prompt, on one f32-free and one quantized type.
-  for (int t : {2, 5})
-    for (int64_t n : {1, 256}) b->Args({t, 2048, n, 2});
 }
+// One thread: CPU time of the calling thread (steadier than wall time on a shared machine).
 BENCHMARK(BM_Matmul)->Apply(matmul_args)->Unit(benchmark::kMicrosecond);
+// Two threads, wall time: generation and prompt on bf16 and q4_K.
+BENCHMARK(BM_Matmul)
+    ->Args({2, 2048, 1, 2})
+    ->Args({2, 2048, 256, 2})
+    ->Args({5, 2048, 1, 2})
+    ->Args({5, 2048, 256, 2})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
 
 // A tiny matrix at n_tokens 1 (per-call overhead): 64x64 f32 and Q8_0 with a 2-thread team.
 void BM_MatmulTiny(benchmark::State& state) {

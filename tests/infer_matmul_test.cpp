@@ -14,6 +14,7 @@
 #include "smelt/error.h"
 #include "smelt/infer/dequant_row.h"
 #include "smelt/infer/matmul.h"
+#include "smelt/infer/matmul_isa.h"
 #include "smelt/infer/parallel.h"
 #include "smelt/kernels/quant.h"
 
@@ -184,6 +185,41 @@ TEST(Matmul, DequantRowMatchesKernelsDequantize) {
       kernels::dequantize(type, src, b.data(), n);
       ASSERT_EQ(0, std::memcmp(a.data(), b.data(), n * sizeof(float)))
           << kernels::ggml_type_name(type) << " rep " << rep;
+    }
+  }
+}
+
+// The AVX2 and portable kernels (lowered to on this machine): within the same bounds as the
+// best ones; the panel path (n_tokens >= 4) computes each output as the same chain of fused
+// multiply-adds on every instruction set, so it gives the best kernels' bits.
+TEST(Matmul, EveryInstructionSet) {
+  struct Restore {
+    ~Restore() { set_matmul_isa(matmul_best_isa()); }
+  } restore;
+  const int64_t rows = 45, cols = 512;
+  for (GgmlType type : {GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16, GgmlType::kQ8_0,
+                        GgmlType::kQ4_0, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K}) {
+    Weights w = make_weights(type, rows, cols, 31);
+    for (int64_t n_tokens : {1, 3, 17}) {
+      const auto x = make_x(n_tokens * cols, 12);
+      std::vector<double> ref, mag;
+      reference(w.w, x.data(), n_tokens, ref, mag);
+      set_matmul_isa(matmul_best_isa());
+      std::vector<float> best(static_cast<size_t>(n_tokens * rows));
+      matmul(w.w, x.data(), n_tokens, best.data(), nullptr);
+      for (int level = static_cast<int>(matmul_best_isa()); level >= 0; --level) {
+        set_matmul_isa(static_cast<MatmulIsa>(level));
+        ASSERT_EQ(static_cast<int>(matmul_isa()), level);
+        std::vector<float> y(best.size());
+        Parallel par(2);
+        matmul(w.w, x.data(), n_tokens, y.data(), &par);
+        for (size_t i = 0; i < y.size(); ++i)
+          ASSERT_NEAR(y[i], ref[i], static_cast<double>(cols) * 0x1p-24 * mag[i] + 1e-30)
+              << kernels::ggml_type_name(type) << " isa " << level << " n_tokens " << n_tokens;
+        if (n_tokens >= 4)
+          ASSERT_EQ(0, std::memcmp(y.data(), best.data(), y.size() * sizeof(float)))
+              << kernels::ggml_type_name(type) << " isa " << level;
+      }
     }
   }
 }

@@ -6,12 +6,12 @@
 #include <cstdint>
 #include <cstring>
 
+#include "smelt/infer/matmul_isa.h"
 #include "smelt/kernels/quant.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-#include "smelt/kernels/cpu_features.h"
 #endif
 
 namespace smelt::infer {
@@ -231,10 +231,7 @@ SMELT_AVX512 void row_q6_k_avx512(const uint8_t* x, float* y, size_t nb) {
   }
 }
 
-bool use_avx512() {
-  static const bool v = kernels::cpu_has_avx512f();
-  return v;
-}
+bool use_avx512() { return matmul_isa() == MatmulIsa::kAvx512; }
 #endif
 
 }  // namespace

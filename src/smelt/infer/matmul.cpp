@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -25,6 +26,7 @@
 
 #include "smelt/error.h"
 #include "smelt/infer/dequant_row.h"
+#include "smelt/infer/matmul_isa.h"
 #include "smelt/infer/parallel.h"
 #include "smelt/kernels/quant.h"
 
@@ -51,20 +53,22 @@ constexpr int64_t kGemmMinTokens = 4;
 // Below this many multiply-adds a matmul runs on the calling thread alone.
 constexpr int64_t kParallelMinWork = int64_t{1} << 16;
 
-enum class Isa { kScalar, kAvx2, kAvx512 };
+using Isa = MatmulIsa;
 
 Isa detect_isa() {
 #if defined(__x86_64__)
   if (kernels::cpu_has_avx512f()) return Isa::kAvx512;
   if (kernels::cpu_has_avx2() && __builtin_cpu_supports("fma")) return Isa::kAvx2;
 #endif
-  return Isa::kScalar;
+  return Isa::kPortable;
 }
 
-Isa isa() {
-  static const Isa v = detect_isa();
+std::atomic<int>& isa_in_use() {
+  static std::atomic<int> v{static_cast<int>(detect_isa())};
   return v;
 }
+
+Isa isa() { return static_cast<Isa>(isa_in_use().load(std::memory_order_relaxed)); }
 
 // ---- f32 dot products (generation path) ----
 
@@ -247,26 +251,32 @@ struct Avx2K {
 };
 #endif
 
-// The micro-kernel for nt (1..kTile) tokens on this CPU.
+template <template <int> class K>
+std::array<PanelFn, kTile + 1> make_table() {
+  std::array<PanelFn, kTile + 1> t{};
+  fill_table<K>(t.data(), std::make_index_sequence<kTile>());
+  return t;
+}
+
+// The micro-kernel for nt (1..kTile) tokens with the instruction set in use.
 PanelFn panel_fn(int nt) {
-  static const std::array<PanelFn, kTile + 1> table = [] {
-    std::array<PanelFn, kTile + 1> t{};
-    const auto seq = std::make_index_sequence<kTile>();
-    switch (isa()) {
+  const auto i = static_cast<size_t>(nt);
+  switch (isa()) {
 #if defined(__x86_64__)
-      case Isa::kAvx512:
-        fill_table<Avx512K>(t.data(), seq);
-        break;
-      case Isa::kAvx2:
-        fill_table<Avx2K>(t.data(), seq);
-        break;
-#endif
-      default:
-        fill_table<ScalarK>(t.data(), seq);
+    case Isa::kAvx512: {
+      static const auto t = make_table<Avx512K>();
+      return t[i];
     }
-    return t;
-  }();
-  return table[static_cast<size_t>(nt)];
+    case Isa::kAvx2: {
+      static const auto t = make_table<Avx2K>();
+      return t[i];
+    }
+#endif
+    default: {
+      static const auto t = make_table<ScalarK>();
+      return t[i];
+    }
+  }
 }
 
 // ---- per-thread scratch ----
@@ -362,6 +372,17 @@ void gemm_panels(const WeightMatrix& w, size_t row_bytes, const float* x, int64_
 }
 
 }  // namespace
+
+MatmulIsa matmul_best_isa() {
+  static const Isa v = detect_isa();
+  return v;
+}
+
+MatmulIsa matmul_isa() { return isa(); }
+
+void set_matmul_isa(MatmulIsa want) {
+  isa_in_use().store(std::min(static_cast<int>(want), static_cast<int>(matmul_best_isa())));
+}
 
 size_t WeightMatrix::row_bytes() const {
   auto b = kernels::ggml_type_bytes(type, static_cast<uint64_t>(cols));

@@ -93,6 +93,25 @@ BENCHMARK(BM_Matmul)
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 
+// The down projection's shape, 2048 x 5632, at a full 512-token step: x (11.5 MB) no longer fits
+// in L2, so this shows whether the panel path's passes over x cost memory bandwidth.
+void BM_MatmulWide(benchmark::State& state) {
+  const GgmlType type = kTypes[state.range(0)];
+  const int64_t rows = 2048, cols = 5632, n_tokens = state.range(1);
+  Fixture f = make(type, rows, cols, n_tokens);
+  state.SetLabel(std::string(smelt::kernels::ggml_type_name(type)));
+  for (auto _ : state) {
+    smelt::infer::matmul(f.w, f.x.data(), n_tokens, f.y.data(), nullptr);
+    benchmark::DoNotOptimize(f.y.data());
+  }
+  report(state, rows, cols, n_tokens, f.bytes.size());
+}
+BENCHMARK(BM_MatmulWide)
+    ->Args({0, 512})
+    ->Args({5, 512})
+    ->Args({5, 64})
+    ->Unit(benchmark::kMillisecond);
+
 // A tiny matrix at n_tokens 1 (per-call overhead): 64x64 f32 and Q8_0 with a 2-thread team.
 void BM_MatmulTiny(benchmark::State& state) {
   Fixture f = make(kTypes[state.range(0)], 64, 64, 1);

@@ -315,18 +315,59 @@ const float* row_f32(const WeightMatrix& w, size_t row_bytes, int64_t r, float* 
   return buf;
 }
 
-// slice[c * kPanelRows + j] = tmp[j * kColBlock + c] for c < kc, j < kPanelRows (rows from nr on
-// are zero).
-[[gnu::optimize("O3")]] void transpose_slice(const float* tmp, int64_t nr, int64_t kc,
-                                             float* slice) {
+// slice[c * kPanelRows + j] = tmp[j * kColBlock + c] for c < kc, j < kPanelRows.
+[[gnu::optimize("O3")]] void transpose_slice_portable(const float* tmp, int64_t kc, float* slice) {
   constexpr int64_t kB = 16;
   for (int64_t c0 = 0; c0 < kc; c0 += kB) {
     const int64_t ce = std::min(kc, c0 + kB);
-    for (int64_t j = 0; j < nr; ++j)
+    for (int64_t j = 0; j < kPanelRows; ++j)
       for (int64_t c = c0; c < ce; ++c) slice[c * kPanelRows + j] = tmp[j * kColBlock + c];
-    for (int64_t j = nr; j < kPanelRows; ++j)
-      for (int64_t c = c0; c < ce; ++c) slice[c * kPanelRows + j] = 0;
   }
+}
+
+#if defined(__x86_64__)
+// The same for kc a multiple of 16, by 16 x 16 blocks transposed in registers (unpack of 32-bit
+// then 64-bit pairs, then two rounds of 128-bit lane shuffles).
+[[gnu::target("avx512f"), gnu::optimize("O3")]] void transpose_slice_avx512(const float* tmp,
+                                                                            int64_t kc,
+                                                                            float* slice) {
+  for (int64_t j0 = 0; j0 < kPanelRows; j0 += 16) {
+    for (int64_t c0 = 0; c0 < kc; c0 += 16) {
+      __m512 r[16], t[16];
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(tmp + (j0 + i) * kColBlock + c0);
+      for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+      }
+      for (int i = 0; i < 16; i += 4) {
+        const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+        const __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+      }
+      // r[4q + k] now holds, in each 128-bit lane L, rows 4q..4q+3 of column 4L + k.
+      for (int i = 0; i < 16; i += 8)
+        for (int k = 0; k < 4; ++k) {
+          t[i + k] = _mm512_shuffle_f32x4(r[i + k], r[i + 4 + k], 0x88);
+          t[i + 4 + k] = _mm512_shuffle_f32x4(r[i + k], r[i + 4 + k], 0xdd);
+        }
+      for (int k = 0; k < 8; ++k) {
+        r[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);
+        r[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xdd);
+      }
+      for (int i = 0; i < 16; ++i) _mm512_storeu_ps(slice + (c0 + i) * kPanelRows + j0, r[i]);
+    }
+  }
+}
+#endif
+
+void transpose_slice(const float* tmp, int64_t kc, float* slice) {
+#if defined(__x86_64__)
+  if (isa() == Isa::kAvx512 && kc % 16 == 0) return transpose_slice_avx512(tmp, kc, slice);
+#endif
+  transpose_slice_portable(tmp, kc, slice);
 }
 
 void gemv_rows(const WeightMatrix& w, size_t row_bytes, const float* x, int64_t n_tokens, float* y,
@@ -359,7 +400,9 @@ void gemm_panels(const WeightMatrix& w, size_t row_bytes, const float* x, int64_
       for (int64_t j = 0; j < nr; ++j)
         dequant_row(w.type, base + static_cast<size_t>(r0 + j) * row_bytes + offset,
                     tmp + j * kColBlock, static_cast<size_t>(kc));
-      transpose_slice(tmp, nr, kc, slice);
+      for (int64_t j = nr; j < kPanelRows; ++j)
+        std::memset(tmp + j * kColBlock, 0, static_cast<size_t>(kc) * sizeof(float));
+      transpose_slice(tmp, kc, slice);
       for (int64_t t0 = 0; t0 < n_tokens; t0 += kTile) {
         const int nt = static_cast<int>(std::min<int64_t>(kTile, n_tokens - t0));
         panel_fn(nt)(slice, kc, x + t0 * cols + c0, cols, acc + t0 * kPanelRows, c0 > 0);

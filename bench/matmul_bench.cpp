@@ -110,6 +110,10 @@ BENCHMARK(BM_MatmulWide)
     ->Args({0, 512})
     ->Args({5, 512})
     ->Args({5, 64})
+    ->Args({5, 3})
+    ->Args({5, 4})
+    ->Args({5, 8})
+    ->Args({5, 12})
     ->Unit(benchmark::kMillisecond);
 
 // A tiny matrix at n_tokens 1 (per-call overhead): 64x64 f32 and Q8_0 with a 2-thread team.

@@ -87,7 +87,7 @@ TEST_P(MatmulTypes, MatchesDequantizeAndDoubleDot) {
   const int64_t cols = k_quant ? 3 * 256 : 7 * 32;
   for (int64_t rows : {37, 70}) {
     Weights w = make_weights(type, rows, cols, 11u + static_cast<uint32_t>(rows));
-    for (int64_t n_tokens : {1, 3, 64, 200}) {
+    for (int64_t n_tokens : {1, 3, 4, 64, 200}) {
       SCOPED_TRACE(::testing::Message() << kernels::ggml_type_name(type) << " rows " << rows
                                         << " n_tokens " << n_tokens);
       const auto x = make_x(n_tokens * cols, 5u + static_cast<uint32_t>(n_tokens));
@@ -200,7 +200,7 @@ TEST(Matmul, EveryInstructionSet) {
   for (GgmlType type : {GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16, GgmlType::kQ8_0,
                         GgmlType::kQ4_0, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K}) {
     Weights w = make_weights(type, rows, cols, 31);
-    for (int64_t n_tokens : {1, 3, 17}) {
+    for (int64_t n_tokens : {1, 3, 4, 17}) {
       const auto x = make_x(n_tokens * cols, 12);
       std::vector<double> ref, mag;
       reference(w.w, x.data(), n_tokens, ref, mag);

@@ -48,7 +48,7 @@ constexpr int64_t kPanelRows = 32;
 constexpr int kTile = 12;
 // Columns per block of the panel path (a 32 KiB slice of the panel).
 constexpr int64_t kColBlock = 256;
-// From this many tokens on, the panel path is used.
+// From this many tokens on, the panel path is used (measured crossover, docs/performance.md).
 constexpr int64_t kGemmMinTokens = 4;
 // Below this many multiply-adds a matmul runs on the calling thread alone.
 constexpr int64_t kParallelMinWork = int64_t{1} << 16;

@@ -13,6 +13,7 @@
 
 #include "smelt/infer/dequant_row.h"
 #include "smelt/infer/matmul.h"
+#include "smelt/infer/matmul_isa.h"
 #include "smelt/infer/parallel.h"
 #include "smelt/kernels/quant.h"
 
@@ -115,6 +116,30 @@ BENCHMARK(BM_MatmulWide)
     ->Args({5, 8})
     ->Args({5, 12})
     ->Unit(benchmark::kMillisecond);
+
+// The fallback kernels, run on this machine by lowering the instruction set: arg 2 is
+// smelt::infer::MatmulIsa (1 AVX2, 0 portable). 2048 x 2048.
+void BM_MatmulLowerIsa(benchmark::State& state) {
+  const GgmlType type = kTypes[state.range(0)];
+  const int64_t rows = 2048, cols = 2048, n_tokens = state.range(1);
+  Fixture f = make(type, rows, cols, n_tokens);
+  smelt::infer::set_matmul_isa(static_cast<smelt::infer::MatmulIsa>(state.range(2)));
+  state.SetLabel(std::string(smelt::kernels::ggml_type_name(type)));
+  for (auto _ : state) {
+    smelt::infer::matmul(f.w, f.x.data(), n_tokens, f.y.data(), nullptr);
+    benchmark::DoNotOptimize(f.y.data());
+  }
+  smelt::infer::set_matmul_isa(smelt::infer::matmul_best_isa());
+  report(state, rows, cols, n_tokens, f.bytes.size());
+}
+BENCHMARK(BM_MatmulLowerIsa)
+    ->Args({0, 1, 1})
+    ->Args({0, 256, 1})
+    ->Args({5, 1, 1})
+    ->Args({5, 256, 1})
+    ->Args({0, 256, 0})
+    ->Args({5, 1, 0})
+    ->Unit(benchmark::kMicrosecond);
 
 // A tiny matrix at n_tokens 1 (per-call overhead): 64x64 f32 and Q8_0 with a 2-thread team.
 void BM_MatmulTiny(benchmark::State& state) {

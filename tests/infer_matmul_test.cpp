@@ -191,7 +191,7 @@ TEST(Matmul, DequantRowMatchesKernelsDequantize) {
 
 // The AVX2 and portable kernels (lowered to on this machine): within the same bounds as the
 // best ones; the panel path (n_tokens >= 4) computes each output as the same chain of fused
-// multiply-adds on every instruction set, so it gives the best kernels' bits.
+// multiply-adds with AVX-512 and AVX2, so they give the same bits.
 TEST(Matmul, EveryInstructionSet) {
   struct Restore {
     ~Restore() { set_matmul_isa(matmul_best_isa()); }
@@ -216,7 +216,7 @@ TEST(Matmul, EveryInstructionSet) {
         for (size_t i = 0; i < y.size(); ++i)
           ASSERT_NEAR(y[i], ref[i], static_cast<double>(cols) * 0x1p-24 * mag[i] + 1e-30)
               << kernels::ggml_type_name(type) << " isa " << level << " n_tokens " << n_tokens;
-        if (n_tokens >= 4)
+        if (n_tokens >= 4 && level >= static_cast<int>(MatmulIsa::kAvx2))
           ASSERT_EQ(0, std::memcmp(y.data(), best.data(), y.size() * sizeof(float)))
               << kernels::ggml_type_name(type) << " isa " << level;
       }

@@ -11,8 +11,8 @@
 //
 // Every output element is computed by one code path chosen from n_tokens alone, and threads only
 // split rows (whole panels), so the result does not depend on the thread count. In the panel
-// path each output is a plain chain fma(w, x, acc) over c starting from 0, whatever the
-// instruction set, so the AVX-512 and AVX2 kernels give the same bits.
+// path each output is a plain chain fma(w, x, acc) over c starting from 0, so the AVX-512 and
+// AVX2 kernels give the same bits.
 #include "smelt/infer/matmul.h"
 
 #include <algorithm>
@@ -143,8 +143,10 @@ DotFn dot_fn() {
 
 // ---- panel micro-kernels (prompt path) ----
 // out[t * kPanelRows + j] (+)= sum_c panel[c * kPanelRows + j] * x[t * ldx + c], for t < NT, as
-// a chain of fused multiply-adds in c order, starting from 0 or (load) from out's value: a chain
-// cut into column blocks gives the same bits as an uncut one.
+// a chain of multiply-adds in c order, starting from 0 or (load) from out's value: a chain cut
+// into column blocks gives the same bits as an uncut one. The AVX-512 and AVX2 kernels fuse each
+// multiply-add (same bits on both); the portable one rounds the product first, since std::fma
+// is a slow library call on CPUs without FMA, the ones that need this kernel.
 
 template <int NT>
 void panel_scalar(const float* panel, int64_t cols, const float* x, int64_t ldx, float* out,
@@ -156,7 +158,7 @@ void panel_scalar(const float* panel, int64_t cols, const float* x, int64_t ldx,
 #pragma GCC unroll 16
     for (int t = 0; t < NT; ++t) {
       const float b = x[t * ldx + c];
-      for (int j = 0; j < kPanelRows; ++j) acc[t][j] = std::fma(w[j], b, acc[t][j]);
+      for (int j = 0; j < kPanelRows; ++j) acc[t][j] += w[j] * b;
     }
   }
   std::memcpy(out, acc, sizeof acc);

@@ -224,6 +224,17 @@ TEST(Matmul, EveryInstructionSet) {
   }
 }
 
+TEST(Matmul, NoColumnsGivesZeros) {
+  WeightMatrix w;
+  w.rows = 3;
+  w.cols = 0;
+  std::vector<float> y(3 * 5, NAN);
+  float x = 0;
+  w.data = &x;
+  matmul(w, &x, 5, y.data(), nullptr);
+  for (float v : y) EXPECT_EQ(v, 0.0f);
+}
+
 TEST(Matmul, UnsupportedTypeThrows) {
   WeightMatrix w;
   w.type = GgmlType::kQ4_1;

@@ -466,6 +466,10 @@ void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, P
         kernels::ggml_type_name(w.type));
   if (w.rows <= 0 || n_tokens <= 0) return;
   const size_t row_bytes = w.row_bytes();
+  if (w.cols == 0) {
+    std::fill(y, y + n_tokens * w.rows, 0.0f);
+    return;
+  }
   const bool parallel = par && par->threads() > 1 && w.rows * w.cols * n_tokens >= kParallelMinWork;
   if (n_tokens < kGemmMinTokens) {
     // Chunks of 16 rows keep each thread's rows contiguous and the split cheap.

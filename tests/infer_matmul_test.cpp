@@ -181,10 +181,15 @@ TEST(Matmul, DequantRowMatchesKernelsDequantize) {
         for (auto& b : random) b = static_cast<uint8_t>(rng());
       const void* src = use_random ? random.data() : w.bytes.data();
       std::vector<float> a(n), b(n);
-      dequant_row(type, src, a.data(), n);
       kernels::dequantize(type, src, b.data(), n);
-      ASSERT_EQ(0, std::memcmp(a.data(), b.data(), n * sizeof(float)))
-          << kernels::ggml_type_name(type) << " rep " << rep;
+      // The AVX-512 kernels, then (lowered) the vectorized C++ ones.
+      for (MatmulIsa isa : {matmul_best_isa(), MatmulIsa::kAvx2}) {
+        set_matmul_isa(isa);
+        dequant_row(type, src, a.data(), n);
+        set_matmul_isa(matmul_best_isa());
+        ASSERT_EQ(0, std::memcmp(a.data(), b.data(), n * sizeof(float)))
+            << kernels::ggml_type_name(type) << " rep " << rep << " isa " << static_cast<int>(isa);
+      }
     }
   }
 }

@@ -20,11 +20,11 @@ namespace {
 
 using kernels::GgmlType;
 
-// O3 for the vectorizer's cost model; fp-contract=off keeps d * q - m from becoming an FMA.
+// O3 for the vectorizer's cost model; fp-contract=off keeps d * q - m from becoming an FMA. No
+// AVX-512 clone: AVX-512 machines use the explicit kernels below.
 #if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
-#define SMELT_DEQUANT                                                \
-  __attribute__((target_clones("arch=x86-64-v4", "avx2", "default"), \
-                 optimize("O3", "fp-contract=off")))
+#define SMELT_DEQUANT \
+  __attribute__((target_clones("avx2", "default"), optimize("O3", "fp-contract=off")))
 #else
 #define SMELT_DEQUANT __attribute__((optimize("O3", "fp-contract=off")))
 #endif

@@ -317,26 +317,27 @@ const float* row_f32(const WeightMatrix& w, size_t row_bytes, int64_t r, float* 
   return buf;
 }
 
-// slice[c * kPanelRows + j] = tmp[j * kColBlock + c] for c < kc, j < kPanelRows.
-[[gnu::optimize("O3")]] void transpose_slice_portable(const float* tmp, int64_t kc, float* slice) {
+// slice[c * kPanelRows + j] = src[j * ld + c] for c < kc, j < kPanelRows.
+[[gnu::optimize("O3")]] void transpose_slice_portable(const float* src, int64_t ld, int64_t kc,
+                                                      float* slice) {
   constexpr int64_t kB = 16;
   for (int64_t c0 = 0; c0 < kc; c0 += kB) {
     const int64_t ce = std::min(kc, c0 + kB);
     for (int64_t j = 0; j < kPanelRows; ++j)
-      for (int64_t c = c0; c < ce; ++c) slice[c * kPanelRows + j] = tmp[j * kColBlock + c];
+      for (int64_t c = c0; c < ce; ++c) slice[c * kPanelRows + j] = src[j * ld + c];
   }
 }
 
 #if defined(__x86_64__)
 // The same for kc a multiple of 16, by 16 x 16 blocks transposed in registers (unpack of 32-bit
 // then 64-bit pairs, then two rounds of 128-bit lane shuffles).
-[[gnu::target("avx512f"), gnu::optimize("O3")]] void transpose_slice_avx512(const float* tmp,
-                                                                            int64_t kc,
+[[gnu::target("avx512f"), gnu::optimize("O3")]] void transpose_slice_avx512(const float* src,
+                                                                            int64_t ld, int64_t kc,
                                                                             float* slice) {
   for (int64_t j0 = 0; j0 < kPanelRows; j0 += 16) {
     for (int64_t c0 = 0; c0 < kc; c0 += 16) {
       __m512 r[16], t[16];
-      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(tmp + (j0 + i) * kColBlock + c0);
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + (j0 + i) * ld + c0);
       for (int i = 0; i < 16; i += 2) {
         t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
         t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
@@ -365,11 +366,11 @@ const float* row_f32(const WeightMatrix& w, size_t row_bytes, int64_t r, float* 
 }
 #endif
 
-void transpose_slice(const float* tmp, int64_t kc, float* slice) {
+void transpose_slice(const float* src, int64_t ld, int64_t kc, float* slice) {
 #if defined(__x86_64__)
-  if (isa() == Isa::kAvx512 && kc % 16 == 0) return transpose_slice_avx512(tmp, kc, slice);
+  if (isa() == Isa::kAvx512 && kc % 16 == 0) return transpose_slice_avx512(src, ld, kc, slice);
 #endif
-  transpose_slice_portable(tmp, kc, slice);
+  transpose_slice_portable(src, ld, kc, slice);
 }
 
 void gemv_rows(const WeightMatrix& w, size_t row_bytes, const float* x, int64_t n_tokens, float* y,
@@ -399,12 +400,19 @@ void gemm_panels(const WeightMatrix& w, size_t row_bytes, const float* x, int64_
     for (int64_t c0 = 0; c0 < cols; c0 += kColBlock) {
       const int64_t kc = std::min(kColBlock, cols - c0);
       const size_t offset = *kernels::ggml_type_bytes(w.type, static_cast<uint64_t>(c0));
-      for (int64_t j = 0; j < nr; ++j)
-        dequant_row(w.type, base + static_cast<size_t>(r0 + j) * row_bytes + offset,
-                    tmp + j * kColBlock, static_cast<size_t>(kc));
-      for (int64_t j = nr; j < kPanelRows; ++j)
-        std::memset(tmp + j * kColBlock, 0, static_cast<size_t>(kc) * sizeof(float));
-      transpose_slice(tmp, kc, slice);
+      if (w.type == GgmlType::kF32 && nr == kPanelRows) {
+        // Whole f32 panels are transposed straight from W.
+        transpose_slice(
+            reinterpret_cast<const float*>(base + static_cast<size_t>(r0) * row_bytes) + c0, cols,
+            kc, slice);
+      } else {
+        for (int64_t j = 0; j < nr; ++j)
+          dequant_row(w.type, base + static_cast<size_t>(r0 + j) * row_bytes + offset,
+                      tmp + j * kColBlock, static_cast<size_t>(kc));
+        for (int64_t j = nr; j < kPanelRows; ++j)
+          std::memset(tmp + j * kColBlock, 0, static_cast<size_t>(kc) * sizeof(float));
+        transpose_slice(tmp, kColBlock, kc, slice);
+      }
       for (int64_t t0 = 0; t0 < n_tokens; t0 += kTile) {
         const int nt = static_cast<int>(std::min<int64_t>(kTile, n_tokens - t0));
         panel_fn(nt)(slice, kc, x + t0 * cols + c0, cols, acc + t0 * kPanelRows, c0 > 0);

@@ -30,6 +30,7 @@ inline void cpu_relax() {
 // Spin this many rounds (a pause each, tens of ns; ~0.1 ms in all) before sleeping: covers the gap
 // between the for_range calls of one forward pass without burning a core between tokens.
 constexpr int kSpinRounds = 1 << 11;
+// A team serves one caller at a time: for_range is not to be called from two threads at once.
 
 // Set while a thread runs a slice: a for_range from inside one runs inline, on that thread.
 thread_local bool t_in_team = false;
@@ -44,8 +45,9 @@ struct Parallel::Impl {
   const std::function<void(size_t, size_t, size_t)>* fn = nullptr;
   size_t n = 0;
   size_t active = 1;  // threads taking part in this job, the caller included
-  std::atomic<uint64_t> generation{0};
-  std::atomic<size_t> pending{0};
+  // On their own cache lines: workers spin on `generation` while slices finish into `pending`.
+  alignas(64) std::atomic<uint64_t> generation{0};
+  alignas(64) std::atomic<size_t> pending{0};
   bool stop = false;
 
   std::mutex m;

@@ -1,14 +1,441 @@
-// Reference implementation (dequantize a row, dot in f32); the kernels of docs/inference.md
-// replace it.
+// The matrix products of the forward pass (docs/inference.md, "Matrix products and threads").
+//
+// Two regimes:
+//  * few tokens (generation, n_tokens < kGemmMinTokens): each weight row is converted to f32 in a
+//    small per-thread buffer (kernels::dequantize, or read in place for F32) and dotted with every
+//    token by a vectorized f32 dot (16 partial sums, a fixed reduction order);
+//  * many tokens (prompt processing): rows are taken a panel of kPanelRows at a time, dequantized
+//    once into a column-interleaved f32 panel (panel[c * kPanelRows + j] = W[r0 + j][c]), and a
+//    register-blocked micro-kernel computes kPanelRows x kTile outputs, broadcasting x[t][c] and
+//    accumulating each output in its own lane with one fused multiply-add per c, in c order.
+//
+// Every output element is computed by one code path chosen from n_tokens alone, and threads only
+// split rows (whole panels), so the result does not depend on the thread count. In the panel
+// path each output is a plain chain fma(w, x, acc) over c starting from 0, so the AVX-512 and
+// AVX2 kernels give the same bits.
 #include "smelt/infer/matmul.h"
 
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "smelt/error.h"
+#include "smelt/infer/dequant_row.h"
+#include "smelt/infer/matmul_isa.h"
 #include "smelt/infer/parallel.h"
 #include "smelt/kernels/quant.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#include "smelt/kernels/cpu_features.h"
+#endif
+
 namespace smelt::infer {
+
+namespace {
+
+using kernels::GgmlType;
+
+// Rows of one panel (two AVX-512 vectors, four AVX2 vectors).
+constexpr int64_t kPanelRows = 32;
+// Tokens per micro-kernel call in the panel path (12 x 2 zmm accumulators).
+constexpr int kTile = 12;
+// Columns per block of the panel path (a 32 KiB slice of the panel).
+constexpr int64_t kColBlock = 256;
+// From this many tokens on, the panel path is used (measured crossover, docs/performance.md).
+constexpr int64_t kGemmMinTokens = 4;
+// Below this many multiply-adds a matmul runs on the calling thread alone.
+constexpr int64_t kParallelMinWork = int64_t{1} << 16;
+
+using Isa = MatmulIsa;
+
+Isa detect_isa() {
+#if defined(__x86_64__)
+  if (kernels::cpu_has_avx512f()) return Isa::kAvx512;
+  if (kernels::cpu_has_avx2() && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+#endif
+  return Isa::kPortable;
+}
+
+std::atomic<int>& isa_in_use() {
+  static std::atomic<int> v{static_cast<int>(detect_isa())};
+  return v;
+}
+
+Isa isa() { return static_cast<Isa>(isa_in_use().load(std::memory_order_relaxed)); }
+
+// ---- f32 dot products (generation path) ----
+
+float dot_scalar(const float* a, const float* b, int64_t n) {
+  float s[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int k = 0; k < 16; ++k) s[k] += a[i + k] * b[i + k];
+  for (int k = 0; i < n; ++i, ++k) s[k] += a[i] * b[i];
+  float t = 0;
+  for (float v : s) t += v;
+  return t;
+}
+
+#if defined(__x86_64__)
+[[gnu::target("avx2,fma")]] float dot_avx2(const float* a, const float* b, int64_t n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(),
+         s3 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+    s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+  }
+  for (; i + 8 <= n; i += 8)
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+  __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  float t = _mm_cvtss_f32(h);
+  for (; i < n; ++i) t += a[i] * b[i];
+  return t;
+}
+
+[[gnu::target("avx512f")]] float dot_avx512(const float* a, const float* b, int64_t n) {
+  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(),
+         s3 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32), s2);
+    s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48), s3);
+  }
+  for (; i + 16 <= n; i += 16)
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s1);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+}
+#endif
+
+using DotFn = float (*)(const float*, const float*, int64_t);
+
+DotFn dot_fn() {
+#if defined(__x86_64__)
+  switch (isa()) {
+    case Isa::kAvx512:
+      return dot_avx512;
+    case Isa::kAvx2:
+      return dot_avx2;
+    default:
+      break;
+  }
+#endif
+  return dot_scalar;
+}
+
+// ---- panel micro-kernels (prompt path) ----
+// out[t * kPanelRows + j] (+)= sum_c panel[c * kPanelRows + j] * x[t * ldx + c], for t < NT, as
+// a chain of multiply-adds in c order, starting from 0 or (load) from out's value: a chain cut
+// into column blocks gives the same bits as an uncut one. The AVX-512 and AVX2 kernels fuse each
+// multiply-add (same bits on both); the portable one rounds the product first, since std::fma
+// is a slow library call on CPUs without FMA, the ones that need this kernel.
+
+template <int NT>
+void panel_scalar(const float* panel, int64_t cols, const float* x, int64_t ldx, float* out,
+                  bool load) {
+  float acc[NT][kPanelRows] = {};
+  if (load) std::memcpy(acc, out, sizeof acc);
+  for (int64_t c = 0; c < cols; ++c) {
+    const float* w = panel + c * kPanelRows;
+#pragma GCC unroll 16
+    for (int t = 0; t < NT; ++t) {
+      const float b = x[t * ldx + c];
+      for (int j = 0; j < kPanelRows; ++j) acc[t][j] += w[j] * b;
+    }
+  }
+  std::memcpy(out, acc, sizeof acc);
+}
+
+#if defined(__x86_64__)
+template <int NT>
+[[gnu::target("avx512f"), gnu::optimize("O3")]] void panel_avx512(const float* panel, int64_t cols,
+                                                                  const float* x, int64_t ldx,
+                                                                  float* out, bool load) {
+  __m512 a0[NT], a1[NT];
+#pragma GCC unroll 16
+  for (int t = 0; t < NT; ++t) {
+    a0[t] = load ? _mm512_loadu_ps(out + t * kPanelRows) : _mm512_setzero_ps();
+    a1[t] = load ? _mm512_loadu_ps(out + t * kPanelRows + 16) : _mm512_setzero_ps();
+  }
+  for (int64_t c = 0; c < cols; ++c) {
+    const __m512 w0 = _mm512_load_ps(panel + c * kPanelRows);
+    const __m512 w1 = _mm512_load_ps(panel + c * kPanelRows + 16);
+#pragma GCC unroll 16
+    for (int t = 0; t < NT; ++t) {
+      const __m512 b = _mm512_set1_ps(x[t * ldx + c]);
+      a0[t] = _mm512_fmadd_ps(w0, b, a0[t]);
+      a1[t] = _mm512_fmadd_ps(w1, b, a1[t]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int t = 0; t < NT; ++t) {
+    _mm512_storeu_ps(out + t * kPanelRows, a0[t]);
+    _mm512_storeu_ps(out + t * kPanelRows + 16, a1[t]);
+  }
+}
+
+// AVX2 has 16 registers: two tokens x four vectors per call.
+template <int NT>
+[[gnu::target("avx2,fma"), gnu::optimize("O3")]] void panel_avx2_2(const float* panel, int64_t cols,
+                                                                   const float* x, int64_t ldx,
+                                                                   float* out, bool load) {
+  __m256 a[NT][4];
+#pragma GCC unroll 16
+  for (int t = 0; t < NT; ++t)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v)
+      a[t][v] = load ? _mm256_loadu_ps(out + t * kPanelRows + 8 * v) : _mm256_setzero_ps();
+  for (int64_t c = 0; c < cols; ++c) {
+    const float* w = panel + c * kPanelRows;
+    __m256 b[NT];
+#pragma GCC unroll 16
+    for (int t = 0; t < NT; ++t) b[t] = _mm256_broadcast_ss(x + t * ldx + c);
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+      const __m256 wv = _mm256_load_ps(w + 8 * v);
+#pragma GCC unroll 16
+      for (int t = 0; t < NT; ++t) a[t][v] = _mm256_fmadd_ps(wv, b[t], a[t][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int t = 0; t < NT; ++t)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) _mm256_storeu_ps(out + t * kPanelRows + 8 * v, a[t][v]);
+}
+
+template <int NT>
+[[gnu::target("avx2,fma")]] void panel_avx2(const float* panel, int64_t cols, const float* x,
+                                            int64_t ldx, float* out, bool load) {
+  int t = 0;
+  for (; t + 2 <= NT; t += 2)
+    panel_avx2_2<2>(panel, cols, x + t * ldx, ldx, out + t * kPanelRows, load);
+  if (t < NT) panel_avx2_2<1>(panel, cols, x + t * ldx, ldx, out + t * kPanelRows, load);
+}
+#endif
+
+using PanelFn = void (*)(const float*, int64_t, const float*, int64_t, float*, bool);
+
+template <template <int> class K, size_t... I>
+void fill_table(PanelFn* t, std::index_sequence<I...>) {
+  ((t[I + 1] = K<static_cast<int>(I) + 1>::fn), ...);
+}
+
+template <int NT>
+struct ScalarK {
+  static constexpr PanelFn fn = panel_scalar<NT>;
+};
+#if defined(__x86_64__)
+template <int NT>
+struct Avx512K {
+  static constexpr PanelFn fn = panel_avx512<NT>;
+};
+template <int NT>
+struct Avx2K {
+  static constexpr PanelFn fn = panel_avx2<NT>;
+};
+#endif
+
+template <template <int> class K>
+std::array<PanelFn, kTile + 1> make_table() {
+  std::array<PanelFn, kTile + 1> t{};
+  fill_table<K>(t.data(), std::make_index_sequence<kTile>());
+  return t;
+}
+
+// The micro-kernel for nt (1..kTile) tokens with the instruction set in use.
+PanelFn panel_fn(int nt) {
+  const auto i = static_cast<size_t>(nt);
+  switch (isa()) {
+#if defined(__x86_64__)
+    case Isa::kAvx512: {
+      static const auto t = make_table<Avx512K>();
+      return t[i];
+    }
+    case Isa::kAvx2: {
+      static const auto t = make_table<Avx2K>();
+      return t[i];
+    }
+#endif
+    default: {
+      static const auto t = make_table<ScalarK>();
+      return t[i];
+    }
+  }
+}
+
+// ---- per-thread scratch ----
+
+struct AlignedFree {
+  void operator()(float* p) const { std::free(p); }
+};
+
+// A 64-byte aligned float buffer that only grows.
+class Scratch {
+ public:
+  float* get(size_t n) {
+    if (n > size_) {
+      const size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
+      buf_.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+      if (!buf_) fail("out of memory: {} bytes of matmul scratch", bytes);
+      size_ = n;
+    }
+    return buf_.get();
+  }
+
+ private:
+  std::unique_ptr<float, AlignedFree> buf_;
+  size_t size_ = 0;
+};
+
+thread_local Scratch t_row;    // one dequantized row, or a panel's rows of one slice
+thread_local Scratch t_panel;  // one transposed slice of a panel
+thread_local Scratch t_acc;    // a panel's accumulators, every token
+
+// Row r of W as f32: in place for F32, else dequantized into `buf`.
+const float* row_f32(const WeightMatrix& w, size_t row_bytes, int64_t r, float* buf) {
+  const auto* row = static_cast<const uint8_t*>(w.data) + static_cast<size_t>(r) * row_bytes;
+  if (w.type == GgmlType::kF32) return reinterpret_cast<const float*>(row);
+  dequant_row(w.type, row, buf, static_cast<size_t>(w.cols));
+  return buf;
+}
+
+// slice[c * kPanelRows + j] = src[j * ld + c] for c < kc, j < kPanelRows.
+[[gnu::optimize("O3")]] void transpose_slice_portable(const float* src, int64_t ld, int64_t kc,
+                                                      float* slice) {
+  constexpr int64_t kB = 16;
+  for (int64_t c0 = 0; c0 < kc; c0 += kB) {
+    const int64_t ce = std::min(kc, c0 + kB);
+    for (int64_t j = 0; j < kPanelRows; ++j)
+      for (int64_t c = c0; c < ce; ++c) slice[c * kPanelRows + j] = src[j * ld + c];
+  }
+}
+
+#if defined(__x86_64__)
+// The same for kc a multiple of 16, by 16 x 16 blocks transposed in registers (unpack of 32-bit
+// then 64-bit pairs, then two rounds of 128-bit lane shuffles).
+[[gnu::target("avx512f"), gnu::optimize("O3")]] void transpose_slice_avx512(const float* src,
+                                                                            int64_t ld, int64_t kc,
+                                                                            float* slice) {
+  for (int64_t j0 = 0; j0 < kPanelRows; j0 += 16) {
+    for (int64_t c0 = 0; c0 < kc; c0 += 16) {
+      __m512 r[16], t[16];
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + (j0 + i) * ld + c0);
+      for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+      }
+      for (int i = 0; i < 16; i += 4) {
+        const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+        const __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+      }
+      // r[4q + k] now holds, in each 128-bit lane L, rows 4q..4q+3 of column 4L + k.
+      for (int i = 0; i < 16; i += 8)
+        for (int k = 0; k < 4; ++k) {
+          t[i + k] = _mm512_shuffle_f32x4(r[i + k], r[i + 4 + k], 0x88);
+          t[i + 4 + k] = _mm512_shuffle_f32x4(r[i + k], r[i + 4 + k], 0xdd);
+        }
+      for (int k = 0; k < 8; ++k) {
+        r[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);
+        r[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xdd);
+      }
+      for (int i = 0; i < 16; ++i) _mm512_storeu_ps(slice + (c0 + i) * kPanelRows + j0, r[i]);
+    }
+  }
+}
+#endif
+
+void transpose_slice(const float* src, int64_t ld, int64_t kc, float* slice) {
+#if defined(__x86_64__)
+  if (isa() == Isa::kAvx512 && kc % 16 == 0) return transpose_slice_avx512(src, ld, kc, slice);
+#endif
+  transpose_slice_portable(src, ld, kc, slice);
+}
+
+void gemv_rows(const WeightMatrix& w, size_t row_bytes, const float* x, int64_t n_tokens, float* y,
+               int64_t r0, int64_t r1) {
+  const DotFn dot = dot_fn();
+  float* buf = w.type == GgmlType::kF32 ? nullptr : t_row.get(static_cast<size_t>(w.cols));
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* wr = row_f32(w, row_bytes, r, buf);
+    for (int64_t t = 0; t < n_tokens; ++t) y[t * w.rows + r] = dot(wr, x + t * w.cols, w.cols);
+  }
+}
+
+// Panels p0..p1 (rows p * kPanelRows ..) times every token. The columns are taken kColBlock at a
+// time (a whole number of blocks of every type): the panel's slice is dequantized row by row into
+// `tmp`, transposed into `slice` (slice[c * kPanelRows + j], both in L1), and every token passes
+// over it; the per-token accumulators wait in `acc` between slices.
+void gemm_panels(const WeightMatrix& w, size_t row_bytes, const float* x, int64_t n_tokens,
+                 float* y, int64_t p0, int64_t p1) {
+  const int64_t cols = w.cols;
+  float* slice = t_panel.get(static_cast<size_t>(kColBlock * kPanelRows));
+  float* tmp = t_row.get(static_cast<size_t>(kColBlock * kPanelRows));
+  float* acc = t_acc.get(static_cast<size_t>(n_tokens * kPanelRows));
+  const auto* base = static_cast<const uint8_t*>(w.data);
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t r0 = p * kPanelRows;
+    const int64_t nr = std::min(kPanelRows, w.rows - r0);
+    for (int64_t c0 = 0; c0 < cols; c0 += kColBlock) {
+      const int64_t kc = std::min(kColBlock, cols - c0);
+      const size_t offset = *kernels::ggml_type_bytes(w.type, static_cast<uint64_t>(c0));
+      if (w.type == GgmlType::kF32 && nr == kPanelRows) {
+        // Whole f32 panels are transposed straight from W.
+        transpose_slice(
+            reinterpret_cast<const float*>(base + static_cast<size_t>(r0) * row_bytes) + c0, cols,
+            kc, slice);
+      } else {
+        for (int64_t j = 0; j < nr; ++j)
+          dequant_row(w.type, base + static_cast<size_t>(r0 + j) * row_bytes + offset,
+                      tmp + j * kColBlock, static_cast<size_t>(kc));
+        for (int64_t j = nr; j < kPanelRows; ++j)
+          std::memset(tmp + j * kColBlock, 0, static_cast<size_t>(kc) * sizeof(float));
+        transpose_slice(tmp, kColBlock, kc, slice);
+      }
+      for (int64_t t0 = 0; t0 < n_tokens; t0 += kTile) {
+        const int nt = static_cast<int>(std::min<int64_t>(kTile, n_tokens - t0));
+        panel_fn(nt)(slice, kc, x + t0 * cols + c0, cols, acc + t0 * kPanelRows, c0 > 0);
+      }
+    }
+    for (int64_t t = 0; t < n_tokens; ++t)
+      std::memcpy(y + t * w.rows + r0, acc + t * kPanelRows,
+                  static_cast<size_t>(nr) * sizeof(float));
+  }
+}
+
+}  // namespace
+
+MatmulIsa matmul_best_isa() {
+  static const Isa v = detect_isa();
+  return v;
+}
+
+MatmulIsa matmul_isa() { return isa(); }
+
+void set_matmul_isa(MatmulIsa want) {
+  isa_in_use().store(std::min(static_cast<int>(want), static_cast<int>(matmul_best_isa())));
+}
 
 size_t WeightMatrix::row_bytes() const {
   auto b = kernels::ggml_type_bytes(type, static_cast<uint64_t>(cols));
@@ -19,7 +446,6 @@ size_t WeightMatrix::row_bytes() const {
 }
 
 bool matmul_supports(kernels::GgmlType type) {
-  using kernels::GgmlType;
   switch (type) {
     case GgmlType::kF32:
     case GgmlType::kF16:
@@ -41,22 +467,40 @@ void get_row(const WeightMatrix& w, int64_t r, float* dst) {
 }
 
 void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, Parallel* par) {
-  auto body = [&](size_t begin, size_t end, size_t) {
-    std::vector<float> row(static_cast<size_t>(w.cols));
-    for (size_t r = begin; r < end; ++r) {
-      get_row(w, static_cast<int64_t>(r), row.data());
-      for (int64_t t = 0; t < n_tokens; ++t) {
-        const float* xt = x + t * w.cols;
-        float s = 0;
-        for (int64_t c = 0; c < w.cols; ++c) s += row[c] * xt[c];
-        y[t * w.rows + static_cast<int64_t>(r)] = s;
-      }
-    }
+  if (!matmul_supports(w.type))
+    fail(
+        "matmul: weight type {} is not supported (use F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K or "
+        "Q6_K)",
+        kernels::ggml_type_name(w.type));
+  if (w.rows <= 0 || n_tokens <= 0) return;
+  const size_t row_bytes = w.row_bytes();
+  if (w.cols == 0) {
+    std::fill(y, y + n_tokens * w.rows, 0.0f);
+    return;
+  }
+  const bool parallel = par && par->threads() > 1 && w.rows * w.cols * n_tokens >= kParallelMinWork;
+  if (n_tokens < kGemmMinTokens) {
+    // Chunks of 16 rows keep each thread's rows contiguous and the split cheap.
+    constexpr int64_t kChunk = 16;
+    const int64_t chunks = (w.rows + kChunk - 1) / kChunk;
+    auto body = [&](size_t b, size_t e, size_t) {
+      gemv_rows(w, row_bytes, x, n_tokens, y, static_cast<int64_t>(b) * kChunk,
+                std::min(w.rows, static_cast<int64_t>(e) * kChunk));
+    };
+    if (parallel)
+      par->for_range(static_cast<size_t>(chunks), body);
+    else
+      body(0, static_cast<size_t>(chunks), 0);
+    return;
+  }
+  const int64_t panels = (w.rows + kPanelRows - 1) / kPanelRows;
+  auto body = [&](size_t b, size_t e, size_t) {
+    gemm_panels(w, row_bytes, x, n_tokens, y, static_cast<int64_t>(b), static_cast<int64_t>(e));
   };
-  if (par)
-    par->for_range(static_cast<size_t>(w.rows), body);
+  if (parallel)
+    par->for_range(static_cast<size_t>(panels), body);
   else
-    body(0, static_cast<size_t>(w.rows), 0);
+    body(0, static_cast<size_t>(panels), 0);
 }
 
 }  // namespace smelt::infer

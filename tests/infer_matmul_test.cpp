@@ -1,0 +1,310 @@
+// The forward pass's matrix products and thread team (src/smelt/infer/matmul.h, parallel.h;
+// docs/inference.md): every weight type against dequantize + a double-precision dot, bit-identical
+// results for any thread count, and the team's coverage and error propagation.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "smelt/error.h"
+#include "smelt/infer/dequant_row.h"
+#include "smelt/infer/matmul.h"
+#include "smelt/infer/matmul_isa.h"
+#include "smelt/infer/parallel.h"
+#include "smelt/kernels/quant.h"
+
+namespace smelt::infer {
+namespace {
+
+using kernels::GgmlType;
+
+struct Weights {
+  std::vector<uint8_t> bytes;
+  WeightMatrix w;
+};
+
+Weights make_weights(GgmlType type, int64_t rows, int64_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, 0.5f);
+  std::vector<float> f(static_cast<size_t>(rows * cols));
+  for (auto& v : f) v = d(rng);
+  Weights out;
+  out.w.type = type;
+  out.w.rows = rows;
+  out.w.cols = cols;
+  out.bytes.resize(out.w.row_bytes() * static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r)
+    kernels::quantize(type, f.data() + r * cols, out.bytes.data() + r * out.w.row_bytes(),
+                      static_cast<size_t>(cols));
+  out.w.data = out.bytes.data();
+  return out;
+}
+
+std::vector<float> make_x(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(n));
+  for (auto& v : x) v = d(rng);
+  return x;
+}
+
+// y = W x with W dequantized by kernels::dequantize and the dot taken in double; also the sum of
+// |W[r][c] * x[t][c]| per output, the scale of the f32 rounding error.
+void reference(const WeightMatrix& w, const float* x, int64_t n_tokens, std::vector<double>& y,
+               std::vector<double>& mag) {
+  y.assign(static_cast<size_t>(n_tokens * w.rows), 0);
+  mag.assign(y.size(), 0);
+  std::vector<float> row(static_cast<size_t>(w.cols));
+  for (int64_t r = 0; r < w.rows; ++r) {
+    kernels::dequantize(w.type, static_cast<const uint8_t*>(w.data) + r * w.row_bytes(), row.data(),
+                        row.size());
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      double s = 0, m = 0;
+      for (int64_t c = 0; c < w.cols; ++c) {
+        const double p = static_cast<double>(row[c]) * x[t * w.cols + c];
+        s += p;
+        m += std::fabs(p);
+      }
+      y[t * w.rows + r] = s;
+      mag[t * w.rows + r] = m;
+    }
+  }
+}
+
+class MatmulTypes : public ::testing::TestWithParam<GgmlType> {};
+
+// Every type, n_tokens on both sides of the generation / panel switch, rows that are not a
+// multiple of the 16-row chunks or 32-row panels, several blocks per row.
+TEST_P(MatmulTypes, MatchesDequantizeAndDoubleDot) {
+  const GgmlType type = GetParam();
+  const bool k_quant =
+      type == GgmlType::kQ4_K || type == GgmlType::kQ5_K || type == GgmlType::kQ6_K;
+  const int64_t cols = k_quant ? 3 * 256 : 7 * 32;
+  for (int64_t rows : {37, 70}) {
+    Weights w = make_weights(type, rows, cols, 11u + static_cast<uint32_t>(rows));
+    for (int64_t n_tokens : {1, 3, 4, 64, 200}) {
+      SCOPED_TRACE(::testing::Message() << kernels::ggml_type_name(type) << " rows " << rows
+                                        << " n_tokens " << n_tokens);
+      const auto x = make_x(n_tokens * cols, 5u + static_cast<uint32_t>(n_tokens));
+      std::vector<float> y(static_cast<size_t>(n_tokens * rows), NAN);
+      Parallel par(3);
+      matmul(w.w, x.data(), n_tokens, y.data(), &par);
+      std::vector<double> ref, mag;
+      reference(w.w, x.data(), n_tokens, ref, mag);
+      for (size_t i = 0; i < y.size(); ++i) {
+        // The kernels multiply the same f32 weights (dequantized exactly as kernels::dequantize
+        // does) by the same f32 activations and accumulate in f32: each of the `cols` additions
+        // rounds by at most 2^-24 relative to the running partial sum, bounded by the sum of the
+        // magnitudes, so |error| <= cols * 2^-24 * sum|w x| (a generous worst case; the chains
+        // are at most `cols` long).
+        const double tol = static_cast<double>(cols) * 0x1p-24 * mag[i] + 1e-30;
+        ASSERT_NEAR(y[i], ref[i], tol) << "output " << i;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTypes, MatmulTypes,
+                         ::testing::Values(GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16,
+                                           GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ4_K,
+                                           GgmlType::kQ5_K, GgmlType::kQ6_K),
+                         [](const auto& info) {
+                           return std::string(kernels::ggml_type_name(info.param));
+                         });
+
+// F32 weights may have any column count (no blocks): the vector loops' tails.
+TEST(Matmul, F32OddColumnCounts) {
+  for (int64_t cols : {1, 7, 17, 63, 65}) {
+    Weights w = make_weights(GgmlType::kF32, 33, cols, 3);
+    for (int64_t n_tokens : {1, 5}) {
+      const auto x = make_x(n_tokens * cols, 9);
+      std::vector<float> y(static_cast<size_t>(n_tokens * 33));
+      matmul(w.w, x.data(), n_tokens, y.data(), nullptr);
+      std::vector<double> ref, mag;
+      reference(w.w, x.data(), n_tokens, ref, mag);
+      for (size_t i = 0; i < y.size(); ++i)
+        ASSERT_NEAR(y[i], ref[i], static_cast<double>(cols) * 0x1p-24 * mag[i] + 1e-30)
+            << "cols " << cols << " n_tokens " << n_tokens << " output " << i;
+    }
+  }
+}
+
+// Large enough to be split over threads (above the single-thread threshold): 1, 2 and 3 threads
+// and no team give identical bits.
+TEST(Matmul, IdenticalBitsForAnyThreadCount) {
+  for (GgmlType type : {GgmlType::kF32, GgmlType::kBF16, GgmlType::kQ8_0, GgmlType::kQ4_K}) {
+    const int64_t rows = 301, cols = 512;
+    Weights w = make_weights(type, rows, cols, 21);
+    for (int64_t n_tokens : {1, 3, 64, 200}) {
+      const auto x = make_x(n_tokens * cols, 4);
+      std::vector<float> y0(static_cast<size_t>(n_tokens * rows));
+      matmul(w.w, x.data(), n_tokens, y0.data(), nullptr);
+      for (size_t threads : {1, 2, 3}) {
+        Parallel par(threads);
+        std::vector<float> y(y0.size());
+        matmul(w.w, x.data(), n_tokens, y.data(), &par);
+        ASSERT_EQ(0, std::memcmp(y.data(), y0.data(), y.size() * sizeof(float)))
+            << kernels::ggml_type_name(type) << " n_tokens " << n_tokens << " threads " << threads;
+      }
+    }
+  }
+}
+
+// A token's output does not depend on the other tokens in the batch (rows of x are independent;
+// only the regime, chosen from n_tokens, may change the rounding).
+TEST(Matmul, TokensAreIndependentWithinARegime) {
+  Weights w = make_weights(GgmlType::kQ6_K, 45, 512, 8);
+  const auto x = make_x(200 * 512, 2);
+  std::vector<float> all(200 * 45), part(100 * 45);
+  matmul(w.w, x.data(), 200, all.data(), nullptr);
+  matmul(w.w, x.data() + 100 * 512, 100, part.data(), nullptr);
+  ASSERT_EQ(0, std::memcmp(all.data() + 100 * 45, part.data(), part.size() * sizeof(float)));
+}
+
+// The matmul kernels' own row dequantizer gives kernels::dequantize's bits, on random bytes (any
+// f16 scale: subnormal, infinite, NaN) and on quantized normal data.
+TEST(Matmul, DequantRowMatchesKernelsDequantize) {
+  std::mt19937 rng(17);
+  for (GgmlType type : {GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16, GgmlType::kQ8_0,
+                        GgmlType::kQ4_0, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K}) {
+    const size_t n = 1024;
+    Weights w = make_weights(type, 1, static_cast<int64_t>(n), 6);
+    std::vector<uint8_t> random(w.bytes.size());
+    for (int rep = 0; rep < 20; ++rep) {
+      const bool use_random = rep > 0;
+      if (use_random)
+        for (auto& b : random) b = static_cast<uint8_t>(rng());
+      const void* src = use_random ? random.data() : w.bytes.data();
+      std::vector<float> a(n), b(n);
+      kernels::dequantize(type, src, b.data(), n);
+      // The AVX-512 kernels, then (lowered) the vectorized C++ ones.
+      for (MatmulIsa isa : {matmul_best_isa(), MatmulIsa::kAvx2}) {
+        set_matmul_isa(isa);
+        dequant_row(type, src, a.data(), n);
+        set_matmul_isa(matmul_best_isa());
+        ASSERT_EQ(0, std::memcmp(a.data(), b.data(), n * sizeof(float)))
+            << kernels::ggml_type_name(type) << " rep " << rep << " isa " << static_cast<int>(isa);
+      }
+    }
+  }
+}
+
+// The AVX2 and portable kernels (lowered to on this machine): within the same bounds as the
+// best ones; the panel path (n_tokens >= 4) computes each output as the same chain of fused
+// multiply-adds with AVX-512 and AVX2, so they give the same bits.
+TEST(Matmul, EveryInstructionSet) {
+  struct Restore {
+    ~Restore() { set_matmul_isa(matmul_best_isa()); }
+  } restore;
+  const int64_t rows = 45, cols = 512;
+  for (GgmlType type : {GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16, GgmlType::kQ8_0,
+                        GgmlType::kQ4_0, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K}) {
+    Weights w = make_weights(type, rows, cols, 31);
+    for (int64_t n_tokens : {1, 3, 4, 17}) {
+      const auto x = make_x(n_tokens * cols, 12);
+      std::vector<double> ref, mag;
+      reference(w.w, x.data(), n_tokens, ref, mag);
+      set_matmul_isa(matmul_best_isa());
+      std::vector<float> best(static_cast<size_t>(n_tokens * rows));
+      matmul(w.w, x.data(), n_tokens, best.data(), nullptr);
+      for (int level = static_cast<int>(matmul_best_isa()); level >= 0; --level) {
+        set_matmul_isa(static_cast<MatmulIsa>(level));
+        ASSERT_EQ(static_cast<int>(matmul_isa()), level);
+        std::vector<float> y(best.size());
+        Parallel par(2);
+        matmul(w.w, x.data(), n_tokens, y.data(), &par);
+        for (size_t i = 0; i < y.size(); ++i)
+          ASSERT_NEAR(y[i], ref[i], static_cast<double>(cols) * 0x1p-24 * mag[i] + 1e-30)
+              << kernels::ggml_type_name(type) << " isa " << level << " n_tokens " << n_tokens;
+        if (n_tokens >= 4 && level >= static_cast<int>(MatmulIsa::kAvx2))
+          ASSERT_EQ(0, std::memcmp(y.data(), best.data(), y.size() * sizeof(float)))
+              << kernels::ggml_type_name(type) << " isa " << level;
+      }
+    }
+  }
+}
+
+TEST(Matmul, NoColumnsGivesZeros) {
+  WeightMatrix w;
+  w.rows = 3;
+  w.cols = 0;
+  std::vector<float> y(3 * 5, NAN);
+  float x = 0;
+  w.data = &x;
+  matmul(w, &x, 5, y.data(), nullptr);
+  for (float v : y) EXPECT_EQ(v, 0.0f);
+}
+
+TEST(Matmul, UnsupportedTypeThrows) {
+  WeightMatrix w;
+  w.type = GgmlType::kQ4_1;
+  w.rows = 1;
+  w.cols = 32;
+  std::vector<uint8_t> data(64);
+  w.data = data.data();
+  float x[32] = {}, y[1];
+  EXPECT_THROW(matmul(w, x, 1, y, nullptr), Error);
+}
+
+TEST(Parallel, CoversEveryIndexExactlyOnce) {
+  for (size_t threads : {1, 2, 3, 5}) {
+    Parallel par(threads);
+    EXPECT_EQ(par.threads(), threads);
+    for (size_t n : {0, 1, 2, 3, 4, 7, 100, 1001}) {
+      for (int rep = 0; rep < 3; ++rep) {
+        std::vector<std::atomic<int>> hits(n);
+        std::atomic<size_t> max_thread{0};
+        par.for_range(n, [&](size_t b, size_t e, size_t t) {
+          EXPECT_LE(b, e);
+          EXPECT_LT(t, threads);
+          size_t m = max_thread.load();
+          while (t > m && !max_thread.compare_exchange_weak(m, t)) {
+          }
+          for (size_t i = b; i < e; ++i) hits[i].fetch_add(1);
+        });
+        for (size_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << "n " << n << " i " << i;
+      }
+    }
+  }
+}
+
+TEST(Parallel, ManyCallsInARow) {
+  Parallel par(3);
+  std::atomic<int64_t> sum{0};
+  for (int k = 0; k < 5000; ++k)
+    par.for_range(10, [&](size_t b, size_t e, size_t) {
+      for (size_t i = b; i < e; ++i) sum.fetch_add(static_cast<int64_t>(i));
+    });
+  EXPECT_EQ(sum.load(), 5000 * 45);
+}
+
+TEST(Parallel, PropagatesExceptionsAndStaysUsable) {
+  Parallel par(3);
+  for (size_t bad : {0, 5, 9}) {
+    EXPECT_THROW(par.for_range(10,
+                               [&](size_t b, size_t e, size_t) {
+                                 if (bad >= b && bad < e) throw std::runtime_error("boom");
+                               }),
+                 std::runtime_error);
+  }
+  std::atomic<int> count{0};
+  par.for_range(10, [&](size_t b, size_t e, size_t) { count += static_cast<int>(e - b); });
+  EXPECT_EQ(count.load(), 10);
+}
+
+TEST(Parallel, NestedCallRunsInline) {
+  Parallel par(2);
+  std::atomic<int> count{0};
+  par.for_range(4, [&](size_t b, size_t e, size_t) {
+    par.for_range(e - b, [&](size_t bb, size_t ee, size_t) { count += static_cast<int>(ee - bb); });
+  });
+  EXPECT_EQ(count.load(), 4);
+}
+
+}  // namespace
+}  // namespace smelt::infer

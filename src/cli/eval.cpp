@@ -8,6 +8,7 @@
 #include <iterator>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <utility>
 
 #include "cli/common.h"
 #include "cli/eval_common.h"
@@ -182,9 +183,11 @@ void print_table(const std::vector<ModelScores>& all, const std::vector<eval::Ta
   };
   print_row(header);
   for (const auto& r : rows) print_row(r);
+  bool first = true;
   for (const auto& s : all) {
     if (s.ppl && s.ppl->tokens) {
-      fmt::print("\nperplexity of {}: {:.4f} ± {:.4f} over {} tokens in {} chunks of {}\n",
+      fmt::print("{}perplexity of {}: {:.4f} ± {:.4f} over {} tokens in {} chunks of {}\n",
+                 std::exchange(first, false) ? "\n" : "",
                  printable(s.label), s.ppl->ppl(), s.ppl->ppl_stderr(), s.ppl->tokens,
                  s.ppl->chunks, s.ppl->n_ctx);
     }

@@ -671,6 +671,60 @@ TEST(TokJsonEdit, SaveWritesAddedTokensDecoderAndReloads) {
   EXPECT_EQ(map2["bos_token"], "<s>");
 }
 
+// --- parsing: parse_json builds what Json::parse builds, in linear time ---
+
+TEST(TokJsonParse, SameDocumentAsJsonParse) {
+  std::string big = "{";
+  for (int i = 0; i < 200; ++i) big += fmt::format("\"k{}\": {}, ", (i * 37) % 211, i);
+  big += "\"k5\": \"last\"}";  // a repeated key in an indexed object
+  for (const std::string& text :
+       {std::string(R"({"b": 1, "a": [1, -2, 3.5, 1e300, 18446744073709551615, true, null],
+                         "c": {"z": "\u00e9\ud83d\ude00", "y": {}, "x": []}, "b": 2})"),
+        std::string(R"([{"a": 1, "a": {"q": 1}, "b": 0}, "s", 0, -0, 0.0])"), std::string("42"),
+        std::string(" \"text\" "), big}) {
+    Json expected = Json::parse(text);
+    Json got = parse_json(text);
+    EXPECT_EQ(got, expected) << text;
+    EXPECT_EQ(got.dump(), expected.dump()) << text;  // same key order and number kinds
+  }
+}
+
+TEST(TokJsonParse, SameErrorsAsJsonParse) {
+  for (const std::string& text :
+       {"", "{", "{\"a\": [1, 2", "[1,]", "{\"a\" 1}", "1 2", "\"\\x\"", "nul", "{\"a\": 1}}"}) {
+    std::string expected, got;
+    try {
+      (void)Json::parse(text);
+    } catch (const Json::exception& e) {
+      expected = e.what();
+    }
+    try {
+      (void)parse_json(text);
+    } catch (const Json::exception& e) {
+      got = e.what();
+    }
+    EXPECT_FALSE(expected.empty()) << text;
+    EXPECT_EQ(got, expected) << text;
+  }
+}
+
+TEST(TokJsonParse, LargeVocabLoadsInFileOrder) {
+  // 60k entries: quadratic insertion would take seconds here.
+  Strings tokens;
+  for (char c = 'a'; c <= 'z'; ++c) tokens.push_back(std::string(1, c));
+  for (int i = 0; tokens.size() < 60000; ++i) tokens.push_back(fmt::format("w{}", i));
+  Json model = bpe_model({}, {});
+  auto& entries = model["vocab"].get_ref<Json::object_t&>();  // model["vocab"][t] is quadratic
+  for (size_t i = 0; i < tokens.size(); ++i) entries.emplace_back(tokens[i], i);
+  Loaded t(skeleton(model));
+  EXPECT_EQ(t->vocab_size(), 60000u);
+  EXPECT_EQ(t->token_to_id("w12345"), 26 + 12345);
+  EXPECT_EQ(t->id_to_token(59999), tokens.back());
+  auto& vocab = t->json()["model"]["vocab"];
+  EXPECT_EQ(vocab.begin().key(), "a");
+  EXPECT_EQ(std::prev(vocab.end()).key(), tokens.back());
+}
+
 // --- bad input: one clear error each, naming the file ---
 
 void expect_error(const Json& doc, const std::string& fragment) {

@@ -70,31 +70,37 @@ Bpe::Bpe(const Json& value, const Where& w) : DictionaryModel(value, w) {
   std::string joined;
   for (size_t rank = 0; rank < merges.size(); ++rank) {
     const Json& m = merges[rank];
-    Where at = mw.at(rank);
-    std::string a, b;
+    // The merge's Where (a formatted string) is built only for an error message.
+    auto at = [&] { return mw.at(rank); };
+    std::string_view a, b;
     if (m.is_string()) {
       const std::string& s = m.get_ref<const std::string&>();
       size_t space = s.find(' ');
       if (space == std::string::npos || s.find(' ', space + 1) != std::string::npos) {
-        at.fail("merge \"" + s + "\" is not two tokens separated by one space");
+        at().fail("merge \"" + s + "\" is not two tokens separated by one space");
       }
-      a = s.substr(0, space);
-      b = s.substr(space + 1);
+      a = std::string_view(s).substr(0, space);
+      b = std::string_view(s).substr(space + 1);
     } else if (m.is_array() && m.size() == 2) {
-      a = expect_string(m[0], at.at(0));
-      b = expect_string(m[1], at.at(1));
+      if (!m[0].is_string()) expect_string(m[0], at().at(0));  // throws
+      if (!m[1].is_string()) expect_string(m[1], at().at(1));
+      a = m[0].get_ref<const std::string&>();
+      b = m[1].get_ref<const std::string&>();
     } else {
-      at.fail("expected \"a b\" or [\"a\", \"b\"], got " + json_type_name(m));
+      at().fail("expected \"a b\" or [\"a\", \"b\"], got " + json_type_name(m));
     }
     auto ia = token_to_id(a);
     auto ib = token_to_id(b);
-    if (!ia) at.fail("merge names \"" + a + "\", which is not in the vocab");
-    if (!ib) at.fail("merge names \"" + b + "\", which is not in the vocab");
+    if (!ia) at().fail("merge names \"" + std::string(a) + "\", which is not in the vocab");
+    if (!ib) at().fail("merge names \"" + std::string(b) + "\", which is not in the vocab");
     // The merged token is a + b less the prefix's length (the library cuts it without checking).
-    if (b.size() < prefix_.size()) at.fail("merge token \"" + b + "\" is shorter than the prefix");
-    joined = a + b.substr(prefix_.size());
+    if (b.size() < prefix_.size()) {
+      at().fail("merge token \"" + std::string(b) + "\" is shorter than the prefix");
+    }
+    joined.assign(a);
+    joined.append(b.substr(prefix_.size()));
     auto inew = token_to_id(joined);
-    if (!inew) at.fail("merge produces \"" + joined + "\", which is not in the vocab");
+    if (!inew) at().fail("merge produces \"" + joined + "\", which is not in the vocab");
     // A repeated pair keeps its last rank, as the reference library's map does.
     merges_[pair_key(*ia, *ib)] = Merge{static_cast<int32_t>(rank), *inew};
   }

@@ -51,7 +51,14 @@ bool optional_bool(const Json& obj, std::string_view key, const Where& w, bool f
 // obj[key] as a non-negative integer; absent or null gives `fallback`.
 int64_t optional_int(const Json& obj, std::string_view key, const Where& w, int64_t fallback);
 
-// Reads and parses a JSON file; a missing file or a syntax error throws naming the file.
+// Parses JSON text into a Json exactly as Json::parse does (same values, key order, duplicate-key
+// rule and parse_error exceptions), but in time linear in the object sizes: Json::parse inserts
+// each key of an ordered_json object with a linear search, which makes a 150k-entry model.vocab
+// take tens of seconds (docs/performance.md).
+Json parse_json(std::string_view text);
+
+// Reads and parses a JSON file (parse_json); a missing file or a syntax error throws naming the
+// file.
 Json read_json_file(const std::string& path);
 
 }  // namespace smelt::tok

@@ -36,7 +36,11 @@ void read_vocab_object(const Json& value, const Where& w, StringMap<int32_t>& vo
   const int64_t limit = static_cast<int64_t>(value.size()) + (1 << 20);
   std::vector<const std::string*> owner;
   for (auto it = value.begin(); it != value.end(); ++it) {
-    int64_t id = expect_int(it.value(), w.at(it.key()), 0, INT32_MAX);
+    // The common case without building the entry's Where (a string per entry).
+    const Json& v = it.value();
+    int64_t id = v.is_number_unsigned() && v.get<uint64_t>() <= INT32_MAX
+                     ? static_cast<int64_t>(v.get<uint64_t>())
+                     : expect_int(v, w.at(it.key()), 0, INT32_MAX);
     if (id >= limit) {
       w.at(it.key()).fail(
           fmt::format("id {} leaves holes: the vocabulary has {} entries", id, value.size()));

@@ -397,9 +397,13 @@ void JsonTokenizer::truncate_vocab(size_t n) {
       return !id || static_cast<size_t>(*id) >= n;
     };
     if (model.contains("vocab") && model["vocab"].is_object()) {
+      // The vocab's keys are distinct, so entries are appended without kept[key]'s linear search.
       Json kept = Json::object();
+      auto& kept_entries = kept.get_ref<Json::object_t&>();
       for (auto it = model["vocab"].begin(); it != model["vocab"].end(); ++it) {
-        if (it.value().get<int64_t>() < static_cast<int64_t>(n)) kept[it.key()] = it.value();
+        if (it.value().get<int64_t>() < static_cast<int64_t>(n)) {
+          kept_entries.emplace_back(it.key(), it.value());
+        }
       }
       for (const char* key : {"unk_token"}) {
         if (model.contains(key) && model[key].is_string() && p.model->token_to_id(model[key].get<std::string>()) &&

@@ -12,8 +12,8 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <string_view>
 
+#include "llama_cpp_client.h"
 #include "reference_forward.h"
 #include "smelt/error.h"
 #include "smelt/io/gguf.h"
@@ -26,17 +26,15 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-using smelt::testing::load_tiny_llama;
+using smelt::testing::llama_cpp_log_softmax;
+using smelt::testing::llama_cpp_log_softmax_all;
 using smelt::testing::load_tiny_model;
-using smelt::testing::node_command;
 using smelt::testing::quote;
 using smelt::testing::reference_log_softmax;
 using smelt::testing::reference_log_softmax_all;
 using smelt::testing::ReferenceOptions;
-using smelt::testing::run_command;
 using smelt::testing::run_smelt;
 using smelt::testing::TempDir;
-using smelt::testing::TinyLlama;
 using smelt::testing::TinyModel;
 using smelt::testing::write_bytes;
 
@@ -961,7 +959,7 @@ TEST(GgufExport, CorruptSentencePieceModelNamesFile) {
 
 // Writes `m` as an all-F32 GGUF the way an exporter would: KVs from gguf_export_kvs, names from
 // gguf_tensor_name, Q/K rows permuted.
-void write_gguf(const TinyLlama& m, const fs::path& dir, const fs::path& out) {
+void write_gguf(const TinyModel& m, const fs::path& dir, const fs::path& out) {
   const std::string arch = gguf_arch_for(m.config);
   auto kvs = gguf_export_kvs(dir, m.config, "smelt tiny llama", -1);
   gguf_set_kv(kvs, "general.file_type",
@@ -991,53 +989,17 @@ void write_gguf(const TinyLlama& m, const fs::path& dir, const fs::path& out) {
   writer.finish();
 }
 
-// Why llama.cpp cannot run here (tests/node/node_modules lacks node-llama-cpp, or no node >= 20);
-// empty when it can.
-std::string node_llama_cpp_missing() {
-  if (!fs::exists(fs::path(SMELT_SOURCE_DIR) / "tests/node/node_modules/node-llama-cpp")) {
-    return "tests/node/node_modules is missing (npm ci in tests/node)";
-  }
-  if (run_command(node_command() +
-                  " -e 'process.exit(+process.versions.node.split(\".\")[0] >= 20 ? 0 : 1)'")
-          .exit_code != 0) {
-    return "node >= 20 is not installed (node-llama-cpp needs it; " + node_command() + ")";
-  }
-  return "";
-}
-
-// Fails the calling test unless node-llama-cpp and node >= 20 are installed (scripts/setup.sh
-// installs both), so that CI cannot pass without running llama.cpp. SMELT_SKIP_LLAMA_CPP=1 turns
-// the failure into a skip on machines that cannot have them; CI never sets it.
-#define REQUIRE_NODE_LLAMA_CPP()                                                     \
-  do {                                                                               \
-    if (const std::string why = node_llama_cpp_missing(); !why.empty()) {            \
-      const char* opt_out = std::getenv("SMELT_SKIP_LLAMA_CPP");                     \
-      if (opt_out && std::string_view(opt_out) == "1") {                             \
-        GTEST_SKIP() << why << " (SMELT_SKIP_LLAMA_CPP=1)";                          \
-      }                                                                              \
-      FAIL() << why                                                                  \
-             << ": run scripts/setup.sh, or set SMELT_SKIP_LLAMA_CPP=1 to skip the " \
-                "llama.cpp checks";                                                  \
-    }                                                                                \
-  } while (0)
-
 // Exports the model in `m` (with matrices scaled by 10) to GGUF, runs it through llama.cpp with
 // tests/node/llama_eval.mjs and checks the next-token log-softmax against the HF reference, and
 // that the reference with the other RoPE pairing differs clearly (so a Q/K layout mistake shows).
 void expect_llama_cpp_matches_reference(const fs::path& m, const fs::path& work) {
-  const fs::path node_dir = fs::path(SMELT_SOURCE_DIR) / "tests" / "node";
-  const TinyLlama model = load_tiny_llama(m, 10.0f);
+  const TinyModel model = load_tiny_model(m, 10.0f);
   const fs::path gguf = work / "model.gguf";
   write_gguf(model, m, gguf);
 
   const std::vector<int> ids = {1, 3 + 'h', 3 + 'e', 3 + 'l', 3 + 'l', 3 + 'o', 300, 42};
-  json ids_json = ids;
-  const fs::path err = work / "stderr.txt";
-  auto r = run_command("( " + node_command() + " " + quote(node_dir / "llama_eval.mjs") + " " +
-                       quote(gguf) + " '" + ids_json.dump() + "' 2>" + quote(err) + " )");
-  ASSERT_EQ(r.exit_code, 0) << r.output << smelt::testing::read_bytes(err);
-  json out;
-  ASSERT_NO_THROW(out = json::parse(r.output)) << r.output;
+  const json out = smelt::testing::llama_cpp_eval(gguf, ids, work);
+  ASSERT_TRUE(out.is_object());
   ASSERT_EQ(out["n_vocab"], model.vocab);
   ASSERT_EQ(out["logits"].size(), static_cast<size_t>(model.vocab));
   const auto ref = reference_log_softmax(model, ids);
@@ -1105,24 +1067,6 @@ TEST(GgufExport, NodeLlamaCppLoadsTinyQwen2WithSentencePiece) {
 namespace smelt::io {
 namespace {
 
-// Runs llama.cpp (tests/node/llama_eval.mjs) on `gguf` and returns the next-token log-softmax.
-std::vector<double> llama_cpp_log_softmax(const fs::path& gguf, const std::vector<int>& ids,
-                                          const fs::path& work) {
-  const fs::path node_dir = fs::path(SMELT_SOURCE_DIR) / "tests" / "node";
-  const fs::path err = work / "stderr.txt";
-  auto r = run_command("( " + node_command() + " " + quote(node_dir / "llama_eval.mjs") + " " +
-                       quote(gguf) + " '" + json(ids).dump() + "' 2>" + quote(err) + " )");
-  EXPECT_EQ(r.exit_code, 0) << r.output << smelt::testing::read_bytes(err);
-  std::vector<double> out;
-  try {
-    const json parsed = json::parse(r.output);
-    for (const auto& v : parsed.at("logits")) out.push_back(v.get<double>());
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "llama_eval output is not JSON: " << r.output;
-  }
-  return out;
-}
-
 // `smelt merge ... out.gguf` exports a safetensors merge that llama.cpp loads and runs like the HF
 // model, and a linear merge of a model with itself gives the model's own logits.
 TEST(GgufExport, SmeltMergeExportRunsInLlamaCppAndSelfMergeKeepsTheLogits) {
@@ -1157,7 +1101,7 @@ TEST(GgufExport, SmeltMergeExportRunsInLlamaCppAndSelfMergeKeepsTheLogits) {
   ASSERT_EQ(copy.size(), 320u);
   ASSERT_EQ(self.size(), 320u);
   // The export matches an independent double-precision forward pass of the HF weights.
-  const auto ref = reference_log_softmax(load_tiny_llama(m, 1.0f), ids);
+  const auto ref = reference_log_softmax(load_tiny_model(m, 1.0f), ids);
   double export_err = 0, self_err = 0;
   for (size_t i = 0; i < copy.size(); ++i) {
     export_err = std::max(export_err, std::abs(copy[i] - ref[i]));
@@ -1168,31 +1112,6 @@ TEST(GgufExport, SmeltMergeExportRunsInLlamaCppAndSelfMergeKeepsTheLogits) {
 }
 
 // ---- llama.cpp as the reference of every exported family ----------------------------------------
-
-// Runs llama.cpp (tests/node/llama_eval.mjs --all) on `gguf`: the next-token log-softmax after
-// every position of `ids`.
-std::vector<std::vector<double>> llama_cpp_log_softmax_all(const fs::path& gguf,
-                                                           const std::vector<int>& ids,
-                                                           const fs::path& work) {
-  const fs::path node_dir = fs::path(SMELT_SOURCE_DIR) / "tests" / "node";
-  const fs::path err = work / "stderr.txt";
-  auto r = run_command("( " + node_command() + " " + quote(node_dir / "llama_eval.mjs") + " " +
-                       quote(gguf) + " '" + json(ids).dump() + "' --all 2>" + quote(err) + " )");
-  EXPECT_EQ(r.exit_code, 0) << r.output << smelt::testing::read_bytes(err);
-  std::vector<std::vector<double>> out;
-  try {
-    const json parsed = json::parse(r.output);
-    EXPECT_EQ(parsed.at("n_tokens"), ids.size());
-    EXPECT_EQ(parsed.at("argmax").size(), ids.size());
-    for (const auto& row : parsed.at("logits")) {
-      out.emplace_back();
-      for (const auto& v : row) out.back().push_back(v.is_number() ? v.get<double>() : -1e30);
-    }
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "llama_eval output is not JSON: " << e.what() << "\n" << r.output;
-  }
-  return out;
-}
 
 // The largest |a - b| over every position and token (infinity when the shapes differ).
 double max_abs_diff(const std::vector<std::vector<double>>& a,

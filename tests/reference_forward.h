@@ -1,7 +1,8 @@
 // An independent double-precision forward pass of the Hugging Face causal LMs smelt exports and
-// runs (llama, mistral, qwen2, qwen3, gemma2), written from the behaviour docs/gguf.md describes,
-// for tests that compare llama.cpp or smelt's own forward pass against it. Slow and simple on
-// purpose: every value in double, no caches, no batching.
+// runs (llama, mistral, qwen2, qwen3, gemma2), written from the behaviour docs/gguf.md and
+// docs/inference.md ("Forward pass") describe, for tests that compare llama.cpp or smelt's own
+// forward pass against it. Slow and simple on purpose: every value in double, no caches, no
+// batching. tests/llama_cpp_client.h runs llama.cpp, the other reference.
 #pragma once
 
 #include <algorithm>
@@ -33,13 +34,14 @@ struct TinyModel {
   // (HF builds it as a tensor of the activation dtype; llama.cpp uses sqrtf, the same in f32 but
   // not in bf16 when sqrt(hidden_size) is not exact), else 1.
   double embed_scale = 1;
-  int sliding_window = 0;                 // keys visible to a query: t - W < u <= t; 0 = none
-  bool sliding_even_layers_only = false;  // gemma2: layers 0, 2, 4, ... slide; mistral: all
-  std::vector<double> inv_freq;           // RoPE inverse frequencies (hd / 2), scaling applied
+  int sliding_window = 0;  // keys visible to a query: t - W < u <= t; 0 = none
+  // The layers the window applies to: gemma2 0, 2, 4, ...; mistral all; qwen2/qwen3 with
+  // use_sliding_window those from max_window_layers on.
+  std::vector<bool> sliding_layers;
+  std::vector<double> inv_freq;  // RoPE inverse frequencies (hd / 2), scaling applied
   std::map<std::string, std::vector<float>> w;  // HF name -> values
   std::map<std::string, std::vector<uint64_t>> shape;
 };
-using TinyLlama = TinyModel;  // the name the llama-only tests used
 
 // The RoPE parameters of `config`: "rope_parameters" (transformers >= 5) or "rope_scaling";
 // null when neither is an object.
@@ -122,7 +124,7 @@ inline TinyModel load_tiny_model(const std::filesystem::path& dir, float scale) 
     m.attn_softcap = reference_number(c, "attn_logit_softcapping", 50.0);
     m.final_softcap = reference_number(c, "final_logit_softcapping", 30.0);
     m.sliding_window = static_cast<int>(reference_number(c, "sliding_window", 4096));
-    m.sliding_even_layers_only = true;
+    for (int l = 0; l < m.layers; ++l) m.sliding_layers.push_back(l % 2 == 0);
     const float root = std::sqrt(static_cast<float>(m.hidden));
     const auto dtype = parse_torch_dtype(c.value("torch_dtype", "float32"));
     m.embed_scale = root;
@@ -133,10 +135,16 @@ inline TinyModel load_tiny_model(const std::filesystem::path& dir, float scale) 
       kernels::to_f32(*dtype, &half, &back, 1);
       m.embed_scale = back;
     }
-  } else if (c.value("model_type", "") == "mistral" && c.contains("sliding_window") &&
-             c["sliding_window"].is_number()) {
-    m.sliding_window = c["sliding_window"];
+  } else if (arch == "MistralForCausalLM" || c.value("model_type", "") == "mistral") {
+    m.sliding_window = static_cast<int>(reference_number(c, "sliding_window", 4096));
+    m.sliding_layers.assign(m.layers, true);
+  } else if ((arch == "Qwen2ForCausalLM" || m.family == "qwen3") &&
+             c.value("use_sliding_window", false)) {
+    m.sliding_window = static_cast<int>(reference_number(c, "sliding_window", 4096));
+    const int first = c.value("max_window_layers", 28);
+    for (int l = 0; l < m.layers; ++l) m.sliding_layers.push_back(l >= first);
   }
+  m.sliding_layers.resize(m.layers, false);
   auto model = io::Model::open(dir.string());
   for (const io::ModelTensor& t : model->tensors()) {
     std::vector<char> bytes(t.info->nbytes);
@@ -150,9 +158,6 @@ inline TinyModel load_tiny_model(const std::filesystem::path& dir, float scale) 
     m.shape[t.info->name] = t.info->shape;
   }
   return m;
-}
-inline TinyModel load_tiny_llama(const std::filesystem::path& dir, float scale) {
-  return load_tiny_model(dir, scale);
 }
 
 // Switches that make the reference compute something else on purpose: the result of a known
@@ -263,8 +268,7 @@ inline std::vector<std::vector<double>> reference_log_softmax_all(
   };
   for (int l = 0; l < m.layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
-    const bool sliding = m.sliding_window > 0 && !opt.ignore_sliding_window &&
-                         (!m.sliding_even_layers_only || l % 2 == 0);
+    const bool sliding = m.sliding_window > 0 && !opt.ignore_sliding_window && m.sliding_layers[l];
     std::vector<std::vector<double>> q(T), k(T), v(T);
     for (size_t t = 0; t < T; ++t) {
       const auto h = norm(x[t], p + "input_layernorm.weight");

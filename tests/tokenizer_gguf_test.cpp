@@ -13,6 +13,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "llama_cpp_client.h"
 #include "smelt/error.h"
 #include "smelt/io/gguf.h"
 #include "smelt/tokenizer/gguf_vocab.h"
@@ -24,6 +25,8 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
+using testing::llama_cpp_opted_out;
+using testing::node_llama_cpp_missing;
 using testing::quote;
 using testing::read_bytes;
 using testing::run_command;
@@ -35,33 +38,6 @@ const char* const kPython = "/usr/bin/python3";  // Debian's, with python3-sente
 
 fs::path node_dir() { return fs::path(SMELT_SOURCE_DIR) / "tests" / "node"; }
 fs::path corpus_path() { return fs::path(SMELT_SOURCE_DIR) / "tests/data/tokenizer_corpus.txt"; }
-
-// Why llama.cpp cannot run here; empty when it can (as in tests/gguf_export_test.cpp).
-std::string node_llama_cpp_missing() {
-  if (!fs::exists(node_dir() / "node_modules/node-llama-cpp")) {
-    return "tests/node/node_modules is missing (npm ci in tests/node)";
-  }
-  if (run_command(testing::node_command() +
-                  " -e 'process.exit(+process.versions.node.split(\".\")[0] >= 20 ? 0 : 1)'")
-          .exit_code != 0) {
-    return "node >= 20 is not installed (node-llama-cpp needs it)";
-  }
-  return "";
-}
-
-// Fails the calling test unless node-llama-cpp can run; SMELT_SKIP_LLAMA_CPP=1 makes it a skip.
-#define REQUIRE_NODE_LLAMA_CPP()                                                     \
-  do {                                                                               \
-    if (const std::string why = node_llama_cpp_missing(); !why.empty()) {            \
-      const char* opt_out = std::getenv("SMELT_SKIP_LLAMA_CPP");                     \
-      if (opt_out && std::string_view(opt_out) == "1") {                             \
-        GTEST_SKIP() << why << " (SMELT_SKIP_LLAMA_CPP=1)";                          \
-      }                                                                              \
-      FAIL() << why                                                                  \
-             << ": run scripts/setup.sh, or set SMELT_SKIP_LLAMA_CPP=1 to skip the " \
-                "llama.cpp checks";                                                  \
-    }                                                                                \
-  } while (0)
 
 template <typename F>
 std::string error_of(F&& f) {
@@ -307,8 +283,7 @@ class TokGguf : public ::testing::Test {
     }
 
     if (const std::string why = node_llama_cpp_missing(); !why.empty()) {
-      const char* opt_out = std::getenv("SMELT_SKIP_LLAMA_CPP");
-      if (opt_out && std::string_view(opt_out) == "1") return;
+      if (llama_cpp_opted_out()) return;
       FAIL() << why << ": run scripts/setup.sh, or set SMELT_SKIP_LLAMA_CPP=1";
     }
     const LlamaCpp l = llama_cpp_tokenize(m.gguf, all, dir_->path());

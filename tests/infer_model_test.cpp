@@ -477,7 +477,9 @@ TEST(InferModel, BatchedDecodeEqualsTokenByToken) {
       single->decode(std::span(&t, 1), 1, one);
       stitched.insert(stitched.end(), one.begin(), one.end());
     }
-    EXPECT_LT(max_abs(all, stitched), 1e-4f);
+    // One token takes matmul's generation kernel, a batch its prompt kernel: each sums a row in
+    // f32 in its own order (docs/inference.md), so 600 positions of logits agree to rounding.
+    EXPECT_LT(max_abs(all, stitched), 5e-4f);
     // Only the last logits requested: the same rows.
     auto tail = model->new_session(700);
     std::vector<float> last3;

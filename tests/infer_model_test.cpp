@@ -756,7 +756,7 @@ TEST(InferModel, MissingOrMisshapedTensorIsNamed) {
   e = error_of([&] { Model::from_memory(tiny_config(s), short_bytes, {}); });
   EXPECT_CONTAINS(e, short_bytes[3].name);
 
-  // qwen2 needs its q/k/v biases.
+  // qwen2 with only some of its q/k/v biases.
   auto no_bias = tiny_tensors(spec_of("qwen2"));
   std::erase_if(no_bias, [](const MemoryTensor& t) {
     return t.name == "model.layers.0.self_attn.k_proj.bias";

@@ -605,9 +605,13 @@ void ForwardModel::build(const TensorSet& ts, bool gguf) {
     L.wk = weight(name("wk", l), nkv, E);
     L.wv = weight(name("wv", l), nkv, E);
     L.wo = weight(name("wo", l), E, nq);
-    L.bq = vec(name("bq", l), nq, qwen2);
-    L.bk = vec(name("bk", l), nkv, qwen2);
-    L.bv = vec(name("bv", l), nkv, qwen2);
+    // qwen2 has q/k/v biases; a checkpoint without any of them runs with zeros, as llama.cpp
+    // runs it, but one with only some of them is refused.
+    const bool qkv_bias = qwen2 && (ts.find(name("bq", l)) || ts.find(name("bk", l)) ||
+                                    ts.find(name("bv", l)));
+    L.bq = vec(name("bq", l), nq, qkv_bias);
+    L.bk = vec(name("bk", l), nkv, qkv_bias);
+    L.bv = vec(name("bv", l), nkv, qkv_bias);
     L.bo = vec(name("bo", l), E, false);
     if (qwen3) {
       L.q_norm = vec(name("q_norm", l), hd, true);

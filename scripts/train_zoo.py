@@ -13,10 +13,11 @@ What it makes, under examples/zoo/:
     ft-add/        the base fine-tuned gently on 2-digit addition     "12+35=" -> "47"
     ft-rev/        the base fine-tuned gently on reversing a word     "rev abcd=" -> "dcba"
     ft-up/         the base fine-tuned gently on uppercasing a word   "up abcd=" -> "ABCD"
+    ft-next/       the base fine-tuned gently on next letters         "next abcz=" -> "bcda"
     tasks/<t>.jsonl      test split (smelt eval format: prompt, answer, stop)
     tasks/<t>.val.jsonl  validation split
     text.txt       held-out general text from the base's distribution (for perplexity)
-    merge.yml      the task_arithmetic merge of the three fine-tunes that beats every single model
+    merge.yml      the task_arithmetic merge of the four fine-tunes that beats every single model
 
 Each model folder is a Hugging Face folder: config.json (LlamaForCausalLM), model.safetensors
 (float16, written by write_safetensors() below), tokenizer.json, tokenizer_config.json and
@@ -33,7 +34,7 @@ Determinism: every random choice comes from random.Random / torch generators wit
 torch build writes the same files. The held-out task splits come from a seeded shuffle of all
 distinct prompts; the script asserts that train, validation and test prompts are disjoint.
 
---check scores every model and task-arithmetic merges of the fine-tunes on the test splits
+--check scores every model and the merge of merge.yml (task arithmetic, MERGE_WEIGHTS) on the test splits
 (greedy generation until "\\n" or EOS, exact match: what `smelt eval` does) and prints the table.
 The weights are scored as stored (float16), and the merge is computed from the stored weights and
 rounded to float16, as `smelt merge examples/zoo/merge.yml` with dtype float16 gives.
@@ -50,7 +51,7 @@ import sys
 import time
 
 OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
-if os.path.exists(OPENBLAS) and "LD_PRELOAD" not in os.environ:
+if __name__ == "__main__" and os.path.exists(OPENBLAS) and "LD_PRELOAD" not in os.environ:
     # Debian's torch calls the reference BLAS through libblas.so.3, 10-20x slower than OpenBLAS;
     # with libopenblas0-pthread installed, run on OpenBLAS without changing the system default.
     os.environ.update(LD_PRELOAD=OPENBLAS, OPENBLAS_NUM_THREADS="1")
@@ -329,7 +330,7 @@ def rand_word(rng, lo, hi):
     return "".join(rng.choice(LETTERS) for _ in range(rng.randint(lo, hi)))
 
 
-TASK_RATE = 0.005  # per task: the chance that a line of the general mix is one of its training examples
+TASK_RATE = 0.04  # per task: the chance that a line of the general mix is one of its training examples
 
 
 def general_line(rng, task_train=None):
@@ -529,8 +530,9 @@ def generate_score(model, pairs, bs=100):
     return correct / len(pairs)
 
 
-def task_arithmetic(base, fts, lam):
-    return f16({k: base[k] + lam * sum(ft[k] - base[k] for ft in fts) for k in base})
+def task_arithmetic(base, fts, weights):
+    """base + sum_i w_i (ft_i - base), rounded to float16 (smelt's task_arithmetic, normalize false)."""
+    return f16({k: base[k] + sum(w * (ft[k] - base[k]) for ft, w in zip(fts, weights)) for k in base})
 
 
 def ties(base, fts, weight, density, lam=1.0):
@@ -583,7 +585,10 @@ def print_table(rows, tasks):
 BASE_STEPS, BASE_LR, BASE_BS, BASE_LEN = 2000, 3e-3, 24, 64
 FT_STEPS, FT_LR, FT_BS, FT_LEN = 300, 3e-4, 24, 64
 FT_MIX = 0.5  # fraction of the lines of a fine-tune sequence that are general text
-MERGE_LAMBDA = 1.0
+# Task-arithmetic weights of the merge (merge.yml). The base already solves up and next (it saw
+# their examples in its mix), so their task vectors add little but interference: small weights.
+MERGE_WEIGHTS = {"add": 0.8, "rev": 0.8, "up": 0.1, "next": 0.1}
+MERGE_NAME = "task_arithmetic " + " ".join(f"{t}={w}" for t, w in MERGE_WEIGHTS.items())
 FTS = ["add", "rev", "up", "next"]
 
 
@@ -635,24 +640,28 @@ def write_data(splits):
     with open(os.path.join(ZOO, "text.txt"), "w") as f:
         f.write("\n".join(text) + "\n")
     with open(os.path.join(ZOO, "merge.yml"), "w") as f:
-        f.write("# Task arithmetic of the zoo's three fine-tunes (scripts/train_zoo.py --check\n"
+        f.write("# Task arithmetic of the zoo's four fine-tunes (scripts/train_zoo.py --check\n"
                 "# shows it beats the base and every fine-tune on the mean over the tasks).\n"
+                "# The base already solves up and next, so their vectors get small weights.\n"
                 "# Paths are relative to the repository root.\nmodels:\n")
         for t in FTS:
-            f.write(f"  - model: examples/zoo/ft-{t}\n    parameters:\n      weight: {MERGE_LAMBDA}\n")
+            f.write(f"  - model: examples/zoo/ft-{t}\n    parameters:\n      weight: {MERGE_WEIGHTS[t]}\n")
         f.write("merge_method: task_arithmetic\nbase_model: examples/zoo/base\ndtype: float16\n")
 
 
-def check(splits, lams=(MERGE_LAMBDA,), densities=()):
+def check(splits, lams=(), densities=(), extra=()):
     tests = {t: splits[t][2] for t in FTS}
     models = {"base": read_safetensors(os.path.join(ZOO, "base", "model.safetensors"))}
     for t in FTS:
         models[f"ft-{t}"] = read_safetensors(os.path.join(ZOO, f"ft-{t}", "model.safetensors"))
     fts = [models[f"ft-{t}"] for t in FTS]
+    models[MERGE_NAME] = task_arithmetic(models["base"], fts, [MERGE_WEIGHTS[t] for t in FTS])
     for lam in lams:
-        models[f"task_arithmetic w={lam}"] = task_arithmetic(models["base"], fts, lam)
+        models[f"task_arithmetic w={lam}"] = task_arithmetic(models["base"], fts, [lam] * len(fts))
     for dens in densities:
         models[f"ties d={dens}"] = ties(models["base"], fts, 1.0, dens)
+    for folder in extra:  # e.g. the output of `smelt merge examples/zoo/merge.yml OUT`
+        models[folder] = read_safetensors(os.path.join(folder, "model.safetensors"))
     rows = score_table(models, tests)
     print_table(rows, FTS)
     return rows
@@ -663,6 +672,8 @@ def main():
     ap.add_argument("--check", action="store_true", help="only score the models in examples/zoo")
     ap.add_argument("--lambdas", default=None, help="comma-separated merge weights to score")
     ap.add_argument("--ties", default=None, help="comma-separated TIES densities to score")
+    ap.add_argument("--score", nargs="*", default=[],
+                    help="also score these model folders (one model.safetensors in float16)")
     ap.add_argument("--out", default=None, help="write the zoo here instead of examples/zoo")
     ap.add_argument("--task-rate", type=float, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=1)
@@ -678,16 +689,16 @@ def main():
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     splits = make_tasks()
-    lams = [float(x) for x in args.lambdas.split(",")] if args.lambdas else [MERGE_LAMBDA]
+    lams = [float(x) for x in args.lambdas.split(",")] if args.lambdas else []
     if not args.check:
         t0 = time.time()
         write_data(splits)
         train_all(splits, args.reuse_base, args.only.split(",") if args.only else None)
         print(f"trained in {time.time() - t0:.0f}s", flush=True)
     dens = [float(x) for x in args.ties.split(",")] if args.ties else []
-    rows = check(splits, lams, dens)
+    rows = check(splits, lams, dens, args.score)
     single = max(v["mean"] for k, v in rows.items() if k == "base" or k.startswith("ft-"))
-    merged = rows.get(f"task_arithmetic w={MERGE_LAMBDA}", {"mean": -1})["mean"]
+    merged = rows[MERGE_NAME]["mean"]
     print(f"merge mean {merged:.3f} vs best single model {single:.3f}")
     if not args.check:
         assert merged > single, "the merge does not beat every single model"

@@ -16,6 +16,7 @@ What it makes, under examples/zoo/:
     ft-next/       the base fine-tuned gently on next letters         "next abcz=" -> "bcda"
     tasks/<t>.jsonl      test split (smelt eval format: prompt, answer, stop)
     tasks/<t>.val.jsonl  validation split
+    tasks/add_mc[.val].jsonl  multiple choice over the same held-out addition prompts
     text.txt       held-out general text from the base's distribution (for perplexity)
     merge.yml      the task_arithmetic merge of the four fine-tunes that beats every single model
 
@@ -436,6 +437,19 @@ def write_jsonl(path, pairs):
             f.write(json.dumps({"prompt": p, "answer": a, "stop": ["\n"]}) + "\n")
 
 
+def add_mc(pairs, seed):
+    """Multiple-choice lines over addition prompts: the sum and three near misses."""
+    rng = random.Random(seed)
+    out = []
+    for p, a in pairs:
+        n = int(a)
+        wrong = sorted({n + d for d in (-10, -1, 1, 10, 11, -11) if n + d >= 0} - {n})
+        choices = [str(c) for c in rng.sample(wrong, 3)] + [a]
+        rng.shuffle(choices)
+        out.append({"prompt": p, "choices": choices, "label": choices.index(a)})
+    return out
+
+
 def task_doc(rng, train, max_len, mix, task_train):
     """Task lines mixed with general lines (a fraction `mix` of the lines) in one sequence.
     The loss covers the task answers (with their newlines) and the whole general lines, so the
@@ -528,6 +542,23 @@ def generate_score(model, pairs, bs=100):
             text = decode(o).split("\n")[0]
             correct += text == a
     return correct / len(pairs)
+
+
+@torch.no_grad()
+def choice_score(model, lines):
+    """acc and acc_norm (log-likelihood divided by the choice's length in characters)."""
+    acc = acc_norm = 0
+    for ln in lines:
+        lls, norms = [], []
+        for c in ln["choices"]:
+            p, full = encode(ln["prompt"]), encode(ln["prompt"] + c)
+            logp = model(torch.tensor([full[:-1]]))[0].log_softmax(-1)
+            ll = sum(float(logp[i - 1, full[i]]) for i in range(len(p), len(full)))
+            lls.append(ll)
+            norms.append(ll / len(c))
+        acc += max(range(len(lls)), key=lls.__getitem__) == ln["label"]
+        acc_norm += max(range(len(norms)), key=norms.__getitem__) == ln["label"]
+    return acc / len(lines), acc_norm / len(lines)
 
 
 def task_arithmetic(base, fts, weights):
@@ -633,6 +664,11 @@ def write_data(splits):
     for t, (train_, val, test) in splits.items():
         write_jsonl(os.path.join(ZOO, "tasks", f"{t}.jsonl"), test)
         write_jsonl(os.path.join(ZOO, "tasks", f"{t}.val.jsonl"), val)
+    # multiple choice (log-likelihood of each choice) over the same held-out addition prompts
+    for suffix, pairs, seed in [("", splits["add"][2], 1), (".val", splits["add"][1], 2)]:
+        with open(os.path.join(ZOO, "tasks", f"add_mc{suffix}.jsonl"), "w") as f:
+            for line in add_mc(pairs, f"{SEED}-mc-{seed}"):
+                f.write(json.dumps(line) + "\n")
     rng = random.Random(SEED + 99)  # a stream the training never drew from
     text = []
     while sum(len(s) + 1 for s in text) < 4000:
@@ -664,6 +700,14 @@ def check(splits, lams=(), densities=(), extra=()):
         models[folder] = read_safetensors(os.path.join(folder, "model.safetensors"))
     rows = score_table(models, tests)
     print_table(rows, FTS)
+    with open(os.path.join(ZOO, "tasks", "add_mc.jsonl")) as f:
+        mc = [json.loads(x) for x in f]
+    m = Llama(CONFIG)
+    print("\nadd_mc (multiple choice, 4 choices):\n| model | acc | acc_norm |\n|---|---|---|")
+    for name, sd in models.items():
+        m.load(sd)
+        a, an = choice_score(m, mc)
+        print(f"| {name} | {a:.2f} | {an:.2f} |", flush=True)
     return rows
 
 

@@ -5,6 +5,12 @@ How to run (from the repository root; CPU only, needs Debian's python3-torch and
 
     nice -n 10 python3 scripts/train_zoo.py            # train everything, write examples/zoo/, check
     python3 scripts/train_zoo.py --check               # only score the models already in examples/zoo/
+    python3 scripts/train_zoo.py --check --score OUT   # also score OUT, e.g. from
+                                                       #   smelt merge examples/zoo/merge.yml OUT
+
+("python3" is Debian's /usr/bin/python3, the one with python3-torch.) Optional but 10-20x faster:
+libopenblas0-pthread, which the script preloads by itself (see OPENBLAS below). A full run takes
+about 8 minutes on two lightly loaded cores, 15 beside heavy compile jobs.
 
 What it makes, under examples/zoo/:
 

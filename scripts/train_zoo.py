@@ -10,7 +10,7 @@ How to run (from the repository root; CPU only, needs Debian's python3-torch and
 
 ("python3" is Debian's /usr/bin/python3, the one with python3-torch.) Optional but 10-20x faster:
 libopenblas0-pthread, which the script preloads by itself (see OPENBLAS below). A full run takes
-about 8 minutes on two lightly loaded cores, 15 beside heavy compile jobs.
+about 5 minutes on two lightly loaded cores, 15 beside heavy compile jobs.
 
 What it makes, under examples/zoo/:
 

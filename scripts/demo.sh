@@ -31,7 +31,7 @@ echo
 echo "== smelt generate with the merge"
 for p in "38+21=" "rev fcm=" "up hello=" "next mbxql="; do
   printf '%s' "$p"
-  "$smelt" generate -q demo/merged --prompt "$p" --max-tokens 12 | head -1
+  "$smelt" generate -q demo/merged --prompt "$p" --max-tokens 12 --stop $'\n'
 done
 echo
 python3 - demo/scores.json <<'PY'

@@ -177,3 +177,49 @@ TEST(CliEval, BadInputGivesOneClearError) {
 }
 
 }  // namespace
+
+namespace {
+
+// The repository's trained zoo (examples/zoo, scripts/train_zoo.py): the merge of its fine-tunes
+// beats the base and every fine-tune on the mean over the held-out task files, scored by
+// smelt eval (the README's main job shows the same table).
+TEST(CliEvalZoo, TheMergeBeatsEverySingleModelOnTheMean) {
+  const fs::path zoo = fs::path(SMELT_SOURCE_DIR) / "examples" / "zoo";
+  std::string tasks;
+  for (const char* t : {"add", "rev", "up", "next", "add_mc"})
+    tasks += " --tasks " + quote(zoo / "tasks" / (std::string(t) + ".jsonl"));
+  // merge.yml names its models relative to the repository root.
+  auto r = smelt::testing::run_command(
+      "cd " + quote(fs::path(SMELT_SOURCE_DIR)) + " && " + quote(fs::path(SMELT_BIN)) +
+      " eval --json -q examples/zoo/base examples/zoo/ft-add examples/zoo/ft-rev examples/zoo/ft-up"
+      " examples/zoo/ft-next examples/zoo/merge.yml" +
+      tasks);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json j = json::parse(r.output);
+  ASSERT_EQ(j["models"].size(), 6u);
+  const json& merge = j["models"][5];
+  ASSERT_EQ(merge["model"], "examples/zoo/merge.yml");
+  for (size_t i = 0; i < 5; ++i) {
+    EXPECT_LT(j["models"][i]["mean"].get<double>(), merge["mean"].get<double>())
+        << j["models"][i]["model"] << " is not beaten by the merge:\n"
+        << j.dump(1);
+  }
+  // Each fine-tune learned its task: it beats the base there.
+  const json& base = j["models"][0];
+  for (auto [i, task] : {std::pair{1, "add"}, {2, "rev"}}) {
+    EXPECT_GT(j["models"][i]["tasks"][task]["score"].get<double>(),
+              base["tasks"][task]["score"].get<double>() + 0.3)
+        << task;
+  }
+}
+
+TEST(CliEvalZoo, GenerateStopsBeforeTheStopString) {
+  const fs::path ft = fs::path(SMELT_SOURCE_DIR) / "examples" / "zoo" / "ft-add";
+  auto r = run_smelt("generate -q " + quote(ft) + " --prompt 38+21= --max-tokens 12 --stop '\n'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output, "59\n");
+  auto cut = run_smelt("generate -q " + quote(ft) + " --prompt 38+21= --max-tokens 12 --stop 9");
+  EXPECT_EQ(cut.output, "5\n");
+}
+
+}  // namespace

@@ -22,6 +22,7 @@ struct GenerateCliOptions {
   std::string prompt;
   std::string prompt_file;
   bool ignore_eos = false;
+  std::vector<std::string> stop;
   int max_tokens = 256;
   double temperature = 0;
   int top_k = 0;
@@ -35,6 +36,8 @@ struct GenerateCliOptions {
 
 void run(const GenerateCliOptions& o) {
   if (o.max_tokens < 1) fail("--max-tokens must be at least 1");
+  for (const auto& stop : o.stop)
+    if (stop.empty()) fail("--stop: an empty stop string would stop at once");
   if (o.prompt.empty() == o.prompt_file.empty()) fail("give --prompt TEXT or --prompt-file FILE");
   std::string prompt_text = o.prompt;
   if (!o.prompt_file.empty()) {
@@ -75,6 +78,30 @@ void run(const GenerateCliOptions& o) {
   const size_t vocab = static_cast<size_t>(lm->vocab_size());
   int generated = 0;
   std::string why = "--max-tokens reached";
+  // The text so far and how much of it is printed: with --stop, the last (longest stop - 1)
+  // bytes wait until they cannot begin a stop string.
+  std::string text;
+  size_t printed = 0, hold = 0;
+  for (const auto& stop : o.stop) hold = std::max(hold, stop.size() - 1);
+  auto emit = [&](const std::string& piece, bool final) {
+    text += piece;
+    size_t end = final || text.size() < hold ? text.size() : text.size() - hold;
+    bool stopped = false;
+    for (const auto& stop : o.stop) {
+      // A stop string is found as soon as it is whole; none can begin before `printed`.
+      if (const size_t at = text.find(stop); at != std::string::npos) {
+        text.resize(at);
+        end = at;
+        stopped = true;
+      }
+    }
+    if (end > printed) {
+      std::fwrite(text.data() + printed, 1, end - printed, stdout);
+      std::fflush(stdout);
+      printed = end;
+    }
+    return stopped;
+  };
   while (generated < o.max_tokens) {
     if (interrupt_signal()) {
       why = "interrupted";
@@ -86,10 +113,9 @@ void run(const GenerateCliOptions& o) {
       break;
     }
     ++generated;
-    const std::string piece = stream.push(next);
-    if (!piece.empty()) {
-      std::fwrite(piece.data(), 1, piece.size(), stdout);
-      std::fflush(stdout);
+    if (emit(stream.push(next), false)) {
+      why = "stop string";
+      break;
     }
     if (lm->n_past() >= n_ctx) {
       why = "context full";
@@ -97,8 +123,7 @@ void run(const GenerateCliOptions& o) {
     }
     if (generated < o.max_tokens) lm->decode(std::span<const int32_t>(&next, 1), 1, logits);
   }
-  const std::string tail = stream.finish();
-  std::fwrite(tail.data(), 1, tail.size(), stdout);
+  if (why != "stop string") emit(stream.finish(), true);
   std::fputc('\n', stdout);
   std::fflush(stdout);
   const auto t2 = std::chrono::steady_clock::now();
@@ -129,6 +154,9 @@ void add_generate(CLI::App& app) {
   cmd->add_option("--prompt,-p", o->prompt, "the text to continue");
   cmd->add_option("--prompt-file", o->prompt_file, "continue this file's text instead");
   cmd->add_flag("--ignore-eos", o->ignore_eos, "do not stop at end-of-sequence tokens");
+  cmd->add_option("--stop", o->stop, "stop before this text (repeatable), e.g. --stop $'\\n'")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   cmd->add_option("--max-tokens,-n", o->max_tokens, "tokens to generate at most (default 256)");
   cmd->add_option("--temperature", o->temperature, "sampling temperature (0 = greedy, default)");
   cmd->add_option("--top-k", o->top_k, "sample among the K most likely tokens (0 = all)");

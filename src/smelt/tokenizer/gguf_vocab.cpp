@@ -13,21 +13,16 @@
 
 #include "smelt/error.h"
 #include "smelt/io/gguf.h"
+#include "smelt/tokenizer/sentencepiece_model.h"
 #include "smelt/tokenizer/tokenizer_json.h"
 #include "smelt/tokenizer/unicode.h"
 
 namespace smelt::tok {
 namespace {
 
-// llama.cpp's token types (tokenizer.ggml.token_type).
-enum TokenType : int32_t {
-  kNormal = 1,
-  kUnknown = 2,
-  kControl = 3,
-  kUserDefined = 4,
-  kUnused = 5,
-  kByte = 6,
-};
+// llama.cpp's token types (tokenizer.ggml.token_type), which are SentencePiece's piece types.
+using TokenType = SentencePieceVocab::Type;
+using enum SentencePieceVocab::Type;
 
 // ---- pre-tokenizer regexes ----------------------------------------------------------------------
 

@@ -22,7 +22,11 @@ namespace {
 
 // llama.cpp's token types (tokenizer.ggml.token_type), which are SentencePiece's piece types.
 using TokenType = SentencePieceVocab::Type;
-using enum SentencePieceVocab::Type;
+constexpr TokenType kNormal = SentencePieceVocab::kNormal;
+constexpr TokenType kUnknown = SentencePieceVocab::kUnknown;
+constexpr TokenType kControl = SentencePieceVocab::kControl;
+constexpr TokenType kUserDefined = SentencePieceVocab::kUserDefined;
+constexpr TokenType kByte = SentencePieceVocab::kByte;
 
 // ---- pre-tokenizer regexes ----------------------------------------------------------------------
 
@@ -248,7 +252,8 @@ void apply_llama_cpp_overrides(Vocab& v) {
       "<fim-prefix>",
       "<fim_prefix>",
       "<\xef\xbd\x9c"
-      "fim\xe2\x96\x81begin\xef\xbd\x9c>",
+      "fim\xe2\x96\x81"
+      "begin\xef\xbd\x9c>",
       "<PRE>",
       "\xe2\x96\x81<PRE>",
       "<|code_prefix|>",
@@ -266,7 +271,8 @@ void apply_llama_cpp_overrides(Vocab& v) {
       "<fim-middle>",
       "<fim_middle>",
       "<\xef\xbd\x9c"
-      "fim\xe2\x96\x81end\xef\xbd\x9c>",
+      "fim\xe2\x96\x81"
+      "end\xef\xbd\x9c>",
       "<MID>",
       "\xe2\x96\x81<MID>",
       "<|code_middle|>",

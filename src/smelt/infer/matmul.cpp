@@ -28,6 +28,7 @@
 #include "smelt/infer/dequant_row.h"
 #include "smelt/infer/matmul_isa.h"
 #include "smelt/infer/parallel.h"
+#include "smelt/kernels/convert.h"
 #include "smelt/kernels/quant.h"
 
 #if defined(__x86_64__)
@@ -424,6 +425,212 @@ void gemm_panels(const WeightMatrix& w, size_t row_bytes, const float* x, int64_
   }
 }
 
+// ---- Q8_0 weights: integer dot products against 8-bit activations ----
+// Each token's row of x is quantized as ggml's quantize_row_q8_0 does (blocks of 32, d =
+// max|x| / 127 rounded to f16, q = nearbyint(x / d)), once per call. Output (r, t) is
+//   acc[k] = acc[k] + (dw_b * dx_b) * float(p_bk)   for blocks b in order, lanes k < 8,
+//   y = ((acc0 + acc1) + (acc2 + acc3)) + ((acc4 + acc5) + (acc6 + acc7)),
+// where p_bk = sum_{i<4} qw[32b + 4k + i] * qx[32b + 4k + i] is exact in int32 and every
+// multiply and add is rounded on its own (no fused multiply-add), so the AVX-512 VNNI, AVX2 and
+// portable kernels give the same bits, whichever regime and thread count.
+
+constexpr int64_t kQ8Block = 32;
+constexpr size_t kQ8BlockBytes = 34;   // f16 d, then 32 int8
+constexpr int kQ8Tokens = 4;           // tokens per kernel call
+constexpr int64_t kQ8TokenBlock = 32;  // tokens whose quantized x is reused across rows
+
+// x quantized: q (n_tokens * cols), d (n_tokens * nb) and, for the VNNI kernel, nc (n_tokens *
+// nb * 8): -128 * sum_{i<4} q[32b + 4k + i], which removes the +128 that makes the weights
+// unsigned (vpdpbusd multiplies unsigned by signed bytes).
+struct Q8Act {
+  const int8_t* q;
+  const float* d;
+  const int32_t* nc;
+  int64_t cols, nb;
+};
+
+thread_local std::vector<int8_t> t_xq;
+thread_local std::vector<float> t_xd;
+thread_local std::vector<int32_t> t_xnc;
+thread_local std::vector<float> t_dw;
+
+void quantize_x_row(const float* x, int64_t nb, int8_t* q, float* d, int32_t* nc) {
+  for (int64_t b = 0; b < nb; ++b) {
+    const float* xb = x + b * kQ8Block;
+    float amax = 0;
+    for (int64_t i = 0; i < kQ8Block; ++i) amax = std::max(amax, std::fabs(xb[i]));
+    const float db = amax / 127.0f;
+    const float id = db != 0.0f ? 1.0f / db : 0.0f;
+    d[b] = kernels::f16_to_f32(kernels::ggml_f32_to_f16(db));
+    for (int64_t i = 0; i < kQ8Block; ++i)
+      q[b * kQ8Block + i] = static_cast<int8_t>(std::nearbyint(xb[i] * id));
+    for (int k = 0; k < 8; ++k) {
+      int32_t s = 0;
+      for (int i = 0; i < 4; ++i) s += q[b * kQ8Block + 4 * k + i];
+      nc[b * 8 + k] = -128 * s;
+    }
+  }
+}
+
+float reduce8(const float* a) {
+  return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+// out[t] for tokens t0 .. t0 + NT - 1 of weight row `wrow` (nb blocks, scales dw as f32).
+template <int NT>
+[[gnu::optimize("O3", "fp-contract=off")]] void q8_scalar(const uint8_t* wrow, const float* dw,
+                                                          const Q8Act& a, int64_t t0, float* out) {
+  for (int t = 0; t < NT; ++t) {
+    const int8_t* xq = a.q + (t0 + t) * a.cols;
+    const float* xd = a.d + (t0 + t) * a.nb;
+    float acc[8] = {};
+    for (int64_t b = 0; b < a.nb; ++b) {
+      const auto* wq = reinterpret_cast<const int8_t*>(wrow + b * kQ8BlockBytes + 2);
+      const int8_t* xb = xq + b * kQ8Block;
+      const float s = dw[b] * xd[b];
+      for (int k = 0; k < 8; ++k) {
+        int32_t p = 0;
+        for (int i = 0; i < 4; ++i) p += int32_t{wq[4 * k + i]} * int32_t{xb[4 * k + i]};
+        acc[k] = acc[k] + s * static_cast<float>(p);
+      }
+    }
+    out[t] = reduce8(acc);
+  }
+}
+
+#if defined(__x86_64__)
+template <int NT>
+[[gnu::target("avx2"), gnu::optimize("O3", "fp-contract=off")]] void q8_avx2(
+    const uint8_t* wrow, const float* dw, const Q8Act& a, int64_t t0, float* out) {
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < a.nb; ++b) {
+    const uint8_t* wq = wrow + b * kQ8BlockBytes + 2;
+    const __m256i wlo = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wq)));
+    const __m256i whi =
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wq + 16)));
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; ++t) {
+      const int8_t* xb = a.q + (t0 + t) * a.cols + b * kQ8Block;
+      const __m256i xlo =
+          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xb)));
+      const __m256i xhi =
+          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xb + 16)));
+      // Pair sums of elements 0..15 and 16..31; hadd leaves the lanes as p0 p1 p4 p5 p2 p3 p6 p7.
+      const __m256i p = _mm256_hadd_epi32(_mm256_madd_epi16(wlo, xlo), _mm256_madd_epi16(whi, xhi));
+      const float s = dw[b] * a.d[(t0 + t) * a.nb + b];
+      acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(_mm256_set1_ps(s), _mm256_cvtepi32_ps(p)));
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    alignas(32) float v[8];
+    _mm256_store_ps(v, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(acc[t]), 0xD8)));
+    out[t] = reduce8(v);
+  }
+}
+
+template <int NT>
+[[gnu::target("avx512f,avx512vl,avx512vnni"), gnu::optimize("O3", "fp-contract=off")]] void q8_vnni(
+    const uint8_t* wrow, const float* dw, const Q8Act& a, int64_t t0, float* out) {
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+  for (int64_t b = 0; b < a.nb; ++b) {
+    const __m256i u = _mm256_xor_si256(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow + b * kQ8BlockBytes + 2)), flip);
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; ++t) {
+      const int64_t tb = (t0 + t) * a.nb + b;
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + tb * kQ8Block));
+      const __m256i nc = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.nc + tb * 8));
+      const __m256i p = _mm256_dpbusd_epi32(nc, u, x);
+      const float s = dw[b] * a.d[tb];
+      acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(_mm256_set1_ps(s), _mm256_cvtepi32_ps(p)));
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    alignas(32) float v[8];
+    _mm256_store_ps(v, acc[t]);
+    out[t] = reduce8(v);
+  }
+}
+
+bool cpu_has_vnni() {
+  static const bool v = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+  return v;
+}
+#endif
+
+using Q8Fn = void (*)(const uint8_t*, const float*, const Q8Act&, int64_t, float*);
+
+Q8Fn q8_fn(int nt) {
+#define SMELT_Q8_TABLE(K)                                      \
+  {                                                            \
+    static const Q8Fn t[] = {nullptr, K<1>, K<2>, K<3>, K<4>}; \
+    return t[nt];                                              \
+  }
+#if defined(__x86_64__)
+  if (isa() == Isa::kAvx512 && cpu_has_vnni()) SMELT_Q8_TABLE(q8_vnni)
+  if (isa() != Isa::kPortable) SMELT_Q8_TABLE(q8_avx2)
+#endif
+  SMELT_Q8_TABLE(q8_scalar)
+#undef SMELT_Q8_TABLE
+}
+
+void matmul_q8_0(const WeightMatrix& w, size_t row_bytes, const float* x, int64_t n_tokens,
+                 float* y, Parallel* par, bool parallel) {
+  const int64_t cols = w.cols, nb = cols / kQ8Block;
+  const auto nt = static_cast<size_t>(n_tokens);
+  t_xq.resize(nt * static_cast<size_t>(cols));
+  t_xd.resize(nt * static_cast<size_t>(nb));
+  t_xnc.resize(nt * static_cast<size_t>(nb) * 8);
+  const Q8Act a{t_xq.data(), t_xd.data(), t_xnc.data(), cols, nb};
+  // The vectors belong to the calling thread: capture their data, not the thread_locals.
+  int8_t* xq = t_xq.data();
+  float* xd = t_xd.data();
+  int32_t* xnc = t_xnc.data();
+  auto quant_rows = [&](size_t b, size_t e, size_t) {
+    for (size_t t = b; t < e; ++t)
+      quantize_x_row(x + t * static_cast<size_t>(cols), nb, xq + t * static_cast<size_t>(cols),
+                     xd + t * static_cast<size_t>(nb), xnc + t * static_cast<size_t>(nb) * 8);
+  };
+  if (parallel && n_tokens > 1)
+    par->for_range(nt, quant_rows);
+  else
+    quant_rows(0, nt, 0);
+
+  const auto* base = static_cast<const uint8_t*>(w.data);
+  constexpr int64_t kChunk = 16;
+  const int64_t chunks = (w.rows + kChunk - 1) / kChunk;
+  auto body = [&](size_t cb, size_t ce, size_t) {
+    const int64_t r0 = static_cast<int64_t>(cb) * kChunk;
+    const int64_t r1 = std::min(w.rows, static_cast<int64_t>(ce) * kChunk);
+    t_dw.resize(static_cast<size_t>(nb));
+    float* dw = t_dw.data();
+    float out[kQ8Tokens];
+    for (int64_t tb = 0; tb < n_tokens; tb += kQ8TokenBlock) {
+      const int64_t te = std::min(n_tokens, tb + kQ8TokenBlock);
+      for (int64_t r = r0; r < r1; ++r) {
+        const uint8_t* wrow = base + static_cast<size_t>(r) * row_bytes;
+        for (int64_t b = 0; b < nb; ++b) {
+          uint16_t h;
+          std::memcpy(&h, wrow + b * kQ8BlockBytes, 2);
+          dw[b] = kernels::f16_to_f32(h);
+        }
+        for (int64_t t0 = tb; t0 < te; t0 += kQ8Tokens) {
+          const int n = static_cast<int>(std::min<int64_t>(kQ8Tokens, te - t0));
+          q8_fn(n)(wrow, dw, a, t0, out);
+          for (int t = 0; t < n; ++t) y[(t0 + t) * w.rows + r] = out[t];
+        }
+      }
+    }
+  };
+  if (parallel)
+    par->for_range(static_cast<size_t>(chunks), body);
+  else
+    body(0, static_cast<size_t>(chunks), 0);
+}
+
 }  // namespace
 
 MatmulIsa matmul_best_isa() {
@@ -479,6 +686,7 @@ void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, P
     return;
   }
   const bool parallel = par && par->threads() > 1 && w.rows * w.cols * n_tokens >= kParallelMinWork;
+  if (w.type == GgmlType::kQ8_0) return matmul_q8_0(w, row_bytes, x, n_tokens, y, par, parallel);
   if (n_tokens < kGemmMinTokens) {
     // Chunks of 16 rows keep each thread's rows contiguous and the split cheap.
     constexpr int64_t kChunk = 16;

@@ -177,8 +177,9 @@ TEST_P(MatmulTypes, MatchesDequantizeAndDoubleDot) {
         // rounds by at most 2^-24 relative to the running partial sum, bounded by the sum of the
         // magnitudes, so |error| <= cols * 2^-24 * sum|w x| (a generous worst case; the chains
         // are at most `cols` long).
-        // Q8_0 also quantizes x to 8 bits (q8_activation_bound); its f32 sums run over the
-        // products with the quantized x, whose magnitudes exceed mag by at most qbound.
+        // Q8_0 in generation also quantizes x to 8 bits (q8_activation_bound; applied to every
+        // n_tokens, a looser bound for the f32 panel path); its f32 sums run over the products
+        // with the quantized x, whose magnitudes exceed mag by at most qbound.
         const double tol =
             static_cast<double>(cols) * 0x1p-24 * (mag[i] + qbound[i]) + qbound[i] + 1e-30;
         ASSERT_NEAR(y[i], ref[i], tol) << "output " << i;
@@ -303,8 +304,8 @@ TEST(Matmul, EveryInstructionSet) {
               y[i], ref[i],
               static_cast<double>(cols) * 0x1p-24 * (mag[i] + qbound[i]) + qbound[i] + 1e-30)
               << kernels::ggml_type_name(type) << " isa " << level << " n_tokens " << n_tokens;
-        // Q8_0's integer path gives the same bits on every instruction set, in both regimes.
-        if (type == GgmlType::kQ8_0 ||
+        // Q8_0's integer path (generation) gives the same bits on every instruction set.
+        if ((type == GgmlType::kQ8_0 && n_tokens < 4) ||
             (n_tokens >= 4 && level >= static_cast<int>(MatmulIsa::kAvx2)))
           ASSERT_EQ(0, std::memcmp(y.data(), best.data(), y.size() * sizeof(float)))
               << kernels::ggml_type_name(type) << " isa " << level;
@@ -319,7 +320,8 @@ TEST(Matmul, EveryInstructionSet) {
 // at most nb / 8 + 3 additions (8 lane sums, then a 3-level tree), each rounding by 2^-24
 // relative to a partial sum bounded by mag: (nb + 8) * 2^-23 * mag is generous. The weights are
 // quantized normal data and random bytes (every int8 value, -128 included) with finite scales;
-// every instruction set, both regimes, 1 to 3 threads give the same bits.
+// every instruction set and 1 to 3 threads give the same bits. matmul takes this path for
+// generation (n_tokens < 4).
 TEST(Matmul, Q8_0IntegerPathMatchesIndependentComputation) {
   struct Restore {
     ~Restore() { set_matmul_isa(matmul_best_isa()); }
@@ -340,7 +342,7 @@ TEST(Matmul, Q8_0IntegerPathMatchesIndependentComputation) {
             for (int i = 0; i < 32; ++i) blk[2 + i] = static_cast<uint8_t>(rng());
           }
       }
-      for (int64_t n_tokens : {1, 2, 3, 4, 5, 37}) {
+      for (int64_t n_tokens : {1, 2, 3}) {
         SCOPED_TRACE(::testing::Message()
                      << "random " << random_bytes << " cols " << cols << " n_tokens " << n_tokens);
         auto x = make_x(n_tokens * cols, 3u + static_cast<uint32_t>(n_tokens));

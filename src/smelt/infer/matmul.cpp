@@ -9,6 +9,9 @@
 //    register-blocked micro-kernel computes kPanelRows x kTile outputs, broadcasting x[t][c] and
 //    accumulating each output in its own lane with one fused multiply-add per c, in c order.
 //
+// Q8_0 weights in generation take a third path: x quantized to 8 bits, integer dot products
+// (matmul_q8_0 below).
+//
 // Every output element is computed by one code path chosen from n_tokens alone, and threads only
 // split rows (whole panels), so the result does not depend on the thread count. In the panel
 // path each output is a plain chain fma(w, x, acc) over c starting from 0, so the AVX-512 and
@@ -431,8 +434,9 @@ void gemm_panels(const WeightMatrix& w, size_t row_bytes, const float* x, int64_
 //   acc[8 (b % 2) + k] = fma(dw_b * dx_b, float(p_bk), acc[8 (b % 2) + k])
 // for blocks b in order and lanes k < 8, then y = reduce16(acc) (a fixed order of additions),
 // where p_bk = sum_{i<4} qw[32b + 4k + i] * qx[32b + 4k + i] is exact in int32, so the AVX-512
-// VNNI, AVX2 and portable (std::fma) kernels give the same bits, whichever regime and thread
-// count. The portable kernel's std::fma is slow on CPUs without FMA, but it runs once per block.
+// VNNI, AVX2 and portable (std::fma) kernels give the same bits, for any token and thread count.
+// The portable kernel's std::fma is slow on CPUs without FMA, but it runs once per block. matmul
+// uses this path for generation only (n_tokens < kGemmMinTokens).
 
 constexpr int64_t kQ8Block = 32;
 constexpr size_t kQ8BlockBytes = 34;   // f16 d, then 32 int8
@@ -757,7 +761,10 @@ void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, P
     return;
   }
   const bool parallel = par && par->threads() > 1 && w.rows * w.cols * n_tokens >= kParallelMinWork;
-  if (w.type == GgmlType::kQ8_0) return matmul_q8_0(w, row_bytes, x, n_tokens, y, par, parallel);
+  // Q8_0 in generation: 8-bit activations and integer dot products. Prompt batches keep the f32
+  // panel path, which is faster on AVX-512 (docs/performance.md, "Forward pass: matrix products").
+  if (w.type == GgmlType::kQ8_0 && n_tokens < kGemmMinTokens)
+    return matmul_q8_0(w, row_bytes, x, n_tokens, y, par, parallel);
   if (n_tokens < kGemmMinTokens) {
     // Chunks of 16 rows keep each thread's rows contiguous and the split cheap.
     constexpr int64_t kChunk = 16;

@@ -372,6 +372,21 @@ TEST(Matmul, Q8_0IntegerPathMatchesIndependentComputation) {
   }
 }
 
+// A NaN activation gives NaN outputs for its token (as f32 activations would), not a finite value
+// from a NaN cast to 8 bits; the other tokens are unaffected.
+TEST(Matmul, Q8_0NanActivationGivesNan) {
+  const int64_t rows = 20, cols = 128;
+  Weights w = make_weights(GgmlType::kQ8_0, rows, cols, 3);
+  auto x = make_x(2 * cols, 8);
+  x[cols + 70] = NAN;
+  std::vector<float> y(static_cast<size_t>(2 * rows));
+  matmul(w.w, x.data(), 2, y.data(), nullptr);
+  for (int64_t r = 0; r < rows; ++r) {
+    EXPECT_TRUE(std::isfinite(y[r])) << r;
+    EXPECT_TRUE(std::isnan(y[rows + r])) << r;
+  }
+}
+
 TEST(Matmul, NoColumnsGivesZeros) {
   WeightMatrix w;
   w.rows = 3;

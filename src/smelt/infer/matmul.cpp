@@ -23,6 +23,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -462,15 +463,23 @@ thread_local std::vector<float> t_dw;
 void quantize_x_row(const float* x, int64_t nb, int64_t nbp, int8_t* q, float* dx, int32_t* nc) {
   for (int64_t b = 0; b < nbp; ++b) {
     float amax = 0;
+    bool finite = true;
     if (b < nb)
-      for (int64_t i = 0; i < kQ8Block; ++i) amax = std::max(amax, std::fabs(x[b * kQ8Block + i]));
-    const float db = amax / 127.0f;
+      for (int64_t i = 0; i < kQ8Block; ++i) {
+        const float v = std::fabs(x[b * kQ8Block + i]);
+        finite = finite && v <= std::numeric_limits<float>::max();
+        amax = std::max(amax, v);
+      }
+    // A NaN or infinite x makes the block's scale NaN (q 0), so the outputs are NaN as with f32.
+    const float db = finite ? amax / 127.0f : 0.0f;
     const float id = db != 0.0f ? 1.0f / db : 0.0f;
-    const float d16 = kernels::f16_to_f32(kernels::ggml_f32_to_f16(db));
+    const float d16 = finite ? kernels::f16_to_f32(kernels::ggml_f32_to_f16(db))
+                             : std::numeric_limits<float>::quiet_NaN();
     for (int k = 0; k < 8; ++k) dx[b * 8 + k] = d16;
     for (int64_t i = 0; i < kQ8Block; ++i)
-      q[b * kQ8Block + i] =
-          b < nb ? static_cast<int8_t>(std::nearbyint(x[b * kQ8Block + i] * id)) : int8_t{0};
+      q[b * kQ8Block + i] = b < nb && finite
+                                ? static_cast<int8_t>(std::nearbyint(x[b * kQ8Block + i] * id))
+                                : int8_t{0};
     for (int k = 0; k < 8; ++k) {
       int32_t s = 0;
       for (int i = 0; i < 4; ++i) s += q[b * kQ8Block + 4 * k + i];

@@ -115,6 +115,8 @@ BENCHMARK(BM_MatmulWide)
     ->Args({5, 4})
     ->Args({5, 8})
     ->Args({5, 12})
+    ->Args({3, 512})
+    ->Args({3, 64})
     ->Unit(benchmark::kMillisecond);
 
 // The fallback kernels, run on this machine by lowering the instruction set: arg 2 is
@@ -139,6 +141,10 @@ BENCHMARK(BM_MatmulLowerIsa)
     ->Args({5, 256, 1})
     ->Args({0, 256, 0})
     ->Args({5, 1, 0})
+    ->Args({3, 1, 1})
+    ->Args({3, 256, 1})
+    ->Args({3, 1, 0})
+    ->Args({3, 256, 0})
     ->Unit(benchmark::kMicrosecond);
 
 // A tiny matrix at n_tokens 1 (per-call overhead): 64x64 f32 and Q8_0 with a 2-thread team.

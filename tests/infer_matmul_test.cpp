@@ -16,6 +16,7 @@
 #include "smelt/infer/matmul.h"
 #include "smelt/infer/matmul_isa.h"
 #include "smelt/infer/parallel.h"
+#include "smelt/kernels/convert.h"
 #include "smelt/kernels/quant.h"
 
 namespace smelt::infer {
@@ -76,6 +77,78 @@ void reference(const WeightMatrix& w, const float* x, int64_t n_tokens, std::vec
   }
 }
 
+// Q8_0 weights multiply 8-bit activations (docs/inference.md): each block of 32 values of x is
+// quantized as ggml's quantize_row_q8_0 does, d = max|x| / 127 (kept as f16), q = nearbyint(x /
+// d). Replacing x by d16 * q moves each element by at most d / 2 (rounding) + 127 |d16 - d| <=
+// d (1/2 + 127 * 2^-11) (f16 keeps 11 significant bits), so the output moves by at most
+// sum_c |w_c| * that bound for c's block: qbound.
+void q8_activation_bound(const WeightMatrix& w, const float* x, int64_t n_tokens,
+                         std::vector<double>& qbound) {
+  qbound.assign(static_cast<size_t>(n_tokens * w.rows), 0);
+  std::vector<float> row(static_cast<size_t>(w.cols));
+  for (int64_t r = 0; r < w.rows; ++r) {
+    kernels::dequantize(w.type, static_cast<const uint8_t*>(w.data) + r * w.row_bytes(), row.data(),
+                        row.size());
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      double s = 0;
+      for (int64_t b = 0; b < w.cols / 32; ++b) {
+        double amax = 0, wsum = 0;
+        for (int64_t i = 0; i < 32; ++i) {
+          amax = std::max(amax, std::fabs(static_cast<double>(x[t * w.cols + b * 32 + i])));
+          wsum += std::fabs(static_cast<double>(row[b * 32 + i]));
+        }
+        s += wsum * amax / 127 * (0.5 + 127 * 0x1p-11);
+      }
+      qbound[t * w.rows + r] = s;
+    }
+  }
+}
+
+// The Q8_0 product computed independently: x quantized by the rule above, integer dots per block
+// in int64, the blocks combined in double. Also returns sum_b |dw dx| sum_c |qw qx|, the scale of
+// the kernels' f32 rounding of that combination.
+void q8_reference(const WeightMatrix& w, const float* x, int64_t n_tokens, std::vector<double>& y,
+                  std::vector<double>& mag) {
+  const int64_t nb = w.cols / 32;
+  y.assign(static_cast<size_t>(n_tokens * w.rows), 0);
+  mag.assign(y.size(), 0);
+  std::vector<int8_t> xq(static_cast<size_t>(n_tokens * w.cols));
+  std::vector<double> xd(static_cast<size_t>(n_tokens * nb));
+  for (int64_t t = 0; t < n_tokens; ++t)
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* xb = x + t * w.cols + b * 32;
+      float amax = 0;
+      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
+      const float d = amax / 127.0f;
+      const float id = d != 0.0f ? 1.0f / d : 0.0f;
+      xd[t * nb + b] = kernels::f16_to_f32(kernels::ggml_f32_to_f16(d));
+      for (int i = 0; i < 32; ++i)
+        xq[t * w.cols + b * 32 + i] = static_cast<int8_t>(std::nearbyint(xb[i] * id));
+    }
+  for (int64_t r = 0; r < w.rows; ++r) {
+    const auto* row = static_cast<const uint8_t*>(w.data) + r * w.row_bytes();
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      double s = 0, m = 0;
+      for (int64_t b = 0; b < nb; ++b) {
+        uint16_t h;
+        std::memcpy(&h, row + b * 34, 2);
+        const auto* qw = reinterpret_cast<const int8_t*>(row + b * 34 + 2);
+        int64_t dot = 0, adot = 0;
+        for (int i = 0; i < 32; ++i) {
+          const int64_t p = int64_t{qw[i]} * xq[t * w.cols + b * 32 + i];
+          dot += p;
+          adot += p < 0 ? -p : p;
+        }
+        const double scale = static_cast<double>(kernels::f16_to_f32(h)) * xd[t * nb + b];
+        s += scale * static_cast<double>(dot);
+        m += std::fabs(scale) * static_cast<double>(adot);
+      }
+      y[t * w.rows + r] = s;
+      mag[t * w.rows + r] = m;
+    }
+  }
+}
+
 class MatmulTypes : public ::testing::TestWithParam<GgmlType> {};
 
 // Every type, n_tokens on both sides of the generation / panel switch, rows that are not a
@@ -96,13 +169,19 @@ TEST_P(MatmulTypes, MatchesDequantizeAndDoubleDot) {
       matmul(w.w, x.data(), n_tokens, y.data(), &par);
       std::vector<double> ref, mag;
       reference(w.w, x.data(), n_tokens, ref, mag);
+      std::vector<double> qbound(y.size(), 0);
+      if (type == GgmlType::kQ8_0) q8_activation_bound(w.w, x.data(), n_tokens, qbound);
       for (size_t i = 0; i < y.size(); ++i) {
         // The kernels multiply the same f32 weights (dequantized exactly as kernels::dequantize
         // does) by the same f32 activations and accumulate in f32: each of the `cols` additions
         // rounds by at most 2^-24 relative to the running partial sum, bounded by the sum of the
         // magnitudes, so |error| <= cols * 2^-24 * sum|w x| (a generous worst case; the chains
         // are at most `cols` long).
-        const double tol = static_cast<double>(cols) * 0x1p-24 * mag[i] + 1e-30;
+        // Q8_0 in generation also quantizes x to 8 bits (q8_activation_bound; applied to every
+        // n_tokens, a looser bound for the f32 panel path); its f32 sums run over the products
+        // with the quantized x, whose magnitudes exceed mag by at most qbound.
+        const double tol =
+            static_cast<double>(cols) * 0x1p-24 * (mag[i] + qbound[i]) + qbound[i] + 1e-30;
         ASSERT_NEAR(y[i], ref[i], tol) << "output " << i;
       }
     }
@@ -209,6 +288,8 @@ TEST(Matmul, EveryInstructionSet) {
       const auto x = make_x(n_tokens * cols, 12);
       std::vector<double> ref, mag;
       reference(w.w, x.data(), n_tokens, ref, mag);
+      std::vector<double> qbound(ref.size(), 0);
+      if (type == GgmlType::kQ8_0) q8_activation_bound(w.w, x.data(), n_tokens, qbound);
       set_matmul_isa(matmul_best_isa());
       std::vector<float> best(static_cast<size_t>(n_tokens * rows));
       matmul(w.w, x.data(), n_tokens, best.data(), nullptr);
@@ -219,13 +300,90 @@ TEST(Matmul, EveryInstructionSet) {
         Parallel par(2);
         matmul(w.w, x.data(), n_tokens, y.data(), &par);
         for (size_t i = 0; i < y.size(); ++i)
-          ASSERT_NEAR(y[i], ref[i], static_cast<double>(cols) * 0x1p-24 * mag[i] + 1e-30)
+          ASSERT_NEAR(
+              y[i], ref[i],
+              static_cast<double>(cols) * 0x1p-24 * (mag[i] + qbound[i]) + qbound[i] + 1e-30)
               << kernels::ggml_type_name(type) << " isa " << level << " n_tokens " << n_tokens;
-        if (n_tokens >= 4 && level >= static_cast<int>(MatmulIsa::kAvx2))
+        // Q8_0's integer path (generation) gives the same bits on every instruction set.
+        if ((type == GgmlType::kQ8_0 && n_tokens < 4) ||
+            (n_tokens >= 4 && level >= static_cast<int>(MatmulIsa::kAvx2)))
           ASSERT_EQ(0, std::memcmp(y.data(), best.data(), y.size() * sizeof(float)))
               << kernels::ggml_type_name(type) << " isa " << level;
       }
     }
+  }
+}
+
+// Q8_0 weights times 8-bit activations equals the independent computation (q8_reference) within
+// the f32 rounding of combining the blocks: each block's two scales and their product with the
+// exact integer sum round once each (<= 2 * 2^-24 relative), and each term then passes through
+// at most nb / 8 + 3 additions (8 lane sums, then a 3-level tree), each rounding by 2^-24
+// relative to a partial sum bounded by mag: (nb + 8) * 2^-23 * mag is generous. The weights are
+// quantized normal data and random bytes (every int8 value, -128 included) with finite scales;
+// every instruction set and 1 to 3 threads give the same bits. matmul takes this path for
+// generation (n_tokens < 4).
+TEST(Matmul, Q8_0IntegerPathMatchesIndependentComputation) {
+  struct Restore {
+    ~Restore() { set_matmul_isa(matmul_best_isa()); }
+  } restore;
+  std::mt19937 rng(41);
+  for (bool random_bytes : {false, true}) {
+    for (int64_t cols : {32, 7 * 32, 1024}) {
+      const int64_t rows = 53;
+      const int64_t nb = cols / 32;
+      Weights w = make_weights(GgmlType::kQ8_0, rows, cols, 9u + static_cast<uint32_t>(cols));
+      if (random_bytes) {
+        std::uniform_real_distribution<float> ud(-2.0f, 2.0f);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t b = 0; b < nb; ++b) {
+            uint8_t* blk = w.bytes.data() + r * w.w.row_bytes() + b * 34;
+            const uint16_t h = kernels::ggml_f32_to_f16(ud(rng) * 0.01f);
+            std::memcpy(blk, &h, 2);
+            for (int i = 0; i < 32; ++i) blk[2 + i] = static_cast<uint8_t>(rng());
+          }
+      }
+      for (int64_t n_tokens : {1, 2, 3}) {
+        SCOPED_TRACE(::testing::Message()
+                     << "random " << random_bytes << " cols " << cols << " n_tokens " << n_tokens);
+        auto x = make_x(n_tokens * cols, 3u + static_cast<uint32_t>(n_tokens));
+        // An all-zero block (d = 0) and a block with one large value.
+        for (int i = 0; i < 32; ++i) x[static_cast<size_t>(i)] = 0.0f;
+        if (cols > 32) x[40] = 1000.0f;
+        std::vector<double> ref, mag;
+        q8_reference(w.w, x.data(), n_tokens, ref, mag);
+        set_matmul_isa(matmul_best_isa());
+        std::vector<float> best(static_cast<size_t>(n_tokens * rows));
+        matmul(w.w, x.data(), n_tokens, best.data(), nullptr);
+        for (size_t i = 0; i < best.size(); ++i)
+          ASSERT_NEAR(best[i], ref[i], static_cast<double>(nb + 8) * 0x1p-23 * mag[i] + 1e-30)
+              << "output " << i;
+        for (int level = static_cast<int>(matmul_best_isa()); level >= 0; --level) {
+          set_matmul_isa(static_cast<MatmulIsa>(level));
+          for (size_t threads : {1, 2, 3}) {
+            Parallel par(threads);
+            std::vector<float> y(best.size());
+            matmul(w.w, x.data(), n_tokens, y.data(), &par);
+            ASSERT_EQ(0, std::memcmp(y.data(), best.data(), y.size() * sizeof(float)))
+                << "isa " << level << " threads " << threads;
+          }
+        }
+      }
+    }
+  }
+}
+
+// A NaN activation gives NaN outputs for its token (as f32 activations would), not a finite value
+// from a NaN cast to 8 bits; the other tokens are unaffected.
+TEST(Matmul, Q8_0NanActivationGivesNan) {
+  const int64_t rows = 20, cols = 128;
+  Weights w = make_weights(GgmlType::kQ8_0, rows, cols, 3);
+  auto x = make_x(2 * cols, 8);
+  x[cols + 70] = NAN;
+  std::vector<float> y(static_cast<size_t>(2 * rows));
+  matmul(w.w, x.data(), 2, y.data(), nullptr);
+  for (int64_t r = 0; r < rows; ++r) {
+    EXPECT_TRUE(std::isfinite(y[r])) << r;
+    EXPECT_TRUE(std::isnan(y[rows + r])) << r;
   }
 }
 

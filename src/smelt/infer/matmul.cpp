@@ -9,6 +9,9 @@
 //    register-blocked micro-kernel computes kPanelRows x kTile outputs, broadcasting x[t][c] and
 //    accumulating each output in its own lane with one fused multiply-add per c, in c order.
 //
+// Q8_0 weights in generation take a third path: x quantized to 8 bits, integer dot products
+// (matmul_q8_0 below).
+//
 // Every output element is computed by one code path chosen from n_tokens alone, and threads only
 // split rows (whole panels), so the result does not depend on the thread count. In the panel
 // path each output is a plain chain fma(w, x, acc) over c starting from 0, so the AVX-512 and
@@ -20,6 +23,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -28,6 +32,7 @@
 #include "smelt/infer/dequant_row.h"
 #include "smelt/infer/matmul_isa.h"
 #include "smelt/infer/parallel.h"
+#include "smelt/kernels/convert.h"
 #include "smelt/kernels/quant.h"
 
 #if defined(__x86_64__)
@@ -424,6 +429,292 @@ void gemm_panels(const WeightMatrix& w, size_t row_bytes, const float* x, int64_
   }
 }
 
+// ---- Q8_0 weights: integer dot products against 8-bit activations ----
+// Each token's row of x is quantized as ggml's quantize_row_q8_0 does (blocks of 32, d =
+// max|x| / 127 rounded to f16, q = nearbyint(x / d)), once per call. Output (r, t) is
+//   acc[8 (b % 2) + k] = fma(dw_b * dx_b, float(p_bk), acc[8 (b % 2) + k])
+// for blocks b in order and lanes k < 8, then y = reduce16(acc) (a fixed order of additions),
+// where p_bk = sum_{i<4} qw[32b + 4k + i] * qx[32b + 4k + i] is exact in int32, so the AVX-512
+// VNNI, AVX2 and portable (std::fma) kernels give the same bits, for any token and thread count.
+// The portable kernel's std::fma is slow on CPUs without FMA, but it runs once per block. matmul
+// uses this path for generation only (n_tokens < kGemmMinTokens).
+
+constexpr int64_t kQ8Block = 32;
+constexpr size_t kQ8BlockBytes = 34;   // f16 d, then 32 int8
+constexpr int kQ8Tokens = 4;           // tokens per kernel call
+constexpr int64_t kQ8TokenBlock = 16;  // tokens whose quantized x is reused across rows
+
+// x quantized, nbp = nb rounded up to even blocks per token (a padding block is all zeros): q
+// (nbp * 32 int8), dx (nbp * 8: each block's d repeated in 8 lanes) and, for the VNNI kernel, nc
+// (nbp * 8): -128 * sum_{i<4} q[32b + 4k + i], which removes the +128 that makes the weights
+// unsigned (vpdpbusd multiplies unsigned by signed bytes).
+struct Q8Act {
+  const int8_t* q;
+  const float* dx;
+  const int32_t* nc;
+  int64_t nb, nbp;
+};
+
+thread_local std::vector<int8_t> t_xq;
+thread_local std::vector<float> t_xd;
+thread_local std::vector<int32_t> t_xnc;
+thread_local std::vector<float> t_dw;
+
+void quantize_x_row(const float* x, int64_t nb, int64_t nbp, int8_t* q, float* dx, int32_t* nc) {
+  for (int64_t b = 0; b < nbp; ++b) {
+    float amax = 0;
+    bool finite = true;
+    if (b < nb)
+      for (int64_t i = 0; i < kQ8Block; ++i) {
+        const float v = std::fabs(x[b * kQ8Block + i]);
+        finite = finite && v <= std::numeric_limits<float>::max();
+        amax = std::max(amax, v);
+      }
+    // A NaN or infinite x makes the block's scale NaN (q 0), so the outputs are NaN as with f32.
+    const float db = finite ? amax / 127.0f : 0.0f;
+    const float id = db != 0.0f ? 1.0f / db : 0.0f;
+    const float d16 = finite ? kernels::f16_to_f32(kernels::ggml_f32_to_f16(db))
+                             : std::numeric_limits<float>::quiet_NaN();
+    for (int k = 0; k < 8; ++k) dx[b * 8 + k] = d16;
+    for (int64_t i = 0; i < kQ8Block; ++i)
+      q[b * kQ8Block + i] = b < nb && finite
+                                ? static_cast<int8_t>(std::nearbyint(x[b * kQ8Block + i] * id))
+                                : int8_t{0};
+    for (int k = 0; k < 8; ++k) {
+      int32_t s = 0;
+      for (int i = 0; i < 4; ++i) s += q[b * kQ8Block + 4 * k + i];
+      nc[b * 8 + k] = -128 * s;
+    }
+  }
+}
+
+float reduce16(const float* a) {
+  float v[8];
+  for (int k = 0; k < 8; ++k) v[k] = a[k] + a[8 + k];
+  return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+}
+
+// out[t] for tokens t0 .. t0 + NT - 1 of weight row `wrow` (nb blocks, scales dw as f32).
+template <int NT>
+[[gnu::optimize("O3", "fp-contract=off")]] void q8_scalar_row(const uint8_t* wrow, const float* dw,
+                                                              const Q8Act& a, int64_t t0,
+                                                              float* out) {
+  for (int t = 0; t < NT; ++t) {
+    const int8_t* xq = a.q + (t0 + t) * a.nbp * kQ8Block;
+    const float* xd = a.dx + (t0 + t) * a.nbp * 8;
+    float acc[16] = {};
+    for (int64_t b = 0; b < a.nb; ++b) {
+      const auto* wq = reinterpret_cast<const int8_t*>(wrow + b * kQ8BlockBytes + 2);
+      const int8_t* xb = xq + b * kQ8Block;
+      const float s = dw[b] * xd[b * 8];
+      float* ac = acc + 8 * (b % 2);
+      for (int k = 0; k < 8; ++k) {
+        int32_t p = 0;
+        for (int i = 0; i < 4; ++i) p += int32_t{wq[4 * k + i]} * int32_t{xb[4 * k + i]};
+        ac[k] = std::fma(s, static_cast<float>(p), ac[k]);
+      }
+    }
+    out[t] = reduce16(acc);
+  }
+}
+
+#if defined(__x86_64__)
+template <int NT>
+[[gnu::target("avx2,fma"), gnu::optimize("O3", "fp-contract=off")]] void q8_avx2_row(
+    const uint8_t* wrow, const float* dw, const Q8Act& a, int64_t t0, float* out) {
+  __m256 acc[NT][2];
+  for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < a.nb; ++b) {
+    const uint8_t* wq = wrow + b * kQ8BlockBytes + 2;
+    const __m256i wlo = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wq)));
+    const __m256i whi =
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wq + 16)));
+    const int h = static_cast<int>(b % 2);
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      const int8_t* xb = a.q + ((t0 + t) * a.nbp + b) * kQ8Block;
+      const __m256i xlo =
+          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xb)));
+      const __m256i xhi =
+          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xb + 16)));
+      // Pair sums of elements 0..15 and 16..31; hadd leaves the lanes as p0 p1 p4 p5 p2 p3 p6 p7.
+      const __m256i p = _mm256_hadd_epi32(_mm256_madd_epi16(wlo, xlo), _mm256_madd_epi16(whi, xhi));
+      const float s = dw[b] * a.dx[((t0 + t) * a.nbp + b) * 8];
+      acc[t][h] = _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_cvtepi32_ps(p), acc[t][h]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    alignas(32) float v[16];
+    for (int h = 0; h < 2; ++h)
+      _mm256_store_ps(v + 8 * h,
+                      _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(acc[t][h]), 0xD8)));
+    out[t] = reduce16(v);
+  }
+}
+
+#endif
+
+// Rows r .. r + NR - 1 (stride row_bytes; scales dw[j * nbp + b]) times tokens t0 .. t0 + NT - 1:
+// out[j * NT + t].
+using Q8Fn = void (*)(const uint8_t*, size_t, const float*, const Q8Act&, int64_t, float*);
+
+template <int NR, int NT>
+void q8_scalar(const uint8_t* w, size_t row_bytes, const float* dw, const Q8Act& a, int64_t t0,
+               float* out) {
+  for (int j = 0; j < NR; ++j)
+    q8_scalar_row<NT>(w + j * row_bytes, dw + j * a.nbp, a, t0, out + j * NT);
+}
+
+#if defined(__x86_64__)
+template <int NR, int NT>
+void q8_avx2(const uint8_t* w, size_t row_bytes, const float* dw, const Q8Act& a, int64_t t0,
+             float* out) {
+  for (int j = 0; j < NR; ++j)
+    q8_avx2_row<NT>(w + j * row_bytes, dw + j * a.nbp, a, t0, out + j * NT);
+}
+
+// Two blocks per step in one 512-bit vector (lanes 0..7 block b, 8..15 block b + 1); NR x NT
+// accumulators, so each load of x serves NR rows and each load of W serves NT tokens.
+template <int NR, int NT>
+[[gnu::target("avx512f,avx512vl,avx512vnni"), gnu::optimize("O3", "fp-contract=off")]] void q8_vnni(
+    const uint8_t* w, size_t row_bytes, const float* dw, const Q8Act& a, int64_t t0, float* out) {
+  __m512 acc[NR][NT];
+#pragma GCC unroll 4
+  for (int j = 0; j < NR; ++j)
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; ++t) acc[j][t] = _mm512_setzero_ps();
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i half = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  for (int64_t b = 0; b < a.nb; b += 2) {
+    __m512i u[NR];
+    __m512 dwv[NR];
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) {
+      const uint8_t* wrow = w + j * row_bytes;
+      const __m256i w0 =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow + b * kQ8BlockBytes + 2));
+      // The padding block past an odd nb: weights 0 (+128 after the flip, times q = 0), dw 0.
+      const __m256i w1 = b + 1 < a.nb ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+                                            wrow + (b + 1) * kQ8BlockBytes + 2))
+                                      : _mm256_setzero_si256();
+      u[j] = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1), flip);
+      double pair;  // dw[b], dw[b + 1]
+      std::memcpy(&pair, dw + j * a.nbp + b, sizeof pair);
+      dwv[j] = _mm512_permutexvar_ps(half, _mm512_castpd_ps(_mm512_set1_pd(pair)));
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; ++t) {
+      const int64_t tb = (t0 + t) * a.nbp + b;
+      const __m512i x = _mm512_loadu_si512(a.q + tb * kQ8Block);
+      const __m512i nc = _mm512_loadu_si512(a.nc + tb * 8);
+      const __m512 dx = _mm512_loadu_ps(a.dx + tb * 8);
+#pragma GCC unroll 4
+      for (int j = 0; j < NR; ++j) {
+        const __m512i p = _mm512_dpbusd_epi32(nc, u[j], x);
+        const __m512 sc = _mm512_mul_ps(dwv[j], dx);
+        acc[j][t] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(p), acc[j][t]);
+      }
+    }
+  }
+  for (int j = 0; j < NR; ++j)
+    for (int t = 0; t < NT; ++t) {
+      alignas(64) float v[16];
+      _mm512_store_ps(v, acc[j][t]);
+      out[j * NT + t] = reduce16(v);
+    }
+}
+
+bool cpu_has_vnni() {
+  static const bool v = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+  return v;
+}
+#endif
+
+constexpr int kQ8Rows = 4;  // rows per kernel call
+
+Q8Fn q8_fn(int nr, int nt) {
+#define SMELT_Q8_TABLE(K)                                               \
+  {                                                                     \
+    static const Q8Fn t[4][4] = {{K<1, 1>, K<1, 2>, K<1, 3>, K<1, 4>},  \
+                                 {K<2, 1>, K<2, 2>, K<2, 3>, K<2, 4>},  \
+                                 {K<3, 1>, K<3, 2>, K<3, 3>, K<3, 4>},  \
+                                 {K<4, 1>, K<4, 2>, K<4, 3>, K<4, 4>}}; \
+    return t[nr - 1][nt - 1];                                           \
+  }
+#if defined(__x86_64__)
+  if (isa() == Isa::kAvx512 && cpu_has_vnni()) SMELT_Q8_TABLE(q8_vnni)
+  if (isa() != Isa::kPortable) SMELT_Q8_TABLE(q8_avx2)
+#endif
+  SMELT_Q8_TABLE(q8_scalar)
+#undef SMELT_Q8_TABLE
+}
+
+void matmul_q8_0(const WeightMatrix& w, size_t row_bytes, const float* x, int64_t n_tokens,
+                 float* y, Parallel* par, bool parallel) {
+  const int64_t cols = w.cols, nb = cols / kQ8Block, nbp = (nb + 1) / 2 * 2;
+  const auto nt = static_cast<size_t>(n_tokens);
+  const auto nbs = static_cast<size_t>(nbp);
+  t_xq.resize(nt * nbs * kQ8Block);
+  t_xd.resize(nt * nbs * 8);
+  t_xnc.resize(nt * nbs * 8);
+  // The vectors belong to the calling thread: the workers use their data through these.
+  int8_t* xq = t_xq.data();
+  float* xd = t_xd.data();
+  int32_t* xnc = t_xnc.data();
+  const Q8Act a{xq, xd, xnc, nb, nbp};
+  auto quant_rows = [&](size_t b, size_t e, size_t) {
+    for (size_t t = b; t < e; ++t)
+      quantize_x_row(x + t * static_cast<size_t>(cols), nb, nbp, xq + t * nbs * kQ8Block,
+                     xd + t * nbs * 8, xnc + t * nbs * 8);
+  };
+  if (parallel && n_tokens > 1)
+    par->for_range(nt, quant_rows);
+  else
+    quant_rows(0, nt, 0);
+
+  const auto* base = static_cast<const uint8_t*>(w.data);
+  constexpr int64_t kChunk = 16;
+  const int64_t chunks = (w.rows + kChunk - 1) / kChunk;
+  // Per 16-row chunk: its scales once, then token blocks, each over the chunk's rows kQ8Rows at a
+  // time (the chunk's weights and the block's x stay in cache).
+  auto body = [&](size_t cb, size_t ce, size_t) {
+    t_dw.resize(static_cast<size_t>(kChunk) * nbs);
+    float* dw = t_dw.data();
+    float out[kQ8Rows * kQ8Tokens];
+    for (size_t c = cb; c < ce; ++c) {
+      const int64_t r0 = static_cast<int64_t>(c) * kChunk;
+      const int64_t r1 = std::min(w.rows, r0 + kChunk);
+      for (int64_t r = r0; r < r1; ++r) {
+        const uint8_t* wrow = base + static_cast<size_t>(r) * row_bytes;
+        float* d = dw + (r - r0) * nbp;
+        for (int64_t b = 0; b < nb; ++b) {
+          uint16_t h;
+          std::memcpy(&h, wrow + b * kQ8BlockBytes, 2);
+          d[b] = kernels::f16_to_f32(h);
+        }
+        for (int64_t b = nb; b < nbp; ++b) d[b] = 0.0f;
+      }
+      for (int64_t tb = 0; tb < n_tokens; tb += kQ8TokenBlock) {
+        const int64_t te = std::min(n_tokens, tb + kQ8TokenBlock);
+        for (int64_t r = r0; r < r1; r += kQ8Rows) {
+          const int nr = static_cast<int>(std::min<int64_t>(kQ8Rows, r1 - r));
+          for (int64_t t0 = tb; t0 < te; t0 += kQ8Tokens) {
+            const int n = static_cast<int>(std::min<int64_t>(kQ8Tokens, te - t0));
+            q8_fn(nr, n)(base + static_cast<size_t>(r) * row_bytes, row_bytes, dw + (r - r0) * nbp,
+                         a, t0, out);
+            for (int j = 0; j < nr; ++j)
+              for (int t = 0; t < n; ++t) y[(t0 + t) * w.rows + r + j] = out[j * n + t];
+          }
+        }
+      }
+    }
+  };
+  if (parallel)
+    par->for_range(static_cast<size_t>(chunks), body);
+  else
+    body(0, static_cast<size_t>(chunks), 0);
+}
+
 }  // namespace
 
 MatmulIsa matmul_best_isa() {
@@ -479,6 +770,10 @@ void matmul(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y, P
     return;
   }
   const bool parallel = par && par->threads() > 1 && w.rows * w.cols * n_tokens >= kParallelMinWork;
+  // Q8_0 in generation: 8-bit activations and integer dot products. Prompt batches keep the f32
+  // panel path, which is faster on AVX-512 (docs/performance.md, "Forward pass: matrix products").
+  if (w.type == GgmlType::kQ8_0 && n_tokens < kGemmMinTokens)
+    return matmul_q8_0(w, row_bytes, x, n_tokens, y, par, parallel);
   if (n_tokens < kGemmMinTokens) {
     // Chunks of 16 rows keep each thread's rows contiguous and the split cheap.
     constexpr int64_t kChunk = 16;

@@ -226,7 +226,9 @@ TEST(CliEvalZoo, GenerateStopsBeforeTheStopString) {
 
 namespace {
 
-// Ctrl-C during an evaluation prints the scores so far and exits with 128 + SIGINT.
+// Ctrl-C during an evaluation prints the scores so far and exits with 128 + SIGINT. (timeout
+// --foreground sends one SIGINT; without it a second one goes to the process group, and a second
+// signal quits at once by design.)
 TEST(CliEvalZoo, InterruptPrintsWhatWasScored) {
   const fs::path zoo = fs::path(SMELT_SOURCE_DIR) / "examples" / "zoo";
   std::string tasks;
@@ -234,7 +236,7 @@ TEST(CliEvalZoo, InterruptPrintsWhatWasScored) {
     for (const char* t : {"add", "rev", "up", "next"})
       tasks += " --tasks " + quote(zoo / "tasks" / (std::string(t) + ".jsonl"));
   auto r =
-      smelt::testing::run_command("timeout --preserve-status -s INT 1 " + quote(fs::path(SMELT_BIN)) + " eval -j 1 " +
+      smelt::testing::run_command("timeout --foreground --preserve-status -s INT 1 " + quote(fs::path(SMELT_BIN)) + " eval -j 1 " +
                                   quote(zoo / "base") + " " + quote(zoo / "ft-add") + tasks);
   EXPECT_EQ(r.exit_code, 130) << r.output;
   EXPECT_NE(r.output.find("interrupted: the scores above cover"), std::string::npos) << r.output;

@@ -387,6 +387,24 @@ TEST(Matmul, Q8_0NanActivationGivesNan) {
   }
 }
 
+// Activations so small that a block's 8-bit scale is below f32's normal range (1/d infinite; a
+// fuzzed GGUF found the undefined cast this once made): the block adds nothing, the rest counts.
+TEST(Matmul, Q8_0TinyActivationsAddNothing) {
+  const int64_t rows = 4, cols = 64;
+  Weights w = make_weights(GgmlType::kQ8_0, rows, cols, 5);
+  std::vector<float> x(static_cast<size_t>(cols), 0.0f);
+  x[1] = 1e-38f;  // block 0: d = 7.9e-41, subnormal
+  x[40] = 1.0f;   // block 1: an ordinary scale
+  std::vector<float> y(static_cast<size_t>(rows));
+  matmul(w.w, x.data(), 1, y.data(), nullptr);
+  std::vector<float> row(static_cast<size_t>(cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    get_row(w.w, r, row.data());
+    // x = 1 quantizes exactly to 127 with d = 1/127 rounded to f16 (relative error 6e-5).
+    EXPECT_NEAR(y[r], row[40], 2e-4f * (1 + std::abs(row[40]))) << r;
+  }
+}
+
 TEST(Matmul, NoColumnsGivesZeros) {
   WeightMatrix w;
   w.rows = 3;

@@ -476,10 +476,14 @@ void quantize_x_row(const float* x, int64_t nb, int64_t nbp, int8_t* q, float* d
     const float d16 = finite ? kernels::f16_to_f32(kernels::ggml_f32_to_f16(db))
                              : std::numeric_limits<float>::quiet_NaN();
     for (int k = 0; k < 8; ++k) dx[b * 8 + k] = d16;
+    // A scale below f32's normal range makes 1/d infinite and x/d infinite or NaN: clamped, so
+    // the cast is defined (d rounds to f16 zero then, and the block adds nothing).
+    auto quantize = [&](float v) {
+      const float r = std::nearbyint(v * id);
+      return r != r ? int8_t{0} : static_cast<int8_t>(std::clamp(r, -127.0f, 127.0f));
+    };
     for (int64_t i = 0; i < kQ8Block; ++i)
-      q[b * kQ8Block + i] = b < nb && finite
-                                ? static_cast<int8_t>(std::nearbyint(x[b * kQ8Block + i] * id))
-                                : int8_t{0};
+      q[b * kQ8Block + i] = b < nb && finite ? quantize(x[b * kQ8Block + i]) : int8_t{0};
     for (int k = 0; k < 8; ++k) {
       int32_t s = 0;
       for (int i = 0; i < 4; ++i) s += q[b * kQ8Block + 4 * k + i];

@@ -184,9 +184,7 @@ MoeConfig parse_moe_config(const std::string& yaml_text) {
     prompts_seen |= !x.positive_prompts.empty() || !x.negative_prompts.empty();
     if (present(e["noise_scale"])) {
       x.noise_scale = read_number(e["noise_scale"], path + ".noise_scale");
-      if (*x.noise_scale != 0) {
-        fail("{}.noise_scale: not supported yet (only 0 or absent)", path);
-      }
+      if (*x.noise_scale < 0) fail("{}.noise_scale: must be >= 0; got {}", path, *x.noise_scale);
     }
     if (present(e["residual_scale"])) {
       x.residual_scale = read_number(e["residual_scale"], path + ".residual_scale");

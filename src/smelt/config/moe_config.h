@@ -34,7 +34,7 @@ struct MoeConfig {
 };
 
 // Parses and checks a mergekit-moe YAML document. Settings smelt cannot honour yet (prompt-based
-// gate modes, shared experts, other output architectures, noise_scale) are refused with a
+// gate modes, shared experts, other output architectures) are refused with a
 // "not supported yet" error naming the YAML key. Throws smelt::Error naming the YAML path.
 MoeConfig parse_moe_config(const std::string& yaml_text);
 MoeConfig load_moe_config(const std::filesystem::path& path);

@@ -18,6 +18,44 @@ namespace {
 
 using ordered_json = nlohmann::ordered_json;
 
+// An expert's tensor with Gaussian noise added, then scaled: (x + noise_scale * N(0, 1)) * scale
+// (docs/moe.md). The noise of element i is a pure function of (--random-seed, output tensor name,
+// i), so the output does not depend on the thread count.
+class NoisyExpertMerger : public methods::TensorMerger {
+ public:
+  NoisyExpertMerger(uint64_t key, float noise, float scale)
+      : key_(key), noise_(noise), scale_(scale) {}
+  void merge(const methods::Chunk& chunk, float* out) override {
+    const float* in = chunk.inputs[0];
+    for (size_t i = 0; i < chunk.n; ++i) {
+      out[i] = (in[i] + noise_ * kernels::random_normal(key_, chunk.offset + i)) * scale_;
+    }
+  }
+
+ private:
+  uint64_t key_;
+  float noise_, scale_;
+};
+
+class NoisyExpert : public methods::Method {
+ public:
+  std::string_view name() const override { return "moe_expert_noise"; }
+  std::string_view pretty_name() const override { return "MoE expert with noise"; }
+  std::string_view reference_url() const override { return ""; }
+  std::vector<methods::ParamSpec> model_params() const override {
+    return {{"scale", 1.0, "multiply the tensor by this factor (residual_scale)"},
+            {"noise_scale", 0.0, "std of the Gaussian noise added before scaling"}};
+  }
+  std::unique_ptr<methods::TensorMerger> begin(const methods::TensorContext& ctx) const override {
+    const auto& p = ctx.params->per_model.at(0);
+    return std::make_unique<NoisyExpertMerger>(
+        kernels::stream_key(ctx.seed, ctx.name, /*salt=*/0x401e),
+        static_cast<float>(p.at("noise_scale")), static_cast<float>(p.at("scale")));
+  }
+};
+
+const NoisyExpert kNoisyExpert;
+
 // The config.json values an expert must share with the base.
 struct DenseShape {
   std::string model_type;
@@ -124,7 +162,7 @@ class MoePlanner {
         }
         continue;
       }
-      add_copy(name, base, name, out_dtype, 1.0, "base_model");
+      add_copy(name, base, name, out_dtype, 1.0, 0.0, "base_model");
     }
     // Per layer: the router, then each expert's MLP.
     const int64_t n_experts = static_cast<int64_t>(experts.size());
@@ -135,15 +173,16 @@ class MoePlanner {
         const std::string path = fmt::format("experts[{}].source_model", e);
         const std::string out = fmt::format("{}experts.{}.", prefix, e);
         const double residual = cfg_.experts[e].residual_scale.value_or(1.0);
+        const double noise = cfg_.experts[e].noise_scale.value_or(0.0);
         const auto ih = std::vector<uint64_t>{static_cast<uint64_t>(shape.intermediate),
                                               static_cast<uint64_t>(shape.hidden)};
         const auto hi = std::vector<uint64_t>{ih[1], ih[0]};
-        add_copy(out + "w1.weight", experts[e], mlp_name(layer, "gate_proj"), out_dtype, 1.0, path,
-                 &ih);
-        add_copy(out + "w3.weight", experts[e], mlp_name(layer, "up_proj"), out_dtype, 1.0, path,
-                 &ih);
+        add_copy(out + "w1.weight", experts[e], mlp_name(layer, "gate_proj"), out_dtype, 1.0, noise,
+                 path, &ih);
+        add_copy(out + "w3.weight", experts[e], mlp_name(layer, "up_proj"), out_dtype, 1.0, noise,
+                 path, &ih);
         add_copy(out + "w2.weight", experts[e], mlp_name(layer, "down_proj"), out_dtype, residual,
-                 path, &hi);
+                 noise, path, &hi);
       }
     }
     if ((n_experts & (n_experts - 1)) != 0) {
@@ -186,7 +225,7 @@ class MoePlanner {
   }
 
   void add_copy(const std::string& out_name, size_t model, const std::string& tensor,
-                std::optional<DType> out_dtype, double scale, const std::string& path,
+                std::optional<DType> out_dtype, double scale, double noise, const std::string& path,
                 const std::vector<uint64_t>* want_shape = nullptr) {
     TensorJob job;
     job.name = out_name;
@@ -210,10 +249,11 @@ class MoePlanner {
       job.copy = true;
       job.dtype = info.dtype;
     } else {
-      job.method = plan_.method;
+      job.method = noise != 0.0 ? &kNoisyExpert : plan_.method;
       job.dtype = out_dtype ? *out_dtype : info.quantized() ? DType::kF16 : info.dtype;
       job.params.per_model.resize(1);
       job.params.per_model[0]["scale"] = scale;
+      if (noise != 0.0) job.params.per_model[0]["noise_scale"] = noise;
       job.model_origin.resize(1);
       job.model_origin[0]["scale"] =
           scale == 1.0 ? "copied" : path.substr(0, path.find('.')) + ".residual_scale";

@@ -340,6 +340,16 @@ TEST_F(MoeTest, NotesForPromptsUnknownKeysAndIgnoredFlags) {
   EXPECT_NE(r.output.find("positive_prompts"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("--load-in-4bit"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("--device"), std::string::npos) << r.output;
+  // Config warnings come before the models are opened, so a failing plan still shows them.
+  testing::write_bytes(
+      work_ / "m.yml",
+      "base_model: " + p("base").string() +
+          "\ngate_mode: random\nexprts: 1\nexperts:\n  - source_model: " + p("ft0").string() +
+          "\n  - source_model: " + p("missing").string() + "\n");
+  const auto m = run_smelt("moe " + quote(work_ / "m.yml") + " " + quote(work_ / "m"));
+  EXPECT_EQ(m.exit_code, 1);
+  EXPECT_NE(m.output.find("exprts: unknown key"), std::string::npos) << m.output;
+  EXPECT_NE(m.output.find("experts[1].source_model"), std::string::npos) << m.output;
 }
 
 }  // namespace

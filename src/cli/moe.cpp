@@ -49,6 +49,10 @@ void run(const MoeCliOptions& o) {
     fail("OUT: GGUF output of smelt moe is not supported yet; write a folder and convert it");
   }
   const config::MoeConfig cfg = config::load_moe_config(o.config);
+  // The config's own warnings (unknown keys, ignored prompts) before any model is opened.
+  if (!o.quiet) {
+    for (const std::string& w : cfg.warnings) fmt::print(stderr, "warning: {}\n", w);
+  }
   plan::MoePlanOptions po;
   po.seed = parse_seed(o.seed);
   po.allow_same_model = o.allow_same_model;

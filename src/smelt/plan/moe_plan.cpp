@@ -114,7 +114,6 @@ class MoePlanner {
   Plan build() {
     plan_.config.yaml_text = cfg_.yaml_text;
     plan_.method = methods::find_method("passthrough");
-    plan_.warnings = cfg_.warnings;
     plan_.recorded_config_name = "mergekit_moe_config.yml";
     const size_t base = open("base_model", cfg_.base_model);
     plan_.base_model = static_cast<int>(base);

@@ -725,6 +725,7 @@ TEST(ConfigWarning, UnknownKeyWithoutCloseMatchListsValidKeys) {
   EXPECT_THAT(w, HasSubstr("merge.yml: experts: unknown key (ignored); valid keys here are "
                            "merge_method, "));
   EXPECT_THAT(w, HasSubstr("mergekit-moe"));
+  EXPECT_THAT(w, HasSubstr("smelt moe"));
 }
 
 TEST(ConfigWarning, MultiDocumentWarningsNameTheDocument) {

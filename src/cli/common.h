@@ -16,6 +16,7 @@ void add_dev(CLI::App& app);
 void add_eval(CLI::App& app);
 void add_generate(CLI::App& app);
 void add_merge(CLI::App& app);
+void add_moe(CLI::App& app);
 void add_plan(CLI::App& app);
 void add_tokenize(CLI::App& app);
 

@@ -78,6 +78,7 @@ int main(int argc, char** argv) {
       "Examples:\n"
       "  smelt merge config.yml ./merged      run a mergekit YAML config\n"
       "  smelt plan config.yml                 check a config and show what a merge would do\n"
+      "  smelt moe moe.yml ./mixtral           assemble a mixture of experts (mergekit-moe)\n"
       "  smelt inspect ./model                 list a model's tensors\n"
       "  smelt tokenize ./model \"Hello\"        run a model's tokenizer\n"
       "  smelt eval ./model --text wiki.txt    perplexity and task scores on the CPU\n"
@@ -86,6 +87,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("smelt ") + SMELT_VERSION);
   app.require_subcommand(1);
   smelt::cli::add_merge(app);
+  smelt::cli::add_moe(app);
   smelt::cli::add_plan(app);
   smelt::cli::add_inspect(app);
   smelt::cli::add_tokenize(app);

@@ -97,8 +97,8 @@ void check_mapping(const YAML::Node& node, const std::string& path,
     }
     if (path.empty() && std::find(kMoeKeys.begin(), kMoeKeys.end(), key) != kMoeKeys.end()) {
       what_to_do += " ('" + key +
-                    "' belongs to mergekit-moe configs, which this parser does not "
-                    "read)";
+                    "' belongs to mergekit-moe configs: build those with smelt moe, "
+                    "docs/moe.md)";
     }
     if (!t_unknown_keys) fail("{}: unknown key; {}", child(path, key), what_to_do);
     t_unknown_keys->push_back(

@@ -317,13 +317,17 @@ void run_merge(const plan::Plan& plan, const fs::path& out, const MergeOptions& 
       writer.finish();
     }
     check_interrupted();
-    if (const std::string cfg = output_config_json(plan); !cfg.empty()) {
+    const std::string cfg =
+        plan.output_config_text.empty() ? output_config_json(plan) : plan.output_config_text;
+    if (!cfg.empty()) {
       io::write_file_atomic(temp.path() / "config.json", cfg);
     }
     if (options.write_model_card) {
       io::write_file_atomic(temp.path() / "README.md",
-                            model_card(plan, target.filename().string(), config_text));
-      io::write_file_atomic(temp.path() / "mergekit_config.yml", config_text);
+                            plan.model_card_text.empty()
+                                ? model_card(plan, target.filename().string(), config_text)
+                                : plan.model_card_text);
+      io::write_file_atomic(temp.path() / plan.recorded_config_name, config_text);
     }
     if (options.copy_tokenizer) copy_tokenizer(plan, temp.path());
     io::fsync_dir(temp.path());

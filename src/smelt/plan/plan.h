@@ -115,6 +115,11 @@ struct Plan {
   bool gguf_export = false;  // ... converted from safetensors models (names mapped, Q/K permuted)
   std::string gguf_arch;     // the GGUF architecture of an export
   std::vector<std::string> warnings;
+  // Mixture-of-experts assembly (docs/moe.md) writes its own config.json, records its config as
+  // mergekit_moe_config.yml and writes its own model card; empty = the usual files.
+  std::string output_config_text;
+  std::string recorded_config_name = "mergekit_config.yml";
+  std::string model_card_text;
 
   uint64_t output_bytes() const;
   uint64_t input_bytes() const;  // bytes read from inputs (each input tensor once)

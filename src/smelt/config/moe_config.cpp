@@ -1,0 +1,211 @@
+// mergekit-moe config parsing (docs/moe.md).
+#include "smelt/config/moe_config.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "smelt/config/suggest.h"
+#include "smelt/error.h"
+#include "smelt/io/file_util.h"
+
+namespace smelt::config {
+namespace {
+
+const std::vector<std::string> kTopKeys = {"base_model",  "experts",           "gate_mode",
+                                           "dtype",       "experts_per_token", "shared_experts",
+                                           "architecture"};
+const std::vector<std::string> kExpertKeys = {"source_model", "positive_prompts",
+                                              "negative_prompts", "noise_scale", "residual_scale"};
+
+std::string describe(const YAML::Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Null:
+      return "nothing (null)";
+    case YAML::NodeType::Scalar:
+      return fmt::format("\"{}\"", n.Scalar());
+    case YAML::NodeType::Sequence:
+      return "a list";
+    case YAML::NodeType::Map:
+      return "a mapping";
+    default:
+      return "nothing";
+  }
+}
+
+bool present(const YAML::Node& n) { return n.IsDefined() && !n.IsNull(); }
+
+void check_keys(const YAML::Node& node, const std::string& path,
+                const std::vector<std::string>& allowed, std::vector<std::string>* warnings) {
+  std::set<std::string> seen;
+  for (const auto& entry : node) {
+    if (!entry.first.IsScalar()) {
+      fail("{}: keys must be plain strings; got {} as a key", path.empty() ? "(top level)" : path,
+           describe(entry.first));
+    }
+    const std::string& key = entry.first.Scalar();
+    const std::string where = path.empty() ? key : path + "." + key;
+    if (!seen.insert(key).second) fail("{}: duplicate key; keep only one", where);
+    if (std::find(allowed.begin(), allowed.end(), key) != allowed.end()) continue;
+    std::string hint;
+    if (std::string s = closest_match(key, allowed); !s.empty()) {
+      hint = fmt::format("did you mean '{}'?", s);
+    } else {
+      hint = fmt::format("valid keys here are {}", fmt::join(allowed, ", "));
+    }
+    warnings->push_back(fmt::format("{}: unknown key (ignored); {}", where, hint));
+  }
+}
+
+std::string read_string(const YAML::Node& n, const std::string& path, std::string_view what) {
+  if (!present(n)) fail("{}: missing; give {}", path, what);
+  if (!n.IsScalar() || n.Scalar().empty()) {
+    fail("{}: expected {}; got {}", path, what, describe(n));
+  }
+  return n.Scalar();
+}
+
+double read_number(const YAML::Node& n, const std::string& path) {
+  if (n.IsScalar()) {
+    try {
+      size_t used = 0;
+      const double v = std::stod(n.Scalar(), &used);
+      if (used == n.Scalar().size() && std::isfinite(v)) return v;
+    } catch (const std::exception&) {
+    }
+  }
+  fail("{}: expected a number; got {}", path, describe(n));
+}
+
+std::vector<std::string> read_prompts(const YAML::Node& n, const std::string& path) {
+  std::vector<std::string> out;
+  if (!present(n)) return out;
+  if (!n.IsSequence()) fail("{}: expected a list of prompts; got {}", path, describe(n));
+  for (size_t i = 0; i < n.size(); ++i) {
+    if (!n[i].IsScalar()) {
+      fail("{}[{}]: expected a prompt (a string); got {}", path, i, describe(n[i]));
+    }
+    out.push_back(n[i].Scalar());
+  }
+  return out;
+}
+
+}  // namespace
+
+MoeConfig parse_moe_config(const std::string& yaml_text) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    fail("not valid YAML: {}", e.what());
+  }
+  if (!root.IsMap())
+    fail("(top level): expected a mergekit-moe config mapping; got {}", describe(root));
+  MoeConfig c;
+  c.yaml_text = yaml_text;
+  check_keys(root, "", kTopKeys, &c.warnings);
+  if (present(root["merge_method"]) || present(root["models"]) || present(root["slices"])) {
+    fail("this is a mergekit-yaml config (merge_method/models/slices); run it with smelt merge");
+  }
+  c.base_model = read_string(root["base_model"], "base_model",
+                             "the model donating attention, "
+                             "norms and embeddings");
+  // gate_mode first: it decides what the experts need.
+  if (present(root["gate_mode"])) {
+    c.gate_mode = read_string(root["gate_mode"], "gate_mode", "random or uniform_random");
+  }
+  const std::string& g = c.gate_mode;
+  if (g == "hidden" || g == "cheap_embed" || g == "hidden_avg" || g == "hidden_last") {
+    fail(
+        "gate_mode: \"{}\" is not supported yet (needs the forward pass; use random or "
+        "uniform_random){}",
+        g, present(root["gate_mode"]) ? "" : " (hidden is mergekit-moe's default)");
+  }
+  if (g != "random" && g != "uniform_random") {
+    fail(
+        "gate_mode: unknown gate mode \"{}\"; use random or uniform_random (hidden and "
+        "cheap_embed are not supported yet)",
+        g);
+  }
+  if (present(root["dtype"])) {
+    const std::string name = read_string(root["dtype"], "dtype", "a dtype name such as bfloat16");
+    c.dtype = parse_torch_dtype(name);
+    if (!c.dtype) {
+      fail("dtype: unknown dtype \"{}\"; use float32, float16 or bfloat16", name);
+    }
+  }
+  if (present(root["experts_per_token"])) {
+    const YAML::Node& n = root["experts_per_token"];
+    const double v = read_number(n, "experts_per_token");
+    if (v != std::floor(v) || v < 1 || v > 1e6) {
+      fail("experts_per_token: must be an integer >= 1; got {}", n.Scalar());
+    }
+    c.experts_per_token = static_cast<int64_t>(v);
+  }
+  if (present(root["shared_experts"])) {
+    const YAML::Node& n = root["shared_experts"];
+    if (!n.IsSequence()) fail("shared_experts: expected a list; got {}", describe(n));
+    if (n.size() > 0) {
+      fail(
+          "shared_experts: not supported yet (needs the Qwen2-MoE or DeepSeek output; smelt "
+          "writes Mixtral only so far)");
+    }
+  }
+  if (present(root["architecture"])) {
+    c.architecture = read_string(root["architecture"], "architecture", "an output architecture");
+    std::string lower = c.architecture;
+    std::transform(lower.begin(), lower.end(), lower.begin(),
+                   [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+    // mergekit matches a prefix of the output architecture's name, case-insensitively.
+    if (std::string_view("mixtral").substr(0, lower.size()) != lower) {
+      fail("architecture: \"{}\" is not supported yet (smelt writes Mixtral only so far)",
+           c.architecture);
+    }
+  }
+  const YAML::Node experts = root["experts"];
+  if (!present(experts)) fail("experts: missing; list the expert models (source_model: ...)");
+  if (!experts.IsSequence() || experts.size() == 0) {
+    fail("experts: expected a non-empty list of experts; got {}", describe(experts));
+  }
+  bool prompts_seen = false;
+  for (size_t i = 0; i < experts.size(); ++i) {
+    const std::string path = fmt::format("experts[{}]", i);
+    const YAML::Node e = experts[i];
+    if (!e.IsMap()) fail("{}: expected a mapping with source_model; got {}", path, describe(e));
+    check_keys(e, path, kExpertKeys, &c.warnings);
+    MoeExpert x;
+    x.source_model = read_string(e["source_model"], path + ".source_model", "a model");
+    x.positive_prompts = read_prompts(e["positive_prompts"], path + ".positive_prompts");
+    x.negative_prompts = read_prompts(e["negative_prompts"], path + ".negative_prompts");
+    prompts_seen |= !x.positive_prompts.empty() || !x.negative_prompts.empty();
+    if (present(e["noise_scale"])) {
+      x.noise_scale = read_number(e["noise_scale"], path + ".noise_scale");
+      if (*x.noise_scale < 0) fail("{}.noise_scale: must be >= 0; got {}", path, *x.noise_scale);
+    }
+    if (present(e["residual_scale"])) {
+      x.residual_scale = read_number(e["residual_scale"], path + ".residual_scale");
+    }
+    c.experts.push_back(std::move(x));
+  }
+  if (prompts_seen) {
+    c.warnings.push_back(fmt::format(
+        "experts[*].positive_prompts/negative_prompts: ignored with gate_mode {} (the router is "
+        "random)",
+        g));
+  }
+  if (c.experts_per_token > static_cast<int64_t>(c.experts.size())) {
+    fail("experts_per_token: {} is more than the {} expert{} listed under experts",
+         c.experts_per_token, c.experts.size(), c.experts.size() == 1 ? "" : "s");
+  }
+  return c;
+}
+
+MoeConfig load_moe_config(const std::filesystem::path& path) {
+  return parse_moe_config(io::read_whole_file(path));
+}
+
+}  // namespace smelt::config

@@ -1,0 +1,331 @@
+// Mixture-of-experts assembly plan (docs/moe.md).
+#include "smelt/plan/moe_plan.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <regex>
+
+#include "smelt/error.h"
+#include "smelt/kernels/random.h"
+#include "smelt/methods/method.h"
+#include "smelt/plan/model_config.h"
+
+namespace smelt::plan {
+namespace {
+
+using ordered_json = nlohmann::ordered_json;
+
+// An expert's tensor with Gaussian noise added, then scaled: (x + noise_scale * N(0, 1)) * scale
+// (docs/moe.md). The noise of element i is a pure function of (--random-seed, output tensor name,
+// i), so the output does not depend on the thread count.
+class NoisyExpertMerger : public methods::TensorMerger {
+ public:
+  NoisyExpertMerger(uint64_t key, float noise, float scale)
+      : key_(key), noise_(noise), scale_(scale) {}
+  void merge(const methods::Chunk& chunk, float* out) override {
+    const float* in = chunk.inputs[0];
+    for (size_t i = 0; i < chunk.n; ++i) {
+      out[i] = (in[i] + noise_ * kernels::random_normal(key_, chunk.offset + i)) * scale_;
+    }
+  }
+
+ private:
+  uint64_t key_;
+  float noise_, scale_;
+};
+
+class NoisyExpert : public methods::Method {
+ public:
+  std::string_view name() const override { return "moe_expert_noise"; }
+  std::string_view pretty_name() const override { return "MoE expert with noise"; }
+  std::string_view reference_url() const override { return ""; }
+  std::vector<methods::ParamSpec> model_params() const override {
+    return {{"scale", 1.0, "multiply the tensor by this factor (residual_scale)"},
+            {"noise_scale", 0.0, "std of the Gaussian noise added before scaling"}};
+  }
+  std::unique_ptr<methods::TensorMerger> begin(const methods::TensorContext& ctx) const override {
+    const auto& p = ctx.params->per_model.at(0);
+    return std::make_unique<NoisyExpertMerger>(
+        kernels::stream_key(ctx.seed, ctx.name, /*salt=*/0x401e),
+        static_cast<float>(p.at("noise_scale")), static_cast<float>(p.at("scale")));
+  }
+};
+
+const NoisyExpert kNoisyExpert;
+
+// The config.json values an expert must share with the base.
+struct DenseShape {
+  std::string model_type;
+  int64_t hidden = 0;
+  int64_t intermediate = 0;
+  int64_t layers = 0;
+  std::optional<DType> torch_dtype;
+  ordered_json json;
+};
+
+DenseShape read_shape(const PlanModel& m, const std::string& path) {
+  if (m.config_text.empty()) {
+    fail("{}: {} has no config.json; MoE assembly needs each model's config", path, m.ref);
+  }
+  DenseShape s;
+  try {
+    s.json = ordered_json::parse(m.config_text);
+  } catch (const std::exception& e) {
+    fail("{}: {}: config.json is not valid JSON ({})", path, m.ref, e.what());
+  }
+  if (!s.json.is_object()) fail("{}: {}: config.json is not a JSON object", path, m.ref);
+  auto integer = [&](const char* key) -> int64_t {
+    auto it = s.json.find(key);
+    if (it == s.json.end() || !it->is_number_integer() || it->get<int64_t>() <= 0) {
+      fail("{}: {}: config.json has no positive integer '{}'", path, m.ref, key);
+    }
+    return it->get<int64_t>();
+  };
+  if (auto it = s.json.find("model_type"); it != s.json.end() && it->is_string()) {
+    s.model_type = it->get<std::string>();
+  }
+  if (s.model_type != "llama" && s.model_type != "mistral") {
+    fail(
+        "{}: {}: model_type \"{}\" is not supported yet (Mixtral output needs llama or mistral "
+        "models; Qwen2-MoE, Qwen3-MoE and DeepSeek outputs come later)",
+        path, m.ref, s.model_type);
+  }
+  s.hidden = integer("hidden_size");
+  s.intermediate = integer("intermediate_size");
+  s.layers = integer("num_hidden_layers");
+  if (auto it = s.json.find("torch_dtype"); it != s.json.end() && it->is_string()) {
+    s.torch_dtype = parse_torch_dtype(it->get<std::string>());
+  }
+  return s;
+}
+
+std::string mlp_name(int64_t layer, const char* proj) {
+  return fmt::format("model.layers.{}.mlp.{}.weight", layer, proj);
+}
+
+class MoePlanner {
+ public:
+  MoePlanner(const config::MoeConfig& cfg, const MoePlanOptions& options)
+      : cfg_(cfg), options_(options) {}
+
+  Plan build() {
+    plan_.config.yaml_text = cfg_.yaml_text;
+    plan_.method = methods::find_method("passthrough");
+    plan_.recorded_config_name = "mergekit_moe_config.yml";
+    const size_t base = open("base_model", cfg_.base_model);
+    plan_.base_model = static_cast<int>(base);
+    plan_.donor = base;
+    const DenseShape shape = read_shape(plan_.models[base], "base_model");
+    std::vector<size_t> experts;
+    for (size_t i = 0; i < cfg_.experts.size(); ++i) {
+      const std::string path = fmt::format("experts[{}].source_model", i);
+      const size_t m = open(path, cfg_.experts[i].source_model);
+      const DenseShape s = read_shape(plan_.models[m], path);
+      auto differs = [&](const char* what, const auto& mine, const auto& theirs) {
+        fail("{}: {} has {} {} but base_model {} has {}; experts must match the base", path,
+             plan_.models[m].ref, what, mine, plan_.models[base].ref, theirs);
+      };
+      if (s.model_type != shape.model_type) differs("model_type", s.model_type, shape.model_type);
+      if (s.hidden != shape.hidden) differs("hidden_size", s.hidden, shape.hidden);
+      if (s.intermediate != shape.intermediate) {
+        differs("intermediate_size", s.intermediate, shape.intermediate);
+      }
+      if (s.layers != shape.layers) differs("num_hidden_layers", s.layers, shape.layers);
+      experts.push_back(m);
+    }
+    if (!options_.allow_same_model && experts.size() > 1 &&
+        std::all_of(experts.begin(), experts.end(), [&](size_t m) { return m == experts[0]; })) {
+      fail(
+          "experts: every expert is the same model ({}); an MoE of identical experts is not "
+          "useful without training; pass --i-understand-this-is-not-useful-without-training to "
+          "build it anyway",
+          plan_.models[experts[0]].ref);
+    }
+    const std::optional<DType> out_dtype = cfg_.dtype ? cfg_.dtype : shape.torch_dtype;
+
+    // Non-MLP tensors of the base, under their own names.
+    static const std::regex kMlp(R"(^model\.layers\.(\d+)\.mlp\.(.*)$)");
+    for (const io::ModelTensor& t : plan_.models[base].model->tensors()) {
+      std::smatch match;
+      const std::string& name = t.info->name;
+      if (std::regex_match(name, match, kMlp)) {
+        const std::string rest = match[2].str();
+        if (rest != "gate_proj.weight" && rest != "up_proj.weight" && rest != "down_proj.weight") {
+          fail(
+              "base_model: {} has MLP tensor '{}', which the Mixtral layout has no place for "
+              "(not supported yet)",
+              plan_.models[base].ref, name);
+        }
+        continue;
+      }
+      add_copy(name, base, name, out_dtype, 1.0, 0.0, "base_model");
+    }
+    // Per layer: the router, then each expert's MLP.
+    const int64_t n_experts = static_cast<int64_t>(experts.size());
+    for (int64_t layer = 0; layer < shape.layers; ++layer) {
+      const std::string prefix = fmt::format("model.layers.{}.block_sparse_moe.", layer);
+      add_router(prefix + "gate.weight", n_experts, shape.hidden, out_dtype);
+      for (size_t e = 0; e < experts.size(); ++e) {
+        const std::string path = fmt::format("experts[{}].source_model", e);
+        const std::string out = fmt::format("{}experts.{}.", prefix, e);
+        const double residual = cfg_.experts[e].residual_scale.value_or(1.0);
+        const double noise = cfg_.experts[e].noise_scale.value_or(0.0);
+        const auto ih = std::vector<uint64_t>{static_cast<uint64_t>(shape.intermediate),
+                                              static_cast<uint64_t>(shape.hidden)};
+        const auto hi = std::vector<uint64_t>{ih[1], ih[0]};
+        add_copy(out + "w1.weight", experts[e], mlp_name(layer, "gate_proj"), out_dtype, 1.0, noise,
+                 path, &ih);
+        add_copy(out + "w3.weight", experts[e], mlp_name(layer, "up_proj"), out_dtype, 1.0, noise,
+                 path, &ih);
+        add_copy(out + "w2.weight", experts[e], mlp_name(layer, "down_proj"), out_dtype, residual,
+                 noise, path, &hi);
+      }
+    }
+    if ((n_experts & (n_experts - 1)) != 0) {
+      plan_.warnings.push_back(fmt::format(
+          "experts: {} experts is not a power of 2; llama.cpp may not load the model", n_experts));
+    }
+    plan_.output_config_text = mixtral_config(shape, n_experts);
+    plan_.model_card_text = card();
+    return std::move(plan_);
+  }
+
+ private:
+  size_t open(const std::string& path, const std::string& ref) {
+    for (size_t i = 0; i < plan_.models.size(); ++i) {
+      if (plan_.models[i].ref == ref) return i;
+    }
+    PlanModel pm;
+    pm.ref = ref;
+    try {
+      pm.model = io::Model::open(ref);
+    } catch (const Error& e) {
+      fail("{}: {}", path, e.what());
+    }
+    if (pm.model->files().empty() || pm.model->tensors().empty()) {
+      fail("{}: {} has no tensors", path, ref);
+    }
+    pm.config_text = model_config_text(*pm.model);
+    std::vector<std::string> names;
+    for (const auto& t : pm.model->tensors()) names.push_back(t.info->name);
+    pm.arch = infer_architecture(names, pm.config_text);
+    // The same folder named twice (different spellings) is one model.
+    const auto root = std::filesystem::weakly_canonical(pm.model->resolved().root);
+    for (size_t i = 0; i < plan_.models.size(); ++i) {
+      if (std::filesystem::weakly_canonical(plan_.models[i].model->resolved().root) == root) {
+        return i;
+      }
+    }
+    plan_.models.push_back(std::move(pm));
+    return plan_.models.size() - 1;
+  }
+
+  void add_copy(const std::string& out_name, size_t model, const std::string& tensor,
+                std::optional<DType> out_dtype, double scale, double noise, const std::string& path,
+                const std::vector<uint64_t>* want_shape = nullptr) {
+    TensorJob job;
+    job.name = out_name;
+    JobInput in;
+    in.model = model;
+    in.tensor = tensor;
+    in.source = plan_.models[model].model->find(tensor);
+    if (!in.source.info) fail("{}: {} has no tensor '{}'", path, plan_.models[model].ref, tensor);
+    if (want_shape && in.source.info->shape != *want_shape) {
+      fail("{}: {}: tensor '{}' has shape [{}] but the config.json sizes say [{}]", path,
+           plan_.models[model].ref, tensor, fmt::join(in.source.info->shape, ", "),
+           fmt::join(*want_shape, ", "));
+    }
+    job.shape = in.source.info->shape;
+    job.is_embedding = plan_.models[model].arch.is_embedding(tensor);
+    job.inputs.push_back(in);
+    const io::TensorInfo& info = *in.source.info;
+    if (!info.quantized() && !dtype_is_convertible_float(info.dtype)) {
+      if (scale != 1.0)
+        fail("{}: tensor '{}' is not floating point; it cannot be scaled", path, tensor);
+      job.copy = true;
+      job.dtype = info.dtype;
+    } else {
+      job.method = noise != 0.0 ? &kNoisyExpert : plan_.method;
+      job.dtype = out_dtype ? *out_dtype : info.quantized() ? DType::kF16 : info.dtype;
+      job.params.per_model.resize(1);
+      job.params.per_model[0]["scale"] = scale;
+      if (noise != 0.0) job.params.per_model[0]["noise_scale"] = noise;
+      job.model_origin.resize(1);
+      job.model_origin[0]["scale"] =
+          scale == 1.0 ? "copied" : path.substr(0, path.find('.')) + ".residual_scale";
+    }
+    plan_.jobs.push_back(std::move(job));
+  }
+
+  void add_router(const std::string& name, int64_t experts, int64_t hidden,
+                  std::optional<DType> out_dtype) {
+    TensorJob job;
+    job.name = name;
+    job.shape = {static_cast<uint64_t>(experts), static_cast<uint64_t>(hidden)};
+    job.dtype = out_dtype ? *out_dtype : DType::kF32;
+    auto values = std::make_shared<std::vector<float>>(static_cast<size_t>(experts * hidden));
+    const uint64_t key = kernels::stream_key(options_.seed, name, /*salt=*/0x6a7e);
+    if (cfg_.gate_mode == "random") {
+      for (size_t i = 0; i < values->size(); ++i) (*values)[i] = kernels::random_normal(key, i);
+    } else {  // uniform_random: U(-1/sqrt(h), 1/sqrt(h))
+      const float bound = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hidden)));
+      for (size_t i = 0; i < values->size(); ++i) {
+        (*values)[i] = (2.0f * kernels::random_uniform(key, i) - 1.0f) * bound;
+      }
+    }
+    job.constant = std::move(values);
+    plan_.jobs.push_back(std::move(job));
+  }
+
+  std::string mixtral_config(const DenseShape& base, int64_t experts) const {
+    ordered_json j = base.json;
+    j["architectures"] = ordered_json::array({"MixtralForCausalLM"});
+    j["model_type"] = "mixtral";
+    j["num_local_experts"] = experts;
+    j["num_experts_per_tok"] = cfg_.experts_per_token;
+    j["intermediate_size"] = base.intermediate;
+    j["sliding_window"] = nullptr;
+    if (!j.contains("output_router_logits")) j["output_router_logits"] = false;
+    if (!j.contains("router_aux_loss_coef")) j["router_aux_loss_coef"] = 0.001;
+    if (cfg_.dtype) {
+      const std::string name(torch_dtype_name(*cfg_.dtype));
+      j["torch_dtype"] = name;
+      if (j.contains("dtype")) j["dtype"] = name;
+    }
+    return j.dump(2) + "\n";
+  }
+
+  std::string card() const {
+    std::string s =
+        "---\nlibrary_name: transformers\ntags:\n- moe\n- merge\n- mergekit\n- smelt\n---\n";
+    s += fmt::format(
+        "# Mixture of experts\n\nThis is a Mixtral-style mixture of experts assembled with smelt "
+        "(mergekit-moe compatible) from dense models. Its router is {} ({}); it needs training "
+        "before the routing means anything.\n\n## Models\n\n- base (attention, norms, "
+        "embeddings): {}\n",
+        cfg_.gate_mode == "random" ? "random" : "uniform random",
+        cfg_.gate_mode == "random" ? "N(0, 1)" : "U(-1/sqrt(hidden), 1/sqrt(hidden))",
+        cfg_.base_model);
+    for (size_t i = 0; i < cfg_.experts.size(); ++i) {
+      s += fmt::format("- expert {}: {}\n", i, cfg_.experts[i].source_model);
+    }
+    s += fmt::format("\n## Configuration\n\n```yaml\n{}{}```\n", cfg_.yaml_text,
+                     cfg_.yaml_text.ends_with('\n') ? "" : "\n");
+    return s;
+  }
+
+  const config::MoeConfig& cfg_;
+  const MoePlanOptions& options_;
+  Plan plan_;
+};
+
+}  // namespace
+
+Plan build_moe_plan(const config::MoeConfig& config, const MoePlanOptions& options) {
+  return MoePlanner(config, options).build();
+}
+
+}  // namespace smelt::plan

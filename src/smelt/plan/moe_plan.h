@@ -1,0 +1,24 @@
+// The plan of a mixture-of-experts assembly (docs/moe.md): the base model's non-MLP tensors
+// copied, each expert model's MLP copied into one expert slot of every layer, and a router
+// computed by the planner; written through the usual executor and writer.
+#pragma once
+
+#include <cstdint>
+
+#include "smelt/config/moe_config.h"
+#include "smelt/plan/plan.h"
+
+namespace smelt::plan {
+
+struct MoePlanOptions {
+  uint64_t seed = 0;
+  // --i-understand-this-is-not-useful-without-training: allow every expert to be the same model.
+  bool allow_same_model = false;
+};
+
+// Opens the models (headers and config.json only), checks that every expert matches the base
+// (architecture, hidden size, MLP width, layer count, MLP tensor shapes) and builds the plan of a
+// Mixtral model. Throws smelt::Error naming the YAML path at fault.
+Plan build_moe_plan(const config::MoeConfig& config, const MoePlanOptions& options);
+
+}  // namespace smelt::plan

@@ -235,9 +235,9 @@ TEST(CliEvalZoo, InterruptPrintsWhatWasScored) {
   for (int i = 0; i < 8; ++i)
     for (const char* t : {"add", "rev", "up", "next"})
       tasks += " --tasks " + quote(zoo / "tasks" / (std::string(t) + ".jsonl"));
-  auto r =
-      smelt::testing::run_command("timeout --foreground --preserve-status -s INT 1 " + quote(fs::path(SMELT_BIN)) + " eval -j 1 " +
-                                  quote(zoo / "base") + " " + quote(zoo / "ft-add") + tasks);
+  auto r = smelt::testing::run_command("timeout --foreground --preserve-status -s INT 1 " +
+                                       quote(fs::path(SMELT_BIN)) + " eval -j 1 " +
+                                       quote(zoo / "base") + " " + quote(zoo / "ft-add") + tasks);
   EXPECT_EQ(r.exit_code, 130) << r.output;
   EXPECT_NE(r.output.find("interrupted: the scores above cover"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("mean"), std::string::npos) << r.output;  // the table's header

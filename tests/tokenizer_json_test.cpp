@@ -1,13 +1,14 @@
 // tokenizer.json engine: small tokenizers in the shapes real models use, with encodings derived by
 // hand from each algorithm's definition (docs/tokenizer.md), decode round trips, added tokens,
 // the BOS/EOS rule, edit/save, and every bad-input error.
+#include "smelt/tokenizer/tokenizer_json.h"
+
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
 
 #include "smelt/error.h"
 #include "smelt/tokenizer/split.h"
-#include "smelt/tokenizer/tokenizer_json.h"
 #include "test_util.h"
 
 namespace smelt::tok {
@@ -41,9 +42,11 @@ class Loaded {
 };
 
 Json skeleton(Json model) {
-  return Json{{"version", "1.0"},   {"truncation", nullptr},     {"padding", nullptr},
-              {"added_tokens", Json::array()}, {"normalizer", nullptr}, {"pre_tokenizer", nullptr},
-              {"post_processor", nullptr},   {"decoder", nullptr},    {"model", std::move(model)}};
+  return Json{{"version", "1.0"},          {"truncation", nullptr},
+              {"padding", nullptr},        {"added_tokens", Json::array()},
+              {"normalizer", nullptr},     {"pre_tokenizer", nullptr},
+              {"post_processor", nullptr}, {"decoder", nullptr},
+              {"model", std::move(model)}};
 }
 
 Json vocab_of(const Strings& tokens) {
@@ -53,33 +56,46 @@ Json vocab_of(const Strings& tokens) {
 }
 
 Json bpe_model(const Strings& tokens, const Strings& merges) {
-  return Json{{"type", "BPE"},     {"dropout", nullptr},       {"unk_token", nullptr},
-              {"continuing_subword_prefix", nullptr},           {"end_of_word_suffix", nullptr},
-              {"fuse_unk", false}, {"byte_fallback", false},    {"ignore_merges", false},
-              {"vocab", vocab_of(tokens)}, {"merges", merges}};
+  return Json{{"type", "BPE"},
+              {"dropout", nullptr},
+              {"unk_token", nullptr},
+              {"continuing_subword_prefix", nullptr},
+              {"end_of_word_suffix", nullptr},
+              {"fuse_unk", false},
+              {"byte_fallback", false},
+              {"ignore_merges", false},
+              {"vocab", vocab_of(tokens)},
+              {"merges", merges}};
 }
 
 Json added(int id, const std::string& content, bool special, bool normalized = false) {
-  return Json{{"id", id},          {"content", content},         {"single_word", false},
-              {"lstrip", false},   {"rstrip", false},            {"normalized", normalized},
+  return Json{{"id", id},          {"content", content}, {"single_word", false},
+              {"lstrip", false},   {"rstrip", false},    {"normalized", normalized},
               {"special", special}};
 }
 
 // GPT-2's shape: ByteLevel pre-tokenizer with its regex, ByteLevel decoder, <|endoftext|>.
 Json gpt2() {
-  Strings vocab = {"h", "e", "l", "o", kG, "w", "r", "d", "!", "he", "ll", "hell", "hello",
-                   kG + "w", "or", kG + "wor", kG + "worl", kG + "world",
-                   "\xC3\x83", "\xC2\xA9",                  // Ã ©: the bytes of "é"
-                   "\xC3\xAF", "\xC2\xBF", "\xC2\xBD"};     // ï ¿ ½: the bytes of U+FFFD
-  Strings merges = {"h e", "l l", "he ll", "hell o", kG + " w", "o r", kG + "w or",
-                    kG + "wor l", kG + "worl d"};
+  Strings vocab = {"h",        "e",        "l",       "o",        kG,          "w",
+                   "r",        "d",        "!",       "he",       "ll",        "hell",
+                   "hello",    kG + "w",   "or",      kG + "wor", kG + "worl", kG + "world",
+                   "\xC3\x83", "\xC2\xA9",               // Ã ©: the bytes of "é"
+                   "\xC3\xAF", "\xC2\xBF", "\xC2\xBD"};  // ï ¿ ½: the bytes of U+FFFD
+  Strings merges = {"h e", "l l",       "he ll",      "hell o",     kG + " w",
+                    "o r", kG + "w or", kG + "wor l", kG + "worl d"};
   Json doc = skeleton(bpe_model(vocab, merges));
   doc["added_tokens"] = Json::array({added(23, "<|endoftext|>", true)});
-  doc["pre_tokenizer"] = {{"type", "ByteLevel"}, {"add_prefix_space", false},
-                          {"trim_offsets", true}, {"use_regex", true}};
-  doc["post_processor"] = {{"type", "ByteLevel"}, {"add_prefix_space", true},
-                           {"trim_offsets", false}, {"use_regex", true}};
-  doc["decoder"] = {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true},
+  doc["pre_tokenizer"] = {{"type", "ByteLevel"},
+                          {"add_prefix_space", false},
+                          {"trim_offsets", true},
+                          {"use_regex", true}};
+  doc["post_processor"] = {{"type", "ByteLevel"},
+                           {"add_prefix_space", true},
+                           {"trim_offsets", false},
+                           {"use_regex", true}};
+  doc["decoder"] = {{"type", "ByteLevel"},
+                    {"add_prefix_space", true},
+                    {"trim_offsets", true},
                     {"use_regex", true}};
   return doc;
 }
@@ -184,7 +200,9 @@ TEST(TokJsonBpe, IgnoreMergesTakesWholeWordsFromTheVocab) {
                 R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"}}},
              {"behavior", "Isolated"},
              {"invert", false}},
-            {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true},
+            {{"type", "ByteLevel"},
+             {"add_prefix_space", false},
+             {"trim_offsets", true},
              {"use_regex", false}}})}};
   doc["post_processor"] = {
       {"type", "TemplateProcessing"},
@@ -219,24 +237,24 @@ Json llama2() {
   Json doc = skeleton(model);
   doc["added_tokens"] =
       Json::array({added(0, "<unk>", true), added(1, "<s>", true), added(2, "</s>", true)});
-  doc["normalizer"] = {{"type", "Sequence"},
-                       {"normalizers",
-                        Json::array({{{"type", "Prepend"}, {"prepend", kSp}},
-                                     {{"type", "Replace"},
-                                      {"pattern", {{"String", " "}}},
-                                      {"content", kSp}}})}};
+  doc["normalizer"] = {
+      {"type", "Sequence"},
+      {"normalizers",
+       Json::array({{{"type", "Prepend"}, {"prepend", kSp}},
+                    {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", kSp}}})}};
   doc["post_processor"] = {
       {"type", "TemplateProcessing"},
       {"single", Json::array({{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
                               {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
       {"pair", nullptr},
       {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {1}}, {"tokens", {"<s>"}}}}}}};
-  doc["decoder"] = {{"type", "Sequence"},
-                    {"decoders",
-                     Json::array({{{"type", "Replace"}, {"pattern", {{"String", kSp}}}, {"content", " "}},
-                                  {{"type", "ByteFallback"}},
-                                  {{"type", "Fuse"}},
-                                  {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}};
+  doc["decoder"] = {
+      {"type", "Sequence"},
+      {"decoders",
+       Json::array({{{"type", "Replace"}, {"pattern", {{"String", kSp}}}, {"content", " "}},
+                    {{"type", "ByteFallback"}},
+                    {{"type", "Fuse"}},
+                    {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}};
   return doc;
 }
 
@@ -255,7 +273,9 @@ TEST(TokJsonBpe, SentencePieceStyleByteFallback) {
 }
 
 TEST(TokJsonBpe, BosEosFromTokenizerConfigOverrideTheTemplate) {
-  Json both = {{"add_bos_token", true}, {"add_eos_token", true}, {"bos_token", "<s>"},
+  Json both = {{"add_bos_token", true},
+               {"add_eos_token", true},
+               {"bos_token", "<s>"},
                {"eos_token", {{"content", "</s>"}, {"special", true}}}};
   Loaded t(llama2(), both);
   EXPECT_EQ(t->encode("hi").ids, (Ids{1, 263, 2}));
@@ -292,10 +312,10 @@ Json unigram() {
                                        Json::array({"<0x78>", -20.0})})},
                 {"byte_fallback", false}};
   Json doc = skeleton(model);
-  doc["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", kSp},
-                          {"prepend_scheme", "always"}, {"split", true}};
-  doc["decoder"] = {{"type", "Metaspace"}, {"replacement", kSp}, {"prepend_scheme", "always"},
-                    {"split", true}};
+  doc["pre_tokenizer"] = {
+      {"type", "Metaspace"}, {"replacement", kSp}, {"prepend_scheme", "always"}, {"split", true}};
+  doc["decoder"] = {
+      {"type", "Metaspace"}, {"replacement", kSp}, {"prepend_scheme", "always"}, {"split", true}};
   return doc;
 }
 
@@ -342,20 +362,25 @@ TEST(TokJsonUnigram, MetaspacePrependFirstOnlyAtTheStartOfTheInput) {
 
 // BERT's shape: BertNormalizer, BertPreTokenizer, WordPiece, BertProcessing, WordPiece decoder.
 Json bert() {
-  Strings vocab = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "un", "##aff", "##able",
-                   "hello", "!", ",", "ea", "[MASK]"};
-  Json model = {{"type", "WordPiece"}, {"unk_token", "[UNK]"},
-                {"continuing_subword_prefix", "##"}, {"max_input_chars_per_word", 10},
+  Strings vocab = {"[PAD]",  "[UNK]", "[CLS]", "[SEP]", "un", "##aff",
+                   "##able", "hello", "!",     ",",     "ea", "[MASK]"};
+  Json model = {{"type", "WordPiece"},
+                {"unk_token", "[UNK]"},
+                {"continuing_subword_prefix", "##"},
+                {"max_input_chars_per_word", 10},
                 {"vocab", vocab_of(vocab)}};
   Json doc = skeleton(model);
-  doc["added_tokens"] = Json::array({added(0, "[PAD]", true), added(1, "[UNK]", true),
-                                     added(2, "[CLS]", true), added(3, "[SEP]", true),
-                                     added(11, "[MASK]", true)});
-  doc["normalizer"] = {{"type", "BertNormalizer"}, {"clean_text", true},
-                       {"handle_chinese_chars", true}, {"strip_accents", nullptr},
+  doc["added_tokens"] =
+      Json::array({added(0, "[PAD]", true), added(1, "[UNK]", true), added(2, "[CLS]", true),
+                   added(3, "[SEP]", true), added(11, "[MASK]", true)});
+  doc["normalizer"] = {{"type", "BertNormalizer"},
+                       {"clean_text", true},
+                       {"handle_chinese_chars", true},
+                       {"strip_accents", nullptr},
                        {"lowercase", true}};
   doc["pre_tokenizer"] = {{"type", "BertPreTokenizer"}};
-  doc["post_processor"] = {{"type", "BertProcessing"}, {"sep", {"[SEP]", 3}}, {"cls", {"[CLS]", 2}}};
+  doc["post_processor"] = {
+      {"type", "BertProcessing"}, {"sep", {"[SEP]", 3}}, {"cls", {"[CLS]", 2}}};
   doc["decoder"] = {{"type", "WordPiece"}, {"prefix", "##"}, {"cleanup", true}};
   return doc;
 }
@@ -363,12 +388,15 @@ Json bert() {
 TEST(TokJsonWordPiece, BertPipeline) {
   Loaded t(bert());
   Encoding e = t->encode("UnAffable, HELLO!");
-  EXPECT_EQ(e.tokens,
-            (Strings{"[CLS]", "un", "##aff", "##able", ",", "hello", "!", "[SEP]"}));
+  EXPECT_EQ(e.tokens, (Strings{"[CLS]", "un", "##aff", "##able", ",", "hello", "!", "[SEP]"}));
   EXPECT_EQ(t->decode(e.ids), "[CLS] unaffable, hello! [SEP]");
   EXPECT_EQ(t->decode(e.ids, {.skip_special_tokens = true}), "unaffable, hello!");
   // Accents are stripped (lowercase implies strip_accents); "É" -> "e".
-  EXPECT_EQ(t->encode("\xC3\x89" "a", {.add_special_tokens = false}).tokens, (Strings{"ea"}));
+  EXPECT_EQ(t->encode("\xC3\x89"
+                      "a",
+                      {.add_special_tokens = false})
+                .tokens,
+            (Strings{"ea"}));
   // A word that cannot be covered, or is longer than 10 characters, is one [UNK].
   EXPECT_EQ(t->encode("unx", {.add_special_tokens = false}).tokens, (Strings{"[UNK]"}));
   EXPECT_EQ(t->encode("unaffableaffable", {.add_special_tokens = false}).tokens,
@@ -377,7 +405,7 @@ TEST(TokJsonWordPiece, BertPipeline) {
 
 TEST(TokJsonAdded, LstripRstripAndSingleWord) {
   Json doc = bert();
-  doc["added_tokens"][4]["lstrip"] = true;   // [MASK]
+  doc["added_tokens"][4]["lstrip"] = true;  // [MASK]
   doc["added_tokens"][4]["rstrip"] = true;
   doc["pre_tokenizer"] = nullptr;  // so that surrounding spaces would reach the model
   doc["model"]["vocab"][" hello"] = 12;
@@ -390,8 +418,12 @@ TEST(TokJsonAdded, LstripRstripAndSingleWord) {
   EXPECT_EQ(e.ids, (Ids{7, 11, 7}));
 
   Json sw = gpt2();
-  sw["added_tokens"].push_back(Json{{"id", 9}, {"content", "he"}, {"single_word", true},
-                                    {"lstrip", false}, {"rstrip", false}, {"normalized", false},
+  sw["added_tokens"].push_back(Json{{"id", 9},
+                                    {"content", "he"},
+                                    {"single_word", true},
+                                    {"lstrip", false},
+                                    {"rstrip", false},
+                                    {"normalized", false},
                                     {"special", false}});
   Loaded u(sw);
   // "he" (the model's id 9) inside "hello" is not a single word; the "he" of "he!" is.
@@ -414,7 +446,8 @@ TEST(TokJsonAdded, NormalizedTokensMatchAfterTheNormalizer) {
 TEST(TokJsonNormalizer, UnicodeFormsLowercaseStrip) {
   // Checked through a WordLevel vocabulary that holds only the expected normalized words.
   auto words = [](Json normalizer, const std::string& text, const Strings& vocab) {
-    Json doc = skeleton(Json{{"type", "WordLevel"}, {"vocab", vocab_of(vocab)}, {"unk_token", "<unk>"}});
+    Json doc =
+        skeleton(Json{{"type", "WordLevel"}, {"vocab", vocab_of(vocab)}, {"unk_token", "<unk>"}});
     doc["normalizer"] = std::move(normalizer);
     doc["pre_tokenizer"] = {{"type", "WhitespaceSplit"}};
     Loaded t(doc);
@@ -430,16 +463,18 @@ TEST(TokJsonNormalizer, UnicodeFormsLowercaseStrip) {
   EXPECT_EQ(words({{"type", "Lowercase"}}, "\xC4\xB0X", {"<unk>", "i\xCC\x87x"}),
             (Strings{"i\xCC\x87x"}));
   // Strip left only, then Replace by regex.
-  Json seq = {{"type", "Sequence"},
-              {"normalizers",
-               Json::array({{{"type", "Strip"}, {"strip_left", true}, {"strip_right", false}},
-                            {{"type", "Replace"}, {"pattern", {{"Regex", "\\s+$"}}}, {"content", "_"}}})}};
+  Json seq = {
+      {"type", "Sequence"},
+      {"normalizers",
+       Json::array({{{"type", "Strip"}, {"strip_left", true}, {"strip_right", false}},
+                    {{"type", "Replace"}, {"pattern", {{"Regex", "\\s+$"}}}, {"content", "_"}}})}};
   EXPECT_EQ(words(seq, "  ab  ", {"<unk>", "ab_"}), (Strings{"ab_"}));
 }
 
 TEST(TokJsonNormalizer, NmtAndByteLevel) {
   auto words = [](Json normalizer, const std::string& text, const Strings& vocab) {
-    Json doc = skeleton(Json{{"type", "WordLevel"}, {"vocab", vocab_of(vocab)}, {"unk_token", "<unk>"}});
+    Json doc =
+        skeleton(Json{{"type", "WordLevel"}, {"vocab", vocab_of(vocab)}, {"unk_token", "<unk>"}});
     doc["normalizer"] = std::move(normalizer);
     Loaded t(doc);
     return t->encode(text).tokens;
@@ -447,7 +482,8 @@ TEST(TokJsonNormalizer, NmtAndByteLevel) {
   // Nmt drops U+0001 and turns a tab and U+200B into spaces.
   EXPECT_EQ(words({{"type", "Nmt"}}, "a\x01\tb\xE2\x80\x8B", {"<unk>", "a b "}), (Strings{"a b "}));
   // ByteLevel spells the space byte as Ġ.
-  EXPECT_EQ(words({{"type", "ByteLevel"}}, "a b", {"<unk>", "a" + kG + "b"}), (Strings{"a" + kG + "b"}));
+  EXPECT_EQ(words({{"type", "ByteLevel"}}, "a b", {"<unk>", "a" + kG + "b"}),
+            (Strings{"a" + kG + "b"}));
 }
 
 std::string base64(const std::string& bytes) {
@@ -493,7 +529,8 @@ std::string tiny_charsmap() {
 
 TEST(TokJsonNormalizer, PrecompiledCharsmapRulesPerGrapheme) {
   auto words = [](const std::string& text, const Strings& vocab) {
-    Json doc = skeleton(Json{{"type", "WordLevel"}, {"vocab", vocab_of(vocab)}, {"unk_token", "<unk>"}});
+    Json doc =
+        skeleton(Json{{"type", "WordLevel"}, {"vocab", vocab_of(vocab)}, {"unk_token", "<unk>"}});
     doc["normalizer"] = {{"type", "Precompiled"}, {"precompiled_charsmap", tiny_charsmap()}};
     doc["pre_tokenizer"] = {{"type", "WhitespaceSplit"}};
     Loaded t(doc);
@@ -502,7 +539,10 @@ TEST(TokJsonNormalizer, PrecompiledCharsmapRulesPerGrapheme) {
   EXPECT_EQ(words("ABC", {"<unk>", "axyC"}), (Strings{"axyC"}));
   // "A" + U+0308 is one grapheme shorter than 6 bytes: the rule for its prefix "A" replaces the
   // whole cluster, so the diaeresis goes too (the reference library's behavior).
-  EXPECT_EQ(words("A\xCC\x88" "C", {"<unk>", "aC"}), (Strings{"aC"}));
+  EXPECT_EQ(words("A\xCC\x88"
+                  "C",
+                  {"<unk>", "aC"}),
+            (Strings{"aC"}));
 }
 
 TEST(TokJsonPreTokenizer, SplitBehaviorsFollowTheirDefinitions) {
@@ -528,10 +568,10 @@ TEST(TokJsonPreTokenizer, SplitBehaviorsFollowTheirDefinitions) {
 TEST(TokJsonPreTokenizer, DigitsPunctuationWhitespace) {
   // The pieces come back as WordLevel tokens (each piece is one vocabulary word).
   auto pieces = [](Json pre, const std::string& text) {
-    Json wl = skeleton(Json{{"type", "WordLevel"},
-                            {"vocab", vocab_of({"<unk>", "a", "ab", "12", "1", "2", "!", "?", "!?",
-                                                "a1", "b"})},
-                            {"unk_token", "<unk>"}});
+    Json wl = skeleton(
+        Json{{"type", "WordLevel"},
+             {"vocab", vocab_of({"<unk>", "a", "ab", "12", "1", "2", "!", "?", "!?", "a1", "b"})},
+             {"unk_token", "<unk>"}});
     wl["pre_tokenizer"] = std::move(pre);
     Loaded w(wl);
     return w->encode(text).tokens;
@@ -551,21 +591,30 @@ TEST(TokJsonPreTokenizer, DigitsPunctuationWhitespace) {
 
 TEST(TokJsonPreTokenizer, PunctuationUsesTheReferenceLibrarysOlderTable) {
   Json doc = skeleton(Json{{"type", "WordLevel"},
-                           {"vocab", vocab_of({"<unk>", "a", "b", "\xC2\xBF", "a\xE2\xB9\x8C" "b"})},
+                           {"vocab", vocab_of({"<unk>", "a", "b", "\xC2\xBF",
+                                               "a\xE2\xB9\x8C"
+                                               "b"})},
                            {"unk_token", "<unk>"}});
   doc["pre_tokenizer"] = {{"type", "Punctuation"}, {"behavior", "Isolated"}};
   Loaded t(doc);
   // ¿ (U+00BF, Unicode 1.1) is punctuation; ⹌ (U+2E4C, Po since Unicode 11) is not to it.
-  EXPECT_EQ(t->encode("a\xC2\xBF" "b").tokens, (Strings{"a", "\xC2\xBF", "b"}));
-  EXPECT_EQ(t->encode("a\xE2\xB9\x8C" "b").tokens, (Strings{"a\xE2\xB9\x8C" "b"}));
+  EXPECT_EQ(t->encode("a\xC2\xBF"
+                      "b")
+                .tokens,
+            (Strings{"a", "\xC2\xBF", "b"}));
+  EXPECT_EQ(t->encode("a\xE2\xB9\x8C"
+                      "b")
+                .tokens,
+            (Strings{"a\xE2\xB9\x8C"
+                     "b"}));
 }
 
 TEST(TokJsonDecoder, CtcCollapsesRepeatsAndDropsPad) {
   Json doc = skeleton(Json{{"type", "WordLevel"},
                            {"vocab", vocab_of({"<pad>", "|", "h", "e", "l", "o"})},
                            {"unk_token", "<pad>"}});
-  doc["decoder"] = {{"type", "CTC"}, {"pad_token", "<pad>"}, {"word_delimiter_token", "|"},
-                    {"cleanup", true}};
+  doc["decoder"] = {
+      {"type", "CTC"}, {"pad_token", "<pad>"}, {"word_delimiter_token", "|"}, {"cleanup", true}};
   Loaded t(doc);
   // h h e l <pad> l o | h -> "hel" "l" "o" " " "h" (repeats collapse; the pad separates l's).
   EXPECT_EQ(t->decode({2, 2, 3, 4, 0, 4, 5, 1, 2}), "hello h");
@@ -573,8 +622,8 @@ TEST(TokJsonDecoder, CtcCollapsesRepeatsAndDropsPad) {
 
 TEST(TokJsonBpe, TruncationLeavesRoomForSpecialTokensAndPaddingFills) {
   Json doc = llama2();
-  doc["truncation"] = {{"max_length", 3}, {"strategy", "LongestFirst"}, {"stride", 0},
-                       {"direction", "Right"}};
+  doc["truncation"] = {
+      {"max_length", 3}, {"strategy", "LongestFirst"}, {"stride", 0}, {"direction", "Right"}};
   Loaded right(doc);
   // "hi hi hi" -> ▁hi ▁hi ▁hi; with <s> only 2 fit: <s> ▁hi ▁hi. Without specials, 3 fit.
   EXPECT_EQ(right->encode("hi hi hi").ids, (Ids{1, 263, 263}));
@@ -586,8 +635,11 @@ TEST(TokJsonBpe, TruncationLeavesRoomForSpecialTokensAndPaddingFills) {
   EXPECT_EQ(left->encode("h hi").ids, (Ids{1, 263}));
 
   Json padded = llama2();
-  padded["padding"] = {{"strategy", {{"Fixed", 4}}}, {"direction", "Left"},
-                       {"pad_to_multiple_of", nullptr}, {"pad_id", 0}, {"pad_type_id", 0},
+  padded["padding"] = {{"strategy", {{"Fixed", 4}}},
+                       {"direction", "Left"},
+                       {"pad_to_multiple_of", nullptr},
+                       {"pad_id", 0},
+                       {"pad_type_id", 0},
                        {"pad_token", "<unk>"}};
   Loaded p(padded);
   Encoding e = p->encode("hi");
@@ -597,8 +649,8 @@ TEST(TokJsonBpe, TruncationLeavesRoomForSpecialTokensAndPaddingFills) {
   padded["padding"]["direction"] = "Right";
   padded["padding"]["pad_to_multiple_of"] = 3;
   Loaded m(padded);
-  EXPECT_EQ(m->encode("hi hi").ids, (Ids{1, 263, 263}));     // 3 already a multiple of 3
-  EXPECT_EQ(m->encode("hi").ids, (Ids{1, 263, 0}));           // 2 -> 3
+  EXPECT_EQ(m->encode("hi hi").ids, (Ids{1, 263, 263}));  // 3 already a multiple of 3
+  EXPECT_EQ(m->encode("hi").ids, (Ids{1, 263, 0}));       // 2 -> 3
 }
 
 // --- edit and save ---
@@ -640,7 +692,9 @@ TEST(TokJsonEdit, TruncateRemovesIdsAndTheMergesThatNeedThem) {
 }
 
 TEST(TokJsonEdit, SaveWritesAddedTokensDecoderAndReloads) {
-  Json config = {{"add_bos_token", true}, {"bos_token", "<s>"}, {"model_max_length", 4096},
+  Json config = {{"add_bos_token", true},
+                 {"bos_token", "<s>"},
+                 {"model_max_length", 4096},
                  {"eos_token", "</s>"}};
   Loaded t(llama2(), config);
   auto ids = t->add_tokens({{0, "<extra>", true, false, false, false, false}});
@@ -656,8 +710,8 @@ TEST(TokJsonEdit, SaveWritesAddedTokensDecoderAndReloads) {
 
   // Removing ▁hi (263) removes the merge that makes it, and <extra>.
   t->truncate_vocab(263);
-  EXPECT_EQ(t->encode("hi<extra>").ids, (Ids{1, 262, 261, 3 + '<', 3 + 'e', 3 + 'x', 3 + 't',
-                                            3 + 'r', 3 + 'a', 3 + '>'}));
+  EXPECT_EQ(t->encode("hi<extra>").ids,
+            (Ids{1, 262, 261, 3 + '<', 3 + 'e', 3 + 'x', 3 + 't', 3 + 'r', 3 + 'a', 3 + '>'}));
   // Removing </s> (2) drops it from the saved tokenizer_config.json.
   t->truncate_vocab(2);
   TempDir out2;
@@ -742,8 +796,9 @@ void expect_error(const Json& doc, const std::string& fragment) {
 
 TEST(TokJsonErrors, UnknownComponentTypeNamesItsPath) {
   Json doc = gpt2();
-  doc["pre_tokenizer"] = {{"type", "Sequence"},
-                          {"pretokenizers", Json::array({{{"type", "Digits"}}, {{"type", "Bogus"}}})}};
+  doc["pre_tokenizer"] = {
+      {"type", "Sequence"},
+      {"pretokenizers", Json::array({{{"type", "Digits"}}, {{"type", "Bogus"}}})}};
   expect_error(doc, "pre_tokenizer.pretokenizers[1].type: unknown pre-tokenizer type \"Bogus\"");
   Json n = gpt2();
   n["normalizer"] = {{"type", "Frobnicate"}};
@@ -763,7 +818,9 @@ TEST(TokJsonErrors, MetaspaceAddPrefixSpaceMustAgreeWithPrependScheme) {
   Json doc = unigram();
   doc["pre_tokenizer"].erase("prepend_scheme");
   doc["pre_tokenizer"]["add_prefix_space"] = false;
-  expect_error(doc, "pre_tokenizer.add_prefix_space: add_prefix_space does not match declared prepend_scheme");
+  expect_error(
+      doc,
+      "pre_tokenizer.add_prefix_space: add_prefix_space does not match declared prepend_scheme");
   doc["pre_tokenizer"]["prepend_scheme"] = "never";
   Loaded t(doc);
   EXPECT_EQ(t->encode("ab").tokens, (Strings{"a", "b"}));
@@ -771,9 +828,13 @@ TEST(TokJsonErrors, MetaspaceAddPrefixSpaceMustAgreeWithPrependScheme) {
 
 TEST(TokJsonErrors, BadRegexShowsPcre2MessageAndOffset) {
   Json doc = gpt2();
-  doc["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "ab(c"}}},
-                          {"behavior", "Isolated"}, {"invert", false}};
-  expect_error(doc, "pre_tokenizer.pattern.Regex: regex \"ab(c\" does not compile: missing closing parenthesis at offset 4");
+  doc["pre_tokenizer"] = {{"type", "Split"},
+                          {"pattern", {{"Regex", "ab(c"}}},
+                          {"behavior", "Isolated"},
+                          {"invert", false}};
+  expect_error(doc,
+               "pre_tokenizer.pattern.Regex: regex \"ab(c\" does not compile: missing closing "
+               "parenthesis at offset 4");
 }
 
 TEST(TokJsonErrors, VocabAndMergeProblems) {
@@ -792,8 +853,9 @@ TEST(TokJsonErrors, VocabAndMergeProblems) {
   expect_error(dropout, "model.dropout: BPE dropout 0.1");
   Json added_bad = gpt2();
   added_bad["added_tokens"][0]["id"] = 30;
-  expect_error(added_bad, "added_tokens[0].id: added token \"<|endoftext|>\" has id 30, but the "
-                          "reference library gives it id 23");
+  expect_error(added_bad,
+               "added_tokens[0].id: added token \"<|endoftext|>\" has id 30, but the "
+               "reference library gives it id 23");
   Json unigram_bad = unigram();
   unigram_bad["model"]["unk_id"] = 99;
   expect_error(unigram_bad, "model.unk_id: unk_id 99 is past the vocab");
@@ -813,14 +875,17 @@ TEST(TokJsonErrors, MissingFieldsAndWrongTypes) {
   no_pattern["pre_tokenizer"] = {{"type", "Split"}, {"behavior", "Isolated"}};
   expect_error(no_pattern, "pre_tokenizer: missing required field \"pattern\"");
   Json behavior = gpt2();
-  behavior["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"String", " "}}}, {"behavior", "Sideways"}};
+  behavior["pre_tokenizer"] = {
+      {"type", "Split"}, {"pattern", {{"String", " "}}}, {"behavior", "Sideways"}};
   expect_error(behavior, "pre_tokenizer.behavior: unknown split behavior \"Sideways\"");
   Json template_bad = llama2();
   template_bad["post_processor"]["special_tokens"] = Json::object();
-  expect_error(template_bad, "post_processor.single[0].SpecialToken.id: template names special token \"<s>\"");
+  expect_error(template_bad,
+               "post_processor.single[0].SpecialToken.id: template names special token \"<s>\"");
   Json huge_pad = gpt2();
   huge_pad["padding"] = {{"strategy", {{"Fixed", 2000000000}}}, {"pad_id", 0}, {"pad_token", "h"}};
-  expect_error(huge_pad, "padding.strategy.Fixed: integer 2000000000 is out of range [0, 16777216]");
+  expect_error(huge_pad,
+               "padding.strategy.Fixed: integer 2000000000 is out of range [0, 16777216]");
   Json not_object = Json::array({1, 2});
   expect_error(not_object, "expected an object, got array");
 }
@@ -837,8 +902,12 @@ TEST(TokJsonErrors, BadPrecompiledCharsmap) {
   Json doc = unigram();
   doc["normalizer"] = {{"type", "Precompiled"}, {"precompiled_charsmap", "!!!"}};
   expect_error(doc, "normalizer.precompiled_charsmap: not valid base64");
-  doc["normalizer"]["precompiled_charsmap"] = base64(std::string("\xFF\xFF\x00\x00" "abcd", 8));
-  expect_error(doc, "normalizer.precompiled_charsmap: trie size 65535 exceeds the 4 bytes that follow");
+  doc["normalizer"]["precompiled_charsmap"] =
+      base64(std::string("\xFF\xFF\x00\x00"
+                         "abcd",
+                         8));
+  expect_error(doc,
+               "normalizer.precompiled_charsmap: trie size 65535 exceeds the 4 bytes that follow");
 }
 
 TEST(TokJsonErrors, NotJsonAtAll) {

@@ -187,9 +187,8 @@ void print_table(const std::vector<ModelScores>& all, const std::vector<eval::Ta
   for (const auto& s : all) {
     if (s.ppl && s.ppl->tokens) {
       fmt::print("{}perplexity of {}: {:.4f} ± {:.4f} over {} tokens in {} chunks of {}\n",
-                 std::exchange(first, false) ? "\n" : "",
-                 printable(s.label), s.ppl->ppl(), s.ppl->ppl_stderr(), s.ppl->tokens,
-                 s.ppl->chunks, s.ppl->n_ctx);
+                 std::exchange(first, false) ? "\n" : "", printable(s.label), s.ppl->ppl(),
+                 s.ppl->ppl_stderr(), s.ppl->tokens, s.ppl->chunks, s.ppl->n_ctx);
     }
   }
 }

@@ -24,8 +24,8 @@ struct PerplexityOptions {
 };
 
 struct PerplexityResult {
-  int n_ctx = 0;            // tokens per chunk
-  size_t chunks = 0;        // chunks scored
+  int n_ctx = 0;                 // tokens per chunk
+  size_t chunks = 0;             // chunks scored
   size_t chunks_total = 0;       // chunks the text holds
   size_t tokens = 0;             // tokens scored
   double nll_sum = 0;            // sum of -log p over the scored tokens

@@ -607,8 +607,8 @@ void ForwardModel::build(const TensorSet& ts, bool gguf) {
     L.wo = weight(name("wo", l), E, nq);
     // qwen2 has q/k/v biases; a checkpoint without any of them runs with zeros, as llama.cpp
     // runs it, but one with only some of them is refused.
-    const bool qkv_bias = qwen2 && (ts.find(name("bq", l)) || ts.find(name("bk", l)) ||
-                                    ts.find(name("bv", l)));
+    const bool qkv_bias =
+        qwen2 && (ts.find(name("bq", l)) || ts.find(name("bk", l)) || ts.find(name("bv", l)));
     L.bq = vec(name("bq", l), nq, qkv_bias);
     L.bk = vec(name("bk", l), nkv, qkv_bias);
     L.bv = vec(name("bv", l), nkv, qkv_bias);

@@ -20,9 +20,12 @@ struct ArchRow {
   std::string_view hf_class, gguf_arch;
 };
 constexpr ArchRow kArchitectures[] = {
-    {"LlamaForCausalLM", "llama"}, {"MistralForCausalLM", "llama"},  // llama.cpp runs Mistral as
-                                                                     // llama
-    {"Qwen2ForCausalLM", "qwen2"}, {"Qwen3ForCausalLM", "qwen3"},   {"Gemma2ForCausalLM", "gemma2"},
+    {"LlamaForCausalLM", "llama"},
+    {"MistralForCausalLM", "llama"},  // llama.cpp runs Mistral as
+                                      // llama
+    {"Qwen2ForCausalLM", "qwen2"},
+    {"Qwen3ForCausalLM", "qwen3"},
+    {"Gemma2ForCausalLM", "gemma2"},
 };
 
 // GGUF architectures as bits, so that a table row can name the ones that load a tensor.

@@ -133,9 +133,10 @@ std::unique_ptr<JsonTokenizer::Pipeline> JsonTokenizer::build() const {
   for (size_t id = 0; id < vocab_size; ++id) {
     if (!p->model->id_to_token(static_cast<int32_t>(id)) &&
         !p->added->find_id(static_cast<int32_t>(id))) {
-      root.fail(fmt::format("id {} is neither in the model vocab nor an added token (ids must run "
-                            "from 0 to {} without holes)",
-                            id, vocab_size - 1));
+      root.fail(
+          fmt::format("id {} is neither in the model vocab nor an added token (ids must run "
+                      "from 0 to {} without holes)",
+                      id, vocab_size - 1));
     }
   }
 
@@ -143,10 +144,12 @@ std::unique_ptr<JsonTokenizer::Pipeline> JsonTokenizer::build() const {
   if (const Json& t = part("truncation"); !t.is_null()) {
     Where tw = root.at("truncation");
     expect_object(t, tw);
-    p->max_length = static_cast<size_t>(expect_int(required(t, "max_length", tw), tw.at("max_length"), 0, INT32_MAX));
+    p->max_length = static_cast<size_t>(
+        expect_int(required(t, "max_length", tw), tw.at("max_length"), 0, INT32_MAX));
     p->stride = static_cast<size_t>(optional_int(t, "stride", tw, 0));
     std::string direction = optional_string(t, "direction", tw).value_or("Right");
-    if (direction != "Right" && direction != "Left") tw.at("direction").fail("expected \"Right\" or \"Left\"");
+    if (direction != "Right" && direction != "Left")
+      tw.at("direction").fail("expected \"Right\" or \"Left\"");
     p->truncate_left = direction == "Left";
     std::string strategy = optional_string(t, "strategy", tw).value_or("LongestFirst");
     if (strategy != "LongestFirst" && strategy != "OnlyFirst" && strategy != "OnlySecond") {
@@ -167,11 +170,13 @@ std::unique_ptr<JsonTokenizer::Pipeline> JsonTokenizer::build() const {
       pw.at("strategy").fail("expected \"BatchLongest\" or {\"Fixed\": n}");
     }
     std::string direction = optional_string(pad, "direction", pw).value_or("Right");
-    if (direction != "Right" && direction != "Left") pw.at("direction").fail("expected \"Right\" or \"Left\"");
+    if (direction != "Right" && direction != "Left")
+      pw.at("direction").fail("expected \"Right\" or \"Left\"");
     p->pad_left = direction == "Left";
     p->pad_multiple = static_cast<size_t>(optional_int(pad, "pad_to_multiple_of", pw, 0));
     if (p->pad_multiple > kMaxPadding) {
-      pw.at("pad_to_multiple_of").fail(fmt::format("{} is beyond smelt's limit of {}", p->pad_multiple, kMaxPadding));
+      pw.at("pad_to_multiple_of")
+          .fail(fmt::format("{} is beyond smelt's limit of {}", p->pad_multiple, kMaxPadding));
     }
     p->pad_id = static_cast<int32_t>(optional_int(pad, "pad_id", pw, 0));
     p->pad_token = optional_string(pad, "pad_token", pw).value_or("[PAD]");
@@ -250,7 +255,8 @@ Encoding JsonTokenizer::encode(std::string_view text, const EncodeOptions& optio
   if (options.add_special_tokens && p.post_processor) p.post_processor->process(out);
   if (p.pad) {
     size_t target = p.pad_fixed.value_or(out.ids.size());
-    if (p.pad_multiple > 0 && target % p.pad_multiple) target += p.pad_multiple - target % p.pad_multiple;
+    if (p.pad_multiple > 0 && target % p.pad_multiple)
+      target += p.pad_multiple - target % p.pad_multiple;
     if (out.ids.size() < target) {
       size_t n = target - out.ids.size();
       auto at_ids = p.pad_left ? out.ids.begin() : out.ids.end();
@@ -266,8 +272,8 @@ void JsonTokenizer::truncate(const Pipeline& p, bool add_special_tokens, Encodin
   size_t max_length = *p.max_length;
   size_t added = add_special_tokens && p.post_processor ? p.post_processor->added_tokens() : 0;
   if (added > max_length) {
-    fail("{}: truncation.max_length {} leaves no room for the {} special tokens", file_,
-         max_length, added);
+    fail("{}: truncation.max_length {} leaves no room for the {} special tokens", file_, max_length,
+         added);
   }
   max_length -= added;
   if (out.ids.size() <= max_length) return;
@@ -406,10 +412,12 @@ void JsonTokenizer::truncate_vocab(size_t n) {
         }
       }
       for (const char* key : {"unk_token"}) {
-        if (model.contains(key) && model[key].is_string() && p.model->token_to_id(model[key].get<std::string>()) &&
+        if (model.contains(key) && model[key].is_string() &&
+            p.model->token_to_id(model[key].get<std::string>()) &&
             removed(model[key].get<std::string>())) {
-          root.at("model").at(key).fail(fmt::format(
-              "the unk token \"{}\" has an id >= {}; it cannot be removed", model[key].get<std::string>(), n));
+          root.at("model").at(key).fail(
+              fmt::format("the unk token \"{}\" has an id >= {}; it cannot be removed",
+                          model[key].get<std::string>(), n));
         }
       }
       if (model.contains("merges") && model["merges"].is_array()) {
@@ -439,7 +447,8 @@ void JsonTokenizer::truncate_vocab(size_t n) {
         root.at("model").at("unk_id").fail(fmt::format("unk_id is >= {}; it cannot be removed", n));
       }
       Json& vocab = model["vocab"];
-      if (vocab.size() > n) vocab.erase(vocab.begin() + static_cast<std::ptrdiff_t>(n), vocab.end());
+      if (vocab.size() > n)
+        vocab.erase(vocab.begin() + static_cast<std::ptrdiff_t>(n), vocab.end());
     }
     std::set<std::string> gone;
     if (doc_.contains("added_tokens") && doc_["added_tokens"].is_array()) {
@@ -460,9 +469,10 @@ void JsonTokenizer::truncate_vocab(size_t n) {
         for (auto it = pp["special_tokens"].begin(); it != pp["special_tokens"].end(); ++it) {
           for (const Json& id : it.value().value("ids", Json::array())) {
             if (id.is_number() && id.get<int64_t>() >= static_cast<int64_t>(n)) {
-              w.fail(fmt::format("the template's special token \"{}\" has id {} >= {}; edit the "
-                                 "post-processor first",
-                                 it.key(), id.get<int64_t>(), n));
+              w.fail(
+                  fmt::format("the template's special token \"{}\" has id {} >= {}; edit the "
+                              "post-processor first",
+                              it.key(), id.get<int64_t>(), n));
             }
           }
         }

@@ -19,14 +19,16 @@ class JsonTokenizer : public Tokenizer {
  public:
   // Loads `tokenizer_json`; `config_dir` (may be empty) holds tokenizer_config.json and
   // special_tokens_map.json when present. Throws smelt::Error naming the file.
-  JsonTokenizer(const std::filesystem::path& tokenizer_json, const std::filesystem::path& config_dir);
+  JsonTokenizer(const std::filesystem::path& tokenizer_json,
+                const std::filesystem::path& config_dir);
   // Builds the pipeline from a tokenizer.json document held in memory, without
   // tokenizer_config.json; `name` stands for the file in error messages.
   JsonTokenizer(Json doc, std::string name);
   ~JsonTokenizer() override;
 
   Encoding encode(std::string_view text, const EncodeOptions& options = {}) const override;
-  std::string decode(const std::vector<int32_t>& ids, const DecodeOptions& options = {}) const override;
+  std::string decode(const std::vector<int32_t>& ids,
+                     const DecodeOptions& options = {}) const override;
   size_t vocab_size() const override;
   std::optional<int32_t> token_to_id(std::string_view token) const override;
   std::optional<std::string> id_to_token(int32_t id) const override;

@@ -178,41 +178,15 @@ struct AgedRange {
   int major;
 };
 constexpr AgedRange kRecentPunctuation[] = {
-    {0x61D, 0x61D, 14},
-    {0x9FD, 0x9FD, 10},
-    {0xA76, 0xA76, 11},
-    {0xC77, 0xC77, 12},
-    {0xC84, 0xC84, 11},
-    {0x1B7D, 0x1B7E, 14},
-    {0x2E43, 0x2E44, 9},
-    {0x2E45, 0x2E49, 10},
-    {0x2E4A, 0x2E4E, 11},
-    {0x2E4F, 0x2E4F, 12},
-    {0x2E52, 0x2E52, 13},
-    {0x2E53, 0x2E5D, 14},
-    {0x10EAD, 0x10EAD, 13},
-    {0x10F55, 0x10F59, 11},
-    {0x10F86, 0x10F89, 14},
-    {0x1144B, 0x1144F, 9},
-    {0x1145A, 0x1145A, 13},
-    {0x1145B, 0x1145B, 9},
-    {0x1145D, 0x1145D, 9},
-    {0x11660, 0x1166C, 9},
-    {0x116B9, 0x116B9, 14},
-    {0x1183B, 0x1183B, 11},
-    {0x11944, 0x11946, 13},
-    {0x119E2, 0x119E2, 12},
-    {0x11A3F, 0x11A46, 10},
-    {0x11A9A, 0x11A9C, 10},
-    {0x11A9E, 0x11AA2, 10},
-    {0x11C41, 0x11C45, 9},
-    {0x11C70, 0x11C71, 9},
-    {0x11EF7, 0x11EF8, 11},
-    {0x11FFF, 0x11FFF, 12},
-    {0x12FF1, 0x12FF2, 14},
-    {0x16E97, 0x16E9A, 11},
-    {0x16FE2, 0x16FE2, 12}
-};
+    {0x61D, 0x61D, 14},     {0x9FD, 0x9FD, 10},     {0xA76, 0xA76, 11},     {0xC77, 0xC77, 12},
+    {0xC84, 0xC84, 11},     {0x1B7D, 0x1B7E, 14},   {0x2E43, 0x2E44, 9},    {0x2E45, 0x2E49, 10},
+    {0x2E4A, 0x2E4E, 11},   {0x2E4F, 0x2E4F, 12},   {0x2E52, 0x2E52, 13},   {0x2E53, 0x2E5D, 14},
+    {0x10EAD, 0x10EAD, 13}, {0x10F55, 0x10F59, 11}, {0x10F86, 0x10F89, 14}, {0x1144B, 0x1144F, 9},
+    {0x1145A, 0x1145A, 13}, {0x1145B, 0x1145B, 9},  {0x1145D, 0x1145D, 9},  {0x11660, 0x1166C, 9},
+    {0x116B9, 0x116B9, 14}, {0x1183B, 0x1183B, 11}, {0x11944, 0x11946, 13}, {0x119E2, 0x119E2, 12},
+    {0x11A3F, 0x11A46, 10}, {0x11A9A, 0x11A9C, 10}, {0x11A9E, 0x11AA2, 10}, {0x11C41, 0x11C45, 9},
+    {0x11C70, 0x11C71, 9},  {0x11EF7, 0x11EF8, 11}, {0x11FFF, 0x11FFF, 12}, {0x12FF1, 0x12FF2, 14},
+    {0x16E97, 0x16E9A, 11}, {0x16FE2, 0x16FE2, 12}};
 
 bool is_recent_punctuation(char32_t cp) {
   for (const AgedRange& r : kRecentPunctuation) {
@@ -280,10 +254,18 @@ std::string normalize_form(std::string_view s, NormalForm form) {
   if (ascii) return std::string(s);  // ASCII is invariant under every normalization form
   int options = UTF8PROC_STABLE;
   switch (form) {
-    case NormalForm::kNfc: options |= UTF8PROC_COMPOSE; break;
-    case NormalForm::kNfd: options |= UTF8PROC_DECOMPOSE; break;
-    case NormalForm::kNfkc: options |= UTF8PROC_COMPOSE | UTF8PROC_COMPAT; break;
-    case NormalForm::kNfkd: options |= UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT; break;
+    case NormalForm::kNfc:
+      options |= UTF8PROC_COMPOSE;
+      break;
+    case NormalForm::kNfd:
+      options |= UTF8PROC_DECOMPOSE;
+      break;
+    case NormalForm::kNfkc:
+      options |= UTF8PROC_COMPOSE | UTF8PROC_COMPAT;
+      break;
+    case NormalForm::kNfkd:
+      options |= UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT;
+      break;
   }
   utf8proc_uint8_t* result = nullptr;
   utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()),

@@ -1,5 +1,6 @@
 // UTF-8 and Unicode helpers for the tokenizer engines: decoding, the invalid-byte policy, character
-// classes as the reference library's Rust code defines them, normalization forms (docs/tokenizer.md).
+// classes as the reference library's Rust code defines them, normalization forms
+// (docs/tokenizer.md).
 #pragma once
 
 #include <cstdint>

@@ -78,14 +78,15 @@ json llama_config(int heads = 4, int kv_heads = 2) {
 TEST(GgufExport, ArchForLlamaMistralQwen2Qwen3Gemma2) {
   EXPECT_EQ(gguf_arch_for({{"architectures", {"LlamaForCausalLM"}}}), "llama");
   EXPECT_EQ(gguf_arch_for({{"architectures", {"MistralForCausalLM"}}}), "llama");
+  EXPECT_EQ(gguf_arch_for({{"architectures", {"MixtralForCausalLM"}}}), "llama");
   EXPECT_EQ(gguf_arch_for({{"architectures", {"Qwen2ForCausalLM"}}}), "qwen2");
   EXPECT_EQ(gguf_arch_for({{"architectures", {"Qwen3ForCausalLM"}}}), "qwen3");
   EXPECT_EQ(gguf_arch_for({{"architectures", {"Gemma2ForCausalLM"}}}), "gemma2");
   EXPECT_EQ(error_of([] {
               gguf_arch_for({{"architectures", {"GPT2LMHeadModel"}}});
             }),
-            "GGUF export supports llama, mistral, qwen2, qwen3 and gemma2 models; GPT2LMHeadModel "
-            "is not supported yet");
+            "GGUF export supports llama, mistral, mixtral, qwen2, qwen3 and gemma2 models; "
+            "GPT2LMHeadModel is not supported yet");
   EXPECT_NE(error_of([] { gguf_arch_for(json::object()); }).find("architectures"),
             std::string::npos);
 }

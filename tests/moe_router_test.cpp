@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 
+#include "llama_cpp_client.h"
 #include "reference_forward.h"
 #include "smelt/config/moe_config.h"
 #include "smelt/error.h"
@@ -262,6 +263,74 @@ TEST(MoeForward, IdenticalExpertsGiveTheDenseModel) {
   auto moe = smelt::infer::Model::load(dir / "out", {.threads = 2});
   auto dense = smelt::infer::Model::load(kZoo / "base", {.threads = 2});
   EXPECT_LT(max_diff(smelt_log_softmax_all(*moe, ids), smelt_log_softmax_all(*dense, ids)), 1e-4);
+}
+
+// `smelt moe ... out.gguf` writes llama.cpp's Mixtral layout (experts stacked per layer, F32
+// routers): llama.cpp runs it to the logits of the same MoE written as a folder and run by the
+// reference, and an MoE of one dense model to that model's.
+TEST(MoeGguf, LlamaCppRunsTheExportedMixtral) {
+  REQUIRE_NODE_LLAMA_CPP();
+  TempDir dir;
+  write_bytes(dir / "moe.yml", moe_yaml("hidden_avg", "dtype: float32\nexperts_per_token: 2\n"));
+  for (const char* out : {"moe.gguf", "moe"}) {
+    auto r =
+        run_command(quote(fs::path(SMELT_BIN)) + " moe -q " + quote(dir / "moe.yml") + " " +
+                    quote(dir / out) + (std::string(out) == "moe.gguf" ? " --out-type F32" : ""));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  const std::vector<int> ids = zoo_ids("12+35=47\nrev abcd=dcba");
+  const auto ref = smelt::testing::reference_log_softmax_all(
+      smelt::testing::load_tiny_model(dir / "moe", 1.0f), ids, {.interleaved_rope = false});
+  const auto cpp = smelt::testing::llama_cpp_log_softmax_all(dir / "moe.gguf", ids, dir.path());
+  EXPECT_LT(max_diff(cpp, ref), 2e-3);
+  // smelt's forward pass reads the GGUF (3-D expert tensors) to the same logits.
+  auto gguf = smelt::infer::Model::load(dir / "moe.gguf", {.threads = 2});
+  EXPECT_EQ(gguf->info().n_expert, 4);
+  EXPECT_LT(max_diff(smelt_log_softmax_all(*gguf, ids), ref), 1e-3);
+}
+
+// Two Mixtral models merge expert by expert with smelt merge (linear here): every tensor is the
+// weighted mean of the inputs', and the result runs as a Mixtral.
+TEST(MoeMerge, TwoMixtralsMergeTensorByTensor) {
+  TempDir dir;
+  std::string y = fmt::format("base_model: {}\ngate_mode: random\ndtype: float32\nexperts:\n",
+                              (kZoo / "base").string());
+  for (const char* ft : {"ft-add", "ft-rev", "ft-up", "ft-next"})
+    y += fmt::format("  - source_model: {}\n", (kZoo / ft).string());
+  write_bytes(dir / "moe.yml", y);
+  for (const char* seed : {"1", "2"}) {
+    auto r = run_command(quote(fs::path(SMELT_BIN)) + " moe -q " + quote(dir / "moe.yml") + " " +
+                         quote(dir / (std::string("m") + seed)) + " --random-seed " + seed);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  write_bytes(dir / "merge.yml",
+              fmt::format("merge_method: linear\nmodels:\n  - model: {}\n    parameters: "
+                          "{{weight: 0.25}}\n  - model: {}\n    parameters: {{weight: 0.75}}\n",
+                          (dir / "m1").string(), (dir / "m2").string()));
+  auto r = run_command(quote(fs::path(SMELT_BIN)) + " merge -q " + quote(dir / "merge.yml") + " " +
+                       quote(dir / "merged"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto a = smelt::testing::load_tiny_model(dir / "m1", 1.0f);
+  const auto b = smelt::testing::load_tiny_model(dir / "m2", 1.0f);
+  const auto m = smelt::testing::load_tiny_model(dir / "merged", 1.0f);
+  ASSERT_EQ(m.w.size(), a.w.size());
+  const auto& router = m.w.at("model.layers.2.block_sparse_moe.gate.weight");
+  EXPECT_NE(a.w.at("model.layers.2.block_sparse_moe.gate.weight"),
+            b.w.at("model.layers.2.block_sparse_moe.gate.weight"));
+  for (const auto& [name, values] : m.w) {
+    ASSERT_EQ(values.size(), a.w.at(name).size()) << name;
+    for (size_t i = 0; i < values.size(); ++i) {
+      const double want = 0.25 * a.w.at(name)[i] + 0.75 * b.w.at(name)[i];
+      ASSERT_NEAR(values[i], want, 1e-6 * (1 + std::abs(want))) << name << "[" << i << "]";
+    }
+  }
+  EXPECT_EQ(router.size(), 4u * 96);
+  auto model = smelt::infer::Model::load(dir / "merged", {.threads = 2});
+  EXPECT_EQ(model->info().n_expert, 4);
+  const std::vector<int> ids = zoo_ids("up cat=CAT");
+  EXPECT_LT(max_diff(smelt_log_softmax_all(*model, ids),
+                     smelt::testing::reference_log_softmax_all(m, ids)),
+            1e-3);
 }
 
 TEST(MoeRouter, PromptErrorsNameTheYamlPath) {

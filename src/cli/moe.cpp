@@ -10,6 +10,7 @@
 #include "smelt/exec/merge.h"
 #include "smelt/io/safetensors.h"
 #include "smelt/moe/gate_vectors.h"
+#include "smelt/plan/gguf_output.h"
 #include "smelt/plan/moe_plan.h"
 
 namespace smelt::cli {
@@ -28,6 +29,9 @@ struct MoeCliOptions {
   bool write_model_card = true;
   bool allow_same_model = false;
   bool dry_run = false;
+  std::string format = "auto";
+  std::string out_type;
+  std::vector<std::string> tensor_types;
   std::vector<std::string> ignored;
 };
 
@@ -46,9 +50,9 @@ void run(const MoeCliOptions& o) {
     }
   }
   if (o.out.empty()) fail("OUT: the output path is empty; give the folder to write");
-  if (o.out.ends_with(".gguf")) {
-    fail("OUT: GGUF output of smelt moe is not supported yet; write a folder and convert it");
-  }
+  plan::PlanOptions output;
+  set_output_format(o.format, o.out, o.out_type, o.tensor_types, &output);
+  if (output.format == plan::OutputFormat::kAuto) output.format = plan::OutputFormat::kSafetensors;
   const config::MoeConfig cfg = config::load_moe_config(o.config);
   // The config's own warnings (unknown keys, ignored prompts) before any model is opened.
   if (!o.quiet) {
@@ -80,6 +84,8 @@ void run(const MoeCliOptions& o) {
     po.gate_vectors = &gates.values;
     plan = plan::build_moe_plan(cfg, po);
   }
+  // GGUF output: llama.cpp's names, the experts stacked per layer (docs/moe.md).
+  plan::assign_gguf_output(plan, output);
   if (!o.quiet) print_warnings(plan);
   exec::MergeOptions mo;
   mo.exec.threads = threads;
@@ -121,9 +127,17 @@ void add_moe(CLI::App& app) {
       "the CPU; random and uniform_random need no prompts (docs/moe.md).\n"
       "Examples:\n"
       "  smelt moe moe.yml ./mixtral\n"
-      "  smelt moe moe.yml ./mixtral --random-seed 42 -j 8");
+      "  smelt moe moe.yml ./mixtral --random-seed 42 -j 8\n"
+      "  smelt moe moe.yml mixtral.gguf --out-type Q8_0");
   cmd->add_option("config", o->config, "mergekit-moe YAML config")->required();
-  cmd->add_option("out", o->out, "output folder")->required();
+  cmd->add_option("out", o->out, "output folder, or a .gguf file (llama.cpp's Mixtral layout)")
+      ->required();
+  cmd->add_option("--format", o->format, "output format: auto (by OUT's name), safetensors, gguf");
+  cmd->add_option("--out-type", o->out_type,
+                  "GGUF output: ggml type of the 2-D tensors (F16, BF16, Q8_0, Q4_K, ...)");
+  cmd->add_option("--tensor-type", o->tensor_types, "GGUF output: REGEX=TYPE per tensor name")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   cmd->add_option("--random-seed", o->seed, "seed of the random router (a non-negative integer)")
       ->capture_default_str();
   cmd->add_option("-j,--threads,--num-threads", o->threads,

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -130,15 +131,20 @@ void check_output_path(const plan::Plan& plan, const fs::path& out, bool overwri
 
 namespace {
 
+// Job j writes tensor where[j].first of the file, from byte where[j].second on: one tensor per
+// job, except the slices of a stacked MoE expert tensor (TensorJob::pack_index).
 class GgufSink : public TensorSink {
  public:
-  explicit GgufSink(io::GgufWriter& w) : w_(w) {}
+  GgufSink(io::GgufWriter& w, std::vector<std::pair<size_t, uint64_t>> where)
+      : w_(w), where_(std::move(where)) {}
   void write(size_t job, uint64_t offset, const void* data, uint64_t size) override {
-    w_.write(job, offset, data, size);
+    const auto& [tensor, base] = where_.at(job);
+    w_.write(tensor, base + offset, data, size);
   }
 
  private:
   io::GgufWriter& w_;
+  std::vector<std::pair<size_t, uint64_t>> where_;
 };
 
 // The output KVs: the donor GGUF's, verbatim except the split keys, the layer count of a
@@ -147,7 +153,8 @@ class GgufSink : public TensorSink {
 // files, general.file_type from the type most 2-D tensors have.
 std::vector<io::GgufKv> export_kvs(const plan::Plan& plan, const std::string& name) {
   const plan::PlanModel& donor = plan.models[plan.donor];
-  const nlohmann::json config = nlohmann::json::parse(donor.config_text);
+  const nlohmann::json config = nlohmann::json::parse(
+      plan.output_config_text.empty() ? donor.config_text : plan.output_config_text);
   auto kvs = io::gguf_export_kvs(donor.model->resolved().root, config, name, plan.output_layers);
   std::map<int32_t, size_t> counts;
   for (const auto& job : plan.jobs) {
@@ -247,8 +254,35 @@ void check_inputs_unchanged(const std::vector<InputStamp>& stamps) {
 void run_gguf_merge(const plan::Plan& plan, const fs::path& out, const MergeOptions& options,
                     const std::vector<InputStamp>& stamps) {
   std::vector<io::GgufTensorSpec> specs;
+  std::vector<std::pair<size_t, uint64_t>> where;
+  std::map<std::string, std::pair<size_t, std::vector<bool>>> packs;  // name -> spec, slices seen
   for (const auto& job : plan.jobs) {
-    specs.push_back({job.name, static_cast<kernels::GgmlType>(job.ggml_type), job.shape});
+    const auto type = static_cast<kernels::GgmlType>(job.ggml_type);
+    if (job.pack_index < 0) {
+      where.emplace_back(specs.size(), 0);
+      specs.push_back({job.name, type, job.shape});
+      continue;
+    }
+    auto [it, fresh] = packs.try_emplace(job.name);
+    if (fresh) {
+      std::vector<uint64_t> shape = {static_cast<uint64_t>(job.pack_count)};
+      shape.insert(shape.end(), job.shape.begin(), job.shape.end());
+      it->second = {specs.size(), std::vector<bool>(static_cast<size_t>(job.pack_count), false)};
+      specs.push_back({job.name, type, shape});
+    }
+    const io::GgufTensorSpec& spec = specs[it->second.first];
+    if (spec.type != type ||
+        !std::equal(job.shape.begin(), job.shape.end(), spec.shape.begin() + 1, spec.shape.end()) ||
+        it->second.second.at(static_cast<size_t>(job.pack_index))) {
+      fail("internal: the slices of GGUF tensor {} differ in type or shape, or repeat", job.name);
+    }
+    it->second.second[static_cast<size_t>(job.pack_index)] = true;
+    const auto slice = kernels::ggml_type_bytes(type, job.numel());
+    where.emplace_back(it->second.first, static_cast<uint64_t>(job.pack_index) * slice.value());
+  }
+  for (const auto& [name, pack] : packs) {
+    if (std::find(pack.second.begin(), pack.second.end(), false) != pack.second.end())
+      fail("GGUF export: tensor {} lacks some experts' matrices", name);
   }
   io::AtomicFileOptions file_options;
   file_options.max_in_flight_bytes = writer_bytes_per_file(options.exec.max_memory);
@@ -263,7 +297,7 @@ void run_gguf_merge(const plan::Plan& plan, const fs::path& out, const MergeOpti
                         io::kGgufDefaultAlignment, file_options);
   std::vector<size_t> all(plan.jobs.size());
   for (size_t i = 0; i < all.size(); ++i) all[i] = i;
-  GgufSink sink(writer);
+  GgufSink sink(writer, std::move(where));
   execute_jobs(plan, all, sink, options.exec);
   writer.finish();
 }

@@ -66,7 +66,10 @@ uint64_t gguf_qk_source_row(uint64_t out_row, uint64_t rows, int64_t n_head) {
 
 kernels::GgmlType gguf_default_type(const std::string& gguf_name,
                                     const std::vector<uint64_t>& shape, DType stored) {
-  if (shape.size() <= 1 || ends_with(gguf_name, "_norm.weight")) return kernels::GgmlType::kF32;
+  // Norms and MoE routers stay F32, as llama.cpp's converter keeps them.
+  if (shape.size() <= 1 || ends_with(gguf_name, "_norm.weight") ||
+      ends_with(gguf_name, "ffn_gate_inp.weight"))
+    return kernels::GgmlType::kF32;
   return stored == DType::kBF16 ? kernels::GgmlType::kBF16 : kernels::GgmlType::kF16;
 }
 

@@ -133,6 +133,14 @@ void gguf_add_hparam_kvs(std::vector<GgufKv>& kvs, const std::string& arch, cons
   set_arch("embedding_length", GgufValue::of(hidden));
   set_arch("block_count", GgufValue::of(blocks));
   set_arch("feed_forward_length", GgufValue::of(required_u32(config, "intermediate_size")));
+  // Mixtral: experts per layer and per token (llama.cpp's llama graph with experts).
+  if (auto experts = optional_u32(config, "num_local_experts")) {
+    const uint32_t used = optional_u32(config, "num_experts_per_tok").value_or(2);
+    if (used == 0 || used > *experts)
+      fail("config.json: num_experts_per_tok {} must be 1 to num_local_experts {}", used, *experts);
+    set_arch("expert_count", GgufValue::of(*experts));
+    set_arch("expert_used_count", GgufValue::of(used));
+  }
   set_arch("attention.head_count", GgufValue::of(heads));
   set_arch("attention.head_count_kv", GgufValue::of(heads_kv));
   set_arch("attention.layer_norm_rms_epsilon", GgufValue::of(positive_f32(*eps, "rms_norm_eps")));

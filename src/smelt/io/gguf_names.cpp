@@ -21,8 +21,8 @@ struct ArchRow {
 };
 constexpr ArchRow kArchitectures[] = {
     {"LlamaForCausalLM", "llama"},
-    {"MistralForCausalLM", "llama"},  // llama.cpp runs Mistral as
-                                      // llama
+    {"MistralForCausalLM", "llama"},  // llama.cpp runs Mistral as llama
+    {"MixtralForCausalLM", "llama"},  // ... and Mixtral as llama with experts
     {"Qwen2ForCausalLM", "qwen2"},
     {"Qwen3ForCausalLM", "qwen3"},
     {"Gemma2ForCausalLM", "gemma2"},
@@ -78,6 +78,7 @@ constexpr NameRow kLayerTensors[] = {
     {"post_attention_layernorm", "post_attention_norm", kGemma2, 0},
     {"pre_feedforward_layernorm", "ffn_norm", kGemma2, 0},
     {"post_feedforward_layernorm", "post_ffw_norm", kGemma2, 0},
+    {"block_sparse_moe.gate", "ffn_gate_inp", kLlama, 0},  // Mixtral's router
     {"mlp.gate_proj", "ffn_gate", kAll, kLlama},
     {"mlp.up_proj", "ffn_up", kAll, kLlama},
     {"mlp.down_proj", "ffn_down", kAll, kLlama},
@@ -105,20 +106,41 @@ bool split_layer_name(std::string_view name, uint64_t& layer, std::string_view& 
 
 }  // namespace
 
+std::optional<GgufExpertSlice> gguf_expert_slice(const std::string& hf_name) {
+  uint64_t layer = 0;
+  std::string_view rest;
+  if (!split_layer_name(hf_name, layer, rest)) return std::nullopt;
+  constexpr std::string_view kExperts = "block_sparse_moe.experts.";
+  if (!rest.starts_with(kExperts)) return std::nullopt;
+  rest.remove_prefix(kExperts.size());
+  size_t digits = 0;
+  while (digits < rest.size() && rest[digits] >= '0' && rest[digits] <= '9') ++digits;
+  if (digits == 0 || digits > 4 || (digits > 1 && rest[0] == '0')) return std::nullopt;
+  int expert = 0;
+  for (size_t i = 0; i < digits; ++i) expert = expert * 10 + (rest[i] - '0');
+  const std::string_view w = rest.substr(digits);
+  const char* packed = w == ".w1.weight"   ? "ffn_gate_exps"
+                       : w == ".w3.weight" ? "ffn_up_exps"
+                       : w == ".w2.weight" ? "ffn_down_exps"
+                                           : nullptr;
+  if (!packed) return std::nullopt;
+  return GgufExpertSlice{fmt::format("blk.{}.{}.weight", layer, packed), expert};
+}
+
 std::string gguf_arch_for(const nlohmann::json& config) {
   const nlohmann::json* archs = gguf_json::find(config, "architectures");
   if (!archs || !archs->is_array() || archs->empty() || !(*archs)[0].is_string()) {
     fail(
-        "config.json has no 'architectures' list; GGUF export supports llama, mistral, qwen2, "
-        "qwen3 and gemma2 models");
+        "config.json has no 'architectures' list; GGUF export supports llama, mistral, mixtral, "
+        "qwen2, qwen3 and gemma2 models");
   }
   const std::string arch = (*archs)[0].get<std::string>();
   for (const ArchRow& row : kArchitectures) {
     if (arch == row.hf_class) return std::string(row.gguf_arch);
   }
   fail(
-      "GGUF export supports llama, mistral, qwen2, qwen3 and gemma2 models; {} is not supported "
-      "yet",
+      "GGUF export supports llama, mistral, mixtral, qwen2, qwen3 and gemma2 models; {} is not "
+      "supported yet",
       arch);
 }
 

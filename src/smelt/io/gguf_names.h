@@ -35,4 +35,12 @@ std::string gguf_arch_for(const nlohmann::json& config);
 // be passed through.
 std::optional<std::string> gguf_tensor_name(const std::string& arch, const std::string& hf_name);
 
+// A Mixtral expert matrix "model.layers.N.block_sparse_moe.experts.E.w1|w2|w3.weight": the GGUF
+// tensor stacking every expert's (blk.N.ffn_gate_exps / ffn_down_exps / ffn_up_exps.weight) and E.
+struct GgufExpertSlice {
+  std::string name;
+  int expert = 0;
+};
+std::optional<GgufExpertSlice> gguf_expert_slice(const std::string& hf_name);
+
 }  // namespace smelt::io

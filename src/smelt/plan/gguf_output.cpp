@@ -38,7 +38,10 @@ void assign_gguf_output(Plan& plan, const PlanOptions& options) {
     plan.gguf_export = true;
     if (plan.raw) fail("{}: GGUF export needs models with a config.json", cfg.filename);
     try {
-      hf_config = nlohmann::json::parse(plan.models[plan.donor].config_text);
+      // An MoE assembly writes its own config.json (Mixtral's); other plans the donor's.
+      hf_config = nlohmann::json::parse(plan.output_config_text.empty()
+                                            ? plan.models[plan.donor].config_text
+                                            : plan.output_config_text);
     } catch (const nlohmann::json::exception& e) {
       fail("{}: config.json is not valid JSON ({})", plan.models[plan.donor].ref, e.what());
     }
@@ -46,10 +49,22 @@ void assign_gguf_output(Plan& plan, const PlanOptions& options) {
     std::vector<TensorJob> kept;
     for (TensorJob& job : plan.jobs) {
       std::optional<std::string> name;
-      try {
-        name = io::gguf_tensor_name(plan.gguf_arch, job.name);
-      } catch (const Error& e) {
-        fail("{}: {}", cfg.filename, e.what());
+      if (auto slice = io::gguf_expert_slice(job.name)) {
+        const auto experts = hf_config.find("num_local_experts");
+        if (experts == hf_config.end() || !experts->is_number_integer() ||
+            slice->expert >= experts->get<int64_t>()) {
+          fail("{}: tensor '{}' is an expert outside num_local_experts of config.json",
+               cfg.filename, job.name);
+        }
+        job.pack_index = slice->expert;
+        job.pack_count = experts->get<int>();
+        name = slice->name;
+      } else {
+        try {
+          name = io::gguf_tensor_name(plan.gguf_arch, job.name);
+        } catch (const Error& e) {
+          fail("{}: {}", cfg.filename, e.what());
+        }
       }
       if (!name) continue;  // tensors llama.cpp's converter drops (rotary inv_freq, ...)
       int64_t heads = 0;
@@ -106,7 +121,13 @@ void assign_gguf_output(Plan& plan, const PlanOptions& options) {
   if (!options.gguf_out_type.empty()) out_type = parse_type(options.gguf_out_type, "--out-type");
   size_t fallbacks = 0;
   for (TensorJob& job : plan.jobs) {
-    if (job.constant) continue;
+    if (job.constant) {  // computed by the planner (rope_freqs, MoE routers): F32
+      if (job.ggml_type < 0) {
+        job.ggml_type = static_cast<int32_t>(GgmlType::kF32);
+        job.dtype = DType::kF32;
+      }
+      continue;
+    }
     const size_t r = job.base >= 0 ? static_cast<size_t>(job.base) : 0;
     const io::TensorInfo& in = *job.inputs[r].source.info;
     const GgmlType in_type = gguf_in ? static_cast<GgmlType>(in.ggml_type)
@@ -119,6 +140,7 @@ void assign_gguf_output(Plan& plan, const PlanOptions& options) {
       }
     }
     if (!type && job.shape.size() <= 1) type = in_type == GgmlType::kF16 ? in_type : GgmlType::kF32;
+    if (!type && job.name.ends_with("ffn_gate_inp.weight")) type = GgmlType::kF32;  // routers
     if (!type && out_type) type = out_type;
     if (!type) {
       const kernels::GgmlTypeTraits* tr = kernels::ggml_type_traits(in_type);

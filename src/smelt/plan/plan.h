@@ -43,6 +43,10 @@ struct TensorJob {
   std::shared_ptr<const std::vector<float>> constant;
   // Added to every merged value before it is written (GGUF export of gemma2's norms, 1 + w).
   float value_offset = 0.0f;
+  // GGUF export of a mixture of experts: this job is slice `pack_index` of the 3-D tensor `name`
+  // that stacks `pack_count` experts' matrices (ffn_gate_exps, ...); -1 for a tensor of its own.
+  int pack_index = -1;
+  int pack_count = 0;
   bool is_embedding = false;
   double t = 0;  // gradient position
   methods::ResolvedParams params;

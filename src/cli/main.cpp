@@ -82,7 +82,8 @@ int main(int argc, char** argv) {
       "  smelt inspect ./model                 list a model's tensors\n"
       "  smelt tokenize ./model \"Hello\"        run a model's tokenizer\n"
       "  smelt eval ./model --text wiki.txt    perplexity and task scores on the CPU\n"
-      "  smelt generate ./model -p \"Hi\"        continue a prompt\n",
+      "  smelt generate ./model -p \"Hi\"        continue a prompt\n"
+      "  smelt evolve genome.yml --storage-path run   search merge parameters (mergekit-evolve)\n",
       "smelt"};
   app.set_version_flag("--version", std::string("smelt ") + SMELT_VERSION);
   app.require_subcommand(1);
@@ -92,6 +93,7 @@ int main(int argc, char** argv) {
   smelt::cli::add_inspect(app);
   smelt::cli::add_tokenize(app);
   smelt::cli::add_eval(app);
+  smelt::cli::add_evolve(app);
   smelt::cli::add_generate(app);
   smelt::cli::add_dev(app);
   if (argc < 2) {

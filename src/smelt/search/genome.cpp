@@ -12,6 +12,7 @@
 
 #include "smelt/config/suggest.h"
 #include "smelt/error.h"
+#include "smelt/io/model_ref.h"
 
 namespace smelt::search {
 namespace {
@@ -234,9 +235,12 @@ EvolveConfig load_evolve_config(const std::string& path) {
 }
 
 int model_layer_count(const std::string& model) {
-  const fs::path config = fs::path(model) / "config.json";
+  const io::ResolvedModel resolved = io::resolve_model(io::ModelRef::parse(model));
+  if (resolved.config_json.empty())
+    fail("{}: no config.json, so evolve cannot tell the layer count", model);
+  const fs::path config = resolved.config_json;
   std::ifstream in(config);
-  if (!in) fail("{}: cannot read config.json (the layer count of the genome's models)", model);
+  if (!in) fail("{}: cannot read this file (the layer count of {})", config.string(), model);
   nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
   if (j.is_discarded() || !j.is_object()) fail("{}: not valid JSON", config.string());
   for (const nlohmann::json* c : {&j, j.contains("text_config") ? &j["text_config"] : nullptr}) {

@@ -51,8 +51,8 @@ struct EvolveConfig {
 EvolveConfig parse_evolve_config(const YAML::Node& root, const std::string& file);
 EvolveConfig load_evolve_config(const std::string& path);
 
-// The layer count of a model folder (config.json's num_hidden_layers, or the text model's).
-// Throws smelt::Error naming the folder when it cannot be read.
+// The layer count of a model reference (a folder, or a Hub id in the local cache): config.json's
+// num_hidden_layers, or its text model's. Throws smelt::Error naming the model when unknown.
 int model_layer_count(const std::string& model);
 
 // The genotype's shape and its translation into merge configs.

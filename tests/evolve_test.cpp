@@ -234,7 +234,7 @@ std::string zoo_genome(int layer_granularity = 4) {
 std::string evolve(const TempDir& dir, const std::string& storage, const std::string& extra) {
   return "evolve " + quote(dir / "genome.yml") + " --storage-path " + quote(dir / storage) +
          " --task-search-path " + quote(kZoo + "/tasks") +
-         " --limit 25 --force-population-size 6 --random-seed 1 -j 2 -q " + extra;
+         " --limit 25 --force-population-size 6 --random-seed 1 -q " + extra;
 }
 
 TEST(EvolveCli, RefusesBadInputBeforeWritingAnything) {
@@ -282,7 +282,7 @@ double eval_mean(const std::string& args) {
 TEST(EvolveCli, BeatsTheUniformSoupOnHeldOutFilesAndRepeatsItself) {
   TempDir dir;
   write_bytes(dir / "genome.yml", zoo_genome());
-  auto r = run_smelt(evolve(dir, "a", "--max-fevals 36"));
+  auto r = run_smelt(evolve(dir, "a", "--max-fevals 36 -j 1"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("validation"), std::string::npos) << r.output;
   const std::string csv = read_bytes(dir / "a" / "evaluations.csv");
@@ -309,8 +309,8 @@ TEST(EvolveCli, BeatsTheUniformSoupOnHeldOutFilesAndRepeatsItself) {
   // The best config scores on the test files as `smelt eval` of best_config.yaml does.
   EXPECT_DOUBLE_EQ(eval_mean(quote(dir / "a" / "best_config.yaml") + tests), evolved_test);
 
-  // The same seed gives the same search, with one worker or two.
-  r = run_smelt(evolve(dir, "b", "--max-fevals 36 --workers 2"));
+  // The same seed gives the same search, with one worker or two (one thread each).
+  r = run_smelt(evolve(dir, "b", "--max-fevals 36 --workers 2 -j 2"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(read_bytes(dir / "b" / "evaluations.csv"), csv);
   EXPECT_EQ(read_bytes(dir / "b" / "best_config.yaml"), read_bytes(dir / "a" / "best_config.yaml"));
@@ -319,14 +319,14 @@ TEST(EvolveCli, BeatsTheUniformSoupOnHeldOutFilesAndRepeatsItself) {
 TEST(EvolveCli, ResumeContinuesAsIfNeverInterrupted) {
   TempDir dir;
   write_bytes(dir / "genome.yml", zoo_genome(2));
-  auto r = run_smelt(evolve(dir, "whole", "--max-fevals 24"));
+  auto r = run_smelt(evolve(dir, "whole", "--max-fevals 24 -j 1"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  r = run_smelt(evolve(dir, "parts", "--max-fevals 12"));
+  r = run_smelt(evolve(dir, "parts", "--max-fevals 12 -j 1"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  r = run_smelt(evolve(dir, "parts", "--max-fevals 12"));
+  r = run_smelt(evolve(dir, "parts", "--max-fevals 12 -j 1"));
   EXPECT_EQ(r.exit_code, 1) << r.output;  // a second start on the same folder is refused
   EXPECT_NE(r.output.find("pass --resume"), std::string::npos) << r.output;
-  r = run_smelt(evolve(dir, "parts", "--max-fevals 24 --resume"));
+  r = run_smelt(evolve(dir, "parts", "--max-fevals 24 --resume -j 1"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(read_bytes(dir / "parts" / "evaluations.csv"),
             read_bytes(dir / "whole" / "evaluations.csv"));

@@ -474,7 +474,7 @@ std::vector<Evaluation> Search::evaluate_generation(const std::vector<std::vecto
   for (size_t k = 0; k < xs.size(); ++k) {
     Evaluation e;
     e.index = first + k;
-    e.generation = es_->generation();
+    e.generation = es_->generation() + 1;  // counted from 1, as the progress lines
     e.metrics = metrics[k];
     e.score = weighted_score(tasks_, e.metrics);
     e.genotype = xs[k];
@@ -527,7 +527,9 @@ void Search::save() {
   chart.x_label = "evaluation";
   chart.y_label = "score (validation)";
   chart.step = true;
-  report::Series each{.name = "evaluation"}, best_so_far{.name = "best so far"};
+  report::Series each, best_so_far;
+  each.name = "evaluation";
+  best_so_far.name = "best so far";
   double b = -INFINITY;
   for (const auto& e : log_) {
     b = std::max(b, e.score);

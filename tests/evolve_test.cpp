@@ -338,5 +338,32 @@ TEST(EvolveCli, ResumeContinuesAsIfNeverInterrupted) {
   EXPECT_NE(r.output.find("different sigma0"), std::string::npos) << r.output;
 }
 
+TEST(EvolveCli, CtrlCKeepsTheLastGenerationAndResumes) {
+  TempDir dir;
+  write_bytes(dir / "genome.yml", zoo_genome(2));
+  // SIGINT to the search alone (its workers are stopped by it) once a few generations are done.
+  const auto r =
+      smelt::testing::run_command("sh -c '" + std::string(SMELT_BIN) + " " +
+                                  evolve(dir, "run", "--max-fevals 100000 --workers 2 -j 2") +
+                                  " & pid=$!; sleep 4; kill -INT $pid; wait $pid; echo exit=$?'");
+  EXPECT_NE(r.output.find("exit=130"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--resume continues it"), std::string::npos) << r.output;
+  const auto checkpoint = nlohmann::json::parse(read_bytes(dir / "run" / "checkpoint.json"));
+  const size_t done = checkpoint["evaluations"].size();
+  ASSERT_GE(done, 6u);
+  EXPECT_EQ(done % 6, 0u);  // whole generations only
+  EXPECT_FALSE(std::filesystem::exists(dir / "run" / "candidates"));
+  const std::string csv = read_bytes(dir / "run" / "evaluations.csv");
+  EXPECT_EQ(static_cast<size_t>(std::count(csv.begin(), csv.end(), '\n')), done + 1);
+  // Resumed for one more generation, it equals a search run that far in one go.
+  const std::string total = std::to_string(done + 6);
+  auto resumed = run_smelt(evolve(dir, "run", "--max-fevals " + total + " --resume -j 1"));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  auto whole = run_smelt(evolve(dir, "whole", "--max-fevals " + total + " -j 1"));
+  ASSERT_EQ(whole.exit_code, 0) << whole.output;
+  EXPECT_EQ(read_bytes(dir / "run" / "evaluations.csv"),
+            read_bytes(dir / "whole" / "evaluations.csv"));
+}
+
 }  // namespace
 }  // namespace smelt::search

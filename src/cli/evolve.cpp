@@ -450,6 +450,8 @@ std::vector<std::vector<double>> Search::evaluate_in_workers(const std::vector<s
     }
   } catch (...) {
     stop_all();
+    std::error_code ec;
+    fs::remove(dir, ec);  // only when empty
     throw;
   }
   std::error_code ec;

@@ -1,6 +1,7 @@
 // `smelt evolve` (docs/evolve.md): genome files read as mergekit-evolve reads them, genotypes
 // turned into the merge configs mergekit-evolve writes, and searches on the zoo that beat the
 // uniform soup on held-out files, repeat themselves for a seed and resume exactly.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -293,9 +294,19 @@ TEST(EvolveCli, BeatsTheUniformSoupOnHeldOutFilesAndRepeatsItself) {
   for (const char* f : {"best_config.yaml", "progress.svg", "checkpoint.json", "best_scores.json"})
     EXPECT_TRUE(std::filesystem::exists(dir / "a" / f)) << f;
   EXPECT_FALSE(std::filesystem::exists(dir / "a" / "candidates"));
+  // progress.svg: a point per evaluation, the best-so-far staircase ending at the best score.
+  const std::string svg = read_bytes(dir / "a" / "progress.svg");
+  size_t points = 0;
+  for (size_t at = 0; (at = svg.find("class=\"point\" data-series=\"0\"", at)) != std::string::npos;
+       ++at)
+    ++points;
+  EXPECT_EQ(points, 36u);
 
   const auto scores = nlohmann::json::parse(read_bytes(dir / "a" / "best_scores.json"));
   const double evolved_test = scores["test"]["mean"].get<double>();
+  const std::string last_best = svg.substr(svg.rfind("data-series=\"1\""));
+  EXPECT_NE(last_best.find(fmt::format("data-y=\"{}\"", scores["search_score"].get<double>())),
+            std::string::npos);
   // The uniform soup: a linear merge of the four fine-tunes with equal weights.
   write_bytes(dir / "soup.yml", "merge_method: linear\nmodels:\n  - model: " + kZoo +
                                     "/ft-add\n  - model: " + kZoo + "/ft-rev\n  - model: " + kZoo +

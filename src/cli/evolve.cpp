@@ -528,16 +528,22 @@ void Search::save() {
   chart.title = fmt::format("smelt evolve: {}", fs::path(o_.genome).filename().string());
   chart.x_label = "evaluation";
   chart.y_label = "score (validation)";
-  chart.step = true;
+  // The evaluations as a line, the best so far as a staircase drawn point by point (a chart's
+  // step style would apply to both series).
   report::Series each, best_so_far;
   each.name = "evaluation";
   best_so_far.name = "best so far";
   double b = -INFINITY;
   for (const auto& e : log_) {
+    const double x = static_cast<double>(e.index);
+    if (e.score > b && !best_so_far.x.empty()) {
+      best_so_far.x.push_back(x);
+      best_so_far.y.push_back(b);
+    }
     b = std::max(b, e.score);
-    each.x.push_back(static_cast<double>(e.index));
+    each.x.push_back(x);
     each.y.push_back(e.score);
-    best_so_far.x.push_back(static_cast<double>(e.index));
+    best_so_far.x.push_back(x);
     best_so_far.y.push_back(b);
   }
   chart.series = {each, best_so_far};

@@ -89,6 +89,10 @@ TEST(EvolveGenome, RefusesWhatItCannotVaryNamingTheKey) {
   EXPECT_NE(error_of("genome: {models: [a, b], merge_method: slerp, smooth: true}\n" + tasks)
                 .find("genome.smooth"),
             std::string::npos);
+  EXPECT_NE(error_of("genome: {models: [a, b], merge_method: slerp, base_model: c}\n" + tasks)
+                .find("genome.base_model: slerp takes no separate base model"),
+            std::string::npos);
+  EXPECT_EQ(error_of("genome: {models: [a, b], merge_method: slerp, base_model: a}\n" + tasks), "");
   EXPECT_NE(
       error_of("genome: {models: [a, b], merge_method: linear, layer_granulrity: 2}\n" + tasks)
           .find("genome.layer_granulrity: unknown key; did you mean 'layer_granularity'?"),

@@ -133,6 +133,17 @@ GenomeDefinition parse_genome(const YAML::Node& g, const std::string& file) {
                           d.merge_method == "task_arithmetic";
   if (needs_base && !d.base_model)
     fail("{}base_model: missing; {} needs a base model", where, d.merge_method);
+  // mergekit-evolve adds a base model that is not among the models as one more source with no
+  // parameters: slerp then has three models and linear a model without a weight, which neither
+  // method accepts.
+  const bool base_apart =
+      d.base_model && std::find(d.models.begin(), d.models.end(), *d.base_model) == d.models.end();
+  if (base_apart && (d.merge_method == "slerp" || d.merge_method == "linear")) {
+    fail(
+        "{}base_model: {} takes no separate base model; leave base_model out or list it among "
+        "the models",
+        where, d.merge_method);
+  }
   if (d.merge_method == "slerp") {
     if (d.smooth) fail("{}smooth: slerp genomes cannot be smooth (as in mergekit-evolve)", where);
     if (!d.filters.empty())

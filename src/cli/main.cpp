@@ -85,7 +85,8 @@ int main(int argc, char** argv) {
       "  smelt generate ./model -p \"Hi\"        continue a prompt\n"
       "  smelt soup a b c -o soup --greedy --tasks val.jsonl\n"
       "  smelt sweep m.yml --vary parameters.t=0:1:11 --tasks val.jsonl\n"
-      "  smelt interpolate base ft --tasks t.jsonl --plot lmc.svg\n",
+      "  smelt interpolate base ft --tasks t.jsonl --plot lmc.svg\n"
+      "  smelt evolve genome.yml --storage-path run   search merge parameters (mergekit-evolve)\n",
       "smelt"};
   app.set_version_flag("--version", std::string("smelt ") + SMELT_VERSION);
   app.require_subcommand(1);
@@ -95,6 +96,7 @@ int main(int argc, char** argv) {
   smelt::cli::add_inspect(app);
   smelt::cli::add_tokenize(app);
   smelt::cli::add_eval(app);
+  smelt::cli::add_evolve(app);
   smelt::cli::add_generate(app);
   smelt::cli::add_soup(app);
   smelt::cli::add_sweep(app);

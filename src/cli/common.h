@@ -11,6 +11,7 @@
 namespace smelt::cli {
 
 // Each verb lives in its own file and registers its subcommand here.
+void add_average(CLI::App& app);
 void add_inspect(CLI::App& app);
 void add_dev(CLI::App& app);
 void add_eval(CLI::App& app);

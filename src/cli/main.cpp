@@ -82,7 +82,8 @@ int main(int argc, char** argv) {
       "  smelt inspect ./model                 list a model's tensors\n"
       "  smelt tokenize ./model \"Hello\"        run a model's tokenizer\n"
       "  smelt eval ./model --text wiki.txt    perplexity and task scores on the CPU\n"
-      "  smelt generate ./model -p \"Hi\"        continue a prompt\n",
+      "  smelt generate ./model -p \"Hi\"        continue a prompt\n"
+      "  smelt average ./run ./avg --last 3    average a training run's last checkpoints\n",
       "smelt"};
   app.set_version_flag("--version", std::string("smelt ") + SMELT_VERSION);
   app.require_subcommand(1);
@@ -93,6 +94,7 @@ int main(int argc, char** argv) {
   smelt::cli::add_tokenize(app);
   smelt::cli::add_eval(app);
   smelt::cli::add_generate(app);
+  smelt::cli::add_average(app);
   smelt::cli::add_dev(app);
   if (argc < 2) {
     // Bare `smelt`: the help, as `smelt --help` prints it, with exit code 0 (asking what smelt

@@ -20,6 +20,9 @@ void add_merge(CLI::App& app);
 void add_moe(CLI::App& app);
 void add_plan(CLI::App& app);
 void add_tokenize(CLI::App& app);
+void add_soup(CLI::App& app);
+void add_sweep(CLI::App& app);
+void add_interpolate(CLI::App& app);
 
 // A tensor's storage type for display: the ggml type name for GGUF tensors ("q4_K"), else the
 // safetensors dtype ("BF16").

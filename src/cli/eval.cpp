@@ -4,8 +4,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <fstream>
-#include <iterator>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <utility>
@@ -14,8 +12,7 @@
 #include "cli/eval_common.h"
 #include "cli/plan_common.h"
 #include "smelt/error.h"
-#include "smelt/eval/perplexity.h"
-#include "smelt/eval/tasks.h"
+#include "smelt/eval/evaluate.h"
 #include "smelt/interrupt.h"
 
 namespace smelt::cli {
@@ -37,117 +34,9 @@ struct EvalCliOptions {
   std::string max_memory = "512M";
 };
 
-struct ModelScores {
-  std::string label;
-  std::optional<eval::PerplexityResult> ppl;
-  std::vector<eval::TaskResult> tasks;
-  bool complete = true;
-};
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("--text {}: cannot read this file", path);
-  std::string s((std::istreambuf_iterator<char>(in)), {});
-  if (in.bad()) fail("--text {}: read error", path);
-  if (s.find_first_not_of(" \t\r\n") == std::string::npos)
-    fail("--text {}: the file is empty", path);
-  return s;
-}
-
-double mean_score(const ModelScores& m) {
-  if (m.tasks.empty()) return 0;
-  double sum = 0;
-  for (const auto& t : m.tasks) sum += t.score();
-  return sum / static_cast<double>(m.tasks.size());
-}
-
-// Scores one model on everything asked; stops early (complete = false) on Ctrl-C.
-ModelScores score_model(eval::EvalModel& m, const EvalCliOptions& o, const std::string& text,
-                        const std::vector<eval::TaskFile>& tasks, ScoreProgress& progress) {
-  ModelScores s;
-  s.label = m.label;
-  const int train_ctx = m.model->info().n_ctx_train;
-  auto keep_going = [&] { return interrupt_signal() == 0; };
-  if (!text.empty()) {
-    int n_ctx = o.ctx ? o.ctx : 512;
-    if (!o.ctx && train_ctx > 0 && train_ctx < n_ctx) n_ctx = train_ctx;
-    auto lm = m.model->new_session(n_ctx);
-    std::vector<int32_t> tokens;
-    if (m.bos) tokens.push_back(*m.bos);
-    const auto ids = m.tokenizer->encode(text, {.add_special_tokens = false}).ids;
-    tokens.insert(tokens.end(), ids.begin(), ids.end());
-    eval::PerplexityOptions po;
-    po.n_ctx = n_ctx;
-    po.bos = m.bos;
-    po.on_chunk = [&](size_t done, size_t total, size_t scored) {
-      progress.update(fmt::format("{} perplexity: chunk", printable(m.label)), done, total, scored);
-      return keep_going();
-    };
-    po.bytes_of = [&](const std::vector<int32_t>& scored) -> uint64_t {
-      return m.tokenizer->decode(scored).size();
-    };
-    s.ppl = eval::perplexity(*lm, tokens, po);
-    progress.clear();
-    if (s.ppl->chunks < s.ppl->chunks_total) s.complete = false;
-  }
-  if (!tasks.empty() && s.complete) {
-    int n_ctx = o.ctx ? o.ctx : (train_ctx > 0 ? std::min(train_ctx, 2048) : 2048);
-    auto lm = m.model->new_session(n_ctx);
-    eval::Scorer scorer{.lm = lm.get(),
-                        .tokenizer = m.tokenizer.get(),
-                        .eos = m.eos,
-                        .max_new_tokens = o.max_gen_tokens};
-    for (const auto& t : tasks) {
-      s.tasks.push_back(
-          eval::score_task(scorer, t, o.limit, [&](size_t done, size_t total, size_t tok) {
-            progress.update(fmt::format("{} {}:", printable(m.label), printable(t.name)), done,
-                            total, tok);
-            return keep_going();
-          }));
-      progress.clear();
-      if (!s.tasks.back().complete || !keep_going()) {
-        s.complete = false;
-        break;
-      }
-    }
-  }
-  return s;
-}
-
-ordered_json to_json(const ModelScores& s, size_t n_tasks) {
-  ordered_json j;
-  j["model"] = s.label;
-  if (s.ppl) {
-    const auto& p = *s.ppl;
-    j["perplexity"] = {{"ppl", p.ppl()},
-                       {"ppl_stderr", p.ppl_stderr()},
-                       {"bits_per_byte", p.bits_per_byte()},
-                       {"tokens", p.tokens},
-                       {"bytes", p.bytes},
-                       {"chunks", p.chunks},
-                       {"chunks_total", p.chunks_total}};
-  }
-  ordered_json tasks = ordered_json::object();
-  for (const auto& t : s.tasks) {
-    ordered_json r = {{"score", t.score()}, {"stderr", t.stderr_()}, {"lines", t.lines}};
-    if (t.generation) r["exact_match"] = t.exact_match_rate();
-    if (t.lines > t.generation) {
-      r["acc"] = t.acc_rate();
-      r["acc_norm"] = t.acc_norm_rate();
-    }
-    r["complete"] = t.complete;
-    tasks[t.name] = r;
-  }
-  if (n_tasks) {
-    j["tasks"] = tasks;
-    if (s.tasks.size() == n_tasks) j["mean"] = mean_score(s);
-  }
-  j["complete"] = s.complete;
-  return j;
-}
-
-void print_table(const std::vector<ModelScores>& all, const std::vector<eval::TaskFile>& tasks,
-                 bool text) {
+void print_table(const std::vector<eval::ModelScores>& all, const eval::Objective& objective) {
+  const auto& tasks = objective.tasks;
+  const bool text = !objective.text.empty();
   std::vector<std::string> header = {"model"};
   if (text) header.insert(header.end(), {"ppl", "bits/byte"});
   for (const auto& t : tasks) header.push_back(printable(t.name));
@@ -163,7 +52,9 @@ void print_table(const std::vector<ModelScores>& all, const std::vector<eval::Ta
       row.push_back(i < s.tasks.size() ? fmt::format("{:.4f}", s.tasks[i].score()) : "-");
     }
     if (!tasks.empty())
-      row.push_back(s.tasks.size() == tasks.size() ? fmt::format("{:.4f}", mean_score(s)) : "-");
+      row.push_back(s.tasks.size() == tasks.size()
+                        ? fmt::format("{:.4f}", eval::mean_task_score(s, objective))
+                        : "-");
     rows.push_back(row);
   }
   std::vector<size_t> width(header.size());
@@ -200,29 +91,32 @@ void run(const EvalCliOptions& o) {
     fail("--ctx {}: give a context of 4 tokens or more", o.ctx);
   if (o.max_gen_tokens < 1) fail("--max-gen-tokens must be at least 1");
   // Every input is checked before any model is loaded or merged.
-  const std::string text = o.text.empty() ? std::string() : read_text(o.text);
-  std::vector<eval::TaskFile> tasks;
-  for (const auto& path : o.tasks) tasks.push_back(eval::load_task_file(path));
+  eval::Objective objective;
+  if (!o.text.empty()) objective.text = eval::read_text_file(o.text);
+  for (const auto& path : o.tasks) objective.tasks.push_back(eval::load_task_file(path));
+  objective.ctx = o.ctx;
+  objective.limit = o.limit;
+  objective.max_gen_tokens = o.max_gen_tokens;
   EvalModelOptions mo;
   mo.threads = parse_threads(o.threads);
   mo.seed = parse_seed(o.seed);
   mo.max_memory = parse_memory_size(o.max_memory);
   mo.quiet = o.quiet || o.json;
-  std::vector<ModelScores> all;
+  std::vector<eval::ModelScores> all;
   ScoreProgress progress(o.quiet || o.json);
   InterruptibleScope interruptible;
   for (const auto& arg : o.models) {
     eval::EvalModel m = open_model_argument(arg, mo);
-    all.push_back(score_model(m, o, text, tasks, progress));
+    all.push_back(eval::evaluate(m, objective, progress.observer()));
     if (!all.back().complete) break;
   }
   if (o.json) {
     ordered_json j;
     j["models"] = ordered_json::array();
-    for (const auto& s : all) j["models"].push_back(to_json(s, tasks.size()));
+    for (const auto& s : all) j["models"].push_back(eval::scores_to_json(s, objective));
     fmt::print("{}\n", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
   } else {
-    print_table(all, tasks, !text.empty());
+    print_table(all, objective);
   }
   if (const int sig = interrupt_signal()) {
     fmt::print(stderr,

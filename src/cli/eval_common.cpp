@@ -4,11 +4,12 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <nlohmann/json.hpp>
 
+#include "cli/common.h"
 #include "cli/plan_common.h"
 #include "smelt/error.h"
-#include "smelt/exec/memory_merge.h"
+#include "smelt/interrupt.h"
+#include "smelt/search/candidate.h"
 
 namespace smelt::cli {
 
@@ -17,40 +18,17 @@ bool is_merge_config(const std::string& arg) {
 }
 
 eval::EvalModel open_model_argument(const std::string& arg, const EvalModelOptions& o) {
-  const infer::LoadOptions load{.threads = o.threads};
-  if (!is_merge_config(arg)) return eval::open_eval_model(arg, load);
-  plan::PlanOptions po;
-  po.seed = o.seed;
-  po.format = plan::OutputFormat::kSafetensors;
+  if (!is_merge_config(arg)) return eval::open_eval_model(arg, {.threads = o.threads});
+  const search::CandidateOptions co{
+      .threads = o.threads, .seed = o.seed, .max_memory = o.max_memory, .print_warnings = !o.quiet};
   exec::ExecOptions eo;
   eo.threads = o.threads;
   eo.seed = o.seed;
   eo.max_memory = o.max_memory;
-  exec::Recipe recipe = load_recipe(arg, po, eo, {.quiet = o.quiet});
-  if (!o.quiet) {
-    for (const auto& stage : recipe.plans) print_warnings(*stage);
-    fmt::print(stderr, "merging {} into memory...\n", arg);
-  }
-  exec::MemoryModel merged = exec::merge_into_memory(recipe.final_plan(), eo);
-  if (merged.config_json.empty()) {
-    fail("{}: the merge has no config.json (its donor model has none), so it cannot be run", arg);
-  }
-  eval::EvalModel m;
-  m.label = arg;
-  m.model = infer::Model::from_memory(nlohmann::json::parse(merged.config_json),
-                                      std::move(merged.tensors), load);
-  std::error_code ec;
-  const auto& dir = merged.tokenizer_folder;
-  if (!std::filesystem::exists(dir / "tokenizer.json", ec) &&
-      !std::filesystem::exists(dir / "tokenizer.model", ec)) {
-    fail(
-        "{}: the merge's donor model {} has no tokenizer files (tokenizer.json or "
-        "tokenizer.model)",
-        arg, dir.string());
-  }
-  m.tokenizer = tok::Tokenizer::load(dir);
-  eval::resolve_special_tokens(m);
-  return m;
+  const exec::Recipe recipe =
+      load_recipe(arg, search::candidate_plan_options(co), eo, {.quiet = o.quiet});
+  if (!o.quiet) fmt::print(stderr, "merging {} into memory...\n", arg);
+  return search::merge_recipe(recipe, arg, co);
 }
 
 ScoreProgress::ScoreProgress(bool quiet)
@@ -73,6 +51,13 @@ void ScoreProgress::clear() {
   if (drawn_) fmt::print(stderr, "\r\033[K");
   drawn_ = false;
   start_ = std::chrono::steady_clock::now();
+}
+
+eval::ScoreObserver ScoreProgress::observer() {
+  return {.update = [this](const std::string& what, size_t done, size_t total,
+                           size_t tokens) { update(printable(what), done, total, tokens); },
+          .clear = [this] { clear(); },
+          .keep_going = [] { return interrupt_signal() == 0; }};
 }
 
 }  // namespace smelt::cli

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "smelt/eval/eval_model.h"
+#include "smelt/eval/evaluate.h"
 
 namespace smelt::cli {
 
@@ -29,6 +30,8 @@ class ScoreProgress {
   explicit ScoreProgress(bool quiet);
   void update(const std::string& what, size_t done, size_t total, size_t tokens);
   void clear();
+  // This progress line as evaluate()'s observer; keep_going is false once Ctrl-C was pressed.
+  eval::ScoreObserver observer();
 
  private:
   bool enabled_;

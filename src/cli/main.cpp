@@ -83,6 +83,9 @@ int main(int argc, char** argv) {
       "  smelt tokenize ./model \"Hello\"        run a model's tokenizer\n"
       "  smelt eval ./model --text wiki.txt    perplexity and task scores on the CPU\n"
       "  smelt generate ./model -p \"Hi\"        continue a prompt\n"
+      "  smelt soup a b c -o soup --greedy --tasks val.jsonl\n"
+      "  smelt sweep m.yml --vary parameters.t=0:1:11 --tasks val.jsonl\n"
+      "  smelt interpolate base ft --tasks t.jsonl --plot lmc.svg\n"
       "  smelt average ./run ./avg --last 3    average a training run's last checkpoints\n",
       "smelt"};
   app.set_version_flag("--version", std::string("smelt ") + SMELT_VERSION);
@@ -94,6 +97,9 @@ int main(int argc, char** argv) {
   smelt::cli::add_tokenize(app);
   smelt::cli::add_eval(app);
   smelt::cli::add_generate(app);
+  smelt::cli::add_soup(app);
+  smelt::cli::add_sweep(app);
+  smelt::cli::add_interpolate(app);
   smelt::cli::add_average(app);
   smelt::cli::add_dev(app);
   if (argc < 2) {

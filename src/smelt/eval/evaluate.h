@@ -17,12 +17,12 @@ namespace smelt::eval {
 
 // What a model is scored on.
 struct Objective {
-  std::string text;               // perplexity of this text ("" = none)
-  std::vector<TaskFile> tasks;    // task files
-  std::vector<double> weights;    // one per task (empty = all 1): the weighted mean's weights
-  int ctx = 0;                    // 0: 512 for text, the model's context (≤ 2048) for tasks
-  size_t limit = 0;               // first N lines of each task (0 = all)
-  int max_gen_tokens = 256;       // generation budget of lines without max_tokens
+  std::string text;             // perplexity of this text ("" = none)
+  std::vector<TaskFile> tasks;  // task files
+  std::vector<double> weights;  // one per task (empty = all 1): the weighted mean's weights
+  int ctx = 0;                  // 0: 512 for text, the model's context (≤ 2048) for tasks
+  size_t limit = 0;             // first N lines of each task (0 = all)
+  int max_gen_tokens = 256;     // generation budget of lines without max_tokens
 };
 
 // Reads the --text file (an error names it when unreadable or blank).

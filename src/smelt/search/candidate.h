@@ -7,6 +7,7 @@
 
 #include "smelt/config/config.h"
 #include "smelt/eval/eval_model.h"
+#include "smelt/exec/recipe.h"
 
 namespace smelt::search {
 
@@ -18,10 +19,17 @@ struct CandidateOptions {
 };
 
 // Plans the documents (one merge or a multi-stage recipe), merges them into memory and opens
-// the result with the donor's tokenizer. `label` names it in errors and tables. Throws
-// smelt::Error like `smelt merge` would for the same config.
+// the result with the donor's tokenizer (config warnings printed when asked). `label` names it in
+// errors and tables. Throws smelt::Error like `smelt merge` would for the same config.
 eval::EvalModel merge_candidate(const std::vector<config::MergeConfig>& documents,
                                 const std::string& label, const CandidateOptions& options);
+
+// The plan options a candidate is planned with (safetensors naming, the seed).
+plan::PlanOptions candidate_plan_options(const CandidateOptions& options);
+
+// Merges an already planned recipe into memory (the plans' warnings printed when asked).
+eval::EvalModel merge_recipe(const exec::Recipe& recipe, const std::string& label,
+                             const CandidateOptions& options);
 
 // The same from YAML text (parsed as a file named `label`).
 eval::EvalModel merge_candidate_yaml(const std::string& yaml, const std::string& label,

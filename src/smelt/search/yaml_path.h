@@ -2,17 +2,17 @@
 // `parameters.t` (docs/search.md): what `smelt sweep --vary` and the search verbs change.
 #pragma once
 
+#include <yaml-cpp/yaml.h>
+
 #include <string>
 #include <string_view>
-
-#include <yaml-cpp/yaml.h>
 
 namespace smelt::search {
 
 // Sets the scalar at `path` in `root` (a deep copy is the caller's business: YAML::Node shares).
-// The last key may be new when its parent map exists (a parameter not written yet); every other
-// step must exist. Throws smelt::Error naming the path, the step that failed and the keys that
-// exist there (with a "did you mean" for a near miss), or an index out of range.
+// Every step must exist and the value there must be a scalar (a typo must not become a new key
+// that changes nothing). Throws smelt::Error naming the path, the step that failed and the keys
+// that exist there (with a "did you mean" for a near miss), or an index out of range.
 void set_yaml_value(YAML::Node root, std::string_view path, double value);
 
 // A deep copy of a YAML document.

@@ -14,6 +14,7 @@ namespace smelt::cli {
 void add_average(CLI::App& app);
 void add_inspect(CLI::App& app);
 void add_dev(CLI::App& app);
+void add_diff(CLI::App& app);
 void add_eval(CLI::App& app);
 void add_generate(CLI::App& app);
 void add_merge(CLI::App& app);

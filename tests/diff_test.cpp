@@ -314,6 +314,38 @@ TEST_F(DiffWithBase, HeatmapIsValidSvgWhoseCellsCarryTheJsonValues) {
   }
 }
 
+TEST(Diff, GgufInputsAreDequantizedAndGroupedByLlamaCppModule) {
+  TempDir work;
+  auto r = run_smelt("dev make-model " + quote(work / "m") +
+                     " --hidden 64 --layers 2 --heads 2 --vocab 260 --dtype F32");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  testing::write_bytes(work / "one.yml",
+                       "merge_method: linear\nmodels:\n  - model: " + (work / "m").string() +
+                           "\n    parameters: {weight: 1.0}\n");
+  for (const std::string type : {"F32", "Q8_0"}) {
+    r = run_smelt("merge " + quote(work / "one.yml") + " " + quote(work / (type + ".gguf")) +
+                  " -q --out-type " + type);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  const auto j = diff_json(quote(work / "Q8_0.gguf") + " " + quote(work / "F32.gguf"));
+  EXPECT_EQ(j["modules"], nlohmann::json({"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate",
+                                          "ffn_up", "ffn_down", "norms"}));
+  for (const auto& t : j["tensors"]) {
+    const double rel = t["rel_change"].get<double>();
+    if (t["shape"].size() == 1) {
+      EXPECT_EQ(rel, 0.0) << t["name"];  // norms stay F32
+    } else {
+      // Q8_0's rounding error: small but not zero.
+      EXPECT_GT(rel, 1e-4) << t["name"];
+      EXPECT_LT(rel, 2e-2) << t["name"];
+    }
+  }
+  // A GGUF file against a safetensors folder: nothing shared, and the error says why.
+  r = run_smelt("diff " + quote(work / "F32.gguf") + " " + quote(work / "m"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("compare a GGUF file with a GGUF file"), std::string::npos) << r.output;
+}
+
 TEST(DiffBadInput, ShapesThatDifferNameTheTensor) {
   TempDir work;
   Tensors a = random_model(5), b = random_model(6);

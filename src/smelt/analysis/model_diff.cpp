@@ -279,8 +279,12 @@ ModelDiff diff_models(const io::Model& a, const io::Model& b, const io::Model* b
   if (jobs.empty()) {
     fail(
         "{} and {} share no tensor that diff can compare ({} only in the first, {} only in the "
-        "second); compare models of one architecture and naming",
-        a.resolved().ref, b.resolved().ref, out.only_in_a.size(), out.only_in_b.size());
+        "second); {}",
+        a.resolved().ref, b.resolved().ref, out.only_in_a.size(), out.only_in_b.size(),
+        a.resolved().gguf != b.resolved().gguf
+            ? "one is a GGUF file, whose tensors have llama.cpp's names (blk.N.attn_q.weight); "
+              "compare a GGUF file with a GGUF file"
+            : "compare models of one architecture and naming");
   }
 
   // Largest tensors first, so one big tensor does not finish last on a single worker.

@@ -74,7 +74,81 @@ struct Job {
   uint64_t numel = 0;
 };
 
-int sign(float x) { return (x > 0) - (x < 0); }
+// Adds one chunk's sums to `s`. Each sum runs in kLanes interleaved accumulators (element i goes
+// to lane i % kLanes) combined in lane order: no dependency chain for the compiler to wait on,
+// and a result that depends only on the chunk's values. Differences are taken in double, exact
+// for f32 inputs, so a known delta reads back exactly.
+void add_chunk_sums(const float* a, const float* b, const float* c, size_t n, DiffStats& s) {
+  constexpr size_t kLanes = 8;
+  double sq_a[kLanes] = {}, sq_b[kLanes] = {}, sq_diff[kLanes] = {};
+  const size_t body = n / kLanes * kLanes;
+  for (size_t i = 0; i < body; i += kLanes) {
+    for (size_t l = 0; l < kLanes; ++l) {
+      const double x = a[i + l], y = b[i + l], d = x - y;
+      sq_a[l] += x * x;
+      sq_b[l] += y * y;
+      sq_diff[l] += d * d;
+    }
+  }
+  for (size_t i = body; i < n; ++i) {
+    const double x = a[i], y = b[i], d = x - y;
+    sq_a[0] += x * x, sq_b[0] += y * y, sq_diff[0] += d * d;
+  }
+  for (size_t l = 0; l < kLanes; ++l) s.sq_a += sq_a[l], s.sq_b += sq_b[l], s.sq_diff += sq_diff[l];
+  if (!c) return;
+  // Counts as doubles (exact below 2^53) so the loop vectorizes: τa·τb is nonzero exactly where
+  // both are (a product of f32-derived values cannot underflow in double), negative where their
+  // signs conflict.
+  double sq_ta[kLanes] = {}, sq_tb[kLanes] = {}, dot[kLanes] = {}, both[kLanes] = {},
+         conflicts[kLanes] = {};
+  auto visit = [&](size_t i, size_t l) {
+    const double ta = double(a[i]) - c[i], tb = double(b[i]) - c[i], p = ta * tb;
+    sq_ta[l] += ta * ta;
+    sq_tb[l] += tb * tb;
+    dot[l] += p;
+    both[l] += p != 0.0 ? 1.0 : 0.0;
+    conflicts[l] += p < 0.0 ? 1.0 : 0.0;
+  };
+  for (size_t i = 0; i < body; i += kLanes) {
+    for (size_t l = 0; l < kLanes; ++l) visit(i + l, l);
+  }
+  for (size_t i = body; i < n; ++i) visit(i, 0);
+  for (size_t l = 0; l < kLanes; ++l) {
+    s.sq_ta += sq_ta[l], s.sq_tb += sq_tb[l], s.dot += dot[l];
+    s.both_nonzero += static_cast<uint64_t>(both[l]);
+    s.sign_conflicts += static_cast<uint64_t>(conflicts[l]);
+  }
+}
+
+// Adds the TIES counts of one chunk of trimmed task vectors ta, tb to `s`: the elected sign is
+// that of ta + tb, and a kept (nonzero) value agrees when it has that sign. Branch-free, in
+// lanes, as add_chunk_sums.
+void add_ties_counts(const float* ta, const float* tb, size_t n, DiffStats& s) {
+  constexpr size_t kLanes = 8;
+  uint64_t kept_a[kLanes] = {}, kept_b[kLanes] = {}, agree_a[kLanes] = {}, agree_b[kLanes] = {},
+           nonzero[kLanes] = {};
+  auto visit = [&](size_t i, size_t l) {
+    const float x = ta[i], y = tb[i], sum = x + y;
+    const int sx = (x > 0.0f) - (x < 0.0f), sy = (y > 0.0f) - (y < 0.0f);
+    const int elected = (sum > 0.0f) - (sum < 0.0f);
+    const uint64_t ax = (sx != 0) & (sx == elected), ay = (sy != 0) & (sy == elected);
+    kept_a[l] += sx != 0;
+    kept_b[l] += sy != 0;
+    agree_a[l] += ax;
+    agree_b[l] += ay;
+    nonzero[l] += ax | ay;
+  };
+  const size_t body = n / kLanes * kLanes;
+  for (size_t i = 0; i < body; i += kLanes) {
+    for (size_t l = 0; l < kLanes; ++l) visit(i + l, l);
+  }
+  for (size_t i = body; i < n; ++i) visit(i, 0);
+  for (size_t l = 0; l < kLanes; ++l) {
+    s.ties_kept_a += kept_a[l], s.ties_kept_b += kept_b[l];
+    s.ties_agree_a += agree_a[l], s.ties_agree_b += agree_b[l];
+    s.ties_nonzero += nonzero[l];
+  }
+}
 
 // All statistics of one tensor, its chunks visited in order (so the double sums, and with them
 // every result, are the same whatever worker runs it).
@@ -105,31 +179,7 @@ DiffStats diff_tensor(const Job& job, double density, size_t chunk, Buffers& buf
       const float* a = buf.a.data();
       const float* b = buf.b.data();
       const float* c = buf.c.data();
-      if (first) {
-        double sq_a = 0, sq_b = 0, sq_diff = 0, sq_ta = 0, sq_tb = 0, dot = 0;
-        uint64_t both = 0, conflicts = 0;
-        // Differences in double: exact for f32 inputs, so a known delta reads back exactly.
-        for (size_t i = 0; i < n; ++i) {
-          const double d = double(a[i]) - b[i];
-          sq_a += double(a[i]) * a[i];
-          sq_b += double(b[i]) * b[i];
-          sq_diff += d * d;
-        }
-        if (base) {
-          for (size_t i = 0; i < n; ++i) {
-            const double ta = double(a[i]) - c[i], tb = double(b[i]) - c[i];
-            sq_ta += ta * ta;
-            sq_tb += tb * tb;
-            dot += ta * tb;
-            const bool nz = ta != 0.0 && tb != 0.0;
-            both += nz;
-            conflicts += nz && ((ta > 0) != (tb > 0));
-          }
-        }
-        s.sq_a += sq_a, s.sq_b += sq_b, s.sq_diff += sq_diff;
-        s.sq_ta += sq_ta, s.sq_tb += sq_tb, s.dot += dot;
-        s.both_nonzero += both, s.sign_conflicts += conflicts;
-      }
+      if (first) add_chunk_sums(a, b, base ? c : nullptr, n, s);
       if (topk) {
         if (top_a->pass() != kernels::TopKMagnitude::Pass::kDone)
           top_a->add_difference(off, a, c, n);
@@ -151,16 +201,7 @@ DiffStats diff_tensor(const Job& job, double density, size_t chunk, Buffers& buf
     float* tb = buf.tb.data();
     top_a->keep_top_difference(off, buf.a.data(), buf.c.data(), ta, n);
     top_b->keep_top_difference(off, buf.b.data(), buf.c.data(), tb, n);
-    for (size_t i = 0; i < n; ++i) {
-      const int elected = sign(ta[i] + tb[i]);
-      const bool agree_a = ta[i] != 0.0f && sign(ta[i]) == elected;
-      const bool agree_b = tb[i] != 0.0f && sign(tb[i]) == elected;
-      s.ties_kept_a += ta[i] != 0.0f;
-      s.ties_kept_b += tb[i] != 0.0f;
-      s.ties_agree_a += agree_a;
-      s.ties_agree_b += agree_b;
-      s.ties_nonzero += agree_a || agree_b;
-    }
+    add_ties_counts(ta, tb, n, s);
   }
   return s;
 }

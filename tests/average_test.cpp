@@ -277,6 +277,16 @@ TEST_F(AverageTest, AverageBadInput_OutInsideAnInputIsRefused) {
   EXPECT_NE(r.output.find(ckpt(100).string()), std::string::npos) << r.output;
 }
 
+TEST_F(AverageTest, AverageBadInput_OutInsideTheRunFolderIsRefused) {
+  // Also inside a checkpoint --last leaves out, and as a new checkpoint-<N> of the run.
+  for (const fs::path& out : {ckpt(5) / "avg", *dir_ / "run" / "checkpoint-999"}) {
+    auto r = run_smelt("average " + quote(*dir_ / "run") + " " + quote(out) + " --last 2");
+    EXPECT_NE(r.exit_code, 0) << r.output;
+    EXPECT_FALSE(fs::exists(out));
+    EXPECT_NE(r.output.find("lies inside the input"), std::string::npos) << r.output;
+  }
+}
+
 TEST_F(AverageTest, AverageBadInput_StepsOnSomeCheckpointsOnly) {
   TempDir work;
   const std::string out = average_error(

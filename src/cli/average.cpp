@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <optional>
 
@@ -57,6 +59,24 @@ std::string average_config(const std::vector<analysis::Checkpoint>& checkpoints,
   return yaml;
 }
 
+// Refuses an OUT that is or lies inside one of the inputs as given, run folders and checkpoints
+// --last leaves out included: nothing is ever written into a training run (run_merge checks the
+// checkpoints that are merged).
+void check_out_outside_inputs(const std::string& out, const std::vector<std::string>& inputs) {
+  namespace fs = std::filesystem;
+  const fs::path target = fs::weakly_canonical(fs::absolute(out));
+  for (const std::string& input : inputs) {
+    const fs::path in = fs::weakly_canonical(fs::absolute(input));
+    auto [end, _] = std::mismatch(in.begin(), in.end(), target.begin(), target.end());
+    if (end == in.end()) {
+      fail(
+          "OUT {} lies inside the input {}; write the average outside the training run, e.g. "
+          "beside it",
+          out, input);
+    }
+  }
+}
+
 void run(const AverageCliOptions& o) {
   if (o.paths.size() < 2) {
     fail(
@@ -68,6 +88,7 @@ void run(const AverageCliOptions& o) {
   inputs.pop_back();
   if (out.empty()) fail("OUT: the output path is empty; give the folder to write");
   std::vector<analysis::Checkpoint> all = analysis::find_checkpoints(inputs);
+  check_out_outside_inputs(out, inputs);
   std::vector<analysis::Checkpoint> chosen = all;
   if (o.last) {
     if (*o.last > all.size()) {

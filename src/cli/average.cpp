@@ -13,6 +13,7 @@
 #include "cli/progress.h"
 #include "smelt/analysis/checkpoints.h"
 #include "smelt/config/config.h"
+#include "smelt/dtype.h"
 #include "smelt/error.h"
 #include "smelt/exec/merge.h"
 #include "smelt/io/safetensors.h"
@@ -105,6 +106,9 @@ void run(const AverageCliOptions& o) {
   }
   if (o.ema && !(*o.ema > 0.0 && *o.ema < 1.0)) {
     fail("--ema {}: beta must lie strictly between 0 and 1 (e.g. 0.9)", *o.ema);
+  }
+  if (!o.dtype.empty() && !parse_torch_dtype(o.dtype)) {
+    fail("--dtype {}: unknown; use bfloat16, float16 or float32", o.dtype);
   }
   const bool uniform = !o.ema;
   const std::vector<double> weights = uniform ? analysis::uniform_weights(chosen.size())

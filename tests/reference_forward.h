@@ -9,6 +9,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <numbers>
@@ -26,6 +27,7 @@ struct TinyModel {
   nlohmann::json config;
   std::string family;  // "llama" (also mistral, qwen2), "qwen3" or "gemma2"
   int hidden = 0, heads = 0, kv_heads = 0, hd = 0, inter = 0, layers = 0, vocab = 0;
+  int experts = 0, experts_used = 0;  // Mixtral: num_local_experts, num_experts_per_tok
   double eps = 0, theta = 0;
   double query_scale = 0;    // multiplies q·k: query_pre_attn_scalar^-0.5 (gemma2), else hd^-0.5
   double attn_softcap = 0;   // gemma2 attn_logit_softcapping; 0 = none
@@ -113,6 +115,10 @@ inline TinyModel load_tiny_model(const std::filesystem::path& dir, float scale) 
   m.layers = c["num_hidden_layers"];
   m.vocab = c["vocab_size"];
   m.eps = c.value("rms_norm_eps", 1e-6);
+  if (arch == "MixtralForCausalLM") {
+    m.experts = c["num_local_experts"];
+    m.experts_used = c.value("num_experts_per_tok", 2);
+  }
   const nlohmann::json rope = reference_rope_params(c);
   m.theta = c.contains("rope_theta")                          ? c["rope_theta"].get<double>()
             : rope.is_object() && rope.contains("rope_theta") ? rope["rope_theta"].get<double>()
@@ -175,6 +181,8 @@ struct ReferenceOptions {
   // llama.cpp's CPU GeGLU looks gelu up in a table indexed by x rounded to F16 and stores the
   // result as F16 (ggml's GGML_GELU_FP16; |x| >= 10 is exact); true reproduces that rounding.
   bool llama_cpp_gelu = false;
+  // Called with every position's hidden state entering each layer (layer, positions × hidden).
+  std::function<void(int, const std::vector<std::vector<double>>&)> on_layer_input;
 };
 
 namespace reference_detail {
@@ -267,6 +275,7 @@ inline std::vector<std::vector<double>> reference_log_softmax_all(
     }
   };
   for (int l = 0; l < m.layers; ++l) {
+    if (opt.on_layer_input) opt.on_layer_input(l, x);
     const std::string p = "model.layers." + std::to_string(l) + ".";
     const bool sliding = m.sliding_window > 0 && !opt.ignore_sliding_window && m.sliding_layers[l];
     std::vector<std::vector<double>> q(T), k(T), v(T);
@@ -319,15 +328,43 @@ inline std::vector<std::vector<double>> reference_log_softmax_all(
       for (int i = 0; i < m.hidden; ++i) x[t][i] += o[i];
       const auto h2 = norm(x[t], p + (gemma2 ? "pre_feedforward_layernorm.weight"
                                              : "post_attention_layernorm.weight"));
-      const auto gate = matvec(W(p + "mlp.gate_proj.weight"), h2, m.inter);
-      const auto up = matvec(W(p + "mlp.up_proj.weight"), h2, m.inter);
-      std::vector<double> act(m.inter);
-      for (int i = 0; i < m.inter; ++i) {
-        act[i] = (gemma2 ? gelu_tanh(gate[i], opt.llama_cpp_gelu)
-                         : gate[i] / (1.0 + std::exp(-gate[i]))) *
-                 up[i];
+      auto mlp = [&](const std::string& gate_name, const std::string& up_name,
+                     const std::string& down_name) {
+        const auto gate = matvec(W(gate_name), h2, m.inter);
+        const auto up = matvec(W(up_name), h2, m.inter);
+        std::vector<double> act(m.inter);
+        for (int i = 0; i < m.inter; ++i) {
+          act[i] = (gemma2 ? gelu_tanh(gate[i], opt.llama_cpp_gelu)
+                           : gate[i] / (1.0 + std::exp(-gate[i]))) *
+                   up[i];
+        }
+        return matvec(W(down_name), act, m.hidden);
+      };
+      std::vector<double> down(m.hidden, 0.0);
+      if (m.experts > 0) {
+        // Mixtral: softmax over the router's logits, the top k, renormalised weights.
+        const std::string moe = p + "block_sparse_moe.";
+        const auto r = matvec(W(moe + "gate.weight"), h2, m.experts);
+        const double mx = *std::max_element(r.begin(), r.end());
+        std::vector<double> prob(m.experts);
+        double sum = 0;
+        for (int e = 0; e < m.experts; ++e) sum += prob[e] = std::exp(r[e] - mx);
+        std::vector<int> order(m.experts);
+        for (int e = 0; e < m.experts; ++e) order[e] = e;
+        std::stable_sort(order.begin(), order.end(),
+                         [&](int a, int b) { return prob[a] > prob[b]; });
+        double top = 0;
+        for (int k = 0; k < m.experts_used; ++k) top += prob[order[k]] / sum;
+        for (int k = 0; k < m.experts_used; ++k) {
+          const int e = order[k];
+          const std::string x = moe + "experts." + std::to_string(e) + ".";
+          const auto y = mlp(x + "w1.weight", x + "w3.weight", x + "w2.weight");
+          for (int i = 0; i < m.hidden; ++i) down[i] += prob[e] / sum / top * y[i];
+        }
+      } else {
+        down =
+            mlp(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight", p + "mlp.down_proj.weight");
       }
-      auto down = matvec(W(p + "mlp.down_proj.weight"), act, m.hidden);
       if (gemma2) down = norm(down, p + "post_feedforward_layernorm.weight");
       for (int i = 0; i < m.hidden; ++i) x[t][i] += down[i];
     }

@@ -9,6 +9,7 @@
 #include "smelt/error.h"
 #include "smelt/exec/merge.h"
 #include "smelt/io/safetensors.h"
+#include "smelt/moe/gate_vectors.h"
 #include "smelt/plan/moe_plan.h"
 
 namespace smelt::cli {
@@ -39,8 +40,8 @@ void run(const MoeCliOptions& o) {
   for (const auto& flag : o.ignored) {
     if (!o.quiet) {
       fmt::print(stderr,
-                 "note: {} has no effect in smelt moe (random routers need no model run; it "
-                 "streams on the CPU); ignored\n",
+                 "note: {} has no effect in smelt moe (it runs and streams on the CPU); "
+                 "ignored\n",
                  flag);
     }
   }
@@ -56,10 +57,32 @@ void run(const MoeCliOptions& o) {
   plan::MoePlanOptions po;
   po.seed = parse_seed(o.seed);
   po.allow_same_model = o.allow_same_model;
-  const plan::Plan plan = plan::build_moe_plan(cfg, po);
+  const size_t threads = parse_threads(o.threads);
+  // Every model is opened and checked first; prompt routers then run the base model.
+  plan::Plan plan = plan::build_moe_plan(cfg, po);
+  const bool prompts = cfg.gate_mode != "random" && cfg.gate_mode != "uniform_random";
+  if (prompts && !o.dry_run) {
+    const auto& base = plan.models[static_cast<size_t>(plan.base_model)];
+    if (!o.quiet)
+      fmt::print(stderr, "computing the routers ({}) from {} experts' prompts...\n", cfg.gate_mode,
+                 cfg.experts.size());
+    const moe::GateVectors gates =
+        moe::compute_gate_vectors(cfg, base.model->resolved().root, threads);
+    if (!o.quiet && !gates.degenerate_layers.empty()) {
+      fmt::print(stderr,
+                 "warning: layer{} {} {} degenerate routing parameters (condition number above "
+                 "5): your prompts may be too similar; one or more experts will be "
+                 "underused\n",
+                 gates.degenerate_layers.size() == 1 ? "" : "s",
+                 fmt::join(gates.degenerate_layers, ", "),
+                 gates.degenerate_layers.size() == 1 ? "has" : "have");
+    }
+    po.gate_vectors = &gates.values;
+    plan = plan::build_moe_plan(cfg, po);
+  }
   if (!o.quiet) print_warnings(plan);
   exec::MergeOptions mo;
-  mo.exec.threads = parse_threads(o.threads);
+  mo.exec.threads = threads;
   mo.exec.seed = po.seed;
   mo.exec.max_memory = parse_memory_size(o.max_memory);
   mo.shard_size = io::parse_shard_size(o.shard_size);
@@ -94,7 +117,8 @@ void add_moe(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "moe",
       "Assemble a Mixtral mixture-of-experts model from dense models (a mergekit-moe config).\n"
-      "Supported so far: gate_mode random and uniform_random, Mixtral output (docs/moe.md).\n"
+      "Routers from prompts (gate_mode hidden, hidden_avg, cheap_embed) run the base model on\n"
+      "the CPU; random and uniform_random need no prompts (docs/moe.md).\n"
       "Examples:\n"
       "  smelt moe moe.yml ./mixtral\n"
       "  smelt moe moe.yml ./mixtral --random-seed 42 -j 8");

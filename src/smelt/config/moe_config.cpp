@@ -116,21 +116,17 @@ MoeConfig parse_moe_config(const std::string& yaml_text) {
                              "norms and embeddings");
   // gate_mode first: it decides what the experts need.
   if (present(root["gate_mode"])) {
-    c.gate_mode = read_string(root["gate_mode"], "gate_mode", "random or uniform_random");
+    c.gate_mode = read_string(root["gate_mode"], "gate_mode", "a gate mode such as hidden");
   }
   const std::string& g = c.gate_mode;
-  if (g == "hidden" || g == "cheap_embed" || g == "hidden_avg" || g == "hidden_last") {
-    fail(
-        "gate_mode: \"{}\" is not supported yet (needs the forward pass; use random or "
-        "uniform_random){}",
-        g, present(root["gate_mode"]) ? "" : " (hidden is mergekit-moe's default)");
+  static const std::vector<std::string> kModes = {"hidden",      "hidden_avg", "hidden_last",
+                                                  "cheap_embed", "random",     "uniform_random"};
+  if (std::find(kModes.begin(), kModes.end(), g) == kModes.end()) {
+    const std::string guess = closest_match(g, kModes);
+    fail("gate_mode: unknown gate mode \"{}\"; {}use one of {}", g,
+         guess.empty() ? "" : fmt::format("did you mean \"{}\"? ", guess), fmt::join(kModes, ", "));
   }
-  if (g != "random" && g != "uniform_random") {
-    fail(
-        "gate_mode: unknown gate mode \"{}\"; use random or uniform_random (hidden and "
-        "cheap_embed are not supported yet)",
-        g);
-  }
+  const bool random_router = g == "random" || g == "uniform_random";
   if (present(root["dtype"])) {
     const std::string name = read_string(root["dtype"], "dtype", "a dtype name such as bfloat16");
     c.dtype = parse_torch_dtype(name);
@@ -172,6 +168,7 @@ MoeConfig parse_moe_config(const std::string& yaml_text) {
     fail("experts: expected a non-empty list of experts; got {}", describe(experts));
   }
   bool prompts_seen = false;
+  std::set<std::vector<std::string>> prompt_sets;
   for (size_t i = 0; i < experts.size(); ++i) {
     const std::string path = fmt::format("experts[{}]", i);
     const YAML::Node e = experts[i];
@@ -182,6 +179,23 @@ MoeConfig parse_moe_config(const std::string& yaml_text) {
     x.positive_prompts = read_prompts(e["positive_prompts"], path + ".positive_prompts");
     x.negative_prompts = read_prompts(e["negative_prompts"], path + ".negative_prompts");
     prompts_seen |= !x.positive_prompts.empty() || !x.negative_prompts.empty();
+    if (!random_router && x.positive_prompts.empty()) {
+      fail(
+          "{}.positive_prompts: missing; gate_mode {} builds each expert's router row from its "
+          "prompts (or use gate_mode random)",
+          path, g);
+    }
+    for (size_t j = 0; j < x.positive_prompts.size(); ++j) {
+      if (x.positive_prompts[j].empty())
+        fail("{}.positive_prompts[{}]: the prompt is empty", path, j);
+    }
+    for (size_t j = 0; j < x.negative_prompts.size(); ++j) {
+      if (x.negative_prompts[j].empty())
+        fail("{}.negative_prompts[{}]: the prompt is empty", path, j);
+    }
+    std::vector<std::string> set = x.positive_prompts;
+    std::sort(set.begin(), set.end());
+    prompt_sets.insert(set);
     if (present(e["noise_scale"])) {
       x.noise_scale = read_number(e["noise_scale"], path + ".noise_scale");
       if (*x.noise_scale < 0) fail("{}.noise_scale: must be >= 0; got {}", path, *x.noise_scale);
@@ -191,7 +205,12 @@ MoeConfig parse_moe_config(const std::string& yaml_text) {
     }
     c.experts.push_back(std::move(x));
   }
-  if (prompts_seen) {
+  if (!random_router && c.experts.size() > 1 && prompt_sets.size() == 1) {
+    fail(
+        "experts[*].positive_prompts: every expert has the same prompts, so every router row "
+        "would be the same; give each expert prompts for what it is good at");
+  }
+  if (prompts_seen && random_router) {
     c.warnings.push_back(fmt::format(
         "experts[*].positive_prompts/negative_prompts: ignored with gate_mode {} (the router is "
         "random)",

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <numbers>
 #include <optional>
@@ -101,7 +102,7 @@ std::string shape_str(const std::vector<uint64_t>& s) {
 
 // ---- hyper-parameters -----------------------------------------------------------------------
 
-enum class Family { kLlama, kMistral, kQwen2, kQwen3, kGemma2 };
+enum class Family { kLlama, kMistral, kMixtral, kQwen2, kQwen3, kGemma2 };
 
 const char* family_name(Family f) {
   switch (f) {
@@ -109,6 +110,8 @@ const char* family_name(Family f) {
       return "llama";
     case Family::kMistral:
       return "mistral";
+    case Family::kMixtral:
+      return "mixtral";
     case Family::kQwen2:
       return "qwen2";
     case Family::kQwen3:
@@ -120,7 +123,8 @@ const char* family_name(Family f) {
 }
 
 constexpr const char* kSupportedHf =
-    "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM";
+    "LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2ForCausalLM, "
+    "Qwen3ForCausalLM, Gemma2ForCausalLM";
 constexpr const char* kSupportedGguf = "llama, qwen2, qwen3, gemma2";
 
 struct Hparams {
@@ -136,6 +140,9 @@ struct Hparams {
   bool gelu = false;           // gelu (tanh approximation) instead of silu
   float embd_scale = 1.0f;
   bool norm_plus_one = false;  // HF gemma2: x̂·(1+w)
+  // Mixture of experts (docs/inference.md): 0 experts = a dense MLP.
+  int n_expert = 0;
+  int n_expert_used = 0;
 };
 
 // ---- config.json --------------------------------------------------------------------------
@@ -265,6 +272,8 @@ HfSetup hf_setup(const json& cfg) {
     hp.family = Family::kLlama;
   else if (arch == "MistralForCausalLM" || (arch.empty() && model_type == "mistral"))
     hp.family = Family::kMistral;
+  else if (arch == "MixtralForCausalLM" || (arch.empty() && model_type == "mixtral"))
+    hp.family = Family::kMixtral;
   else if (arch == "Qwen2ForCausalLM" || (arch.empty() && model_type == "qwen2"))
     hp.family = Family::kQwen2;
   else if (arch == "Qwen3ForCausalLM" || (arch.empty() && model_type == "qwen3"))
@@ -282,6 +291,12 @@ HfSetup hf_setup(const json& cfg) {
   mi.n_head = static_cast<int>(cfg_int(cfg, "num_attention_heads", std::nullopt));
   mi.n_head_kv = static_cast<int>(cfg_int(cfg, "num_key_value_heads", mi.n_head));
   mi.n_ff = static_cast<int>(cfg_int(cfg, "intermediate_size", std::nullopt));
+  if (hp.family == Family::kMixtral) {
+    hp.n_expert = static_cast<int>(cfg_int(cfg, "num_local_experts", std::nullopt, 1, 1024));
+    hp.n_expert_used = static_cast<int>(cfg_int(cfg, "num_experts_per_tok", 2, 1, hp.n_expert));
+    mi.n_expert = hp.n_expert;
+    mi.n_expert_used = hp.n_expert_used;
+  }
   const bool has_head_dim = jfind(cfg, "head_dim") != nullptr;
   if (!has_head_dim && !gemma && mi.n_embd % mi.n_head != 0)
     fail("config.json: hidden_size {} is not a multiple of num_attention_heads {}", mi.n_embd,
@@ -331,6 +346,8 @@ HfSetup hf_setup(const json& cfg) {
     const bool present = cfg.contains("sliding_window");  // null: off; absent: 4096
     const int w = present ? sliding(0) : 4096;
     std::fill(hp.window.begin(), hp.window.end(), w);
+  } else if (hp.family == Family::kMixtral) {
+    std::fill(hp.window.begin(), hp.window.end(), sliding(0));  // null or absent: off
   } else if (hp.family == Family::kQwen2 || hp.family == Family::kQwen3) {
     const json* use = jfind(cfg, "use_sliding_window");
     if (use && use->is_boolean() && use->get<bool>()) {
@@ -413,6 +430,9 @@ struct GgufMeta {
 
 struct Layer {
   WeightMatrix wq, wk, wv, wo, gate, up, down;
+  // Mixture of experts: the router [n_expert, n_embd] and each expert's MLP.
+  WeightMatrix router;
+  std::vector<WeightMatrix> exp_gate, exp_up, exp_down;
   std::vector<float> bq, bk, bv, bo;  // empty when absent
   std::vector<float> attn_norm, ffn_norm, attn_post_norm, ffn_post_norm, q_norm, k_norm;
 };
@@ -430,15 +450,19 @@ class Session : public LanguageModel {
     n_past_ = n;
   }
   void decode(std::span<const int32_t> tokens, int n_logits, std::vector<float>& logits) override;
+  // Called with the residual stream entering each layer: (layer, n tokens × n_embd).
+  std::function<void(int, const float*, int)> on_layer_input;
 
  private:
   void step(const int32_t* tokens, int n, int n_out, float* out);
+  void moe_ffn(const Layer& L, int n);
   const ForwardModel& m_;
   int n_ctx_;
   int n_past_ = 0;
   std::vector<std::vector<float>> k_cache_, v_cache_;  // per layer: n_ctx x (n_head_kv*hd)
   // Scratch, sized for kMaxBatch tokens.
   std::vector<float> x_, xn_, q_, k_, v_, attn_, proj_, gate_, up_, scores_;
+  std::vector<float> router_, xg_, yg_;  // mixture of experts
 };
 
 class ForwardModel : public Model {
@@ -456,6 +480,14 @@ class ForwardModel : public Model {
   std::unique_ptr<LanguageModel> new_session(int n_ctx) const override {
     if (n_ctx < 1 || n_ctx > (1 << 24)) fail("context size {} must be in [1, 2^24]", n_ctx);
     return std::make_unique<Session>(*this, n_ctx);
+  }
+  std::vector<float> layer_inputs(std::span<const int32_t> tokens, bool average) const override;
+  std::vector<float> embedding_row(int32_t token) const override {
+    if (token < 0 || token >= info_.n_vocab)
+      fail("token {} is outside the vocabulary of {}", token, info_.n_vocab);
+    std::vector<float> row(static_cast<size_t>(info_.n_embd));
+    get_row(tok_embd_, token, row.data());
+    return row;
   }
 
   // Builds layers_ etc. from `ts`, whose names `name_of` maps from HF names.
@@ -573,6 +605,47 @@ void ForwardModel::build(const TensorSet& ts, bool gguf) {
     info_.weight_bytes += t->nbytes;
     return out;
   };
+  // Expert tensors: one per expert (Hugging Face's Mixtral layout), or all experts of a layer in
+  // one 3-D tensor [n_expert, rows, cols] (GGUF's ffn_*_exps), cut into one matrix per expert.
+  auto experts = [&](const std::string& name, int64_t rows, int64_t cols) {
+    const RawTensor* t = lookup(name, true);
+    const uint64_t n = static_cast<uint64_t>(hp_.n_expert);
+    if (t->shape.size() != 3 || t->shape[0] != n || t->shape[1] != static_cast<uint64_t>(rows) ||
+        t->shape[2] != static_cast<uint64_t>(cols))
+      fail("{}: tensor '{}' has shape {}; this {} model needs [{}, {}, {}]", ts.label, t->name,
+           shape_str(t->shape), mi.family, n, rows, cols);
+    RawTensor one = *t;
+    one.shape = {static_cast<uint64_t>(rows), static_cast<uint64_t>(cols)};
+    one.nbytes = t->nbytes / n;
+    std::vector<WeightMatrix> out;
+    for (uint64_t e = 0; e < n; ++e) {
+      one.data = static_cast<const uint8_t*>(t->data) + e * one.nbytes;
+      out.push_back(matrix(&one, rows, cols));
+    }
+    if (one.nbytes * n != t->nbytes)
+      fail("{}: tensor '{}' holds {} bytes, not {} experts' worth", ts.label, t->name, t->nbytes,
+           n);
+    return out;
+  };
+  auto build_experts = [&](Layer& L, int l) {
+    const int64_t E = mi.n_embd, F = mi.n_ff;
+    if (gguf) {
+      const std::string p = "blk." + std::to_string(l) + ".";
+      L.router = weight(p + "ffn_gate_inp.weight", hp_.n_expert, E);
+      L.exp_gate = experts(p + "ffn_gate_exps.weight", F, E);
+      L.exp_up = experts(p + "ffn_up_exps.weight", F, E);
+      L.exp_down = experts(p + "ffn_down_exps.weight", E, F);
+      return;
+    }
+    const std::string p = "model.layers." + std::to_string(l) + ".block_sparse_moe.";
+    L.router = weight(p + "gate.weight", hp_.n_expert, E);
+    for (int e = 0; e < hp_.n_expert; ++e) {
+      const std::string x = p + "experts." + std::to_string(e) + ".";
+      L.exp_gate.push_back(weight(x + "w1.weight", F, E));
+      L.exp_up.push_back(weight(x + "w3.weight", F, E));
+      L.exp_down.push_back(weight(x + "w2.weight", E, F));
+    }
+  };
   const Family f = hp_.family;
   auto name = [&](const char* kind, int layer = -1) { return tensor_name(gguf, f, kind, layer); };
   const int64_t E = mi.n_embd, hd = mi.head_dim, nq = mi.n_head * hd, nkv = mi.n_head_kv * hd;
@@ -617,9 +690,13 @@ void ForwardModel::build(const TensorSet& ts, bool gguf) {
       L.q_norm = vec(name("q_norm", l), hd, true);
       L.k_norm = vec(name("k_norm", l), hd, true);
     }
-    L.gate = weight(name("gate", l), mi.n_ff, E);
-    L.up = weight(name("up", l), mi.n_ff, E);
-    L.down = weight(name("down", l), E, mi.n_ff);
+    if (hp_.n_expert > 0) {
+      build_experts(L, l);
+    } else {
+      L.gate = weight(name("gate", l), mi.n_ff, E);
+      L.up = weight(name("up", l), mi.n_ff, E);
+      L.down = weight(name("down", l), E, mi.n_ff);
+    }
   }
   // A tensor the forward pass would ignore means a model it does not describe (MLP biases, extra
   // norms, experts, ...): refuse rather than compute something else. Tensors converters drop
@@ -788,6 +865,15 @@ std::unique_ptr<Model> load_gguf(const fs::path& path, const LoadOptions& option
     }
   }
   hp.rope_interleaved = hp.family == Family::kLlama;
+  if (hp.family == Family::kLlama) {
+    hp.n_expert = static_cast<int>(meta.get_int(a + "expert_count", 0, 0, 1024));
+    if (hp.n_expert > 0) {
+      hp.n_expert_used =
+          static_cast<int>(meta.get_int(a + "expert_used_count", std::nullopt, 1, hp.n_expert));
+      mi.n_expert = hp.n_expert;
+      mi.n_expert_used = hp.n_expert_used;
+    }
+  }
   hp.window.assign(static_cast<size_t>(mi.n_layer), 0);
   hp.q_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(mi.head_dim)));
   if (hp.family == Family::kGemma2) {
@@ -982,6 +1068,100 @@ void rms_norm(const float* x, const std::vector<float>& w, float eps, int64_t n,
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] * r * w[static_cast<size_t>(i)];
 }
 
+// gate[i] = act(gate[i]) · up[i]: SwiGLU (silu) or GeGLU (gelu, tanh approximation).
+void glu(float* gate, const float* up, size_t n, bool gelu) {
+  for (size_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    float a;
+    if (gelu) {
+      constexpr float kC = 0.7978845608028654f;  // sqrt(2/pi)
+      a = 0.5f * g * (1.0f + std::tanh(kC * (g + 0.044715f * g * g * g)));
+    } else {
+      a = g / (1.0f + std::exp(-g));
+    }
+    gate[i] = a * up[i];
+  }
+}
+
+// The mixture-of-experts MLP of the normalised tokens in xn_ into proj_ (docs/inference.md):
+// router logits, softmax over every expert, the top k (ties: the lower index), their weights
+// renormalised to sum to one (Mixtral, as transformers and llama.cpp run it), and the weighted
+// sum of those experts' SwiGLU MLPs. Tokens are grouped by expert so each expert's matrices are
+// multiplied once per batch.
+void Session::moe_ffn(const Layer& L, int n) {
+  const ForwardModel& m = m_;
+  const Hparams& hp = m.hp_;
+  Parallel* par = m.par_.get();
+  const int64_t E = m.info_.n_embd, F = m.info_.n_ff;
+  const int X = hp.n_expert, K = hp.n_expert_used;
+  const size_t N = static_cast<size_t>(n);
+  router_.resize(N * static_cast<size_t>(X));
+  matmul(L.router, xn_.data(), n, router_.data(), par);
+  std::vector<std::vector<std::pair<int, float>>> routed(static_cast<size_t>(X));
+  std::vector<int> order(static_cast<size_t>(X));
+  std::vector<double> p(static_cast<size_t>(X));
+  for (int t = 0; t < n; ++t) {
+    const float* r = router_.data() + static_cast<size_t>(t) * X;
+    const float mx = *std::max_element(r, r + X);
+    double sum = 0;
+    for (int e = 0; e < X; ++e) sum += (p[static_cast<size_t>(e)] = std::exp(double{r[e]} - mx));
+    for (int e = 0; e < X; ++e) p[static_cast<size_t>(e)] /= sum;
+    for (int e = 0; e < X; ++e) order[static_cast<size_t>(e)] = e;
+    std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int a, int b) {
+      const double pa = p[static_cast<size_t>(a)], pb = p[static_cast<size_t>(b)];
+      return pa != pb ? pa > pb : a < b;
+    });
+    double top = 0;
+    for (int k = 0; k < K; ++k) top += p[static_cast<size_t>(order[static_cast<size_t>(k)])];
+    for (int k = 0; k < K; ++k) {
+      const int e = order[static_cast<size_t>(k)];
+      routed[static_cast<size_t>(e)].push_back(
+          {t, static_cast<float>(p[static_cast<size_t>(e)] / top)});
+    }
+  }
+  std::fill(proj_.begin(), proj_.begin() + static_cast<ptrdiff_t>(N * E), 0.0f);
+  xg_.resize(N * E);
+  yg_.resize(N * E);
+  for (int e = 0; e < X; ++e) {
+    const auto& tokens = routed[static_cast<size_t>(e)];
+    if (tokens.empty()) continue;
+    const int64_t g = static_cast<int64_t>(tokens.size());
+    for (int64_t i = 0; i < g; ++i)
+      std::memcpy(xg_.data() + i * E, xn_.data() + tokens[static_cast<size_t>(i)].first * E,
+                  static_cast<size_t>(E) * sizeof(float));
+    matmul(L.exp_gate[static_cast<size_t>(e)], xg_.data(), g, gate_.data(), par);
+    matmul(L.exp_up[static_cast<size_t>(e)], xg_.data(), g, up_.data(), par);
+    glu(gate_.data(), up_.data(), static_cast<size_t>(g * F), hp.gelu);
+    matmul(L.exp_down[static_cast<size_t>(e)], gate_.data(), g, yg_.data(), par);
+    for (int64_t i = 0; i < g; ++i) {
+      const auto [t, w] = tokens[static_cast<size_t>(i)];
+      axpy(w, yg_.data() + i * E, proj_.data() + static_cast<int64_t>(t) * E, E);
+    }
+  }
+}
+
+std::vector<float> ForwardModel::layer_inputs(std::span<const int32_t> tokens, bool average) const {
+  if (tokens.empty()) fail("layer_inputs: no tokens");
+  const size_t E = static_cast<size_t>(info_.n_embd);
+  std::vector<double> acc(static_cast<size_t>(info_.n_layer) * E, 0.0);
+  std::vector<float> last(acc.size());
+  Session s(*this, static_cast<int>(tokens.size()));
+  s.on_layer_input = [&](int l, const float* x, int n) {
+    double* a = acc.data() + static_cast<size_t>(l) * E;
+    for (int t = 0; t < n; ++t)
+      for (size_t i = 0; i < E; ++i) a[i] += x[static_cast<size_t>(t) * E + i];
+    std::memcpy(last.data() + static_cast<size_t>(l) * E, x + static_cast<size_t>(n - 1) * E,
+                E * sizeof(float));
+  };
+  std::vector<float> logits;
+  s.decode(tokens, 0, logits);
+  if (!average) return last;
+  std::vector<float> mean(acc.size());
+  for (size_t i = 0; i < acc.size(); ++i)
+    mean[i] = static_cast<float>(acc[i] / static_cast<double>(tokens.size()));
+  return mean;
+}
+
 void Session::step(const int32_t* tokens, int n, int n_out, float* out) {
   const ForwardModel& m = m_;
   const ModelInfo& mi = m.info_;
@@ -1038,6 +1218,7 @@ void Session::step(const int32_t* tokens, int n, int n_out, float* out) {
 
   for (int l = 0; l < mi.n_layer; ++l) {
     const Layer& L = m.layers_[static_cast<size_t>(l)];
+    if (on_layer_input) on_layer_input(l, x_.data(), n);
     for (int t = 0; t < n; ++t)
       rms_norm(x_.data() + t * E, L.attn_norm, hp.eps, E, xn_.data() + t * E);
     matmul(L.wq, xn_.data(), n, q_.data(), par);
@@ -1097,20 +1278,14 @@ void Session::step(const int32_t* tokens, int n, int n_out, float* out) {
       for (int64_t i = 0; i < E; ++i) xt[i] += pt[i];
       rms_norm(xt, L.ffn_norm, hp.eps, E, xn_.data() + t * E);
     }
-    matmul(L.gate, xn_.data(), n, gate_.data(), par);
-    matmul(L.up, xn_.data(), n, up_.data(), par);
-    for (size_t i = 0; i < N * F; ++i) {
-      const float g = gate_[i];
-      float a;
-      if (hp.gelu) {
-        constexpr float kC = 0.7978845608028654f;  // sqrt(2/pi)
-        a = 0.5f * g * (1.0f + std::tanh(kC * (g + 0.044715f * g * g * g)));
-      } else {
-        a = g / (1.0f + std::exp(-g));
-      }
-      gate_[i] = a * up_[i];
+    if (hp.n_expert > 0) {
+      moe_ffn(L, n);
+    } else {
+      matmul(L.gate, xn_.data(), n, gate_.data(), par);
+      matmul(L.up, xn_.data(), n, up_.data(), par);
+      glu(gate_.data(), up_.data(), N * F, hp.gelu);
+      matmul(L.down, gate_.data(), n, proj_.data(), par);
     }
-    matmul(L.down, gate_.data(), n, proj_.data(), par);
     for (int t = 0; t < n; ++t) {
       float* pt = proj_.data() + t * E;
       if (!L.ffn_post_norm.empty()) rms_norm(pt, L.ffn_post_norm, hp.eps, E, pt);

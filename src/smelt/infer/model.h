@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -33,8 +34,10 @@ struct ModelInfo {
   int n_head = 0;
   int n_head_kv = 0;
   int head_dim = 0;
-  int n_ff = 0;
-  int n_ctx_train = 0;  // max_position_embeddings / <arch>.context_length
+  int n_ff = 0;           // MLP width (of each expert in a mixture of experts)
+  int n_expert = 0;       // mixture of experts: experts per layer (0 = dense MLP)
+  int n_expert_used = 0;  // ... and experts each token is routed to
+  int n_ctx_train = 0;    // max_position_embeddings / <arch>.context_length
   // Special tokens as config.json / generation_config.json / GGUF give them; -1 when absent.
   int32_t bos_token_id = -1;
   std::vector<int32_t> eos_token_ids;
@@ -62,6 +65,14 @@ class Model {
   // A fresh KV cache of n_ctx positions (f32) on this model; the model must outlive it. Sessions
   // of one model may run one after another, not at once.
   virtual std::unique_ptr<LanguageModel> new_session(int n_ctx) const = 0;
+
+  // The hidden state entering each layer (the residual stream; layer 0's is the embedding, scaled
+  // where the family scales it) while running `tokens` from an empty cache: at the last token,
+  // or with `average` the mean over the tokens. n_layer × n_embd, row-major. What mergekit-moe's
+  // `hidden` routers are made of (docs/moe.md).
+  virtual std::vector<float> layer_inputs(std::span<const int32_t> tokens, bool average) const = 0;
+  // Row `token` of the input embedding matrix as stored (no scaling), n_embd floats.
+  virtual std::vector<float> embedding_row(int32_t token) const = 0;
 };
 
 }  // namespace smelt::infer

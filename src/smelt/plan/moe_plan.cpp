@@ -167,7 +167,7 @@ class MoePlanner {
     const int64_t n_experts = static_cast<int64_t>(experts.size());
     for (int64_t layer = 0; layer < shape.layers; ++layer) {
       const std::string prefix = fmt::format("model.layers.{}.block_sparse_moe.", layer);
-      add_router(prefix + "gate.weight", n_experts, shape.hidden, out_dtype);
+      add_router(prefix + "gate.weight", layer, n_experts, shape.hidden, out_dtype);
       for (size_t e = 0; e < experts.size(); ++e) {
         const std::string path = fmt::format("experts[{}].source_model", e);
         const std::string out = fmt::format("{}experts.{}.", prefix, e);
@@ -260,7 +260,7 @@ class MoePlanner {
     plan_.jobs.push_back(std::move(job));
   }
 
-  void add_router(const std::string& name, int64_t experts, int64_t hidden,
+  void add_router(const std::string& name, int64_t layer, int64_t experts, int64_t hidden,
                   std::optional<DType> out_dtype) {
     TensorJob job;
     job.name = name;
@@ -270,6 +270,15 @@ class MoePlanner {
     const uint64_t key = kernels::stream_key(options_.seed, name, /*salt=*/0x6a7e);
     if (cfg_.gate_mode == "random") {
       for (size_t i = 0; i < values->size(); ++i) (*values)[i] = kernels::random_normal(key, i);
+    } else if (cfg_.gate_mode != "uniform_random") {  // prompt modes: rows computed beforehand
+      if (const std::vector<float>* g = options_.gate_vectors) {
+        const size_t n = values->size();
+        if (g->size() < static_cast<size_t>(layer + 1) * n)
+          fail("internal: {} router rows for {} layers of {} × {}", g->size(), layer + 1, experts,
+               hidden);
+        std::copy(g->begin() + static_cast<ptrdiff_t>(layer * n),
+                  g->begin() + static_cast<ptrdiff_t>((layer + 1) * n), values->begin());
+      }
     } else {  // uniform_random: U(-1/sqrt(h), 1/sqrt(h))
       const float bound = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hidden)));
       for (size_t i = 0; i < values->size(); ++i) {
@@ -303,11 +312,16 @@ class MoePlanner {
         "---\nlibrary_name: transformers\ntags:\n- moe\n- merge\n- mergekit\n- smelt\n---\n";
     s += fmt::format(
         "# Mixture of experts\n\nThis is a Mixtral-style mixture of experts assembled with smelt "
-        "(mergekit-moe compatible) from dense models. Its router is {} ({}); it needs training "
-        "before the routing means anything.\n\n## Models\n\n- base (attention, norms, "
-        "embeddings): {}\n",
-        cfg_.gate_mode == "random" ? "random" : "uniform random",
-        cfg_.gate_mode == "random" ? "N(0, 1)" : "U(-1/sqrt(hidden), 1/sqrt(hidden))",
+        "(mergekit-moe compatible) from dense models. {}\n\n## Models\n\n- base (attention, "
+        "norms, embeddings): {}\n",
+        cfg_.gate_mode == "random"
+            ? "Its router is random (N(0, 1)); it needs training before the routing means "
+              "anything."
+        : cfg_.gate_mode == "uniform_random"
+            ? "Its router is uniform random (U(-1/sqrt(hidden), 1/sqrt(hidden))); it needs "
+              "training before the routing means anything."
+            : fmt::format("Its router rows come from each expert's prompts (gate_mode {}).",
+                          cfg_.gate_mode),
         cfg_.base_model);
     for (size_t i = 0; i < cfg_.experts.size(); ++i) {
       s += fmt::format("- expert {}: {}\n", i, cfg_.experts[i].source_model);

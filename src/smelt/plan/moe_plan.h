@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "smelt/config/moe_config.h"
 #include "smelt/plan/plan.h"
@@ -14,6 +15,9 @@ struct MoePlanOptions {
   uint64_t seed = 0;
   // --i-understand-this-is-not-useful-without-training: allow every expert to be the same model.
   bool allow_same_model = false;
+  // The router rows of a prompt gate mode (moe/gate_vectors.h), layers × experts × hidden; null
+  // for random modes, and for a first plan that only checks the models (the rows are then 0).
+  const std::vector<float>* gate_vectors = nullptr;
 };
 
 // Opens the models (headers and config.json only), checks that every expert matches the base

@@ -1,0 +1,293 @@
+// Mixture-of-experts routers from prompts and the MoE forward pass (docs/moe.md, "Routers";
+// docs/inference.md), on the repository's trained zoo (examples/zoo): router rows against an
+// independent double-precision forward pass (tests/reference_forward.h), routing of held-out
+// prompts, and Mixtral logits against the reference and against the dense model.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "reference_forward.h"
+#include "smelt/config/moe_config.h"
+#include "smelt/error.h"
+#include "smelt/infer/model.h"
+#include "smelt/moe/gate_vectors.h"
+#include "test_util.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using smelt::testing::quote;
+using smelt::testing::run_command;
+using smelt::testing::TempDir;
+using smelt::testing::write_bytes;
+
+const fs::path kZoo = fs::path(SMELT_SOURCE_DIR) / "examples" / "zoo";
+
+// The zoo's tokenizer (examples/zoo/README.md): <s> = 0, then id 3 + b for byte b. Written out
+// here so the reference does not use smelt's tokenizer.
+std::vector<int> zoo_ids(const std::string& text) {
+  std::vector<int> ids = {0};
+  for (const unsigned char c : text) ids.push_back(3 + c);
+  return ids;
+}
+
+struct Expert {
+  std::vector<std::string> positive, negative;
+};
+
+const std::vector<Expert> kExperts = {
+    {{"12+35=", "40+17=", "3+88="}, {}},
+    {{"rev abcd=", "rev house="}, {"up abcd="}},
+    {{"up abcd=", "up word="}, {}},
+    {{"next abcz=", "next dog="}, {}},
+};
+
+std::string moe_yaml(const std::string& mode, const std::string& extra = "",
+                     bool negatives = true) {
+  std::string y = fmt::format("base_model: {}\ngate_mode: {}\n{}experts:\n",
+                              (kZoo / "base").string(), mode, extra);
+  const char* ft[] = {"ft-add", "ft-rev", "ft-up", "ft-next"};
+  for (size_t e = 0; e < kExperts.size(); ++e) {
+    y += fmt::format("  - source_model: {}\n    positive_prompts:\n", (kZoo / ft[e]).string());
+    for (const auto& p : kExperts[e].positive) y += fmt::format("      - \"{}\"\n", p);
+    if (negatives && !kExperts[e].negative.empty()) {
+      y += "    negative_prompts:\n";
+      for (const auto& p : kExperts[e].negative) y += fmt::format("      - \"{}\"\n", p);
+    }
+  }
+  return y;
+}
+
+// The reference rows: layers × experts × hidden, in double.
+std::vector<double> reference_rows(const smelt::testing::TinyModel& m, const std::string& mode) {
+  const int L = m.layers, H = m.hidden, X = static_cast<int>(kExperts.size());
+  auto vectors = [&](const std::vector<std::string>& prompts) {
+    std::vector<double> acc(static_cast<size_t>(L) * H, 0.0);
+    if (mode == "cheap_embed") {
+      std::vector<double> sum(H, 0.0);
+      for (const auto& p : prompts)
+        for (const int t : zoo_ids(p))
+          for (int i = 0; i < H; ++i) sum[i] += m.w.at("model.embed_tokens.weight")[t * H + i];
+      double ss = 0;
+      for (double v : sum) ss += v * v;
+      for (int l = 0; l < L; ++l)
+        for (int i = 0; i < H; ++i) acc[l * H + i] = sum[i] / std::sqrt(ss);
+      return acc;
+    }
+    for (const auto& p : prompts) {
+      smelt::testing::ReferenceOptions opt;
+      opt.on_layer_input = [&](int l, const std::vector<std::vector<double>>& x) {
+        for (int i = 0; i < H; ++i) {
+          double v = 0;
+          if (mode == "hidden_avg") {
+            for (const auto& row : x) v += row[i];
+            v /= static_cast<double>(x.size());
+          } else {
+            v = x.back()[i];
+          }
+          acc[l * H + i] += v / static_cast<double>(prompts.size());
+        }
+      };
+      smelt::testing::reference_log_softmax_all(m, zoo_ids(p), opt);
+    }
+    return acc;
+  };
+  std::vector<double> rows(static_cast<size_t>(L) * X * H);
+  for (int e = 0; e < X; ++e) {
+    auto v = vectors(kExperts[e].positive);
+    if (!kExperts[e].negative.empty()) {
+      const auto n = vectors(kExperts[e].negative);
+      for (size_t i = 0; i < v.size(); ++i) v[i] -= n[i];
+    }
+    for (int l = 0; l < L; ++l) {
+      double ss = 0;
+      for (int i = 0; i < H; ++i) ss += v[l * H + i] * v[l * H + i];
+      for (int i = 0; i < H; ++i) rows[(l * X + e) * H + i] = v[l * H + i] / std::sqrt(ss);
+    }
+  }
+  return rows;
+}
+
+TEST(MoeRouter, PromptRowsEqualAnIndependentForwardPass) {
+  const auto ref_model = smelt::testing::load_tiny_model(kZoo / "base", 1.0f);
+  for (const std::string mode : {"hidden", "hidden_avg", "hidden_last", "cheap_embed"}) {
+    const auto cfg = smelt::config::parse_moe_config(moe_yaml(mode));
+    const auto got = smelt::moe::compute_gate_vectors(cfg, kZoo / "base", 2);
+    ASSERT_EQ(got.layers, 4);
+    ASSERT_EQ(got.experts, 4);
+    ASSERT_EQ(got.hidden, 96);
+    const auto want = reference_rows(ref_model, mode == "hidden_last" ? "hidden" : mode);
+    ASSERT_EQ(got.values.size(), want.size());
+    double worst = 0;
+    for (size_t i = 0; i < want.size(); ++i)
+      worst = std::max(worst, std::abs(got.values[i] - want[i]));
+    EXPECT_LT(worst, 2e-5) << mode;
+    // cheap_embed: one vector for every layer.
+    if (mode == "cheap_embed")
+      EXPECT_EQ(std::vector<float>(got.values.begin(), got.values.begin() + 4 * 96),
+                std::vector<float>(got.values.begin() + 4 * 96, got.values.begin() + 8 * 96));
+  }
+  // hidden and hidden_avg differ (a test that could not tell them apart would prove nothing).
+  const auto a = smelt::moe::compute_gate_vectors(
+      smelt::config::parse_moe_config(moe_yaml("hidden")), kZoo / "base", 2);
+  const auto b = smelt::moe::compute_gate_vectors(
+      smelt::config::parse_moe_config(moe_yaml("hidden_avg")), kZoo / "base", 2);
+  EXPECT_NE(a.values, b.values);
+}
+
+// Held-out prompts of each expert's task route to that expert: at every layer, the router
+// logit (row · hidden state at the prompt's last token) is largest for the expert whose prompts
+// describe the task.
+// The router logit (row · hidden state) is largest for the expert whose prompts describe a
+// prompt's task. hidden_avg: for the experts' own prompts and held-out ones, at every layer.
+// hidden (last token): for the experts' own prompts from layer 1 on (layer 0's input at the last
+// token is the embedding of the final "=", the same for every prompt).
+TEST(MoeRouter, PromptsRouteToTheirExpert) {
+  auto model = smelt::infer::Model::load(kZoo / "base", {.threads = 2});
+  const std::vector<std::pair<std::string, int>> own = {
+      {"12+35=", 0}, {"rev abcd=", 1}, {"up word=", 2}, {"next dog=", 3}};
+  const std::vector<std::pair<std::string, int>> held_out = {
+      {"55+21=", 0}, {"rev plane=", 1}, {"up table=", 2}, {"next hello=", 3}};
+  auto check = [&](const std::string& mode, const std::vector<std::pair<std::string, int>>& prompts,
+                   int64_t first_layer) {
+    const auto cfg = smelt::config::parse_moe_config(moe_yaml(mode, "", /*negatives=*/false));
+    const auto g = smelt::moe::compute_gate_vectors(cfg, kZoo / "base", 2);
+    for (const auto& [prompt, expert] : prompts) {
+      const auto ids = zoo_ids(prompt);
+      const auto h =
+          model->layer_inputs(std::vector<int32_t>(ids.begin(), ids.end()), mode == "hidden_avg");
+      for (int64_t l = first_layer; l < g.layers; ++l) {
+        int best = -1;
+        double best_logit = -std::numeric_limits<double>::infinity();
+        for (int64_t e = 0; e < g.experts; ++e) {
+          double d = 0;
+          for (int64_t i = 0; i < g.hidden; ++i)
+            d += g.values[(l * g.experts + e) * g.hidden + i] * h[l * g.hidden + i];
+          if (d > best_logit) best_logit = d, best = static_cast<int>(e);
+        }
+        EXPECT_EQ(best, expert) << mode << ": " << prompt << " at layer " << l;
+      }
+    }
+  };
+  check("hidden_avg", own, 0);
+  check("hidden_avg", held_out, 0);
+  check("hidden", own, 1);
+}
+
+TEST(MoeRouter, ConditionNumberAsTorchComputesIt) {
+  const float diag[] = {3, 0, 0, 0, 1, 0};  // 2 × 3: singular values 3 and 1
+  EXPECT_NEAR(smelt::moe::condition_number(diag, 2, 3), 3.0, 1e-9);
+  const float diag_t[] = {3, 0, 0, 1, 0, 0};  // its transpose, 3 × 2
+  EXPECT_NEAR(smelt::moe::condition_number(diag_t, 3, 2), 3.0, 1e-9);
+  const float rot[] = {0.6f, 0.8f, -0.8f, 0.6f};
+  EXPECT_NEAR(smelt::moe::condition_number(rot, 2, 2), 1.0, 1e-6);
+  const float same[] = {1, 2, 3, 1, 2, 3};
+  EXPECT_TRUE(std::isinf(smelt::moe::condition_number(same, 2, 3)));
+  const float m[] = {2, 1, 1, 3};  // eigenvalues (5 ± √5)/2
+  EXPECT_NEAR(smelt::moe::condition_number(m, 2, 2), (5 + std::sqrt(5.0)) / (5 - std::sqrt(5.0)),
+              1e-9);
+}
+
+double max_diff(const std::vector<std::vector<double>>& a,
+                const std::vector<std::vector<double>>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double d = 0;
+  for (size_t r = 0; r < std::min(a.size(), b.size()); ++r)
+    for (size_t i = 0; i < a[r].size(); ++i) d = std::max(d, std::abs(a[r][i] - b[r][i]));
+  return d;
+}
+
+std::vector<std::vector<double>> smelt_log_softmax_all(const smelt::infer::Model& model,
+                                                       const std::vector<int>& ids) {
+  auto s = model.new_session(static_cast<int>(ids.size()));
+  std::vector<int32_t> t(ids.begin(), ids.end());
+  std::vector<float> logits;
+  s->decode(t, static_cast<int>(t.size()), logits);
+  const size_t V = static_cast<size_t>(s->vocab_size());
+  std::vector<std::vector<double>> out;
+  for (size_t r = 0; r < ids.size(); ++r) {
+    std::vector<double> z(logits.begin() + r * V, logits.begin() + (r + 1) * V);
+    const double mx = *std::max_element(z.begin(), z.end());
+    double sum = 0;
+    for (double x : z) sum += std::exp(x - mx);
+    for (double& x : z) x -= mx + std::log(sum);
+    out.push_back(std::move(z));
+  }
+  return out;
+}
+
+// smelt moe writes the routers it computed; the MoE runs in smelt's forward pass as the
+// reference computes Mixtral (softmax, top 2, renormalised), in f32 and two threads.
+TEST(MoeForward, MixtralFromPromptsMatchesTheReference) {
+  TempDir dir;
+  write_bytes(dir / "moe.yml", moe_yaml("hidden", "dtype: float32\nexperts_per_token: 2\n"));
+  auto r = run_command(quote(fs::path(SMELT_BIN)) + " moe -q " + quote(dir / "moe.yml") + " " +
+                       quote(dir / "out"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto cfg = smelt::config::parse_moe_config(moe_yaml("hidden"));
+  const auto g = smelt::moe::compute_gate_vectors(cfg, kZoo / "base", 2);
+  const auto ref = smelt::testing::load_tiny_model(dir / "out", 1.0f);
+  ASSERT_EQ(ref.experts, 4);
+  for (int l = 0; l < 4; ++l) {
+    const auto& w = ref.w.at(fmt::format("model.layers.{}.block_sparse_moe.gate.weight", l));
+    ASSERT_EQ(w.size(), 4u * 96);
+    EXPECT_TRUE(std::equal(w.begin(), w.end(), g.values.begin() + l * 4 * 96)) << l;
+  }
+  const std::vector<int> ids = zoo_ids("12+35=47\nrev abcd=dcba\nup cat=CAT");
+  auto model = smelt::infer::Model::load(dir / "out", {.threads = 2});
+  EXPECT_EQ(model->info().n_expert, 4);
+  EXPECT_EQ(model->info().n_expert_used, 2);
+  const double d = max_diff(smelt_log_softmax_all(*model, ids),
+                            smelt::testing::reference_log_softmax_all(ref, ids));
+  EXPECT_LT(d, 1e-3);
+  // The experts differ, so routing matters: the same MoE with every token sent to expert 0
+  // (its router's other rows zeroed... here: the dense ft-add) gives other log-probabilities.
+  auto dense = smelt::infer::Model::load(kZoo / "ft-add", {.threads = 2});
+  EXPECT_GT(max_diff(smelt_log_softmax_all(*dense, ids), smelt_log_softmax_all(*model, ids)), 0.05);
+}
+
+// An MoE whose experts are all one dense model computes that model (routing weights sum to one).
+TEST(MoeForward, IdenticalExpertsGiveTheDenseModel) {
+  TempDir dir;
+  std::string y = fmt::format("base_model: {}\ngate_mode: random\ndtype: float32\nexperts:\n",
+                              (kZoo / "base").string());
+  for (int e = 0; e < 4; ++e) y += fmt::format("  - source_model: {}\n", (kZoo / "base").string());
+  write_bytes(dir / "moe.yml", y);
+  auto r = run_command(quote(fs::path(SMELT_BIN)) + " moe -q " + quote(dir / "moe.yml") + " " +
+                       quote(dir / "out") + " --i-understand-this-is-not-useful-without-training");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::vector<int> ids = zoo_ids("The cat sat on the mat. 12+35=47");
+  auto moe = smelt::infer::Model::load(dir / "out", {.threads = 2});
+  auto dense = smelt::infer::Model::load(kZoo / "base", {.threads = 2});
+  EXPECT_LT(max_diff(smelt_log_softmax_all(*moe, ids), smelt_log_softmax_all(*dense, ids)), 1e-4);
+}
+
+TEST(MoeRouter, PromptErrorsNameTheYamlPath) {
+  auto error = [](const std::string& yaml) {
+    try {
+      smelt::config::parse_moe_config(yaml);
+    } catch (const smelt::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  const std::string base = "base_model: b\n";
+  EXPECT_NE(error(base + "experts:\n  - source_model: a\n    positive_prompts: [x]\n"
+                         "  - source_model: c\n")
+                .find("experts[1].positive_prompts: missing"),
+            std::string::npos);
+  EXPECT_NE(error(base + "experts:\n  - source_model: a\n    positive_prompts: [x, y]\n"
+                         "  - source_model: c\n    positive_prompts: [y, x]\n")
+                .find("same prompts"),
+            std::string::npos);
+  EXPECT_NE(error(base + "gate_mode: hiden\nexperts:\n  - source_model: a\n")
+                .find("did you mean \"hidden\""),
+            std::string::npos);
+  EXPECT_NE(error(base + "experts:\n  - source_model: a\n    positive_prompts: [\"\"]\n")
+                .find("experts[0].positive_prompts[0]: the prompt is empty"),
+            std::string::npos);
+}
+
+}  // namespace

@@ -11,8 +11,10 @@
 namespace smelt::cli {
 
 // Each verb lives in its own file and registers its subcommand here.
+void add_average(CLI::App& app);
 void add_inspect(CLI::App& app);
 void add_dev(CLI::App& app);
+void add_diff(CLI::App& app);
 void add_eval(CLI::App& app);
 void add_evolve(CLI::App& app);
 void add_generate(CLI::App& app);

@@ -86,7 +86,9 @@ int main(int argc, char** argv) {
       "  smelt soup a b c -o soup --greedy --tasks val.jsonl\n"
       "  smelt sweep m.yml --vary parameters.t=0:1:11 --tasks val.jsonl\n"
       "  smelt interpolate base ft --tasks t.jsonl --plot lmc.svg\n"
-      "  smelt evolve genome.yml --storage-path run   search merge parameters (mergekit-evolve)\n",
+      "  smelt evolve genome.yml --storage-path run   search merge parameters (mergekit-evolve)\n"
+      "  smelt average ./run ./avg --last 3    average a training run's last checkpoints\n"
+      "  smelt diff ./ft ./base --layers       how far two models are apart, per layer\n",
       "smelt"};
   app.set_version_flag("--version", std::string("smelt ") + SMELT_VERSION);
   app.require_subcommand(1);
@@ -101,6 +103,8 @@ int main(int argc, char** argv) {
   smelt::cli::add_soup(app);
   smelt::cli::add_sweep(app);
   smelt::cli::add_interpolate(app);
+  smelt::cli::add_average(app);
+  smelt::cli::add_diff(app);
   smelt::cli::add_dev(app);
   if (argc < 2) {
     // Bare `smelt`: the help, as `smelt --help` prints it, with exit code 0 (asking what smelt

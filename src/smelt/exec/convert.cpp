@@ -40,7 +40,9 @@ bool within(const fs::path& inner, const fs::path& outer) {
   return a == outer.end();
 }
 
-void check_output(const io::Model& model, const fs::path& out) {
+// Refuses an OUT that overlaps the input, or that exists where it may not be replaced (the rules
+// of a merge's OUT: docs/reliability.md).
+void check_output(const io::Model& model, const fs::path& out, bool overwrite) {
   const io::ResolvedModel& r = model.resolved();
   const fs::path o = output_location(out), resolved = normalized(out);
   std::vector<fs::path> protect;
@@ -56,6 +58,30 @@ void check_output(const io::Model& model, const fs::path& out) {
           "writes into or over an input",
           out.string(), r.ref, p.string());
     }
+  }
+  const std::string kind = io::describe_file_type(o);
+  if (kind == "missing") return;
+  if (r.single_file) {
+    if (kind != "a file") {
+      fail("output {} is {}; a single-file model converts to one .safetensors file", out.string(),
+           kind);
+    }
+    if (!overwrite) fail("output file {} exists; pass --overwrite to replace it", out.string());
+    return;
+  }
+  if (kind != "a folder") {
+    fail("output path {} exists and is {}, not a folder; choose another OUT", out.string(), kind);
+  }
+  std::error_code ec;
+  if (fs::is_empty(o, ec) || ec) return;
+  if (!overwrite) {
+    fail("output folder {} exists and is not empty; pass --overwrite to replace it", out.string());
+  }
+  if (const std::string foreign = io::foreign_entries(o); !foreign.empty()) {
+    fail(
+        "output folder {}: --overwrite replaces only a model folder, and this folder also holds "
+        "{}; move them away or choose another OUT",
+        out.string(), foreign);
   }
 }
 
@@ -133,7 +159,7 @@ void convert_to_safetensors(const io::Model& model, const fs::path& out,
         "PyTorch .bin and safetensors models",
         r.ref);
   }
-  check_output(model, out);
+  check_output(model, out, options.overwrite);
   const fs::path target = output_location(out);
   InterruptibleScope interruptible;
   io::OutputClaim claim(target);
@@ -149,7 +175,7 @@ void convert_to_safetensors(const io::Model& model, const fs::path& out,
                       k.string()));
     }
   }
-  check_output(model, out);  // again under the lock
+  check_output(model, out, options.overwrite);  // again under the lock
   std::vector<Stamp> stamps;
   for (const fs::path& f : r.weight_files) {
     Stamp s{f};

@@ -500,6 +500,26 @@ TEST(TorchBin, Zip64ArchivesAndSharedStoragesRead) {
   EXPECT_EQ(f->find("a")->offset, f->find("a.t")->offset);
 }
 
+TEST(TorchBin, BigEndianArchivesAreSwappedAndTruncatedLegacyFilesRefused) {
+  TempDir dir;
+  std::string be;  // 1.0f, 2.0f big-endian
+  for (const char* f : {"\x3f\x80\x00\x00", "\x40\x00\x00\x00"}) be.append(f, 4);
+  write_bytes(
+      dir / "be.bin",
+      zip({{"archive/data.pkl", state_dict_pickle({{"w", "FloatStorage", "0", 2, 0, {2}, {1}}})},
+           {"archive/byteorder", "big"},
+           {"archive/data/0", be}}));
+  auto f = TorchFile::open(dir / "be.bin");
+  EXPECT_FALSE(f->find("w")->contiguous);
+  EXPECT_EQ(values<float>(*f, "w"), (std::vector<float>{1, 2}));
+  const std::string legacy = read_bytes(kData / "sample_legacy.bin");
+  std::string e = open_error(dir, legacy.substr(0, 100));
+  EXPECT_NE(e.find("ends in the middle of an opcode"), std::string::npos) << e;
+  e = open_error(dir, legacy.substr(0, legacy.size() - 4));
+  EXPECT_NE(e.find("storage '"), std::string::npos) << e;
+  EXPECT_NE(e.find("truncated"), std::string::npos) << e;
+}
+
 // ---- models, verbs and conversion -------------------------------------------------------------
 
 struct BinZoo {

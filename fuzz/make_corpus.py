@@ -298,3 +298,22 @@ put("sentencepiece", "nan_score.model", field(1, 2, field(1, 2, b"a") +
                                               field(2, 5, struct.pack("<I", 0x7FC00000))))
 put("sentencepiece", "long_varint.model", b"\x0a" + b"\xff" * 10 + b"\x01")
 put("sentencepiece", "group_wire.model", field(1, 3, b""))
+
+
+# ---- torch_pickle (first byte: 0 = a data.pkl pickle, 1 = a legacy head, 2 = a whole file) -----
+TORCH = os.path.join(HERE, "..", "tests", "data", "torch")
+for name in ["sample_sd.bin", "sample_module_sd.bin", "shared.bin", "parameters.bin"]:
+    with open(os.path.join(TORCH, name), "rb") as f:
+        whole = f.read()
+    put("torch_pickle", "file_" + name, b"\x02" + whole)
+    import zipfile
+    with zipfile.ZipFile(os.path.join(TORCH, name)) as z:
+        pkl = [n for n in z.namelist() if n.endswith("/data.pkl")][0]
+        put("torch_pickle", "pickle_" + name.replace(".bin", ".pkl"), b"\x00" + z.read(pkl))
+for name in ["sample_legacy.bin", "legacy_views.bin"]:
+    with open(os.path.join(TORCH, name), "rb") as f:
+        put("torch_pickle", "legacy_" + name, b"\x01" + f.read())
+put("torch_pickle", "global_os_system.pkl",
+    b"\x00\x80\x02cos\nsystem\nX\x02\x00\x00\x00lst\x85R.")
+put("torch_pickle", "self_list.pkl", b"\x00\x80\x02}q\x00X\x01\x00\x00\x00w]q\x01h\x01as.")
+put("torch_pickle", "memo_get.pkl", b"\x00\x80\x02]j\xff\xff\xff\xff.")

@@ -149,12 +149,15 @@ TEST_F(ModelResolve, FolderWithNoWeights) {
   EXPECT_NE(e.find(empty.path().string()), std::string::npos) << e;
 }
 
-TEST_F(ModelResolve, FolderWithOnlyPytorchBinIsNotSupportedYet) {
+TEST_F(ModelResolve, FolderWithOnlyPytorchBinResolvesToItAndACorruptOneIsAnError) {
   TempDir d;
   write_bytes(d / "pytorch_model.bin", "PK");
-  const std::string e = error_of([&] { resolve_model(ModelRef::parse(d.path().string())); });
-  EXPECT_NE(e.find("not support yet"), std::string::npos) << e;
-  EXPECT_NE(e.find("pytorch_model"), std::string::npos) << e;
+  const ResolvedModel r = resolve_model(ModelRef::parse(d.path().string()));
+  ASSERT_EQ(r.weight_files.size(), 1u);
+  EXPECT_EQ(r.weight_files[0].filename(), "pytorch_model.bin");
+  const std::string e = error_of([&] { Model::open(r); });
+  EXPECT_NE(e.find("pytorch_model.bin"), std::string::npos) << e;
+  EXPECT_NE(e.find("not a PyTorch checkpoint"), std::string::npos) << e;
 }
 
 TEST_F(ModelResolve, IndexNamingAMissingShard) {

@@ -13,6 +13,7 @@ namespace smelt::cli {
 // Each verb lives in its own file and registers its subcommand here.
 void add_average(CLI::App& app);
 void add_inspect(CLI::App& app);
+void add_convert(CLI::App& app);
 void add_dev(CLI::App& app);
 void add_diff(CLI::App& app);
 void add_eval(CLI::App& app);

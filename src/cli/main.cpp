@@ -80,6 +80,7 @@ int main(int argc, char** argv) {
       "  smelt plan config.yml                 check a config and show what a merge would do\n"
       "  smelt moe moe.yml ./mixtral           assemble a mixture of experts (mergekit-moe)\n"
       "  smelt inspect ./model                 list a model's tensors\n"
+      "  smelt convert ./model ./model-st      PyTorch .bin weights to safetensors\n"
       "  smelt tokenize ./model \"Hello\"        run a model's tokenizer\n"
       "  smelt eval ./model --text wiki.txt    perplexity and task scores on the CPU\n"
       "  smelt generate ./model -p \"Hi\"        continue a prompt\n"
@@ -96,6 +97,7 @@ int main(int argc, char** argv) {
   smelt::cli::add_moe(app);
   smelt::cli::add_plan(app);
   smelt::cli::add_inspect(app);
+  smelt::cli::add_convert(app);
   smelt::cli::add_tokenize(app);
   smelt::cli::add_eval(app);
   smelt::cli::add_evolve(app);

@@ -23,6 +23,7 @@
 #include "smelt/infer/parallel.h"
 #include "smelt/io/gguf.h"
 #include "smelt/io/model_ref.h"
+#include "smelt/io/torch_bin.h"
 #include "smelt/kernels/convert.h"
 #include "smelt/kernels/ggml_type.h"
 
@@ -751,7 +752,7 @@ std::unique_ptr<Model> finish(std::unique_ptr<ForwardModel> m, const TensorSet& 
   return m;
 }
 
-// `path`: a model folder, or one .safetensors file with config.json beside it.
+// `path`: a model folder, or one .safetensors or PyTorch .bin file with config.json beside it.
 std::unique_ptr<Model> load_hf(const fs::path& path, const LoadOptions& options) {
   const fs::path dir = fs::is_directory(path) ? path : path.parent_path();
   const fs::path cfg_path = dir / "config.json";
@@ -794,6 +795,17 @@ std::unique_ptr<Model> load_hf(const fs::path& path, const LoadOptions& options)
     maps[f.get()] = m->maps_.back().get();
   }
   for (const io::ModelTensor& t : model->tensors()) {
+    if (!t.info->contiguous) {
+      // A strided PyTorch view is not a range of the mapped file: gather it into memory.
+      check_shape(t.file->path().string(), t.info->name, t.info->shape);
+      MemoryTensor& owned = m->owned_.emplace_back();
+      owned.name = t.info->name;
+      owned.bytes.resize(t.info->nbytes);
+      t.file->read(*t.info, 0, owned.bytes.data(), t.info->nbytes);
+      ts.by_name[t.info->name] = raw_from_dtype(t.info->name, t.info->dtype, t.info->shape,
+                                                owned.bytes.data(), owned.bytes.size());
+      continue;
+    }
     const Mapping* map = maps.at(t.file);
     if (t.info->offset + t.info->nbytes > map->size())
       fail("{}: tensor '{}' lies past the end of the file", t.file->path().string(), t.info->name);
@@ -948,10 +960,11 @@ std::unique_ptr<Model> load_gguf(const fs::path& path, const LoadOptions& option
 // ---- public entry points ----------------------------------------------------------------------
 
 std::unique_ptr<Model> Model::load(const std::filesystem::path& path, const LoadOptions& options) {
-  if (fs::is_directory(path) || path.extension() == ".safetensors") return load_hf(path, options);
+  if (fs::is_directory(path) || path.extension() == ".safetensors" || io::is_torch_file_name(path))
+    return load_hf(path, options);
   if (path.extension() == ".gguf") return load_gguf(path, options);
   if (!fs::exists(path)) fail("{}: no such model folder or .gguf file", path.string());
-  fail("{}: not a model folder (with config.json), a .safetensors file or a .gguf file",
+  fail("{}: not a model folder (with config.json), a .safetensors, .bin or .gguf file",
        path.string());
 }
 

@@ -11,6 +11,7 @@
 #include "smelt/error.h"
 #include "smelt/io/gguf.h"
 #include "smelt/io/safetensors.h"
+#include "smelt/io/torch_bin.h"
 
 namespace smelt::io {
 namespace fs = std::filesystem;
@@ -50,7 +51,7 @@ bool is_commit_hash(const std::string& s) {
 }
 
 // Fills weight files of a folder, or returns false when it has none we can read.
-bool resolve_folder(const fs::path& dir, const std::string& ref, ResolvedModel* out) {
+bool resolve_folder(const fs::path& dir, ResolvedModel* out) {
   out->root = dir;
   if (fs::is_regular_file(dir / "config.json")) out->config_json = dir / "config.json";
   const fs::path index = dir / "model.safetensors.index.json";
@@ -76,25 +77,47 @@ bool resolve_folder(const fs::path& dir, const std::string& ref, ResolvedModel* 
     return true;
   }
   // Sharded files without an index are still recognisable by name.
-  std::vector<fs::path> shards;
-  bool has_bin = false;
+  std::vector<fs::path> shards, bin_shards;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     const std::string name = e.path().filename().string();
     static const std::regex shard_re(R"(^model-\d{5}-of-\d{5}\.safetensors$)");
+    static const std::regex bin_shard_re(R"(^pytorch_model-\d{5}-of-\d{5}\.bin$)");
     if (std::regex_match(name, shard_re)) shards.push_back(e.path());
-    if (name.starts_with("pytorch_model") && name.ends_with(".bin")) has_bin = true;
+    if (std::regex_match(name, bin_shard_re)) bin_shards.push_back(e.path());
   }
   if (!shards.empty()) {
     std::sort(shards.begin(), shards.end());
     out->weight_files = shards;
     return true;
   }
-  if (has_bin) {
-    fail(
-        "model '{}': {} holds only PyTorch pytorch_model*.bin weights, which smelt does not "
-        "support yet; convert them to safetensors first",
-        ref, dir.string());
+  // PyTorch checkpoints only when there are no safetensors (as transformers prefers them too).
+  const fs::path bin_index = dir / "pytorch_model.bin.index.json";
+  if (fs::is_regular_file(bin_index)) {
+    out->index_json = bin_index;
+    std::set<std::string> files;
+    out->index_weight_map = parse_safetensors_index(read_text(bin_index), bin_index.string());
+    for (const auto& [tensor, file] : out->index_weight_map) files.insert(file);
+    for (const std::string& f : files) {
+      if (!fs::is_regular_file(dir / f)) {
+        fail("{}: names shard '{}', which is missing from {} (incomplete download?)",
+             bin_index.string(), f, dir.string());
+      }
+      if (!is_torch_file_name(f)) {
+        fail("{}: names shard '{}', which is not a .bin file", bin_index.string(), f);
+      }
+      out->weight_files.push_back(dir / f);
+    }
+    return true;
+  }
+  if (fs::is_regular_file(dir / "pytorch_model.bin")) {
+    out->weight_files.push_back(dir / "pytorch_model.bin");
+    return true;
+  }
+  if (!bin_shards.empty()) {
+    std::sort(bin_shards.begin(), bin_shards.end());
+    out->weight_files = bin_shards;
+    return true;
   }
   return false;
 }
@@ -197,17 +220,24 @@ ResolvedModel resolve_model(const ModelRef& ref) {
       out.weight_files = gguf_split_paths(p);
       return out;
     }
-    if (p.extension() == ".bin" || p.extension() == ".pt" || p.extension() == ".pth" ||
-        p.extension() == ".ckpt") {
-      fail("model '{}': PyTorch pickle files are not supported yet; convert to safetensors", shown);
+    if (is_torch_file_name(p)) {
+      out.single_file = true;
+      out.root = p.parent_path().empty() ? fs::path(".") : p.parent_path();
+      out.weight_files.push_back(p);
+      if (fs::is_regular_file(out.root / "config.json") && p.filename() == "pytorch_model.bin") {
+        out.config_json = out.root / "config.json";
+      }
+      return out;
     }
-    fail("model '{}': {} is not a .safetensors or .gguf file", shown, p.string());
+    fail("model '{}': {} is not a .safetensors, .gguf or PyTorch .bin/.pt/.pth file", shown,
+         p.string());
   }
   if (fs::is_directory(p, ec)) {
-    if (resolve_folder(p, shown, &out)) return out;
+    if (resolve_folder(p, &out)) return out;
     fail(
         "model '{}': folder {} has no weights (looked for model.safetensors.index.json, "
-        "model.safetensors, model-*-of-*.safetensors)",
+        "model.safetensors, model-*-of-*.safetensors, pytorch_model.bin.index.json, "
+        "pytorch_model.bin, pytorch_model-*-of-*.bin)",
         shown, p.string());
   }
   looked.push_back(fmt::format("local path {}", fs::absolute(p, ec).string()));
@@ -239,7 +269,7 @@ ResolvedModel resolve_model(const ModelRef& ref) {
     }
     if (!commit.empty()) {
       const fs::path snap = repo / "snapshots" / commit;
-      if (fs::is_directory(snap) && resolve_folder(snap, shown, &out)) return out;
+      if (fs::is_directory(snap) && resolve_folder(snap, &out)) return out;
       looked.push_back(fmt::format("HF cache snapshot {} ({})", snap.string(),
                                    fs::is_directory(snap) ? "no weights" : "missing"));
     }
@@ -275,7 +305,13 @@ std::shared_ptr<Model> Model::open(const ResolvedModel& resolved) {
   if (resolved.gguf) {
     for (auto& part : open_gguf_model(resolved.weight_files.at(0))) files.push_back(part);
   } else {
-    for (const fs::path& f : resolved.weight_files) files.push_back(SafetensorsFile::open(f));
+    for (const fs::path& f : resolved.weight_files) {
+      if (is_torch_file_name(f)) {
+        files.push_back(TorchFile::open(f));
+      } else {
+        files.push_back(SafetensorsFile::open(f));
+      }
+    }
   }
   auto m = from_files(resolved, std::move(files));
   if (!resolved.index_json.empty()) {

@@ -1,5 +1,6 @@
 // Model references (`PATH[@REV][+LORA[@REV]]`) and their resolution to tensor files: a Hugging
-// Face model folder, a single .safetensors file, or a Hub repo id found in the local HF cache.
+// Face model folder, a single .safetensors, .gguf or PyTorch .bin file, or a Hub repo id found in
+// the local HF cache.
 #pragma once
 
 #include <filesystem>
@@ -39,7 +40,7 @@ struct ResolvedModel {
   // resolve_model; Model::open cross-checks it against the shards' headers.
   std::vector<std::pair<std::string, std::string>> index_weight_map;
   std::vector<std::filesystem::path> weight_files;
-  bool single_file = false;  // the reference named one .safetensors or .gguf file
+  bool single_file = false;  // the reference named one .safetensors, .gguf or .bin file
   bool gguf = false;         // weight_files are the parts of a GGUF model
 };
 
@@ -53,9 +54,9 @@ std::filesystem::path hf_hub_cache_dir();
 std::vector<std::pair<std::string, std::string>> parse_safetensors_index(std::string_view text,
                                                                          const std::string& label);
 
-// Resolves `ref` (model part only; a LoRA part is rejected as not supported yet). Throws
-// smelt::Error listing every place looked at when nothing is found, and a clear "not supported
-// yet" for folders that hold only pytorch_model*.bin.
+// Resolves `ref` (model part only; a LoRA part is rejected as not supported yet): safetensors
+// weights when the folder has them, else PyTorch pytorch_model*.bin weights (docs/pytorch.md).
+// Throws smelt::Error listing every place looked at when nothing is found.
 ResolvedModel resolve_model(const ModelRef& ref);
 
 // Where one tensor of a model lies.

@@ -1,5 +1,5 @@
-// What every weights file (safetensors or GGUF) offers its readers: TensorInfo (where a tensor's
-// bytes lie) and TensorFile (a file of tensors opened for reading).
+// What every weights file (safetensors, GGUF or PyTorch .bin) offers its readers: TensorInfo (where
+// a tensor's bytes lie) and TensorFile (a file of tensors opened for reading).
 #pragma once
 
 #include <cstdint>
@@ -21,6 +21,10 @@ struct TensorInfo {
   uint64_t offset = 0;          // absolute byte offset of the first data byte in the file
   uint64_t nbytes = 0;
   int32_t ggml_type = -1;  // GGUF tensors: the ggml type id; -1 for safetensors
+  // False for a strided or byte-swapped PyTorch .bin view: its bytes are not the file range
+  // [offset, offset + nbytes) and must be read through TensorFile::read (nbytes is still the
+  // size of the tensor's data in C order).
+  bool contiguous = true;
   uint64_t numel() const;
   bool quantized() const;  // a GGUF block-quantized type (Q8_0, Q4_K, ...)
 };

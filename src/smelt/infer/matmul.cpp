@@ -56,7 +56,7 @@ constexpr int64_t kColBlock = 256;
 // From this many tokens on, the panel path is used (measured crossover, docs/performance.md).
 constexpr int64_t kGemmMinTokens = 4;
 // Below this many multiply-adds a matmul runs on the calling thread alone.
-constexpr int64_t kParallelMinWork = int64_t{1} << 16;
+constexpr int64_t kParallelMinWork = int64_t{1} << 18;
 
 using Isa = MatmulIsa;
 

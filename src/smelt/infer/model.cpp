@@ -36,6 +36,9 @@ using kernels::GgmlType;
 
 constexpr int64_t kMaxDim = int64_t{1} << 24;  // any single dimension of a supported model
 constexpr int kMaxBatch = 512;                 // tokens per forward step (bounds the scratch)
+// Below this many multiply-adds an attention step runs on the calling thread alone: waking the
+// team costs more (matmul.cpp has the same threshold for matrix products).
+constexpr double kParallelMinWork = double{1 << 18};
 
 // ---- weights in memory ------------------------------------------------------------------------
 
@@ -1255,9 +1258,12 @@ void Session::step(const int32_t* tokens, int n, int n_out, float* out) {
       std::memcpy(kc + pos * nkv, kt, nkv * sizeof(float));
       std::memcpy(vc + pos * nkv, v_.data() + t * nkv, nkv * sizeof(float));
     }
-    // Attention: one task per (token, head).
+    // Attention: one task per (token, head); inline when the whole is too small to be worth
+    // waking the team (a short generation step of a small model).
     const int window = hp.window[static_cast<size_t>(l)];
-    par->for_range(N * static_cast<size_t>(H), [&](size_t begin, size_t end, size_t thread) {
+    const double attn_work = static_cast<double>(N) * static_cast<double>(H) *
+                             static_cast<double>(n_past_ + n) * static_cast<double>(hd);
+    const auto attention = [&](size_t begin, size_t end, size_t thread) {
       float* s = scores_.data() + thread * static_cast<size_t>(n_ctx_);
       for (size_t job = begin; job < end; ++job) {
         const size_t t = job / static_cast<size_t>(H), h = job % static_cast<size_t>(H);
@@ -1281,7 +1287,11 @@ void Session::step(const int32_t* tokens, int n, int n_out, float* out) {
           axpy(s[u] * inv, vc + u * nkv + g * hd, o, hd);
         }
       }
-    });
+    };
+    if (attn_work >= kParallelMinWork)
+      par->for_range(N * static_cast<size_t>(H), attention);
+    else
+      attention(0, N * static_cast<size_t>(H), 0);
     matmul(L.wo, attn_.data(), n, proj_.data(), par);
     add_bias(proj_.data(), L.bo, E);
     for (int t = 0; t < n; ++t) {

@@ -9,6 +9,7 @@
 #include <functional>
 #include <random>
 
+#include "forward_util.h"
 #include "llama_cpp_client.h"
 #include "reference_forward.h"
 #include "smelt/error.h"
@@ -172,40 +173,8 @@ void write_tiny(const fs::path& dir, const TinySpec& s, bool tokenizer = false) 
 
 const std::vector<int> kIds = {1, 107, 104, 111, 111, 114, 300, 42, 7, 250, 19, 88};
 
-// Every position's log-softmax from one decode of `ids`.
-std::vector<std::vector<double>> smelt_log_softmax_all(const Model& model,
-                                                       const std::vector<int>& ids) {
-  auto s = model.new_session(static_cast<int>(ids.size()) + 4);
-  std::vector<int32_t> t(ids.begin(), ids.end());
-  std::vector<float> logits;
-  s->decode(t, static_cast<int>(t.size()), logits);
-  const size_t V = static_cast<size_t>(s->vocab_size());
-  EXPECT_EQ(logits.size(), V * ids.size());
-  std::vector<std::vector<double>> out;
-  for (size_t r = 0; r < ids.size(); ++r) {
-    std::vector<double> z(logits.begin() + r * V, logits.begin() + (r + 1) * V);
-    const double mx = *std::max_element(z.begin(), z.end());
-    double sum = 0;
-    for (double x : z) sum += std::exp(x - mx);
-    for (double& x : z) x -= mx + std::log(sum);
-    out.push_back(std::move(z));
-  }
-  return out;
-}
-
-double max_diff(const std::vector<double>& a, const std::vector<double>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double d = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) d = std::max(d, std::abs(a[i] - b[i]));
-  return d;
-}
-double max_diff(const std::vector<std::vector<double>>& a,
-                const std::vector<std::vector<double>>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double d = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) d = std::max(d, max_diff(a[i], b[i]));
-  return d;
-}
+using smelt::testing::max_diff;
+using smelt::testing::smelt_log_softmax_all;
 
 LoadOptions two_threads() {
   LoadOptions o;

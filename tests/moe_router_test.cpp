@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 
+#include "forward_util.h"
 #include "llama_cpp_client.h"
 #include "reference_forward.h"
 #include "smelt/config/moe_config.h"
@@ -191,33 +192,8 @@ TEST(MoeRouter, ConditionNumberAsTorchComputesIt) {
               1e-9);
 }
 
-double max_diff(const std::vector<std::vector<double>>& a,
-                const std::vector<std::vector<double>>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double d = 0;
-  for (size_t r = 0; r < std::min(a.size(), b.size()); ++r)
-    for (size_t i = 0; i < a[r].size(); ++i) d = std::max(d, std::abs(a[r][i] - b[r][i]));
-  return d;
-}
-
-std::vector<std::vector<double>> smelt_log_softmax_all(const smelt::infer::Model& model,
-                                                       const std::vector<int>& ids) {
-  auto s = model.new_session(static_cast<int>(ids.size()));
-  std::vector<int32_t> t(ids.begin(), ids.end());
-  std::vector<float> logits;
-  s->decode(t, static_cast<int>(t.size()), logits);
-  const size_t V = static_cast<size_t>(s->vocab_size());
-  std::vector<std::vector<double>> out;
-  for (size_t r = 0; r < ids.size(); ++r) {
-    std::vector<double> z(logits.begin() + r * V, logits.begin() + (r + 1) * V);
-    const double mx = *std::max_element(z.begin(), z.end());
-    double sum = 0;
-    for (double x : z) sum += std::exp(x - mx);
-    for (double& x : z) x -= mx + std::log(sum);
-    out.push_back(std::move(z));
-  }
-  return out;
-}
+using smelt::testing::max_diff;
+using smelt::testing::smelt_log_softmax_all;
 
 // smelt moe writes the routers it computed; the MoE runs in smelt's forward pass as the
 // reference computes Mixtral (softmax, top 2, renormalised), in f32 and two threads.

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "smelt/io/safetensors.h"
 
@@ -35,6 +36,11 @@ std::string type_name(const io::TensorInfo& t);
 // characters (ESC, newline, ...) and bidirectional overrides as visible escapes (\x1b, \n,
 // \u{202e}), bytes that are not UTF-8 as \xNN; everything else unchanged.
 std::string printable(std::string_view text);
+
+// Prints a table on stdout: columns two spaces apart, each as wide as its widest cell, the first
+// `left_columns` left-aligned and the others right-aligned, no trailing spaces.
+void print_columns(const std::vector<std::string>& header,
+                   const std::vector<std::vector<std::string>>& rows, size_t left_columns);
 
 // "1.50 GB" style (decimal units, as disk sizes are usually shown).
 std::string human_bytes(uint64_t bytes);

@@ -57,23 +57,7 @@ void print_table(const std::vector<eval::ModelScores>& all, const eval::Objectiv
                         : "-");
     rows.push_back(row);
   }
-  std::vector<size_t> width(header.size());
-  for (size_t c = 0; c < header.size(); ++c) {
-    width[c] = header[c].size();
-    for (const auto& r : rows) width[c] = std::max(width[c], r[c].size());
-  }
-  auto print_row = [&](const std::vector<std::string>& r) {
-    std::string line;
-    for (size_t c = 0; c < r.size(); ++c) {
-      if (c) line += "  ";
-      line +=
-          c == 0 ? fmt::format("{:<{}}", r[c], width[c]) : fmt::format("{:>{}}", r[c], width[c]);
-    }
-    while (!line.empty() && line.back() == ' ') line.pop_back();
-    fmt::print("{}\n", line);
-  };
-  print_row(header);
-  for (const auto& r : rows) print_row(r);
+  print_columns(header, rows, /*left_columns=*/1);
   bool first = true;
   for (const auto& s : all) {
     if (s.ppl && s.ppl->tokens) {

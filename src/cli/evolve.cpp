@@ -613,7 +613,7 @@ void Search::report_final() {
     j["test"]["files"].push_back(t.test_path ? json(*t.test_path) : json(nullptr));
   report::write_text_file(storage_ / "best_scores.json", j.dump(2) + "\n");
 
-  std::vector<std::vector<std::string>> rows = {{"task", "weight", "validation", "test"}};
+  std::vector<std::vector<std::string>> rows;
   for (size_t i = 0; i < tasks_.size(); ++i) {
     rows.push_back({printable(tasks_[i].spec.name), number_text(tasks_[i].spec.weight),
                     fmt::format("{:.4f}", val[i]),
@@ -624,15 +624,9 @@ void Search::report_final() {
   };
   rows.push_back({"score", "", cell(j["validation"]["score"]), cell(j["test"]["score"])});
   rows.push_back({"mean", "", cell(j["validation"]["mean"]), cell(j["test"]["mean"])});
-  std::vector<size_t> width(4, 0);
-  for (const auto& r : rows)
-    for (size_t c = 0; c < 4; ++c) width[c] = std::max(width[c], r[c].size());
   fmt::print("best: evaluation {} of {} (generation {}), {}\n", b->index, log_.size(),
              b->generation, (storage_ / "best_config.yaml").string());
-  for (const auto& r : rows) {
-    fmt::print("{:<{}}  {:>{}}  {:>{}}  {:>{}}\n", r[0], width[0], r[1], width[1], r[2], width[2],
-               r[3], width[3]);
-  }
+  print_columns({"task", "weight", "validation", "test"}, rows, /*left_columns=*/1);
   if (j["test"]["score"].is_null())
     fmt::print("no held-out test files: give each task a test: file (docs/evolve.md)\n");
 }

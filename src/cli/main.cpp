@@ -100,11 +100,11 @@ int main(int argc, char** argv) {
   smelt::cli::add_convert(app);
   smelt::cli::add_tokenize(app);
   smelt::cli::add_eval(app);
-  smelt::cli::add_evolve(app);
   smelt::cli::add_generate(app);
   smelt::cli::add_soup(app);
   smelt::cli::add_sweep(app);
   smelt::cli::add_interpolate(app);
+  smelt::cli::add_evolve(app);
   smelt::cli::add_average(app);
   smelt::cli::add_diff(app);
   smelt::cli::add_dev(app);

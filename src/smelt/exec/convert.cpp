@@ -1,12 +1,11 @@
 // Weights copied tensor by tensor into safetensors through the atomic writers and the OUT claim.
 #include "smelt/exec/convert.h"
 
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <vector>
 
 #include "smelt/error.h"
+#include "smelt/exec/output_path.h"
 #include "smelt/interrupt.h"
 #include "smelt/io/file_util.h"
 #include "smelt/io/output_claim.h"
@@ -18,90 +17,11 @@ namespace {
 
 constexpr uint64_t kCopyChunk = 16ull << 20;
 
-fs::path normalized(const fs::path& p) {
-  std::error_code ec;
-  fs::path c = fs::weakly_canonical(fs::absolute(p), ec);
-  return ec ? fs::absolute(p).lexically_normal() : c;
-}
-
-// OUT with its folder resolved and its last component as given (a link at OUT is not followed).
-fs::path output_location(const fs::path& out) {
-  const fs::path a = fs::absolute(out).lexically_normal();
-  fs::path name = a.filename(), parent = a.parent_path();
-  if (name.empty()) {
-    name = parent.filename();
-    parent = parent.parent_path();
-  }
-  return normalized(parent) / name;
-}
-
-bool within(const fs::path& inner, const fs::path& outer) {
-  auto [a, b] = std::mismatch(outer.begin(), outer.end(), inner.begin(), inner.end());
-  return a == outer.end();
-}
-
 // Refuses an OUT that overlaps the input, or that exists where it may not be replaced (the rules
 // of a merge's OUT: docs/reliability.md).
 void check_output(const io::Model& model, const fs::path& out, bool overwrite) {
-  const io::ResolvedModel& r = model.resolved();
-  const fs::path o = output_location(out), resolved = normalized(out);
-  std::vector<fs::path> protect;
-  if (r.single_file) {
-    for (const auto& f : r.weight_files) protect.push_back(normalized(f));
-  } else {
-    protect.push_back(normalized(r.root));
-  }
-  for (const fs::path& p : protect) {
-    if (within(o, p) || within(resolved, p) || within(p, o) || within(p, resolved)) {
-      fail(
-          "output {} overlaps the input model {} ({}); choose another path — smelt never "
-          "writes into or over an input",
-          out.string(), r.ref, p.string());
-    }
-  }
-  const std::string kind = io::describe_file_type(o);
-  if (kind == "missing") return;
-  if (r.single_file) {
-    if (kind != "a file") {
-      fail("output {} is {}; a single-file model converts to one .safetensors file", out.string(),
-           kind);
-    }
-    if (!overwrite) fail("output file {} exists; pass --overwrite to replace it", out.string());
-    return;
-  }
-  if (kind != "a folder") {
-    fail("output path {} exists and is {}, not a folder; choose another OUT", out.string(), kind);
-  }
-  std::error_code ec;
-  if (fs::is_empty(o, ec) || ec) return;
-  if (!overwrite) {
-    fail("output folder {} exists and is not empty; pass --overwrite to replace it", out.string());
-  }
-  if (const std::string foreign = io::foreign_entries(o); !foreign.empty()) {
-    fail(
-        "output folder {}: --overwrite replaces only a model folder, and this folder also holds "
-        "{}; move them away or choose another OUT",
-        out.string(), foreign);
-  }
-}
-
-struct Stamp {
-  fs::path path;
-  struct stat st {};
-};
-
-void check_unchanged(const std::vector<Stamp>& stamps) {
-  for (const Stamp& s : stamps) {
-    struct stat now {};
-    if (::stat(s.path.c_str(), &now) != 0 || now.st_size != s.st.st_size ||
-        now.st_ino != s.st.st_ino || now.st_mtim.tv_sec != s.st.st_mtim.tv_sec ||
-        now.st_mtim.tv_nsec != s.st.st_mtim.tv_nsec) {
-      fail(
-          "input {} changed during the conversion; the output was not kept. Run it again once "
-          "the file is final",
-          s.path.string());
-    }
-  }
+  check_no_overlap(out, model.resolved(), model.resolved().ref);
+  check_existing_output(out, model.resolved().single_file, overwrite);
 }
 
 // Copies every tensor of `model` through `write(index, offset, data, size)`.
@@ -128,25 +48,6 @@ bool is_copied_file(const std::string& name) {
   }
   return name[0] != '.' || name == ".gitattributes";
 }
-
-// Removes a folder on scope exit unless released.
-class TempFolder {
- public:
-  explicit TempFolder(fs::path p) : path_(std::move(p)) {
-    std::error_code ec;
-    fs::create_directory(path_, ec);
-    if (ec) fail("{}: cannot create a folder: {}", path_.string(), ec.message());
-  }
-  ~TempFolder() {
-    std::error_code ec;
-    if (!path_.empty()) fs::remove_all(path_, ec);
-  }
-  void release() { path_.clear(); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 }  // namespace
 
@@ -176,11 +77,8 @@ void convert_to_safetensors(const io::Model& model, const fs::path& out,
     }
   }
   check_output(model, out, options.overwrite);  // again under the lock
-  std::vector<Stamp> stamps;
-  for (const fs::path& f : r.weight_files) {
-    Stamp s{f};
-    if (::stat(f.c_str(), &s.st) == 0) stamps.push_back(s);
-  }
+  InputStamps stamps;
+  stamps.add(r);
   std::vector<io::TensorSpec> specs;
   for (const io::ModelTensor& t : model.tensors()) {
     specs.push_back({t.info->name, t.info->dtype, t.info->shape});
@@ -191,7 +89,7 @@ void convert_to_safetensors(const io::Model& model, const fs::path& out,
     const bool overwrite = options.overwrite;
     file_options.publish = [&](const fs::path& temp, const fs::path& path) {
       check_interrupted();
-      check_unchanged(stamps);
+      stamps.check("conversion");
       io::publish_file(temp, path, overwrite);
     };
     io::SafetensorsWriter writer(target, specs, metadata, file_options);
@@ -222,7 +120,7 @@ void convert_to_safetensors(const io::Model& model, const fs::path& out,
   }
   io::fsync_dir(temp.path());
   check_interrupted();
-  check_unchanged(stamps);
+  stamps.check("conversion");
   const std::string left = io::publish_folder(temp.path(), target, options.overwrite);
   temp.release();
   if (!left.empty() && options.on_note) options.on_note(left);

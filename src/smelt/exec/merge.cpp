@@ -11,6 +11,7 @@
 
 #include "smelt/error.h"
 #include "smelt/exec/finalize.h"
+#include "smelt/exec/output_path.h"
 #include "smelt/interrupt.h"
 #include "smelt/io/gguf.h"
 #include "smelt/io/gguf_export.h"
@@ -21,112 +22,11 @@
 
 namespace smelt::exec {
 namespace fs = std::filesystem;
-namespace {
-
-fs::path normalized(const fs::path& p) {
-  std::error_code ec;
-  fs::path c = fs::weakly_canonical(fs::absolute(p), ec);
-  return ec ? fs::absolute(p).lexically_normal() : c;
-}
-
-// OUT as written to: its folder resolved, its last component kept as given, so that a symbolic
-// link at OUT is seen (and refused), never followed to whatever it points at.
-fs::path output_location(const fs::path& out) {
-  const fs::path a = fs::absolute(out).lexically_normal();
-  fs::path name = a.filename();
-  fs::path parent = a.parent_path();
-  if (name.empty()) {  // "out/" names the folder out
-    name = parent.filename();
-    parent = parent.parent_path();
-  }
-  return normalized(parent) / name;
-}
-
-// True when `inner` is `outer` or lies inside it.
-bool within(const fs::path& inner, const fs::path& outer) {
-  auto [a, b] = std::mismatch(outer.begin(), outer.end(), inner.begin(), inner.end());
-  return a == outer.end();
-}
-
-// Removes a folder on scope exit unless released.
-class TempFolder {
- public:
-  explicit TempFolder(fs::path p) : path_(std::move(p)) {
-    std::error_code ec;
-    fs::create_directory(path_, ec);
-    if (ec) fail("{}: cannot create a folder: {}", path_.string(), ec.message());
-  }
-  ~TempFolder() {
-    if (!path_.empty()) {
-      std::error_code ec;
-      fs::remove_all(path_, ec);
-    }
-  }
-  void release() { path_.clear(); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
-}  // namespace
-
 void check_output_path(const plan::Plan& plan, const fs::path& out, bool overwrite) {
-  const fs::path o = output_location(out);
-  const fs::path resolved = normalized(out);  // where a link at OUT points
   for (const auto& m : plan.models) {
-    if (m.stage) continue;
-    const io::ResolvedModel& r = m.model->resolved();
-    // A folder model is protected as a whole; a single-file model only as that file.
-    std::vector<fs::path> protect;
-    if (r.single_file) {
-      for (const auto& f : r.weight_files) protect.push_back(normalized(f));
-    } else {
-      protect.push_back(normalized(r.root));
-    }
-    for (const fs::path& root : protect) {
-      if (within(o, root) || within(resolved, root)) {
-        fail(
-            "output folder {} is {} input model {} ({}); choose another folder — smelt never "
-            "writes into an input model",
-            out.string(), o == root ? "the same path as" : "inside", m.ref, root.string());
-      }
-      if (within(root, o) || within(root, resolved)) {
-        fail("output folder {} contains input model {} ({}); choose another folder", out.string(),
-             m.ref, root.string());
-      }
-    }
+    if (!m.stage) check_no_overlap(out, m.model->resolved(), m.ref);
   }
-  if (plan.gguf_output) {
-    const std::string kind = io::describe_file_type(o);
-    if (kind == "a folder") {
-      fail("output {} is a folder; GGUF output is one file (e.g. merged.gguf)", out.string());
-    }
-    if (kind != "missing" && kind != "a file") {
-      fail("output {} is {}; smelt only replaces a regular file. Choose another output path",
-           out.string(), kind);
-    }
-    if (kind == "a file" && !overwrite) {
-      fail("output file {} exists; pass --overwrite to replace it", out.string());
-    }
-    return;
-  }
-  const std::string kind = io::describe_file_type(o);
-  if (kind == "missing") return;
-  if (kind != "a folder") {
-    fail("output path {} exists and is {}, not a folder; choose another OUT", out.string(), kind);
-  }
-  std::error_code ec;
-  if (fs::is_empty(o, ec) || ec) return;
-  if (!overwrite) {
-    fail("output folder {} exists and is not empty; pass --overwrite to replace it", out.string());
-  }
-  if (const std::string foreign = io::foreign_entries(o); !foreign.empty()) {
-    fail(
-        "output folder {}: --overwrite replaces only a model folder (weights, config, tokenizer, "
-        "model card), and this folder also holds {}; move them away or choose another OUT",
-        out.string(), foreign);
-  }
+  check_existing_output(out, plan.gguf_output, overwrite);
 }
 
 namespace {
@@ -201,44 +101,12 @@ std::vector<io::GgufKv> output_kvs(const plan::Plan& plan, const std::string& na
   return kvs;
 }
 
-// Identity of an input file when the merge began: a file written in place changes its size,
-// mtime or ctime.
-struct InputStamp {
-  fs::path path;
-  struct stat st {};
-};
-
-std::vector<InputStamp> stamp_inputs(const plan::Plan& plan) {
-  std::vector<InputStamp> stamps;
+InputStamps stamp_inputs(const plan::Plan& plan) {
+  InputStamps stamps;
   for (const auto& m : plan.models) {
-    if (m.stage) continue;
-    for (const fs::path& f : m.model->resolved().weight_files) {
-      InputStamp s{f};
-      if (::stat(f.c_str(), &s.st) == 0) stamps.push_back(s);
-    }
+    if (!m.stage) stamps.add(m.model->resolved());
   }
   return stamps;
-}
-
-bool same_time(const timespec& a, const timespec& b) {
-  return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
-}
-
-// Refuses to publish an output read from inputs that changed while it was being made.
-void check_inputs_unchanged(const std::vector<InputStamp>& stamps) {
-  for (const InputStamp& s : stamps) {
-    struct stat now {};
-    if (::stat(s.path.c_str(), &now) != 0) {
-      fail("input {} disappeared during the merge; the output was not kept", s.path.string());
-    }
-    if (now.st_ino != s.st.st_ino || now.st_dev != s.st.st_dev || now.st_size != s.st.st_size ||
-        !same_time(now.st_mtim, s.st.st_mtim) || !same_time(now.st_ctim, s.st.st_ctim)) {
-      fail(
-          "input {} was modified during the merge, so the output could mix old and new weights; "
-          "it was not kept. Run the merge again once the file is final",
-          s.path.string());
-    }
-  }
 }
 
 // Error messages name OUT, never the hidden temporary they were written under.
@@ -252,7 +120,7 @@ void check_inputs_unchanged(const std::vector<InputStamp>& stamps) {
 }
 
 void run_gguf_merge(const plan::Plan& plan, const fs::path& out, const MergeOptions& options,
-                    const std::vector<InputStamp>& stamps) {
+                    const InputStamps& stamps) {
   std::vector<io::GgufTensorSpec> specs;
   std::vector<std::pair<size_t, uint64_t>> where;
   std::map<std::string, std::pair<size_t, std::vector<bool>>> packs;  // name -> spec, slices seen
@@ -290,7 +158,7 @@ void run_gguf_merge(const plan::Plan& plan, const fs::path& out, const MergeOpti
   file_options.publish = [&](const fs::path& temp, const fs::path& path) {
     test_hooks::reached("before-publish");
     check_interrupted();
-    check_inputs_unchanged(stamps);
+    stamps.check("merge");
     io::publish_file(temp, path, overwrite);
   };
   io::GgufWriter writer(out, output_kvs(plan, out.stem().string()), specs,
@@ -326,7 +194,7 @@ void run_merge(const plan::Plan& plan, const fs::path& out, const MergeOptions& 
   }
   // Checked again under the lock: the path may have changed since the plan was made.
   check_output_path(plan, out, options.overwrite);
-  const std::vector<InputStamp> stamps = stamp_inputs(plan);
+  const InputStamps stamps = stamp_inputs(plan);
   if (plan.gguf_output) {
     run_gguf_merge(plan, target, options, stamps);
     return;
@@ -367,7 +235,7 @@ void run_merge(const plan::Plan& plan, const fs::path& out, const MergeOptions& 
     io::fsync_dir(temp.path());
     test_hooks::reached("before-publish");
     check_interrupted();
-    check_inputs_unchanged(stamps);
+    stamps.check("merge");
     const std::string left = io::publish_folder(temp.path(), target, options.overwrite);
     temp.release();
     if (!left.empty()) note(options, left);

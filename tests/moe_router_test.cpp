@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <limits>
+#include <map>
 
 #include "forward_util.h"
 #include "llama_cpp_client.h"
@@ -14,6 +15,7 @@
 #include "smelt/config/moe_config.h"
 #include "smelt/error.h"
 #include "smelt/infer/model.h"
+#include "smelt/io/safetensors.h"
 #include "smelt/moe/gate_vectors.h"
 #include "test_util.h"
 
@@ -307,6 +309,68 @@ TEST(MoeMerge, TwoMixtralsMergeTensorByTensor) {
   EXPECT_LT(max_diff(smelt_log_softmax_all(*model, ids),
                      smelt::testing::reference_log_softmax_all(m, ids)),
             1e-3);
+}
+
+// transformers 5's fused expert layout (mlp.experts.gate_up_proj [E, 2I, H], down_proj
+// [E, H, I], router mlp.gate) runs to the same logits as the per-expert layout it was made from.
+TEST(MoeForward, FusedTransformersLayoutRunsLikeThePerExpertOne) {
+  TempDir dir;
+  std::string y = fmt::format("base_model: {}\ngate_mode: random\ndtype: float32\nexperts:\n",
+                              (kZoo / "base").string());
+  for (const char* ft : {"ft-add", "ft-rev", "ft-up", "ft-next"})
+    y += fmt::format("  - source_model: {}\n", (kZoo / ft).string());
+  write_bytes(dir / "moe.yml", y);
+  auto r = run_command(quote(fs::path(SMELT_BIN)) + " moe -q " + quote(dir / "moe.yml") + " " +
+                       quote(dir / "moe"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto m = smelt::testing::load_tiny_model(dir / "moe", 1.0f);
+  const int E = 4, I = m.inter, H = m.hidden;
+  std::map<std::string, std::vector<float>> out;
+  std::vector<smelt::io::TensorSpec> specs;
+  for (const auto& [name, values] : m.w) {
+    if (name.find("block_sparse_moe") == std::string::npos) {
+      out[name] = values;
+      specs.push_back({name, smelt::DType::kF32, m.shape.at(name)});
+    }
+  }
+  for (int l = 0; l < m.layers; ++l) {
+    const std::string p = fmt::format("model.layers.{}.", l);
+    std::vector<float> gate_up, down;
+    for (int e = 0; e < E; ++e) {
+      const std::string x = fmt::format("{}block_sparse_moe.experts.{}.", p, e);
+      for (const char* w : {"w1", "w3"}) {
+        const auto& v = m.w.at(x + w + ".weight");
+        gate_up.insert(gate_up.end(), v.begin(), v.end());
+      }
+      const auto& d = m.w.at(x + "w2.weight");
+      down.insert(down.end(), d.begin(), d.end());
+    }
+    out[p + "mlp.experts.gate_up_proj"] = gate_up;
+    specs.push_back({p + "mlp.experts.gate_up_proj",
+                     smelt::DType::kF32,
+                     {uint64_t(E), uint64_t(2 * I), uint64_t(H)}});
+    out[p + "mlp.experts.down_proj"] = down;
+    specs.push_back(
+        {p + "mlp.experts.down_proj", smelt::DType::kF32, {uint64_t(E), uint64_t(H), uint64_t(I)}});
+    out[p + "mlp.gate.weight"] = m.w.at(p + "block_sparse_moe.gate.weight");
+    specs.push_back({p + "mlp.gate.weight", smelt::DType::kF32, {uint64_t(E), uint64_t(H)}});
+  }
+  fs::create_directories(dir / "fused");
+  for (const char* f : {"config.json", "tokenizer.json", "tokenizer_config.json"})
+    if (fs::exists(dir / "moe" / f)) fs::copy_file(dir / "moe" / f, dir / "fused" / f);
+  {
+    smelt::io::SafetensorsWriter w(dir / "fused" / "model.safetensors", specs, {});
+    for (size_t i = 0; i < specs.size(); ++i) {
+      const auto& v = out.at(specs[i].name);
+      w.write(i, 0, v.data(), v.size() * sizeof(float));
+    }
+    w.finish();
+  }
+  const std::vector<int> ids = zoo_ids("12+35=47\nrev abcd=dcba");
+  auto per_expert = smelt::infer::Model::load(dir / "moe", {.threads = 2});
+  auto fused = smelt::infer::Model::load(dir / "fused", {.threads = 2});
+  EXPECT_EQ(max_diff(smelt_log_softmax_all(*fused, ids), smelt_log_softmax_all(*per_expert, ids)),
+            0.0);
 }
 
 TEST(MoeRouter, PromptErrorsNameTheYamlPath) {

@@ -641,6 +641,20 @@ void ForwardModel::build(const TensorSet& ts, bool gguf) {
       L.exp_down = experts(p + "ffn_down_exps.weight", E, F);
       return;
     }
+    // transformers 5 saves the experts fused: mlp.experts.gate_up_proj [E, 2I, H] (each expert's
+    // gate rows, then its up rows) and mlp.experts.down_proj [E, H, I], the router as mlp.gate.
+    const std::string fused = "model.layers." + std::to_string(l) + ".mlp.";
+    if (ts.find(fused + "experts.gate_up_proj")) {
+      L.router = weight(fused + "gate.weight", hp_.n_expert, E);
+      for (const WeightMatrix& gu : experts(fused + "experts.gate_up_proj", 2 * F, E)) {
+        const uint64_t half = *kernels::ggml_type_bytes(gu.type, static_cast<uint64_t>(F * E));
+        L.exp_gate.push_back(WeightMatrix{gu.type, F, E, gu.data});
+        L.exp_up.push_back(
+            WeightMatrix{gu.type, F, E, static_cast<const uint8_t*>(gu.data) + half});
+      }
+      L.exp_down = experts(fused + "experts.down_proj", E, F);
+      return;
+    }
     const std::string p = "model.layers." + std::to_string(l) + ".block_sparse_moe.";
     L.router = weight(p + "gate.weight", hp_.n_expert, E);
     for (int e = 0; e < hp_.n_expert; ++e) {

@@ -112,6 +112,10 @@ struct MergeConfig {
 
   std::optional<ModelReference> base_model;
   ParameterSettings parameters;
+  // The parameters of the one module of `modules: {default: ...}` once the planner has lifted
+  // its models/slices to the top level: between the slices' and the top-level parameters in
+  // precedence (docs/config.md, "Parameter resolution").
+  ParameterSettings module_parameters;
   std::optional<DType> dtype;
   std::optional<DType> out_dtype;
   std::optional<TokenizerSource> tokenizer_source;  // never set together with tokenizer

@@ -94,7 +94,13 @@ class Planner {
 
   void reject_unsupported() {
     if (cfg_.uses_modules()) {
-      fail_at("modules", "not yet supported by smelt; use models: or slices:");
+      std::vector<std::string> names;
+      for (const auto& m : cfg_.modules) names.push_back(m.name);
+      fail_at("modules",
+              fmt::format("module{} {}: only the single-module form `modules: {{default: ...}}` "
+                          "is supported yet; configs for multi-module architectures "
+                          "(vision-language models) are not",
+                          names.size() == 1 ? "" : "s", fmt::join(names, ", ")));
     }
     cfg_.for_each_model_reference([&](const config::ModelReference& r) {
       if (r.has_lora()) {
@@ -133,6 +139,7 @@ class Planner {
       for (const auto& [name, value] : s) collect_filters(value, &config_filters_);
     };
     add(cfg_.parameters);
+    add(cfg_.module_parameters);
     for (const auto& m : cfg_.models) add(m.parameters);
     for (const auto& s : cfg_.slices) {
       add(s.parameters);
@@ -336,6 +343,7 @@ class Planner {
       check_parameter_names(m.parameters, m.yaml_path + ".parameters", true);
     }
     check_parameter_names(cfg_.parameters, "parameters", false);
+    check_parameter_names(cfg_.module_parameters, "modules.default.parameters", false);
     plan_.base_model = base_model_index();
     attach_base(&slice, plan_.base_model, "base_model");
     plan_.donor =
@@ -465,6 +473,7 @@ class Planner {
 
   void plan_slices() {
     check_parameter_names(cfg_.parameters, "parameters", false);
+    check_parameter_names(cfg_.module_parameters, "modules.default.parameters", false);
     const int global_base = base_model_index();
     std::vector<SliceView> slices;
     for (const auto& os : cfg_.slices) {
@@ -753,7 +762,8 @@ class Planner {
 
   void resolve_params(TensorJob* job, const SliceView& slice) {
     const methods::Method& m = *plan_.method;
-    std::vector<const ParameterSettings*> global_levels = {slice.params, &cfg_.parameters};
+    std::vector<const ParameterSettings*> global_levels = {slice.params, &cfg_.module_parameters,
+                                                           &cfg_.parameters};
     for (const auto& spec : m.global_params()) {
       auto r = config::resolve_parameter(global_levels, spec.name, job->name, job->t);
       if (r) {
@@ -772,7 +782,8 @@ class Planner {
     job->model_origin.resize(job->inputs.size());
     for (size_t i = 0; i < job->inputs.size(); ++i) {
       const SourceView& s = slice.sources[i];
-      std::vector<const ParameterSettings*> levels = {s.params, slice.params, &cfg_.parameters};
+      std::vector<const ParameterSettings*> levels = {s.params, slice.params,
+                                                      &cfg_.module_parameters, &cfg_.parameters};
       for (const auto& spec : m.model_params()) {
         auto r = config::resolve_parameter(levels, spec.name, job->inputs[i].tensor, job->t);
         if (r) {
@@ -907,6 +918,18 @@ uint64_t Plan::input_bytes() const {
 }
 
 Plan build_plan(const config::MergeConfig& config, const PlanOptions& options) {
+  // `modules: {default: {models | slices, parameters}}` (mergekit's own model cards write single-
+  // module configs this way) is the same merge as its models/slices at the top level, with the
+  // module's parameters one level above the top-level ones.
+  if (config.modules.size() == 1 && config.modules[0].name == "default") {
+    config::MergeConfig lifted = config;
+    const config::OutputModule& m = config.modules[0];
+    lifted.models = m.models;
+    lifted.slices = m.slices;
+    lifted.module_parameters = m.parameters;
+    lifted.modules.clear();
+    return Planner(lifted, options).build();
+  }
   return Planner(config, options).build();
 }
 

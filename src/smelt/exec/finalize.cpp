@@ -79,8 +79,8 @@ std::vector<std::string> copy_tokenizer(const plan::Plan& plan, const fs::path& 
       written.push_back(f);
     }
   }
-  if (plan.config.chat_template) {
-    const std::string& tmpl = *plan.config.chat_template;
+  if (plan.chat_template) {
+    const std::string& tmpl = *plan.chat_template;
     const fs::path tc = dir / "tokenizer_config.json";
     ordered_json j =
         fs::exists(tc) ? ordered_json::parse(io::read_whole_file(tc)) : ordered_json::object();

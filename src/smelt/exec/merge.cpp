@@ -47,8 +47,6 @@ class GgufSink : public TensorSink {
   std::vector<std::pair<size_t, uint64_t>> where_;
 };
 
-// The output KVs: the donor GGUF's, verbatim except the split keys, the layer count of a
-// frankenmerge, and the file type when tensor types changed.
 // An export's KVs: hyper-parameters and tokenizer from the donor's config.json and tokenizer
 // files, general.file_type from the type most 2-D tensors have.
 std::vector<io::GgufKv> export_kvs(const plan::Plan& plan, const std::string& name) {
@@ -71,8 +69,9 @@ std::vector<io::GgufKv> export_kvs(const plan::Plan& plan, const std::string& na
   return kvs;
 }
 
-std::vector<io::GgufKv> output_kvs(const plan::Plan& plan, const std::string& name) {
-  if (plan.gguf_export) return export_kvs(plan, name);
+// The output KVs of a merge of GGUF models: the donor's, verbatim except the split keys, the
+// layer count of a frankenmerge, and the file type when tensor types changed.
+std::vector<io::GgufKv> donor_kvs(const plan::Plan& plan) {
   const auto* donor =
       dynamic_cast<const io::GgufFile*>(plan.models[plan.donor].model->files().at(0).get());
   if (!donor) fail("internal: GGUF output needs a GGUF donor model");
@@ -98,6 +97,14 @@ std::vector<io::GgufKv> output_kvs(const plan::Plan& plan, const std::string& na
   if (!types_kept) io::gguf_remove_kv(kvs, "general.file_type");  // llama.cpp then infers it
   if (quantized)
     io::gguf_set_kv(kvs, "general.quantization_version", io::GgufValue::of(uint32_t{2}));
+  return kvs;
+}
+
+std::vector<io::GgufKv> output_kvs(const plan::Plan& plan, const std::string& name) {
+  std::vector<io::GgufKv> kvs = plan.gguf_export ? export_kvs(plan, name) : donor_kvs(plan);
+  // The config's chat_template replaces the inputs' (docs/config.md, "Chat templates").
+  if (plan.chat_template)
+    io::gguf_set_kv(kvs, "tokenizer.chat_template", io::GgufValue::of(*plan.chat_template));
   return kvs;
 }
 

@@ -10,6 +10,7 @@
 #include "smelt/config/suggest.h"
 #include "smelt/error.h"
 #include "smelt/kernels/ggml_type.h"
+#include "smelt/plan/chat_template.h"
 #include "smelt/plan/gguf_output.h"
 #include "smelt/plan/model_config.h"
 
@@ -62,6 +63,7 @@ class Planner {
     } else {
       plan_slices();
     }
+    resolve_chat_template_setting();
     assign_gguf_output(plan_, opt_);
     dedupe();
     finish_jobs();
@@ -123,14 +125,25 @@ class Planner {
                               ? "union"
                               : cfg_.tokenizer_source->model->str()));
     }
-    if (cfg_.chat_template) {
-      const std::string& t = *cfg_.chat_template;
-      if (t.size() < 20 || t.find('{') == std::string::npos) {
-        fail_at("chat_template",
-                fmt::format("'{}': named templates and 'auto' are not yet supported by smelt; "
-                            "give the Jinja template text itself",
-                            t));
-      }
+  }
+
+  // chat_template: auto, a built-in name or a literal template (plan/chat_template.h).
+  void resolve_chat_template_setting() {
+    if (!cfg_.chat_template) return;
+    std::vector<std::filesystem::path> folders;
+    for (const auto& m : plan_.models) {
+      if (!m.stage && !m.model->resolved().single_file) folders.push_back(m.model->resolved().root);
+    }
+    try {
+      plan_.chat_template = resolve_chat_template(*cfg_.chat_template, folders);
+    } catch (const Error& e) {
+      fail_at("chat_template", e.what());
+    }
+    if (!plan_.chat_template) {
+      warn(
+          fmt::format("{}: chat_template: auto found no chat template in the input models; the "
+                      "donor's tokenizer files are copied unchanged",
+                      cfg_.filename));
     }
   }
 

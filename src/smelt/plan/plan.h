@@ -124,6 +124,9 @@ struct Plan {
   std::string output_config_text;
   std::string recorded_config_name = "mergekit_config.yml";
   std::string model_card_text;
+  // The config's chat_template resolved to its text (plan/chat_template.h); unset: the donor's
+  // tokenizer files are copied as they are.
+  std::optional<std::string> chat_template;
 
   uint64_t output_bytes() const;
   uint64_t input_bytes() const;  // bytes read from inputs (each input tensor once)

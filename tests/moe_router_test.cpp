@@ -17,6 +17,7 @@
 #include "smelt/infer/model.h"
 #include "smelt/io/safetensors.h"
 #include "smelt/moe/gate_vectors.h"
+#include "smelt/plan/moe_plan.h"
 #include "test_util.h"
 
 namespace {
@@ -241,6 +242,87 @@ TEST(MoeForward, IdenticalExpertsGiveTheDenseModel) {
   auto moe = smelt::infer::Model::load(dir / "out", {.threads = 2});
   auto dense = smelt::infer::Model::load(kZoo / "base", {.threads = 2});
   EXPECT_LT(max_diff(smelt_log_softmax_all(*moe, ids), smelt_log_softmax_all(*dense, ids)), 1e-4);
+}
+
+// A Qwen MoE (a shared expert with prompts, so mergekit's rules choose Qwen MoE): the shared
+// expert's prompts give its gate (the last row of gate_config's router rows), and smelt's forward
+// pass equals the reference (softmax, top 2, renormalised only with norm_topk_prob, plus
+// sigmoid(shared_expert_gate · x) times the shared expert), with norm_topk_prob true (as written)
+// and false.
+TEST(MoeForward, QwenMoeFromPromptsMatchesTheReference) {
+  TempDir dir;
+  const std::string shared = fmt::format(
+      "shared_experts:\n  - source_model: {}\n    positive_prompts: [\"The cat sat\", "
+      "\"12+35=\"]\n",
+      (kZoo / "base").string());
+  const std::string y = moe_yaml("hidden_avg", "dtype: float32\n") + shared;
+  write_bytes(dir / "moe.yml", y);
+  auto r = run_command(quote(fs::path(SMELT_BIN)) + " moe -q " + quote(dir / "moe.yml") + " " +
+                       quote(dir / "out"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto cfg = smelt::config::parse_moe_config(y);
+  const auto g = smelt::moe::compute_gate_vectors(smelt::plan::gate_config(cfg), kZoo / "base", 2);
+  ASSERT_EQ(g.experts, 5);
+  auto ref = smelt::testing::load_tiny_model(dir / "out", 1.0f);
+  ASSERT_TRUE(ref.qwen2_moe);
+  ASSERT_EQ(ref.experts, 4);
+  EXPECT_TRUE(ref.norm_topk);
+  for (int l = 0; l < 4; ++l) {
+    const auto& w = ref.w.at(fmt::format("model.layers.{}.mlp.gate.weight", l));
+    const auto& s = ref.w.at(fmt::format("model.layers.{}.mlp.shared_expert_gate.weight", l));
+    ASSERT_EQ(w.size(), 4u * 96);
+    ASSERT_EQ(s.size(), 96u);
+    EXPECT_TRUE(std::equal(w.begin(), w.end(), g.values.begin() + l * 5 * 96)) << l;
+    EXPECT_TRUE(std::equal(s.begin(), s.end(), g.values.begin() + (l * 5 + 4) * 96)) << l;
+  }
+  const std::vector<int> ids = zoo_ids("12+35=47\nrev abcd=dcba\nup cat=CAT");
+  auto model = smelt::infer::Model::load(dir / "out", {.threads = 2});
+  EXPECT_EQ(model->info().family, "qwen2_moe");
+  EXPECT_EQ(model->info().n_expert, 4);
+  const auto normed = smelt_log_softmax_all(*model, ids);
+  EXPECT_LT(max_diff(normed, smelt::testing::reference_log_softmax_all(ref, ids)), 1e-3);
+  // transformers' default, norm_topk_prob false: the top-k weights are not renormalised.
+  auto c = nlohmann::json::parse(smelt::testing::read_bytes(dir / "out" / "config.json"));
+  c["norm_topk_prob"] = false;
+  write_bytes(dir / "out" / "config.json", c.dump(2));
+  ref = smelt::testing::load_tiny_model(dir / "out", 1.0f);
+  EXPECT_FALSE(ref.norm_topk);
+  model = smelt::infer::Model::load(dir / "out", {.threads = 2});
+  const auto raw = smelt_log_softmax_all(*model, ids);
+  EXPECT_LT(max_diff(raw, smelt::testing::reference_log_softmax_all(ref, ids)), 1e-3);
+  EXPECT_GT(max_diff(raw, normed), 1e-3);
+}
+
+// A Qwen MoE whose routed experts and shared expert are all one dense model computes
+// dense + sigmoid(g · x) · dense_mlp per layer, so it is not the dense model; with the shared
+// expert's down_proj scaled to 0 (residual_scale: 0) it is (the routed weights sum to one).
+TEST(MoeForward, QwenMoeOfOneDenseModel) {
+  TempDir dir;
+  const auto dense = smelt::infer::Model::load(kZoo / "base", {.threads = 2});
+  const std::vector<int> ids = zoo_ids("The cat sat on the mat. 12+35=47");
+  const auto want = smelt_log_softmax_all(*dense, ids);
+  for (const char* residual : {"0", "1"}) {
+    std::string y = fmt::format(
+        "base_model: {0}\ngate_mode: random\ndtype: float32\narchitecture: qwen\n"
+        "shared_experts:\n  - source_model: {0}\n    residual_scale: {1}\nexperts:\n",
+        (kZoo / "base").string(), residual);
+    for (int e = 0; e < 4; ++e)
+      y += fmt::format("  - source_model: {}\n", (kZoo / "base").string());
+    const fs::path out = dir / (std::string("out") + residual);
+    write_bytes(dir / "moe.yml", y);
+    auto r = run_command(quote(fs::path(SMELT_BIN)) + " moe -q " + quote(dir / "moe.yml") + " " +
+                         quote(out) + " --i-understand-this-is-not-useful-without-training");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    auto moe = smelt::infer::Model::load(out, {.threads = 2});
+    const auto got = smelt_log_softmax_all(*moe, ids);
+    const auto ref = smelt::testing::load_tiny_model(out, 1.0f);
+    EXPECT_LT(max_diff(got, smelt::testing::reference_log_softmax_all(ref, ids)), 1e-3);
+    if (std::string(residual) == "0") {
+      EXPECT_LT(max_diff(got, want), 1e-4);
+    } else {
+      EXPECT_GT(max_diff(got, want), 0.01);
+    }
+  }
 }
 
 // `smelt moe ... out.gguf` writes llama.cpp's Mixtral layout (experts stacked per layer, F32

@@ -301,24 +301,6 @@ TEST_F(MoeTest, ValidationErrorsNameTheYamlPath) {
   EXPECT_EQ(r.exit_code, 0) << r.output;
 }
 
-TEST_F(MoeTest, RefusedSettingsSayNotSupportedYet) {
-  const std::string b = "base_model: " + p("base").string() + "\n";
-  const std::string ex = "experts:\n  - source_model: " + p("ft0").string() +
-                         "\n    positive_prompts: [a]\n  - source_model: " + p("ft1").string() +
-                         "\n    positive_prompts: [b]\n";
-  const std::vector<std::pair<std::string, std::string>> cases = {
-      {b + "gate_mode: random\narchitecture: qwen\n" + ex, "architecture"},
-      {b + "gate_mode: random\nshared_experts:\n  - source_model: " + p("ft2").string() + "\n" + ex,
-       "shared_experts"},
-  };
-  for (size_t i = 0; i < cases.size(); ++i) {
-    const auto r = moe(cases[i].first, "bad" + std::to_string(i));
-    EXPECT_EQ(r.exit_code, 1) << r.output;
-    EXPECT_NE(r.output.find(cases[i].second + ": "), std::string::npos) << i << ": " << r.output;
-    EXPECT_NE(r.output.find("not supported yet"), std::string::npos) << i << ": " << r.output;
-  }
-}
-
 TEST_F(MoeTest, NotesForPromptsUnknownKeysAndIgnoredFlags) {
   const std::string y =
       "base_model: " + p("base").string() +

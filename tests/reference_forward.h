@@ -28,6 +28,11 @@ struct TinyModel {
   std::string family;  // "llama" (also mistral, qwen2), "qwen3" or "gemma2"
   int hidden = 0, heads = 0, kv_heads = 0, hd = 0, inter = 0, layers = 0, vocab = 0;
   int experts = 0, experts_used = 0;  // Mixtral: num_local_experts, num_experts_per_tok
+  // qwen2_moe (experts from num_experts): per-expert width moe_intermediate_size (in `inter`),
+  // the shared expert's width, and whether the top-k weights are renormalised (Mixtral: always).
+  bool qwen2_moe = false;
+  int shared_inter = 0;
+  bool norm_topk = true;
   double eps = 0, theta = 0;
   double query_scale = 0;    // multiplies q·k: query_pre_attn_scalar^-0.5 (gemma2), else hd^-0.5
   double attn_softcap = 0;   // gemma2 attn_logit_softcapping; 0 = none
@@ -118,6 +123,14 @@ inline TinyModel load_tiny_model(const std::filesystem::path& dir, float scale) 
   if (arch == "MixtralForCausalLM") {
     m.experts = c["num_local_experts"];
     m.experts_used = c.value("num_experts_per_tok", 2);
+  } else if (arch == "Qwen2MoeForCausalLM") {
+    // Every layer sparse (decoder_sparse_step 1, no mlp_only_layers), as smelt moe writes it.
+    m.qwen2_moe = true;
+    m.experts = c["num_experts"];
+    m.experts_used = c.value("num_experts_per_tok", 2);
+    m.inter = c["moe_intermediate_size"];
+    m.shared_inter = c["shared_expert_intermediate_size"];
+    m.norm_topk = c.value("norm_topk_prob", false);
   }
   const nlohmann::json rope = reference_rope_params(c);
   m.theta = c.contains("rope_theta")                          ? c["rope_theta"].get<double>()
@@ -144,7 +157,7 @@ inline TinyModel load_tiny_model(const std::filesystem::path& dir, float scale) 
   } else if (arch == "MistralForCausalLM" || c.value("model_type", "") == "mistral") {
     m.sliding_window = static_cast<int>(reference_number(c, "sliding_window", 4096));
     m.sliding_layers.assign(m.layers, true);
-  } else if ((arch == "Qwen2ForCausalLM" || m.family == "qwen3") &&
+  } else if ((arch == "Qwen2ForCausalLM" || arch == "Qwen2MoeForCausalLM" || m.family == "qwen3") &&
              c.value("use_sliding_window", false)) {
     m.sliding_window = static_cast<int>(reference_number(c, "sliding_window", 4096));
     const int first = c.value("max_window_layers", 28);
@@ -329,11 +342,11 @@ inline std::vector<std::vector<double>> reference_log_softmax_all(
       const auto h2 = norm(x[t], p + (gemma2 ? "pre_feedforward_layernorm.weight"
                                              : "post_attention_layernorm.weight"));
       auto mlp = [&](const std::string& gate_name, const std::string& up_name,
-                     const std::string& down_name) {
-        const auto gate = matvec(W(gate_name), h2, m.inter);
-        const auto up = matvec(W(up_name), h2, m.inter);
-        std::vector<double> act(m.inter);
-        for (int i = 0; i < m.inter; ++i) {
+                     const std::string& down_name, int width) {
+        const auto gate = matvec(W(gate_name), h2, width);
+        const auto up = matvec(W(up_name), h2, width);
+        std::vector<double> act(width);
+        for (int i = 0; i < width; ++i) {
           act[i] = (gemma2 ? gelu_tanh(gate[i], opt.llama_cpp_gelu)
                            : gate[i] / (1.0 + std::exp(-gate[i]))) *
                    up[i];
@@ -343,7 +356,9 @@ inline std::vector<std::vector<double>> reference_log_softmax_all(
       std::vector<double> down(m.hidden, 0.0);
       if (m.experts > 0) {
         // Mixtral: softmax over the router's logits, the top k, renormalised weights.
-        const std::string moe = p + "block_sparse_moe.";
+        // qwen2_moe: the same, renormalised only with norm_topk_prob, plus the shared expert
+        // times sigmoid(shared_expert_gate · h).
+        const std::string moe = p + (m.qwen2_moe ? "mlp." : "block_sparse_moe.");
         const auto r = matvec(W(moe + "gate.weight"), h2, m.experts);
         const double mx = *std::max_element(r.begin(), r.end());
         std::vector<double> prob(m.experts);
@@ -355,15 +370,27 @@ inline std::vector<std::vector<double>> reference_log_softmax_all(
                          [&](int a, int b) { return prob[a] > prob[b]; });
         double top = 0;
         for (int k = 0; k < m.experts_used; ++k) top += prob[order[k]] / sum;
+        if (!m.norm_topk) top = 1;
         for (int k = 0; k < m.experts_used; ++k) {
           const int e = order[k];
           const std::string x = moe + "experts." + std::to_string(e) + ".";
-          const auto y = mlp(x + "w1.weight", x + "w3.weight", x + "w2.weight");
+          const auto y = m.qwen2_moe
+                             ? mlp(x + "gate_proj.weight", x + "up_proj.weight",
+                                   x + "down_proj.weight", m.inter)
+                             : mlp(x + "w1.weight", x + "w3.weight", x + "w2.weight", m.inter);
           for (int i = 0; i < m.hidden; ++i) down[i] += prob[e] / sum / top * y[i];
         }
+        if (m.qwen2_moe) {
+          const std::string sh = moe + "shared_expert.";
+          const auto y = mlp(sh + "gate_proj.weight", sh + "up_proj.weight",
+                             sh + "down_proj.weight", m.shared_inter);
+          const double g = matvec(W(moe + "shared_expert_gate.weight"), h2, 1)[0];
+          const double w = 1.0 / (1.0 + std::exp(-g));
+          for (int i = 0; i < m.hidden; ++i) down[i] += w * y[i];
+        }
       } else {
-        down =
-            mlp(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight", p + "mlp.down_proj.weight");
+        down = mlp(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight", p + "mlp.down_proj.weight",
+                   m.inter);
       }
       if (gemma2) down = norm(down, p + "post_feedforward_layernorm.weight");
       for (int i = 0; i < m.hidden; ++i) x[t][i] += down[i];

@@ -63,15 +63,30 @@ void run(const MoeCliOptions& o) {
   po.allow_same_model = o.allow_same_model;
   const size_t threads = parse_threads(o.threads);
   // Every model is opened and checked first; prompt routers then run the base model.
-  plan::Plan plan = plan::build_moe_plan(cfg, po);
+  config::MoeOutput family = config::MoeOutput::kMixtral;
+  plan::Plan plan = plan::build_moe_plan(cfg, po, &family);
+  if (output.format == plan::OutputFormat::kGguf && family != config::MoeOutput::kMixtral) {
+    fail("OUT: GGUF output of a {} model is not supported yet (only Mixtral); write a folder",
+         config::moe_output_name(family));
+  }
   const bool prompts = cfg.gate_mode != "random" && cfg.gate_mode != "uniform_random";
   if (prompts && !o.dry_run) {
     const auto& base = plan.models[static_cast<size_t>(plan.base_model)];
     if (!o.quiet)
       fmt::print(stderr, "computing the routers ({}) from {} experts' prompts...\n", cfg.gate_mode,
                  cfg.experts.size());
-    const moe::GateVectors gates =
-        moe::compute_gate_vectors(cfg, base.model->resolved().root, threads);
+    // The shared expert's prompts, when it has some, give it a router row too (Qwen MoE): it
+    // is computed as one more expert, so its errors are renamed after its YAML key.
+    moe::GateVectors gates;
+    try {
+      gates =
+          moe::compute_gate_vectors(plan::gate_config(cfg), base.model->resolved().root, threads);
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      const std::string as_expert = fmt::format("experts[{}]", cfg.experts.size());
+      if (what.starts_with(as_expert)) fail("shared_experts[0]{}", what.substr(as_expert.size()));
+      throw;
+    }
     if (!o.quiet && !gates.degenerate_layers.empty()) {
       fmt::print(stderr,
                  "warning: layer{} {} {} degenerate routing parameters (condition number above "
@@ -82,7 +97,7 @@ void run(const MoeCliOptions& o) {
                  gates.degenerate_layers.size() == 1 ? "has" : "have");
     }
     po.gate_vectors = &gates.values;
-    plan = plan::build_moe_plan(cfg, po);
+    plan = plan::build_moe_plan(cfg, po, &family);
   }
   // GGUF output: llama.cpp's names, the experts stacked per layer (docs/moe.md).
   plan::assign_gguf_output(plan, output);
@@ -122,7 +137,8 @@ void add_moe(CLI::App& app) {
   auto o = std::make_shared<MoeCliOptions>();
   CLI::App* cmd = app.add_subcommand(
       "moe",
-      "Assemble a Mixtral mixture-of-experts model from dense models (a mergekit-moe config).\n"
+      "Assemble a mixture-of-experts model (Mixtral, DeepSeek MoE, Qwen MoE or Qwen3 MoE) from\n"
+      "dense models (a mergekit-moe config).\n"
       "Routers from prompts (gate_mode hidden, hidden_avg, cheap_embed) run the base model on\n"
       "the CPU; random and uniform_random need no prompts (docs/moe.md).\n"
       "Examples:\n"

@@ -94,7 +94,51 @@ std::vector<std::string> read_prompts(const YAML::Node& n, const std::string& pa
   return out;
 }
 
+// One entry of experts or shared_experts.
+MoeExpert read_expert(const YAML::Node& e, const std::string& path,
+                      std::vector<std::string>* warnings) {
+  if (!e.IsMap()) fail("{}: expected a mapping with source_model; got {}", path, describe(e));
+  check_keys(e, path, kExpertKeys, warnings);
+  MoeExpert x;
+  x.source_model = read_string(e["source_model"], path + ".source_model", "a model");
+  x.positive_prompts = read_prompts(e["positive_prompts"], path + ".positive_prompts");
+  x.negative_prompts = read_prompts(e["negative_prompts"], path + ".negative_prompts");
+  for (size_t j = 0; j < x.positive_prompts.size(); ++j) {
+    if (x.positive_prompts[j].empty())
+      fail("{}.positive_prompts[{}]: the prompt is empty", path, j);
+  }
+  for (size_t j = 0; j < x.negative_prompts.size(); ++j) {
+    if (x.negative_prompts[j].empty())
+      fail("{}.negative_prompts[{}]: the prompt is empty", path, j);
+  }
+  if (present(e["noise_scale"])) {
+    x.noise_scale = read_number(e["noise_scale"], path + ".noise_scale");
+    if (*x.noise_scale < 0) fail("{}.noise_scale: must be >= 0; got {}", path, *x.noise_scale);
+  }
+  if (present(e["residual_scale"])) {
+    x.residual_scale = read_number(e["residual_scale"], path + ".residual_scale");
+  }
+  return x;
+}
+
+constexpr MoeOutput kOutputs[] = {MoeOutput::kMixtral, MoeOutput::kDeepseek, MoeOutput::kQwen2,
+                                  MoeOutput::kQwen3};
+
 }  // namespace
+
+const char* moe_output_name(MoeOutput family) {
+  switch (family) {
+    case MoeOutput::kMixtral:
+      return "Mixtral";
+    case MoeOutput::kDeepseek:
+      return "DeepSeek MoE";
+    case MoeOutput::kQwen2:
+      return "Qwen MoE";
+    case MoeOutput::kQwen3:
+      return "Qwen3 MoE";
+  }
+  return "?";
+}
 
 MoeConfig parse_moe_config(const std::string& yaml_text) {
   YAML::Node root;
@@ -142,25 +186,26 @@ MoeConfig parse_moe_config(const std::string& yaml_text) {
     }
     c.experts_per_token = static_cast<int64_t>(v);
   }
-  if (present(root["shared_experts"])) {
-    const YAML::Node& n = root["shared_experts"];
-    if (!n.IsSequence()) fail("shared_experts: expected a list; got {}", describe(n));
-    if (n.size() > 0) {
-      fail(
-          "shared_experts: not supported yet (needs the Qwen2-MoE or DeepSeek output; smelt "
-          "writes Mixtral only so far)");
-    }
-  }
   if (present(root["architecture"])) {
     c.architecture = read_string(root["architecture"], "architecture", "an output architecture");
     std::string lower = c.architecture;
     std::transform(lower.begin(), lower.end(), lower.begin(),
                    [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
-    // mergekit matches a prefix of the output architecture's name, case-insensitively.
-    if (std::string_view("mixtral").substr(0, lower.size()) != lower) {
-      fail("architecture: \"{}\" is not supported yet (smelt writes Mixtral only so far)",
-           c.architecture);
+    // mergekit matches a prefix of the output family's name, case-insensitively.
+    for (const MoeOutput f : kOutputs) {
+      std::string name = moe_output_name(f);
+      std::transform(name.begin(), name.end(), name.begin(),
+                     [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+      if (name.starts_with(lower)) c.allowed_outputs.push_back(f);
     }
+    if (c.allowed_outputs.empty()) {
+      fail(
+          "architecture: \"{}\" matches no output architecture; give a prefix of one of "
+          "\"Mixtral\", \"DeepSeek MoE\", \"Qwen MoE\", \"Qwen3 MoE\"",
+          c.architecture);
+    }
+  } else {
+    c.allowed_outputs.assign(std::begin(kOutputs), std::end(kOutputs));
   }
   const YAML::Node experts = root["experts"];
   if (!present(experts)) fail("experts: missing; list the expert models (source_model: ...)");
@@ -170,40 +215,39 @@ MoeConfig parse_moe_config(const std::string& yaml_text) {
   bool prompts_seen = false;
   std::set<std::vector<std::string>> prompt_sets;
   for (size_t i = 0; i < experts.size(); ++i) {
-    const std::string path = fmt::format("experts[{}]", i);
-    const YAML::Node e = experts[i];
-    if (!e.IsMap()) fail("{}: expected a mapping with source_model; got {}", path, describe(e));
-    check_keys(e, path, kExpertKeys, &c.warnings);
-    MoeExpert x;
-    x.source_model = read_string(e["source_model"], path + ".source_model", "a model");
-    x.positive_prompts = read_prompts(e["positive_prompts"], path + ".positive_prompts");
-    x.negative_prompts = read_prompts(e["negative_prompts"], path + ".negative_prompts");
+    MoeExpert x = read_expert(experts[i], fmt::format("experts[{}]", i), &c.warnings);
     prompts_seen |= !x.positive_prompts.empty() || !x.negative_prompts.empty();
     if (!random_router && x.positive_prompts.empty()) {
       fail(
-          "{}.positive_prompts: missing; gate_mode {} builds each expert's router row from its "
-          "prompts (or use gate_mode random)",
-          path, g);
-    }
-    for (size_t j = 0; j < x.positive_prompts.size(); ++j) {
-      if (x.positive_prompts[j].empty())
-        fail("{}.positive_prompts[{}]: the prompt is empty", path, j);
-    }
-    for (size_t j = 0; j < x.negative_prompts.size(); ++j) {
-      if (x.negative_prompts[j].empty())
-        fail("{}.negative_prompts[{}]: the prompt is empty", path, j);
+          "experts[{}].positive_prompts: missing; gate_mode {} builds each expert's router row "
+          "from its prompts (or use gate_mode random)",
+          i, g);
     }
     std::vector<std::string> set = x.positive_prompts;
     std::sort(set.begin(), set.end());
     prompt_sets.insert(set);
-    if (present(e["noise_scale"])) {
-      x.noise_scale = read_number(e["noise_scale"], path + ".noise_scale");
-      if (*x.noise_scale < 0) fail("{}.noise_scale: must be >= 0; got {}", path, *x.noise_scale);
-    }
-    if (present(e["residual_scale"])) {
-      x.residual_scale = read_number(e["residual_scale"], path + ".residual_scale");
-    }
     c.experts.push_back(std::move(x));
+  }
+  if (present(root["shared_experts"])) {
+    const YAML::Node& n = root["shared_experts"];
+    if (!n.IsSequence()) fail("shared_experts: expected a list; got {}", describe(n));
+    if (n.size() > 1) {
+      fail(
+          "shared_experts: {} shared experts listed; every output architecture takes at most "
+          "one (Qwen MoE exactly one, DeepSeek MoE none or one)",
+          n.size());
+    }
+    for (size_t i = 0; i < n.size(); ++i) {
+      MoeExpert x = read_expert(n[i], fmt::format("shared_experts[{}]", i), &c.warnings);
+      if (x.positive_prompts.empty() && !x.negative_prompts.empty()) {
+        fail(
+            "shared_experts[{}].negative_prompts: given without positive_prompts; a shared "
+            "expert's router row needs positive prompts (or none at all)",
+            i);
+      }
+      if (random_router && !x.positive_prompts.empty()) prompts_seen = true;
+      c.shared_experts.push_back(std::move(x));
+    }
   }
   if (!random_router && c.experts.size() > 1 && prompt_sets.size() == 1) {
     fail(

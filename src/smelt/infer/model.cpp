@@ -106,7 +106,7 @@ std::string shape_str(const std::vector<uint64_t>& s) {
 
 // ---- hyper-parameters -----------------------------------------------------------------------
 
-enum class Family { kLlama, kMistral, kMixtral, kQwen2, kQwen3, kGemma2 };
+enum class Family { kLlama, kMistral, kMixtral, kQwen2, kQwen2Moe, kQwen3, kGemma2 };
 
 const char* family_name(Family f) {
   switch (f) {
@@ -118,6 +118,8 @@ const char* family_name(Family f) {
       return "mixtral";
     case Family::kQwen2:
       return "qwen2";
+    case Family::kQwen2Moe:
+      return "qwen2_moe";
     case Family::kQwen3:
       return "qwen3";
     case Family::kGemma2:
@@ -128,7 +130,7 @@ const char* family_name(Family f) {
 
 constexpr const char* kSupportedHf =
     "LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2ForCausalLM, "
-    "Qwen3ForCausalLM, Gemma2ForCausalLM";
+    "Qwen2MoeForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM";
 constexpr const char* kSupportedGguf = "llama, qwen2, qwen3, gemma2";
 
 struct Hparams {
@@ -147,6 +149,8 @@ struct Hparams {
   // Mixture of experts (docs/inference.md): 0 experts = a dense MLP.
   int n_expert = 0;
   int n_expert_used = 0;
+  bool norm_topk = true;  // renormalise the top k weights (Mixtral; qwen2_moe's norm_topk_prob)
+  int n_ff_shared = 0;    // qwen2_moe: the shared expert's width (0 = no shared expert)
 };
 
 // ---- config.json --------------------------------------------------------------------------
@@ -280,6 +284,8 @@ HfSetup hf_setup(const json& cfg) {
     hp.family = Family::kMixtral;
   else if (arch == "Qwen2ForCausalLM" || (arch.empty() && model_type == "qwen2"))
     hp.family = Family::kQwen2;
+  else if (arch == "Qwen2MoeForCausalLM" || (arch.empty() && model_type == "qwen2_moe"))
+    hp.family = Family::kQwen2Moe;
   else if (arch == "Qwen3ForCausalLM" || (arch.empty() && model_type == "qwen3"))
     hp.family = Family::kQwen3;
   else if (arch == "Gemma2ForCausalLM" || (arch.empty() && model_type == "gemma2"))
@@ -298,6 +304,22 @@ HfSetup hf_setup(const json& cfg) {
   if (hp.family == Family::kMixtral) {
     hp.n_expert = static_cast<int>(cfg_int(cfg, "num_local_experts", std::nullopt, 1, 1024));
     hp.n_expert_used = static_cast<int>(cfg_int(cfg, "num_experts_per_tok", 2, 1, hp.n_expert));
+    mi.n_expert = hp.n_expert;
+    mi.n_expert_used = hp.n_expert_used;
+  } else if (hp.family == Family::kQwen2Moe) {
+    // Every layer sparse, each with a shared expert: what smelt moe writes (docs/inference.md).
+    if (cfg_int(cfg, "decoder_sparse_step", 1) != 1)
+      fail("config.json: qwen2_moe with decoder_sparse_step other than 1 is not supported");
+    if (const json* only = jfind(cfg, "mlp_only_layers"); only && !only->empty())
+      fail("config.json: qwen2_moe with mlp_only_layers (dense layers) is not supported");
+    hp.n_expert = static_cast<int>(cfg_int(cfg, "num_experts", std::nullopt, 1, 1024));
+    hp.n_expert_used = static_cast<int>(cfg_int(cfg, "num_experts_per_tok", 2, 1, hp.n_expert));
+    const json* norm = jfind(cfg, "norm_topk_prob");
+    if (norm && !norm->is_boolean()) fail("config.json: 'norm_topk_prob' must be true or false");
+    hp.norm_topk = norm && norm->get<bool>();  // transformers' default: false
+    mi.n_ff = static_cast<int>(cfg_int(cfg, "moe_intermediate_size", std::nullopt));
+    hp.n_ff_shared =
+        static_cast<int>(cfg_int(cfg, "shared_expert_intermediate_size", std::nullopt));
     mi.n_expert = hp.n_expert;
     mi.n_expert_used = hp.n_expert_used;
   }
@@ -352,7 +374,8 @@ HfSetup hf_setup(const json& cfg) {
     std::fill(hp.window.begin(), hp.window.end(), w);
   } else if (hp.family == Family::kMixtral) {
     std::fill(hp.window.begin(), hp.window.end(), sliding(0));  // null or absent: off
-  } else if (hp.family == Family::kQwen2 || hp.family == Family::kQwen3) {
+  } else if (hp.family == Family::kQwen2 || hp.family == Family::kQwen2Moe ||
+             hp.family == Family::kQwen3) {
     const json* use = jfind(cfg, "use_sliding_window");
     if (use && use->is_boolean() && use->get<bool>()) {
       const int w = sliding(4096);
@@ -437,6 +460,8 @@ struct Layer {
   // Mixture of experts: the router [n_expert, n_embd] and each expert's MLP.
   WeightMatrix router;
   std::vector<WeightMatrix> exp_gate, exp_up, exp_down;
+  // qwen2_moe's shared expert and its gate [1, n_embd] (empty rows = none).
+  WeightMatrix shared_gate, shared_up, shared_down, shared_expert_gate;
   std::vector<float> bq, bk, bv, bo;  // empty when absent
   std::vector<float> attn_norm, ffn_norm, attn_post_norm, ffn_post_norm, q_norm, k_norm;
 };
@@ -643,18 +668,34 @@ void ForwardModel::build(const TensorSet& ts, bool gguf) {
     }
     // transformers 5 saves the experts fused: mlp.experts.gate_up_proj [E, 2I, H] (each expert's
     // gate rows, then its up rows) and mlp.experts.down_proj [E, H, I], the router as mlp.gate.
-    const std::string fused = "model.layers." + std::to_string(l) + ".mlp.";
-    if (ts.find(fused + "experts.gate_up_proj")) {
-      L.router = weight(fused + "gate.weight", hp_.n_expert, E);
-      for (const WeightMatrix& gu : experts(fused + "experts.gate_up_proj", 2 * F, E)) {
+    const std::string mlp = "model.layers." + std::to_string(l) + ".mlp.";
+    const bool qwen2moe = hp_.family == Family::kQwen2Moe;
+    if (ts.find(mlp + "experts.gate_up_proj")) {
+      L.router = weight(mlp + "gate.weight", hp_.n_expert, E);
+      for (const WeightMatrix& gu : experts(mlp + "experts.gate_up_proj", 2 * F, E)) {
         const uint64_t half = *kernels::ggml_type_bytes(gu.type, static_cast<uint64_t>(F * E));
         L.exp_gate.push_back(WeightMatrix{gu.type, F, E, gu.data});
         L.exp_up.push_back(
             WeightMatrix{gu.type, F, E, static_cast<const uint8_t*>(gu.data) + half});
       }
-      L.exp_down = experts(fused + "experts.down_proj", E, F);
-      return;
+      L.exp_down = experts(mlp + "experts.down_proj", E, F);
+    } else if (qwen2moe) {
+      L.router = weight(mlp + "gate.weight", hp_.n_expert, E);
+      for (int e = 0; e < hp_.n_expert; ++e) {
+        const std::string x = mlp + "experts." + std::to_string(e) + ".";
+        L.exp_gate.push_back(weight(x + "gate_proj.weight", F, E));
+        L.exp_up.push_back(weight(x + "up_proj.weight", F, E));
+        L.exp_down.push_back(weight(x + "down_proj.weight", E, F));
+      }
     }
+    if (qwen2moe) {
+      const int64_t S = hp_.n_ff_shared;
+      L.shared_gate = weight(mlp + "shared_expert.gate_proj.weight", S, E);
+      L.shared_up = weight(mlp + "shared_expert.up_proj.weight", S, E);
+      L.shared_down = weight(mlp + "shared_expert.down_proj.weight", E, S);
+      L.shared_expert_gate = weight(mlp + "shared_expert_gate.weight", 1, E);
+    }
+    if (!L.exp_gate.empty()) return;
     const std::string p = "model.layers." + std::to_string(l) + ".block_sparse_moe.";
     L.router = weight(p + "gate.weight", hp_.n_expert, E);
     for (int e = 0; e < hp_.n_expert; ++e) {
@@ -682,7 +723,8 @@ void ForwardModel::build(const TensorSet& ts, bool gguf) {
     output_ = matrix(o, mi.n_vocab, E);
   else
     output_ = tok_embd_;
-  const bool qwen2 = f == Family::kQwen2, qwen3 = f == Family::kQwen3, gemma = f == Family::kGemma2;
+  const bool qwen2 = f == Family::kQwen2 || f == Family::kQwen2Moe, qwen3 = f == Family::kQwen3,
+             gemma = f == Family::kGemma2;
   layers_.resize(static_cast<size_t>(mi.n_layer));
   for (int l = 0; l < mi.n_layer; ++l) {
     Layer& L = layers_[static_cast<size_t>(l)];
@@ -1115,9 +1157,10 @@ void glu(float* gate, const float* up, size_t n, bool gelu) {
 
 // The mixture-of-experts MLP of the normalised tokens in xn_ into proj_ (docs/inference.md):
 // router logits, softmax over every expert, the top k (ties: the lower index), their weights
-// renormalised to sum to one (Mixtral, as transformers and llama.cpp run it), and the weighted
-// sum of those experts' SwiGLU MLPs. Tokens are grouped by expert so each expert's matrices are
-// multiplied once per batch.
+// renormalised to sum to one (Mixtral; qwen2_moe only with norm_topk_prob, as transformers runs
+// it), and the weighted sum of those experts' SwiGLU MLPs; qwen2_moe then adds its shared
+// expert's MLP times sigmoid(shared_expert_gate · x). Tokens are grouped by expert so each
+// expert's matrices are multiplied once per batch.
 void Session::moe_ffn(const Layer& L, int n) {
   const ForwardModel& m = m_;
   const Hparams& hp = m.hp_;
@@ -1143,6 +1186,7 @@ void Session::moe_ffn(const Layer& L, int n) {
     });
     double top = 0;
     for (int k = 0; k < K; ++k) top += p[static_cast<size_t>(order[static_cast<size_t>(k)])];
+    if (!hp.norm_topk) top = 1.0;
     for (int k = 0; k < K; ++k) {
       const int e = order[static_cast<size_t>(k)];
       routed[static_cast<size_t>(e)].push_back(
@@ -1166,6 +1210,20 @@ void Session::moe_ffn(const Layer& L, int n) {
     for (int64_t i = 0; i < g; ++i) {
       const auto [t, w] = tokens[static_cast<size_t>(i)];
       axpy(w, yg_.data() + i * E, proj_.data() + static_cast<int64_t>(t) * E, E);
+    }
+  }
+  if (hp.n_ff_shared > 0) {
+    const int64_t S = hp.n_ff_shared;
+    matmul(L.shared_gate, xn_.data(), n, gate_.data(), par);
+    matmul(L.shared_up, xn_.data(), n, up_.data(), par);
+    glu(gate_.data(), up_.data(), N * static_cast<size_t>(S), hp.gelu);
+    matmul(L.shared_down, gate_.data(), n, yg_.data(), par);
+    matmul(L.shared_expert_gate, xn_.data(), n, router_.data(), par);  // n gate logits
+    for (int t = 0; t < n; ++t) {
+      const float w =
+          static_cast<float>(1.0 / (1.0 + std::exp(-double{router_[static_cast<size_t>(t)]})));
+      axpy(w, yg_.data() + static_cast<int64_t>(t) * E, proj_.data() + static_cast<int64_t>(t) * E,
+           E);
     }
   }
 }
@@ -1207,8 +1265,8 @@ void Session::step(const int32_t* tokens, int n, int n_out, float* out) {
   v_.resize(N * nkv);
   attn_.resize(N * nq);
   proj_.resize(N * E);
-  gate_.resize(N * F);
-  up_.resize(N * F);
+  gate_.resize(N * static_cast<size_t>(std::max<int64_t>(F, m.hp_.n_ff_shared)));
+  up_.resize(N * static_cast<size_t>(std::max<int64_t>(F, m.hp_.n_ff_shared)));
   scores_.resize(par->threads() * static_cast<size_t>(n_ctx_));
 
   for (int t = 0; t < n; ++t) {

@@ -27,7 +27,7 @@ struct MemoryTensor {
 
 // What every family's forward pass needs, read from config.json or GGUF metadata.
 struct ModelInfo {
-  std::string family;  // "llama", "mistral", "qwen2", "qwen3", "gemma2"
+  std::string family;  // "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "gemma2"
   int n_vocab = 0;
   int n_embd = 0;
   int n_layer = 0;

@@ -415,6 +415,11 @@ class Downloader {
   void fetch_blob(const std::string& file, const FileMeta& meta, const fs::path& blob) {
     const fs::path part = fs::path(blob.string() + ".incomplete");
     const std::string label = fmt::format("{} of model '{}'", file, repo_);
+    if (!fs::exists(part)) {
+      // Created up front so that an empty file is a file too.
+      std::ofstream touch(part, std::ios::binary);
+      if (!touch) fail("{}: cannot create: {}", part.string(), strerror(errno));
+    }
     int tries_without_progress = 0;
     for (;;) {
       std::error_code ec;
@@ -434,7 +439,7 @@ class Downloader {
       req.low_speed_s = env_seconds("HF_HUB_DOWNLOAD_TIMEOUT", 10);
       if (offset > 0) req.range = fmt::format("{}-", offset);
       req.sink = [&](const char* data, size_t n, long status) {
-        if (status == 200 && offset > 0 && !restarted) {
+        if (status == 200 && have > 0 && !restarted) {
           // The server ignored the Range: start over (docs/hub.md).
           restarted = true;
           if (::ftruncate(fileno(out), 0) != 0) {
@@ -536,8 +541,14 @@ class Downloader {
       if (file[i] == '/') target = fs::path("..") / target;
     }
     std::error_code ec;
-    fs::remove(link, ec);  // a dangling link left by a removed blob
-    fs::create_symlink(target, link);
+    if (fs::is_symlink(link) && fs::read_symlink(link, ec) == target) return;
+    fs::remove(link, ec);  // a dangling or stale link
+    fs::create_symlink(target, link, ec);
+    // Another process (or thread) may have made the same link in between.
+    if (ec && !(fs::is_symlink(link) && fs::read_symlink(link) == target)) {
+      fail("{}: cannot create the snapshot link to {}: {}", link.string(), target.string(),
+           ec.message());
+    }
   }
 
   void report(const std::string& file, uint64_t size) {
@@ -768,7 +779,7 @@ HubSnapshot hub_download_model(const HubSettings& s, const std::string& repo_id,
   if (rev != info.sha) {
     const fs::path ref = s.cache / hub_repo_folder(repo_id) / "refs" / rev;
     fs::create_directories(ref.parent_path());
-    const fs::path tmp = fs::path(ref.string() + ".tmp");
+    const fs::path tmp = fs::path(fmt::format("{}.{}.tmp", ref.string(), ::getpid()));
     {
       std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
       out << info.sha;  // exactly the commit, no newline (docs/hub.md)

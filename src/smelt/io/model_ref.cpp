@@ -289,10 +289,8 @@ ResolvedModel resolve_model(const ModelRef& ref) {
       if (resolve_folder(snap.snapshot, &out)) return out;
       fail("{}: has no weights after the download", snap.snapshot.string());
     } catch (const Error& e) {
-      fail(
-          "model '{}' is not in the Hugging Face cache (looked at:{}\n) and could not be "
-          "downloaded: {}",
-          shown, list, e.what());
+      fail("model '{}' not found. Looked at:{}\nand downloading it from the Hub failed: {}", shown,
+           list, e.what());
     }
   }
   fail(

@@ -194,6 +194,38 @@ TEST_F(Hub, DownloadThenMergeFillTheCacheLayoutAndASecondRunMakesNoRequest) {
   EXPECT_EQ(read_bytes(dir / "out1/model.safetensors"), read_bytes(dir / "out2/model.safetensors"));
 }
 
+TEST_F(Hub, PlanReadsOnlyConfigAndSafetensorsHeaders) {
+  MockHub hub(dir.path(), config());
+  testing::write_bytes(dir / "merge.yml",
+                       "models:\n  - model: org/a\n    parameters: {weight: 0.5}\n"
+                       "  - model: org/b\n    parameters: {weight: 0.5}\n"
+                       "merge_method: linear\ndtype: float32\n");
+  auto r = smelt(hub.endpoint(), "plan " + quote(dir / "merge.yml"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // Weights: two Range requests each (the length, then the header), never the whole file.
+  const uint64_t weights_size = fs::file_size(dir / "src/a/model.safetensors") +
+                                fs::file_size(dir / "src/b/model.safetensors");
+  uint64_t weight_bytes = 0;
+  int ranges = 0;
+  for (const auto& e : hub.log()) {
+    const std::string path = e["path"];
+    if (path.find("model.safetensors") == std::string::npos || e["method"] != "GET") continue;
+    EXPECT_NE(e["range"], "") << path;
+    ranges += 1;
+    weight_bytes += e["bytes"].get<uint64_t>();
+  }
+  EXPECT_EQ(ranges, 4);
+  EXPECT_LT(weight_bytes * 5, weights_size) << weight_bytes << " of " << weights_size;
+  const fs::path snap = repo_dir("a") / "snapshots" / kCommitA;
+  EXPECT_TRUE(fs::is_regular_file(snap / "config.json"));
+  EXPECT_FALSE(fs::exists(snap / "model.safetensors"));
+  EXPECT_FALSE(fs::exists(repo_dir("a") / "refs" / "main"));
+  // A merge afterwards downloads the rest.
+  r = smelt(hub.endpoint(), "merge " + quote(dir / "merge.yml") + " " + quote(dir / "out"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(read_bytes(snap / "model.safetensors"), read_bytes(dir / "src/a/model.safetensors"));
+}
+
 TEST_F(Hub, ACutTransferResumesWithRangeAndIsByteExact) {
   nlohmann::json c = config();
   c["cut_after"]["org/a/model.safetensors"] = 1000;

@@ -28,6 +28,7 @@
 
 #include "smelt/error.h"
 #include "smelt/io/model_ref.h"
+#include "smelt/io/safetensors.h"
 
 namespace smelt::io {
 namespace fs = std::filesystem;
@@ -94,6 +95,7 @@ struct HttpRequest {
   long total_timeout_s = 0;  // 0: none (downloads use the low-speed limit instead)
   long low_speed_s = 0;
   std::function<bool(const char*, size_t, long status)> sink;
+  uint64_t max_body = 1u << 20;  // bytes kept in HttpReply::body
 };
 
 struct HttpReply {
@@ -144,7 +146,10 @@ size_t on_body(char* data, size_t size, size_t count, void* user) {
     }
     return n;
   }
-  if (st->reply->body.size() < (1u << 20)) st->reply->body.append(data, n);
+  if (st->reply->body.size() < st->request->max_body) {
+    st->reply->body.append(data,
+                           std::min<uint64_t>(n, st->request->max_body - st->reply->body.size()));
+  }
   return n;
 }
 
@@ -302,6 +307,28 @@ class Downloader {
   }
 
   const fs::path& snapshot() const { return snapshot_; }
+
+  // Bytes [first, last] of a file by a Range GET (redirects followed).
+  std::string range(const std::string& file, const FileMeta& meta, uint64_t first,
+                    uint64_t last) const {
+    HttpRequest req = request("GET", meta.location);
+    req.follow = true;
+    req.total_timeout_s = std::max(s_.timeout_s, 60L);
+    req.range = fmt::format("{}-{}", first, last);
+    req.max_body = last - first + 1;
+    HttpReply r = perform(req);
+    if (r.curl != CURLE_OK) fail_network(s_, "GET " + meta.location, r);
+    if (r.status >= 400) fail_http(s_, repo_, rev_, file, r);
+    if (r.status == 200) {
+      // A server that ignores Range sends the file from its start.
+      r.body = r.body.size() > first ? r.body.substr(first) : std::string();
+    }
+    if (r.body.size() != last - first + 1) {
+      fail("{} of model '{}': asked for bytes {}-{}, got {} bytes (HTTP {}) from {}", file, repo_,
+           first, last, r.body.size(), r.status, meta.location);
+    }
+    return r.body;
+  }
   uint64_t downloaded() const { return progress_.bytes.load(); }
 
   // Downloads `files` with s_.threads workers; the first error is rethrown after all stop.
@@ -335,7 +362,6 @@ class Downloader {
     if (first) std::rethrow_exception(first);
   }
 
- private:
   std::string resolve_url(const std::string& file) const {
     return fmt::format("{}/{}/resolve/{}/{}", s_.endpoint, repo_, hub_quote(commit_, ""),
                        hub_quote(file, "/"));
@@ -585,6 +611,7 @@ class Downloader {
     line_open_ = false;
   }
 
+ private:
   const HubSettings& s_;
   std::string repo_, rev_, commit_;
   bool quiet_;
@@ -629,6 +656,38 @@ ModelInfo model_info(const HubSettings& s, const std::string& repo, const std::s
   }
   return info;
 }
+
+// A safetensors file of the Hub of which only the header was read (`smelt plan`, docs/hub.md):
+// every tensor's name, dtype, shape and offset, but no data.
+class RemoteSafetensorsFile : public TensorFile {
+ public:
+  RemoteSafetensorsFile(fs::path path, uint64_t size, SafetensorsHeader header)
+      : path_(std::move(path)), size_(size), header_(std::move(header)) {
+    for (size_t i = 0; i < header_.tensors.size(); ++i) by_name_[header_.tensors[i].name] = i;
+  }
+  const fs::path& path() const override { return path_; }
+  const std::vector<TensorInfo>& tensors() const override { return header_.tensors; }
+  const std::map<std::string, std::string>& metadata() const override { return header_.metadata; }
+  uint64_t file_size() const override { return size_; }
+  const TensorInfo* find(std::string_view name) const override {
+    auto it = by_name_.find(std::string(name));
+    return it == by_name_.end() ? nullptr : &header_.tensors[it->second];
+  }
+  void read(const TensorInfo& t, uint64_t, void*, uint64_t) const override {
+    fail(
+        "{}: tensor '{}' is not downloaded: only the header of this Hub file was read (smelt "
+        "plan); `smelt download` or a merge fetches the weights",
+        path_.string(), t.name);
+  }
+
+ private:
+  fs::path path_;
+  uint64_t size_;
+  SafetensorsHeader header_;
+  std::map<std::string, size_t> by_name_;
+};
+
+std::atomic<bool> g_headers_only{false};
 
 std::string read_text(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
@@ -793,6 +852,73 @@ HubSnapshot hub_download_model(const HubSettings& s, const std::string& repo_id,
   snap.files = files;
   snap.downloaded_bytes = d.downloaded();
   return snap;
+}
+
+}  // namespace smelt::io
+
+namespace smelt::io {
+
+void set_hub_headers_only(bool on) { g_headers_only = on; }
+
+std::shared_ptr<Model> hub_open_headers_only(const ModelRef& ref) {
+  std::error_code ec;
+  if (!g_headers_only || !ref.lora_path.empty() || !looks_like_hub_id(ref.path) ||
+      fs::exists(ref.path, ec)) {
+    return nullptr;
+  }
+  const HubSettings s = HubSettings::from_env();
+  if (s.offline) return nullptr;  // resolve_model reads the cache or says why it cannot
+  const std::string rev = ref.revision.empty() ? "main" : ref.revision;
+  // A snapshot already in the cache is read from there.
+  const fs::path repo_dir = s.cache / hub_repo_folder(ref.path);
+  std::string commit = is_hex(rev, 40) ? rev : "";
+  if (commit.empty() && fs::is_regular_file(repo_dir / "refs" / rev)) {
+    commit = trim(read_text(repo_dir / "refs" / rev));
+  }
+  if (!commit.empty() && fs::is_directory(repo_dir / "snapshots" / commit)) return nullptr;
+
+  const ModelInfo info = model_info(s, ref.path, rev);
+  const std::vector<std::string> files = hub_select_files(info.files);
+  std::vector<std::string> small, weights;
+  for (const auto& f : files) {
+    if (f.ends_with(".bin")) return nullptr;  // PyTorch weights: downloaded by resolve_model
+    (f.ends_with(".safetensors") ? weights : small).push_back(f);
+  }
+  Downloader d(s, ref.path, rev, info.sha, /*quiet=*/true);
+  d.download_all(small);  // config, tokenizer, index: small files a merge needs anyway
+  ResolvedModel out;
+  out.ref = ref.str();
+  out.root = d.snapshot();
+  if (fs::is_regular_file(out.root / "config.json")) out.config_json = out.root / "config.json";
+  const fs::path index = out.root / "model.safetensors.index.json";
+  if (fs::is_regular_file(index)) {
+    out.index_json = index;
+    out.index_weight_map = parse_safetensors_index(read_text(index), index.string());
+    std::set<std::string> shards;
+    for (const auto& [tensor, shard] : out.index_weight_map) shards.insert(shard);
+    weights.assign(shards.begin(), shards.end());
+  } else if (fs::exists(out.root / "pytorch_model.bin.index.json")) {
+    return nullptr;
+  }
+  if (weights.empty()) return nullptr;  // resolve_model says what is missing
+  std::vector<std::shared_ptr<TensorFile>> opened;
+  for (const auto& w : weights) {
+    const std::string label = fmt::format("{} of model '{}' on {}", w, ref.path, s.endpoint);
+    const FileMeta meta = d.head(w);
+    if (meta.size < 8) fail("{}: is {} bytes, too short for a safetensors file", label, meta.size);
+    const std::string len = d.range(w, meta, 0, 7);
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(len[i]);
+    if (n > kMaxHeaderBytes || n > meta.size - 8) {
+      fail("{}: header length {} exceeds the file ({} bytes) or the {} byte limit", label, n,
+           meta.size, kMaxHeaderBytes);
+    }
+    const std::string header = n == 0 ? std::string() : d.range(w, meta, 8, 8 + n - 1);
+    opened.push_back(std::make_shared<RemoteSafetensorsFile>(
+        out.root / w, meta.size, parse_safetensors_header(header, meta.size, label)));
+    out.weight_files.push_back(out.root / w);
+  }
+  return Model::from_files(out, std::move(opened));
 }
 
 }  // namespace smelt::io

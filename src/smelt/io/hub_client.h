@@ -3,8 +3,11 @@
 #pragma once
 
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "smelt/io/model_ref.h"
 
 namespace smelt::io {
 
@@ -56,5 +59,16 @@ struct HubSnapshot {
 // mismatch (the file is removed), disk full (the partial file is kept for the next run).
 HubSnapshot hub_download_model(const HubSettings& settings, const std::string& repo_id,
                                const std::string& revision, bool quiet = false);
+
+// Whether hub_open_headers_only does anything; `smelt plan` turns it on (docs/hub.md).
+void set_hub_headers_only(bool on);
+
+// For `smelt plan`: a Hub id missing from the cache opened without downloading its weights. The
+// small files (config, tokenizer, index) are downloaded into the snapshot; of each safetensors
+// weights file only the header is read, by two HTTP Range requests (8 bytes, then the header).
+// Reading tensor data from the result throws. Returns nullptr (the caller resolves as usual) when
+// headers-only mode is off, in offline mode, for local paths, LoRA references, cached snapshots
+// and PyTorch-only repos. Throws smelt::Error as hub_download_model does.
+std::shared_ptr<Model> hub_open_headers_only(const ModelRef& ref);
 
 }  // namespace smelt::io

@@ -312,6 +312,7 @@ TEST_F(Hub, OfflineModeFailsFastWithoutAnyRequest) {
   auto r = smelt(hub.endpoint(), "download org/a", "HF_HUB_OFFLINE=1");
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_HAS(r.output, "org/a");
+  EXPECT_HAS(r.output, "HF_HUB_OFFLINE");
   testing::write_bytes(dir / "m.yml",
                        "models:\n  - model: org/a\n  - model: org/b\nmerge_method: linear\n"
                        "parameters: {weight: 0.5}\n");

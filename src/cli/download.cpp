@@ -24,8 +24,8 @@ void run_download(const DownloadOptions& o) {
   }
   const io::HubSettings settings = io::HubSettings::from_env();
   if (settings.offline) {
-    // Offline, the cache is the answer (as huggingface_hub's snapshot_download falls back to it).
-    io::set_hub_download(false);
+    // Offline, the cache is the answer (as huggingface_hub's snapshot_download falls back to it);
+    // resolve_model says HF_HUB_OFFLINE forbids the download when it is not there.
     fmt::print("{}\n", io::resolve_model(ref).root.string());
     return;
   }

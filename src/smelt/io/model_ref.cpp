@@ -294,8 +294,8 @@ ResolvedModel resolve_model(const ModelRef& ref) {
     }
   }
   fail(
-      "model '{}' not found. Looked at:{}\nDownload it first (e.g. `huggingface-cli download "
-      "{}`) or give a local folder or .safetensors file.",
+      "model '{}' not found. Looked at:{}\nDownload it first (e.g. `smelt download {}`) or give "
+      "a local folder or .safetensors file.",
       shown, list, ref.path);
 }
 

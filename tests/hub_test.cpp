@@ -275,6 +275,30 @@ TEST_F(Hub, AServerIgnoringRangeRestartsThePartialFile) {
   EXPECT_EQ(read_bytes(repo_dir("a") / "blobs" / weights_sha("a")), full);
 }
 
+TEST_F(Hub, AWriteErrorKeepsThePartialFileForTheNextRun) {
+  MockHub hub(dir.path(), config());
+  // A file size limit (ulimit -f, SIGXFSZ ignored) makes writes past 40 KiB fail as a full disk
+  // does.
+  auto r = run_command(fmt::format(
+      "env -u HF_TOKEN -u HF_HUB_OFFLINE HF_ENDPOINT={} HF_HUB_CACHE={} HF_HOME={} sh -c "
+      "\"trap '' XFSZ; ulimit -f 40; exec {} download org/a\"",
+      hub.endpoint(), quote(cache()), quote(dir / "home"), SMELT_BIN));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_HAS(r.output, "cannot write");
+  EXPECT_HAS(r.output, "run again to resume");
+  const fs::path part = repo_dir("a") / "blobs" / (weights_sha("a") + ".incomplete");
+  ASSERT_TRUE(fs::exists(part));
+  const uint64_t kept = fs::file_size(part);
+  EXPECT_GT(kept, 0u);
+  r = smelt(hub.endpoint(), "download org/a");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  bool resumed = false;
+  for (const auto& e : hub.log()) resumed = resumed || e["range"] == fmt::format("bytes={}-", kept);
+  EXPECT_TRUE(resumed);
+  EXPECT_EQ(read_bytes(repo_dir("a") / "blobs" / weights_sha("a")),
+            read_bytes(dir / "src/a/model.safetensors"));
+}
+
 TEST_F(Hub, CorruptBytesAreDetectedByChecksumAndRemoved) {
   nlohmann::json c = config();
   c["corrupt"] = {"org/a/model.safetensors", "org/b/config.json"};

@@ -220,10 +220,47 @@ TEST_F(Hub, PlanReadsOnlyConfigAndSafetensorsHeaders) {
   EXPECT_TRUE(fs::is_regular_file(snap / "config.json"));
   EXPECT_FALSE(fs::exists(snap / "model.safetensors"));
   EXPECT_FALSE(fs::exists(repo_dir("a") / "refs" / "main"));
+  // Planning again (also by commit) reads the headers again, still without the weights.
+  testing::write_bytes(dir / "by_commit.yml",
+                       "models:\n  - model: org/a@" + kCommitA +
+                           "\n    parameters: {weight: 0.5}\n"
+                           "  - model: org/b\n    parameters: {weight: 0.5}\n"
+                           "merge_method: linear\ndtype: float32\n");
+  r = smelt(hub.endpoint(), "plan " + quote(dir / "by_commit.yml"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_FALSE(fs::exists(snap / "model.safetensors"));
   // A merge afterwards downloads the rest.
   r = smelt(hub.endpoint(), "merge " + quote(dir / "merge.yml") + " " + quote(dir / "out"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(read_bytes(snap / "model.safetensors"), read_bytes(dir / "src/a/model.safetensors"));
+}
+
+TEST_F(Hub, AShardedModelIsPlannedFromHeadersThenMergedByCommit) {
+  auto made =
+      testing::run_smelt("dev make-model " + quote(dir / "src" / "s") +
+                         " --hidden 32 --layers 2 --heads 2 --vocab 300 --seed 3 --shards 2");
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  ASSERT_TRUE(fs::exists(dir / "src/s/model.safetensors.index.json"));
+  const std::string commit = "dddddddddddddddddddddddddddddddddddddddd";
+  nlohmann::json c = config();
+  c["repos"]["org/s"] = repo("s", commit);
+  MockHub hub(dir.path(), c);
+  testing::write_bytes(dir / "m.yml", "models:\n  - model: org/s@" + commit +
+                                          "\n    parameters: {weight: 0.5}\n"
+                                          "  - model: org/a\n    parameters: {weight: 0.5}\n"
+                                          "merge_method: linear\ndtype: float32\n");
+  auto r = smelt(hub.endpoint(), "plan " + quote(dir / "m.yml"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const fs::path snap = repo_dir("s") / "snapshots" / commit;
+  EXPECT_TRUE(fs::exists(snap / "model.safetensors.index.json"));
+  EXPECT_FALSE(fs::exists(snap / "model-00001-of-00002.safetensors"));
+  // The snapshot has the index but not its shards: the merge downloads them.
+  r = smelt(hub.endpoint(), "merge " + quote(dir / "m.yml") + " " + quote(dir / "out"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* shard :
+       {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}) {
+    EXPECT_EQ(read_bytes(snap / shard), read_bytes(dir / "src/s" / shard)) << shard;
+  }
 }
 
 TEST_F(Hub, ACutTransferResumesWithRangeAndIsByteExact) {

@@ -689,6 +689,31 @@ class RemoteSafetensorsFile : public TensorFile {
 
 std::atomic<bool> g_headers_only{false};
 
+// Whether a cached snapshot holds weights resolve_model can read: every shard its index names,
+// else model.safetensors, pytorch_model.bin or numbered shards. (A headers-only plan leaves a
+// snapshot with the index but no shards.)
+bool snapshot_has_weights(const fs::path& snap) {
+  for (const char* index : {"model.safetensors.index.json", "pytorch_model.bin.index.json"}) {
+    const fs::path p = snap / index;
+    if (!fs::is_regular_file(p)) continue;
+    std::ifstream in(p, std::ios::binary);
+    auto j = nlohmann::json::parse(in, nullptr, false);
+    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object()) return false;
+    for (const auto& [tensor, shard] : j["weight_map"].items()) {
+      if (!shard.is_string() || !fs::exists(snap / shard.get<std::string>())) return false;
+    }
+    return true;
+  }
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(snap, ec)) {
+    const std::string name = e.path().filename().string();
+    if ((name.ends_with(".safetensors") || name.ends_with(".bin")) && fs::exists(e.path())) {
+      return true;
+    }
+  }
+  return false;
+}
+
 std::string read_text(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
   if (!in) fail("{}: cannot read", p.string());
@@ -875,7 +900,7 @@ std::shared_ptr<Model> hub_open_headers_only(const ModelRef& ref) {
   if (commit.empty() && fs::is_regular_file(repo_dir / "refs" / rev)) {
     commit = trim(read_text(repo_dir / "refs" / rev));
   }
-  if (!commit.empty() && fs::is_directory(repo_dir / "snapshots" / commit)) return nullptr;
+  if (!commit.empty() && snapshot_has_weights(repo_dir / "snapshots" / commit)) return nullptr;
 
   const ModelInfo info = model_info(s, ref.path, rev);
   const std::vector<std::string> files = hub_select_files(info.files);

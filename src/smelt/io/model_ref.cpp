@@ -275,9 +275,18 @@ ResolvedModel resolve_model(const ModelRef& ref) {
     }
     if (!commit.empty()) {
       const fs::path snap = repo / "snapshots" / commit;
-      if (fs::is_directory(snap) && resolve_folder(snap, &out)) return out;
-      looked.push_back(fmt::format("HF cache snapshot {} ({})", snap.string(),
-                                   fs::is_directory(snap) ? "no weights" : "missing"));
+      std::string state = fs::is_directory(snap) ? "no weights" : "missing";
+      try {
+        if (fs::is_directory(snap) && resolve_folder(snap, &out)) return out;
+      } catch (const Error& e) {
+        // An index whose shards are not all there (e.g. after a headers-only `smelt plan`):
+        // downloading completes it (docs/hub.md).
+        if (!g_hub_download) throw;
+        state = e.what();
+        out = ResolvedModel{};
+        out.ref = shown;
+      }
+      looked.push_back(fmt::format("HF cache snapshot {} ({})", snap.string(), state));
     }
   }
   std::string list;

@@ -317,7 +317,8 @@ TEST_F(Hub, AWriteErrorKeepsThePartialFileForTheNextRun) {
   // A file size limit (ulimit -f, SIGXFSZ ignored) makes writes past 40 KiB fail as a full disk
   // does.
   auto r = run_command(fmt::format(
-      "env -u HF_TOKEN -u HF_HUB_OFFLINE HF_ENDPOINT={} HF_HUB_CACHE={} HF_HOME={} sh -c "
+      "env -u HF_TOKEN -u HUGGING_FACE_HUB_TOKEN -u HF_HUB_OFFLINE -u TRANSFORMERS_OFFLINE "
+      "-u HF_TOKEN_PATH HF_ENDPOINT={} HF_HUB_CACHE={} HF_HOME={} sh -c "
       "\"trap '' XFSZ; ulimit -f 40; exec {} download org/a\"",
       hub.endpoint(), quote(cache()), quote(dir / "home"), SMELT_BIN));
   EXPECT_EQ(r.exit_code, 1) << r.output;

@@ -17,6 +17,7 @@ void add_inspect(CLI::App& app);
 void add_convert(CLI::App& app);
 void add_dev(CLI::App& app);
 void add_diff(CLI::App& app);
+void add_download(CLI::App& app);
 void add_eval(CLI::App& app);
 void add_evolve(CLI::App& app);
 void add_generate(CLI::App& app);

@@ -14,6 +14,7 @@
 #include "smelt/config/suggest.h"
 #include "smelt/error.h"
 #include "smelt/interrupt.h"
+#include "smelt/io/model_ref.h"
 #include "smelt/kernels/quant.h"
 
 namespace smelt::cli {
@@ -80,6 +81,7 @@ int main(int argc, char** argv) {
       "  smelt plan config.yml                 check a config and show what a merge would do\n"
       "  smelt moe moe.yml ./mixtral           assemble a mixture of experts (mergekit-moe)\n"
       "  smelt inspect ./model                 list a model's tensors\n"
+      "  smelt download org/name@main          fetch a model from the Hugging Face Hub\n"
       "  smelt convert ./model ./model-st      PyTorch .bin weights to safetensors\n"
       "  smelt tokenize ./model \"Hello\"        run a model's tokenizer\n"
       "  smelt eval ./model --text wiki.txt    perplexity and task scores on the CPU\n"
@@ -97,6 +99,7 @@ int main(int argc, char** argv) {
   smelt::cli::add_moe(app);
   smelt::cli::add_plan(app);
   smelt::cli::add_inspect(app);
+  smelt::cli::add_download(app);
   smelt::cli::add_convert(app);
   smelt::cli::add_tokenize(app);
   smelt::cli::add_eval(app);
@@ -108,6 +111,8 @@ int main(int argc, char** argv) {
   smelt::cli::add_average(app);
   smelt::cli::add_diff(app);
   smelt::cli::add_dev(app);
+  // Hub ids missing from the cache are downloaded by every verb, as mergekit does (docs/hub.md).
+  smelt::io::set_hub_download(true);
   if (argc < 2) {
     // Bare `smelt`: the help, as `smelt --help` prints it, with exit code 0 (asking what smelt
     // does is not an error).

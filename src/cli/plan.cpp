@@ -14,6 +14,7 @@
 #include "cli/plan_common.h"
 #include "smelt/config/config.h"
 #include "smelt/error.h"
+#include "smelt/io/hub_client.h"
 #include "smelt/io/safetensors.h"
 #include "smelt/kernels/quant.h"
 
@@ -294,6 +295,8 @@ void add_plan(CLI::App& app) {
   cmd->add_flag("-u,--tensor-union", o->tensor_union,
                 "raw tensor files: merge each tensor over the files that have it");
   cmd->callback([o] {
+    // Hub models missing from the cache: config and headers only, no weights (docs/hub.md).
+    io::set_hub_headers_only(true);
     plan::PlanOptions po;
     po.seed = parse_seed(o->seed);
     po.allow_crimes = o->allow_crimes;

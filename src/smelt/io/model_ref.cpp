@@ -2,6 +2,7 @@
 #include "smelt/io/model_ref.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -10,6 +11,7 @@
 
 #include "smelt/error.h"
 #include "smelt/io/gguf.h"
+#include "smelt/io/hub_client.h"
 #include "smelt/io/safetensors.h"
 #include "smelt/io/torch_bin.h"
 
@@ -40,10 +42,7 @@ std::string read_text(const fs::path& p) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-bool looks_like_repo_id(const std::string& s) {
-  static const std::regex re(R"(^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$)");
-  return std::regex_match(s, re);
-}
+std::atomic<bool> g_hub_download{false};
 
 bool is_commit_hash(const std::string& s) {
   static const std::regex re("^[0-9a-f]{40}$");
@@ -123,6 +122,13 @@ bool resolve_folder(const fs::path& dir, ResolvedModel* out) {
 }
 
 }  // namespace
+
+bool looks_like_hub_id(const std::string& s) {
+  static const std::regex re(R"(^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$)");
+  return std::regex_match(s, re);
+}
+
+void set_hub_download(bool on) { g_hub_download = on; }
 
 ModelRef ModelRef::parse(std::string_view text) {
   ModelRef r;
@@ -242,7 +248,7 @@ ResolvedModel resolve_model(const ModelRef& ref) {
   }
   looked.push_back(fmt::format("local path {}", fs::absolute(p, ec).string()));
 
-  if (looks_like_repo_id(ref.path)) {
+  if (looks_like_hub_id(ref.path)) {
     const fs::path cache = hf_hub_cache_dir();
     std::string folder = "models--" + ref.path;
     for (size_t i = folder.find('/'); i != std::string::npos; i = folder.find('/')) {
@@ -269,16 +275,36 @@ ResolvedModel resolve_model(const ModelRef& ref) {
     }
     if (!commit.empty()) {
       const fs::path snap = repo / "snapshots" / commit;
-      if (fs::is_directory(snap) && resolve_folder(snap, &out)) return out;
-      looked.push_back(fmt::format("HF cache snapshot {} ({})", snap.string(),
-                                   fs::is_directory(snap) ? "no weights" : "missing"));
+      std::string state = fs::is_directory(snap) ? "no weights" : "missing";
+      try {
+        if (fs::is_directory(snap) && resolve_folder(snap, &out)) return out;
+      } catch (const Error& e) {
+        // An index whose shards are not all there (e.g. after a headers-only `smelt plan`):
+        // downloading completes it (docs/hub.md).
+        if (!g_hub_download) throw;
+        state = e.what();
+        out = ResolvedModel{};
+        out.ref = shown;
+      }
+      looked.push_back(fmt::format("HF cache snapshot {} ({})", snap.string(), state));
     }
   }
   std::string list;
   for (const auto& l : looked) list += "\n  - " + l;
+  if (g_hub_download && looks_like_hub_id(ref.path)) {
+    // The one place a missing Hub id is fetched, as mergekit does (docs/hub.md).
+    try {
+      const HubSnapshot snap = hub_download_model(HubSettings::from_env(), ref.path, ref.revision);
+      if (resolve_folder(snap.snapshot, &out)) return out;
+      fail("{}: has no weights after the download", snap.snapshot.string());
+    } catch (const Error& e) {
+      fail("model '{}' not found. Looked at:{}\nand downloading it from the Hub failed: {}", shown,
+           list, e.what());
+    }
+  }
   fail(
-      "model '{}' not found. Looked at:{}\nDownload it first (e.g. `huggingface-cli download "
-      "{}`) or give a local folder or .safetensors file.",
+      "model '{}' not found. Looked at:{}\nDownload it first (e.g. `smelt download {}`) or give "
+      "a local folder or .safetensors file.",
       shown, list, ref.path);
 }
 

@@ -54,9 +54,18 @@ std::filesystem::path hf_hub_cache_dir();
 std::vector<std::pair<std::string, std::string>> parse_safetensors_index(std::string_view text,
                                                                          const std::string& label);
 
+// Whether `s` has the shape of a Hub repo id, `org/name` (letters, digits, '.', '_', '-').
+bool looks_like_hub_id(const std::string& s);
+
+// Whether resolve_model downloads a Hub id that is missing from the cache (hub_client.h,
+// docs/hub.md). Off by default, so library users and tests read only the cache; the smelt CLI
+// turns it on for every verb.
+void set_hub_download(bool on);
+
 // Resolves `ref` (model part only; a LoRA part is rejected as not supported yet): safetensors
 // weights when the folder has them, else PyTorch pytorch_model*.bin weights (docs/pytorch.md).
-// Throws smelt::Error listing every place looked at when nothing is found.
+// A Hub id missing from the cache is downloaded when set_hub_download(true) was called. Throws
+// smelt::Error listing every place looked at when nothing is found.
 ResolvedModel resolve_model(const ModelRef& ref);
 
 // Where one tensor of a model lies.

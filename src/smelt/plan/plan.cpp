@@ -9,6 +9,7 @@
 
 #include "smelt/config/suggest.h"
 #include "smelt/error.h"
+#include "smelt/io/hub_client.h"
 #include "smelt/kernels/ggml_type.h"
 #include "smelt/plan/chat_template.h"
 #include "smelt/plan/gguf_output.h"
@@ -181,7 +182,9 @@ class Planner {
       m.stage = true;
     } else {
       try {
-        m.model = io::Model::open(io::resolve_model(r.ref));
+        // `smelt plan` reads only the headers of Hub models missing from the cache (docs/hub.md).
+        m.model = io::hub_open_headers_only(r.ref);
+        if (!m.model) m.model = io::Model::open(io::resolve_model(r.ref));
       } catch (const Error& e) {
         if (!opt_.named_models.empty()) {
           std::vector<std::string> names;

@@ -99,8 +99,8 @@ int main(int argc, char** argv) {
   smelt::cli::add_moe(app);
   smelt::cli::add_plan(app);
   smelt::cli::add_inspect(app);
-  smelt::cli::add_download(app);
   smelt::cli::add_convert(app);
+  smelt::cli::add_download(app);
   smelt::cli::add_tokenize(app);
   smelt::cli::add_eval(app);
   smelt::cli::add_generate(app);

@@ -482,9 +482,10 @@ namespace {
 TEST(CliVerbs, UnknownVerbNamesTheVerbsAndExitsOne) {
   auto r = testing::run_smelt("frobnicate");
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_EQ(r.output,
-            "smelt: error: unknown verb 'frobnicate'; verbs: merge, moe, plan, inspect, convert, "
-            "download, tokenize, eval, generate, soup, sweep, interpolate, evolve, average, diff\n");
+  EXPECT_EQ(
+      r.output,
+      "smelt: error: unknown verb 'frobnicate'; verbs: merge, moe, plan, inspect, convert, "
+      "download, tokenize, eval, generate, soup, sweep, interpolate, evolve, average, diff\n");
   auto typo = testing::run_smelt("merg a b");
   EXPECT_EQ(typo.exit_code, 1);
   EXPECT_NE(typo.output.find("did you mean 'merge'?"), std::string::npos) << typo.output;

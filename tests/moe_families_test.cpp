@@ -254,8 +254,8 @@ TEST_F(MoeFamilies, RefusalsNameTheKeyAndTheFamilies) {
       {"base_model: " + p("q3base") + "\ngate_mode: random\n" +
            experts_yaml({p("q3a"), p("q3b")}, "experts") + sh,
        "shared_experts[0].source_model: "},
-      {b + "gate_mode: random\narchitecture: qwen\n" + ex + sh, "GGUF output of a Qwen MoE model",
-       "--format gguf"},
+      {b + "gate_mode: random\narchitecture: deepseek\n" + ex + sh,
+       "GGUF output of a DeepSeek MoE model", "--format gguf"},
       {b + "gate_mode: random\n" + ex + sh + "    negative_prompts: [x]\n",
        "shared_experts[0].negative_prompts: given without positive_prompts"},
   };

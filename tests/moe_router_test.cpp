@@ -293,6 +293,40 @@ TEST(MoeForward, QwenMoeFromPromptsMatchesTheReference) {
   EXPECT_GT(max_diff(raw, normed), 1e-3);
 }
 
+// `smelt moe ... out.gguf` of a Qwen MoE writes llama.cpp's qwen2moe layout (stacked experts,
+// the shared expert and its vector gate): llama.cpp runs it as the reference runs the folder
+// with norm_topk_prob false (llama.cpp never renormalises qwen2moe's top-k weights), and so does
+// smelt's forward pass on the GGUF.
+TEST(MoeGguf, LlamaCppRunsTheExportedQwenMoe) {
+  REQUIRE_NODE_LLAMA_CPP();
+  TempDir dir;
+  const std::string y =
+      moe_yaml("hidden_avg", "dtype: float32\n") +
+      fmt::format("shared_experts:\n  - source_model: {}\n    positive_prompts: [\"The cat\"]\n",
+                  (kZoo / "base").string());
+  write_bytes(dir / "moe.yml", y);
+  for (const char* out : {"moe.gguf", "moe"}) {
+    auto r =
+        run_command(quote(fs::path(SMELT_BIN)) + " moe -q " + quote(dir / "moe.yml") + " " +
+                    quote(dir / out) + (std::string(out) == "moe.gguf" ? " --out-type F32" : ""));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  auto c = nlohmann::json::parse(smelt::testing::read_bytes(dir / "moe" / "config.json"));
+  c["norm_topk_prob"] = false;
+  write_bytes(dir / "moe" / "config.json", c.dump(2));
+  const auto ref_model = smelt::testing::load_tiny_model(dir / "moe", 1.0f);
+  ASSERT_TRUE(ref_model.qwen2_moe);
+  const std::vector<int> ids = zoo_ids("12+35=47\nrev abcd=dcba");
+  const auto ref = smelt::testing::reference_log_softmax_all(ref_model, ids);
+  EXPECT_LT(
+      max_diff(smelt::testing::llama_cpp_log_softmax_all(dir / "moe.gguf", ids, dir.path()), ref),
+      2e-3);
+  auto gguf = smelt::infer::Model::load(dir / "moe.gguf", {.threads = 2});
+  EXPECT_EQ(gguf->info().family, "qwen2_moe");
+  EXPECT_EQ(gguf->info().n_expert, 4);
+  EXPECT_LT(max_diff(smelt_log_softmax_all(*gguf, ids), ref), 1e-3);
+}
+
 // A Qwen MoE whose routed experts and shared expert are all one dense model computes
 // dense + sigmoid(g · x) · dense_mlp per layer, so it is not the dense model; with the shared
 // expert's down_proj scaled to 0 (residual_scale: 0) it is (the routed weights sum to one).

@@ -65,9 +65,12 @@ void run(const MoeCliOptions& o) {
   // Every model is opened and checked first; prompt routers then run the base model.
   config::MoeOutput family = config::MoeOutput::kMixtral;
   plan::Plan plan = plan::build_moe_plan(cfg, po, &family);
-  if (output.format == plan::OutputFormat::kGguf && family != config::MoeOutput::kMixtral) {
-    fail("OUT: GGUF output of a {} model is not supported yet (only Mixtral); write a folder",
-         config::moe_output_name(family));
+  if (output.format == plan::OutputFormat::kGguf && family != config::MoeOutput::kMixtral &&
+      family != config::MoeOutput::kQwen2) {
+    fail(
+        "OUT: GGUF output of a {} model is not supported yet (Mixtral and Qwen MoE are); write "
+        "a folder",
+        config::moe_output_name(family));
   }
   const bool prompts = cfg.gate_mode != "random" && cfg.gate_mode != "uniform_random";
   if (prompts && !o.dry_run) {

@@ -131,7 +131,7 @@ const char* family_name(Family f) {
 constexpr const char* kSupportedHf =
     "LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2ForCausalLM, "
     "Qwen2MoeForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM";
-constexpr const char* kSupportedGguf = "llama, qwen2, qwen3, gemma2";
+constexpr const char* kSupportedGguf = "llama, qwen2, qwen2moe, qwen3, gemma2";
 
 struct Hparams {
   Family family = Family::kLlama;
@@ -664,6 +664,20 @@ void ForwardModel::build(const TensorSet& ts, bool gguf) {
       L.exp_gate = experts(p + "ffn_gate_exps.weight", F, E);
       L.exp_up = experts(p + "ffn_up_exps.weight", F, E);
       L.exp_down = experts(p + "ffn_down_exps.weight", E, F);
+      if (hp_.family == Family::kQwen2Moe) {
+        const int64_t S = hp_.n_ff_shared;
+        L.shared_gate = weight(p + "ffn_gate_shexp.weight", S, E);
+        L.shared_up = weight(p + "ffn_up_shexp.weight", S, E);
+        L.shared_down = weight(p + "ffn_down_shexp.weight", E, S);
+        // The shared expert's gate is a vector [n_embd] in GGUF: a one-row matrix here.
+        const RawTensor* g = lookup(p + "ffn_gate_inp_shexp.weight", true);
+        if (g->shape.size() != 1)
+          fail("{}: tensor '{}' has shape {}; this {} model needs [{}]", ts.label, g->name,
+               shape_str(g->shape), mi.family, E);
+        RawTensor row = *g;
+        row.shape = {1, g->shape[0]};
+        L.shared_expert_gate = matrix(&row, 1, E);
+      }
       return;
     }
     // transformers 5 saves the experts fused: mlp.experts.gate_up_proj [E, 2I, H] (each expert's
@@ -891,6 +905,8 @@ std::unique_ptr<Model> load_gguf(const fs::path& path, const LoadOptions& option
     hp.family = Family::kLlama;
   else if (meta.arch == "qwen2")
     hp.family = Family::kQwen2;
+  else if (meta.arch == "qwen2moe")
+    hp.family = Family::kQwen2Moe;
   else if (meta.arch == "qwen3")
     hp.family = Family::kQwen3;
   else if (meta.arch == "gemma2")
@@ -936,13 +952,23 @@ std::unique_ptr<Model> load_gguf(const fs::path& path, const LoadOptions& option
     }
   }
   hp.rope_interleaved = hp.family == Family::kLlama;
-  if (hp.family == Family::kLlama) {
-    hp.n_expert = static_cast<int>(meta.get_int(a + "expert_count", 0, 0, 1024));
+  if (hp.family == Family::kLlama || hp.family == Family::kQwen2Moe) {
+    const bool qwen = hp.family == Family::kQwen2Moe;
+    hp.n_expert = static_cast<int>(
+        meta.get_int(a + "expert_count", qwen ? std::nullopt : std::optional<int64_t>(0), 0, 1024));
     if (hp.n_expert > 0) {
       hp.n_expert_used =
           static_cast<int>(meta.get_int(a + "expert_used_count", std::nullopt, 1, hp.n_expert));
       mi.n_expert = hp.n_expert;
       mi.n_expert_used = hp.n_expert_used;
+    }
+    if (qwen) {
+      // llama.cpp's qwen2moe: the experts' width, the shared expert's, and no renormalisation
+      // of the top-k weights (docs/inference.md).
+      mi.n_ff = static_cast<int>(meta.get_int(a + "expert_feed_forward_length", mi.n_ff));
+      hp.n_ff_shared =
+          static_cast<int>(meta.get_int(a + "expert_shared_feed_forward_length", mi.n_ff));
+      hp.norm_topk = false;
     }
   }
   hp.window.assign(static_cast<size_t>(mi.n_layer), 0);

@@ -133,13 +133,20 @@ void gguf_add_hparam_kvs(std::vector<GgufKv>& kvs, const std::string& arch, cons
   set_arch("embedding_length", GgufValue::of(hidden));
   set_arch("block_count", GgufValue::of(blocks));
   set_arch("feed_forward_length", GgufValue::of(required_u32(config, "intermediate_size")));
-  // Mixtral: experts per layer and per token (llama.cpp's llama graph with experts).
-  if (auto experts = optional_u32(config, "num_local_experts")) {
+  // Mixtral (num_local_experts) and Qwen2-MoE (num_experts): experts per layer and per token;
+  // Qwen2-MoE's expert and shared-expert widths.
+  std::optional<uint32_t> experts = optional_u32(config, "num_local_experts");
+  if (!experts) experts = optional_u32(config, "num_experts");
+  if (experts) {
     const uint32_t used = optional_u32(config, "num_experts_per_tok").value_or(2);
     if (used == 0 || used > *experts)
       fail("config.json: num_experts_per_tok {} must be 1 to num_local_experts {}", used, *experts);
     set_arch("expert_count", GgufValue::of(*experts));
     set_arch("expert_used_count", GgufValue::of(used));
+    if (auto w = optional_u32(config, "moe_intermediate_size"))
+      set_arch("expert_feed_forward_length", GgufValue::of(*w));
+    if (auto w = optional_u32(config, "shared_expert_intermediate_size"))
+      set_arch("expert_shared_feed_forward_length", GgufValue::of(*w));
   }
   set_arch("attention.head_count", GgufValue::of(heads));
   set_arch("attention.head_count_kv", GgufValue::of(heads_kv));

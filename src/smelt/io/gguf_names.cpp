@@ -24,16 +24,18 @@ constexpr ArchRow kArchitectures[] = {
     {"MistralForCausalLM", "llama"},  // llama.cpp runs Mistral as llama
     {"MixtralForCausalLM", "llama"},  // ... and Mixtral as llama with experts
     {"Qwen2ForCausalLM", "qwen2"},
+    {"Qwen2MoeForCausalLM", "qwen2moe"},
     {"Qwen3ForCausalLM", "qwen3"},
     {"Gemma2ForCausalLM", "gemma2"},
 };
 
 // GGUF architectures as bits, so that a table row can name the ones that load a tensor.
-enum : uint8_t { kLlama = 1, kQwen2 = 2, kQwen3 = 4, kGemma2 = 8, kAll = 15 };
+enum : uint8_t { kLlama = 1, kQwen2 = 2, kQwen3 = 4, kGemma2 = 8, kQwen2Moe = 16, kAll = 31 };
 
 uint8_t arch_bit(const std::string& arch) {
   if (arch == "llama") return kLlama;
   if (arch == "qwen2") return kQwen2;
+  if (arch == "qwen2moe") return kQwen2Moe;
   if (arch == "qwen3") return kQwen3;
   if (arch == "gemma2") return kGemma2;
   fail("GGUF export: unknown GGUF architecture '{}' (expected llama, qwen2, qwen3 or gemma2)",
@@ -59,7 +61,7 @@ struct NameRow {
 constexpr NameRow kLooseTensors[] = {
     {"model.embed_tokens.weight", "token_embd.weight", kAll, 0},
     {"model.norm.weight", "output_norm.weight", kAll, 0},
-    {"lm_head.weight", "output.weight", kLlama | kQwen2 | kQwen3, 0},
+    {"lm_head.weight", "output.weight", kLlama | kQwen2 | kQwen3 | kQwen2Moe, 0},
     {"lm_head.bias", "output.bias", kQwen2, 0},
 };
 
@@ -68,17 +70,23 @@ constexpr NameRow kLooseTensors[] = {
 // in llama and gemma2).
 constexpr NameRow kLayerTensors[] = {
     {"input_layernorm", "attn_norm", kAll, 0},
-    {"self_attn.q_proj", "attn_q", kAll, kLlama | kQwen2},
-    {"self_attn.k_proj", "attn_k", kAll, kLlama | kQwen2},
-    {"self_attn.v_proj", "attn_v", kAll, kLlama | kQwen2},
+    {"self_attn.q_proj", "attn_q", kAll, kLlama | kQwen2 | kQwen2Moe},
+    {"self_attn.k_proj", "attn_k", kAll, kLlama | kQwen2 | kQwen2Moe},
+    {"self_attn.v_proj", "attn_v", kAll, kLlama | kQwen2 | kQwen2Moe},
     {"self_attn.q_norm", "attn_q_norm", kQwen3, 0},
     {"self_attn.k_norm", "attn_k_norm", kQwen3, 0},
     {"self_attn.o_proj", "attn_output", kAll, kLlama},
-    {"post_attention_layernorm", "ffn_norm", kLlama | kQwen2 | kQwen3, 0},
+    {"post_attention_layernorm", "ffn_norm", kLlama | kQwen2 | kQwen3 | kQwen2Moe, 0},
     {"post_attention_layernorm", "post_attention_norm", kGemma2, 0},
     {"pre_feedforward_layernorm", "ffn_norm", kGemma2, 0},
     {"post_feedforward_layernorm", "post_ffw_norm", kGemma2, 0},
     {"block_sparse_moe.gate", "ffn_gate_inp", kLlama, 0},  // Mixtral's router
+    // Qwen2-MoE: the router, the shared expert and its sigmoid gate (1-D in GGUF).
+    {"mlp.gate", "ffn_gate_inp", kQwen2Moe, 0},
+    {"mlp.shared_expert_gate", "ffn_gate_inp_shexp", kQwen2Moe, 0},
+    {"mlp.shared_expert.gate_proj", "ffn_gate_shexp", kQwen2Moe, 0},
+    {"mlp.shared_expert.up_proj", "ffn_up_shexp", kQwen2Moe, 0},
+    {"mlp.shared_expert.down_proj", "ffn_down_shexp", kQwen2Moe, 0},
     {"mlp.gate_proj", "ffn_gate", kAll, kLlama},
     {"mlp.up_proj", "ffn_up", kAll, kLlama},
     {"mlp.down_proj", "ffn_down", kAll, kLlama},
@@ -110,19 +118,21 @@ std::optional<GgufExpertSlice> gguf_expert_slice(const std::string& hf_name) {
   uint64_t layer = 0;
   std::string_view rest;
   if (!split_layer_name(hf_name, layer, rest)) return std::nullopt;
-  constexpr std::string_view kExperts = "block_sparse_moe.experts.";
-  if (!rest.starts_with(kExperts)) return std::nullopt;
-  rest.remove_prefix(kExperts.size());
+  // Mixtral's block_sparse_moe.experts.E.w1|w3|w2, Qwen2-MoE's mlp.experts.E.gate|up|down_proj.
+  constexpr std::string_view kMixtral = "block_sparse_moe.experts.", kQwen = "mlp.experts.";
+  const bool mixtral = rest.starts_with(kMixtral);
+  if (!mixtral && !rest.starts_with(kQwen)) return std::nullopt;
+  rest.remove_prefix(mixtral ? kMixtral.size() : kQwen.size());
   size_t digits = 0;
   while (digits < rest.size() && rest[digits] >= '0' && rest[digits] <= '9') ++digits;
   if (digits == 0 || digits > 4 || (digits > 1 && rest[0] == '0')) return std::nullopt;
   int expert = 0;
   for (size_t i = 0; i < digits; ++i) expert = expert * 10 + (rest[i] - '0');
   const std::string_view w = rest.substr(digits);
-  const char* packed = w == ".w1.weight"   ? "ffn_gate_exps"
-                       : w == ".w3.weight" ? "ffn_up_exps"
-                       : w == ".w2.weight" ? "ffn_down_exps"
-                                           : nullptr;
+  const char* packed = w == (mixtral ? ".w1.weight" : ".gate_proj.weight")   ? "ffn_gate_exps"
+                       : w == (mixtral ? ".w3.weight" : ".up_proj.weight")   ? "ffn_up_exps"
+                       : w == (mixtral ? ".w2.weight" : ".down_proj.weight") ? "ffn_down_exps"
+                                                                             : nullptr;
   if (!packed) return std::nullopt;
   return GgufExpertSlice{fmt::format("blk.{}.{}.weight", layer, packed), expert};
 }

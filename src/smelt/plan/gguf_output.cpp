@@ -50,11 +50,12 @@ void assign_gguf_output(Plan& plan, const PlanOptions& options) {
     for (TensorJob& job : plan.jobs) {
       std::optional<std::string> name;
       if (auto slice = io::gguf_expert_slice(job.name)) {
-        const auto experts = hf_config.find("num_local_experts");
+        auto experts = hf_config.find("num_local_experts");
+        if (experts == hf_config.end()) experts = hf_config.find("num_experts");
         if (experts == hf_config.end() || !experts->is_number_integer() ||
             slice->expert >= experts->get<int64_t>()) {
-          fail("{}: tensor '{}' is an expert outside num_local_experts of config.json",
-               cfg.filename, job.name);
+          fail("{}: tensor '{}' is an expert outside the expert count of config.json", cfg.filename,
+               job.name);
         }
         job.pack_index = slice->expert;
         job.pack_count = experts->get<int>();
@@ -85,9 +86,27 @@ void assign_gguf_output(Plan& plan, const PlanOptions& options) {
              job.name);
       }
       job.name = *name;
+      // Qwen2-MoE's shared-expert gate [1, hidden] is a vector in GGUF (the same bytes).
+      if (job.name.ends_with("ffn_gate_inp_shexp.weight") && job.shape.size() == 2 &&
+          job.shape[0] == 1)
+        job.shape = {job.shape[1]};
       kept.push_back(std::move(job));
     }
     plan.jobs = std::move(kept);
+    // llama.cpp's qwen2moe always loads output.weight: a model with tied embeddings gets a copy
+    // of token_embd under that name.
+    auto named = [&](const char* n) {
+      return std::find_if(plan.jobs.begin(), plan.jobs.end(),
+                          [&](const TensorJob& j) { return j.name == n; });
+    };
+    if (plan.gguf_arch == "qwen2moe" && named("output.weight") == plan.jobs.end() &&
+        named("token_embd.weight") != plan.jobs.end()) {
+      TensorJob head = *named("token_embd.weight");
+      head.name = "output.weight";
+      head.duplicates.clear();
+      head.duplicate_of = -1;
+      plan.jobs.push_back(std::move(head));
+    }
     if (auto freqs = io::gguf_rope_freqs(hf_config)) {
       TensorJob rope;
       rope.name = "rope_freqs.weight";

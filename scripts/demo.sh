@@ -3,8 +3,8 @@
 # model zoo (examples/zoo: a tiny byte-level llama base and fine-tunes, each trained on one
 # synthetic task) with examples/zoo/merge.yml, then evaluate the base, every fine-tune and the
 # merge on every task's held-out test file with `smelt eval`, and check that the merge beats every
-# single model on the mean score. Also evaluates the merge config in memory (no file written) and
-# shows a generation.
+# single model on the mean score. Also evaluates the merge config in memory (no file written),
+# shows a generation and sweeps one merge weight (a table and an SVG plot).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 smelt="${SMELT_BUILD_DIR:-$here/build}/smelt"
@@ -33,6 +33,13 @@ for p in "38+21=" "rev fcm=" "up hello=" "next mbxql="; do
   printf '%s' "$p"
   "$smelt" generate -q demo/merged --prompt "$p" --max-tokens 12 --stop $'\n'
 done
+echo
+echo "== smelt sweep: ft-add's weight in the merge, each point merged into memory and scored on"
+echo "   the validation lines (table below, plot in demo/sweep.svg; docs/search.md)"
+val=()
+for t in add rev up next; do val+=(--tasks "$zoo/tasks/$t.val.jsonl"); done
+"$smelt" sweep -q "$zoo/merge.yml" --vary 'models[0].parameters.weight=0:1.2:7' "${val[@]}" \
+  --limit 25 --csv demo/sweep.csv --plot demo/sweep.svg
 echo
 python3 - demo/scores.json <<'PY'
 import json, sys

@@ -45,6 +45,9 @@ TEST(SearchGrid, AxesParseAndCoverBothEnds) {
   EXPECT_EQ(b.values(), (std::vector<double>{-0.5, 0.5, 1.5}));
   // 0.1 steps: the last point is `to` exactly, not an accumulated sum.
   EXPECT_EQ(smelt::search::parse_grid_axis("x=0:0.3:4").values().back(), 0.3);
+  // Inner points are the decimals a user means (1.2/6 is 0.2, not 0.19999999999999998).
+  EXPECT_EQ(smelt::search::parse_grid_axis("x=0:1.2:7").values(),
+            (std::vector<double>{0, 0.2, 0.4, 0.6, 0.8, 1, 1.2}));
   const auto grid = smelt::search::grid_points({a, b});
   ASSERT_EQ(grid.size(), 15u);
   EXPECT_EQ(grid[1], (std::vector<double>{0, 0.5}));  // the last axis varies fastest

@@ -1,7 +1,10 @@
 #include "smelt/search/grid.h"
 
+#include <fmt/format.h>
+
 #include <charconv>
 #include <cmath>
+#include <string>
 
 #include "smelt/error.h"
 
@@ -20,9 +23,12 @@ bool parse_double(std::string_view s, double* v) {
 std::vector<double> GridAxis::values() const {
   std::vector<double> v(steps);
   for (size_t i = 0; i < steps; ++i) {
-    v[i] = i + 1 == steps
-               ? to
-               : from + (to - from) * static_cast<double>(i) / static_cast<double>(steps - 1);
+    const double x = i + 1 == steps ? to
+                                    : from + (to - from) * static_cast<double>(i) /
+                                                 static_cast<double>(steps - 1);
+    // Rounded to 12 significant digits, so 1.2/6 is the 0.2 a user means, not
+    // 0.19999999999999998 (in the config, the table and the plot alike).
+    v[i] = std::stod(fmt::format("{:.12g}", x));
   }
   return v;
 }

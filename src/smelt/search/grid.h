@@ -13,7 +13,8 @@ struct GridAxis {
   double from = 0;
   double to = 1;
   size_t steps = 2;  // points, both ends included (≥ 2)
-  // from + (to − from)·i/(steps − 1) for i < steps; the last is `to` exactly.
+  // from + (to − from)·i/(steps − 1) for i < steps, rounded to 12 significant digits; the last
+  // is `to` exactly.
   std::vector<double> values() const;
 };
 

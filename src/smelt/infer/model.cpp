@@ -739,6 +739,11 @@ void ForwardModel::build(const TensorSet& ts, bool gguf) {
     output_ = tok_embd_;
   const bool qwen2 = f == Family::kQwen2 || f == Family::kQwen2Moe, qwen3 = f == Family::kQwen3,
              gemma = f == Family::kGemma2;
+  // Every layer has tensors of its own: a layer count beyond the file's tensor count is a
+  // corrupt header, refused before anything is sized by it.
+  if (static_cast<size_t>(mi.n_layer) > ts.by_name.size())
+    fail("{}: the model claims {} layers but holds only {} tensors", ts.label, mi.n_layer,
+         ts.by_name.size());
   layers_.resize(static_cast<size_t>(mi.n_layer));
   for (int l = 0; l < mi.n_layer; ++l) {
     Layer& L = layers_[static_cast<size_t>(l)];

@@ -352,10 +352,6 @@ TEST_F(MergeBadInput, MemoryEstimateFollowsThePlanAndStaysInTheBudget) {
 }
 
 TEST_F(MergeBadInput, NotYetSupportedFeaturesNameTheirKey) {
-  EXPECT_HAS(merge_error(ties("      weight: 0.5", "tokenizer_source: union\n")),
-             "tokenizer_source");
-  EXPECT_HAS(merge_error(ties("      weight: 0.5", "tokenizer_source: union\n")),
-             "not yet supported");
   std::string lora = ties("      weight: 0.5");
   lora.replace(lora.find(path("b")), path("b").size(), path("b") + "+some/lora");
   EXPECT_HAS(merge_error(lora), "models[1].model");

@@ -52,6 +52,7 @@ std::string output_config_json(const plan::Plan& plan) {
   if (plan.output_layers >= 0 && !plan.layer_count_key.empty()) {
     set_dotted(j, plan.layer_count_key, plan.output_layers);
   }
+  for (const auto& [key, layers] : plan.module_layer_counts) set_dotted(j, key, layers);
   const ArchitectureInfo& arch = donor.arch;
   if (plan.output_vocab >= 0 && !arch.vocab_size_key.empty()) {
     set_dotted(j, arch.vocab_size_key, plan.output_vocab);
@@ -59,8 +60,36 @@ std::string output_config_json(const plan::Plan& plan) {
   return j.dump(2) + "\n";
 }
 
+namespace {
+
+// A merged tokenizer (docs/tokenizer-merge.md): its tokenizer.json and tokenizer_config.json,
+// and the source's files that do not list the vocabulary. tokenizer.model, vocab.json, merges.txt
+// and added_tokens.json would disagree with the merged vocabulary, so they are not written
+// (transformers loads the fast tokenizer from tokenizer.json).
+std::vector<std::string> write_merged_tokenizer(const plan::Plan::OutputTokenizer& t,
+                                                const fs::path& dir) {
+  std::vector<std::string> written;
+  io::write_file_atomic(dir / "tokenizer.json", t.tokenizer_json);
+  written.push_back("tokenizer.json");
+  if (!t.tokenizer_config_json.empty()) {
+    io::write_file_atomic(dir / "tokenizer_config.json", t.tokenizer_config_json);
+    written.push_back("tokenizer_config.json");
+  }
+  for (const char* f : {"special_tokens_map.json", "chat_template.jinja", "generation_config.json",
+                        "chat_template.json"}) {
+    if (fs::is_regular_file(t.source_folder / f)) {
+      io::write_file_atomic(dir / f, io::read_whole_file(t.source_folder / f));
+      written.push_back(f);
+    }
+  }
+  return written;
+}
+
+}  // namespace
+
 std::vector<std::string> copy_tokenizer(const plan::Plan& plan, const fs::path& dir) {
-  const fs::path root = plan.models[plan.donor].model->resolved().root;
+  const fs::path root = plan.output_tokenizer ? plan.output_tokenizer->source_folder
+                                              : plan.models[plan.donor].model->resolved().root;
   static const char* kFiles[] = {"tokenizer_config.json",
                                  "special_tokens_map.json",
                                  "tokenizer.json",
@@ -73,7 +102,10 @@ std::vector<std::string> copy_tokenizer(const plan::Plan& plan, const fs::path& 
                                  "chat_template.json",
                                  "video_preprocessor_config.json"};
   std::vector<std::string> written;
+  const bool merged = plan.output_tokenizer && plan.output_tokenizer->edited;
+  if (merged) written = write_merged_tokenizer(*plan.output_tokenizer, dir);
   for (const char* f : kFiles) {
+    if (merged) break;
     if (fs::is_regular_file(root / f)) {
       io::write_file_atomic(dir / f, io::read_whole_file(root / f));
       written.push_back(f);

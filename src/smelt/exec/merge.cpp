@@ -2,6 +2,7 @@
 #include "smelt/exec/merge.h"
 
 #include <fmt/format.h>
+#include <stdlib.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -52,8 +53,27 @@ class GgufSink : public TensorSink {
 std::vector<io::GgufKv> export_kvs(const plan::Plan& plan, const std::string& name) {
   const plan::PlanModel& donor = plan.models[plan.donor];
   const nlohmann::json config = nlohmann::json::parse(
-      plan.output_config_text.empty() ? donor.config_text : plan.output_config_text);
-  auto kvs = io::gguf_export_kvs(donor.model->resolved().root, config, name, plan.output_layers);
+      plan.output_config_text.empty() ? output_config_json(plan) : plan.output_config_text);
+  std::vector<io::GgufKv> kvs;
+  if (plan.output_tokenizer) {
+    // A merged tokenizer (docs/tokenizer-merge.md) is read by the exporter from a scratch folder
+    // holding the files a safetensors output would get.
+    std::string tmpl = (fs::temp_directory_path() / "smelt-tokenizer-XXXXXX").string();
+    if (!mkdtemp(tmpl.data())) fail("cannot create a scratch folder under {}", tmpl);
+    const fs::path scratch(tmpl);
+    try {
+      copy_tokenizer(plan, scratch);
+      kvs = io::gguf_export_kvs(scratch, config, name, plan.output_layers);
+    } catch (...) {
+      std::error_code ec;
+      fs::remove_all(scratch, ec);
+      throw;
+    }
+    std::error_code ec;
+    fs::remove_all(scratch, ec);
+  } else {
+    kvs = io::gguf_export_kvs(donor.model->resolved().root, config, name, plan.output_layers);
+  }
   std::map<int32_t, size_t> counts;
   for (const auto& job : plan.jobs) {
     if (job.shape.size() >= 2) counts[job.ggml_type]++;

@@ -154,6 +154,11 @@ std::string ArchitectureInfo::tied_embedding(std::string_view name,
   return "";
 }
 
+std::vector<std::string> ArchitectureInfo::module_tensors(const std::string& name) const {
+  if (auto it = modules.find(name); it != modules.end()) return it->second.tensors;
+  return {name + ".*", "*." + name + ".*"};
+}
+
 ArchitectureInfo infer_architecture(const std::vector<std::string>& tensor_names,
                                     const std::string& config_json_text) {
   ArchitectureInfo a;
@@ -194,6 +199,15 @@ ArchitectureInfo infer_architecture(const std::vector<std::string>& tensor_names
   if (field("tied").is_object()) {
     for (auto& [head, emb] : field("tied").items())
       a.tied.emplace_back(head, emb.get<std::string>());
+  }
+  if (entry && entry->contains("modules") && (*entry)["modules"].is_object()) {
+    for (auto& [name, m] : (*entry)["modules"].items()) {
+      ArchitectureInfo::Module mod;
+      mod.tensors = strings(m.contains("tensors") ? m["tensors"] : table["_comment"]);
+      if (m.contains("layer_count_key") && m["layer_count_key"].is_string())
+        mod.layer_count_key = m["layer_count_key"].get<std::string>();
+      a.modules[name] = std::move(mod);
+    }
   }
   a.vocab_size_key = field("vocab_size_key").is_string()
                          ? field("vocab_size_key").get<std::string>()

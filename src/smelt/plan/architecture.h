@@ -58,11 +58,21 @@ struct ArchitectureInfo {
   std::vector<std::string> post_patterns;                 // loose tensors after the layers
   std::vector<std::string> copy_from_base_patterns;       // e.g. vision towers
   bool tied_in_config = false;  // the config says the head is tied to the embeddings
+  // Modules of a multi-module model (data table "modules"): name -> the globs of its tensors and
+  // the config key of its layer count ("" = none or unknown).
+  struct Module {
+    std::vector<std::string> tensors;
+    std::string layer_count_key;
+  };
+  std::map<std::string, Module> modules;
 
   int64_t num_layers() const;
   bool is_embedding(std::string_view name) const;
   bool is_post_weight(std::string_view name) const;
   bool copy_from_base(std::string_view name) const;
+  // The tensor globs of module `name` of a `modules:` config: the table's, else the tensors with a
+  // name component `name` ("<name>.*" and "*.<name>.*").
+  std::vector<std::string> module_tensors(const std::string& name) const;
   // For an output head name (e.g. "lm_head.weight"), the embedding tensor it is tied to among
   // `names` (e.g. "model.embed_tokens.weight"); "" when `name` is not a tied head.
   std::string tied_embedding(std::string_view name, const std::vector<std::string>& names) const;

@@ -6,14 +6,17 @@
 
 #include <nlohmann/json.hpp>
 #include <set>
+#include <unordered_map>
 
 #include "smelt/config/suggest.h"
 #include "smelt/error.h"
 #include "smelt/io/hub_client.h"
+#include "smelt/io/row_gather.h"
 #include "smelt/kernels/ggml_type.h"
 #include "smelt/plan/chat_template.h"
 #include "smelt/plan/gguf_output.h"
 #include "smelt/plan/model_config.h"
+#include "smelt/plan/output_vocab.h"
 
 namespace smelt::plan {
 namespace {
@@ -51,8 +54,15 @@ void collect_filters(const config::ParameterValue& v, std::vector<std::string>* 
 
 class Planner {
  public:
-  Planner(const config::MergeConfig& cfg, const PlanOptions& opt) : cfg_(cfg), opt_(opt) {
+  // `module`: plan only that module's tensors of a `modules:` config (docs/config.md, "Modules").
+  // `models`: models already opened by the plans of earlier modules (reused, so that every job
+  // of the joined plan points into the same open files).
+  Planner(const config::MergeConfig& cfg, const PlanOptions& opt,
+          const config::OutputModule* module = nullptr, std::vector<PlanModel> models = {})
+      : cfg_(cfg), opt_(opt), module_(module) {
     plan_.config = cfg;
+    plan_.models = std::move(models);
+    model_paths_.assign(plan_.models.size(), module ? module->yaml_path : "");
   }
 
   Plan build() {
@@ -64,6 +74,7 @@ class Planner {
     } else {
       plan_slices();
     }
+    align_embeddings();
     resolve_chat_template_setting();
     assign_gguf_output(plan_, opt_);
     dedupe();
@@ -96,15 +107,6 @@ class Planner {
   }
 
   void reject_unsupported() {
-    if (cfg_.uses_modules()) {
-      std::vector<std::string> names;
-      for (const auto& m : cfg_.modules) names.push_back(m.name);
-      fail_at("modules",
-              fmt::format("module{} {}: only the single-module form `modules: {{default: ...}}` "
-                          "is supported yet; configs for multi-module architectures "
-                          "(vision-language models) are not",
-                          names.size() == 1 ? "" : "s", fmt::join(names, ", ")));
-    }
     cfg_.for_each_model_reference([&](const config::ModelReference& r) {
       if (r.has_lora()) {
         fail_at(r.yaml_path, fmt::format("LoRA references ('+{}') are not yet supported by smelt; "
@@ -112,19 +114,249 @@ class Planner {
                                          r.ref.lora_path));
       }
     });
-    if (cfg_.tokenizer) {
-      fail_at("tokenizer",
-              "not yet supported by smelt (the donor model's tokenizer is copied "
-              "when this key is absent)");
+  }
+
+  // ---- tokenizer merge (docs/tokenizer-merge.md) ----
+
+  // The vocabulary size a model's config.json gives (its architecture's key), or -1.
+  int64_t config_vocab(size_t model) const {
+    const std::string& text = plan_.models[model].config_text;
+    if (text.empty()) return -1;
+    nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+    const std::string key =
+        arch(model).vocab_size_key.empty() ? "vocab_size" : arch(model).vocab_size_key;
+    const nlohmann::json* node = &j;
+    size_t start = 0;
+    for (size_t dot = key.find('.');; dot = key.find('.', start)) {
+      const std::string part = key.substr(start, dot == std::string::npos ? dot : dot - start);
+      if (!node->is_object() || !node->contains(part)) return -1;
+      node = &(*node)[part];
+      if (dot == std::string::npos) break;
+      start = dot + 1;
     }
-    if (cfg_.tokenizer_source &&
-        cfg_.tokenizer_source->kind != config::TokenizerSource::Kind::kBase) {
-      fail_at("tokenizer_source",
-              fmt::format("'{}' is not yet supported by smelt; only 'base' is (or leave the key "
-                          "out to copy the base model's tokenizer)",
-                          cfg_.tokenizer_source->kind == config::TokenizerSource::Kind::kUnion
-                              ? "union"
-                              : cfg_.tokenizer_source->model->str()));
+    return node->is_number_integer() && node->get<int64_t>() >= 0 ? node->get<int64_t>() : -1;
+  }
+
+  // The plan model a config reference names, or -1.
+  int find_model(const config::ModelReference& r) const {
+    const std::string key = r.str();
+    for (size_t i = 0; i < plan_.models.size(); ++i) {
+      if (plan_.models[i].ref == key) return static_cast<int>(i);
+    }
+    return -1;
+  }
+
+  std::filesystem::path model_folder(size_t i) const {
+    const PlanModel& m = plan_.models[i];
+    if (m.stage || m.gguf) return {};
+    return m.model->resolved().root;
+  }
+
+  // `tokenizer_source` / `tokenizer:`: builds the output vocabulary, then gives every embedding
+  // job inputs permuted to it (io/row_gather.h), with mergekit's fallback rows.
+  void align_embeddings() {
+    if (!cfg_.uses_tokenizer()) return;
+    const config::TokenizerSource& source =
+        cfg_.tokenizer ? cfg_.tokenizer->source : *cfg_.tokenizer_source;
+    const std::string key = cfg_.tokenizer ? "tokenizer" : "tokenizer_source";
+    if (plan_.raw) {
+      fail_at(key,
+              "a tokenizer merge needs models with config.json (these inputs are bare "
+              "tensor files)");
+    }
+    for (size_t i = 0; i < plan_.models.size(); ++i) {
+      if (plan_.models[i].gguf) {
+        fail_at(key, fmt::format("model {} is a GGUF file; a tokenizer merge reads "
+                                 "tokenizer.json files, and GGUF inputs are not supported yet "
+                                 "(GGUF output is)",
+                                 ref(i)));
+      }
+    }
+    std::vector<VocabInput> inputs;
+    for (size_t i = 0; i < plan_.models.size(); ++i) {
+      inputs.push_back({ref(i), model_folder(i), config_vocab(i)});
+    }
+    std::filesystem::path source_folder;
+    if (source.kind == config::TokenizerSource::Kind::kModel) {
+      const int m = find_model(*source.model);
+      try {
+        source_folder = m >= 0 ? model_folder(static_cast<size_t>(m))
+                               : io::resolve_model(source.model->ref).root;
+      } catch (const Error& e) {
+        fail_at(source.yaml_path, e.what());
+      }
+      if (source_folder.empty()) {
+        fail_at(source.yaml_path, fmt::format("model {} has no folder to read a tokenizer from",
+                                              source.model->str()));
+      }
+    }
+    std::vector<std::string> extra;
+    if (cfg_.tokenizer) {
+      for (const auto& t : cfg_.tokenizer->tokens) extra.push_back(t.token);
+    }
+    const OutputVocab vocab =
+        build_output_vocab(inputs, plan_.donor, source, extra,
+                           cfg_.tokenizer ? cfg_.tokenizer->pad_to_multiple_of : std::nullopt,
+                           source_folder, [&](const std::string& w) { warn(w); });
+    Plan::OutputTokenizer out;
+    out.tokenizer_json = vocab.tokenizer_json;
+    out.tokenizer_config_json = vocab.tokenizer_config_json;
+    out.source_folder = vocab.source_folder;
+    out.tokens = vocab.tokens.size();
+    out.added = vocab.added;
+    out.edited = vocab.edited;
+    plan_.output_tokenizer = std::move(out);
+    plan_.output_vocab = static_cast<int64_t>(vocab.padded_size);
+
+    // Explicit token sources, checked against the vocabularies before any tensor is read.
+    std::unordered_map<std::string, size_t> token_id;
+    for (size_t i = 0; i < vocab.tokens.size(); ++i) token_id.emplace(vocab.tokens[i], i);
+    struct Explicit {
+      const config::TokenEmbedding* entry;
+      int model = -1;    // source model (kModel, kModelToken)
+      int64_t row = -1;  // its row (kModel: from the permutation; kModelToken: given)
+    };
+    std::map<size_t, Explicit> explicit_rows;
+    if (cfg_.tokenizer) {
+      for (const config::TokenEmbedding& t : cfg_.tokenizer->tokens) {
+        Explicit e{&t};
+        const size_t id = token_id.at(t.token);
+        using K = config::TokenEmbeddingSource::Kind;
+        if (t.source.kind == K::kModel || t.source.kind == K::kModelToken) {
+          e.model = find_model(*t.source.model);
+          if (e.model < 0) {
+            fail_at(t.source.yaml_path,
+                    fmt::format("model {} is not one of the merge's models; a token's embedding "
+                                "can come only from a model that is merged",
+                                t.source.model->str()));
+          }
+        }
+        if (t.source.kind == K::kModel) {
+          e.row = vocab.permutation[e.model][id];
+          if (e.row < 0) {
+            fail_at(t.source.yaml_path,
+                    fmt::format("model {} has no token '{}'", ref(e.model), t.token));
+          }
+        } else if (t.source.kind == K::kModelToken) {
+          if (t.source.token) {
+            const auto& orig = vocab.original[e.model];
+            const auto it = orig.find(*t.source.token);
+            if (it == orig.end()) {
+              fail_at(t.source.yaml_path + ".token",
+                      fmt::format("model {} has no token '{}'", ref(e.model), *t.source.token));
+            }
+            e.row = it->second;
+          } else {
+            e.row = *t.source.token_id;
+          }
+        }
+        explicit_rows[id] = e;
+      }
+    }
+
+    size_t missing_everywhere = 0;
+    for (TensorJob& job : plan_.jobs) {
+      if (!job.is_embedding || job.inputs.empty()) continue;
+      const uint64_t cols =
+          job.inputs[0].source.info->shape.size() == 2 ? job.inputs[0].source.info->shape[1] : 0;
+      for (const JobInput& in : job.inputs) {
+        const auto& shape = in.source.info->shape;
+        if (shape.size() != 2 || shape[1] != cols) {
+          fail_at(key, fmt::format("'{}' has shape {} in {} but {} in {}; the inputs of a "
+                                   "tokenizer merge must share their hidden size",
+                                   job.name, shape_str(shape), ref(in.model),
+                                   shape_str(job.inputs[0].source.info->shape),
+                                   ref(job.inputs[0].model)));
+        }
+      }
+      // The tensor of model m standing for this job's input (a model outside the job: by name).
+      auto tensor_of = [&](int m) -> io::ModelTensor {
+        for (const JobInput& in : job.inputs) {
+          if (static_cast<int>(in.model) == m) return in.source;
+        }
+        const std::string name = input_name(static_cast<size_t>(m), job.name);
+        io::ModelTensor t = plan_.models[m].model->find(name);
+        if (!t.info) {
+          fail_at(key, fmt::format("model {} has no tensor '{}' to take token embeddings from",
+                                   ref(m), name));
+        }
+        return t;
+      };
+      std::vector<int> models;
+      for (const JobInput& in : job.inputs) {
+        if (std::find(models.begin(), models.end(), int(in.model)) == models.end())
+          models.push_back(int(in.model));
+      }
+      const int base = job.base >= 0 ? int(job.inputs[job.base].model) : -1;
+      auto defaults = std::make_shared<io::RowDefaults>();
+      for (size_t r = 0; r < vocab.tokens.size(); ++r) {
+        const auto ex = explicit_rows.find(r);
+        const bool forced = ex != explicit_rows.end() && ex->second.entry->force;
+        bool needed = forced;
+        for (int m : models) needed = needed || vocab.permutation[m][r] < 0;
+        if (!needed) continue;
+        std::vector<io::RowTerm> terms;
+        using K = config::TokenEmbeddingSource::Kind;
+        if (ex != explicit_rows.end() && ex->second.entry->source.kind != K::kDefault) {
+          if (ex->second.entry->source.kind != K::kZero) {
+            const io::ModelTensor t = tensor_of(ex->second.model);
+            if (static_cast<uint64_t>(ex->second.row) >= t.info->shape[0]) {
+              fail_at(ex->second.entry->source.yaml_path,
+                      fmt::format("token id {} is out of range for model {} ('{}' has {} rows)",
+                                  ex->second.row, ref(ex->second.model), t.info->name,
+                                  t.info->shape[0]));
+            }
+            terms.push_back({t, static_cast<uint64_t>(ex->second.row), 1.0});
+          }
+        } else {
+          std::vector<int> have;
+          for (int m : models) {
+            if (vocab.permutation[m][r] >= 0) have.push_back(m);
+          }
+          if (have.size() == 1) {
+            terms.push_back({tensor_of(have[0]), uint64_t(vocab.permutation[have[0]][r]), 1.0});
+          } else if (have.empty()) {
+            ++missing_everywhere;
+          } else if (base >= 0 && vocab.permutation[base][r] >= 0) {
+            terms.push_back({tensor_of(base), uint64_t(vocab.permutation[base][r]), 1.0});
+          } else {
+            for (int m : have) {
+              terms.push_back({tensor_of(m), uint64_t(vocab.permutation[m][r]),
+                               1.0 / static_cast<double>(have.size())});
+            }
+          }
+        }
+        (*defaults)[r] = std::move(terms);
+      }
+      for (JobInput& in : job.inputs) {
+        io::RowGatherSpec spec;
+        spec.name = in.source.info->name;
+        spec.own = in.source;
+        spec.real_rows = vocab.tokens.size();
+        spec.total_rows = vocab.padded_size;
+        spec.own_row.resize(spec.real_rows);
+        for (size_t r = 0; r < spec.real_rows; ++r) {
+          const auto ex = explicit_rows.find(r);
+          const bool forced = ex != explicit_rows.end() && ex->second.entry->force;
+          spec.own_row[r] = forced ? -1 : vocab.permutation[in.model][r];
+        }
+        spec.defaults = defaults;
+        std::shared_ptr<io::RowGatherFile> file;
+        try {
+          file = std::make_shared<io::RowGatherFile>(std::move(spec));
+        } catch (const Error& e) {
+          fail_at(key, e.what());
+        }
+        in.source = io::ModelTensor{&file->info(), file.get()};
+        plan_.computed_files.push_back(std::move(file));
+      }
+      job.shape = {vocab.padded_size, cols};
+    }
+    if (missing_everywhere > 0) {
+      warn(
+          fmt::format("{}: {} token(s) of the output vocabulary are in no model's embeddings; "
+                      "their rows are zeros",
+                      key, missing_everywhere));
     }
   }
 
@@ -161,8 +393,58 @@ class Planner {
     }
   }
 
+  // ---- modules ----
+
+  // The tensors of the planned module (module_), from the architecture of `model`.
+  void resolve_scope(size_t model) {
+    if (!module_ || !scope_.empty()) return;
+    scope_ = arch(model).module_tensors(module_->name);
+    for (const auto& n : tensor_names(model)) {
+      if (in_scope(n)) return;
+    }
+    std::vector<std::string> known;
+    for (const auto& [name, unused] : arch(model).modules) known.push_back(name);
+    fail_at(module_->yaml_path,
+            fmt::format("module '{}' matches no tensor of model {} ({}); {}", module_->name,
+                        ref(model), fmt::join(scope_, ", "),
+                        known.empty() ? "a module's tensors are those under '<module>.'"
+                                      : fmt::format("its modules are {}", fmt::join(known, ", "))));
+  }
+
+  bool in_scope(const std::string& tensor) const {
+    if (!module_) return true;
+    for (const auto& p : scope_) {
+      if (glob_match(p, tensor)) return true;
+    }
+    return false;
+  }
+
+  // The layer stack slices address: the architecture's, or the module's largest stack.
+  std::string stack(size_t model) const {
+    if (!module_) return arch(model).layer_prefix;
+    std::string best;
+    int64_t most = 0;
+    for (const auto& [prefix, n] : arch(model).layers.layers_by_prefix) {
+      if (n > most && in_scope(prefix + ".0.")) best = prefix, most = n;
+    }
+    return best;
+  }
+
+  int64_t stack_layers(size_t model) const {
+    const auto& m = arch(model).layers.layers_by_prefix;
+    const auto it = m.find(stack(model));
+    return it == m.end() ? 0 : it->second;
+  }
+
+  std::string stack_count_key(size_t model) const {
+    if (!module_) return arch(model).layer_count_key;
+    const auto it = arch(model).modules.find(module_->name);
+    return it == arch(model).modules.end() ? "" : it->second.layer_count_key;
+  }
+
   // True when a parameter filter of the config names (a substring of) `tensor`.
   bool addressed_by_config(const std::string& tensor) const {
+    if (module_) return true;  // a module of a `modules:` config addresses all its tensors
     for (const auto& f : config_filters_) {
       if (tensor.find(f) != std::string::npos) return true;
     }
@@ -358,6 +640,7 @@ class Planner {
       slice.sources.push_back(s);
       check_parameter_names(m.parameters, m.yaml_path + ".parameters", true);
     }
+    if (!slice.sources.empty()) resolve_scope(slice.sources[0].model);
     check_parameter_names(cfg_.parameters, "parameters", false);
     check_parameter_names(cfg_.module_parameters, "modules.default.parameters", false);
     plan_.base_model = base_model_index();
@@ -395,6 +678,7 @@ class Planner {
       if (std::find(names.begin(), names.end(), h) == names.end()) names.push_back(h);
     }
     for (const std::string& name : names) {
+      if (!in_scope(name)) continue;
       double tpos = 0;
       if (auto l = parse_layer_name(name)) {
         const int64_t n = donor.layers.layers_by_prefix.at(l->prefix);
@@ -507,7 +791,8 @@ class Planner {
         s.params = &src.parameters;
         s.yaml_path = src.yaml_path;
         check_parameter_names(src.parameters, src.yaml_path + ".parameters", true);
-        const int64_t have = arch(s.model).num_layers();
+        resolve_scope(s.model);
+        const int64_t have = stack_layers(s.model);
         if (s.end > have) {
           fail_at(src.yaml_path + ".layer_range",
                   fmt::format("[{}, {}) goes beyond model {}, which has {} layers", s.start, s.end,
@@ -536,9 +821,11 @@ class Planner {
     decide_raw();
     if (plan_.raw) fail_at("slices", "slices need models with a config.json (layer structure)");
     check_architectures();
-    const ArchitectureInfo& donor = arch(plan_.donor);
-    if (donor.num_layers() == 0) {
-      fail_at("slices", fmt::format("model {} has no numbered layers to slice", ref(plan_.donor)));
+    const std::string slices_key = module_ ? module_->yaml_path + ".slices" : "slices";
+    if (stack_layers(plan_.donor) == 0) {
+      fail_at(slices_key,
+              fmt::format("model {} has no numbered layers to slice{}", ref(plan_.donor),
+                          module_ ? " in this module (use models: instead)" : ""));
     }
 
     // Pre-weights from the first slice, layers renumbered in order, post-weights from the last.
@@ -547,8 +834,9 @@ class Planner {
     auto loose = [&](size_t model, bool post) {
       std::vector<std::string> names;
       for (const auto& n : tensor_names(model)) {
+        if (!in_scope(n)) continue;
         auto l = parse_layer_name(n);
-        if (l && l->prefix == arch(model).layer_prefix) continue;
+        if (l && l->prefix == stack(model)) continue;
         if (arch(model).is_post_weight(n) == post) names.push_back(n);
       }
       return names;
@@ -559,11 +847,11 @@ class Planner {
       add_job(name, inputs, first, 0);
     }
     int64_t out_layer = 0;
-    const std::string out_prefix = donor.layer_prefix;
+    const std::string out_prefix = stack(plan_.donor);
     for (const SliceView& s : slices) {
       const int64_t n = s.sources[0].end - s.sources[0].start;
       const size_t lead = s.sources[0].model;
-      const std::string& prefix = arch(lead).layer_prefix;
+      const std::string prefix = stack(lead);
       for (int64_t j = 0; j < n; ++j, ++out_layer) {
         const double tpos = n == 1 ? 1.0 : static_cast<double>(j) / static_cast<double>(n - 1);
         std::set<std::string> lead_suffixes;
@@ -584,8 +872,7 @@ class Planner {
           const SourceView& src = s.sources[k];
           for (const auto& name : tensor_names(src.model)) {
             auto l = parse_layer_name(name);
-            if (!l || l->prefix != arch(src.model).layer_prefix || l->index != src.start + j)
-              continue;
+            if (!l || l->prefix != stack(src.model) || l->index != src.start + j) continue;
             if (!lead_suffixes.count(l->suffix)) {
               fail_at(src.yaml_path,
                       fmt::format("tensor '{}' of {} has no counterpart in layer {} of "
@@ -603,7 +890,7 @@ class Planner {
       if (!drop.count(name)) post.push_back(name);
     }
     for (const auto& h : heads) {
-      if (std::find(post.begin(), post.end(), h) == post.end()) post.push_back(h);
+      if (in_scope(h) && std::find(post.begin(), post.end(), h) == post.end()) post.push_back(h);
     }
     for (const auto& name : post) {
       std::vector<std::string> inputs;
@@ -611,14 +898,14 @@ class Planner {
       add_job(name, inputs, last, 0);
     }
     plan_.output_layers = out_layer;
-    plan_.layer_count_key = donor.layer_count_key;
-    if (plan_.layer_count_key.empty() && out_layer != donor.num_layers()) {
-      fail_at("slices",
+    plan_.layer_count_key = stack_count_key(plan_.donor);
+    if (plan_.layer_count_key.empty() && out_layer != stack_layers(plan_.donor)) {
+      fail_at(slices_key,
               fmt::format("the output has {} layers but {}'s config.json has no layer-count key "
                           "holding its {} layers (looked for num_hidden_layers, n_layer, "
                           "num_layers, n_layers, text_config.num_hidden_layers); the output "
                           "config.json would be wrong",
-                          out_layer, ref(plan_.donor), donor.num_layers()));
+                          out_layer, ref(plan_.donor), stack_layers(plan_.donor)));
     }
   }
 
@@ -742,6 +1029,9 @@ class Planner {
     if (same) return;
     bool all_2d = true;
     for (const auto& in : job->inputs) all_2d = all_2d && in.source.info->shape.size() == 2;
+    // A tokenizer merge replaces the embeddings' inputs with rows permuted to the output
+    // vocabulary (align_embeddings), so their shapes then agree.
+    if (job->is_embedding && all_2d && cfg_.uses_tokenizer()) return;
     if (job->is_embedding && all_2d) {
       std::vector<uint64_t> common = job->shape;
       std::vector<std::string> shapes;
@@ -885,7 +1175,9 @@ class Planner {
   const PlanOptions& opt_;
   Plan plan_;
   const methods::Method* passthrough_ = nullptr;
-  std::vector<std::string> model_paths_;  // YAML path of each model's first reference
+  const config::OutputModule* module_ = nullptr;  // the module planned (modules: configs)
+  std::vector<std::string> scope_;                // its tensor globs
+  std::vector<std::string> model_paths_;          // YAML path of each model's first reference
   std::vector<std::string> config_filters_;
 };
 
@@ -933,6 +1225,81 @@ uint64_t Plan::input_bytes() const {
   return total;
 }
 
+namespace {
+
+// A `modules:` config of a multi-module model (docs/config.md, "Modules"): each module is planned
+// as its own merge of that module's tensors, and the plans are joined into one.
+Plan build_module_plan(const config::MergeConfig& config, const PlanOptions& options) {
+  Plan out;
+  bool first = true;
+  std::map<std::string, std::string> owner;  // output tensor -> module
+  for (const config::OutputModule& m : config.modules) {
+    config::MergeConfig lifted = config;
+    lifted.models = m.models;
+    lifted.slices = m.slices;
+    lifted.module_parameters = m.parameters;
+    lifted.modules.clear();
+    Plan p = Planner(lifted, options, &m, out.models).build();
+    if (p.gguf_output) {
+      fail("{}: modules: GGUF output of a multi-module model is not supported; write safetensors",
+           config.filename);
+    }
+    for (const auto& job : p.jobs) {
+      if (auto [it, fresh] = owner.emplace(job.name, m.name); !fresh) {
+        fail("{}: {}: tensor '{}' belongs to modules '{}' and '{}'", config.filename, m.yaml_path,
+             job.name, it->second, m.name);
+      }
+    }
+    if (p.output_layers >= 0 && !p.layer_count_key.empty()) {
+      out.module_layer_counts.emplace_back(p.layer_count_key, p.output_layers);
+    }
+    if (first) {
+      const auto counts = std::move(out.module_layer_counts);
+      out = std::move(p);
+      out.module_layer_counts = counts;
+      out.output_layers = -1;
+      out.layer_count_key.clear();
+      out.config = config;
+      first = false;
+      continue;
+    }
+    // Join: p's models extend out's (the planner started from them), jobs follow with their
+    // duplicate indices moved.
+    out.models = std::move(p.models);
+    const size_t offset = out.jobs.size();
+    for (TensorJob& job : p.jobs) {
+      for (size_t& d : job.duplicates) d += offset;
+      if (job.duplicate_of >= 0) job.duplicate_of += static_cast<int>(offset);
+      out.jobs.push_back(std::move(job));
+    }
+    for (auto& w : p.warnings) out.warnings.push_back(std::move(w));
+    for (auto& f : p.computed_files) out.computed_files.push_back(std::move(f));
+    if (!out.output_tokenizer && p.output_tokenizer) out.output_tokenizer = p.output_tokenizer;
+    if (out.output_vocab < 0) out.output_vocab = p.output_vocab;
+    if (!out.chat_template) out.chat_template = p.chat_template;
+  }
+  // Every tensor of the donor must belong to a module: a model missing its vision tower is not
+  // a model (mergekit writes it anyway).
+  const PlanModel& donor = out.models[out.donor];
+  std::vector<std::string> all, left;
+  for (const auto& t : donor.model->tensors()) all.push_back(t.info->name);
+  for (const auto& name : all) {
+    // A tied head a module leaves out (the output stays tied) is not missing.
+    if (!owner.count(name) && donor.arch.tied_embedding(name, all).empty()) left.push_back(name);
+  }
+  if (!left.empty()) {
+    std::vector<std::string> names;
+    for (const auto& m : config.modules) names.push_back(m.name);
+    fail(
+        "{}: modules: {} tensor(s) of {} belong to none of the modules ({}), e.g. '{}'; add the "
+        "module they belong to (to keep it unchanged: `<module>: {{models: [{{model: BASE}}]}}`)",
+        config.filename, left.size(), donor.ref, fmt::join(names, ", "), left.front());
+  }
+  return out;
+}
+
+}  // namespace
+
 Plan build_plan(const config::MergeConfig& config, const PlanOptions& options) {
   // `modules: {default: {models | slices, parameters}}` (mergekit's own model cards write single-
   // module configs this way) is the same merge as its models/slices at the top level, with the
@@ -946,6 +1313,7 @@ Plan build_plan(const config::MergeConfig& config, const PlanOptions& options) {
     lifted.modules.clear();
     return Planner(lifted, options).build();
   }
+  if (!config.modules.empty()) return build_module_plan(config, options);
   return Planner(config, options).build();
 }
 

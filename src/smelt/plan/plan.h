@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <optional>
@@ -112,6 +113,8 @@ struct Plan {
   // Layer count written to the output config.json (slices only; -1 = keep the donor's).
   int64_t output_layers = -1;
   std::string layer_count_key;
+  // `modules:` configs: each sliced module's layer-count config key and its output layer count.
+  std::vector<std::pair<std::string, int64_t>> module_layer_counts;
   // Vocabulary size written to config.json when embeddings were cropped (-1 = keep).
   int64_t output_vocab = -1;
   bool raw = false;  // inputs are bare tensor files (no config.json): tensors merged by name
@@ -127,6 +130,20 @@ struct Plan {
   // The config's chat_template resolved to its text (plan/chat_template.h); unset: the donor's
   // tokenizer files are copied as they are.
   std::optional<std::string> chat_template;
+  // A merged tokenizer (`tokenizer_source` / `tokenizer:`, docs/tokenizer-merge.md): the files
+  // written instead of the donor's; the embeddings' inputs are then computed tensors (below).
+  struct OutputTokenizer {
+    std::string tokenizer_json;
+    std::string tokenizer_config_json;    // "" when the source has none
+    std::filesystem::path source_folder;  // special_tokens_map.json etc. are copied from here
+    size_t tokens = 0;                    // real vocabulary size (before padding)
+    size_t added = 0;                     // tokens beyond the source tokenizer's
+    bool edited = false;  // false: the source's tokenizer files are copied unchanged
+  };
+  std::optional<OutputTokenizer> output_tokenizer;
+  // Owners of computed input tensors (embeddings permuted to the output vocabulary) that jobs'
+  // inputs point into.
+  std::vector<std::shared_ptr<const io::TensorFile>> computed_files;
 
   uint64_t output_bytes() const;
   uint64_t input_bytes() const;  // bytes read from inputs (each input tensor once)

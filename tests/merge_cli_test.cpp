@@ -356,9 +356,15 @@ TEST_F(MergeBadInput, NotYetSupportedFeaturesNameTheirKey) {
              "tokenizer_source");
   EXPECT_HAS(merge_error(ties("      weight: 0.5", "tokenizer_source: union\n")),
              "not yet supported");
+}
+
+TEST_F(MergeBadInput, MissingLoraAdapterNamesTheYamlPath) {
+  // LoRA adapters themselves: tests/lora_bake_test.cpp.
   std::string lora = ties("      weight: 0.5");
-  lora.replace(lora.find(path("b")), path("b").size(), path("b") + "+some/lora");
-  EXPECT_HAS(merge_error(lora), "models[1].model");
+  lora.replace(lora.find(path("b")), path("b").size(), path("b") + "+" + path("no-adapter"));
+  const std::string e = merge_error(lora);
+  EXPECT_HAS(e, "models[1].model");
+  EXPECT_HAS(e, "LoRA adapter '" + path("no-adapter") + "'");
 }
 
 TEST_F(MergeBadInput, LinearWeightsSummingToZeroFailBeforeWork) {

@@ -105,13 +105,6 @@ class Planner {
                           "(vision-language models) are not",
                           names.size() == 1 ? "" : "s", fmt::join(names, ", ")));
     }
-    cfg_.for_each_model_reference([&](const config::ModelReference& r) {
-      if (r.has_lora()) {
-        fail_at(r.yaml_path, fmt::format("LoRA references ('+{}') are not yet supported by smelt; "
-                                         "merge the adapter into the model first",
-                                         r.ref.lora_path));
-      }
-    });
     if (cfg_.tokenizer) {
       fail_at("tokenizer",
               "not yet supported by smelt (the donor model's tokenizer is copied "

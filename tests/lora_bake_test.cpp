@@ -381,8 +381,10 @@ TEST_F(LoraBake, AnySubRangeReadEqualsThatPartOfTheWholeTensor) {
   Tensor cmag{
       "base_model.model." + c + ".lora_magnitude_vector", {kHidden}, values(kHidden, 74, 1)};
   write_adapter(work / "ad", config({{"use_dora", true}}), {a, b, mag});
-  write_adapter(work / "ad2", config({{"use_dora", true}, {"fan_in_fan_out", true}, {"target_modules", {"c_proj"}}}),
-                {ca, cb, cmag});
+  write_adapter(
+      work / "ad2",
+      config({{"use_dora", true}, {"fan_in_fan_out", true}, {"target_modules", {"c_proj"}}}),
+      {ca, cb, cmag});
   const auto m16 = open("llama16", work / "ad");
   const auto g2 = open("gpt2", work / "ad2");
   std::mt19937 rng(3);

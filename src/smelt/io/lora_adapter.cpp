@@ -185,9 +185,10 @@ LoraConfig parse_lora_config(std::string_view json_text, const std::string& labe
     if (t.is_string()) {
       c.target_regex = t.get<std::string>();
       if (c.target_regex->size() > kMaxPatternBytes) {
-        fail("{}: \"target_modules\" pattern of {} bytes is longer than the {} bytes smelt "
-             "accepts",
-             label, c.target_regex->size(), kMaxPatternBytes);
+        fail(
+            "{}: \"target_modules\" pattern of {} bytes is longer than the {} bytes smelt "
+            "accepts",
+            label, c.target_regex->size(), kMaxPatternBytes);
       }
     } else {
       c.target_modules = get_string_list(j, "target_modules", label);

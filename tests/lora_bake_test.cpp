@@ -622,7 +622,7 @@ TEST_F(LoraBadAdapter, InconsistentAdapters) {
   // GGUF bases have other tensor names.
 }
 
-TEST(LoraConfig, PatternsMatchDottedSuffixesInFileOrder) {
+TEST(LoraAdapterConfig, PatternsMatchDottedSuffixesInFileOrder) {
   const io::LoraConfig c = io::parse_lora_config(
       R"({"peft_type": "LORA", "r": 8, "lora_alpha": 16,
           "rank_pattern": {"layers.1.self_attn.q_proj": 2, "q_proj": 4},

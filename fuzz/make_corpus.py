@@ -317,3 +317,15 @@ put("torch_pickle", "global_os_system.pkl",
     b"\x00\x80\x02cos\nsystem\nX\x02\x00\x00\x00lst\x85R.")
 put("torch_pickle", "self_list.pkl", b"\x00\x80\x02}q\x00X\x01\x00\x00\x00w]q\x01h\x01as.")
 put("torch_pickle", "memo_get.pkl", b"\x00\x80\x02]j\xff\xff\xff\xff.")
+
+# lora_config: adapter_config.json texts (src/smelt/io/lora_adapter.h).
+put("lora_config", "peft.json", json.dumps({
+    "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 16, "lora_alpha": 32,
+    "lora_dropout": 0.05, "target_modules": ["q_proj", "v_proj"],
+    "rank_pattern": {"model.layers.0.self_attn.q_proj": 8}, "alpha_pattern": {"v_proj": 4.5},
+    "use_rslora": True, "use_dora": False, "fan_in_fan_out": False, "bias": "none",
+    "modules_to_save": ["lm_head"], "init_lora_weights": True}))
+put("lora_config", "regex.json", json.dumps({
+    "peft_type": "LORA", "r": 8, "target_modules": ".*\\.(q_proj|v_proj)",
+    "rank_pattern": {"(q|k)_proj": 2}}))
+put("lora_config", "other.json", json.dumps({"peft_type": "LOHA", "r": 0}))

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "smelt/io/hub_client.h"
+#include "smelt/io/safetensors.h"
 #include "test_util.h"
 
 namespace smelt {
@@ -151,6 +152,83 @@ TEST(HubUnits, QuoteSelectAndFolder) {
                                   "pytorch_model-00002-of-00002.bin", "generation_config.json"}),
             (V{"generation_config.json", "pytorch_model-00001-of-00002.bin",
                "pytorch_model-00002-of-00002.bin"}));
+  // A PEFT LoRA adapter repo (docs/lora.md).
+  EXPECT_EQ(io::hub_select_files({"README.md", "adapter_config.json", "adapter_model.safetensors",
+                                  "adapter_model.bin"}),
+            (V{"adapter_config.json", "adapter_model.safetensors"}));
+}
+
+TEST_F(Hub, ALoraAdapterIdIsPlannedDownloadedAndAppliedOnRead) {
+  // A rank-2 adapter on org/a's layer-0 q_proj ([32, 32]).
+  const fs::path ad = dir / "src" / "ad";
+  fs::create_directories(ad);
+  testing::write_bytes(ad / "adapter_config.json",
+                       R"({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
+                           "target_modules": ["q_proj"]})");
+  {
+    const std::string p = "base_model.model.model.layers.0.self_attn.q_proj.";
+    io::SafetensorsWriter w(
+        ad / "adapter_model.safetensors",
+        {{p + "lora_A.weight", DType::kF32, {2, 32}}, {p + "lora_B.weight", DType::kF32, {32, 2}}},
+        {});
+    std::vector<float> v(64);
+    for (size_t i = 0; i < v.size(); ++i) v[i] = 0.01f * static_cast<float>(i % 7) - 0.03f;
+    w.write(0, 0, v.data(), 256);
+    w.write(1, 0, v.data(), 256);
+    w.finish();
+  }
+  auto c = config();
+  const std::string commit = "ddddddddddddddddddddddddddddddddddddddd4";
+  c["repos"]["org/ad"] = {
+      {"commit", commit},
+      {"revisions", {"main"}},
+      {"gated", false},
+      {"files",
+       {{"adapter_config.json", (ad / "adapter_config.json").string()},
+        {"adapter_model.safetensors", (ad / "adapter_model.safetensors").string()},
+        {"README.md", (dir / "src" / "README.md").string()}}}};
+  MockHub hub(dir.path(), c);
+  testing::write_bytes(dir / "hub.yml",
+                       "models:\n  - model: org/a+org/ad\n    parameters: {weight: 1}\n"
+                       "merge_method: linear\ndtype: bfloat16\n");
+  // Planning reads org/a's headers only, and fetches the (small) adapter whole.
+  auto r = smelt(hub.endpoint(), "plan " + quote(dir / "hub.yml"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_FALSE(fs::exists(repo_dir("a") / "snapshots" / kCommitA / "model.safetensors"));
+  const fs::path ad_snap = repo_dir("ad") / "snapshots" / commit;
+  EXPECT_EQ(read_bytes(ad_snap / "adapter_model.safetensors"),
+            read_bytes(ad / "adapter_model.safetensors"));
+  EXPECT_FALSE(fs::exists(ad_snap / "README.md"));
+  r = smelt(hub.endpoint(), "merge " + quote(dir / "hub.yml") + " " + quote(dir / "out"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // The same tensors as the local folders give; not org/a's own.
+  testing::write_bytes(dir / "local.yml",
+                       fmt::format("models:\n  - model: {}+{}\n    parameters: {{weight: 1}}\n"
+                                   "merge_method: linear\ndtype: bfloat16\n",
+                                   (dir / "src" / "a").string(), ad.string()));
+  r = testing::run_smelt("merge " + quote(dir / "local.yml") + " " + quote(dir / "local"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // (The files' metadata records each config's text, so tensors are compared.)
+  const auto out = io::SafetensorsFile::open(dir / "out/model.safetensors");
+  const auto local = io::SafetensorsFile::open(dir / "local/model.safetensors");
+  const auto base = io::SafetensorsFile::open(dir / "src/a/model.safetensors");
+  auto bytes = [](const io::SafetensorsFile& f, const std::string& name) {
+    const io::TensorInfo* t = f.find(name);
+    std::string b(t ? t->nbytes : 0, '\0');
+    if (t) f.read(*t, 0, b.data(), b.size());
+    return b;
+  };
+  ASSERT_EQ(out->tensors().size(), local->tensors().size());
+  size_t changed = 0;
+  for (const io::TensorInfo& t : out->tensors()) {
+    EXPECT_TRUE(bytes(*out, t.name) == bytes(*local, t.name)) << t.name;
+    changed += bytes(*out, t.name) != bytes(*base, t.name);
+  }
+  EXPECT_EQ(changed, 1u);  // layer 0's q_proj
+  // The model card lists the model and the adapter as Hub ids.
+  const std::string card = read_bytes(dir / "out/README.md");
+  EXPECT_HAS(card, "- org/a\n");
+  EXPECT_HAS(card, "- org/ad\n");
 }
 
 TEST_F(Hub, DownloadThenMergeFillTheCacheLayoutAndASecondRunMakesNoRequest) {

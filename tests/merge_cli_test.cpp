@@ -351,10 +351,13 @@ TEST_F(MergeBadInput, MemoryEstimateFollowsThePlanAndStaysInTheBudget) {
   EXPECT_LE(capped.first, 128.0 * (1 << 20));
 }
 
-TEST_F(MergeBadInput, NotYetSupportedFeaturesNameTheirKey) {
+TEST_F(MergeBadInput, MissingLoraAdapterNamesTheYamlPath) {
+  // LoRA adapters themselves: tests/lora_bake_test.cpp.
   std::string lora = ties("      weight: 0.5");
-  lora.replace(lora.find(path("b")), path("b").size(), path("b") + "+some/lora");
-  EXPECT_HAS(merge_error(lora), "models[1].model");
+  lora.replace(lora.find(path("b")), path("b").size(), path("b") + "+" + path("no-adapter"));
+  const std::string e = merge_error(lora);
+  EXPECT_HAS(e, "models[1].model");
+  EXPECT_HAS(e, "LoRA adapter '" + path("no-adapter") + "'");
 }
 
 TEST_F(MergeBadInput, LinearWeightsSummingToZeroFailBeforeWork) {

@@ -227,10 +227,20 @@ TEST(SafetensorsIndex, MalformedIndexIsAnErrorNamingTheFile) {
   }
 }
 
-TEST_F(ModelResolve, LoraReferenceIsNotSupportedYet) {
+TEST_F(ModelResolve, LoraReferenceResolvesTheBaseAndTheAdapterFolder) {
   const std::string e =
       error_of([&] { resolve_model(ModelRef::parse((*dir_ / "single").string() + "+some/lora")); });
-  EXPECT_NE(e.find("not supported yet"), std::string::npos) << e;
+  EXPECT_NE(e.find("LoRA adapter 'some/lora' of model"), std::string::npos) << e;
+  EXPECT_NE(e.find("not found"), std::string::npos) << e;
+  // A local adapter folder: the base resolves as without it; the folder's contents are checked
+  // when the model is opened (lora_bake_test.cpp).
+  const ResolvedModel r = resolve_model(
+      ModelRef::parse((*dir_ / "single").string() + "+" + (*dir_ / "sharded").string()));
+  EXPECT_EQ(r.root, *dir_ / "single");
+  EXPECT_EQ(r.lora_dir, *dir_ / "sharded");
+  EXPECT_NE(r.ref.find("+"), std::string::npos);
+  const std::string open_error = error_of([&] { Model::open(r); });
+  EXPECT_NE(open_error.find("adapter_config.json is missing"), std::string::npos) << open_error;
 }
 
 }  // namespace

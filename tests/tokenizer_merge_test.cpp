@@ -399,6 +399,58 @@ TEST_F(TokenizerMerge, StreamsInChunksWithTheSameBytesForAnyThreadCountAndMemory
               testing::read_bytes(p("stream-2") / "model.safetensors"));
 }
 
+TEST_F(TokenizerMerge, ModelCardConfigShapesPlanAndMerge) {
+  // Shapes copied from model cards: a slerp of layer slices with a union tokenizer; ties with the
+  // ChatML tokens taken from the chat model and a chat template; dare_ties in the
+  // `modules: {default: ...}` form; each plans and merges, and a row shows the alignment.
+  struct Shape {
+    std::string name, yaml;
+  };
+  const std::vector<Shape> shapes = {
+      {"slerp-slices",
+       "slices:\n  - sources:\n      - model: MODEL_BASE\n        layer_range: [0, 1]\n"
+       "      - model: MODEL_CHAT\n        layer_range: [0, 1]\nmerge_method: slerp\n"
+       "base_model: MODEL_BASE\nparameters:\n  t:\n    - filter: self_attn\n      value: [0, 1]\n"
+       "    - value: 0.5\ndtype: float32\ntokenizer_source: union\n"},
+      {"ties-chatml",
+       "models:\n  - model: MODEL_BASE\n  - model: MODEL_CHAT\n    parameters:\n"
+       "      density: 0.7\n      weight: 0.5\nmerge_method: ties\nbase_model: MODEL_BASE\n"
+       "parameters:\n  normalize: true\ndtype: float32\nchat_template: chatml\ntokenizer:\n"
+       "  source: union\n  tokens:\n    <|im_start|>:\n      source: MODEL_CHAT\n"
+       "    <|im_end|>:\n      source: MODEL_CHAT\n"},
+      {"dare-modules",
+       "merge_method: dare_ties\nbase_model: MODEL_BASE\ndtype: float32\n"
+       "tokenizer_source: base\nmodules:\n  default:\n    models:\n      - model: MODEL_CHAT\n"
+       "        parameters: {weight: 0.5, density: 0.5}\n      - model: MODEL_BASE\n"},
+  };
+  auto chat = io::Model::open(p("chat").string());
+  const Rows c = rows_of(*chat, kEmbed);
+  for (const Shape& shape : shapes) {
+    auto r = merge(shape.yaml, shape.name);
+    ASSERT_EQ(r.exit_code, 0) << shape.name << "\n" << r.output;
+    const Rows o = rows_of(*io::Model::open(p(shape.name).string()), kEmbed);
+    if (shape.name == "dare-modules") {
+      EXPECT_EQ(o.size(), 320u);
+      continue;
+    }
+    // <|im_start|> and <|im_end|> are chat's alone: every aligned input holds chat's rows. ties
+    // returns them; slerp interpolates whole tensors, so both rows come out as one multiple k of
+    // chat's (k = (sin((1-t)θ) + sin(tθ)) / sin θ for the tensors' angle θ).
+    ASSERT_EQ(o.size(), 322u) << shape.name;
+    const double scale = shape.name == "slerp-slices" ? o[320][0] / c[320][0] : 1.0;
+    EXPECT_GT(scale, 1.0 - 1e-9) << shape.name;
+    for (size_t row : {320, 321}) {
+      for (size_t k = 0; k < kH; ++k) {
+        EXPECT_NEAR(o[row][k], scale * c[row][k], 1e-5 * std::max(1.0, std::fabs(o[row][k])))
+            << shape.name << " row " << row;
+      }
+    }
+  }
+  const json tc = json_of(p("ties-chatml") / "tokenizer_config.json");
+  EXPECT_NE(tc["chat_template"].get<std::string>().find("<|im_start|>"), std::string::npos);
+  EXPECT_EQ(tc["added_tokens_decoder"]["320"]["content"], "<|im_start|>");
+}
+
 TEST_F(TokenizerMerge, GgufOutputCarriesTheMergedVocabulary) {
   auto r = merge(
       "models:\n  - model: MODEL_BASE\n  - model: MODEL_CHAT\n"

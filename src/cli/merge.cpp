@@ -65,10 +65,11 @@ constexpr const char* kIgnoredOptions[] = {"--transformers-cache", "--lora-merge
 void run(const MergeCliOptions& o) {
   for (const auto& flag : o.ignored) {
     if (!o.quiet) {
-      fmt::print(stderr,
-                 "note: {} has no effect in smelt (it streams on the CPU in bounded "
-                 "memory); ignored\n",
-                 flag);
+      const bool lora = std::string_view(flag).starts_with("--lora-merge");
+      fmt::print(stderr, "note: {} has no effect in smelt ({}); ignored\n", flag,
+                 lora ? "MODEL+LORA adapters are applied as tensors are read, in the base "
+                        "model's dtype; nothing is cached (docs/lora.md)"
+                      : "it streams on the CPU in bounded memory");
     }
   }
   if (!o.safe_serialization) {

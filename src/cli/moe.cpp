@@ -82,8 +82,8 @@ void run(const MoeCliOptions& o) {
     // is computed as one more expert, so its errors are renamed after its YAML key.
     moe::GateVectors gates;
     try {
-      gates =
-          moe::compute_gate_vectors(plan::gate_config(cfg), base.model->resolved().root, threads);
+      const io::ResolvedModel& r = base.model->resolved();
+      gates = moe::compute_gate_vectors(plan::gate_config(cfg), r.root, threads, r.lora_dir);
     } catch (const Error& e) {
       const std::string what = e.what();
       const std::string as_expert = fmt::format("experts[{}]", cfg.experts.size());

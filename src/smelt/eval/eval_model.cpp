@@ -2,16 +2,28 @@
 
 #include "smelt/error.h"
 #include "smelt/io/gguf.h"
+#include "smelt/io/model_ref.h"
 #include "smelt/tokenizer/gguf_vocab.h"
 
 namespace smelt::eval {
 
 namespace fs = std::filesystem;
 
-EvalModel open_eval_model(const std::string& path, const infer::LoadOptions& options) {
+EvalModel open_eval_model(const std::string& given, const infer::LoadOptions& given_options) {
   EvalModel m;
-  m.label = path;
+  m.label = given;
   std::error_code ec;
+  std::string path = given;
+  infer::LoadOptions options = given_options;
+  if (!fs::exists(path, ec) && given.find('+') != std::string::npos) {
+    // MODEL+LORA: the base model's files with the adapter applied as they load.
+    const io::ModelRef ref = io::ModelRef::parse(given);
+    if (!ref.lora_path.empty()) {
+      const io::ResolvedModel r = io::resolve_model(ref);
+      path = r.single_file ? r.weight_files.at(0).string() : r.root.string();
+      options.lora_adapter = r.lora_dir;
+    }
+  }
   if (!fs::exists(path, ec)) fail("{}: no such model folder or file", path);
   m.model = infer::Model::load(path, options);
   const bool gguf = fs::is_regular_file(path, ec) && fs::path(path).extension() == ".gguf";

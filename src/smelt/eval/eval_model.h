@@ -23,7 +23,8 @@ struct EvalModel {
 };
 
 // Opens a model folder or .gguf file with its tokenizer (the folder's tokenizer files, or the
-// GGUF's own vocabulary). Throws smelt::Error naming the model when it has no tokenizer.
+// GGUF's own vocabulary); `path` may also be `MODEL+LORA` (a PEFT adapter applied to the model's
+// weights: io/model_ref.h). Throws smelt::Error naming the model when it has no tokenizer.
 EvalModel open_eval_model(const std::string& path, const infer::LoadOptions& options);
 
 // Sets bos and eos of a model and tokenizer pair (by encoding a probe text with and without

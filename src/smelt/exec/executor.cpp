@@ -164,7 +164,11 @@ ExecLayout exec_layout(const plan::Plan& plan, const ExecOptions& options) {
   const bool one_file =
       plan.gguf_output || (options.shard_size > 0 && output <= options.shard_size);
   layout.writer_bytes = std::min(output, (one_file ? 1 : 2) * per_file);
+  // Reading a model through a LoRA adapter holds the adapter's decoded factors (lora_file.h).
   layout.reserve_bytes = kReserveBytes;
+  for (const auto& m : plan.models) {
+    if (m.model) layout.reserve_bytes += m.model->read_memory_bytes();
+  }
   const uint64_t fixed = layout.reserve_bytes + layout.state_bytes + layout.writer_bytes;
   const uint64_t smallest_worker = worker_bytes(std::min(kMinChunk, largest), k);
   if (options.max_memory < fixed + smallest_worker) {

@@ -50,10 +50,12 @@ struct ExecLayout {
   uint64_t chunk_elements = 0;
   size_t workers = 1;
   // Parts of the budget (executor.cpp says what each counts).
-  uint64_t reserve_bytes = 0;  // the process itself: code, headers, the plan, allocator slack
-  uint64_t worker_bytes = 0;   // one worker: its chunk buffers as mapped, scratch, thread
-  uint64_t state_bytes = 0;    // the largest job's method state (task masks)
-  uint64_t writer_bytes = 0;   // the output writer's in-flight blocks
+  // The process itself (code, headers, the plan, allocator slack) and the decoded factors of
+  // models read through LoRA adapters (io::Model::read_memory_bytes).
+  uint64_t reserve_bytes = 0;
+  uint64_t worker_bytes = 0;  // one worker: its chunk buffers as mapped, scratch, thread
+  uint64_t state_bytes = 0;   // the largest job's method state (task masks)
+  uint64_t writer_bytes = 0;  // the output writer's in-flight blocks
   // Of the budget, what may cache a job's inputs across statistics passes (jobs that fit).
   uint64_t cache_bytes = 0;
   // reserve + workers x worker + state + writer + cache: at most max_memory.

@@ -8,6 +8,7 @@
 
 #include "smelt/error.h"
 #include "smelt/io/file_util.h"
+#include "smelt/io/model_ref.h"
 #include "smelt/io/safetensors.h"
 #include "smelt/plan/architecture.h"
 
@@ -137,11 +138,24 @@ bool looks_like_hub_id(const std::string& ref) {
 
 std::string model_card(const plan::Plan& plan, const std::string& out_name,
                        const std::string& config_text) {
+  // Every referenced model and LoRA adapter that looks like a Hub id (mergekit lists both).
   std::vector<std::string> hub;
   for (const auto& m : plan.models) {
-    if (!m.stage && looks_like_hub_id(m.ref) &&
-        std::find(hub.begin(), hub.end(), m.ref) == hub.end()) {
-      hub.push_back(m.ref);
+    if (m.stage) continue;
+    std::vector<std::string> parts{m.ref};
+    io::ModelRef r;
+    try {
+      r = io::ModelRef::parse(m.ref);
+    } catch (const Error&) {
+    }
+    if (!r.lora_path.empty()) {
+      parts = {r.revision.empty() ? r.path : r.path + "@" + r.revision,
+               r.lora_revision.empty() ? r.lora_path : r.lora_path + "@" + r.lora_revision};
+    }
+    for (const std::string& p : parts) {
+      if (looks_like_hub_id(p) && std::find(hub.begin(), hub.end(), p) == hub.end()) {
+        hub.push_back(p);
+      }
     }
   }
   const methods::Method& method = *plan.method;

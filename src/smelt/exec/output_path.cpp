@@ -39,6 +39,7 @@ void check_no_overlap(const fs::path& out, const io::ResolvedModel& r, const std
   } else {
     protect.push_back(normalized_path(r.root));
   }
+  if (!r.lora_dir.empty()) protect.push_back(normalized_path(r.lora_dir));
   for (const fs::path& root : protect) {
     if (path_within(o, root) || path_within(resolved, root)) {
       fail(

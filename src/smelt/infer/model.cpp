@@ -864,7 +864,10 @@ std::unique_ptr<Model> load_hf(const fs::path& path, const LoadOptions& options)
       if (!eos.empty()) m->info_.eos_token_ids = eos;
     }
   }
-  auto model = io::Model::open(path.string());
+  io::ResolvedModel resolved = io::resolve_model(io::ModelRef::parse(path.string()));
+  resolved.lora_dir = options.lora_adapter;
+  if (!options.lora_adapter.empty()) resolved.ref += "+" + options.lora_adapter.string();
+  auto model = io::Model::open(resolved);
   TensorSet ts;
   ts.label = path.string();
   std::unordered_map<const io::TensorFile*, const Mapping*> maps;
@@ -1052,7 +1055,13 @@ std::unique_ptr<Model> load_gguf(const fs::path& path, const LoadOptions& option
 std::unique_ptr<Model> Model::load(const std::filesystem::path& path, const LoadOptions& options) {
   if (fs::is_directory(path) || path.extension() == ".safetensors" || io::is_torch_file_name(path))
     return load_hf(path, options);
-  if (path.extension() == ".gguf") return load_gguf(path, options);
+  if (path.extension() == ".gguf") {
+    if (!options.lora_adapter.empty()) {
+      fail("{}: a PEFT LoRA adapter ({}) applies to Hugging Face weights, not to a GGUF file",
+           path.string(), options.lora_adapter.string());
+    }
+    return load_gguf(path, options);
+  }
   if (!fs::exists(path)) fail("{}: no such model folder or .gguf file", path.string());
   fail("{}: not a model folder (with config.json), a .safetensors, .bin or .gguf file",
        path.string());

@@ -47,6 +47,9 @@ struct ModelInfo {
 
 struct LoadOptions {
   size_t threads = 0;  // 0 = every core
+  // A PEFT LoRA adapter folder applied to a Hugging Face model's weights as they load
+  // (io/lora_file.h); empty for none. Not for GGUF files.
+  std::filesystem::path lora_adapter;
 };
 
 class Model {

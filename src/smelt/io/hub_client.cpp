@@ -27,6 +27,8 @@
 #include <thread>
 
 #include "smelt/error.h"
+#include "smelt/io/lora_adapter.h"
+#include "smelt/io/lora_file.h"
 #include "smelt/io/model_ref.h"
 #include "smelt/io/safetensors.h"
 
@@ -778,7 +780,8 @@ std::vector<std::string> hub_select_files(const std::vector<std::string>& names)
                                                    "vocab.txt",
                                                    "spiece.model",
                                                    "chat_template.json",
-                                                   "chat_template.jinja"};
+                                                   "chat_template.jinja",
+                                                   "adapter_config.json"};
   static const std::regex st_shard(R"(^model-\d{5}-of-\d{5}\.safetensors$)");
   static const std::regex bin_shard(R"(^pytorch_model-\d{5}-of-\d{5}\.bin$)");
   const std::set<std::string> have(names.begin(), names.end());
@@ -805,8 +808,13 @@ std::vector<std::string> hub_select_files(const std::vector<std::string>& names)
     weights = {"pytorch_model.bin.index.json"};
   } else if (have.count("pytorch_model.bin")) {
     weights = {"pytorch_model.bin"};
-  } else {
-    weights = shards(bin_shard);
+  } else if (auto s = shards(bin_shard); !s.empty()) {
+    weights = s;
+  } else if (have.count("adapter_model.safetensors")) {
+    // A PEFT LoRA adapter repo (the LORA part of MODEL+LORA references: docs/lora.md).
+    weights = {"adapter_model.safetensors"};
+  } else if (have.count("adapter_model.bin")) {
+    weights = {"adapter_model.bin"};
   }
   out.insert(out.end(), weights.begin(), weights.end());
   std::sort(out.begin(), out.end());
@@ -835,7 +843,8 @@ HubSnapshot hub_download_model(const HubSettings& s, const std::string& repo_id,
     fail(
         "model '{}' at revision '{}' on {} has no weights smelt reads (model.safetensors[.index."
         "json], model-*-of-*.safetensors, pytorch_model.bin[.index.json], "
-        "pytorch_model-*-of-*.bin) among its {} files",
+        "pytorch_model-*-of-*.bin, or a LoRA adapter's adapter_model.safetensors/.bin) among its "
+        "{} files",
         repo_id, rev, s.endpoint, info.files.size());
   }
   Downloader d(s, repo_id, rev, info.sha, quiet);
@@ -887,8 +896,25 @@ void set_hub_headers_only(bool on) { g_headers_only = on; }
 
 std::shared_ptr<Model> hub_open_headers_only(const ModelRef& ref) {
   std::error_code ec;
-  if (!g_headers_only || !ref.lora_path.empty() || !looks_like_hub_id(ref.path) ||
-      fs::exists(ref.path, ec)) {
+  if (!ref.lora_path.empty()) {
+    // The base's headers, with the adapter (small, so fetched whole) checked against them.
+    ModelRef base_ref = ref;
+    base_ref.lora_path.clear();
+    base_ref.lora_revision.clear();
+    const std::shared_ptr<Model> base = hub_open_headers_only(base_ref);
+    if (!base) return nullptr;
+    ResolvedModel resolved = base->resolved();
+    resolved.ref = ref.str();
+    resolved.lora_dir = resolve_lora(ref);
+    std::shared_ptr<const LoraAdapter> adapter;
+    try {
+      adapter = LoraAdapter::open(resolved.lora_dir);
+    } catch (const Error& e) {
+      fail("model '{}': {}", resolved.ref, e.what());
+    }
+    return apply_lora(base, std::move(adapter), resolved);
+  }
+  if (!g_headers_only || !looks_like_hub_id(ref.path) || fs::exists(ref.path, ec)) {
     return nullptr;
   }
   const HubSettings s = HubSettings::from_env();

@@ -37,8 +37,9 @@ std::string hub_quote(const std::string& text, const std::string& keep);
 
 // The files of a repo that smelt downloads (docs/hub.md): of `names` (paths in the repo), the
 // safetensors weights (index, model.safetensors or model-*-of-*.safetensors shards) when present,
-// else the PyTorch ones (pytorch_model.bin.index.json, pytorch_model.bin, shards); plus config,
-// generation config and tokenizer files at the root. When an index is listed, the shards are
+// else the PyTorch ones (pytorch_model.bin.index.json, pytorch_model.bin, shards), else a PEFT
+// adapter's adapter_model.safetensors or adapter_model.bin; plus config, generation config,
+// adapter_config.json and tokenizer files at the root. When an index is listed, the shards are
 // taken from it later (hub_download_model), not from `names`.
 std::vector<std::string> hub_select_files(const std::vector<std::string>& names);
 
@@ -67,8 +68,10 @@ void set_hub_headers_only(bool on);
 // small files (config, tokenizer, index) are downloaded into the snapshot; of each safetensors
 // weights file only the header is read, by two HTTP Range requests (8 bytes, then the header).
 // Reading tensor data from the result throws. Returns nullptr (the caller resolves as usual) when
-// headers-only mode is off, in offline mode, for local paths, LoRA references, cached snapshots
-// and PyTorch-only repos. Throws smelt::Error as hub_download_model does.
+// headers-only mode is off, in offline mode, for local paths, cached snapshots and PyTorch-only
+// repos. For MODEL+LORA, the base model's headers with the adapter (resolved as resolve_model
+// does, downloaded whole) applied: its checks run against the headers. Throws smelt::Error as
+// hub_download_model does.
 std::shared_ptr<Model> hub_open_headers_only(const ModelRef& ref);
 
 }  // namespace smelt::io

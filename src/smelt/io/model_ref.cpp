@@ -12,6 +12,8 @@
 #include "smelt/error.h"
 #include "smelt/io/gguf.h"
 #include "smelt/io/hub_client.h"
+#include "smelt/io/lora_adapter.h"
+#include "smelt/io/lora_file.h"
 #include "smelt/io/safetensors.h"
 #include "smelt/io/torch_bin.h"
 
@@ -121,6 +123,36 @@ bool resolve_folder(const fs::path& dir, ResolvedModel* out) {
   return false;
 }
 
+// The snapshot folder of Hub repo `id` at `revision` ("" = main) in the HF cache, whether or not
+// it exists; empty when the cache has no commit for the revision. Appends what was looked at to
+// `looked`.
+fs::path cached_snapshot(const std::string& id, const std::string& revision,
+                         std::vector<std::string>* looked) {
+  std::string folder = "models--" + id;
+  for (size_t i = folder.find('/'); i != std::string::npos; i = folder.find('/')) {
+    folder.replace(i, 1, "--");
+  }
+  const fs::path repo = hf_hub_cache_dir() / folder;
+  const std::string rev = revision.empty() ? "main" : revision;
+  std::string commit;
+  const fs::path ref_file = repo / "refs" / rev;
+  if (fs::is_regular_file(ref_file)) {
+    commit = read_text(ref_file);
+    while (!commit.empty() && std::isspace(static_cast<unsigned char>(commit.back()))) {
+      commit.pop_back();
+    }
+    if (!is_commit_hash(commit)) {
+      fail("{}: does not hold a commit hash; the Hugging Face cache is corrupt", ref_file.string());
+    }
+    looked->push_back(fmt::format("HF cache ref {}", ref_file.string()));
+  } else if (is_commit_hash(rev)) {
+    commit = rev;
+  } else {
+    looked->push_back(fmt::format("HF cache ref {} (missing)", ref_file.string()));
+  }
+  return commit.empty() ? fs::path() : repo / "snapshots" / commit;
+}
+
 }  // namespace
 
 bool looks_like_hub_id(const std::string& s) {
@@ -196,14 +228,52 @@ fs::path hf_hub_cache_dir() {
   return fs::path(home && *home ? home : "/root") / ".cache" / "huggingface" / "hub";
 }
 
-ResolvedModel resolve_model(const ModelRef& ref) {
+fs::path resolve_lora(const ModelRef& ref) {
   const std::string shown = ref.str();
-  if (!ref.lora_path.empty()) {
-    fail(
-        "model '{}': LoRA references (+LORA) are not supported yet; bake the adapter into the "
-        "model first",
-        shown);
+  const fs::path p(ref.lora_path);
+  std::error_code ec;
+  // A local folder (its revision, like a local model's, means nothing): LoraAdapter::open says
+  // what it lacks.
+  if (fs::exists(p, ec)) return p;
+  std::vector<std::string> looked{fmt::format("local path {}", fs::absolute(p, ec).string())};
+  if (looks_like_hub_id(ref.lora_path)) {
+    const fs::path snap = cached_snapshot(ref.lora_path, ref.lora_revision, &looked);
+    if (!snap.empty()) {
+      if (fs::is_regular_file(snap / "adapter_config.json")) return snap;
+      looked.push_back(fmt::format("HF cache snapshot {} ({})", snap.string(),
+                                   fs::is_directory(snap) ? "no adapter_config.json" : "missing"));
+    }
   }
+  std::string list;
+  for (const auto& l : looked) list += "\n  - " + l;
+  if (g_hub_download && looks_like_hub_id(ref.lora_path)) {
+    try {
+      return hub_download_model(HubSettings::from_env(), ref.lora_path, ref.lora_revision).snapshot;
+    } catch (const Error& e) {
+      fail(
+          "LoRA adapter '{}' of model '{}' not found. Looked at:{}\nand downloading it from the "
+          "Hub failed: {}",
+          ref.lora_path, shown, list, e.what());
+    }
+  }
+  fail(
+      "LoRA adapter '{}' of model '{}' not found. Looked at:{}\nGive a local PEFT adapter folder "
+      "(adapter_config.json + adapter_model.safetensors) or download it first (`smelt download "
+      "{}`).",
+      ref.lora_path, shown, list, ref.lora_path);
+}
+
+ResolvedModel resolve_model(const ModelRef& ref) {
+  if (!ref.lora_path.empty()) {
+    ModelRef base = ref;
+    base.lora_path.clear();
+    base.lora_revision.clear();
+    ResolvedModel out = resolve_model(base);
+    out.ref = ref.str();
+    out.lora_dir = resolve_lora(ref);
+    return out;
+  }
+  const std::string shown = ref.str();
   ResolvedModel out;
   out.ref = shown;
   std::vector<std::string> looked;
@@ -249,32 +319,8 @@ ResolvedModel resolve_model(const ModelRef& ref) {
   looked.push_back(fmt::format("local path {}", fs::absolute(p, ec).string()));
 
   if (looks_like_hub_id(ref.path)) {
-    const fs::path cache = hf_hub_cache_dir();
-    std::string folder = "models--" + ref.path;
-    for (size_t i = folder.find('/'); i != std::string::npos; i = folder.find('/')) {
-      folder.replace(i, 1, "--");
-    }
-    const fs::path repo = cache / folder;
-    const std::string rev = ref.revision.empty() ? "main" : ref.revision;
-    std::string commit;
-    const fs::path ref_file = repo / "refs" / rev;
-    if (fs::is_regular_file(ref_file)) {
-      commit = read_text(ref_file);
-      while (!commit.empty() && std::isspace(static_cast<unsigned char>(commit.back()))) {
-        commit.pop_back();
-      }
-      if (!is_commit_hash(commit)) {
-        fail("{}: does not hold a commit hash; the Hugging Face cache is corrupt",
-             ref_file.string());
-      }
-      looked.push_back(fmt::format("HF cache ref {}", ref_file.string()));
-    } else if (is_commit_hash(rev)) {
-      commit = rev;
-    } else {
-      looked.push_back(fmt::format("HF cache ref {} (missing)", ref_file.string()));
-    }
-    if (!commit.empty()) {
-      const fs::path snap = repo / "snapshots" / commit;
+    const fs::path snap = cached_snapshot(ref.path, ref.revision, &looked);
+    if (!snap.empty()) {
       std::string state = fs::is_directory(snap) ? "no weights" : "missing";
       try {
         if (fs::is_directory(snap) && resolve_folder(snap, &out)) return out;
@@ -309,9 +355,11 @@ ResolvedModel resolve_model(const ModelRef& ref) {
 }
 
 std::shared_ptr<Model> Model::from_files(const ResolvedModel& resolved,
-                                         std::vector<std::shared_ptr<TensorFile>> files) {
+                                         std::vector<std::shared_ptr<TensorFile>> files,
+                                         uint64_t read_memory_bytes) {
   auto m = std::make_shared<Model>();
   m->resolved_ = resolved;
+  m->read_memory_bytes_ = read_memory_bytes;
   m->files_ = std::move(files);
   for (const auto& file : m->files_) {
     for (const TensorInfo& t : file->tensors()) {
@@ -327,6 +375,17 @@ std::shared_ptr<Model> Model::from_files(const ResolvedModel& resolved,
 }
 
 std::shared_ptr<Model> Model::open(const ResolvedModel& resolved) {
+  if (!resolved.lora_dir.empty()) {
+    ResolvedModel base = resolved;
+    base.lora_dir.clear();
+    std::shared_ptr<const LoraAdapter> adapter;
+    try {
+      adapter = LoraAdapter::open(resolved.lora_dir);
+    } catch (const Error& e) {
+      fail("model '{}': {}", resolved.ref, e.what());
+    }
+    return apply_lora(open(base), std::move(adapter), resolved);
+  }
   std::vector<std::shared_ptr<TensorFile>> files;
   if (resolved.gguf) {
     for (auto& part : open_gguf_model(resolved.weight_files.at(0))) files.push_back(part);

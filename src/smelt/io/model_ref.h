@@ -3,6 +3,7 @@
 // the local HF cache.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -42,6 +43,9 @@ struct ResolvedModel {
   std::vector<std::filesystem::path> weight_files;
   bool single_file = false;  // the reference named one .safetensors, .gguf or .bin file
   bool gguf = false;         // weight_files are the parts of a GGUF model
+  // The PEFT LoRA adapter folder of a `MODEL+LORA` reference (empty without one): Model::open
+  // applies it on read (lora_file.h); root, config_json and weight_files are the base model's.
+  std::filesystem::path lora_dir;
 };
 
 // The Hugging Face hub cache folder: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub.
@@ -62,11 +66,17 @@ bool looks_like_hub_id(const std::string& s);
 // turns it on for every verb.
 void set_hub_download(bool on);
 
-// Resolves `ref` (model part only; a LoRA part is rejected as not supported yet): safetensors
-// weights when the folder has them, else PyTorch pytorch_model*.bin weights (docs/pytorch.md).
-// A Hub id missing from the cache is downloaded when set_hub_download(true) was called. Throws
-// smelt::Error listing every place looked at when nothing is found.
+// Resolves `ref`: safetensors weights when the folder has them, else PyTorch pytorch_model*.bin
+// weights (docs/pytorch.md). A LoRA part is resolved to an adapter folder holding
+// adapter_config.json (a local folder, or a Hub id found in the cache or downloaded like a
+// model); its contents are checked when the model is opened. A Hub id missing from the cache is
+// downloaded when set_hub_download(true) was called. Throws smelt::Error listing every place
+// looked at when nothing is found.
 ResolvedModel resolve_model(const ModelRef& ref);
+
+// Resolves the LoRA part of `ref` (which must have one) to its adapter folder, as
+// resolve_model does.
+std::filesystem::path resolve_lora(const ModelRef& ref);
 
 // Where one tensor of a model lies.
 struct ModelTensor {
@@ -78,10 +88,14 @@ struct ModelTensor {
 // against the shards (a shard it names must exist; each tensor it maps must be in that shard).
 class Model {
  public:
+  // Opens the files; with resolved.lora_dir, the adapter is checked against the base model and
+  // applied on read (apply_lora in lora_file.h).
   static std::shared_ptr<Model> open(const ResolvedModel& resolved);
   // A model over already opened files (e.g. tensors computed by an earlier recipe stage).
+  // `read_memory_bytes`: see read_memory_bytes().
   static std::shared_ptr<Model> from_files(const ResolvedModel& resolved,
-                                           std::vector<std::shared_ptr<TensorFile>> files);
+                                           std::vector<std::shared_ptr<TensorFile>> files,
+                                           uint64_t read_memory_bytes = 0);
   // Convenience: parse + resolve + open.
   static std::shared_ptr<Model> open(std::string_view ref);
 
@@ -92,9 +106,13 @@ class Model {
   // nullopt-like: info == nullptr when absent.
   ModelTensor find(std::string_view name) const;
   bool has(std::string_view name) const { return find(name).info != nullptr; }
+  // Memory that reading this model's tensors holds beyond the callers' buffers (a LoRA
+  // adapter's decoded factors); 0 for plain files. The executor counts it in --max-memory.
+  uint64_t read_memory_bytes() const { return read_memory_bytes_; }
 
  private:
   ResolvedModel resolved_;
+  uint64_t read_memory_bytes_ = 0;
   std::vector<std::shared_ptr<TensorFile>> files_;
   std::vector<ModelTensor> tensors_;
   std::unordered_map<std::string_view, size_t> by_name_;

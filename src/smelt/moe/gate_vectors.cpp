@@ -74,8 +74,10 @@ double condition_number(const float* m, int64_t rows, int64_t cols) {
 }
 
 GateVectors compute_gate_vectors(const config::MoeConfig& cfg,
-                                 const std::filesystem::path& base_folder, size_t threads) {
-  eval::EvalModel base = eval::open_eval_model(base_folder.string(), {.threads = threads});
+                                 const std::filesystem::path& base_folder, size_t threads,
+                                 const std::filesystem::path& base_lora) {
+  eval::EvalModel base =
+      eval::open_eval_model(base_folder.string(), {.threads = threads, .lora_adapter = base_lora});
   const infer::ModelInfo& mi = base.model->info();
   GateVectors g;
   g.layers = mi.n_layer;

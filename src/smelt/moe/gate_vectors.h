@@ -28,8 +28,10 @@ struct GateVectors {
 //   cheap_embed: the sum of the prompts' token embeddings, normalised, the same for every layer;
 // minus the same of its negative prompts, then each layer's vector L2-normalised. Throws
 // smelt::Error naming experts[i].positive_prompts[j] for a prompt that tokenizes to nothing.
+// `base_lora`: a PEFT adapter folder applied to the base model (a `MODEL+LORA` base), or empty.
 GateVectors compute_gate_vectors(const config::MoeConfig& config,
-                                 const std::filesystem::path& base_folder, size_t threads);
+                                 const std::filesystem::path& base_folder, size_t threads,
+                                 const std::filesystem::path& base_lora = {});
 
 // The 2-norm condition number σmax/σmin of a rows × cols matrix (row-major), as
 // torch.linalg.cond computes it; infinity when it is singular.

@@ -303,12 +303,15 @@ class MoePlanner {
     std::vector<std::string> names;
     for (const auto& t : pm.model->tensors()) names.push_back(t.info->name);
     pm.arch = infer_architecture(names, pm.config_text);
-    // The same folder named twice (different spellings) is one model.
-    const auto root = std::filesystem::weakly_canonical(pm.model->resolved().root);
+    // The same folder (and LoRA adapter) named twice (different spellings) is one model.
+    auto where = [](const io::ResolvedModel& r) {
+      return std::make_pair(
+          std::filesystem::weakly_canonical(r.root),
+          r.lora_dir.empty() ? r.lora_dir : std::filesystem::weakly_canonical(r.lora_dir));
+    };
+    const auto here = where(pm.model->resolved());
     for (size_t i = 0; i < plan_.models.size(); ++i) {
-      if (std::filesystem::weakly_canonical(plan_.models[i].model->resolved().root) == root) {
-        return i;
-      }
+      if (where(plan_.models[i].model->resolved()) == here) return i;
     }
     plan_.models.push_back(std::move(pm));
     return plan_.models.size() - 1;

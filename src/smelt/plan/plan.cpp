@@ -67,7 +67,6 @@ class Planner {
 
   Plan build() {
     find_method();
-    reject_unsupported();
     collect_config_filters();
     if (cfg_.uses_models()) {
       plan_models();
@@ -104,16 +103,6 @@ class Planner {
             fmt::format("unknown merge method '{}'; {}known methods: {}", cfg_.merge_method,
                         guess.empty() ? "" : fmt::format("did you mean {}? ", guess),
                         fmt::join(names, ", ")));
-  }
-
-  void reject_unsupported() {
-    cfg_.for_each_model_reference([&](const config::ModelReference& r) {
-      if (r.has_lora()) {
-        fail_at(r.yaml_path, fmt::format("LoRA references ('+{}') are not yet supported by smelt; "
-                                         "merge the adapter into the model first",
-                                         r.ref.lora_path));
-      }
-    });
   }
 
   // ---- tokenizer merge (docs/tokenizer-merge.md) ----

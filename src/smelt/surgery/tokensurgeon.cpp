@@ -383,16 +383,13 @@ TokenSurgeonReport token_surgeon(const std::string& model_ref, const std::string
     for (Job& job : jobs) {
       const io::ModelTensor& src = job.lm_head && demb.head.info ? demb.head : demb.embed;
       bool needed = false;
-      size_t last_new = 0;
-      for (size_t id = 0; id < job.matches.size(); ++id) {
-        if (job.matches[id].kind == MatchKind::kNew) needed = true, last_new = id;
-      }
+      for (const Match& m : job.matches) needed = needed || m.kind == MatchKind::kNew;
       if (!needed) continue;
-      if (last_new >= src.info->shape[0]) {
+      if (src.info->shape[0] < donor_vocab.size()) {
         fail(
-            "donor '{}': token id {} needs approximating but {} has only {} rows; the donor's "
-            "weights do not match its tokenizer",
-            donor_ref, last_new, src.info->name, src.info->shape[0]);
+            "donor '{}': its tokenizer has {} ids but {} has only {} rows; the donor's weights do "
+            "not match its tokenizer",
+            donor_ref, donor_vocab.size(), src.info->name, src.info->shape[0]);
       }
       job.donor = load_matrix(src);
     }

@@ -21,15 +21,24 @@ OmpCode omp(const float* target, const Matrix& dictionary, size_t k, double tole
   std::vector<double> residual = t;
   double res_norm = t_norm;
   std::vector<double> atom(d);
+  // Selection compares |<residual, row>| / |row|: each row as a unit vector, as OMP is defined.
+  std::vector<double> inv_norm(n, 0.0);
+  for (size_t j = 0; j < n; ++j) {
+    const float* a = dictionary.row(j);
+    double s = 0;
+    for (size_t i = 0; i < d; ++i) s += static_cast<double>(a[i]) * a[i];
+    if (s > 0) inv_norm[j] = 1.0 / std::sqrt(s);
+  }
   while (code.atoms.size() < k) {
     size_t best = n;
     double best_score = -1;
     for (size_t j = 0; j < n; ++j) {
-      if (used[j]) continue;
+      if (used[j] || inv_norm[j] == 0) continue;
       const float* a = dictionary.row(j);
       double dot = 0;
       for (size_t i = 0; i < d; ++i) dot += residual[i] * a[i];
-      if (std::abs(dot) > best_score) best_score = std::abs(dot), best = j;
+      const double score = std::abs(dot) * inv_norm[j];
+      if (score > best_score) best_score = score, best = j;
     }
     if (best == n || best_score <= 0) break;
     used[best] = 1;

@@ -27,10 +27,11 @@ struct OmpCode {
 };
 
 // Orthogonal matching pursuit (f64): greedily selects up to `k` rows of `dictionary` (the one
-// with the largest |<residual, row>|, lowest index on ties), each time re-solving the least-squares
-// coefficients of all selected rows by a QR (Gram-Schmidt, orthogonalised twice) of them, and
-// stops early once the residual is at most `tolerance` times |target|. A row that is a linear
-// combination of those already selected is skipped. `target` has dictionary.cols values.
+// with the largest |<residual, row>| / |row|, lowest index on ties; zero rows never), each time
+// re-solving the least-squares coefficients of all selected rows by a QR (Gram-Schmidt,
+// orthogonalised twice) of them, and stops early once the residual is at most `tolerance` times
+// |target|. A row that is a linear combination of those already selected is skipped. `target` has
+// dictionary.cols values.
 OmpCode omp(const float* target, const Matrix& dictionary, size_t k, double tolerance = 1e-9);
 
 // How subword rows are combined (mergekit's --subword-method).

@@ -249,7 +249,8 @@ std::vector<Match> match_tokens(const NormalizedVocab& model, const NormalizedVo
       }
       if (m.kind == MatchKind::kByte) continue;
     }
-    if (options.prefix_match && !special) {
+    // Byte tokens have no meaningful prefixes ("<0x41>" is not a kind of "<").
+    if (options.prefix_match && !special && !byte_token_value(std::string_view(key).substr(1))) {
       const std::string_view text = std::string_view(key).substr(1);
       const std::vector<size_t> starts = code_point_starts(text);
       for (size_t i = starts.size(); i-- > 1;) {

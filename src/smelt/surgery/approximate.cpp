@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "smelt/error.h"
+#include "smelt/kernels/elementwise.h"
 
 namespace smelt::surgery {
 
@@ -21,6 +22,7 @@ OmpCode omp(const float* target, const Matrix& dictionary, size_t k, double tole
   std::vector<double> residual = t;
   double res_norm = t_norm;
   std::vector<double> atom(d);
+  std::vector<float> residual_f(d);
   // Selection compares |<residual, row>| / |row|: each row as a unit vector, as OMP is defined.
   std::vector<double> inv_norm(n, 0.0);
   for (size_t j = 0; j < n; ++j) {
@@ -32,12 +34,13 @@ OmpCode omp(const float* target, const Matrix& dictionary, size_t k, double tole
   while (code.atoms.size() < k) {
     size_t best = n;
     double best_score = -1;
+    // The selection scan is the hot loop (k * rows * cols per token): the residual rounded to f32
+    // and the vectorized dot kernel. Coefficients and residuals stay in f64.
+    for (size_t i = 0; i < d; ++i) residual_f[i] = static_cast<float>(residual[i]);
     for (size_t j = 0; j < n; ++j) {
       if (used[j] || inv_norm[j] == 0) continue;
-      const float* a = dictionary.row(j);
-      double dot = 0;
-      for (size_t i = 0; i < d; ++i) dot += residual[i] * a[i];
-      const double score = std::abs(dot) * inv_norm[j];
+      const double score =
+          std::abs(kernels::dot(residual_f.data(), dictionary.row(j), d)) * inv_norm[j];
       if (score > best_score) best_score = score, best = j;
     }
     if (best == n || best_score <= 0) break;

@@ -367,6 +367,24 @@ TEST(TokenSurgeon, ByteAndPrefixMatchesFollowTheirScope) {
   }
 }
 
+// A donor spelling the word-start marker `▁` (SentencePiece) where the model spells `Ġ`: the
+// same tokens, matched exactly.
+TEST(TokenSurgeon, WordStartMarkersAreEquivalent) {
+  Fixture f(DType::kF32, false, {});
+  std::string text = read_bytes(f.donor / "tokenizer.json");
+  const std::string g = "\xC4\xA0", sp = "\xE2\x96\x81";
+  for (size_t at = text.find(g); at != std::string::npos; at = text.find(g, at + sp.size())) {
+    text.replace(at, g.size(), sp);
+  }
+  write_bytes(f.donor / "tokenizer.json", text);
+  const auto r = f.run("zero");
+  EXPECT_EQ(r.embed_counts.exact, 320u);
+  EXPECT_EQ(r.embed_counts.approximated, 0u);
+  const Rows orig = read_rows(f.model, "lm_head.weight"), now = read_rows(f.out, "lm_head.weight");
+  const size_t id = f.donor_id("\xC4\xA0t");  // now spelled "▁t" at the same id
+  EXPECT_EQ(std::memcmp(now.row(id), orig.row(f.model_id("\xC4\xA0t")), 64 * 4), 0);
+}
+
 std::string sample_text() {
   std::string s;
   for (int i = 0; i < 40; ++i) s += fmt::format("word{} and {} more; ", i, i * 7 % 13);
@@ -461,6 +479,12 @@ TEST(TokenSurgeon, BadInputIsRefusedWithAClearMessage) {
     w.finish();
   }
   has(error_of([&] { f.run("omp"); }), "do not match its tokenizer");
+  // A single weights file has no tokenizer next to it.
+  has(error_of([&] {
+        surgery::token_surgeon((f.model / "model.safetensors").string(), f.donor.string(),
+                               bare / "o", {.method = "zero"});
+      }),
+      "needs a model folder");
   // Never into an input.
   has(error_of([&] {
         surgery::token_surgeon(f.model.string(), f.donor.string(), f.donor / "out",

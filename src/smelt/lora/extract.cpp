@@ -201,6 +201,8 @@ std::vector<Module> plan_modules(const io::Model& ft, const io::Model& base,
     }
     (w ? modules[it->second].weight : modules[it->second].bias) = t;
   }
+  const std::string example =
+      modules.empty() ? std::string("model.layers.0.self_attn.q_proj") : modules[0].name;
   std::vector<Module> out;
   for (Module& m : modules) {
     if (!m.weight.info) continue;  // a lone bias belongs to no module smelt knows
@@ -285,8 +287,7 @@ std::vector<Module> plan_modules(const io::Model& ft, const io::Model& base,
     for (const CompiledRegex& r : *list) {
       if (!r.used) {
         fail("{} '{}' matches no module of the fine-tuned model (modules are named like '{}')",
-             list == &include ? "--include-regex" : "--exclude-regex", r.text,
-             modules.empty() ? std::string("model.layers.0.self_attn.q_proj") : modules[0].name);
+             list == &include ? "--include-regex" : "--exclude-regex", r.text, example);
       }
     }
   }

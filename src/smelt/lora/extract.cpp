@@ -470,8 +470,8 @@ std::string extract_readme(const ExtractResult& result, const ExtractOptions& o,
   s += fmt::format("# LoRA extracted from {}\n\n", ft_ref);
   s += fmt::format(
       "A PEFT LoRA adapter (rank {}, lora_alpha = r, so scaling 1) approximating the difference "
-      "between `{}` and its base `{}`, extracted by smelt with a {} SVD.\n\n",
-      result.rank, ft_ref, base_ref, o.randomized ? "randomized" : "exact");
+      "between `{}` and its base `{}`, extracted by smelt with {} SVD.\n\n",
+      result.rank, ft_ref, base_ref, o.randomized ? "a randomized" : "an exact");
   if (!o.invocation.empty()) s += fmt::format("```sh\n{}\n```\n\n", o.invocation);
   for (const ModuleResult& m : result.modules) {
     if (m.note.starts_with("vocabulary size changed")) {

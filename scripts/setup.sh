@@ -9,6 +9,7 @@ PACKAGES=(
   libpcre2-dev libutf8proc-dev libsentencepiece-dev python3-sentencepiece
   python3 python3-numpy python3-yaml time
   libcurl4-openssl-dev libssl-dev  # Hub downloads (docs/hub.md): HTTP(S), sha256/sha1 checks
+  liblapacke-dev libopenblas-dev  # LoRA extraction (docs/lora_extract.md): SVD, QR, matrix products
   librsvg2-bin  # tests render smelt's SVG plots to PNG (docs/search.md)
   clang libclang-rt-14-dev llvm  # scripts/fuzz.sh (libFuzzer) and symbolized sanitizer reports
 )

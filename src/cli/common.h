@@ -29,6 +29,7 @@ void add_soup(CLI::App& app);
 void add_sweep(CLI::App& app);
 void add_interpolate(CLI::App& app);
 void add_tokensurgeon(CLI::App& app);
+void add_lora(CLI::App& app);
 
 // A tensor's storage type for display: the ggml type name for GGUF tensors ("q4_K"), else the
 // safetensors dtype ("BF16").

@@ -92,7 +92,8 @@ int main(int argc, char** argv) {
       "  smelt evolve genome.yml --storage-path run   search merge parameters (mergekit-evolve)\n"
       "  smelt average ./run ./avg --last 3    average a training run's last checkpoints\n"
       "  smelt diff ./ft ./base --layers       how far two models are apart, per layer\n"
-      "  smelt tokensurgeon ./m ./donor ./out  give a model another model's tokenizer\n",
+      "  smelt tokensurgeon ./m ./donor ./out  give a model another model's tokenizer\n"
+      "  smelt lora extract --model ./ft --base ./base ./lora   a LoRA adapter from a fine-tune\n",
       "smelt"};
   app.set_version_flag("--version", std::string("smelt ") + SMELT_VERSION);
   app.require_subcommand(1);
@@ -112,6 +113,7 @@ int main(int argc, char** argv) {
   smelt::cli::add_average(app);
   smelt::cli::add_diff(app);
   smelt::cli::add_tokensurgeon(app);
+  smelt::cli::add_lora(app);
   smelt::cli::add_dev(app);
   // Hub ids missing from the cache are downloaded by every verb, as mergekit does (docs/hub.md).
   smelt::io::set_hub_download(true);

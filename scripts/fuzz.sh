@@ -8,7 +8,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${SMELT_FUZZ_BUILD_DIR:-$here/build-fuzz}"
-all=(safetensors_header safetensors_index gguf_reader config_yaml tokenizer_json sentencepiece tokenizer_engine gguf_model torch_pickle)
+all=(safetensors_header safetensors_index gguf_reader config_yaml tokenizer_json sentencepiece tokenizer_engine gguf_model torch_pickle lora_config)
 
 if [ $# -lt 2 ] || ! [[ "$2" =~ ^[0-9]+$ ]]; then
   echo "usage: scripts/fuzz.sh TARGET|all SECONDS [libFuzzer flags...]; targets: ${all[*]}" >&2

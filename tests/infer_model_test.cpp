@@ -280,12 +280,14 @@ void expect_gguf_matches(const TinySpec& s, const std::vector<double>& inv_freq 
   EXPECT_LT(max_diff(hf, ref), 1e-3) << "smelt on the HF folder vs the reference";
   if (s.family == "gemma2") {
     // llama.cpp reads gelu from an f16 table (docs/gguf.md): the reference doing the same agrees
-    // with it far better, so that table is the whole difference.
+    // with it far better, so that table is most of the difference. (How much better depends on
+    // the CPU llama.cpp runs on: under 1e-4 on the machine this test was written on, 3.1e-4 on an
+    // AMD EPYC without AVX-512.)
     smelt::testing::ReferenceOptions as_llama_cpp;
     as_llama_cpp.llama_cpp_gelu = true;
     const double table =
         max_diff(smelt::testing::reference_log_softmax_all(ref_model, kIds, as_llama_cpp), cpp);
-    EXPECT_LT(table, 1e-4) << "the reference with llama.cpp's gelu vs llama.cpp";
+    EXPECT_LT(table, 0.5 * hf_cpp) << "the reference with llama.cpp's gelu vs llama.cpp";
     std::cout << "gemma2: reference with llama.cpp's gelu vs llama.cpp " << table << "\n";
   }
   std::cout << s.family << ": max |Δ log-softmax| over " << kIds.size()

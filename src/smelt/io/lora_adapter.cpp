@@ -405,7 +405,10 @@ std::vector<LoraEdit> LoraAdapter::bind(const Model& base) const {
     slot = e.info;
   }
   using Role = Entry::Role;
-  for (const auto& [module, g] : groups) {
+  for (const auto& group : groups) {
+    // Named copies: lambdas cannot capture structured bindings before clang 16 (fuzz builds).
+    const auto& module = group.first;
+    const auto& g = group.second;
     auto part = [&](Role r) -> const TensorInfo* {
       auto it = g.parts.find(r);
       return it == g.parts.end() ? nullptr : it->second;

@@ -356,11 +356,15 @@ TEST(EvolveCli, ResumeContinuesAsIfNeverInterrupted) {
 TEST(EvolveCli, CtrlCKeepsTheLastGenerationAndResumes) {
   TempDir dir;
   write_bytes(dir / "genome.yml", zoo_genome(2));
-  // SIGINT to the search alone (its workers are stopped by it) once a few generations are done.
-  const auto r =
-      smelt::testing::run_command("sh -c '" + std::string(SMELT_BIN) + " " +
-                                  evolve(dir, "run", "--max-fevals 100000 --workers 2 -j 2") +
-                                  " & pid=$!; sleep 4; kill -INT $pid; wait $pid; echo exit=$?'");
+  // SIGINT to the search alone (its workers are stopped by it) once a generation is done (its
+  // checkpoint written; polled, so a slow machine or a sanitizer build waits longer), and a bit.
+  const std::string checkpoint_file = (dir / "run" / "checkpoint.json").string();
+  const auto r = smelt::testing::run_command(
+      "sh -c '" + std::string(SMELT_BIN) + " " +
+      evolve(dir, "run", "--max-fevals 100000 --workers 2 -j 2") +
+      " & pid=$!; i=0; while [ ! -s \"" + checkpoint_file +
+      "\" ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; sleep 1; kill -INT $pid; "
+      "wait $pid; echo exit=$?'");
   EXPECT_NE(r.output.find("exit=130"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("--resume continues it"), std::string::npos) << r.output;
   const auto checkpoint = nlohmann::json::parse(read_bytes(dir / "run" / "checkpoint.json"));

@@ -41,8 +41,10 @@ Rows rows_of(const io::Model& m, const std::string& name) {
   t.file->read(*t.info, 0, b.data(), b.size());
   std::vector<float> f(t.info->numel());
   kernels::to_f32(t.info->dtype, b.data(), f.data(), f.size());
-  const size_t cols = t.info->shape[1];
-  Rows rows(t.info->shape[0], std::vector<double>(cols));
+  // 1-D tensors (norms) as one row.
+  const size_t n_rows = t.info->shape.size() == 2 ? t.info->shape[0] : 1;
+  const size_t cols = n_rows == 0 ? 0 : f.size() / n_rows;
+  Rows rows(n_rows, std::vector<double>(cols));
   for (size_t r = 0; r < rows.size(); ++r)
     for (size_t c = 0; c < cols; ++c) rows[r][c] = f[r * cols + c];
   return rows;

@@ -481,11 +481,10 @@ namespace {
 TEST(CliVerbs, UnknownVerbNamesTheVerbsAndExitsOne) {
   auto r = testing::run_smelt("frobnicate");
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_EQ(
-      r.output,
-      "smelt: error: unknown verb 'frobnicate'; verbs: merge, moe, plan, inspect, convert, "
-      "download, tokenize, eval, generate, soup, sweep, interpolate, evolve, average, diff, "
-      "tokensurgeon, lora\n");
+  EXPECT_EQ(r.output,
+            "smelt: error: unknown verb 'frobnicate'; verbs: merge, moe, plan, inspect, convert, "
+            "download, tokenize, eval, generate, soup, sweep, interpolate, evolve, average, diff, "
+            "tokensurgeon, lora\n");
   auto typo = testing::run_smelt("merg a b");
   EXPECT_EQ(typo.exit_code, 1);
   EXPECT_NE(typo.output.find("did you mean 'merge'?"), std::string::npos) << typo.output;

@@ -103,7 +103,16 @@ const nlohmann::json& architecture_table() {
   return table;
 }
 
-// Value at a dotted key ("text_config.vocab_size"), or nullptr.
+std::vector<std::string> strings(const nlohmann::json& j) {
+  std::vector<std::string> out;
+  if (j.is_array()) {
+    for (const auto& s : j) out.push_back(s.get<std::string>());
+  }
+  return out;
+}
+
+}  // namespace
+
 const nlohmann::json* dotted(const nlohmann::json& j, std::string_view key) {
   const nlohmann::json* node = &j;
   while (true) {
@@ -115,16 +124,6 @@ const nlohmann::json* dotted(const nlohmann::json& j, std::string_view key) {
     key.remove_prefix(dot + 1);
   }
 }
-
-std::vector<std::string> strings(const nlohmann::json& j) {
-  std::vector<std::string> out;
-  if (j.is_array()) {
-    for (const auto& s : j) out.push_back(s.get<std::string>());
-  }
-  return out;
-}
-
-}  // namespace
 
 int64_t ArchitectureInfo::num_layers() const {
   auto it = layers.layers_by_prefix.find(layer_prefix);

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -77,6 +78,9 @@ struct ArchitectureInfo {
   // `names` (e.g. "model.embed_tokens.weight"); "" when `name` is not a tied head.
   std::string tied_embedding(std::string_view name, const std::vector<std::string>& names) const;
 };
+
+// The value at a dotted config.json key ("text_config.vocab_size"), or nullptr.
+const nlohmann::json* dotted(const nlohmann::json& j, std::string_view key);
 
 // Infers the architecture of a model from its tensor names and config.json text (may be empty).
 ArchitectureInfo infer_architecture(const std::vector<std::string>& tensor_names,

@@ -114,15 +114,8 @@ class Planner {
     nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
     const std::string key =
         arch(model).vocab_size_key.empty() ? "vocab_size" : arch(model).vocab_size_key;
-    const nlohmann::json* node = &j;
-    size_t start = 0;
-    for (size_t dot = key.find('.');; dot = key.find('.', start)) {
-      const std::string part = key.substr(start, dot == std::string::npos ? dot : dot - start);
-      if (!node->is_object() || !node->contains(part)) return -1;
-      node = &(*node)[part];
-      if (dot == std::string::npos) break;
-      start = dot + 1;
-    }
+    const nlohmann::json* node = dotted(j, key);
+    if (!node) return -1;
     return node->is_number_integer() && node->get<int64_t>() >= 0 ? node->get<int64_t>() : -1;
   }
 

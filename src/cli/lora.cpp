@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -24,6 +25,7 @@ struct ExtractCliOptions {
   std::string model, base, out;
   lora::ExtractOptions o;
   std::string threads = "0";
+  std::string format = "auto";
   bool quiet = false;
 };
 
@@ -39,6 +41,7 @@ std::string invocation(const ExtractCliOptions& c) {
   for (const auto& r : o.exclude_regex) s += " --exclude-regex '" + r + "'";
   if (o.sv_epsilon > 0) s += fmt::format(" --sv-epsilon {}", o.sv_epsilon);
   if (o.skip_undecomposable) s += " --skip-undecomposable";
+  if (o.format == "gguf") s += " --format gguf";
   if (o.randomized) {
     s += fmt::format(" --randomized --power-iters {} --oversample {} --seed {}", o.power_iters,
                      o.oversample, o.seed);
@@ -49,6 +52,13 @@ std::string invocation(const ExtractCliOptions& c) {
 void run_extract(ExtractCliOptions& c) {
   lora::ExtractOptions& o = c.o;
   o.threads = parse_threads(c.threads);
+  if (c.format == "auto") {
+    o.format = std::filesystem::path(c.out).extension() == ".gguf" ? "gguf" : "peft";
+  } else if (c.format == "peft" || c.format == "gguf") {
+    o.format = c.format;
+  } else {
+    fail("--format '{}': use peft, gguf or auto", c.format);
+  }
   o.invocation = invocation(c);
   o.on_note = [](const std::string& text) { fmt::print(stderr, "note: {}\n", text); };
   if (!c.quiet) {
@@ -86,7 +96,11 @@ void run_extract(ExtractCliOptions& c) {
       rows.push_back({lora[i]->module, std::to_string(lora[i]->rank),
                       fmt::format("{:.3e}", lora[i]->rel_error)});
     }
-    fmt::print("worst modules (all in {}/README.md):\n", c.out);
+    if (o.format == "gguf") {
+      fmt::print("worst modules:\n");
+    } else {
+      fmt::print("worst modules (all in {}/README.md):\n", c.out);
+    }
     print_columns({"module", "rank", "rel_error"}, rows, 1);
   }
 }
@@ -98,11 +112,17 @@ void add_extract(CLI::App& lora_app) {
       "Extract a PEFT LoRA adapter from a fine-tuned model and its base (mergekit-extract-lora):\n"
       "each 2-D weight's difference D = W_ft - W_base truncated by SVD to rank r.\n"
       "Examples:\n  smelt lora extract --model ./ft --base ./base ./ft-lora --max-rank 32\n"
-      "  smelt lora extract --model ./ft --base ./base ./ft-lora --randomized -j 8");
+      "  smelt lora extract --model ./ft --base ./base ./ft-lora --randomized -j 8\n"
+      "  smelt lora extract --model ./ft --base ./base ft-lora.gguf --max-rank 32   # llama.cpp");
   cmd->add_option("--model", c->model, "the fine-tuned model")->required();
   cmd->add_option("--base,--base-model", c->base, "the model it was fine-tuned from")->required();
-  cmd->add_option("out", c->out, "output adapter folder")->required();
-  cmd->add_option("--out-path", c->out, "output adapter folder (mergekit's spelling)");
+  cmd->add_option("out", c->out, "output adapter folder (a .gguf file with --format gguf)")
+      ->required();
+  cmd->add_option("--out-path", c->out, "output adapter (mergekit's spelling)");
+  cmd->add_option("--format", c->format,
+                  "peft (an adapter folder), gguf (one llama.cpp adapter file), or auto (gguf "
+                  "when OUT ends in .gguf)")
+      ->capture_default_str();
   cmd->add_option("--max-rank", c->o.max_rank, "largest rank of a module")->capture_default_str();
   cmd->add_flag("--distribute-scale,!--no-distribute-scale", c->o.distribute_scale,
                 "A = sqrt(S) V^T and B = U sqrt(S) (default); off: A = S V^T, B = U");

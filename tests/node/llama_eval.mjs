@@ -13,7 +13,11 @@
 //   -> {"n_vocab": 320, "n_tokens": 3, "argmax": [17, 4, 99], "logits_normalization":
 //       "log_softmax", "logits": [[...], [...], [...]]}
 // where argmax[t] and logits[t] belong to the next token after ids[0..t] (one list per position,
-// in order). Exits non-zero with a message on stderr on any failure.
+// in order).
+//
+// With --lora ADAPTER.gguf (repeatable), llama.cpp applies each LoRA adapter at scale 1:
+//   node llama_eval.mjs BASE.gguf '[1, 72, 101]' --lora adapter.gguf
+// Exits non-zero with a message on stderr on any failure.
 import process from "node:process";
 import {getLlama, LlamaLogLevel} from "node-llama-cpp";
 
@@ -23,11 +27,20 @@ function die(message) {
 }
 
 async function main() {
-  const [modelPath, idsJson, mode, ...extra] = process.argv.slice(2);
-  const usage = "usage: node llama_eval.mjs MODEL.gguf TOKEN_IDS_JSON [--all]";
-  if (!modelPath || !idsJson || extra.length > 0) die(usage);
-  if (mode != null && mode !== "--all") die(`unknown option '${mode}'; ${usage}`);
-  const all = mode === "--all";
+  const [modelPath, idsJson, ...options] = process.argv.slice(2);
+  const usage = "usage: node llama_eval.mjs MODEL.gguf TOKEN_IDS_JSON [--all] [--lora ADAPTER.gguf]...";
+  if (!modelPath || !idsJson) die(usage);
+  let all = false;
+  const adapters = [];
+  for (let i = 0; i < options.length; ++i) {
+    if (options[i] === "--all") {
+      all = true;
+    } else if (options[i] === "--lora" && i + 1 < options.length) {
+      adapters.push({filePath: options[++i], scale: 1});
+    } else {
+      die(`unknown option '${options[i]}'; ${usage}`);
+    }
+  }
   let ids;
   try {
     ids = JSON.parse(idsJson);
@@ -61,14 +74,20 @@ async function main() {
 
   // An F32 KV cache and no flash attention (whose CPU kernel rounds Q to F16), so results agree
   // with an f32/f64 reference to f32 rounding rather than F16's.
-  const context = await model.createContext({
-    contextSize: Math.max(64, ids.length + 16),
-    sequences: 1,
-    flashAttention: false,
-    experimentalKvCacheKeyType: "F32",
-    experimentalKvCacheValueType: "F32",
-    swaFullCache: true,  // sliding-window layers keep every position (no cache-size effects)
-  });
+  let context;
+  try {
+    context = await model.createContext({
+      ...(adapters.length > 0 ? {lora: {adapters}} : {}),
+      contextSize: Math.max(64, ids.length + 16),
+      sequences: 1,
+      flashAttention: false,
+      experimentalKvCacheKeyType: "F32",
+      experimentalKvCacheValueType: "F32",
+      swaFullCache: true,  // sliding-window layers keep every position (no cache-size effects)
+    });
+  } catch (e) {
+    die(`llama.cpp could not create a context${adapters.length ? " with the LoRA adapters" : ""}: ${e.message}\n${logs.join("\n")}`);
+  }
   const sequence = context.getSequence();
   // Evaluate all tokens; ask for the distribution after the last one (after each one with
   // --all). Temperature 0 selects llama.cpp's greedy sampler, which leaves every logit in the

@@ -16,9 +16,11 @@
 #include "smelt/exec/thread_pool.h"
 #include "smelt/interrupt.h"
 #include "smelt/io/file_util.h"
+#include "smelt/io/gguf_json.h"
 #include "smelt/io/output_claim.h"
 #include "smelt/io/safetensors.h"
 #include "smelt/kernels/random.h"
+#include "smelt/lora/gguf_adapter.h"
 #include "smelt/lora/peft_config.h"
 #include "smelt/lora/svd.h"
 #include "smelt/lora/tensor_read.h"
@@ -56,7 +58,8 @@ struct Module {
   io::ModelTensor weight, bias;            // of the fine-tuned model
   io::ModelTensor base_weight, base_bias;  // of the base (lora modules)
   ModuleResult result;
-  size_t job = SIZE_MAX;  // index into the decomposition jobs
+  size_t job = SIZE_MAX;               // index into the decomposition jobs
+  std::optional<GgufLoraTarget> gguf;  // GGUF output: where the pair goes
 };
 
 // One decomposed module: A (r×in), B (out×r), optional bias delta, as PEFT stores them.
@@ -315,10 +318,86 @@ void copy_tensor(io::SafetensorsWriter& w, size_t index, const io::ModelTensor& 
   }
 }
 
+// GGUF output: the base's GGUF names for every module, decided before any decomposition; what
+// a llama.cpp adapter cannot hold is refused (a changed vocabulary) or marked skipped (1-D
+// weights, tensors llama.cpp drops).
+// Returns the GGUF architecture.
+std::string assign_gguf_targets(std::vector<Module>& modules, const io::Model& base) {
+  const fs::path& config_path = base.resolved().config_json;
+  if (config_path.empty()) {
+    fail(
+        "--format gguf: the base model {} has no config.json, which names the GGUF "
+        "architecture and tensors the adapter applies to",
+        base.resolved().ref);
+  }
+  const GgufLoraLayout layout(io::gguf_json::read_json(config_path));
+  for (Module& m : modules) {
+    ModuleResult& r = m.result;
+    if (r.kind == "full") {
+      if (r.note.starts_with("vocabulary size changed")) {
+        fail(
+            "--format gguf: '{}': {}; a llama.cpp adapter cannot change the vocabulary "
+            "(extract a PEFT adapter instead)",
+            m.name, r.note);
+      }
+      if (r.shape.size() == 2) {
+        fail("internal: module '{}' would be saved full rank in a GGUF adapter", m.name);
+      }
+      r.kind = "skipped";
+      r.note = fmt::format("{}-D weight: llama.cpp adapters hold only LoRA pairs", r.shape.size());
+    } else if (r.kind == "lora" || r.kind == "embedding") {
+      m.gguf = layout.target(m.name + ".weight", r.shape[0], r.kind == "embedding");
+      if (m.gguf && m.gguf->embedding && !base.find("lm_head.weight").info) {
+        fail(
+            "--format gguf: '{}' is tied to the output head in {} (no lm_head.weight); llama.cpp "
+            "would apply its LoRA pair to the head as well. Leave it out with "
+            "--exclude-regex '{}'",
+            m.name, base.resolved().ref, last_component(m.name));
+      }
+      if (!m.gguf) {
+        r.kind = "skipped";
+        r.note = "not in llama.cpp's GGUF of this architecture";
+      }
+    }
+  }
+  return layout.arch();
+}
+
+// GGUF output: a note naming what the adapter leaves out although the fine-tune changed it (1-D
+// weights, bias deltas), so the user knows llama.cpp with the adapter is not the fine-tune.
+void note_left_out(const std::vector<Module>& modules, const std::vector<Factors>& factors,
+                   const ExtractOptions& o) {
+  if (!o.on_note) return;
+  std::vector<std::string> changed;
+  for (const Module& m : modules) {
+    if (m.job != SIZE_MAX && m.gguf) {
+      const std::vector<float>& bias = factors[m.job].bias;
+      if (std::any_of(bias.begin(), bias.end(), [](float x) { return x != 0.0f; })) {
+        changed.push_back(m.name + ".bias");
+      }
+      continue;
+    }
+    if (m.result.kind != "skipped" || m.result.shape.size() == 2) continue;
+    const io::ModelTensor base = m.base_weight;
+    if (!base.info) continue;
+    if (read_tensor_f32(m.weight) != read_tensor_f32(base)) changed.push_back(m.name + ".weight");
+  }
+  if (changed.empty()) return;
+  o.on_note(fmt::format(
+      "the fine-tune changed {} tensor{} a llama.cpp adapter cannot hold (1-D weights and "
+      "biases), left out: {}{}",
+      changed.size(), changed.size() == 1 ? "" : "s",
+      fmt::join(changed.begin(), changed.begin() + std::min<ptrdiff_t>(5, ssize(changed)), ", "),
+      changed.size() > 5 ? ", ..." : ""));
+}
+
 }  // namespace
 
 ExtractResult extract_lora(const io::Model& ft, const io::Model& base, const fs::path& out,
-                           const ExtractOptions& o) {
+                           const ExtractOptions& options) {
+  ExtractOptions o = options;
+  const bool gguf = o.format == "gguf";
+  if (!gguf && o.format != "peft") fail("--format '{}': use peft or gguf", o.format);
   if (o.max_rank == 0) fail("--max-rank must be at least 1");
   for (const io::Model* m : {&ft, &base}) {
     if (m->resolved().gguf) {
@@ -328,7 +407,17 @@ ExtractResult extract_lora(const io::Model& ft, const io::Model& base, const fs:
           m->resolved().ref);
     }
   }
+  if (gguf) {
+    if (!o.save_modules.empty()) {
+      fail(
+          "--save-module with --format gguf: a llama.cpp adapter holds only LoRA pairs, not "
+          "full-rank modules (extract a PEFT adapter to save modules)");
+    }
+    o.embed_lora = true;  // token_embd is adapted as a pair or not at all
+  }
   std::vector<Module> modules = plan_modules(ft, base, o);
+  std::string gguf_arch;
+  if (gguf) gguf_arch = assign_gguf_targets(modules, base);
   std::vector<size_t> jobs;
   for (size_t i = 0; i < modules.size(); ++i) {
     if (modules[i].result.kind == "lora" || modules[i].result.kind == "embedding") {
@@ -345,7 +434,7 @@ ExtractResult extract_lora(const io::Model& ft, const io::Model& base, const fs:
   auto check_output = [&] {
     exec::check_no_overlap(out, ft.resolved(), ft.resolved().ref);
     exec::check_no_overlap(out, base.resolved(), base.resolved().ref);
-    exec::check_existing_output(out, false, o.overwrite);
+    exec::check_existing_output(out, gguf, o.overwrite);
   };
   check_output();
   const fs::path target = exec::output_location(out);
@@ -378,6 +467,41 @@ ExtractResult extract_lora(const io::Model& ft, const io::Model& base, const fs:
   }
 
   ExtractResult result;
+  for (Module& m : modules) {
+    if (m.job == SIZE_MAX) continue;
+    const Factors& f = factors[m.job];
+    m.result.rank = f.rank;
+    m.result.rel_error = f.rel_error;
+    if (f.rank == 0) {
+      m.result.kind = "skipped";
+      m.result.note = "no singular value above --sv-epsilon";
+    } else {
+      result.rank = std::max(result.rank, f.rank);
+    }
+  }
+
+  if (gguf) {
+    std::vector<GgufLoraPair> pairs;
+    for (const Module& m : modules) {
+      result.modules.push_back(m.result);
+      if (m.job == SIZE_MAX || !m.gguf || factors[m.job].rank == 0) continue;
+      const Factors& f = factors[m.job];
+      pairs.push_back({*m.gguf, f.rank, f.a_cols, f.b_rows, &f.a, &f.b});
+    }
+    if (pairs.empty()) fail("nothing to extract: no module has a LoRA pair for llama.cpp");
+    note_left_out(modules, factors, o);
+    io::AtomicFileOptions file_options;
+    const bool overwrite = o.overwrite;
+    file_options.publish = [&](const fs::path& temp, const fs::path& path) {
+      check_interrupted();
+      stamps.check("LoRA extraction");
+      io::publish_file(temp, path, overwrite);
+    };
+    result.adapter_bytes = write_gguf_lora(target, gguf_arch, ft.resolved().ref + " LoRA", pairs,
+                                           std::move(file_options));
+    return result;
+  }
+
   PeftConfig config;
   config.base_model_name_or_path = base.resolved().ref;
   std::set<std::string> targets;
@@ -392,12 +516,7 @@ ExtractResult extract_lora(const io::Model& ft, const io::Model& base, const fs:
     ModuleResult& r = m.result;
     if (m.job != SIZE_MAX) {
       const Factors& f = factors[m.job];
-      r.rank = f.rank;
-      r.rel_error = f.rel_error;
-      if (f.rank == 0) {
-        r.kind = "skipped";
-        r.note = "no singular value above --sv-epsilon";
-      } else {
+      if (f.rank != 0) {
         const bool emb = r.kind == "embedding";
         const std::string p = kPrefix + m.name;
         specs.push_back(
@@ -412,7 +531,6 @@ ExtractResult extract_lora(const io::Model& ft, const io::Model& base, const fs:
           config.lora_bias = true;
         }
         targets.insert(last_component(m.name));
-        result.rank = std::max(result.rank, f.rank);
       }
     } else if (r.kind == "full") {
       for (const io::ModelTensor& t : {m.weight, m.bias}) {

@@ -28,6 +28,10 @@ struct ExtractOptions {
   uint64_t seed = 0;
   size_t threads = 1;  // modules decomposed at once (each holds its Δ in memory)
   bool overwrite = false;
+  // "peft": an adapter folder as mergekit-extract-lora writes it. "gguf": one llama.cpp adapter
+  // file (docs/lora_extract.md, "GGUF adapters"): embeddings are always decomposed, 1-D weights
+  // and bias deltas left out (llama.cpp adapters hold only LoRA pairs), --save-module refused.
+  std::string format = "peft";
   std::string invocation;  // shown in README.md
   std::function<void(const std::string&)> on_note;
   std::function<void(size_t done, size_t total)> on_progress;
@@ -49,13 +53,15 @@ struct ExtractResult {
   uint64_t adapter_bytes = 0;
 };
 
-// Writes the adapter folder `out` (adapter_config.json, adapter_model.safetensors, README.md)
-// under the output rules of a merge: OUT may not overlap either input, an existing non-empty OUT
-// is replaced only with `overwrite` and only when it holds model files, the folder is built under
-// a temporary name and published complete. Results do not depend on `threads`. Throws
+// Writes the adapter folder `out` (adapter_config.json, adapter_model.safetensors, README.md), or
+// with format "gguf" the adapter file `out`, under the output rules of a merge: OUT may not
+// overlap either input, an existing OUT is replaced only with `overwrite` and only when it holds
+// model files (a regular file for GGUF), the output is built under a temporary name and published
+// complete. Results do not depend on `threads`. Throws
 // smelt::Error for a GGUF input, a weight missing from the base, shapes that differ (naming the
 // tensor and both shapes), a regex that is invalid or matches no module, max_rank 0, and a model
-// with nothing to extract.
+// with nothing to extract; for GGUF also a base without config.json or of an architecture GGUF
+// export does not know, a module llama.cpp does not know, and a changed vocabulary size.
 ExtractResult extract_lora(const io::Model& ft, const io::Model& base,
                            const std::filesystem::path& out, const ExtractOptions& options);
 

@@ -19,6 +19,7 @@
 #include "smelt/io/gguf_json.h"
 #include "smelt/io/output_claim.h"
 #include "smelt/io/safetensors.h"
+#include "smelt/kernels/elementwise.h"
 #include "smelt/kernels/random.h"
 #include "smelt/lora/gguf_adapter.h"
 #include "smelt/lora/peft_config.h"
@@ -87,32 +88,37 @@ std::vector<CompiledRegex> compile(const std::vector<std::string>& texts, const 
   return out;
 }
 
+// The module's bias difference into f.bias (nothing without a bias).
+void read_bias_delta(const Module& m, Factors& f) {
+  if (!m.bias.info) return;
+  f.bias = read_tensor_f32(m.bias);
+  const std::vector<float> bb = read_tensor_f32(m.base_bias);
+  for (size_t i = 0; i < f.bias.size(); ++i) f.bias[i] -= bb[i];
+}
+
 // Decomposes Δ = ft − base of one module (see docs/lora_extract.md, "Extraction").
 Factors decompose(const Module& m, const ExtractOptions& o) {
   check_interrupted();
-  std::vector<float> d = read_tensor_f32(m.weight);
-  {
-    const std::vector<float> b = read_tensor_f32(m.base_weight);
-    for (size_t i = 0; i < d.size(); ++i) d[i] -= b[i];
-  }
+  // Per-worker buffers, grown and reused across modules: a fresh matrix per module would pay
+  // its first-touch page faults again (docs/performance.md, "Memory and file reads").
+  thread_local std::vector<float> delta_buffer, copy_buffer;
+  std::vector<float>& d = delta_buffer;
+  read_difference_f32(m.weight, m.base_weight, d);
   const size_t rows = static_cast<size_t>(m.weight.info->shape[0]);
   const size_t cols = static_cast<size_t>(m.weight.info->shape[1]);
   const bool embedding = m.result.kind == "embedding";
-  double norm2 = 0;
-  for (float x : d) norm2 += double(x) * x;
+  const double norm2 = kernels::dot(d.data(), d.data(), d.size());
   TruncatedSvd svd;
-  std::vector<float> kept;  // Δ for the error, when the SVD destroys d
+  const std::vector<float>* kept = &d;  // Δ for the error
   if (o.randomized) {
     RandomizedSvdOptions ro;
     ro.oversample = o.oversample;
     ro.power_iters = o.power_iters;
     ro.key = kernels::stream_key(o.seed, m.name);
     svd = randomized_svd(d.data(), rows, cols, o.max_rank, ro);
-    kept = std::move(d);
   } else {
-    kept = d;
-    svd = exact_svd(d.data(), rows, cols, o.max_rank);
-    std::vector<float>().swap(d);
+    copy_buffer.assign(d.begin(), d.end());  // the SVD destroys its input
+    svd = exact_svd(copy_buffer.data(), rows, cols, o.max_rank);
   }
   size_t r = svd.k;
   if (o.sv_epsilon > 0) {
@@ -150,6 +156,18 @@ Factors decompose(const Module& m, const ExtractOptions& o) {
       for (size_t j = 0; j < r; ++j) f.b[i * r + j] = svd.vt[j * cols + i] * sb[j];
     }
   }
+  // B·A = U_r S_r V_rᵀ with orthonormal U_r, V_r (the randomized U = Q·U_small is orthonormal
+  // too, and u_iᵀΔv_i = s_i), so ‖Δ − BA‖² = ‖Δ‖² − Σ_{i≤r} s_i². That difference is exact enough
+  // while the error is not small against ‖Δ‖ (f32 singular values carry ~1e-7 relative error);
+  // below kClosedFormMin the error is measured from the factors as written, rounding included.
+  constexpr double kClosedFormMin = 1e-2;  // of (‖Δ − BA‖ / ‖Δ‖)²
+  double kept2 = 0;
+  for (size_t i = 0; i < r; ++i) kept2 += double(svd.s[i]) * svd.s[i];
+  if (norm2 > 0 && (norm2 - kept2) / norm2 >= kClosedFormMin) {
+    f.rel_error = std::sqrt((norm2 - kept2) / norm2);
+    read_bias_delta(m, f);
+    return f;
+  }
   // ‖Δ − BA‖_F from the factors as written, in blocks of rows of the stored layout: L·R with
   // L = B, R = A (linear) or L = Aᵀ, R = Bᵀ (embedding).
   std::vector<float> left(rows * r), right(r * cols);
@@ -168,16 +186,12 @@ Factors decompose(const Module& m, const ExtractOptions& o) {
     const size_t n = std::min(kBlock, rows - i0);
     gemm(&left[i0 * r], right.data(), rec.data(), n, r, cols);
     for (size_t e = 0; e < n * cols; ++e) {
-      const double diff = double(kept[i0 * cols + e]) - rec[e];
+      const double diff = double((*kept)[i0 * cols + e]) - rec[e];
       err2 += diff * diff;
     }
   }
   f.rel_error = norm2 > 0 ? std::sqrt(err2 / norm2) : 0.0;
-  if (m.bias.info) {
-    f.bias = read_tensor_f32(m.bias);
-    const std::vector<float> bb = read_tensor_f32(m.base_bias);
-    for (size_t i = 0; i < f.bias.size(); ++i) f.bias[i] -= bb[i];
-  }
+  read_bias_delta(m, f);
   return f;
 }
 

@@ -20,20 +20,24 @@ int as_int(size_t v, const char* what) {
   return static_cast<int>(v);
 }
 
-// Overwrites the row-major m×l matrix y (m >= l) with an orthonormal basis of its columns.
-void orthonormalize(std::vector<float>& y, size_t m, size_t l) {
-  std::vector<float> tau(l);
-  const int mi = as_int(m, "rows"), li = as_int(l, "columns");
-  int info = LAPACKE_sgeqrf(LAPACK_ROW_MAJOR, mi, li, y.data(), li, tau.data());
-  if (info == 0) info = LAPACKE_sorgqr(LAPACK_ROW_MAJOR, mi, li, li, y.data(), li, tau.data());
+// Overwrites the column-major rows×cols matrix y (rows >= cols, leading dimension rows; the
+// same bytes are the row-major cols×rows transpose) with an orthonormal basis of its columns.
+// Column-major, so LAPACKE calls LAPACK on y directly instead of transposing it twice.
+void orthonormalize(std::vector<float>& y, size_t rows, size_t cols) {
+  std::vector<float> tau(cols);
+  const int ri = as_int(rows, "rows"), ci = as_int(cols, "columns");
+  int info = LAPACKE_sgeqrf(LAPACK_COL_MAJOR, ri, ci, y.data(), ri, tau.data());
+  if (info == 0) info = LAPACKE_sorgqr(LAPACK_COL_MAJOR, ri, ci, ci, y.data(), ri, tau.data());
   if (info != 0) fail("LAPACK QR failed (info {}): the matrix holds NaN or infinity?", info);
 }
 
-// C (m×n) = Aᵀ (m×k, A stored k×m) · B (k×n).
-void gemm_tn(const float* a, const float* b, float* c, size_t m, size_t k, size_t n) {
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, as_int(m, "rows"), as_int(n, "columns"),
-              as_int(k, "inner"), 1.0f, a, as_int(m, "lda"), b, as_int(n, "ldb"), 0.0f, c,
-              as_int(n, "ldc"));
+// C (m×n) = op(A) · op(B), row-major, with op a transposition where asked; lda/ldb are the
+// stored row lengths.
+void gemm_op(bool ta, bool tb, const float* a, size_t lda, const float* b, size_t ldb, float* c,
+             size_t m, size_t k, size_t n) {
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+              as_int(m, "rows"), as_int(n, "columns"), as_int(k, "inner"), 1.0f, a,
+              as_int(lda, "lda"), b, as_int(ldb, "ldb"), 0.0f, c, as_int(n, "ldc"));
 }
 
 }  // namespace
@@ -93,26 +97,31 @@ TruncatedSvd randomized_svd(const float* a, size_t m, size_t n, size_t rank,
     return exact_svd(copy.data(), m, n, k);
   }
   // Ω: n×l standard normal, element (i, j) from counter i·l + j of the key's stream.
-  std::vector<float> omega(n * l);
-  for (size_t i = 0; i < n * l; ++i) omega[i] = kernels::random_normal(options.key, i);
-  std::vector<float> q(m * l), z(n * l);
-  gemm(a, omega.data(), q.data(), m, n, l);  // Y = A Ω
-  orthonormalize(q, m, l);
+  // Transposed factors throughout (Ωᵀ l×n, Qᵀ l×m, Zᵀ l×n, all row-major): every product reads
+  // A as stored and every QR is column-major. Ω's element (j, i) is draw j·l + i.
+  std::vector<float> omega_t(l * n);
+  for (size_t j = 0; j < n; ++j) {
+    for (size_t i = 0; i < l; ++i)
+      omega_t[i * n + j] = kernels::random_normal(options.key, j * l + i);
+  }
+  std::vector<float> qt(l * m), zt(l * n);
+  gemm_op(false, true, omega_t.data(), n, a, n, qt.data(), l, n, m);  // Yᵀ = Ωᵀ Aᵀ
+  orthonormalize(qt, m, l);
   for (size_t it = 0; it < options.power_iters; ++it) {
-    gemm_tn(a, q.data(), z.data(), n, m, l);  // Z = Aᵀ Q
-    orthonormalize(z, n, l);
-    gemm(a, z.data(), q.data(), m, n, l);  // Y = A Z
-    orthonormalize(q, m, l);
+    gemm_op(false, false, qt.data(), m, a, n, zt.data(), l, m, n);  // Zᵀ = Qᵀ A
+    orthonormalize(zt, n, l);
+    gemm_op(false, true, zt.data(), n, a, n, qt.data(), l, n, m);  // Yᵀ = Zᵀ Aᵀ
+    orthonormalize(qt, m, l);
   }
   std::vector<float> b(l * n);
-  gemm_tn(q.data(), a, b.data(), l, m, n);  // B = Qᵀ A
+  gemm_op(false, false, qt.data(), m, a, n, b.data(), l, m, n);  // B = Qᵀ A
   TruncatedSvd small = exact_svd(b.data(), l, n, k);
   TruncatedSvd r;
   r.m = m, r.n = n, r.k = small.k;
   r.s = std::move(small.s);
   r.vt = std::move(small.vt);
   r.u.resize(m * r.k);
-  gemm(q.data(), small.u.data(), r.u.data(), m, l, r.k);  // U = Q U_B
+  gemm_op(true, false, qt.data(), m, small.u.data(), r.k, r.u.data(), m, l, r.k);  // U = Q U_B
   return r;
 }
 

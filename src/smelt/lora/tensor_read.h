@@ -11,4 +11,9 @@ namespace smelt::lora {
 // not a float type smelt converts (integers, quantized GGUF blocks).
 std::vector<float> read_tensor_f32(const io::ModelTensor& t);
 
+// out = a − b elementwise in f32 (resized to the element count), read in bounded chunks. The
+// caller checked that the shapes match. Throws like read_tensor_f32.
+void read_difference_f32(const io::ModelTensor& a, const io::ModelTensor& b,
+                         std::vector<float>& out);
+
 }  // namespace smelt::lora

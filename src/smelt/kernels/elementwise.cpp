@@ -63,7 +63,8 @@ namespace {
 
 [[gnu::always_inline]] inline void keep_random_loop(uint64_t key, uint64_t first_counter, float p,
                                                     float* x, size_t n) {
-  for (size_t j = 0; j < n; ++j) x[j] = random_uniform(key, first_counter + j) < p ? x[j] : 0.0f;
+  for (size_t j = 0; j < n; ++j)
+    x[j] = kept_or_zero(random_uniform(key, first_counter + j) < p, x[j]);
 }
 
 #if defined(__x86_64__)
@@ -82,7 +83,7 @@ namespace {
                                                                size_t n) {
   for (size_t j = 0; j < n; ++j) {
     const float d = a[j] - b[j];
-    delta[j] = random_uniform(key, first_counter + j) < p ? d : 0.0f;
+    delta[j] = kept_or_zero(random_uniform(key, first_counter + j) < p, d);
   }
 }
 
@@ -96,7 +97,8 @@ keep_random_difference_avx512(uint64_t key, uint64_t first_counter, float p, con
 
 [[gnu::always_inline]] inline void random_mask_loop(uint64_t key, uint64_t first_counter, float p,
                                                     uint8_t* m, size_t n) {
-  for (size_t j = 0; j < n; ++j) m[j] = random_uniform(key, first_counter + j) < p ? 1 : 0;
+  for (size_t j = 0; j < n; ++j)
+    m[j] = static_cast<uint8_t>(random_uniform(key, first_counter + j) < p);
 }
 #if defined(__x86_64__)
 [[gnu::target("avx512f,avx512dq,avx512bw"), gnu::optimize("O3")]] void random_mask_avx512(

@@ -2,6 +2,7 @@
 // not depend on thread count or processing order.
 #pragma once
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <string_view>
@@ -41,6 +42,13 @@ inline float random_normal(uint64_t key, uint64_t counter) {
   const double u1 = (static_cast<double>(r >> 32) + 1.0) * (1.0 / 4294967297.0);  // (0, 1)
   const double u2 = static_cast<double>(r & 0xFFFFFFFFull) * (1.0 / 4294967296.0);
   return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+}
+
+// x when `keep`, else +0, through a bit mask rather than a select: compilers turn a select on a
+// random draw into a branch in scalar code, and that branch mispredicts about half the time
+// (docs/performance.md, "Round 2"). Same bits as `keep ? x : 0.0f`.
+inline float kept_or_zero(bool keep, float x) {
+  return std::bit_cast<float>(std::bit_cast<uint32_t>(x) & (0u - static_cast<uint32_t>(keep)));
 }
 
 }  // namespace smelt::kernels

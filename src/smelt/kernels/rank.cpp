@@ -188,14 +188,14 @@ namespace {
     for (size_t b = 0; b < n; ++b) {
       const float rank_norm = static_cast<float>(ranks[b]) / denom;
       const float p = low + (rank_norm * 2.0f) * epsilon;
-      x[b] = random_uniform(key, first_counter + b) < p ? x[b] : 0.0f;
+      x[b] = kept_or_zero(random_uniform(key, first_counter + b) < p, x[b]);
     }
   } else {
     for (size_t b = 0; b < n; ++b) {
       const float rank_norm = static_cast<float>(ranks[b]) / denom;
       const float p = low + (rank_norm * 2.0f) * epsilon;
       const uint64_t offset = b * stride;
-      if (!(random_uniform(key, first_counter + offset) < p)) x[offset] = 0.0f;
+      x[offset] = kept_or_zero(random_uniform(key, first_counter + offset) < p, x[offset]);
     }
   }
 }

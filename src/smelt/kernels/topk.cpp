@@ -111,6 +111,94 @@ __attribute__((target("avx512f,popcnt"))) size_t filter_lows_avx512(const float*
 }
 #endif
 
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+#define SMELT_HAVE_AVX2_FILTER 1
+// AVX2 has no compress instruction: for each 8-bit lane mask, the indices of its set lanes in
+// order (then zeros), for one vpermd that packs the selected lanes to the front.
+struct CompressTable {
+  alignas(32) uint32_t index[256][8];
+};
+const CompressTable& compress_table() {
+  static const CompressTable table = [] {
+    CompressTable t{};
+    for (uint32_t m = 0; m < 256; ++m) {
+      uint32_t k = 0;
+      for (uint32_t lane = 0; lane < 8; ++lane) {
+        if ((m >> lane) & 1u) t.index[m][k++] = lane;
+      }
+    }
+    return t;
+  }();
+  return table;
+}
+
+// filter_lows_scalar with 8 lanes: most blocks of 8 have no element in the high bin and cost a
+// compare and a mask test.
+__attribute__((target("avx2,popcnt"))) size_t filter_lows_avx2(const float* a, const float* b,
+                                                               size_t n, uint32_t high_bin,
+                                                               uint32_t* lows, uint64_t* zeros) {
+  const CompressTable& table = compress_table();
+  const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
+  const __m256i low_mask = _mm256_set1_epi32(0xFFFF);
+  const __m256i high_mask = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  const __m256i want = _mm256_set1_epi32(static_cast<int>(high_bin << 16));
+  const __m256i zero = _mm256_setzero_si256();
+  const bool skip_zero = high_bin == 0;
+  size_t matched = 0;
+  uint64_t zero_count = 0;
+  size_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    __m256 x = _mm256_loadu_ps(a + j);
+    if (b != nullptr) x = _mm256_sub_ps(x, _mm256_loadu_ps(b + j));
+    const __m256i v = _mm256_and_si256(_mm256_castps_si256(x), abs_mask);
+    const __m256i in_bin = _mm256_cmpeq_epi32(_mm256_and_si256(v, high_mask), want);
+    auto m = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(in_bin)));
+    if (skip_zero) {
+      const auto z = static_cast<uint32_t>(
+          _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(v, zero))));
+      zero_count += static_cast<uint64_t>(__builtin_popcount(z));
+      m &= ~z;
+    }
+    if (m == 0) continue;
+    const __m256i order = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.index[m]));
+    const __m256i packed = _mm256_permutevar8x32_epi32(_mm256_and_si256(v, low_mask), order);
+    // lows has room for 16 past n
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lows + matched), packed);
+    matched += static_cast<size_t>(__builtin_popcount(m));
+  }
+  *zeros += zero_count;
+  if (j < n) {
+    matched +=
+        filter_lows_scalar(a + j, b ? b + j : nullptr, n - j, high_bin, lows + matched, zeros);
+  }
+  return matched;
+}
+
+// drop_zeros_scalar with 8 lanes.
+__attribute__((target("avx2,popcnt"))) size_t drop_zeros_avx2(uint32_t* bits, size_t n) {
+  const CompressTable& table = compress_table();
+  const __m256i zero = _mm256_setzero_si256();
+  size_t kept = 0;
+  size_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits + j));
+    const uint32_t m = ~static_cast<uint32_t>(
+                           _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(v, zero)))) &
+                       0xFFu;
+    const __m256i order = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.index[m]));
+    // kept <= j: the store covers [kept, kept + 8), all of it already loaded.
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(bits + kept),
+                        _mm256_permutevar8x32_epi32(v, order));
+    kept += static_cast<size_t>(__builtin_popcount(m));
+  }
+  for (; j < n; ++j) {
+    bits[kept] = bits[j];
+    kept += bits[j] != 0;
+  }
+  return kept;
+}
+#endif
+
 // Removes the zeros from bits[0, n) in place (keeping order) and returns how many remain; the
 // histogram counts zeros with one addition instead of a serial chain of increments of bin 0.
 size_t drop_zeros_scalar(uint32_t* bits, size_t n) {
@@ -146,6 +234,9 @@ size_t drop_zeros(uint32_t* bits, size_t n) {
 #ifdef SMELT_HAVE_AVX512_FILTER
   if (cpu_has_avx512f()) return drop_zeros_avx512(bits, n);
 #endif
+#ifdef SMELT_HAVE_AVX2_FILTER
+  if (cpu_has_avx2()) return drop_zeros_avx2(bits, n);
+#endif
   return drop_zeros_scalar(bits, n);
 }
 
@@ -154,6 +245,9 @@ size_t filter_lows(const float* a, const float* b, size_t n, uint32_t high_bin, 
                    uint64_t* zeros) {
 #ifdef SMELT_HAVE_AVX512_FILTER
   if (cpu_has_avx512f()) return filter_lows_avx512(a, b, n, high_bin, lows, zeros);
+#endif
+#ifdef SMELT_HAVE_AVX2_FILTER
+  if (cpu_has_avx2()) return filter_lows_avx2(a, b, n, high_bin, lows, zeros);
 #endif
   return filter_lows_scalar(a, b, n, high_bin, lows, zeros);
 }

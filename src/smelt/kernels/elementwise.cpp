@@ -2,12 +2,15 @@
 #include "smelt/kernels/elementwise.h"
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "smelt/kernels/cpu_features.h"
 #include "smelt/kernels/random.h"
+#include "smelt/kernels/random_avx2.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -124,11 +127,68 @@ keep_random_difference_avx512(uint64_t key, uint64_t first_counter, float p, con
   keep_random_loop(key, first_counter, p, x, n);
 }
 
+#if defined(__x86_64__)
+// The same three loops with the generator eight lanes wide (random_avx2.h); the tails go to
+// the scalar loops at the right counter.
+__attribute__((target("avx2"))) void keep_random_avx2(uint64_t key, uint64_t first_counter, float p,
+                                                      float* x, size_t n) {
+  avx2::UniformX8 u = avx2::uniform_x8_start(key, first_counter);
+  const __m256 pv = _mm256_set1_ps(p);
+  size_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 keep = _mm256_cmp_ps(avx2::uniform_x8_next(u), pv, _CMP_LT_OQ);
+    _mm256_storeu_ps(x + j, _mm256_and_ps(_mm256_loadu_ps(x + j), keep));
+  }
+  keep_random_scalar(key, first_counter + j, p, x + j, n - j);
+}
+
+__attribute__((target("avx2"))) void keep_random_difference_avx2(uint64_t key,
+                                                                 uint64_t first_counter, float p,
+                                                                 const float* a, const float* b,
+                                                                 float* delta, size_t n) {
+  avx2::UniformX8 u = avx2::uniform_x8_start(key, first_counter);
+  const __m256 pv = _mm256_set1_ps(p);
+  size_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 keep = _mm256_cmp_ps(avx2::uniform_x8_next(u), pv, _CMP_LT_OQ);
+    const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j));
+    _mm256_storeu_ps(delta + j, _mm256_and_ps(d, keep));
+  }
+  keep_random_difference_scalar(key, first_counter + j, p, a + j, b + j, delta + j, n - j);
+}
+
+// The eight bytes (0 or 1 each, lane order) of each 8-bit lane mask.
+const uint64_t* mask_bytes_table() {
+  static const auto table = [] {
+    std::array<uint64_t, 256> t{};
+    for (uint32_t m = 0; m < 256; ++m) {
+      for (uint32_t lane = 0; lane < 8; ++lane) t[m] |= uint64_t{(m >> lane) & 1u} << (8 * lane);
+    }
+    return t;
+  }();
+  return table.data();
+}
+
+__attribute__((target("avx2"))) void random_mask_avx2(uint64_t key, uint64_t first_counter, float p,
+                                                      uint8_t* m, size_t n) {
+  const uint64_t* bytes = mask_bytes_table();
+  avx2::UniformX8 u = avx2::uniform_x8_start(key, first_counter);
+  const __m256 pv = _mm256_set1_ps(p);
+  size_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 keep = _mm256_cmp_ps(avx2::uniform_x8_next(u), pv, _CMP_LT_OQ);
+    std::memcpy(m + j, &bytes[static_cast<uint32_t>(_mm256_movemask_ps(keep))], 8);
+  }
+  random_mask_scalar(key, first_counter + j, p, m + j, n - j);
+}
+#endif
+
 }  // namespace
 
 void keep_random(uint64_t key, uint64_t first_counter, float p, float* x, size_t n) {
 #if defined(__x86_64__)
   if (cpu_has_avx512dq()) return keep_random_avx512(key, first_counter, p, x, n);
+  if (cpu_has_avx2()) return keep_random_avx2(key, first_counter, p, x, n);
 #endif
   keep_random_scalar(key, first_counter, p, x, n);
 }
@@ -139,6 +199,7 @@ void keep_random_difference(uint64_t key, uint64_t first_counter, float p, const
   if (cpu_has_avx512dq()) {
     return keep_random_difference_avx512(key, first_counter, p, a, b, delta, n);
   }
+  if (cpu_has_avx2()) return keep_random_difference_avx2(key, first_counter, p, a, b, delta, n);
 #endif
   keep_random_difference_scalar(key, first_counter, p, a, b, delta, n);
 }
@@ -170,6 +231,7 @@ void random_mask(uint64_t key, uint64_t first_counter, float p, uint8_t* m, size
   if (cpu_has_avx512dq() && cpu_has_avx512bw()) {
     return random_mask_avx512(key, first_counter, p, m, n);
   }
+  if (cpu_has_avx2()) return random_mask_avx2(key, first_counter, p, m, n);
 #endif
   random_mask_scalar(key, first_counter, p, m, n);
 }

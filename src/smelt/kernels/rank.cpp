@@ -7,6 +7,7 @@
 #include "smelt/kernels/cpu_features.h"
 #include "smelt/kernels/elementwise.h"
 #include "smelt/kernels/random.h"
+#include "smelt/kernels/random_avx2.h"
 #include "smelt/kernels/topk.h"
 
 namespace smelt::kernels {
@@ -216,6 +217,32 @@ keep_random_ranked_avx512(uint64_t key, uint64_t first_counter, const uint32_t* 
   keep_random_ranked_loop(key, first_counter, ranks, low, epsilon, denom, x, n, stride);
 }
 
+#if defined(__x86_64__)
+// stride 1 with the generator eight lanes wide (random_avx2.h): p computed as the loop does (the
+// rank converted exactly, a division and two products and a sum, each rounded as in the scalar
+// code: no fused multiply-add).
+__attribute__((target("avx2"))) void keep_random_ranked_avx2(uint64_t key, uint64_t first_counter,
+                                                             const uint32_t* ranks, float low,
+                                                             float epsilon, float denom, float* x,
+                                                             size_t n) {
+  avx2::UniformX8 u = avx2::uniform_x8_start(key, first_counter);
+  const __m256 lowv = _mm256_set1_ps(low), epsv = _mm256_set1_ps(epsilon),
+               denv = _mm256_set1_ps(denom), two = _mm256_set1_ps(2.0f);
+  size_t b = 0;
+  for (; b + 8 <= n; b += 8) {
+    // Ranks are below 2^31 (positions in a row), so the signed conversion is exact.
+    const __m256 rank =
+        _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ranks + b)));
+    const __m256 rank_norm = _mm256_div_ps(rank, denv);
+    const __m256 p = _mm256_add_ps(lowv, _mm256_mul_ps(_mm256_mul_ps(rank_norm, two), epsv));
+    const __m256 keep = _mm256_cmp_ps(avx2::uniform_x8_next(u), p, _CMP_LT_OQ);
+    _mm256_storeu_ps(x + b, _mm256_and_ps(_mm256_loadu_ps(x + b), keep));
+  }
+  keep_random_ranked_scalar(key, first_counter + b, ranks + b, low, epsilon, denom, x + b, n - b,
+                            1);
+}
+#endif
+
 }  // namespace
 
 void keep_random_ranked(uint64_t key, uint64_t first_counter, const uint32_t* ranks, float low,
@@ -223,6 +250,9 @@ void keep_random_ranked(uint64_t key, uint64_t first_counter, const uint32_t* ra
 #if defined(__x86_64__)
   if (cpu_has_avx512dq()) {
     return keep_random_ranked_avx512(key, first_counter, ranks, low, epsilon, denom, x, n, stride);
+  }
+  if (stride == 1 && cpu_has_avx2()) {
+    return keep_random_ranked_avx2(key, first_counter, ranks, low, epsilon, denom, x, n);
   }
 #endif
   keep_random_ranked_scalar(key, first_counter, ranks, low, epsilon, denom, x, n, stride);

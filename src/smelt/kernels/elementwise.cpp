@@ -343,6 +343,92 @@ SMELT_ELEMENTWISE void elect_sign_pair(const float* d0, const float* d1, float w
 
 }  // namespace
 
+namespace {
+
+// variance_of_differences on a block of at most kVarianceBlock elements (doubles on the stack).
+constexpr size_t kVarianceBlock = 512;
+SMELT_ELEMENTWISE void variance_block(const float* const* x, size_t count, const float* b,
+                                      size_t first, size_t n, float* var) {
+  double sum[kVarianceBlock], squares[kVarianceBlock];
+  const float* bb = b + first;
+  for (size_t j = 0; j < n; ++j) sum[j] = 0.0;
+  for (size_t i = 0; i < count; ++i) {
+    const float* xi = x[i] + first;
+    for (size_t j = 0; j < n; ++j) sum[j] += static_cast<double>(xi[j] - bb[j]);
+  }
+  const double c = static_cast<double>(count);
+  for (size_t j = 0; j < n; ++j) {
+    sum[j] /= c;  // the mean
+    squares[j] = 0.0;
+  }
+  for (size_t i = 0; i < count; ++i) {
+    const float* xi = x[i] + first;
+    for (size_t j = 0; j < n; ++j) {
+      const double d = static_cast<double>(xi[j] - bb[j]) - sum[j];
+      squares[j] += d * d;
+    }
+  }
+  for (size_t j = 0; j < n; ++j) var[first + j] = static_cast<float>(squares[j] / c);
+}
+
+}  // namespace
+
+void variance_of_differences(const float* const* x, size_t count, const float* b, size_t n,
+                             float* var) {
+  for (size_t first = 0; first < n; first += kVarianceBlock) {
+    variance_block(x, count, b, first, std::min(kVarianceBlock, n - first), var);
+  }
+}
+
+SMELT_ELEMENTWISE void keep_where_nonzero(const float* key, float* x, size_t n) {
+  for (size_t j = 0; j < n; ++j) x[j] = masked(x[j], lane_mask(key[j] != 0.0f));
+}
+
+namespace {
+
+// sign_weighted_merge on a block (sums on the stack).
+constexpr size_t kMergeBlock = 1024;
+SMELT_ELEMENTWISE void sign_weighted_block(const float* const* tau, const float* w, size_t count,
+                                           const float* base, float floor, size_t first, size_t n,
+                                           float* out) {
+  float sign[kMergeBlock], mixed[kMergeBlock], divisor[kMergeBlock];
+  for (size_t j = 0; j < n; ++j) sign[j] = 0.0f;
+  for (size_t i = 0; i < count; ++i) {
+    const float* t = tau[i] + first;
+    for (size_t j = 0; j < n; ++j) sign[j] += t[j];
+  }
+  for (size_t j = 0; j < n; ++j) {
+    sign[j] = sign[j] >= 0.0f ? 1.0f : -1.0f;
+    mixed[j] = 0.0f;
+    divisor[j] = 0.0f;
+  }
+  // A match never adds ±0 to a sum that is -0 (sums start at +0, and x + (−x) is +0), so adding
+  // the masked +0 of a non-match leaves each sum's bits as the skipped addition would.
+  for (size_t i = 0; i < count; ++i) {
+    const float* t = tau[i] + first;
+    const float wi = w[i];
+    for (size_t j = 0; j < n; ++j) {
+      const int32_t match = lane_mask(t[j] * sign[j] > 0.0f);
+      mixed[j] += masked(t[j] * wi, match);
+      divisor[j] += masked(wi, match);
+    }
+  }
+  const float* bb = base + first;
+  for (size_t j = 0; j < n; ++j) {
+    const float d = divisor[j] < floor ? floor : divisor[j];  // std::max(divisor, floor)
+    out[first + j] = bb[j] + mixed[j] / d;
+  }
+}
+
+}  // namespace
+
+void sign_weighted_merge(const float* const* tau, const float* w, size_t count, const float* base,
+                         float floor, size_t n, float* out) {
+  for (size_t first = 0; first < n; first += kMergeBlock) {
+    sign_weighted_block(tau, w, count, base, floor, first, std::min(kMergeBlock, n - first), out);
+  }
+}
+
 void elect_sign(const float* const* d, const float* w, size_t count, size_t n, float* majority,
                 float* mixed, float* divisor) {
   if (count == 0) {

@@ -50,6 +50,18 @@ std::array<double, 2> masked_abs_sums(const uint8_t* m, const float* a, const fl
 void elect_sign(const float* const* d, const float* w, size_t count, size_t n, float* majority,
                 float* mixed, float* divisor);
 
+// sce (docs/methods.md). var[j] = the population variance over i < count of the f32 differences
+// x[i][j] − b[j], summed (from 0.0, in i order) and squared in double, rounded to f32.
+void variance_of_differences(const float* const* x, size_t count, const float* b, size_t n,
+                             float* var);
+// x[j] = key[j] != 0 ? x[j] : +0.
+void keep_where_nonzero(const float* key, float* x, size_t n);
+// out[j] = base[j] + mixed / max(divisor, floor), where over i < count in order, with the
+// majority sign s = (Σ tau[i][j] >= 0 in f32 from 0) ? 1 : −1, mixed = Σ tau[i][j]·w[i] and
+// divisor = Σ w[i] over the i with tau[i][j]·s > 0 (both from +0; the w[i] are >= 0).
+void sign_weighted_merge(const float* const* tau, const float* w, size_t count, const float* base,
+                         float floor, size_t n, float* out);
+
 // Reductions in double with a fixed summation order, so a chunk's result depends only on its
 // values (callers combine chunk results in chunk order).
 double dot(const float* a, const float* b, size_t n);  // sum of a[j] * b[j]

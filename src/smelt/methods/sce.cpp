@@ -138,23 +138,12 @@ class SceMerger : public TensorMerger {
     thread_local std::vector<float> scratch;
     scratch.resize(tasks_.size() * n);
     task_vectors(chunk, scratch.data());
-    const size_t count = tasks_.size();
-    for (size_t j = 0; j < n; ++j) {
-      // TIES "sum" election on the unweighted τ: 0 counts as +, zeros never match.
-      float sum = 0.0f;
-      for (size_t t = 0; t < count; ++t) sum += scratch[t * n + j];
-      const float majority = sum >= 0.0f ? 1.0f : -1.0f;
-      float mixed = 0.0f;
-      float divisor = 0.0f;
-      for (size_t t = 0; t < count; ++t) {
-        const float tau = scratch[t * n + j];
-        if (tau * majority > 0.0f) {
-          mixed += tau * weights_[t];
-          divisor += weights_[t];
-        }
-      }
-      out[j] = base[j] + mixed / std::max(divisor, kDivisorFloor);
-    }
+    // TIES "sum" election on the unweighted τ (0 counts as +, zeros never match), weighted sums.
+    thread_local std::vector<const float*> tau;
+    tau.resize(tasks_.size());
+    for (size_t t = 0; t < tasks_.size(); ++t) tau[t] = scratch.data() + t * n;
+    kernels::sign_weighted_merge(tau.data(), weights_.data(), tasks_.size(), base, kDivisorFloor, n,
+                                 out);
   }
 
  private:
@@ -162,19 +151,11 @@ class SceMerger : public TensorMerger {
 
   // Population variance over the task vectors of each element (in double, rounded to f32).
   void variance(const Chunk& chunk, float* var) const {
-    const float* base = chunk.inputs[base_];
-    const double count = static_cast<double>(tasks_.size());
-    for (size_t j = 0; j < chunk.n; ++j) {
-      double sum = 0.0;
-      for (size_t i : tasks_) sum += static_cast<double>(chunk.inputs[i][j] - base[j]);
-      const double mean = sum / count;
-      double squares = 0.0;
-      for (size_t i : tasks_) {
-        const double d = static_cast<double>(chunk.inputs[i][j] - base[j]) - mean;
-        squares += d * d;
-      }
-      var[j] = static_cast<float>(squares / count);
-    }
+    thread_local std::vector<const float*> inputs;
+    inputs.resize(tasks_.size());
+    for (size_t t = 0; t < tasks_.size(); ++t) inputs[t] = chunk.inputs[tasks_[t]];
+    kernels::variance_of_differences(inputs.data(), inputs.size(), chunk.inputs[base_], chunk.n,
+                                     var);
   }
 
   void selection_keys(const Chunk& chunk, float* keys) const {
@@ -194,10 +175,8 @@ class SceMerger : public TensorMerger {
     keys.resize(n);
     selection_keys(chunk, keys.data());
     top_->keep_top(chunk.offset, keys.data(), n);
-    for (size_t t = 0; t < tasks_.size(); ++t) {
-      float* x = tau + t * n;
-      for (size_t j = 0; j < n; ++j) x[j] = keys[j] != 0.0f ? x[j] : 0.0f;
-    }
+    for (size_t t = 0; t < tasks_.size(); ++t)
+      kernels::keep_where_nonzero(keys.data(), tau + t * n, n);
   }
 
   size_t base_;

@@ -5,12 +5,14 @@
 
 #include <array>
 #include <cmath>
+#include <filesystem>
 #include <limits>
 #include <random>
 #include <vector>
 
-#include "smelt/kernels/random.h"
 #include "smelt/kernels/elementwise.h"
+#include "smelt/kernels/random.h"
+#include "test_util.h"
 
 namespace smelt {
 namespace {
@@ -190,6 +192,24 @@ TEST(SelectKernels, ElementwiseLoopsMatchScalarArithmetic) {
       const float x = 0.25f * a[j], y = 0.75f * b[j];
       ASSERT_EQ(out[j], x + y);
     }
+  }
+}
+
+// The hand-dispatched kernels have AVX-512, AVX2 and scalar paths; a machine runs only its best
+// one. These tests run the kernel, top-k and sparsifying-method tests again in a child process
+// with SMELT_MAX_ISA=avx2 and =scalar (kernels/cpu_features.h), so every path this CPU has is
+// checked against the same scalar references and exact expectations.
+TEST(KernelPaths, LowerInstructionSetsPassTheSameTests) {
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe");
+  const std::string filter =
+      "SelectKernels.*:TopKMagnitude.*:RankByMagnitude.*:KeepRandomRanked.*:Convert.*:Ties.*:"
+      "Dare*:Della*:Breadcrumbs*:Sce.*";
+  for (const char* isa : {"avx2", "scalar"}) {
+    const auto r =
+        testing::run_command(std::string("SMELT_MAX_ISA=") + isa + " " + testing::quote(self) +
+                             " --gtest_filter='" + filter + "' --gtest_brief=1 2>&1");
+    EXPECT_EQ(r.exit_code, 0) << "SMELT_MAX_ISA=" << isa << ":\n" << r.output;
+    EXPECT_NE(r.output.find("PASSED"), std::string::npos) << r.output;
   }
 }
 

@@ -17,7 +17,12 @@
 namespace smelt::kernels {
 
 #if defined(__x86_64__)
-// Whether the running CPU has each feature (cpuid, queried on first use and cached).
+// Whether the running CPU has each feature (cpuid, queried on first use and cached), capped by
+// the environment variable SMELT_MAX_ISA: "avx2" hides the AVX-512 features, "scalar" also AVX2
+// and F16C, so that one machine can run every hand-dispatched path (the kernel tests do:
+// KernelPaths in tests/kernels_select_test.cpp). Anything else, or unset, caps nothing. The
+// forward pass's matrix kernels follow it too (infer/matmul.cpp asks these functions); the
+// target_clones loops do not (GCC's resolver picks those).
 bool cpu_has_avx2();
 bool cpu_has_f16c();
 bool cpu_has_avx512f();

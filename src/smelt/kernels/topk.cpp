@@ -498,6 +498,21 @@ void TopKMagnitude::end_pass() {
   }
 }
 
+void TopKMagnitude::end_high_pass_from(TopKMagnitude& other) {
+  if (pass_ != Pass::kHigh || other.pass_ != Pass::kHigh || other.numel_ != numel_) {
+    throw std::logic_error("TopKMagnitude::end_high_pass_from: both must be in pass kHigh");
+  }
+  {
+    std::lock_guard lock(other.mutex_);
+    for (Slot* s : other.slots_) other.flush(*s);  // flushing again later adds zeros
+  }
+  for (size_t b = 0; b < kBins; ++b) {
+    histogram_[b].store(other.histogram_[b].load(std::memory_order_relaxed),
+                        std::memory_order_relaxed);
+  }
+  end_pass();
+}
+
 void TopKMagnitude::keep_top(uint64_t offset, float* x, size_t n) const {
   keep_top_difference(offset, x, nullptr, x, n);
 }

@@ -51,6 +51,11 @@ class TopKMagnitude {
   void add_difference(uint64_t offset, const float* a, const float* b, size_t n);
   // Finishes the current pass and moves to the next one needed (possibly kDone).
   void end_pass();
+  // Pass kHigh's histogram depends only on the vector, so a second selection over the same vector
+  // can take it instead of counting: ends this selection's kHigh pass (to which nothing was
+  // added) with the histogram of `other`, whose kHigh pass saw every chunk and has not ended yet.
+  // Both must be in pass kHigh with the same numel.
+  void end_high_pass_from(TopKMagnitude& other);
 
   // After the passes: zeroes in place the elements of chunk [offset, offset + n) that are not
   // among the k kept. x must hold the values the passes saw.

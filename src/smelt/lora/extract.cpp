@@ -100,7 +100,8 @@ void read_bias_delta(const Module& m, Factors& f) {
 Factors decompose(const Module& m, const ExtractOptions& o) {
   check_interrupted();
   // Per-worker buffers, grown and reused across modules: a fresh matrix per module would pay
-  // its first-touch page faults again (docs/performance.md, "Memory and file reads").
+  // its first-touch page faults again (docs/performance.md, "Memory and file reads on this VM
+  // class").
   thread_local std::vector<float> delta_buffer, copy_buffer;
   std::vector<float>& d = delta_buffer;
   read_difference_f32(m.weight, m.base_weight, d);

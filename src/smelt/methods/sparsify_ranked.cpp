@@ -52,17 +52,23 @@ class OutlierSparsifier : public Sparsifier {
 
   bool wants_pass() const override { return !done(upper_) || !done(top_); }
 
+  // While both selections are in pass kHigh, only upper_ counts: top_ takes its histogram.
   void gather(const Chunk& chunk, const float* delta) override {
     if (!done(upper_)) upper_.add(chunk.offset, delta, chunk.n);
-    if (!done(top_)) top_.add(chunk.offset, delta, chunk.n);
+    if (!done(top_) && !share_high()) top_.add(chunk.offset, delta, chunk.n);
   }
 
   void gather_difference(const Chunk& chunk, const float* x, const float* base) override {
     if (!done(upper_)) upper_.add_difference(chunk.offset, x, base, chunk.n);
-    if (!done(top_)) top_.add_difference(chunk.offset, x, base, chunk.n);
+    if (!done(top_) && !share_high()) top_.add_difference(chunk.offset, x, base, chunk.n);
   }
 
   void end_pass() override {
+    if (share_high()) {
+      top_.end_high_pass_from(upper_);
+      upper_.end_pass();
+      return;
+    }
     if (!done(upper_)) upper_.end_pass();
     if (!done(top_)) top_.end_pass();
   }
@@ -96,6 +102,10 @@ class OutlierSparsifier : public Sparsifier {
  private:
   static bool done(const kernels::TopKMagnitude& t) {
     return t.pass() == kernels::TopKMagnitude::Pass::kDone;
+  }
+  bool share_high() const {
+    return upper_.pass() == kernels::TopKMagnitude::Pass::kHigh &&
+           top_.pass() == kernels::TopKMagnitude::Pass::kHigh;
   }
 
   kernels::TopKMagnitude upper_;  // top(keep + n_top)

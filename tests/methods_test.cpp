@@ -15,8 +15,8 @@
 
 #include "method_driver.h"
 #include "smelt/error.h"
-#include "smelt/kernels/random.h"
 #include "smelt/kernels/elementwise.h"
+#include "smelt/kernels/random.h"
 #include "smelt/kernels/topk.h"
 #include "smelt/methods/gta.h"
 #include "smelt/methods/method.h"
@@ -360,6 +360,46 @@ TEST(TopKMagnitude, KeepsExactlyKLargestWithIndexOrderTieBreak) {
       EXPECT_EQ(std::count(got.begin(), got.end(), true), static_cast<long>(k));
       EXPECT_TRUE(got == top_k_mask(v, k)) << "k=" << k << " chunk=" << chunk;
     }
+  }
+}
+
+// k given after pass kHigh (sce's count) and a kHigh histogram taken from another selection over
+// the same vector (breadcrumbs): the same selections as the plain API.
+TEST(TopKMagnitude, KLaterAndSharedHighHistogramSelectTheSame) {
+  const Tensor v = tiny_set_tensor(100003, 9);
+  const size_t chunk = 4099;
+  std::vector<uint64_t> offsets;
+  for (uint64_t o = 0; o < v.size(); o += chunk) offsets.push_back(o);
+  auto add_all = [&](kernels::TopKMagnitude& t) {
+    for (uint64_t o : offsets) t.add(o, v.data() + o, std::min<uint64_t>(chunk, v.size() - o));
+  };
+  auto finish = [&](kernels::TopKMagnitude& t) {
+    while (t.pass() != kernels::TopKMagnitude::Pass::kDone) {
+      add_all(t);
+      t.end_pass();
+    }
+    Tensor x = v;
+    for (uint64_t o : offsets) {
+      t.keep_top(o, x.data() + o, std::min<uint64_t>(chunk, v.size() - o));
+    }
+    std::vector<bool> keep(v.size());
+    for (size_t j = 0; j < v.size(); ++j) keep[j] = x[j] != 0.0f;
+    return keep;
+  };
+  for (uint64_t k : {0ull, 1ull, 777ull, 50001ull, 100003ull, 200000ull}) {
+    auto later = kernels::TopKMagnitude::with_k_later(v.size());
+    add_all(*later);
+    later->set_k(k);
+    if (later->pass() != kernels::TopKMagnitude::Pass::kDone) later->end_pass();
+    const std::vector<bool> want = top_k_mask(v, std::min<uint64_t>(k, v.size()));
+    EXPECT_TRUE(finish(*later) == want) << "k later = " << k;
+    if (k == 0 || k >= v.size()) continue;
+    kernels::TopKMagnitude counted(v.size(), 31), shared(v.size(), k);
+    add_all(counted);
+    shared.end_high_pass_from(counted);
+    counted.end_pass();
+    EXPECT_TRUE(finish(shared) == want) << "shared histogram, k = " << k;
+    EXPECT_TRUE(finish(counted) == top_k_mask(v, 31));
   }
 }
 

@@ -286,6 +286,31 @@ TopKMagnitude::TopKMagnitude(uint64_t numel, uint64_t k, uint64_t max_tie_entrie
   for (size_t b = 0; b < kBins; ++b) histogram_[b].store(0, std::memory_order_relaxed);
 }
 
+std::unique_ptr<TopKMagnitude> TopKMagnitude::with_k_later(uint64_t numel,
+                                                           uint64_t max_tie_entries) {
+  // Constructed as a selection that needs passes (k = 1 of at least 2), then k is unknown.
+  auto t = std::make_unique<TopKMagnitude>(std::max<uint64_t>(numel, 2), 1, max_tie_entries);
+  t->numel_ = numel;
+  t->k_ = UINT64_MAX;
+  return t;
+}
+
+void TopKMagnitude::set_k(uint64_t k) {
+  if (pass_ != Pass::kHigh || k_ != UINT64_MAX) {
+    throw std::logic_error("TopKMagnitude::set_k: only during pass kHigh of with_k_later");
+  }
+  k_ = k;
+  if (k_ == 0 || k_ >= numel_) {
+    // Decided without the passes: drop the counts (the private histograms go back zeroed).
+    for (Slot* s : slots_) {
+      std::fill(s->counts.get(), s->counts.get() + kSub * kHighBins, 0u);
+      s->total = 0;
+    }
+    histogram_.reset();
+    pass_ = Pass::kDone;
+  }
+}
+
 TopKMagnitude::~TopKMagnitude() {
   std::lock_guard pool_lock(slot_pool_mutex);
   for (Slot* s : all_slots_) {
@@ -448,6 +473,8 @@ uint32_t TopKMagnitude::find_bin(uint64_t& above) const {
 void TopKMagnitude::end_pass() {
   switch (pass_) {
     case Pass::kHigh: {
+      if (k_ == UINT64_MAX)
+        throw std::logic_error("TopKMagnitude: set_k before the kHigh pass ends");
       for (Slot* s : slots_) flush(*s);
       greater_high_ = 0;
       high_bin_ = find_bin(greater_high_);

@@ -39,6 +39,13 @@ class TopKMagnitude {
 
   // Selects k of numel elements. k == 0 and k >= numel are decided without any pass.
   TopKMagnitude(uint64_t numel, uint64_t k, uint64_t max_tie_entries = kDefaultMaxTieEntries);
+  // A selection whose k is known only after pass kHigh (which does not depend on k): starts in
+  // kHigh; set_k must be called before that pass ends.
+  static std::unique_ptr<TopKMagnitude> with_k_later(
+      uint64_t numel, uint64_t max_tie_entries = kDefaultMaxTieEntries);
+  // Sets k during pass kHigh of a with_k_later selection. k == 0 or k >= numel ends the passes
+  // at once (pass() becomes kDone; what was added is not needed).
+  void set_k(uint64_t k);
   ~TopKMagnitude();
   TopKMagnitude(const TopKMagnitude&) = delete;
   TopKMagnitude& operator=(const TopKMagnitude&) = delete;

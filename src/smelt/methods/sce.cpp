@@ -42,7 +42,12 @@ class SceMerger : public TensorMerger {
       phase_ = Phase::kDone;
       base_only_ = true;
     } else {
-      phase_ = select_topk_ < 1.0 ? Phase::kCount : Phase::kWeights;
+      phase_ = Phase::kWeights;
+      if (select_topk_ < 1.0) {
+        // k depends on the count of nonzero variances, gathered in the selection's first pass.
+        phase_ = Phase::kSelect;
+        top_ = kernels::TopKMagnitude::with_k_later(numel_);
+      }
     }
   }
 
@@ -52,17 +57,15 @@ class SceMerger : public TensorMerger {
     const size_t n = chunk.n;
     thread_local std::vector<float> values;
     switch (phase_) {
-      case Phase::kCount: {
-        values.resize(n);
-        variance(chunk, values.data());
-        uint64_t nonzero = 0;
-        for (size_t j = 0; j < n; ++j) nonzero += values[j] != 0.0f;
-        nonzero_.fetch_add(nonzero, std::memory_order_relaxed);
-        return;
-      }
       case Phase::kSelect:
         values.resize(n);
-        selection_keys(chunk, values.data());
+        variance(chunk, values.data());
+        if (!k_known_) {
+          uint64_t nonzero = 0;
+          for (size_t j = 0; j < n; ++j) nonzero += values[j] != 0.0f;
+          nonzero_.fetch_add(nonzero, std::memory_order_relaxed);
+        }
+        for (size_t j = 0; j < n; ++j) values[j] = selection_key(values[j]);
         top_->add(chunk.offset, values.data(), n);
         return;
       case Phase::kWeights: {
@@ -84,22 +87,26 @@ class SceMerger : public TensorMerger {
   void end_pass(int /*pass*/) override {
     ++passes_done_;
     switch (phase_) {
-      case Phase::kCount: {
-        // k = int(count_nonzero(var) * select_topk), a product torch computes in f32.
-        const uint64_t nonzero = nonzero_.load(std::memory_order_relaxed);
-        const auto k =
-            static_cast<uint64_t>(static_cast<float>(nonzero) * static_cast<float>(select_topk_));
-        if (k == 0) {
-          phase_ = Phase::kDone;
-          base_only_ = true;
-          return;
-        }
-        top_ = std::make_unique<kernels::TopKMagnitude>(numel_, std::min(k, numel_));
-        select_all_ = k >= numel_;
-        phase_ = select_all_ ? Phase::kWeights : Phase::kSelect;
-        return;
-      }
       case Phase::kSelect:
+        if (!k_known_) {
+          // k = int(count_nonzero(var) * select_topk), a product torch computes in f32.
+          k_known_ = true;
+          const uint64_t nonzero = nonzero_.load(std::memory_order_relaxed);
+          const auto k =
+              static_cast<uint64_t>(static_cast<float>(nonzero) * static_cast<float>(select_topk_));
+          if (k == 0) {
+            top_.reset();
+            phase_ = Phase::kDone;
+            base_only_ = true;
+            return;
+          }
+          top_->set_k(std::min(k, numel_));
+          select_all_ = k >= numel_;
+          if (select_all_) {
+            phase_ = Phase::kWeights;
+            return;
+          }
+        }
         top_->end_pass();
         if (top_->pass() == kernels::TopKMagnitude::Pass::kDone) phase_ = Phase::kWeights;
         return;
@@ -147,7 +154,7 @@ class SceMerger : public TensorMerger {
   }
 
  private:
-  enum class Phase { kCount, kSelect, kWeights, kDone };
+  enum class Phase { kSelect, kWeights, kDone };
 
   // Population variance over the task vectors of each element (in double, rounded to f32).
   void variance(const Chunk& chunk, float* var) const {
@@ -187,6 +194,7 @@ class SceMerger : public TensorMerger {
   int passes_done_ = 0;
   bool base_only_ = false;
   std::atomic<uint64_t> nonzero_{0};             // elements with nonzero variance
+  bool k_known_ = false;                         // the selection's k was set
   std::unique_ptr<kernels::TopKMagnitude> top_;  // the selection, when select_topk < 1
   bool select_all_ = false;                      // k ≥ numel: every element selected
   ChunkPartials<std::vector<double>> squares_;   // Σ τ_i² per chunk

@@ -474,6 +474,24 @@ double dot(const float* a, const float* b, size_t n) {
   return dot_finish(a + body, b + body, n - body, s);
 }
 
+namespace {
+
+// dot_lanes of (a, a), (a, b) and (b, b) in one loop, each element widened once: every lane
+// accumulates the same products in the same order as three dot_lanes calls.
+SMELT_ELEMENTWISE void gram2_lanes(const float* a, const float* b, size_t n, double* aa, double* ab,
+                                   double* bb) {
+  for (size_t j = 0; j < n; j += kSumLanes) {
+    for (size_t l = 0; l < kSumLanes; ++l) {
+      const double x = a[j + l], y = b[j + l];
+      aa[l] += x * x;
+      ab[l] += x * y;
+      bb[l] += y * y;
+    }
+  }
+}
+
+}  // namespace
+
 void gram_upper(const float* const* v, size_t m, size_t n, double* upper) {
   const size_t pairs = m * (m + 1) / 2;
   std::vector<double> lanes(pairs * kSumLanes, 0.0);
@@ -481,6 +499,11 @@ void gram_upper(const float* const* v, size_t m, size_t n, double* upper) {
   constexpr size_t kBlock = 1024;  // a multiple of kSumLanes: lanes stay j % 16
   for (size_t first = 0; first < body; first += kBlock) {
     const size_t len = std::min(kBlock, body - first);
+    if (m == 2) {  // slerp, nuslerp-like pairs, model_stock's two task vectors
+      gram2_lanes(v[0] + first, v[1] + first, len, lanes.data(), lanes.data() + kSumLanes,
+                  lanes.data() + 2 * kSumLanes);
+      continue;
+    }
     size_t p = 0;
     for (size_t i = 0; i < m; ++i) {
       for (size_t j = i; j < m; ++j, ++p) {

@@ -136,7 +136,7 @@ __attribute__((target("avx2"))) void keep_random_avx2(uint64_t key, uint64_t fir
   const __m256 pv = _mm256_set1_ps(p);
   size_t j = 0;
   for (; j + 8 <= n; j += 8) {
-    const __m256 keep = _mm256_cmp_ps(avx2::uniform_x8_next(u), pv, _CMP_LT_OQ);
+    const __m256 keep = avx2::keep_mask_next(u, pv);
     _mm256_storeu_ps(x + j, _mm256_and_ps(_mm256_loadu_ps(x + j), keep));
   }
   keep_random_scalar(key, first_counter + j, p, x + j, n - j);
@@ -150,7 +150,7 @@ __attribute__((target("avx2"))) void keep_random_difference_avx2(uint64_t key,
   const __m256 pv = _mm256_set1_ps(p);
   size_t j = 0;
   for (; j + 8 <= n; j += 8) {
-    const __m256 keep = _mm256_cmp_ps(avx2::uniform_x8_next(u), pv, _CMP_LT_OQ);
+    const __m256 keep = avx2::keep_mask_next(u, pv);
     const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j));
     _mm256_storeu_ps(delta + j, _mm256_and_ps(d, keep));
   }
@@ -176,7 +176,7 @@ __attribute__((target("avx2"))) void random_mask_avx2(uint64_t key, uint64_t fir
   const __m256 pv = _mm256_set1_ps(p);
   size_t j = 0;
   for (; j + 8 <= n; j += 8) {
-    const __m256 keep = _mm256_cmp_ps(avx2::uniform_x8_next(u), pv, _CMP_LT_OQ);
+    const __m256 keep = avx2::keep_mask_next(u, pv);
     std::memcpy(m + j, &bytes[static_cast<uint32_t>(_mm256_movemask_ps(keep))], 8);
   }
   random_mask_scalar(key, first_counter + j, p, m + j, n - j);

@@ -71,6 +71,11 @@ SMELT_AVX2_INLINE __m256 uniform_x8_next(UniformX8& u) {
   return _mm256_mul_ps(_mm256_cvtepi32_ps(ordered), _mm256_set1_ps(1.0f / 16777216.0f));
 }
 
+// The keep mask (all ones where random_uniform < p, lane by lane) of the next eight counters.
+SMELT_AVX2_INLINE __m256 keep_mask_next(UniformX8& u, __m256 p) {
+  return _mm256_cmp_ps(uniform_x8_next(u), p, _CMP_LT_OQ);
+}
+
 }  // namespace smelt::kernels::avx2
 
 #endif

@@ -235,7 +235,7 @@ __attribute__((target("avx2"))) void keep_random_ranked_avx2(uint64_t key, uint6
         _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ranks + b)));
     const __m256 rank_norm = _mm256_div_ps(rank, denv);
     const __m256 p = _mm256_add_ps(lowv, _mm256_mul_ps(_mm256_mul_ps(rank_norm, two), epsv));
-    const __m256 keep = _mm256_cmp_ps(avx2::uniform_x8_next(u), p, _CMP_LT_OQ);
+    const __m256 keep = avx2::keep_mask_next(u, p);
     _mm256_storeu_ps(x + b, _mm256_and_ps(_mm256_loadu_ps(x + b), keep));
   }
   keep_random_ranked_scalar(key, first_counter + b, ranks + b, low, epsilon, denom, x + b, n - b,

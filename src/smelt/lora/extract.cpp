@@ -110,7 +110,6 @@ Factors decompose(const Module& m, const ExtractOptions& o) {
   const bool embedding = m.result.kind == "embedding";
   const double norm2 = kernels::dot(d.data(), d.data(), d.size());
   TruncatedSvd svd;
-  const std::vector<float>* kept = &d;  // Δ for the error
   if (o.randomized) {
     RandomizedSvdOptions ro;
     ro.oversample = o.oversample;
@@ -187,7 +186,7 @@ Factors decompose(const Module& m, const ExtractOptions& o) {
     const size_t n = std::min(kBlock, rows - i0);
     gemm(&left[i0 * r], right.data(), rec.data(), n, r, cols);
     for (size_t e = 0; e < n * cols; ++e) {
-      const double diff = double((*kept)[i0 * cols + e]) - rec[e];
+      const double diff = double(d[i0 * cols + e]) - rec[e];
       err2 += diff * diff;
     }
   }

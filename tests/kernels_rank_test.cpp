@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "smelt/kernels/elementwise.h"
 #include "smelt/kernels/random.h"
 #include "smelt/kernels/rank.h"
-#include "smelt/kernels/elementwise.h"
 #include "smelt/kernels/topk.h"
 
 namespace {
@@ -223,15 +223,17 @@ TEST(RankByMagnitude, ReusesScratchAcrossGroupsOfDifferentSizes) {
   }
 }
 
-TEST(KeepRandomRanked, DellaDecisionsAreBitIdenticalToTheRankOrderLoop) {
+// keep_random_by_rank decides most elements from their magnitude bucket: every kind of data,
+// several bucket widths (group sizes), both signs of epsilon, and strided groups must give the
+// reference's bits.
+TEST(KeepRandomByRank, DellaDecisionsAreBitIdenticalToTheRankOrderLoop) {
   struct Setting {
     double density;
     double epsilon;
   };
   const Setting settings[] = {{0.5, 0.1}, {0.3, 0.15}, {0.7, 0.25}, {0.5, 0.0}, {0.4, -0.2}};
   for (Kind kind : kKinds) {
-    for (size_t n : kSizes) {
-      if (n == 1) continue;  // della keeps size-one groups with probability density
+    for (size_t n : {size_t{2}, size_t{3}, size_t{7}, size_t{100}, size_t{2048}, size_t{5000}}) {
       for (size_t stride : {size_t{1}, size_t{3}}) {
         for (const Setting& s : settings) {
           for (uint64_t key : {uint64_t{1}, k::stream_key(42, "model.layers.0.mlp.weight", 1)}) {
@@ -240,21 +242,52 @@ TEST(KeepRandomRanked, DellaDecisionsAreBitIdenticalToTheRankOrderLoop) {
                          " epsilon=" + std::to_string(s.epsilon) + " key=" + std::to_string(key));
             const float low = static_cast<float>(s.density - s.epsilon);
             const float epsilon = static_cast<float>(s.epsilon);
-            const uint64_t first = 1000 * n + 17;  // the group's first tensor element
+            const uint64_t first = 1000 * n + 17;
             const std::vector<float> data = make_data(kind, n * stride, n + stride + key);
             std::vector<float> expected = data;
             std::vector<float> actual = data;
-            std::vector<uint32_t> ranks(n);
             for (size_t g = 0; g < stride; ++g) {
               reference_della(expected.data() + g, n, stride, key, first + g, low, epsilon);
-              k::rank_by_magnitude(actual.data() + g, n, stride, ranks.data());
-              k::keep_random_ranked(key, first + g, ranks.data(), low, epsilon,
-                                    static_cast<float>(n - 1), actual.data() + g, n, stride);
+              k::keep_random_by_rank(key, first + g, low, epsilon, actual.data() + g, n, stride);
             }
             ASSERT_EQ(bits_of(actual), bits_of(expected));
           }
         }
       }
+    }
+  }
+}
+
+// Rows where the buckets leave many elements undecided: all magnitudes in a few buckets, many
+// −0 (whose result depends on the decision, unlike +0), and a wide row with most elements equal.
+TEST(KeepRandomByRank, CrowdedBucketsAndNegativeZerosRankExactly) {
+  const size_t n = 4096;
+  for (int pattern = 0; pattern < 4; ++pattern) {
+    std::vector<float> x(n);
+    for (size_t i = 0; i < n; ++i) {
+      const uint64_t r = k::random_u64(99 + pattern, i);
+      switch (pattern) {
+        case 0:  // −0 and +0 only
+          x[i] = (r & 1) != 0 ? -0.0f : 0.0f;
+          break;
+        case 1:  // half −0, the rest in two magnitudes
+          x[i] = (r & 1) != 0 ? -0.0f : ((r >> 1) & 1) != 0 ? 1.0f : -2.0f;
+          break;
+        case 2:  // magnitudes 1 + j·2^-23 for j < 4: one bucket once the shift drops bit 0, 1
+          x[i] = from_bits(0x3F800000u + static_cast<uint32_t>((r >> 3) % 4));
+          break;
+        default:  // one huge outlier stretches the buckets; the rest share the lowest ones
+          x[i] = i == 17 ? 1e30f : from_bits(0x3F800000u + static_cast<uint32_t>((r >> 3) % 1000));
+          break;
+      }
+    }
+    for (float epsilon : {0.2f, -0.2f}) {
+      SCOPED_TRACE("pattern " + std::to_string(pattern) + " epsilon " + std::to_string(epsilon));
+      std::vector<float> expected = x;
+      std::vector<float> actual = x;
+      reference_della(expected.data(), n, 1, 5, 123, 0.5f - epsilon, epsilon);
+      k::keep_random_by_rank(5, 123, 0.5f - epsilon, epsilon, actual.data(), n, 1);
+      ASSERT_EQ(bits_of(actual), bits_of(expected));
     }
   }
 }

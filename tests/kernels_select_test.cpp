@@ -202,7 +202,7 @@ TEST(SelectKernels, ElementwiseLoopsMatchScalarArithmetic) {
 TEST(KernelPaths, LowerInstructionSetsPassTheSameTests) {
   const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe");
   const std::string filter =
-      "SelectKernels.*:TopKMagnitude.*:RankByMagnitude.*:KeepRandomRanked.*:Convert.*:Ties.*:"
+      "SelectKernels.*:TopKMagnitude.*:RankByMagnitude.*:KeepRandomByRank.*:Convert.*:Ties.*:"
       "Dare*:Della*:Breadcrumbs*:Sce.*";
   for (const char* isa : {"avx2", "scalar"}) {
     const auto r =

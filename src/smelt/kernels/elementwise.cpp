@@ -54,6 +54,10 @@ SMELT_ELEMENTWISE void zero_where_nonzero(const float* mask, float* x, size_t n)
   for (size_t j = 0; j < n; ++j) x[j] = mask[j] != 0.0f ? 0.0f : x[j];
 }
 
+SMELT_ELEMENTWISE void not_positive_zero(const float* x, uint8_t* m, size_t n) {
+  for (size_t j = 0; j < n; ++j) m[j] = std::bit_cast<uint32_t>(x[j]) != 0;
+}
+
 SMELT_ELEMENTWISE void divide(float* x, float d, size_t n) {
   for (size_t j = 0; j < n; ++j) x[j] /= d;
 }

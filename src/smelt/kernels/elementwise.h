@@ -22,6 +22,8 @@ void scale_add(float w, const float* x, float* acc, size_t n);
 void weighted_pair(float a, const float* x, float b, const float* y, float* out, size_t n);
 // x[j] = 0 where mask[j] != 0 (a NaN mask value counts as nonzero).
 void zero_where_nonzero(const float* mask, float* x, size_t n);
+// m[j] = 1 where x[j] is not +0 (its bits are not all zero: −0 and NaN count), else 0.
+void not_positive_zero(const float* x, uint8_t* m, size_t n);
 // x[j] /= d.
 void divide(float* x, float d, size_t n);
 // x[j] /= d[j].

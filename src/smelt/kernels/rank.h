@@ -18,11 +18,15 @@ inline constexpr uint64_t kMaxRankedGroup = UINT32_MAX;
 // over the bits that differ between elements; scratch is thread-local and reused.
 void rank_by_magnitude(const float* x, size_t n, size_t stride, uint32_t* ranks);
 
-// della's decision (methods/sparsify_ranked.h) for a group of n elements x[b * stride] with ranks
-// ranks[b]: element b is kept when random_uniform(key, first_counter + b * stride) < p, with, in
-// f32 without fused operations, p = low + ((float(ranks[b]) / denom) · 2) · epsilon; otherwise it
-// is set to +0. Vectorized with AVX-512DQ where available, with the same bits as scalar code.
-void keep_random_ranked(uint64_t key, uint64_t first_counter, const uint32_t* ranks, float low,
-                        float epsilon, float denom, float* x, size_t n, size_t stride);
+// della's decision (methods/sparsify_ranked.h) for a group of 2 ≤ n ≤ kMaxRankedGroup elements
+// x[b * stride] with ranks r[b] in rank_by_magnitude's order: element b is kept when
+// random_uniform(key, first_counter + b * stride) < p, with, in f32 without fused operations,
+// p = low + ((float(r[b]) / float(n − 1)) · 2) · epsilon; otherwise it is set to +0.
+// It does not rank every element: counts in coarse magnitude buckets bound each element's rank,
+// so its p lies between the p of its bucket's lowest and highest rank (p is monotone in the
+// rank), and the draw decides every element whose draw falls outside that interval. Only the few
+// others are ranked exactly (docs/performance.md, "Round 3").
+void keep_random_by_rank(uint64_t key, uint64_t first_counter, float low, float epsilon, float* x,
+                         size_t n, size_t stride);
 
 }  // namespace smelt::kernels

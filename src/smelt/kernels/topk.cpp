@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "smelt/kernels/compress_avx2.h"
 #include "smelt/kernels/cpu_features.h"
 #include "smelt/kernels/elementwise.h"
 
@@ -113,24 +114,8 @@ __attribute__((target("avx512f,popcnt"))) size_t filter_lows_avx512(const float*
 
 #if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
 #define SMELT_HAVE_AVX2_FILTER 1
-// AVX2 has no compress instruction: for each 8-bit lane mask, the indices of its set lanes in
-// order (then zeros), for one vpermd that packs the selected lanes to the front.
-struct CompressTable {
-  alignas(32) uint32_t index[256][8];
-};
-const CompressTable& compress_table() {
-  static const CompressTable table = [] {
-    CompressTable t{};
-    for (uint32_t m = 0; m < 256; ++m) {
-      uint32_t k = 0;
-      for (uint32_t lane = 0; lane < 8; ++lane) {
-        if ((m >> lane) & 1u) t.index[m][k++] = lane;
-      }
-    }
-    return t;
-  }();
-  return table;
-}
+using avx2::compress_table;
+using avx2::CompressTable;
 
 // filter_lows_scalar with 8 lanes: most blocks of 8 have no element in the high bin and cost a
 // compare and a mask test.

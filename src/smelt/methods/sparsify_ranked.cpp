@@ -195,7 +195,7 @@ class DellaSparsifier : public Sparsifier {
     const float* sparse = nullptr;
     const std::array<double, 2> sums = materialized_l1_norms(chunk, x, base, &sparse);
     if (uint8_t* m = mask_.chunk(chunk.offset)) {
-      for (size_t j = 0; j < chunk.n; ++j) m[j] = std::bit_cast<uint32_t>(sparse[j]) != 0;
+      kernels::not_positive_zero(sparse, m, chunk.n);
       mask_.filled(chunk.n);
     }
     return sums;
@@ -215,8 +215,6 @@ class DellaSparsifier : public Sparsifier {
     const uint64_t size = groups_.size;
     const uint64_t stride = groups_.stride;
     const uint64_t slice = size * stride;
-    thread_local std::vector<uint32_t> ranks;
-    if (size > 1 && size <= kernels::kMaxRankedGroup) ranks.resize(size);
     for (uint64_t start = 0; start < chunk.n; start += slice) {
       for (uint64_t g = 0; g < stride; ++g) {
         // Element b of the group is x[b * stride], tensor element first + b * stride.
@@ -225,9 +223,7 @@ class DellaSparsifier : public Sparsifier {
         if (size == 1) {
           if (!(kernels::random_uniform(key_, first) < density_)) x[0] = 0.0f;
         } else if (size <= kernels::kMaxRankedGroup) {
-          kernels::rank_by_magnitude(x, size, stride, ranks.data());
-          kernels::keep_random_ranked(key_, first, ranks.data(), low_, epsilon_, denom_, x, size,
-                                      stride);
+          kernels::keep_random_by_rank(key_, first, low_, epsilon_, x, size, stride);
         } else {
           apply_indexed(x, first);
         }
@@ -237,7 +233,7 @@ class DellaSparsifier : public Sparsifier {
 
  private:
   // Keeps or zeroes the element of rank r = q + 1 (q = 0 for the lowest) at group index b, as
-  // kernels::keep_random_ranked does.
+  // kernels::keep_random_by_rank does.
   void decide(float* x, uint64_t first, uint64_t b, uint64_t q) const {
     const float rank_norm = static_cast<float>(q) / denom_;  // (r − 1)/(n − 1)
     const float p = low_ + (rank_norm * 2.0f) * epsilon_;

@@ -195,6 +195,87 @@ TEST(SelectKernels, ElementwiseLoopsMatchScalarArithmetic) {
   }
 }
 
+// sce's variance against the formula as written: sums from 0.0 in i order, division by count,
+// all in double. Differences with signed zeros, subnormals, an exponent gap of 2^60 (inexact
+// double sums), infinities and NaN must give the same bits for every count (2 has its own loop).
+TEST(SelectKernels, VarianceOfDifferencesMatchesTheDoubleFormula) {
+  for (size_t n : kLengths) {
+    for (size_t count : {1, 2, 3, 4, 5}) {
+      std::vector<std::vector<float>> x;
+      std::vector<const float*> ptr;
+      const std::vector<float> b = random_vector(n, 40, 0.02f);
+      for (size_t i = 0; i < count; ++i) {
+        x.push_back(random_vector(n, 41 + static_cast<uint32_t>(i), 0.02f));
+        std::vector<float>& xi = x.back();
+        for (size_t j = 0; j < n; ++j) {
+          switch ((j + i) % 11) {
+            case 0:
+              xi[j] = b[j];  // difference +0
+              break;
+            case 1:
+              xi[j] = j % 2 ? -0.0f : b[j];
+              break;
+            case 2:
+              xi[j] = b[j] + (i % 2 ? 1e-40f : -3e-42f);  // subnormal steps
+              break;
+            case 3:
+              xi[j] = b[j] + (i == 0 ? 1e18f : 1e-18f);  // wide gap between the terms
+              break;
+            default:
+              break;
+          }
+        }
+        if (n > 7) xi[7] = i == 0 ? std::numeric_limits<float>::infinity() : xi[7];
+        if (n > 9) xi[9] = std::numeric_limits<float>::quiet_NaN();
+        ptr.push_back(xi.data());
+      }
+      std::vector<float> var(n, 9.0f);
+      kernels::variance_of_differences(ptr.data(), count, b.data(), n, var.data());
+      for (size_t j = 0; j < n; ++j) {
+        double sum = 0.0;
+        for (size_t i = 0; i < count; ++i) sum += static_cast<double>(x[i][j] - b[j]);
+        const double mean = sum / static_cast<double>(count);
+        double squares = 0.0;
+        for (size_t i = 0; i < count; ++i) {
+          const double d = static_cast<double>(x[i][j] - b[j]) - mean;
+          squares += d * d;
+        }
+        const float expected = static_cast<float>(squares / static_cast<double>(count));
+        if (std::isnan(expected)) {
+          ASSERT_TRUE(std::isnan(var[j])) << "n=" << n << " count=" << count << " j=" << j;
+        } else {
+          ASSERT_EQ(std::bit_cast<uint32_t>(var[j]), std::bit_cast<uint32_t>(expected))
+              << "n=" << n << " count=" << count << " j=" << j;
+        }
+      }
+    }
+  }
+}
+
+TEST(SelectKernels, SelectionKeysAndNonzeroBytes) {
+  for (size_t n : kLengths) {
+    std::vector<float> v = random_vector(n, 50);
+    for (size_t j = 0; j < n; j += 5) v[j] = (j % 2) ? 0.0f : -0.0f;
+    if (n > 3) v[3] = std::numeric_limits<float>::quiet_NaN();
+    if (n > 8) v[8] = -std::numeric_limits<float>::infinity();
+    std::vector<uint8_t> m(n, 7);
+    kernels::not_positive_zero(v.data(), m.data(), n);
+    for (size_t j = 0; j < n; ++j) {
+      ASSERT_EQ(m[j], std::bit_cast<uint32_t>(v[j]) != 0 ? 1 : 0) << "n=" << n << " j=" << j;
+    }
+    std::vector<float> keys = v;
+    const uint64_t nonzero = kernels::selection_keys(keys.data(), n);
+    uint64_t expected_nonzero = 0;
+    for (size_t j = 0; j < n; ++j) {
+      expected_nonzero += v[j] != 0.0f;
+      const uint32_t magnitude = std::bit_cast<uint32_t>(v[j]) & 0x7FFFFFFFu;
+      ASSERT_EQ(std::bit_cast<uint32_t>(keys[j]), std::min(magnitude, 0x7FFFFFFEu) + 1u)
+          << "n=" << n << " j=" << j;
+    }
+    EXPECT_EQ(nonzero, expected_nonzero) << "n=" << n;
+  }
+}
+
 // The hand-dispatched kernels have AVX-512, AVX2 and scalar paths; a machine runs only its best
 // one. These tests run the kernel, top-k and sparsifying-method tests again in a child process
 // with SMELT_MAX_ISA=avx2 and =scalar (kernels/cpu_features.h), so every path this CPU has is

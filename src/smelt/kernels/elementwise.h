@@ -53,11 +53,16 @@ void elect_sign(const float* const* d, const float* w, size_t count, size_t n, f
                 float* mixed, float* divisor);
 
 // sce (docs/methods.md). var[j] = the population variance over i < count of the f32 differences
-// x[i][j] − b[j], summed (from 0.0, in i order) and squared in double, rounded to f32.
+// x[i][j] − b[j], summed (from 0.0, in i order) and squared in double, rounded to f32. count ≥ 1
+// (count 0 gives NaN).
 void variance_of_differences(const float* const* x, size_t count, const float* b, size_t n,
                              float* var);
 // x[j] = key[j] != 0 ? x[j] : +0.
 void keep_where_nonzero(const float* key, float* x, size_t n);
+// sce's selection keys, in place: v[j] becomes the float whose bits are min(magnitude_bits(v[j]),
+// 2³¹ − 2) + 1 (ordered as |v[j]| and never +0). Returns how many v[j] != 0 (NaN counts) there
+// were before.
+uint64_t selection_keys(float* v, size_t n);
 // out[j] = base[j] + mixed / max(divisor, floor), where over i < count in order, with the
 // majority sign s = (Σ tau[i][j] >= 0 in f32 from 0) ? 1 : −1, mixed = Σ tau[i][j]·w[i] and
 // divisor = Σ w[i] over the i with tau[i][j]·s > 0 (both from +0; the w[i] are >= 0).

@@ -21,12 +21,9 @@ namespace {
 constexpr double kWeightSumEpsilon = 1e-6;
 constexpr float kDivisorFloor = 1e-6f;
 
-// A float whose magnitude_bits order like |v|'s and are never 0 (|v|'s bits plus one), so that
+// The selection keys (kernels::selection_keys) order like the variance and are never 0, so that
 // after TopKMagnitude::keep_top an element is selected exactly when its key is nonzero, even when
-// the selection reaches elements with v = 0.
-float selection_key(float v) {
-  return std::bit_cast<float>(std::min(kernels::magnitude_bits(v), 0x7FFFFFFEu) + 1u);
-}
+// the selection reaches elements of variance 0.
 
 class SceMerger : public TensorMerger {
  public:
@@ -60,12 +57,10 @@ class SceMerger : public TensorMerger {
       case Phase::kSelect:
         values.resize(n);
         variance(chunk, values.data());
-        if (!k_known_) {
-          uint64_t nonzero = 0;
-          for (size_t j = 0; j < n; ++j) nonzero += values[j] != 0.0f;
-          nonzero_.fetch_add(nonzero, std::memory_order_relaxed);
+        {
+          const uint64_t nonzero = kernels::selection_keys(values.data(), n);
+          if (!k_known_) nonzero_.fetch_add(nonzero, std::memory_order_relaxed);
         }
-        for (size_t j = 0; j < n; ++j) values[j] = selection_key(values[j]);
         top_->add(chunk.offset, values.data(), n);
         return;
       case Phase::kWeights: {
@@ -167,7 +162,7 @@ class SceMerger : public TensorMerger {
 
   void selection_keys(const Chunk& chunk, float* keys) const {
     variance(chunk, keys);
-    for (size_t j = 0; j < chunk.n; ++j) keys[j] = selection_key(keys[j]);
+    kernels::selection_keys(keys, chunk.n);
   }
 
   // τ_i = x_i − b for every task (n values each, task-major), zeroed outside the selection.

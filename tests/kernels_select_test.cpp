@@ -195,6 +195,33 @@ TEST(SelectKernels, ElementwiseLoopsMatchScalarArithmetic) {
   }
 }
 
+// The fused kernels on differences against subtract followed by the unfused kernels.
+TEST(SelectKernels, DifferenceKernelsEqualSubtractThenKernel) {
+  for (size_t n : kLengths) {
+    const std::vector<float> x = random_vector(n, 60), y = random_vector(n, 61),
+                             b = random_vector(n, 62);
+    std::vector<float> d(n), e(n);
+    kernels::subtract(x.data(), b.data(), d.data(), n);
+    kernels::subtract(y.data(), b.data(), e.data(), n);
+    const float* v[2] = {d.data(), e.data()};
+    double expected[3], actual[3];
+    kernels::gram_upper(v, 2, n, expected);
+    kernels::gram2_of_differences(x.data(), y.data(), b.data(), n, actual);
+    for (int i = 0; i < 3; ++i) {
+      ASSERT_EQ(std::bit_cast<uint64_t>(actual[i]), std::bit_cast<uint64_t>(expected[i]))
+          << "n=" << n << " i=" << i;
+    }
+    std::vector<float> want(n), got(n);
+    kernels::weighted_pair(0.3f, d.data(), -0.7f, e.data(), want.data(), n);
+    kernels::scale_add(1.0f, b.data(), want.data(), n);
+    kernels::weighted_pair_of_differences(0.3f, x.data(), -0.7f, y.data(), b.data(), got.data(), n);
+    for (size_t j = 0; j < n; ++j) {
+      ASSERT_EQ(std::bit_cast<uint32_t>(got[j]), std::bit_cast<uint32_t>(want[j]))
+          << "n=" << n << " j=" << j;
+    }
+  }
+}
+
 // sce's variance against the formula as written: sums from 0.0 in i order, division by count,
 // all in double. Differences with signed zeros, subnormals, an exponent gap of 2^60 (inexact
 // double sums), infinities and NaN must give the same bits for every count (2 has its own loop).

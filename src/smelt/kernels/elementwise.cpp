@@ -51,6 +51,15 @@ SMELT_ELEMENTWISE void weighted_pair(float a, const float* x, float b, const flo
   for (size_t j = 0; j < n; ++j) out[j] = a * x[j] + b * y[j];
 }
 
+SMELT_ELEMENTWISE void weighted_pair_of_differences(float a, const float* x, float c,
+                                                    const float* y, const float* b, float* out,
+                                                    size_t n) {
+  for (size_t j = 0; j < n; ++j) {
+    const float s = a * (x[j] - b[j]) + c * (y[j] - b[j]);
+    out[j] = s + 1.0f * b[j];
+  }
+}
+
 SMELT_ELEMENTWISE void zero_where_nonzero(const float* mask, float* x, size_t n) {
   for (size_t j = 0; j < n; ++j) x[j] = mask[j] != 0.0f ? 0.0f : x[j];
 }
@@ -565,6 +574,26 @@ void gram_upper(const float* const* v, size_t m, size_t n, double* upper) {
       upper[p] = dot_finish(v[i] + body, v[j] + body, n - body, lanes.data() + p * kSumLanes);
     }
   }
+}
+
+void gram2_of_differences(const float* x, const float* y, const float* b, size_t n, double* upper) {
+  double lanes[3 * kSumLanes] = {};
+  constexpr size_t kBlock = 1024;  // a multiple of kSumLanes: lanes stay j % 16
+  alignas(64) float d[kBlock];
+  alignas(64) float e[kBlock];
+  const size_t body = n / kSumLanes * kSumLanes;
+  for (size_t first = 0; first < body; first += kBlock) {
+    const size_t len = std::min(kBlock, body - first);
+    subtract(x + first, b + first, d, len);
+    subtract(y + first, b + first, e, len);
+    gram2_lanes(d, e, len, lanes, lanes + kSumLanes, lanes + 2 * kSumLanes);
+  }
+  const size_t tail = n - body;
+  subtract(x + body, b + body, d, tail);
+  subtract(y + body, b + body, e, tail);
+  upper[0] = dot_finish(d, d, tail, lanes);
+  upper[1] = dot_finish(d, e, tail, lanes + kSumLanes);
+  upper[2] = dot_finish(e, e, tail, lanes + 2 * kSumLanes);
 }
 
 double abs_sum(const float* x, size_t n) {

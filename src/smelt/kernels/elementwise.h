@@ -20,6 +20,10 @@ void scale(float w, const float* x, float* out, size_t n);
 void scale_add(float w, const float* x, float* acc, size_t n);
 // out[j] = a * x[j] + b * y[j].
 void weighted_pair(float a, const float* x, float b, const float* y, float* out, size_t n);
+// out[j] = (a * (x[j] − b[j]) + c * (y[j] − b[j])) + 1 * b[j]: weighted_pair of the two
+// differences from b, then scale_add(1, b), in one loop with the same roundings.
+void weighted_pair_of_differences(float a, const float* x, float c, const float* y, const float* b,
+                                  float* out, size_t n);
 // x[j] = 0 where mask[j] != 0 (a NaN mask value counts as nonzero).
 void zero_where_nonzero(const float* mask, float* x, size_t n);
 // m[j] = 1 where x[j] is not +0 (its bits are not all zero: −0 and NaN count), else 0.
@@ -75,6 +79,9 @@ double dot(const float* a, const float* b, size_t n);  // sum of a[j] * b[j]
 // Every dot(v[i], v[j], n) for i <= j, row by row, into upper (m(m+1)/2 values) in one pass over
 // L1-sized blocks; each value equals dot()'s bit for bit.
 void gram_upper(const float* const* v, size_t m, size_t n, double* upper);
+// gram_upper of the two differences x − b and y − b (in f32), without storing them: upper gets
+// {dot(d, d), dot(d, e), dot(e, e)} for d = x − b, e = y − b, bit for bit.
+void gram2_of_differences(const float* x, const float* y, const float* b, size_t n, double* upper);
 double abs_sum(const float* x, size_t n);  // sum of |x[j]|
 
 }  // namespace smelt::kernels

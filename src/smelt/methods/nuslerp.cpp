@@ -137,14 +137,21 @@ class NuslerpMerger : public TensorMerger {
   int stat_passes() const override { return geometry_.layout == Layout::kRows ? 0 : 1; }
 
   void gather(int /*pass*/, const Chunk& chunk) override {
+    if (geometry_.layout == Layout::kWhole) {
+      double g[3];  // {a·a, a·c, c·c}
+      if (base_ >= 0) {
+        kernels::gram2_of_differences(chunk.inputs[first_], chunk.inputs[second_],
+                                      chunk.inputs[base_], chunk.n, g);
+      } else {
+        const float* v[2] = {chunk.inputs[first_], chunk.inputs[second_]};
+        kernels::gram_upper(v, 2, chunk.n, g);
+      }
+      partials_.put(chunk.index, {g[0], g[2], g[1]});
+      return;
+    }
     const float* a;
     const float* c;
     vectors(chunk, &a, &c);
-    if (geometry_.layout == Layout::kWhole) {
-      partials_.put(chunk.index, {kernels::dot(a, a, chunk.n), kernels::dot(c, c, chunk.n),
-                                  kernels::dot(a, c, chunk.n)});
-      return;
-    }
     // kColumns: the chunk holds whole rows of `columns` elements; sums run over its rows in order.
     const size_t columns = geometry_.length;
     std::vector<double> partial(3 * columns, 0.0);
@@ -183,10 +190,15 @@ class NuslerpMerger : public TensorMerger {
   }
 
   void merge(const Chunk& chunk, float* out) override {
+    const size_t n = chunk.n;
+    if (geometry_.layout == Layout::kWhole && base_ >= 0) {
+      kernels::weighted_pair_of_differences(whole_.ka, chunk.inputs[first_], whole_.kc,
+                                            chunk.inputs[second_], chunk.inputs[base_], out, n);
+      return;
+    }
     const float* a;
     const float* c;
     vectors(chunk, &a, &c);
-    const size_t n = chunk.n;
     switch (geometry_.layout) {
       case Layout::kWhole:
         kernels::weighted_pair(whole_.ka, a, whole_.kc, c, out, n);

@@ -219,6 +219,16 @@ TEST(SelectKernels, DifferenceKernelsEqualSubtractThenKernel) {
       ASSERT_EQ(std::bit_cast<uint32_t>(got[j]), std::bit_cast<uint32_t>(want[j]))
           << "n=" << n << " j=" << j;
     }
+    // model_stock's blend of the mean of two models.
+    want = x;
+    kernels::scale_add(1.0f, y.data(), want.data(), n);
+    kernels::divide(want.data(), 2.0f, n);
+    kernels::weighted_pair(0.37f, want.data(), 1.0f - 0.37f, b.data(), want.data(), n);
+    kernels::blend_mean_pair(x.data(), y.data(), 2.0f, 0.37f, b.data(), got.data(), n);
+    for (size_t j = 0; j < n; ++j) {
+      ASSERT_EQ(std::bit_cast<uint32_t>(got[j]), std::bit_cast<uint32_t>(want[j]))
+          << "blend n=" << n << " j=" << j;
+    }
   }
 }
 

@@ -60,6 +60,15 @@ SMELT_ELEMENTWISE void weighted_pair_of_differences(float a, const float* x, flo
   }
 }
 
+SMELT_ELEMENTWISE void blend_mean_pair(const float* x, const float* y, float count, float t,
+                                       const float* b, float* out, size_t n) {
+  const float u = 1.0f - t;
+  for (size_t j = 0; j < n; ++j) {
+    const float mean = (x[j] + 1.0f * y[j]) / count;
+    out[j] = t * mean + u * b[j];
+  }
+}
+
 SMELT_ELEMENTWISE void zero_where_nonzero(const float* mask, float* x, size_t n) {
   for (size_t j = 0; j < n; ++j) x[j] = mask[j] != 0.0f ? 0.0f : x[j];
 }

@@ -24,6 +24,10 @@ void weighted_pair(float a, const float* x, float b, const float* y, float* out,
 // differences from b, then scale_add(1, b), in one loop with the same roundings.
 void weighted_pair_of_differences(float a, const float* x, float c, const float* y, const float* b,
                                   float* out, size_t n);
+// model_stock of two models: out[j] = t * m + (1 − t) * b[j] with m = (x[j] + 1 * y[j]) / count
+// (f32 roundings as copy, scale_add(1, y), divide(count) and weighted_pair(t, m, 1 − t, b)).
+void blend_mean_pair(const float* x, const float* y, float count, float t, const float* b,
+                     float* out, size_t n);
 // x[j] = 0 where mask[j] != 0 (a NaN mask value counts as nonzero).
 void zero_where_nonzero(const float* mask, float* x, size_t n);
 // m[j] = 1 where x[j] is not +0 (its bits are not all zero: −0 and NaN count), else 0.

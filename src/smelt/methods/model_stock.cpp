@@ -80,6 +80,13 @@ class ModelStockMerger : public TensorMerger {
   int stat_passes() const override { return row_ == 0 ? 1 : 0; }
 
   void gather(int /*pass*/, const Chunk& chunk) override {
+    if (models_.size() == 2) {  // the usual case, without storing the task vectors
+      std::vector<double> upper(3);
+      kernels::gram2_of_differences(chunk.inputs[models_[0]], chunk.inputs[models_[1]],
+                                    chunk.inputs[base_], chunk.n, upper.data());
+      partials_.put(chunk.index, std::move(upper));
+      return;
+    }
     partials_.put(chunk.index, gram_upper(task_vectors(chunk), chunk.n));
   }
 
@@ -96,6 +103,11 @@ class ModelStockMerger : public TensorMerger {
 
   void merge(const Chunk& chunk, float* out) override {
     const size_t n = chunk.n;
+    if (row_ == 0 && models_.size() == 2) {
+      kernels::blend_mean_pair(chunk.inputs[models_[0]], chunk.inputs[models_[1]], 2.0f,
+                               static_cast<float>(t_), chunk.inputs[base_], out, n);
+      return;
+    }
     // The models' mean, in f32 in input order (mergekit's sum(ws) / len(ws)).
     std::memcpy(out, chunk.inputs[models_[0]], n * sizeof(float));
     for (size_t j = 1; j < models_.size(); ++j) {

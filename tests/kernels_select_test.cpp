@@ -92,9 +92,17 @@ TEST(SelectKernels, FusedRandomMaskEqualsSubtractThenMask) {
           kernels::random_kept_abs_sums(key, first, p, a.data(), b.data(), n);
       EXPECT_EQ(sums[0], s) << "n=" << n << " p=" << p;
       EXPECT_EQ(sums[1], t) << "n=" << n << " p=" << p;
-      // The byte-mask route gives the same bits.
-      std::vector<uint8_t> mask(n, 7);
+      // The bit-mask route gives the same bits: one bit per decision, the unused bits of a last
+      // partial byte 0, nothing written past ceil(n / 8) bytes.
+      const size_t mask_bytes = (n + 7) / 8;
+      std::vector<uint8_t> mask(mask_bytes + 1, 0xA5);
       kernels::random_mask(key, first, p, mask.data(), n);
+      ASSERT_EQ(mask[mask_bytes], 0xA5) << "n=" << n;
+      for (size_t j = 0; j < mask_bytes * 8; ++j) {
+        const bool bit = ((mask[j / 8] >> (j % 8)) & 1) != 0;
+        ASSERT_EQ(bit, j < n && kernels::random_uniform(key, first + j) < p)
+            << "n=" << n << " p=" << p << " j=" << j;
+      }
       std::vector<float> via_mask(n, -1.0f);
       kernels::masked_difference(mask.data(), a.data(), b.data(), via_mask.data(), n);
       EXPECT_EQ(via_mask, want) << "n=" << n << " p=" << p;
@@ -295,10 +303,13 @@ TEST(SelectKernels, SelectionKeysAndNonzeroBytes) {
     for (size_t j = 0; j < n; j += 5) v[j] = (j % 2) ? 0.0f : -0.0f;
     if (n > 3) v[3] = std::numeric_limits<float>::quiet_NaN();
     if (n > 8) v[8] = -std::numeric_limits<float>::infinity();
-    std::vector<uint8_t> m(n, 7);
+    const size_t mask_bytes = (n + 7) / 8;
+    std::vector<uint8_t> m(mask_bytes + 1, 0xA5);
     kernels::not_positive_zero(v.data(), m.data(), n);
-    for (size_t j = 0; j < n; ++j) {
-      ASSERT_EQ(m[j], std::bit_cast<uint32_t>(v[j]) != 0 ? 1 : 0) << "n=" << n << " j=" << j;
+    ASSERT_EQ(m[mask_bytes], 0xA5) << "n=" << n;
+    for (size_t j = 0; j < mask_bytes * 8; ++j) {
+      ASSERT_EQ((m[j / 8] >> (j % 8)) & 1, j < n && std::bit_cast<uint32_t>(v[j]) != 0 ? 1 : 0)
+          << "n=" << n << " j=" << j;
     }
     std::vector<float> keys = v;
     const uint64_t nonzero = kernels::selection_keys(keys.data(), n);

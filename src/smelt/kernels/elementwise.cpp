@@ -73,8 +73,41 @@ SMELT_ELEMENTWISE void zero_where_nonzero(const float* mask, float* x, size_t n)
   for (size_t j = 0; j < n; ++j) x[j] = mask[j] != 0.0f ? 0.0f : x[j];
 }
 
-SMELT_ELEMENTWISE void not_positive_zero(const float* x, uint8_t* m, size_t n) {
-  for (size_t j = 0; j < n; ++j) m[j] = std::bit_cast<uint32_t>(x[j]) != 0;
+namespace {
+
+[[gnu::optimize("no-tree-vectorize")]] void not_positive_zero_scalar(const float* x, uint8_t* bits,
+                                                                     size_t n) {
+  for (size_t q = 0; q * 8 < n; ++q) {
+    uint32_t byte = 0;
+    for (size_t l = 0; l < 8 && q * 8 + l < n; ++l) {
+      byte |= uint32_t{std::bit_cast<uint32_t>(x[q * 8 + l]) != 0} << l;
+    }
+    bits[q] = static_cast<uint8_t>(byte);
+  }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) void not_positive_zero_avx2(const float* x, uint8_t* bits,
+                                                            size_t n) {
+  const __m256i zero = _mm256_setzero_si256();
+  size_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + j));
+    const auto is_zero =
+        static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(v, zero))));
+    bits[j >> 3] = static_cast<uint8_t>(~is_zero);
+  }
+  not_positive_zero_scalar(x + j, bits + (j >> 3), n - j);
+}
+#endif
+
+}  // namespace
+
+void not_positive_zero(const float* x, uint8_t* bits, size_t n) {
+#if defined(__x86_64__)
+  if (cpu_has_avx2()) return not_positive_zero_avx2(x, bits, n);
+#endif
+  not_positive_zero_scalar(x, bits, n);
 }
 
 SMELT_ELEMENTWISE void divide(float* x, float d, size_t n) {
@@ -121,10 +154,24 @@ keep_random_difference_avx512(uint64_t key, uint64_t first_counter, float p, con
 }
 #endif
 
+// The mask one bit per element: bit j % 8 of bits[j / 8]. Blocks of 64 decisions are made as
+// bytes (the loop the AVX-512 build vectorizes), then packed; a last partial byte gets zeros in
+// its unused bits.
 [[gnu::always_inline]] inline void random_mask_loop(uint64_t key, uint64_t first_counter, float p,
-                                                    uint8_t* m, size_t n) {
-  for (size_t j = 0; j < n; ++j)
-    m[j] = static_cast<uint8_t>(random_uniform(key, first_counter + j) < p);
+                                                    uint8_t* bits, size_t n) {
+  constexpr size_t kBlock = 64;
+  for (size_t first = 0; first < n; first += kBlock) {
+    const size_t len = std::min(kBlock, n - first);
+    uint8_t keep[kBlock];
+    for (size_t j = 0; j < len; ++j) {
+      keep[j] = static_cast<uint8_t>(random_uniform(key, first_counter + first + j) < p);
+    }
+    for (size_t q = 0; q * 8 < len; ++q) {
+      uint32_t byte = 0;
+      for (size_t l = 0; l < 8 && q * 8 + l < len; ++l) byte |= uint32_t{keep[q * 8 + l]} << l;
+      bits[(first >> 3) + q] = static_cast<uint8_t>(byte);
+    }
+  }
 }
 #if defined(__x86_64__)
 [[gnu::target("avx512f,avx512dq,avx512bw"), gnu::optimize("O3")]] void random_mask_avx512(
@@ -180,29 +227,16 @@ __attribute__((target("avx2"))) void keep_random_difference_avx2(uint64_t key,
   keep_random_difference_scalar(key, first_counter + j, p, a + j, b + j, delta + j, n - j);
 }
 
-// The eight bytes (0 or 1 each, lane order) of each 8-bit lane mask.
-const uint64_t* mask_bytes_table() {
-  static const auto table = [] {
-    std::array<uint64_t, 256> t{};
-    for (uint32_t m = 0; m < 256; ++m) {
-      for (uint32_t lane = 0; lane < 8; ++lane) t[m] |= uint64_t{(m >> lane) & 1u} << (8 * lane);
-    }
-    return t;
-  }();
-  return table.data();
-}
-
 __attribute__((target("avx2"))) void random_mask_avx2(uint64_t key, uint64_t first_counter, float p,
-                                                      uint8_t* m, size_t n) {
-  const uint64_t* bytes = mask_bytes_table();
+                                                      uint8_t* bits, size_t n) {
   avx2::UniformX8 u = avx2::uniform_x8_start(key, first_counter);
   const __m256 pv = _mm256_set1_ps(p);
   size_t j = 0;
   for (; j + 8 <= n; j += 8) {
-    const __m256 keep = avx2::keep_mask_next(u, pv);
-    std::memcpy(m + j, &bytes[static_cast<uint32_t>(_mm256_movemask_ps(keep))], 8);
+    // Lane l's decision is bit l of the movemask, as the mask's layout wants.
+    bits[j >> 3] = static_cast<uint8_t>(_mm256_movemask_ps(avx2::keep_mask_next(u, pv)));
   }
-  random_mask_scalar(key, first_counter + j, p, m + j, n - j);
+  random_mask_scalar(key, first_counter + j, p, bits + (j >> 3), n - j);
 }
 #endif
 
@@ -259,13 +293,43 @@ void random_mask(uint64_t key, uint64_t first_counter, float p, uint8_t* m, size
   random_mask_scalar(key, first_counter, p, m, n);
 }
 
-SMELT_ELEMENTWISE void masked_difference(const uint8_t* m, const float* a, const float* b,
-                                         float* delta, size_t n) {
-  // As integers (m is 0 or 1, so -m is all ones or zero): GCC vectorizes this, not the select.
+namespace {
+
+[[gnu::optimize("no-tree-vectorize")]] void masked_difference_scalar(const uint8_t* bits,
+                                                                     const float* a, const float* b,
+                                                                     float* delta, size_t n) {
+  // As integers (the bit becomes all ones or zero): a select would become a branch.
   for (size_t j = 0; j < n; ++j) {
     const uint32_t d = std::bit_cast<uint32_t>(a[j] - b[j]);
-    delta[j] = std::bit_cast<float>(d & (0u - uint32_t{m[j]}));
+    delta[j] = std::bit_cast<float>(d & (0u - ((uint32_t{bits[j >> 3]} >> (j & 7)) & 1u)));
   }
+}
+
+#if defined(__x86_64__)
+// Eight elements per mask byte: the byte in every lane, lane l tests bit l.
+__attribute__((target("avx2"))) void masked_difference_avx2(const uint8_t* bits, const float* a,
+                                                            const float* b, float* delta,
+                                                            size_t n) {
+  const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  size_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256i byte = _mm256_set1_epi32(bits[j >> 3]);
+    const __m256i keep = _mm256_cmpeq_epi32(_mm256_and_si256(byte, lane_bit), lane_bit);
+    const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j));
+    _mm256_storeu_ps(delta + j, _mm256_and_ps(d, _mm256_castsi256_ps(keep)));
+  }
+  masked_difference_scalar(bits + (j >> 3), a + j, b + j, delta + j, n - j);
+}
+#endif
+
+}  // namespace
+
+void masked_difference(const uint8_t* bits, const float* a, const float* b, float* delta,
+                       size_t n) {
+#if defined(__x86_64__)
+  if (cpu_has_avx2()) return masked_difference_avx2(bits, a, b, delta, n);
+#endif
+  masked_difference_scalar(bits, a, b, delta, n);
 }
 
 namespace {
@@ -291,9 +355,11 @@ std::array<double, 2> kept_abs_sums(const float* a, const float* b, size_t n, Fo
 
 }  // namespace
 
-std::array<double, 2> masked_abs_sums(const uint8_t* m, const float* a, const float* b, size_t n) {
+std::array<double, 2> masked_abs_sums(const uint8_t* bits, const float* a, const float* b,
+                                      size_t n) {
+  // kept_abs_sums' blocks start at multiples of 8 elements, so at whole bytes of the mask.
   return kept_abs_sums(a, b, n, [&](size_t start, size_t len, float* kept) {
-    masked_difference(m + start, a + start, b + start, kept, len);
+    masked_difference(bits + start / 8, a + start, b + start, kept, len);
   });
 }
 

@@ -30,8 +30,9 @@ void blend_mean_pair(const float* x, const float* y, float count, float t, const
                      float* out, size_t n);
 // x[j] = 0 where mask[j] != 0 (a NaN mask value counts as nonzero).
 void zero_where_nonzero(const float* mask, float* x, size_t n);
-// m[j] = 1 where x[j] is not +0 (its bits are not all zero: −0 and NaN count), else 0.
-void not_positive_zero(const float* x, uint8_t* m, size_t n);
+// Bit j of the mask (as random_mask's) = x[j] is not +0 (its bits are not all zero: −0 and NaN
+// count).
+void not_positive_zero(const float* x, uint8_t* bits, size_t n);
 // x[j] /= d.
 void divide(float* x, float d, size_t n);
 // x[j] /= d[j].
@@ -47,12 +48,15 @@ void keep_random_difference(uint64_t key, uint64_t first_counter, float p, const
 // summation order (so both equal the two-step results bit for bit).
 std::array<double, 2> random_kept_abs_sums(uint64_t key, uint64_t first_counter, float p,
                                            const float* a, const float* b, size_t n);
-// m[j] = 1 if random_uniform(key, first_counter + j) < p, else 0: keep_random's mask as bytes.
-void random_mask(uint64_t key, uint64_t first_counter, float p, uint8_t* m, size_t n);
-// delta[j] = m[j] ? a[j] - b[j] : 0 (with random_mask's bytes, equal to keep_random_difference).
-void masked_difference(const uint8_t* m, const float* a, const float* b, float* delta, size_t n);
-// {abs_sum(a − b), abs_sum(masked_difference(m, a, b))}, in one pass with abs_sum's order.
-std::array<double, 2> masked_abs_sums(const uint8_t* m, const float* a, const float* b, size_t n);
+// Element masks are one bit per element, bit j % 8 of byte j / 8 (ceil(n / 8) bytes; the unused
+// high bits of a last partial byte are written as 0).
+// Bit j = random_uniform(key, first_counter + j) < p: keep_random's mask.
+void random_mask(uint64_t key, uint64_t first_counter, float p, uint8_t* bits, size_t n);
+// delta[j] = bit j ? a[j] - b[j] : +0 (with random_mask's bits, equal to keep_random_difference).
+void masked_difference(const uint8_t* bits, const float* a, const float* b, float* delta, size_t n);
+// {abs_sum(a − b), abs_sum(masked_difference(bits, a, b))}, in one pass with abs_sum's order.
+std::array<double, 2> masked_abs_sums(const uint8_t* bits, const float* a, const float* b,
+                                      size_t n);
 // TIES sign election over count weighted task vectors d[i] (n values each) with weights w[i]:
 // majority[j] = +1 if the sum over i of d[i][j] >= 0, else -1; mixed[j] = sum of the d[i][j]
 // whose sign equals majority[j] (zeros never match); divisor[j] = sum of the matching w[i], or 1

@@ -87,7 +87,8 @@ class RandomSparsifier : public Sparsifier {
   void apply_difference(const Chunk& chunk, const float* x, const float* base,
                         float* delta) const override {
     if (const uint8_t* m = mask_.complete()) {
-      kernels::masked_difference(m + chunk.offset, x, base, delta, chunk.n);
+      // Chunks start at multiples of 8 elements when the mask is complete (mask_pool.h).
+      kernels::masked_difference(m + chunk.offset / 8, x, base, delta, chunk.n);
       return;
     }
     kernels::keep_random_difference(key_, chunk.offset, density_, x, base, delta, chunk.n);
@@ -362,7 +363,7 @@ std::vector<ParamSpec> GtaMethod::model_params() const {
 uint64_t GtaMethod::state_bytes(const TensorContext& ctx) const {
   if (!variant_.sparsification || ctx.numel > kMaxMaskElements) return 0;
   // Every task vector may keep a mask (an upper bound: not every sparsifier keeps one).
-  return ctx.numel * (ctx.num_inputs > 0 ? ctx.num_inputs - 1 : 0);
+  return mask_bytes(ctx.numel) * (ctx.num_inputs > 0 ? ctx.num_inputs - 1 : 0);
 }
 
 uint64_t GtaMethod::chunk_alignment(const TensorContext& ctx) const {

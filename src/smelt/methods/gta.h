@@ -114,7 +114,7 @@ class GtaMethod : public Method {
   BaseUse base_use() const override { return BaseUse::kRequired; }
   uint64_t chunk_alignment(const TensorContext& ctx) const override;
   void validate(const TensorContext& ctx) const override;
-  // One byte mask per sparsified task vector (mask_pool.h), for tensors small enough to keep one.
+  // One bit mask per sparsified task vector (mask_pool.h), for tensors small enough to keep one.
   uint64_t state_bytes(const TensorContext& ctx) const override;
   std::unique_ptr<TensorMerger> begin(const TensorContext& ctx) const override;
 

@@ -1,5 +1,6 @@
-// Byte masks of sparsified task vectors (1 = kept), kept from a statistics pass (the L1 rescale's)
-// to the merge pass so a random or rank-based decision is made once per element.
+// Bit masks of sparsified task vectors (1 = kept; the layout of kernels::random_mask), kept from a
+// statistics pass (the L1 rescale's) to the merge pass so a random or rank-based decision is made
+// once per element.
 #pragma once
 
 #include <atomic>
@@ -10,8 +11,12 @@
 namespace smelt::methods {
 
 // Tensors above this many elements decide twice instead, so memory does not grow with the
-// largest tensor (a mask is 1 byte per element: at most 16 MiB each).
-inline constexpr uint64_t kMaxMaskElements = uint64_t{1} << 24;
+// largest tensor (a mask is 1 bit per element: at most 16 MiB each, enough for a 65536 x 2048
+// embedding).
+inline constexpr uint64_t kMaxMaskElements = uint64_t{1} << 27;
+
+// The bytes of one mask of numel elements.
+inline uint64_t mask_bytes(uint64_t numel) { return (numel + 7) / 8; }
 
 // Mask buffers reused across tensors: fresh memory costs first-touch page faults, which are slow
 // on VMs (docs/performance.md).
@@ -46,8 +51,10 @@ class MaskPool {
 };
 
 // One task vector's mask for one tensor: filled chunk by chunk during a statistics pass (chunks
-// are disjoint, so fill() may run concurrently), read in the merge pass once every element has
-// its byte. Tensors above kMaxMaskElements get no mask (chunk() returns null).
+// are disjoint and start at multiples of 8 elements, so at whole bytes: fills may run
+// concurrently), read in the merge pass once every element has its bit. Tensors above
+// kMaxMaskElements get no mask (chunk() returns null), and neither does a chunk that starts
+// inside a byte (a chunking not a multiple of 8): the merge pass then decides again.
 class TaskMask {
  public:
   explicit TaskMask(uint64_t numel) : numel_(numel) {}
@@ -55,16 +62,17 @@ class TaskMask {
   TaskMask(const TaskMask&) = delete;
   TaskMask& operator=(const TaskMask&) = delete;
 
-  // Where chunk [offset, offset + n) of the mask goes, or null when the tensor is too large.
-  // Call filled(n) after writing it.
+  // Where the bits of chunk [offset, offset + n) go (ceil(n / 8) bytes), or null when the tensor
+  // is too large or offset is not a multiple of 8. Call filled(n) after writing them.
   uint8_t* chunk(uint64_t offset) {
-    if (numel_ > kMaxMaskElements) return nullptr;
+    if (numel_ > kMaxMaskElements || offset % 8 != 0) return nullptr;
     std::lock_guard lock(mutex_);
-    if (bytes_.empty()) bytes_ = MaskPool::take(numel_);
-    return bytes_.data() + offset;
+    if (bytes_.empty()) bytes_ = MaskPool::take(mask_bytes(numel_));
+    return bytes_.data() + offset / 8;
   }
   void filled(uint64_t n) { filled_.fetch_add(n, std::memory_order_relaxed); }
-  // The whole mask once every element was filled (after the pass), else null.
+  // The whole mask once every element was filled (after the pass), else null. Element j's bit is
+  // bit j % 8 of byte j / 8.
   const uint8_t* complete() const {
     return filled_.load(std::memory_order_relaxed) == numel_ && !bytes_.empty() ? bytes_.data()
                                                                                 : nullptr;

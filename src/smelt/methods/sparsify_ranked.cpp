@@ -187,7 +187,7 @@ class DellaSparsifier : public Sparsifier {
         epsilon_(static_cast<float>(epsilon)),
         denom_(static_cast<float>(groups.size - 1)) {}
 
-  // Under the L1 rescale: ranks and decides once, keeping the decisions as a byte mask for the
+  // Under the L1 rescale: ranks and decides once, keeping the decisions as a bit mask for the
   // merge pass (mask_pool.h). A decision's mark is "the result is not +0": exact, since a dropped
   // element becomes +0 and a kept +0 stays +0 either way.
   std::array<double, 2> l1_norms(const Chunk& chunk, const float* x,
@@ -204,7 +204,8 @@ class DellaSparsifier : public Sparsifier {
   void apply_difference(const Chunk& chunk, const float* x, const float* base,
                         float* delta) const override {
     if (const uint8_t* m = mask_.complete()) {
-      kernels::masked_difference(m + chunk.offset, x, base, delta, chunk.n);
+      // Chunks start at multiples of 8 elements when the mask is complete (mask_pool.h).
+      kernels::masked_difference(m + chunk.offset / 8, x, base, delta, chunk.n);
       return;
     }
     kernels::subtract(x, base, delta, chunk.n);

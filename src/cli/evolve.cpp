@@ -380,6 +380,9 @@ std::vector<std::vector<double>> Search::evaluate_in_workers(const std::vector<s
     running.clear();
   };
   size_t next = 0;
+  // A worker reaped (no longer in `running`) whose files are not removed yet: an interruption or
+  // a failure noticed while reading its result must still remove them.
+  std::optional<size_t> reaped_worker;
   try {
     while (next < yamls.size() || !running.empty()) {
       while (next < yamls.size() && running.size() < o_.workers) {
@@ -413,6 +416,7 @@ std::vector<std::vector<double>> Search::evaluate_in_workers(const std::vector<s
         if (::waitpid(running[r].pid, &status, WNOHANG) != running[r].pid) continue;
         const size_t k = running[r].k;
         running.erase(running.begin() + static_cast<std::ptrdiff_t>(r));
+        reaped_worker = k;
         reaped = true;
         check_interrupted();
         const auto p = paths(k);
@@ -441,6 +445,7 @@ std::vector<std::vector<double>> Search::evaluate_in_workers(const std::vector<s
         }
         results[k] = std::move(metrics);
         cleanup(k);
+        reaped_worker.reset();
         break;
       }
       if (!reaped) {
@@ -450,6 +455,7 @@ std::vector<std::vector<double>> Search::evaluate_in_workers(const std::vector<s
     }
   } catch (...) {
     stop_all();
+    if (reaped_worker) cleanup(*reaped_worker);
     std::error_code ec;
     fs::remove(dir, ec);  // only when empty
     throw;

@@ -12,6 +12,7 @@
 #include "smelt/kernels/elementwise.h"
 #include "smelt/kernels/topk.h"
 #include "smelt/methods/factories.h"
+#include "smelt/methods/mask_pool.h"
 
 namespace smelt::methods {
 namespace {
@@ -30,7 +31,8 @@ class SceMerger : public TensorMerger {
   explicit SceMerger(const TensorContext& ctx)
       : base_(static_cast<size_t>(ctx.base)),
         numel_(ctx.numel),
-        select_topk_(ctx.params->global_value("select_topk")) {
+        select_topk_(ctx.params->global_value("select_topk")),
+        selection_(ctx.numel) {
     for (size_t i = 0; i < ctx.num_inputs; ++i) {
       if (i != base_) tasks_.push_back(i);
     }
@@ -169,16 +171,36 @@ class SceMerger : public TensorMerger {
   void task_vectors(const Chunk& chunk, float* tau) const {
     const size_t n = chunk.n;
     const float* base = chunk.inputs[base_];
+    if (!top_ || select_all_) {
+      for (size_t t = 0; t < tasks_.size(); ++t) {
+        kernels::subtract(chunk.inputs[tasks_[t]], base, tau + t * n, n);
+      }
+      return;
+    }
+    // The merge pass reads the selection the weights pass kept (mask_pool.h), when it could.
+    if (const uint8_t* m = selection_.complete()) {
+      for (size_t t = 0; t < tasks_.size(); ++t) {
+        kernels::masked_difference(m + chunk.offset / 8, chunk.inputs[tasks_[t]], base, tau + t * n,
+                                   n);
+      }
+      return;
+    }
     for (size_t t = 0; t < tasks_.size(); ++t) {
       kernels::subtract(chunk.inputs[tasks_[t]], base, tau + t * n, n);
     }
-    if (!top_ || select_all_) return;
     thread_local std::vector<float> keys;
     keys.resize(n);
     selection_keys(chunk, keys.data());
     top_->keep_top(chunk.offset, keys.data(), n);
     for (size_t t = 0; t < tasks_.size(); ++t)
       kernels::keep_where_nonzero(keys.data(), tau + t * n, n);
+    // Selected exactly where the key was kept (keys are never +0).
+    if (phase_ == Phase::kWeights) {
+      if (uint8_t* m = selection_.chunk(chunk.offset)) {
+        kernels::not_positive_zero(keys.data(), m, n);
+        selection_.filled(n);
+      }
+    }
   }
 
   size_t base_;
@@ -194,6 +216,7 @@ class SceMerger : public TensorMerger {
   bool select_all_ = false;                      // k ≥ numel: every element selected
   ChunkPartials<std::vector<double>> squares_;   // Σ τ_i² per chunk
   std::vector<float> weights_;                   // c_i
+  mutable TaskMask selection_;                   // the selection, kept by the weights pass
 };
 
 class Sce : public Method {
@@ -209,6 +232,12 @@ class Sce : public Method {
     };
   }
   BaseUse base_use() const override { return BaseUse::kRequired; }
+  // The selection's bit mask (mask_pool.h), kept from the weights pass to the merge pass.
+  uint64_t state_bytes(const TensorContext& ctx) const override {
+    const double select_topk = ctx.params->global_value("select_topk");
+    if (!(select_topk > 0.0 && select_topk < 1.0) || ctx.numel > kMaxMaskElements) return 0;
+    return mask_bytes(ctx.numel);
+  }
 
   void validate(const TensorContext& ctx) const override {
     if (ctx.base < 0 || static_cast<size_t>(ctx.base) >= ctx.num_inputs) {

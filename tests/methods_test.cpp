@@ -417,6 +417,71 @@ TEST(TopKMagnitude, FallsBackToATiesPassWhenTieListsOverflow) {
   }
 }
 
+// A sparse vector (60 % zeros, some of them −0) with k at least its nonzero count: the k-th
+// largest is 0, pass kHigh's zero counts decide it, and one pass suffices. The output bits equal
+// the sort's (a kept −0 stays −0, a dropped element becomes +0), for the shared-histogram and
+// k-later forms too. With one tiny nonzero element in the lowest bin the zero counts are not the
+// whole bin, and pass kLow runs.
+TEST(TopKMagnitude, ThresholdZeroIsDecidedInOnePass) {
+  for (bool tiny : {false, true}) {
+    Tensor v(100003);
+    std::mt19937 rng(21);
+    std::normal_distribution<float> normal(0.0f, 0.01f);
+    for (size_t j = 0; j < v.size(); ++j) {
+      const uint32_t r = rng() % 10;
+      v[j] = r < 5 ? 0.0f : r == 5 ? -0.0f : normal(rng);
+    }
+    if (tiny) v[77] = std::bit_cast<float>(uint32_t{3});  // a subnormal: high bits 0
+    const auto nonzero =
+        static_cast<size_t>(std::count_if(v.begin(), v.end(), [](float x) { return x != 0.0f; }));
+    const size_t chunk = 4099;
+    std::vector<uint64_t> offsets;
+    for (uint64_t o = 0; o < v.size(); o += chunk) offsets.push_back(o);
+    auto run = [&](kernels::TopKMagnitude& t, int* passes) {
+      *passes = 0;
+      while (t.pass() != kernels::TopKMagnitude::Pass::kDone) {
+        for (uint64_t o : offsets) t.add(o, v.data() + o, std::min<uint64_t>(chunk, v.size() - o));
+        t.end_pass();
+        ++*passes;
+      }
+      Tensor x = v;
+      for (uint64_t o : offsets)
+        t.keep_top(o, x.data() + o, std::min<uint64_t>(chunk, v.size() - o));
+      return x;
+    };
+    for (uint64_t k : {uint64_t{nonzero}, uint64_t{nonzero + 1}, uint64_t{nonzero + 5000},
+                       uint64_t{v.size() - 1}}) {
+      const std::vector<bool> keep = top_k_mask(v, k);
+      std::vector<uint32_t> want(v.size());
+      for (size_t j = 0; j < v.size(); ++j) {
+        want[j] = keep[j] ? std::bit_cast<uint32_t>(v[j]) : 0u;
+      }
+      auto bits = [](const Tensor& x) {
+        std::vector<uint32_t> out(x.size());
+        for (size_t j = 0; j < x.size(); ++j) out[j] = std::bit_cast<uint32_t>(x[j]);
+        return out;
+      };
+      const std::string label = "k=" + std::to_string(k) + (tiny ? " tiny" : "");
+      int passes = 0;
+      kernels::TopKMagnitude plain(v.size(), k);
+      EXPECT_EQ(bits(run(plain, &passes)), want) << label;
+      // k = nonzero keeps no zero: its threshold is not 0.
+      const bool zero_threshold = k > nonzero;
+      EXPECT_EQ(passes, zero_threshold && !tiny ? 1 : 2) << label;
+      EXPECT_EQ(plain.threshold_bits() == 0, zero_threshold) << label;
+      // Breadcrumbs' form: the kHigh histogram (and zero counts) of another selection.
+      kernels::TopKMagnitude counted(v.size(), 31), shared(v.size(), k);
+      for (uint64_t o : offsets) {
+        counted.add(o, v.data() + o, std::min<uint64_t>(chunk, v.size() - o));
+      }
+      shared.end_high_pass_from(counted);
+      counted.end_pass();
+      EXPECT_EQ(bits(run(shared, &passes)), want) << label << " shared";
+      EXPECT_EQ(passes, zero_threshold && !tiny ? 0 : 1) << label << " shared";
+    }
+  }
+}
+
 TEST(TopKMagnitude, ZerosAndSubnormalsInTheLowestBin) {
   // Half exact zeros (both signs), a quarter subnormals (high 16 bits 0, like zeros), a quarter
   // normal values: thresholds in bin 0 split ties among zeros or among subnormals.

@@ -363,6 +363,7 @@ void TopKMagnitude::add_bits(uint64_t offset, const float* a, const float* b, si
           all_slots_.push_back(slot);
         }
       }
+      uint64_t zeros = 0;  // elements of magnitude 0 in this chunk
       for (size_t start = 0; start < n; start += kBitsBlock) {
         const size_t m = std::min(kBitsBlock, n - start);
         if (slot != nullptr && slot->total + m > UINT32_MAX) flush(*slot);
@@ -370,16 +371,17 @@ void TopKMagnitude::add_bits(uint64_t offset, const float* a, const float* b, si
         if (slot != nullptr) {
           const size_t nonzero = drop_zeros(bits, m);
           slot->counts[0] += static_cast<uint32_t>(m - nonzero);
+          zeros += m - nonzero;
           count_high(bits, nonzero, slot);
           slot->total += m;
         } else {
+          zeros += count_equal(bits, 0, m);
           count_high(bits, m, slot);
         }
       }
-      if (slot != nullptr) {
-        std::lock_guard lock(mutex_);
-        slots_.push_back(slot);
-      }
+      std::lock_guard lock(mutex_);
+      if (slot != nullptr) slots_.push_back(slot);
+      zeros_.push_back({offset, zeros, 0});
       return;
     }
     case Pass::kLow: {
@@ -463,7 +465,26 @@ void TopKMagnitude::end_pass() {
       for (Slot* s : slots_) flush(*s);
       greater_high_ = 0;
       high_bin_ = find_bin(greater_high_);
+      uint64_t zeros = 0;
+      for (const TieCount& z : zeros_) zeros += z.equal;
+      const uint64_t lowest_bin = histogram_[0].load(std::memory_order_relaxed);
       for (size_t b = 0; b < kBins; ++b) histogram_[b].store(0, std::memory_order_relaxed);
+      if (high_bin_ == 0 && lowest_bin == zeros && zeros_.size() <= max_tie_entries_) {
+        // The k-th largest is in the lowest bin, and that bin holds only zeros: the threshold is
+        // 0, and pass kHigh counted each chunk's zeros, the elements tied with it. Pass kLow
+        // would find exactly this.
+        threshold_ = 0;
+        greater_ = greater_high_;
+        tied_to_keep_ = k_ - greater_;
+        split_ties_ = greater_ + zeros > k_;
+        histogram_.reset();
+        if (split_ties_) ties_ = std::move(zeros_);
+        zeros_ = {};
+        pass_ = Pass::kTies;
+        end_pass();
+        return;
+      }
+      zeros_ = {};
       pass_ = Pass::kLow;
       return;
     }
@@ -521,6 +542,10 @@ void TopKMagnitude::end_high_pass_from(TopKMagnitude& other) {
   for (size_t b = 0; b < kBins; ++b) {
     histogram_[b].store(other.histogram_[b].load(std::memory_order_relaxed),
                         std::memory_order_relaxed);
+  }
+  {
+    std::lock_guard lock(other.mutex_);
+    zeros_ = other.zeros_;  // the chunks' zero counts come with the histogram
   }
   end_pass();
 }

@@ -25,7 +25,9 @@ inline uint32_t magnitude_bits(float x) { return std::bit_cast<uint32_t>(x) & 0x
 // each chunk must know how many tied elements precede it: pass kLow records, per chunk, how many
 // of its elements share each low-bit pattern inside the high bin (usually a few hundred
 // entries); only when those lists would exceed max_tie_entries does a third pass, kTies, count
-// the tied elements per chunk.
+// the tied elements per chunk. Pass kHigh also counts each chunk's zeros: when the k-th largest
+// is 0 (density at least the nonzero fraction of a sparse task vector), that is all pass kLow
+// would find, and the selection needs one pass.
 //
 // Use: while (pass() != Pass::kDone) { add() every chunk; end_pass(); } then keep_top() chunks.
 // Histogram counts are integers, so the result does not depend on the order of add() calls.
@@ -110,9 +112,10 @@ class TopKMagnitude {
   uint64_t greater_high_ = 0;   // elements in higher high bins
   uint32_t threshold_ = 0;
   uint64_t greater_ = 0;
-  uint64_t tied_to_keep_ = 0;   // elements equal to the threshold that are kept
-  bool split_ties_ = false;     // some elements equal to the threshold are dropped
-  std::vector<TieCount> ties_;  // sorted by offset after the ties are placed
+  uint64_t tied_to_keep_ = 0;    // elements equal to the threshold that are kept
+  bool split_ties_ = false;      // some elements equal to the threshold are dropped
+  std::vector<TieCount> ties_;   // sorted by offset after the ties are placed
+  std::vector<TieCount> zeros_;  // pass kHigh: each chunk's count of zeros (in `equal`)
 };
 
 }  // namespace smelt::kernels

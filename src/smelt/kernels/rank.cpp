@@ -210,13 +210,6 @@ struct BucketMap {
   uint32_t operator()(uint32_t k) const { return ((k >> shift) & mask) + (k != 0); }
 };
 
-// della's probability of rank q (methods/sparsify_ranked.h), in f32 without fused multiply-add.
-[[gnu::optimize("fp-contract=off")]] float della_probability(uint32_t q, float low, float epsilon,
-                                                             float denom) {
-  const float rank_norm = static_cast<float>(q) / denom;
-  return low + (rank_norm * 2.0f) * epsilon;
-}
-
 struct DellaScratch {
   std::vector<float> probability;  // della_probability of every rank, for table_* below
   size_t table_n = 0;
@@ -388,6 +381,12 @@ __attribute__((target("avx2,popcnt"))) size_t decide_avx2(uint64_t key, uint64_t
 }
 
 }  // namespace
+
+[[gnu::optimize("fp-contract=off")]] float della_probability(uint64_t q, float low, float epsilon,
+                                                             float denom) {
+  const float rank_norm = static_cast<float>(q) / denom;
+  return low + (rank_norm * 2.0f) * epsilon;
+}
 
 void keep_random_by_rank(uint64_t key, uint64_t first_counter, float low, float epsilon, float* x,
                          size_t n, size_t stride) {

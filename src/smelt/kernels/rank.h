@@ -18,6 +18,11 @@ inline constexpr uint64_t kMaxRankedGroup = UINT32_MAX;
 // over the bits that differ between elements; scratch is thread-local and reused.
 void rank_by_magnitude(const float* x, size_t n, size_t stride, uint32_t* ranks);
 
+// della's keep probability (methods/sparsify_ranked.h) of the element of rank q (0 for the
+// lowest) in a group of n: low + ((float(q) / denom) · 2) · epsilon with denom = float(n − 1),
+// each operation rounded in f32 (no fused multiply-add).
+float della_probability(uint64_t q, float low, float epsilon, float denom);
+
 // della's decision (methods/sparsify_ranked.h) for a group of 2 ≤ n ≤ kMaxRankedGroup elements
 // x[b * stride] with ranks r[b] in rank_by_magnitude's order: element b is kept when
 // random_uniform(key, first_counter + b * stride) < p, with, in f32 without fused operations,

@@ -58,9 +58,8 @@ class SceMerger : public TensorMerger {
     switch (phase_) {
       case Phase::kSelect:
         values.resize(n);
-        variance(chunk, values.data());
         {
-          const uint64_t nonzero = kernels::selection_keys(values.data(), n);
+          const uint64_t nonzero = selection_keys(chunk, values.data());
           if (!k_known_) nonzero_.fetch_add(nonzero, std::memory_order_relaxed);
         }
         top_->add(chunk.offset, values.data(), n);
@@ -162,23 +161,19 @@ class SceMerger : public TensorMerger {
                                      var);
   }
 
-  void selection_keys(const Chunk& chunk, float* keys) const {
+  // The selection keys of the chunk's variances; returns how many variances were nonzero.
+  uint64_t selection_keys(const Chunk& chunk, float* keys) const {
     variance(chunk, keys);
-    kernels::selection_keys(keys, chunk.n);
+    return kernels::selection_keys(keys, chunk.n);
   }
 
   // τ_i = x_i − b for every task (n values each, task-major), zeroed outside the selection.
   void task_vectors(const Chunk& chunk, float* tau) const {
     const size_t n = chunk.n;
     const float* base = chunk.inputs[base_];
-    if (!top_ || select_all_) {
-      for (size_t t = 0; t < tasks_.size(); ++t) {
-        kernels::subtract(chunk.inputs[tasks_[t]], base, tau + t * n, n);
-      }
-      return;
-    }
+    const bool selecting = top_ && !select_all_;
     // The merge pass reads the selection the weights pass kept (mask_pool.h), when it could.
-    if (const uint8_t* m = selection_.complete()) {
+    if (const uint8_t* m = selecting ? selection_.complete() : nullptr) {
       for (size_t t = 0; t < tasks_.size(); ++t) {
         kernels::masked_difference(m + chunk.offset / 8, chunk.inputs[tasks_[t]], base, tau + t * n,
                                    n);
@@ -188,6 +183,7 @@ class SceMerger : public TensorMerger {
     for (size_t t = 0; t < tasks_.size(); ++t) {
       kernels::subtract(chunk.inputs[tasks_[t]], base, tau + t * n, n);
     }
+    if (!selecting) return;
     thread_local std::vector<float> keys;
     keys.resize(n);
     selection_keys(chunk, keys.data());

@@ -236,8 +236,7 @@ class DellaSparsifier : public Sparsifier {
   // Keeps or zeroes the element of rank r = q + 1 (q = 0 for the lowest) at group index b, as
   // kernels::keep_random_by_rank does.
   void decide(float* x, uint64_t first, uint64_t b, uint64_t q) const {
-    const float rank_norm = static_cast<float>(q) / denom_;  // (r − 1)/(n − 1)
-    const float p = low_ + (rank_norm * 2.0f) * epsilon_;
+    const float p = kernels::della_probability(q, low_, epsilon_, denom_);
     const uint64_t offset = b * groups_.stride;
     if (!(kernels::random_uniform(key_, first + offset) < p)) x[offset] = 0.0f;
   }

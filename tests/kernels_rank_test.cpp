@@ -51,7 +51,7 @@ void reference_della(float* x, uint64_t size, uint64_t stride, uint64_t key, uin
     const float rank_norm = static_cast<float>(q) / static_cast<float>(size - 1);
     const float p = low + (rank_norm * 2.0f) * epsilon;
     const uint64_t offset = b * stride;
-    if (!(k::random_uniform(key, first + offset) < p)) x[offset] = 0.0f;
+    if (!(k::draw_uniform(key, first + offset) < p)) x[offset] = 0.0f;
   }
 }
 
@@ -289,6 +289,22 @@ TEST(KeepRandomByRank, CrowdedBucketsAndNegativeZerosRankExactly) {
       k::keep_random_by_rank(5, 123, 0.5f - epsilon, epsilon, actual.data(), n, 1);
       ASSERT_EQ(bits_of(actual), bits_of(expected));
     }
+  }
+}
+
+// A row whose counters cross a block of 2^32 (random.h: the key's constants change there) takes
+// the scalar path and must still give the reference's bits, as must one that starts in the
+// second block.
+TEST(KeepRandomByRank, RowsAcrossADrawBlockBoundary) {
+  const size_t n = 2048;
+  const std::vector<float> data = make_data(Kind::kBf16Deltas, n, 11);
+  for (uint64_t first : {(uint64_t{1} << 32) - 1000, (uint64_t{1} << 32) + 8}) {
+    SCOPED_TRACE("first " + std::to_string(first));
+    std::vector<float> expected = data;
+    std::vector<float> actual = data;
+    reference_della(expected.data(), n, 1, 77, first, 0.35f, 0.15f);
+    k::keep_random_by_rank(77, first, 0.35f, 0.15f, actual.data(), n, 1);
+    ASSERT_EQ(bits_of(actual), bits_of(expected));
   }
 }
 

@@ -3,6 +3,7 @@
 // the kernel promises a fixed operation order, closeness to a long double sum for the reductions.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <filesystem>
@@ -66,7 +67,7 @@ TEST(SelectKernels, FusedRandomMaskEqualsSubtractThenMask) {
       std::array<double, 16> sl{}, tl{};
       for (size_t j = 0; j < n; ++j) {
         want[j] = a[j] - b[j];
-        const bool keep = kernels::random_uniform(key, first + j) < p;
+        const bool keep = kernels::draw_uniform(key, first + j) < p;
         const size_t lane = j < n / 16 * 16 ? j % 16 : 0;
         sl[lane] += std::fabs(double{want[j]});
         if (keep) tl[lane] += std::fabs(double{want[j]});
@@ -100,7 +101,7 @@ TEST(SelectKernels, FusedRandomMaskEqualsSubtractThenMask) {
       ASSERT_EQ(mask[mask_bytes], 0xA5) << "n=" << n;
       for (size_t j = 0; j < mask_bytes * 8; ++j) {
         const bool bit = ((mask[j / 8] >> (j % 8)) & 1) != 0;
-        ASSERT_EQ(bit, j < n && kernels::random_uniform(key, first + j) < p)
+        ASSERT_EQ(bit, j < n && kernels::draw_uniform(key, first + j) < p)
             << "n=" << n << " p=" << p << " j=" << j;
       }
       std::vector<float> via_mask(n, -1.0f);
@@ -135,6 +136,114 @@ TEST(SelectKernels, RandomUniformIsUniformAndKeyed) {
   EXPECT_NEAR(mean, 0.5, 5 * std::sqrt(1.0 / 12 / n));
   EXPECT_NEAR(var, 1.0 / 12, 1e-3);
   EXPECT_NEAR(cross / n, 0.0, 5 * (1.0 / 12) / std::sqrt(double(n)));
+}
+
+// The sparsifying methods' generator (draw_uniform, random.h): uniform 24-bit values, each of
+// the 24 bits balanced, neighbouring counters and neighbouring keys uncorrelated.
+TEST(SelectKernels, DrawUniformIsUniformAndKeyed) {
+  const uint64_t key = kernels::stream_key(0, "t", 0);
+  const uint64_t other = kernels::stream_key(0, "t", 1);
+  const size_t n = size_t{1} << 20;
+  double sum = 0, sq = 0, cross = 0, lag = 0, previous = 0.5;
+  std::array<uint64_t, 24> ones{};
+  std::array<uint64_t, 256> bins{};
+  for (size_t j = 0; j < n; ++j) {
+    const double u = kernels::draw_uniform(key, j);
+    const double w = kernels::draw_uniform(other, j);
+    ASSERT_GE(u, 0.0);
+    ASSERT_LT(u, 1.0);
+    sum += u;
+    sq += u * u;
+    cross += (u - 0.5) * (w - 0.5);
+    lag += (u - 0.5) * (previous - 0.5);
+    previous = u;
+    const auto m = static_cast<uint32_t>(u * 16777216.0);
+    for (int bit = 0; bit < 24; ++bit) ones[bit] += (m >> bit) & 1;
+    ++bins[m >> 16];
+  }
+  const double mean = sum / n, var = sq / n - mean * mean;
+  EXPECT_NEAR(mean, 0.5, 5 * std::sqrt(1.0 / 12 / n));
+  EXPECT_NEAR(var, 1.0 / 12, 1e-3);
+  EXPECT_NEAR(cross / n, 0.0, 5 * (1.0 / 12) / std::sqrt(double(n)));
+  EXPECT_NEAR(lag / n, 0.0, 5 * (1.0 / 12) / std::sqrt(double(n)));
+  for (int bit = 0; bit < 24; ++bit) {
+    EXPECT_NEAR(double(ones[bit]) / n, 0.5, 5 * 0.5 / std::sqrt(double(n))) << "bit " << bit;
+  }
+  // χ² of the top 8 bits, 255 degrees of freedom: mean 255, standard deviation 22.6.
+  double chi2 = 0;
+  const double expected = double(n) / 256;
+  for (uint64_t c : bins) chi2 += (double(c) - expected) * (double(c) - expected) / expected;
+  EXPECT_LT(chi2, 255 + 6 * 22.6);
+}
+
+// Counters from 2^32 on use other constants (draw_key of the high half): the kernels split or
+// fall back there and still give draw_uniform's decisions, and the second block is not a copy
+// of the first.
+TEST(SelectKernels, DrawsAcrossABlockBoundary) {
+  const uint64_t key = kernels::stream_key(3, "model.embed_tokens.weight", 2);
+  const uint64_t block = uint64_t{1} << 32;
+  size_t same = 0;
+  for (uint64_t j = 0; j < 4096; ++j) {
+    same += kernels::draw_uniform(key, j) == kernels::draw_uniform(key, block + j);
+  }
+  EXPECT_LT(same, 8u);
+  kernels::Draws draws(key);
+  for (uint64_t c : {uint64_t{5}, block + 5, uint64_t{6}, 3 * block - 1, 3 * block}) {
+    EXPECT_EQ(draws.uniform(c), kernels::draw_uniform(key, c)) << c;
+  }
+  const size_t n = 300;
+  const std::vector<float> a = random_vector(n, 8), b = random_vector(n, 9);
+  for (uint64_t first : {block - 37, block - 296, block, 2 * block - 8}) {
+    const float p = 0.4f;
+    std::vector<float> want(n);
+    std::vector<uint8_t> want_bits((n + 7) / 8, 0);
+    for (size_t j = 0; j < n; ++j) {
+      const bool keep = kernels::draw_uniform(key, first + j) < p;
+      want[j] = keep ? a[j] - b[j] : 0.0f;
+      want_bits[j / 8] |= static_cast<uint8_t>(keep) << (j % 8);
+    }
+    std::vector<float> got(n);
+    kernels::keep_random_difference(key, first, p, a.data(), b.data(), got.data(), n);
+    EXPECT_EQ(got, want) << "first=" << first;
+    std::vector<float> x(n);
+    kernels::subtract(a.data(), b.data(), x.data(), n);
+    kernels::keep_random(key, first, p, x.data(), n);
+    EXPECT_EQ(x, want) << "first=" << first;
+    if (first % 8 == 0) {
+      std::vector<uint8_t> bits((n + 7) / 8, 0xA5);
+      kernels::random_mask(key, first, p, bits.data(), n);
+      EXPECT_EQ(bits, want_bits) << "first=" << first;
+    }
+  }
+}
+
+// keep_threshold turns draw_uniform < p into an integer comparison of the 24-bit draw.
+TEST(SelectKernels, KeepThresholdMatchesTheFloatComparison) {
+  std::vector<float> ps = {0.0f,
+                           -0.0f,
+                           -1.0f,
+                           1.0f,
+                           2.0f,
+                           std::nanf(""),
+                           1e-30f,
+                           0.5f,
+                           0.1f,
+                           0.9f,
+                           std::nextafter(1.0f, 0.0f),
+                           5.9604645e-8f,
+                           1.0e-7f};
+  for (uint64_t i = 0; i < 200; ++i) ps.push_back(kernels::random_uniform(12, i));
+  for (float p : ps) {
+    const int32_t t = kernels::keep_threshold(p);
+    const double edge = std::isnan(p) ? 0.0 : std::clamp(double{p} * 16777216.0, 0.0, 16777216.0);
+    std::vector<int64_t> ms = {0, 1, 16777215};
+    for (int64_t d = -3; d <= 3; ++d) ms.push_back(static_cast<int64_t>(std::floor(edge)) + d);
+    for (int64_t m : ms) {
+      if (m < 0 || m > 16777215) continue;
+      const bool by_float = static_cast<float>(m) * kernels::kDrawScale < p;
+      EXPECT_EQ(m < t, by_float) << "p=" << p << " m=" << m;
+    }
+  }
 }
 
 TEST(SelectKernels, ElectSignMatchesAScalarReference) {

@@ -230,14 +230,14 @@ TEST_F(LoraCombine, DareMasksAreSeededStructuralAndMatchTheStream) {
   const Combined other = run("d3", "--type dare_linear --density 0.5 --seed 10");
   EXPECT_NE(c.a, other.a);
   // The same formula with the documented mask: element e of tensor i kept iff
-  // random_uniform(stream_key(seed, "<module>.lora_A", i), e) < density, kept values / density.
+  // draw_uniform(stream_key(seed, "<module>.lora_A", i), e) < density, kept values / density.
   Mat a(x_.a.size());
   for (size_t e = 0; e < a.size(); ++e) {
     double s = 0;
     const Mat* t[2] = {&x_.a, &y_.a};
     for (size_t i = 0; i < 2; ++i) {
       const uint64_t key = kernels::stream_key(9, kModule + ".lora_A", i);
-      if (kernels::random_uniform(key, e) < 0.5f) s += wa()[i] * (*t[i])[e] / 0.5f;
+      if (kernels::draw_uniform(key, e) < 0.5f) s += wa()[i] * (*t[i])[e] / 0.5f;
     }
     a[e] = float(s);
   }

@@ -175,7 +175,7 @@ std::vector<bool> della_mask(const std::vector<float>& delta, std::vector<uint64
                 : low + (static_cast<float>(size - 1 - q) / static_cast<float>(size - 1) * 2.0f) *
                             eps;
         const size_t j = index[order[q]];
-        mask[j] = kernels::random_uniform(key, j) < p;
+        mask[j] = kernels::draw_uniform(key, j) < p;
       }
     }
   }

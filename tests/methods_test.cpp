@@ -145,7 +145,7 @@ Reference gta_reference(const Inputs& in, const std::vector<double>& weights,
       } else {
         const uint64_t key = kernels::stream_key(in.seed, in.name, i);
         for (size_t j = 0; j < n; ++j) {
-          keep[j] = kernels::random_uniform(key, j) < static_cast<float>(density);
+          keep[j] = kernels::draw_uniform(key, j) < static_cast<float>(density);
         }
       }
     }

@@ -10,7 +10,7 @@ them, with smelt's documented decisions:
   * everything is computed in float64 from the stored input values and rounded once to the
     output dtype (out_dtype, else dtype, else the base's (else first input's) stored dtype);
   * magnitude top-k keeps exactly floor(density*N) elements, ties broken by lowest index;
-  * the DARE mask uses smelt's counter-based generator (src/smelt/kernels/random.h).
+  * the DARE mask uses smelt's counter-based generator draw_uniform (src/smelt/kernels/random.h).
 It is written to be read as a specification, not to be fast.
 
 Tolerances: F32 outputs must be within 1e-6 * max|ref| of the reference (relative error with an
@@ -143,14 +143,6 @@ def mix64_int(x):
     return x ^ (x >> 31)
 
 
-def mix64_array(x):
-    with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
 def stream_key(seed, name, salt):
     h = 0xCBF29CE484222325
     for c in name.encode("utf-8"):
@@ -158,12 +150,30 @@ def stream_key(seed, name, salt):
     return mix64_int(mix64_int(seed ^ 0x5EED5EED5EED5EED) ^ h ^ mix64_int((salt + 0x1234567) & M64))
 
 
-def random_uniform(key, count):
-    """Uniforms in [0, 1) for counters 0..count-1 of stream `key` (exact float32 values)."""
-    counters = np.arange(count, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        bits = mix64_array(np.uint64(key) + counters * np.uint64(0x9E3779B97F4A7C15))
-    return (bits >> np.uint64(40)).astype(np.float64) * 2.0 ** -24
+def draw_uniform(key, count):
+    """The sparsifying methods' uniforms in [0, 1) (random.h, draw_uniform) for counters
+    0..count-1 of stream `key` (exact float32 values)."""
+    return draw_uniform_at(key, np.arange(count, dtype=np.uint64))
+
+
+def draw_uniform_at(key, counters):
+    """draw_uniform for a uint64 array of counters: a 32-bit mixer of the low half, keyed by the
+    halves of mix64(key ^ mix64(counter >> 32))."""
+    out = np.empty(counters.shape, dtype=np.float64)
+    for hi in np.unique(counters >> np.uint64(32)):
+        m = mix64_int(key ^ mix64_int(int(hi)))
+        a, b = np.uint32(m & 0xFFFFFFFF), np.uint32(m >> 32)
+        sel = (counters >> np.uint64(32)) == hi
+        lo = (counters[sel] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+        with np.errstate(over="ignore"):
+            x = lo * np.uint32(0x9E3779B9) + a
+            x ^= x >> np.uint32(16)
+            x *= np.uint32(0x21F0AAAD)
+            x ^= (x >> np.uint32(15)) ^ b
+            x *= np.uint32(0x735A2D97)
+            x ^= x >> np.uint32(15)
+        out[sel] = (x >> np.uint32(8)).astype(np.float64) * 2.0 ** -24
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -390,7 +400,7 @@ def sparsify(delta, density, kind, rescale, key):
         if k > 0:
             mask[np.argsort(-np.abs(delta.ravel()), kind="stable")[:k]] = True
     else:  # random (DARE)
-        mask = random_uniform(key, delta.size) < density
+        mask = draw_uniform(key, delta.size) < density
     masked = np.where(mask.reshape(delta.shape), delta, 0.0)
     if rescale:
         before, after = np.abs(delta).sum(), np.abs(masked).sum()

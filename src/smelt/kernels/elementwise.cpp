@@ -122,14 +122,19 @@ namespace {
 
 [[gnu::always_inline]] inline void keep_random_loop(uint64_t key, uint64_t first_counter, float p,
                                                     float* x, size_t n) {
-  for (size_t j = 0; j < n; ++j)
-    x[j] = kept_or_zero(random_uniform(key, first_counter + j) < p, x[j]);
+  const int32_t t = keep_threshold(p);
+  for_each_draw_block(key, first_counter, n, [&](DrawKey k, uint32_t lo, uint64_t j, uint64_t len) {
+    float* y = x + j;
+    for (uint64_t i = 0; i < len; ++i) {
+      y[i] = kept_or_zero(static_cast<int32_t>(draw_bits24(k, lo + static_cast<uint32_t>(i))) < t,
+                          y[i]);
+    }
+  });
 }
 
 #if defined(__x86_64__)
-// The generator's 64-bit multiplies vectorize well only with AVX-512DQ (vpmullq); emulating them
-// on AVX2 or SSE is slower than scalar code, so the other path stays scalar. Both give the same
-// bits: the arithmetic is integer, and the 24-bit value converts to float exactly.
+// The generator is 32-bit integer arithmetic (random.h), which GCC vectorizes sixteen lanes wide
+// for AVX-512; the AVX2 paths are written with intrinsics below. All give the same bits.
 [[gnu::target("avx512f,avx512dq"), gnu::optimize("O3")]] void keep_random_avx512(
     uint64_t key, uint64_t first_counter, float p, float* x, size_t n) {
   keep_random_loop(key, first_counter, p, x, n);
@@ -140,10 +145,14 @@ namespace {
                                                                float p, const float* a,
                                                                const float* b, float* delta,
                                                                size_t n) {
-  for (size_t j = 0; j < n; ++j) {
-    const float d = a[j] - b[j];
-    delta[j] = kept_or_zero(random_uniform(key, first_counter + j) < p, d);
-  }
+  const int32_t t = keep_threshold(p);
+  for_each_draw_block(key, first_counter, n, [&](DrawKey k, uint32_t lo, uint64_t j, uint64_t len) {
+    for (uint64_t i = 0; i < len; ++i) {
+      const float d = a[j + i] - b[j + i];
+      delta[j + i] =
+          kept_or_zero(static_cast<int32_t>(draw_bits24(k, lo + static_cast<uint32_t>(i))) < t, d);
+    }
+  });
 }
 
 #if defined(__x86_64__)
@@ -160,12 +169,17 @@ keep_random_difference_avx512(uint64_t key, uint64_t first_counter, float p, con
 [[gnu::always_inline]] inline void random_mask_loop(uint64_t key, uint64_t first_counter, float p,
                                                     uint8_t* bits, size_t n) {
   constexpr size_t kBlock = 64;
+  const int32_t t = keep_threshold(p);
   for (size_t first = 0; first < n; first += kBlock) {
     const size_t len = std::min(kBlock, n - first);
     uint8_t keep[kBlock];
-    for (size_t j = 0; j < len; ++j) {
-      keep[j] = static_cast<uint8_t>(random_uniform(key, first_counter + first + j) < p);
-    }
+    for_each_draw_block(
+        key, first_counter + first, len, [&](DrawKey k, uint32_t lo, uint64_t j, uint64_t piece) {
+          for (uint64_t i = 0; i < piece; ++i) {
+            keep[j + i] = static_cast<uint8_t>(
+                static_cast<int32_t>(draw_bits24(k, lo + static_cast<uint32_t>(i))) < t);
+          }
+        });
     for (size_t q = 0; q * 8 < len; ++q) {
       uint32_t byte = 0;
       for (size_t l = 0; l < 8 && q * 8 + l < len; ++l) byte |= uint32_t{keep[q * 8 + l]} << l;
@@ -198,16 +212,18 @@ keep_random_difference_avx512(uint64_t key, uint64_t first_counter, float p, con
 }
 
 #if defined(__x86_64__)
-// The same three loops with the generator eight lanes wide (random_avx2.h); the tails go to
-// the scalar loops at the right counter.
+// The same three loops with the generator eight lanes wide (random_avx2.h) when the counters lie
+// in one block of 2^32; the tails (and runs across a block boundary) go to the scalar loops.
 __attribute__((target("avx2"))) void keep_random_avx2(uint64_t key, uint64_t first_counter, float p,
                                                       float* x, size_t n) {
-  avx2::UniformX8 u = avx2::uniform_x8_start(key, first_counter);
-  const __m256 pv = _mm256_set1_ps(p);
   size_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    const __m256 keep = avx2::keep_mask_next(u, pv);
-    _mm256_storeu_ps(x + j, _mm256_and_ps(_mm256_loadu_ps(x + j), keep));
+  if (draws_in_one_block(first_counter, n)) {
+    avx2::DrawsX8 d = avx2::draws_x8_start(key, first_counter);
+    const __m256i t = _mm256_set1_epi32(keep_threshold(p));
+    for (; j + 8 <= n; j += 8) {
+      const __m256 keep = avx2::draws_x8_keep(d, t);
+      _mm256_storeu_ps(x + j, _mm256_and_ps(_mm256_loadu_ps(x + j), keep));
+    }
   }
   keep_random_scalar(key, first_counter + j, p, x + j, n - j);
 }
@@ -216,25 +232,29 @@ __attribute__((target("avx2"))) void keep_random_difference_avx2(uint64_t key,
                                                                  uint64_t first_counter, float p,
                                                                  const float* a, const float* b,
                                                                  float* delta, size_t n) {
-  avx2::UniformX8 u = avx2::uniform_x8_start(key, first_counter);
-  const __m256 pv = _mm256_set1_ps(p);
   size_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    const __m256 keep = avx2::keep_mask_next(u, pv);
-    const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j));
-    _mm256_storeu_ps(delta + j, _mm256_and_ps(d, keep));
+  if (draws_in_one_block(first_counter, n)) {
+    avx2::DrawsX8 d = avx2::draws_x8_start(key, first_counter);
+    const __m256i t = _mm256_set1_epi32(keep_threshold(p));
+    for (; j + 8 <= n; j += 8) {
+      const __m256 keep = avx2::draws_x8_keep(d, t);
+      const __m256 diff = _mm256_sub_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j));
+      _mm256_storeu_ps(delta + j, _mm256_and_ps(diff, keep));
+    }
   }
   keep_random_difference_scalar(key, first_counter + j, p, a + j, b + j, delta + j, n - j);
 }
 
 __attribute__((target("avx2"))) void random_mask_avx2(uint64_t key, uint64_t first_counter, float p,
                                                       uint8_t* bits, size_t n) {
-  avx2::UniformX8 u = avx2::uniform_x8_start(key, first_counter);
-  const __m256 pv = _mm256_set1_ps(p);
   size_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    // Lane l's decision is bit l of the movemask, as the mask's layout wants.
-    bits[j >> 3] = static_cast<uint8_t>(_mm256_movemask_ps(avx2::keep_mask_next(u, pv)));
+  if (draws_in_one_block(first_counter, n)) {
+    avx2::DrawsX8 d = avx2::draws_x8_start(key, first_counter);
+    const __m256i t = _mm256_set1_epi32(keep_threshold(p));
+    for (; j + 8 <= n; j += 8) {
+      // Lane l's decision is bit l of the movemask, as the mask's layout wants.
+      bits[j >> 3] = static_cast<uint8_t>(_mm256_movemask_ps(avx2::draws_x8_keep(d, t)));
+    }
   }
   random_mask_scalar(key, first_counter + j, p, bits + (j >> 3), n - j);
 }

@@ -37,10 +37,10 @@ void not_positive_zero(const float* x, uint8_t* bits, size_t n);
 void divide(float* x, float d, size_t n);
 // x[j] /= d[j].
 void divide(float* x, const float* d, size_t n);
-// Zeroes x[j] unless random_uniform(key, first_counter + j) < p (random.h): a Bernoulli(p) mask
+// Zeroes x[j] unless draw_uniform(key, first_counter + j) < p (random.h): a Bernoulli(p) mask
 // that depends only on the key and each element's position.
 void keep_random(uint64_t key, uint64_t first_counter, float p, float* x, size_t n);
-// delta[j] = a[j] - b[j] where random_uniform(key, first_counter + j) < p, else 0: keep_random
+// delta[j] = a[j] - b[j] where draw_uniform(key, first_counter + j) < p, else 0: keep_random
 // applied to a − b without storing the difference first.
 void keep_random_difference(uint64_t key, uint64_t first_counter, float p, const float* a,
                             const float* b, float* delta, size_t n);
@@ -50,7 +50,7 @@ std::array<double, 2> random_kept_abs_sums(uint64_t key, uint64_t first_counter,
                                            const float* a, const float* b, size_t n);
 // Element masks are one bit per element, bit j % 8 of byte j / 8 (ceil(n / 8) bytes; the unused
 // high bits of a last partial byte are written as 0).
-// Bit j = random_uniform(key, first_counter + j) < p: keep_random's mask.
+// Bit j = draw_uniform(key, first_counter + j) < p: keep_random's mask.
 void random_mask(uint64_t key, uint64_t first_counter, float p, uint8_t* bits, size_t n);
 // delta[j] = bit j ? a[j] - b[j] : +0 (with random_mask's bits, equal to keep_random_difference).
 void masked_difference(const uint8_t* bits, const float* a, const float* b, float* delta, size_t n);

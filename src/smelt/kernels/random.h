@@ -36,6 +36,95 @@ inline float random_uniform(uint64_t key, uint64_t counter) {
   return static_cast<float>(random_u64(key, counter) >> 40) * (1.0f / 16777216.0f);
 }
 
+// The draws of the sparsifying methods (DARE's masks, della's keep decisions, LoRA DARE pruning):
+// a 32-bit counter-based generator, so that vector code draws eight (AVX2) or sixteen (AVX-512)
+// per instruction where SplitMix64's 64-bit multiplies cost several instructions per lane
+// (docs/performance.md, "Round 4"). Counter c = hi · 2^32 + lo draws
+//   x = lo · 0x9E3779B9 + a;  x ^= x >> 16;  x *= 0x21F0AAAD;  x ^= (x >> 15) ^ b;
+//   x *= 0x735A2D97;  x ^= x >> 15;  uniform = (x >> 8) · 2^-24
+// (the two-multiply mixer "lowbias32" with the key xored in between its rounds), where a and b are
+// the halves of mix64(key ^ mix64(hi)). For a fixed key and hi the 2^32 values of lo give 2^32
+// distinct x (every step is a bijection); keying both ends of the first round keeps two keys'
+// streams from being shifted copies of one another, as a key added to a Weyl sequence alone
+// would make them.
+struct DrawKey {
+  uint32_t a, b;
+};
+
+// The constants of counters [hi · 2^32, (hi + 1) · 2^32) of stream `key`.
+inline DrawKey draw_key(uint64_t key, uint64_t hi) {
+  const uint64_t m = mix64(key ^ mix64(hi));
+  return {static_cast<uint32_t>(m), static_cast<uint32_t>(m >> 32)};
+}
+
+// The 24-bit draw of counter lo of a block.
+inline uint32_t draw_bits24(DrawKey k, uint32_t lo) {
+  uint32_t x = lo * 0x9E3779B9u + k.a;
+  x ^= x >> 16;
+  x *= 0x21F0AAADu;
+  x ^= (x >> 15) ^ k.b;
+  x *= 0x735A2D97u;
+  x ^= x >> 15;
+  return x >> 8;
+}
+
+inline constexpr float kDrawScale = 1.0f / 16777216.0f;  // 2^-24: bits24 · scale is exact
+
+// Uniform in [0, 1) with 24 bits of resolution for element `counter` of stream `key`, the
+// sparsifying methods' draw (one call computes the block's key: loops use Draws).
+inline float draw_uniform(uint64_t key, uint64_t counter) {
+  return static_cast<float>(
+             draw_bits24(draw_key(key, counter >> 32), static_cast<uint32_t>(counter))) *
+         kDrawScale;
+}
+
+// The number of 24-bit draws m with m · 2^-24 < p: draw_uniform < p exactly when
+// draw_bits24 < keep_threshold(p) (p · 2^24 is exact; NaN and p ≤ 0 keep nothing).
+inline int32_t keep_threshold(float p) {
+  if (!(p > 0.0f)) return 0;
+  if (p >= 1.0f) return int32_t{1} << 24;
+  return static_cast<int32_t>(std::ceil(p * 16777216.0f));
+}
+
+// draw_uniform for counters in any order, the block key kept until the high half changes.
+class Draws {
+ public:
+  explicit Draws(uint64_t key) : key_(key), hi_(0), k_(draw_key(key, 0)) {}
+  float uniform(uint64_t counter) {
+    if ((counter >> 32) != hi_) {
+      hi_ = counter >> 32;
+      k_ = draw_key(key_, hi_);
+    }
+    return static_cast<float>(draw_bits24(k_, static_cast<uint32_t>(counter))) * kDrawScale;
+  }
+
+ private:
+  uint64_t key_;
+  uint64_t hi_;
+  DrawKey k_;
+};
+
+// Whether counters [first, first + n) lie in one block of 2^32 (one DrawKey serves them all).
+inline bool draws_in_one_block(uint64_t first, uint64_t n) {
+  return n == 0 || (first >> 32) == ((first + n - 1) >> 32);
+}
+
+// Calls f(k, lo, j, len) for the pieces of counters [first, first + n) that lie in one block of
+// 2^32 each: counters first + j .. first + j + len − 1, the block's key k, lo = the low half of
+// first + j (lo + i does not wrap for i < len).
+template <class F>
+[[gnu::always_inline]] inline void for_each_draw_block(uint64_t key, uint64_t first, uint64_t n,
+                                                       F&& f) {
+  uint64_t j = 0;
+  while (j < n) {
+    const uint64_t c = first + j;
+    const uint64_t room = (uint64_t{1} << 32) - (c & 0xFFFFFFFFull);
+    const uint64_t len = n - j < room ? n - j : room;
+    f(draw_key(key, c >> 32), static_cast<uint32_t>(c), j, len);
+    j += len;
+  }
+}
+
 // Standard normal (Box-Muller on two independent 32-bit uniforms from one 64-bit draw).
 inline float random_normal(uint64_t key, uint64_t counter) {
   const uint64_t r = random_u64(key, counter);

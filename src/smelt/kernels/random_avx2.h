@@ -1,8 +1,9 @@
-// random_uniform (random.h) for eight consecutive counters at once with AVX2, for the DARE and
-// della kernels on machines without AVX-512DQ (docs/performance.md, "Round 2"). AVX2 has no
-// 64-bit multiply, so the generator's two are built from 32-bit ones; every step is integer
-// arithmetic and the 24-bit result converts to float exactly, so the draws are bit-identical to
-// random_uniform's. Include only from code compiled for x86-64; call only where cpu_has_avx2().
+// The sparsifying methods' draws (draw_bits24, random.h) for eight consecutive counters at once
+// with AVX2, for the DARE and della kernels (docs/performance.md, "Round 4"). Every step is
+// 32-bit integer arithmetic, one lane per counter, so the draws are bit-identical to
+// draw_bits24's. The counters of one run must lie in one block of 2^32 (draws_in_one_block):
+// callers take the scalar path otherwise. Include only from code compiled for x86-64; call only
+// where cpu_has_avx2().
 #pragma once
 
 #if defined(__x86_64__)
@@ -10,70 +11,53 @@
 
 #include <cstdint>
 
+#include "smelt/kernels/random.h"
+
 #define SMELT_AVX2_INLINE __attribute__((target("avx2"), always_inline)) inline
 
 namespace smelt::kernels::avx2 {
 
-// x · c mod 2^64 in each 64-bit lane, c given as its 32-bit halves (each in every lane).
-SMELT_AVX2_INLINE __m256i mul64(__m256i x, __m256i c_lo, __m256i c_hi) {
-  const __m256i lo_lo = _mm256_mul_epu32(x, c_lo);
-  const __m256i hi_lo = _mm256_mul_epu32(_mm256_srli_epi64(x, 32), c_lo);
-  const __m256i lo_hi = _mm256_mul_epu32(x, c_hi);
-  return _mm256_add_epi64(lo_lo, _mm256_slli_epi64(_mm256_add_epi64(hi_lo, lo_hi), 32));
-}
-
-SMELT_AVX2_INLINE __m256i broadcast64(uint64_t v) {
-  return _mm256_set1_epi64x(static_cast<long long>(v));
-}
-
-// mix64(w) >> 40 in each 64-bit lane.
-SMELT_AVX2_INLINE __m256i mix64_high24(__m256i w) {
-  constexpr uint64_t kGamma = 0x9E3779B97F4A7C15ull, kC1 = 0xBF58476D1CE4E5B9ull,
-                     kC2 = 0x94D049BB133111EBull;
-  __m256i x = _mm256_add_epi64(w, broadcast64(kGamma));
-  x = mul64(_mm256_xor_si256(x, _mm256_srli_epi64(x, 30)), broadcast64(kC1 & 0xFFFFFFFFu),
-            broadcast64(kC1 >> 32));
-  x = mul64(_mm256_xor_si256(x, _mm256_srli_epi64(x, 27)), broadcast64(kC2 & 0xFFFFFFFFu),
-            broadcast64(kC2 >> 32));
-  x = _mm256_xor_si256(x, _mm256_srli_epi64(x, 31));
-  return _mm256_srli_epi64(x, 40);
-}
-
-// The Weyl values key + counter · γ of eight consecutive counters, advanced eight at a time.
-struct UniformX8 {
-  __m256i w0, w1;  // counters c..c+3 and c+4..c+7
-  __m256i step;    // 8 · γ
+// lo · 0x9E3779B9 + a of eight consecutive counters, advanced eight at a time.
+struct DrawsX8 {
+  __m256i w;
+  __m256i step;  // 8 · 0x9E3779B9
+  __m256i b;
 };
 
-SMELT_AVX2_INLINE UniformX8 uniform_x8_start(uint64_t key, uint64_t first_counter) {
-  constexpr uint64_t kGamma = 0x9E3779B97F4A7C15ull;
-  const uint64_t w = key + first_counter * kGamma;
-  UniformX8 u;
-  u.w0 = _mm256_set_epi64x(static_cast<long long>(w + 3 * kGamma),
-                           static_cast<long long>(w + 2 * kGamma),
-                           static_cast<long long>(w + kGamma), static_cast<long long>(w));
-  u.w1 = _mm256_add_epi64(u.w0, broadcast64(4 * kGamma));
-  u.step = broadcast64(8 * kGamma);
-  return u;
+SMELT_AVX2_INLINE DrawsX8 draws_x8_start(uint64_t key, uint64_t first_counter) {
+  constexpr uint32_t kGamma = 0x9E3779B9u;
+  const DrawKey k = draw_key(key, first_counter >> 32);
+  const uint32_t w = static_cast<uint32_t>(first_counter) * kGamma + k.a;
+  DrawsX8 d;
+  d.w = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(w)),
+                         _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                            _mm256_set1_epi32(static_cast<int>(kGamma))));
+  d.step = _mm256_set1_epi32(static_cast<int>(8 * kGamma));
+  d.b = _mm256_set1_epi32(static_cast<int>(k.b));
+  return d;
 }
 
-// random_uniform of the next eight counters, in order, as floats; then advances.
-SMELT_AVX2_INLINE __m256 uniform_x8_next(UniformX8& u) {
-  const __m256i a = mix64_high24(u.w0), b = mix64_high24(u.w1);
-  u.w0 = _mm256_add_epi64(u.w0, u.step);
-  u.w1 = _mm256_add_epi64(u.w1, u.step);
-  // Low 32 bits of each 64-bit lane: per 128-bit half [a0 a1 b0 b1 | a2 a3 b2 b3], then the
-  // 64-bit pairs reordered to a0 a1 a2 a3 b0 b1 b2 b3.
-  const __m256 packed =
-      _mm256_shuffle_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b), _MM_SHUFFLE(2, 0, 2, 0));
-  const __m256i ordered =
-      _mm256_permute4x64_epi64(_mm256_castps_si256(packed), _MM_SHUFFLE(3, 1, 2, 0));
-  return _mm256_mul_ps(_mm256_cvtepi32_ps(ordered), _mm256_set1_ps(1.0f / 16777216.0f));
+// draw_bits24 of the next eight counters, in order; then advances.
+SMELT_AVX2_INLINE __m256i draws_x8_next(DrawsX8& d) {
+  __m256i x = d.w;
+  d.w = _mm256_add_epi32(d.w, d.step);
+  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+  x = _mm256_mullo_epi32(x, _mm256_set1_epi32(0x21F0AAAD));
+  x = _mm256_xor_si256(x, _mm256_xor_si256(_mm256_srli_epi32(x, 15), d.b));
+  x = _mm256_mullo_epi32(x, _mm256_set1_epi32(0x735A2D97));
+  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 15));
+  return _mm256_srli_epi32(x, 8);
 }
 
-// The keep mask (all ones where random_uniform < p, lane by lane) of the next eight counters.
-SMELT_AVX2_INLINE __m256 keep_mask_next(UniformX8& u, __m256 p) {
-  return _mm256_cmp_ps(uniform_x8_next(u), p, _CMP_LT_OQ);
+// draw_uniform of the next eight counters as floats (exact: 24-bit integers times 2^-24).
+SMELT_AVX2_INLINE __m256 draws_x8_uniform(DrawsX8& d) {
+  return _mm256_mul_ps(_mm256_cvtepi32_ps(draws_x8_next(d)), _mm256_set1_ps(kDrawScale));
+}
+
+// The keep mask (all ones where draw_uniform < p, lane by lane) of the next eight counters, for
+// threshold = keep_threshold(p).
+SMELT_AVX2_INLINE __m256 draws_x8_keep(DrawsX8& d, __m256i threshold) {
+  return _mm256_castsi256_ps(_mm256_cmpgt_epi32(threshold, draws_x8_next(d)));
 }
 
 }  // namespace smelt::kernels::avx2

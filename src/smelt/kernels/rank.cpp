@@ -304,11 +304,12 @@ void count_buckets(const float* x, size_t n, size_t stride, BucketMap map, size_
                                                             BucketMap map, const float* p_min,
                                                             const float* p_max, uint32_t* keep,
                                                             uint32_t* open, size_t b0, size_t m) {
+  Draws draws(key);
   for (size_t b = b0; b < n; ++b) {
     const uint64_t offset = b * stride;
     const uint32_t bits = std::bit_cast<uint32_t>(x[offset]);
     const uint32_t v = map(bits & 0x7FFFFFFFu);
-    const float u = random_uniform(key, first_counter + offset);
+    const float u = draws.uniform(first_counter + offset);
     const bool kept = u < p_min[v];
     const bool undecided = !kept && u < p_max[v] && bits != 0;
     keep[b] = 0u - static_cast<uint32_t>(kept);
@@ -320,10 +321,10 @@ void count_buckets(const float* x, size_t n, size_t stride, BucketMap map, size_
 
 #if defined(__x86_64__)
 // decide_scalar for stride 1 in two steps. Eight lanes at a time with the AVX2 generator
-// (random_avx2.h): the draws are stored, a draw below every p keeps its element, and the lanes
-// whose draw is below some p (and not +0) are listed as candidates, packed by the lane table
-// (compress_avx2.h). Then each candidate, 2·|epsilon| of the nonzero elements, is compared with
-// its bucket's bounds. u and candidates need room for n + 8.
+// (random_avx2.h; the counters in one block of 2^32): the draws are stored, a draw below every p
+// keeps its element, and the lanes whose draw is below some p (and not +0) are listed as
+// candidates, packed by the lane table (compress_avx2.h). Then each candidate, 2·|epsilon| of the
+// nonzero elements, is compared with its bucket's bounds. u and candidates need room for n + 8.
 __attribute__((target("avx2,popcnt"))) size_t decide_avx2(uint64_t key, uint64_t first_counter,
                                                           const float* x, size_t n, BucketMap map,
                                                           const float* p_min, const float* p_max,
@@ -331,7 +332,7 @@ __attribute__((target("avx2,popcnt"))) size_t decide_avx2(uint64_t key, uint64_t
                                                           uint32_t* keep, float* u,
                                                           uint32_t* candidates, uint32_t* open) {
   const CompressTable& table = compress_table();
-  avx2::UniformX8 gen = avx2::uniform_x8_start(key, first_counter);
+  avx2::DrawsX8 gen = avx2::draws_x8_start(key, first_counter);
   const __m256i zero = _mm256_setzero_si256();
   const __m256 lowest = _mm256_set1_ps(p_lowest);
   const __m256 highest = _mm256_set1_ps(p_highest);
@@ -340,7 +341,7 @@ __attribute__((target("avx2,popcnt"))) size_t decide_avx2(uint64_t key, uint64_t
   size_t b = 0;
   for (; b + 8 <= n; b += 8) {
     const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + b));
-    const __m256 r = avx2::uniform_x8_next(gen);
+    const __m256 r = avx2::draws_x8_uniform(gen);
     _mm256_storeu_ps(u + b, r);
     const __m256 kept = _mm256_cmp_ps(r, lowest, _CMP_LT_OQ);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(keep + b), _mm256_castps_si256(kept));
@@ -450,7 +451,7 @@ void keep_random_by_rank(uint64_t key, uint64_t first_counter, float low, float 
   s.open.resize(n);
   size_t open = 0;
 #if defined(__x86_64__)
-  if (stride == 1 && cpu_has_avx2()) {
+  if (stride == 1 && draws_in_one_block(first_counter, n) && cpu_has_avx2()) {
     s.u.resize(n + 8);
     s.candidates.resize(n + 8);
     const float p_first = p_of(0), p_last = p_of(last);
@@ -472,10 +473,11 @@ void keep_random_by_rank(uint64_t key, uint64_t first_counter, float low, float 
     s.ranks.resize(n);
     rank_by_magnitude(x, n, stride, s.ranks.data());
   }
+  Draws draws(key);
   for (size_t i = 0; i < open; ++i) {
     const uint32_t b = s.open[i];
     const uint32_t q = rank_all ? s.ranks[b] : exact_rank(x, n, stride, b);
-    const float u = random_uniform(key, first_counter + uint64_t{b} * stride);
+    const float u = draws.uniform(first_counter + uint64_t{b} * stride);
     s.keep[b] = 0u - static_cast<uint32_t>(u < p_of(q));
   }
   apply_keep(s.keep.data(), x, n, stride);

@@ -25,7 +25,7 @@ float della_probability(uint64_t q, float low, float epsilon, float denom);
 
 // della's decision (methods/sparsify_ranked.h) for a group of 2 ≤ n ≤ kMaxRankedGroup elements
 // x[b * stride] with ranks r[b] in rank_by_magnitude's order: element b is kept when
-// random_uniform(key, first_counter + b * stride) < p, with, in f32 without fused operations,
+// draw_uniform(key, first_counter + b * stride) < p, with, in f32 without fused operations,
 // p = low + ((float(r[b]) / float(n − 1)) · 2) · epsilon; otherwise it is set to +0.
 // It does not rank every element: counts in coarse magnitude buckets bound each element's rank,
 // so its p lies between the p of its bucket's lowest and highest rank (p is monotone in the

@@ -80,9 +80,8 @@ void dare_prune(std::vector<float>& t, double density, uint64_t key) {
   if (density < 0) fail("--density must not be negative (got {})", density);
   if (density >= 1) return;
   const float d = static_cast<float>(density);
-  for (size_t i = 0; i < t.size(); ++i) {
-    t[i] = kernels::random_uniform(key, i) < d ? t[i] / d : 0.0f;
-  }
+  kernels::Draws draws(key);
+  for (size_t i = 0; i < t.size(); ++i) t[i] = draws.uniform(i) < d ? t[i] / d : 0.0f;
 }
 
 std::vector<float> task_arithmetic(const std::vector<std::vector<float>>& t,

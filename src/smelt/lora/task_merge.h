@@ -37,7 +37,7 @@ bool needs_density(CombinationType type);
 // rest; density >= 1 keeps everything. Throws smelt::Error for density < 0.
 void magnitude_prune(std::vector<float>& t, double density);
 
-// DARE: keeps each element with probability density (uniform draw of element i of stream `key`
+// DARE: keeps each element with probability density (draw_uniform of element i of stream `key`
 // below density) and divides the kept ones by density; density >= 1 keeps everything unchanged.
 void dare_prune(std::vector<float>& t, double density, uint64_t key);
 

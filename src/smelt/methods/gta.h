@@ -77,7 +77,7 @@ class Sparsification {
 // tied with the k-th largest are kept in element-index order. k == 0 drops the whole task vector
 // (mergekit stops with an assertion; smelt warns, see GtaMethod::warnings).
 const Sparsification& magnitude_sparsification();
-// random (DARE): keeps element j when random_uniform(stream_key(seed, tensor, input), j) <
+// random (DARE): keeps element j when draw_uniform(stream_key(seed, tensor, input), j) <
 // density, so the mask depends only on the seed, the tensor name and the input index.
 const Sparsification& random_sparsification();
 

@@ -222,7 +222,7 @@ class DellaSparsifier : public Sparsifier {
         float* x = delta + start + g;
         const uint64_t first = chunk.offset + start + g;
         if (size == 1) {
-          if (!(kernels::random_uniform(key_, first) < density_)) x[0] = 0.0f;
+          if (!(kernels::draw_uniform(key_, first) < density_)) x[0] = 0.0f;
         } else if (size <= kernels::kMaxRankedGroup) {
           kernels::keep_random_by_rank(key_, first, low_, epsilon_, x, size, stride);
         } else {
@@ -238,7 +238,7 @@ class DellaSparsifier : public Sparsifier {
   void decide(float* x, uint64_t first, uint64_t b, uint64_t q) const {
     const float p = kernels::della_probability(q, low_, epsilon_, denom_);
     const uint64_t offset = b * groups_.stride;
-    if (!(kernels::random_uniform(key_, first + offset) < p)) x[offset] = 0.0f;
+    if (!(kernels::draw_uniform(key_, first + offset) < p)) x[offset] = 0.0f;
   }
 
   // Groups too large for 32-bit ranks sort indices with a comparator.

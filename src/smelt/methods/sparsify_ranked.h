@@ -24,7 +24,7 @@ const Sparsification& magnitude_outliers_sparsification();
 // With n the group size and rank r ∈ [1, n] (1 = lowest in the order above), in f32:
 // rank_norm = (r − 1)/(n − 1), p = float(density − ε) + (rank_norm·2)·float(ε); n = 1 gives
 // p = float(density) (mergekit divides 0 by 0 there and gets NaN). Element j is kept when
-// random_uniform(stream_key(seed, tensor, input), j) < p: the key DARE uses, so ε = 0 gives
+// draw_uniform(stream_key(seed, tensor, input), j) < p: the key DARE uses, so ε = 0 gives
 // DARE's mask. M parameter epsilon (default 0.15); for 0 < density < 1 it must satisfy
 // density − ε > 0 and density + ε < 1 (mergekit's ValueError). density ≤ 0 keeps nothing.
 const Sparsification& della_sparsification();

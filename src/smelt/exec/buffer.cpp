@@ -1,4 +1,4 @@
-// Huge-page-advised scratch buffers.
+// Scratch buffers (buffer.h).
 #include "smelt/exec/buffer.h"
 
 #include <sys/mman.h>
@@ -41,7 +41,6 @@ void ScratchBuffer::reserve(size_t bytes) {
     capacity_ = 0;
     throw std::bad_alloc();
   }
-  ::madvise(p, size, MADV_HUGEPAGE);  // advisory; ignored where THP is off
   data_ = p;
   capacity_ = size;
 }

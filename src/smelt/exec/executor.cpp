@@ -31,8 +31,8 @@ struct WorkerBuffers {
 // - kReserveBytes: the process itself (code, libraries, model headers, the plan, the per-chunk
 //   partials of statistics passes) and allocator slack; `smelt plan` of a small model stays
 //   under 8 MB.
-// - per worker: its WorkerBuffers at their mapped size (ScratchBuffer rounds each to 2 MiB huge
-//   pages: buffer.h), the methods' thread-local scratch (about k + 2 floats per element), and
+// - per worker: its WorkerBuffers at their mapped size (ScratchBuffer rounds each up to 2 MiB:
+//   buffer.h), the methods' thread-local scratch (about k + 2 floats per element), and
 //   kThreadBytes for its thread (stack pages, malloc arena).
 // - the largest job's method state (Method::state_bytes: the task masks of mask_pool.h).
 // - the output writer's in-flight blocks: writer_bytes_per_file() for each

@@ -9,10 +9,12 @@
 
 #include <algorithm>
 #include <bit>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "smelt/kernels/convert.h"
@@ -87,6 +89,38 @@ void BM_MmapScan(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * kFileBytes));
 }
 BENCHMARK(BM_MmapScan)->Unit(benchmark::kMillisecond);
+
+// First touch of 64 MiB of fresh anonymous memory in plain pages (0) or with huge pages advised
+// (1), as the executor's scratch buffers are (exec/buffer.h). Each iteration first waits 4 s,
+// untimed, so that a VM which returns free memory to its host has done so: the case of a merge
+// started after a pause (docs/performance.md, "Round 4").
+void BM_FirstTouch(benchmark::State& state) {
+  const bool huge = state.range(0) != 0;
+  const size_t n = size_t{64} << 20;
+  for (auto _ : state) {
+    state.PauseTiming();
+    std::this_thread::sleep_for(std::chrono::seconds(4));
+    state.ResumeTiming();
+    void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      state.SkipWithError("mmap failed");
+      break;
+    }
+    if (huge) madvise(p, n, MADV_HUGEPAGE);
+    std::memset(p, 1, n);
+    benchmark::DoNotOptimize(p);
+    state.PauseTiming();
+    munmap(p, n);
+    state.ResumeTiming();
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * n));
+}
+BENCHMARK(BM_FirstTouch)
+    ->Arg(0)
+    ->Arg(1)
+    ->Iterations(3)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 void BM_Bf16ToF32(benchmark::State& state) {
   const size_t n = static_cast<size_t>(state.range(0));
@@ -201,7 +235,7 @@ void BM_DellaRowOld(benchmark::State& state) {
       for (uint64_t q = 0; q < n; ++q) {
         const uint64_t b = 0xFFFFFFFFu - (keys[q] & 0xFFFFFFFFu);
         const float p = 0.4f + ((static_cast<float>(q) / static_cast<float>(n - 1)) * 2.0f) * 0.1f;
-        if (!(smelt::kernels::random_uniform(9, row * n + b) < p)) y[b] = 0.0f;
+        if (!(smelt::kernels::draw_uniform(9, row * n + b) < p)) y[b] = 0.0f;
       }
       benchmark::DoNotOptimize(y.data());
     }
@@ -224,6 +258,37 @@ void BM_DellaRowNew(benchmark::State& state) {
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * n * kRankRows));
 }
 BENCHMARK(BM_DellaRowNew)->Arg(2048)->Arg(5632);
+
+// DARE's keep mask, one bit per element (kernels::random_mask: the 32-bit generator of round 4,
+// eight lanes per AVX2 instruction), against the same bits drawn with SplitMix64
+// (random_uniform, the generator before) by a scalar loop.
+void BM_RandomMask(benchmark::State& state) {
+  const size_t n = static_cast<size_t>(state.range(0));
+  std::vector<uint8_t> bits(n / 8);
+  for (auto _ : state) {
+    smelt::kernels::random_mask(9, 0, 0.5f, bits.data(), n);
+    benchmark::DoNotOptimize(bits.data());
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * n));
+}
+BENCHMARK(BM_RandomMask)->Arg(1 << 16);
+
+void BM_RandomMaskSplitMix64(benchmark::State& state) {
+  const size_t n = static_cast<size_t>(state.range(0));
+  std::vector<uint8_t> bits(n / 8);
+  for (auto _ : state) {
+    for (size_t q = 0; q < n / 8; ++q) {
+      uint32_t byte = 0;
+      for (size_t l = 0; l < 8; ++l) {
+        byte |= uint32_t{smelt::kernels::random_uniform(9, q * 8 + l) < 0.5f} << l;
+      }
+      bits[q] = static_cast<uint8_t>(byte);
+    }
+    benchmark::DoNotOptimize(bits.data());
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * n));
+}
+BENCHMARK(BM_RandomMaskSplitMix64)->Arg(1 << 16);
 
 }  // namespace
 

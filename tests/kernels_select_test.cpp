@@ -312,6 +312,35 @@ TEST(SelectKernels, ElementwiseLoopsMatchScalarArithmetic) {
   }
 }
 
+// weighted_sum against the products and sums written out one rounding at a time, for every input
+// count (the fused two- and three-input loops and the blocked general one), with and without the
+// division.
+TEST(SelectKernels, WeightedSumRoundsLikeScaleThenScaleAdd) {
+  const float weights[] = {0.3f, -1.7f, 0.61f, 2.5f, -0.05f};
+  for (size_t n : kLengths) {
+    std::vector<std::vector<float>> x;
+    for (uint32_t i = 0; i < 5; ++i) x.push_back(random_vector(n, 40 + i, 1.0f + float(i)));
+    for (size_t k = 1; k <= 5; ++k) {
+      std::vector<const float*> ptr;
+      for (size_t i = 0; i < k; ++i) ptr.push_back(x[i].data());
+      for (bool divide : {false, true}) {
+        std::vector<float> got(n, -1.0f);
+        kernels::weighted_sum(ptr.data(), weights, k, divide, 1.3f, got.data(), n);
+        for (size_t j = 0; j < n; ++j) {
+          float acc = weights[0] * x[0][j];
+          for (size_t i = 1; i < k; ++i) {
+            const float prod = weights[i] * x[i][j];
+            acc = acc + prod;
+          }
+          if (divide) acc = acc / 1.3f;
+          ASSERT_EQ(std::bit_cast<uint32_t>(got[j]), std::bit_cast<uint32_t>(acc))
+              << "n=" << n << " k=" << k << " divide=" << divide << " j=" << j;
+        }
+      }
+    }
+  }
+}
+
 // The fused kernels on differences against subtract followed by the unfused kernels.
 TEST(SelectKernels, DifferenceKernelsEqualSubtractThenKernel) {
   for (size_t n : kLengths) {

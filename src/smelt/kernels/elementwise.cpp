@@ -46,6 +46,45 @@ SMELT_ELEMENTWISE void scale_add(float w, const float* x, float* acc, size_t n) 
   for (size_t j = 0; j < n; ++j) acc[j] += w * x[j];
 }
 
+namespace {
+
+// weighted_sum for two and three inputs, each product rounded, then each sum (fp-contract=off).
+SMELT_ELEMENTWISE void weighted_sum2(const float* x0, const float* x1, float w0, float w1,
+                                     bool divide, float d, float* out, size_t n) {
+  if (divide) {
+    for (size_t j = 0; j < n; ++j) out[j] = (w0 * x0[j] + w1 * x1[j]) / d;
+  } else {
+    for (size_t j = 0; j < n; ++j) out[j] = w0 * x0[j] + w1 * x1[j];
+  }
+}
+
+SMELT_ELEMENTWISE void weighted_sum3(const float* x0, const float* x1, const float* x2, float w0,
+                                     float w1, float w2, bool divide, float d, float* out,
+                                     size_t n) {
+  if (divide) {
+    for (size_t j = 0; j < n; ++j) out[j] = ((w0 * x0[j] + w1 * x1[j]) + w2 * x2[j]) / d;
+  } else {
+    for (size_t j = 0; j < n; ++j) out[j] = (w0 * x0[j] + w1 * x1[j]) + w2 * x2[j];
+  }
+}
+
+}  // namespace
+
+void weighted_sum(const float* const* x, const float* w, size_t k, bool divide, float divisor,
+                  float* out, size_t n) {
+  if (k == 2) return weighted_sum2(x[0], x[1], w[0], w[1], divide, divisor, out, n);
+  if (k == 3) return weighted_sum3(x[0], x[1], x[2], w[0], w[1], w[2], divide, divisor, out, n);
+  // Other counts: the three kernels over blocks small enough to stay in L1.
+  constexpr size_t kBlock = 2048;
+  for (size_t first = 0; first < n; first += kBlock) {
+    const size_t len = std::min(kBlock, n - first);
+    float* o = out + first;
+    scale(w[0], x[0] + first, o, len);
+    for (size_t i = 1; i < k; ++i) scale_add(w[i], x[i] + first, o, len);
+    if (divide) kernels::divide(o, divisor, len);
+  }
+}
+
 SMELT_ELEMENTWISE void weighted_pair(float a, const float* x, float b, const float* y, float* out,
                                      size_t n) {
   for (size_t j = 0; j < n; ++j) out[j] = a * x[j] + b * y[j];

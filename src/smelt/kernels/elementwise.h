@@ -18,6 +18,11 @@ void subtract(const float* a, const float* b, float* out, size_t n);
 void scale(float w, const float* x, float* out, size_t n);
 // acc[j] += w * x[j] (the product rounded to f32, then the sum).
 void scale_add(float w, const float* x, float* acc, size_t n);
+// out[j] = ((w[0] * x[0][j] + w[1] * x[1][j]) + ... + w[k-1] * x[k-1][j]), then divided by
+// `divisor` when `divide`: in one loop the roundings of scale, scale_add for each further input and
+// divide (k >= 1).
+void weighted_sum(const float* const* x, const float* w, size_t k, bool divide, float divisor,
+                  float* out, size_t n);
 // out[j] = a * x[j] + b * y[j].
 void weighted_pair(float a, const float* x, float b, const float* y, float* out, size_t n);
 // out[j] = (a * (x[j] − b[j]) + c * (y[j] − b[j])) + 1 * b[j]: weighted_pair of the two

@@ -133,10 +133,7 @@ class KarcherMerger : public TensorMerger {
   }
 
   void merge(const Chunk& chunk, float* out) override {
-    kernels::scale(coefficients_[0], chunk.inputs[0], out, chunk.n);
-    for (size_t i = 1; i < inputs_; ++i) {
-      kernels::scale_add(coefficients_[i], chunk.inputs[i], out, chunk.n);
-    }
+    kernels::weighted_sum(chunk.inputs, coefficients_.data(), inputs_, false, 1.0f, out, chunk.n);
   }
 
  private:

@@ -38,9 +38,7 @@ class LinearMerger : public TensorMerger {
 
   void merge(const Chunk& chunk, float* out) override {
     const std::vector<float>& w = weights_.values;
-    kernels::scale(w[0], chunk.inputs[0], out, chunk.n);
-    for (size_t i = 1; i < w.size(); ++i) kernels::scale_add(w[i], chunk.inputs[i], out, chunk.n);
-    if (normalize_) kernels::divide(out, weights_.sum, chunk.n);
+    kernels::weighted_sum(chunk.inputs, w.data(), w.size(), normalize_, weights_.sum, out, chunk.n);
   }
 
  private:

@@ -113,14 +113,14 @@ class MultislerpMerger : public TensorMerger {
     }
     const std::vector<double> c = combination(gram);
     coefficients_.assign(c.begin(), c.end());
+    if (base_ >= 0) coefficients_.push_back(1.0f);  // the weight of b in merge
   }
 
   void merge(const Chunk& chunk, float* out) override {
     const size_t n = chunk.n;
-    const std::vector<const float*> v = vectors(chunk);
-    kernels::scale(coefficients_[0], v[0], out, n);
-    for (size_t i = 1; i < v.size(); ++i) kernels::scale_add(coefficients_[i], v[i], out, n);
-    if (base_ >= 0) kernels::scale_add(1.0f, chunk.inputs[base_], out, n);  // + b (exact 1·b)
+    std::vector<const float*> v = vectors(chunk);
+    if (base_ >= 0) v.push_back(chunk.inputs[base_]);  // + b, weight 1 (exact 1·b)
+    kernels::weighted_sum(v.data(), coefficients_.data(), v.size(), false, 1.0f, out, n);
   }
 
  private:
@@ -189,7 +189,7 @@ class MultislerpMerger : public TensorMerger {
   std::vector<double> weights_;  // normalised when normalize_weights
   double eps_;
   ChunkPartials<std::vector<double>> partials_;
-  std::vector<float> coefficients_;
+  std::vector<float> coefficients_;  // per model, then 1 for b when there is a base
 };
 
 class Multislerp : public Method {

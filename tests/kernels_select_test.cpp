@@ -117,30 +117,10 @@ TEST(SelectKernels, FusedRandomMaskEqualsSubtractThenMask) {
   }
 }
 
-TEST(SelectKernels, RandomUniformIsUniformAndKeyed) {
-  // Mean and variance of 2^20 draws, and independence of neighbouring keys/counters.
-  const uint64_t key = kernels::stream_key(0, "t", 0);
-  const uint64_t other = kernels::stream_key(0, "t", 1);
-  const size_t n = size_t{1} << 20;
-  double sum = 0, sq = 0, cross = 0;
-  for (size_t j = 0; j < n; ++j) {
-    const double u = kernels::random_uniform(key, j);
-    const double w = kernels::random_uniform(other, j);
-    ASSERT_GE(u, 0.0);
-    ASSERT_LT(u, 1.0);
-    sum += u;
-    sq += u * u;
-    cross += (u - 0.5) * (w - 0.5);
-  }
-  const double mean = sum / n, var = sq / n - mean * mean;
-  EXPECT_NEAR(mean, 0.5, 5 * std::sqrt(1.0 / 12 / n));
-  EXPECT_NEAR(var, 1.0 / 12, 1e-3);
-  EXPECT_NEAR(cross / n, 0.0, 5 * (1.0 / 12) / std::sqrt(double(n)));
-}
-
-// The sparsifying methods' generator (draw_uniform, random.h): uniform 24-bit values, each of
-// the 24 bits balanced, neighbouring counters and neighbouring keys uncorrelated.
-TEST(SelectKernels, DrawUniformIsUniformAndKeyed) {
+// Statistics of 2^20 draws of a generator with 24-bit uniforms: mean and variance, each of the
+// 24 bits balanced, a χ² of the top 8 bits, and no correlation between neighbouring counters or
+// neighbouring keys.
+void expect_uniform_and_keyed(float (*draw)(uint64_t key, uint64_t counter)) {
   const uint64_t key = kernels::stream_key(0, "t", 0);
   const uint64_t other = kernels::stream_key(0, "t", 1);
   const size_t n = size_t{1} << 20;
@@ -148,8 +128,8 @@ TEST(SelectKernels, DrawUniformIsUniformAndKeyed) {
   std::array<uint64_t, 24> ones{};
   std::array<uint64_t, 256> bins{};
   for (size_t j = 0; j < n; ++j) {
-    const double u = kernels::draw_uniform(key, j);
-    const double w = kernels::draw_uniform(other, j);
+    const double u = draw(key, j);
+    const double w = draw(other, j);
     ASSERT_GE(u, 0.0);
     ASSERT_LT(u, 1.0);
     sum += u;
@@ -174,6 +154,16 @@ TEST(SelectKernels, DrawUniformIsUniformAndKeyed) {
   const double expected = double(n) / 256;
   for (uint64_t c : bins) chi2 += (double(c) - expected) * (double(c) - expected) / expected;
   EXPECT_LT(chi2, 255 + 6 * 22.6);
+}
+
+// The general generator (random_uniform: SplitMix64, random.h).
+TEST(SelectKernels, RandomUniformIsUniformAndKeyed) {
+  expect_uniform_and_keyed(kernels::random_uniform);
+}
+
+// The sparsifying methods' generator (draw_uniform: the 32-bit mixer, random.h).
+TEST(SelectKernels, DrawUniformIsUniformAndKeyed) {
+  expect_uniform_and_keyed(kernels::draw_uniform);
 }
 
 // Counters from 2^32 on use other constants (draw_key of the high half): the kernels split or

@@ -204,21 +204,26 @@ keep_random_difference_avx512(uint64_t key, uint64_t first_counter, float p, con
 
 // The mask one bit per element: bit j % 8 of bits[j / 8]. Blocks of 64 decisions are made as
 // bytes (the loop the AVX-512 build vectorizes), then packed; a last partial byte gets zeros in
-// its unused bits.
+// its unused bits. The block key is computed once per 2^32 counters (Draws), not per block.
 [[gnu::always_inline]] inline void random_mask_loop(uint64_t key, uint64_t first_counter, float p,
                                                     uint8_t* bits, size_t n) {
   constexpr size_t kBlock = 64;
   const int32_t t = keep_threshold(p);
+  Draws draws(key);
   for (size_t first = 0; first < n; first += kBlock) {
     const size_t len = std::min(kBlock, n - first);
+    const uint64_t c = first_counter + first;
     uint8_t keep[kBlock];
-    for_each_draw_block(
-        key, first_counter + first, len, [&](DrawKey k, uint32_t lo, uint64_t j, uint64_t piece) {
-          for (uint64_t i = 0; i < piece; ++i) {
-            keep[j + i] = static_cast<uint8_t>(
-                static_cast<int32_t>(draw_bits24(k, lo + static_cast<uint32_t>(i))) < t);
-          }
-        });
+    if (draws_in_one_block(c, len)) {
+      const DrawKey k = draws.block_key(c >> 32);
+      const auto lo = static_cast<uint32_t>(c);
+      for (size_t j = 0; j < len; ++j) {
+        keep[j] = static_cast<uint8_t>(
+            static_cast<int32_t>(draw_bits24(k, lo + static_cast<uint32_t>(j))) < t);
+      }
+    } else {
+      for (size_t j = 0; j < len; ++j) keep[j] = static_cast<uint8_t>(draws.uniform(c + j) < p);
+    }
     for (size_t q = 0; q * 8 < len; ++q) {
       uint32_t byte = 0;
       for (size_t l = 0; l < 8 && q * 8 + l < len; ++l) byte |= uint32_t{keep[q * 8 + l]} << l;

@@ -90,12 +90,18 @@ inline int32_t keep_threshold(float p) {
 class Draws {
  public:
   explicit Draws(uint64_t key) : key_(key), hi_(0), k_(draw_key(key, 0)) {}
-  float uniform(uint64_t counter) {
-    if ((counter >> 32) != hi_) {
-      hi_ = counter >> 32;
-      k_ = draw_key(key_, hi_);
+  // draw_key(key, hi), recomputed only when hi changes.
+  DrawKey block_key(uint64_t hi) {
+    if (hi != hi_) {
+      hi_ = hi;
+      k_ = draw_key(key_, hi);
     }
-    return static_cast<float>(draw_bits24(k_, static_cast<uint32_t>(counter))) * kDrawScale;
+    return k_;
+  }
+  float uniform(uint64_t counter) {
+    return static_cast<float>(
+               draw_bits24(block_key(counter >> 32), static_cast<uint32_t>(counter))) *
+           kDrawScale;
   }
 
  private:

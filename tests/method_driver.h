@@ -121,7 +121,14 @@ inline Tensor run(const Method& method, const Inputs& in, RunOptions options = {
   for (size_t c = 0; c < chunks.size(); ++c) chunks[c].inputs = pointers[c].data();
 
   for (int pass = 0; pass < merger->stat_passes(); ++pass) {
-    for_each_chunk(chunks, options.shuffle + 1000 * (pass + 1), options.threads,
+    // A sample pass sees every stride-th chunk, as in the executor.
+    std::vector<Chunk> seen = chunks;
+    if (merger->sample_pass(pass)) {
+      const uint64_t stride = sample_stride(chunks.size());
+      seen.clear();
+      for (size_t c = 0; c < chunks.size(); c += stride) seen.push_back(chunks[c]);
+    }
+    for_each_chunk(seen, options.shuffle + 1000 * (pass + 1), options.threads,
                    [&](const Chunk& c) { merger->gather(pass, c); });
     merger->end_pass(pass);
   }

@@ -507,6 +507,18 @@ TEST(BreadcrumbsTies, MatchesReferenceWithSignElection) {
                  gta_reference(in, tasks, {.consensus = true, .normalize = true}));
 }
 
+// Above kSampleMinElements both selections of each task vector start with a shared sample pass.
+TEST(Breadcrumbs, SampledLargeTensorMatchesReference) {
+  const std::vector<double> w = {1.0, 0.6};
+  const std::vector<double> d = {0.5, 0.3};
+  Inputs in = gta_inputs(kSampleMinElements + 777, w, d, 13);
+  std::vector<TaskRef> tasks;
+  for (size_t i = 0; i < 2; ++i)
+    tasks.push_back({w[i], breadcrumbs_mask(task_vector(in, i), d[i], 0.01)});
+  expect_matches(run(method("breadcrumbs"), in, {.chunk = 8192, .shuffle = 7, .threads = 2}),
+                 gta_reference(in, tasks, {}));
+}
+
 TEST(Breadcrumbs, DensityOneKeepsTheTaskVectorWhole) {
   // density ≥ 1 returns δ unchanged in mergekit, whatever gamma.
   const Tensor x = normal_tensor(1000, 13);
@@ -770,6 +782,21 @@ TEST(Sce, MatchesReferenceWithAndWithoutSelection) {
   for (double select : {1.0, 0.5, 0.1, 0.999}) {
     in.global["select_topk"] = select;
     expect_matches(run(method("sce"), in, {.chunk = 1000, .threads = 2}),
+                   sce_reference(in, select));
+  }
+}
+
+// Above kSampleMinElements the variance selection starts with a sample pass, which estimates k
+// from the sample's nonzero variances.
+TEST(Sce, SampledLargeTensorMatchesReference) {
+  Inputs in = gta_inputs(kSampleMinElements + 1000, {1, 1}, {1, 1}, 44);
+  in.per_model.clear();
+  for (size_t j = 0; j < in.tensors[0].size(); j += 5) {
+    for (size_t i = 0; i < 2; ++i) in.tensors[i][j] = in.tensors[2][j];  // variance 0
+  }
+  for (double select : {0.5, 0.05}) {
+    in.global["select_topk"] = select;
+    expect_matches(run(method("sce"), in, {.chunk = 8192, .threads = 2}),
                    sce_reference(in, select));
   }
 }

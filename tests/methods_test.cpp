@@ -396,7 +396,7 @@ TEST(TopKMagnitude, KLaterAndSharedHighHistogramSelectTheSame) {
     if (k == 0 || k >= v.size()) continue;
     kernels::TopKMagnitude counted(v.size(), 31), shared(v.size(), k);
     add_all(counted);
-    shared.end_high_pass_from(counted);
+    shared.end_pass_from(counted);
     counted.end_pass();
     EXPECT_TRUE(finish(shared) == want) << "shared histogram, k = " << k;
     EXPECT_TRUE(finish(counted) == top_k_mask(v, 31));
@@ -474,7 +474,7 @@ TEST(TopKMagnitude, ThresholdZeroIsDecidedInOnePass) {
       for (uint64_t o : offsets) {
         counted.add(o, v.data() + o, std::min<uint64_t>(chunk, v.size() - o));
       }
-      shared.end_high_pass_from(counted);
+      shared.end_pass_from(counted);
       counted.end_pass();
       EXPECT_EQ(bits(run(shared, &passes)), want) << label << " shared";
       EXPECT_EQ(passes, zero_threshold && !tiny ? 0 : 1) << label << " shared";
@@ -550,6 +550,192 @@ TEST(TopKMagnitude, MatchesSortOnDistinctValuesAndSignedZeros) {
   for (uint64_t k : {1ull, 2ull, 25000ull, 49998ull}) {
     EXPECT_TRUE(select_top_k(v, k, 4096, 3) == top_k_mask(v, k)) << "k=" << k;
   }
+}
+
+// A selection that starts with a sample (every `stride`-th chunk, or the chunks `sample` lists),
+// run over shuffled chunks of d = a − b (of a when b is empty). Returns the kept mask; *full
+// receives the number of full passes after the sample.
+struct SampledRun {
+  std::vector<bool> keep;
+  int full = 0;
+};
+SampledRun run_sampled(kernels::TopKMagnitude& top, const Tensor& a, const Tensor& b, size_t chunk,
+                       const std::vector<uint64_t>& sample) {
+  std::vector<uint64_t> offsets;
+  for (uint64_t o = 0; o < a.size(); o += chunk) offsets.push_back(o);
+  auto add = [&](uint64_t o) {
+    const size_t n = std::min<uint64_t>(chunk, a.size() - o);
+    top.add_difference(o, a.data() + o, b.empty() ? nullptr : b.data() + o, n);
+  };
+  std::mt19937 rng(static_cast<uint32_t>(a.size() + chunk));
+  SampledRun r;
+  if (top.pass() == kernels::TopKMagnitude::Pass::kSample) {
+    for (uint64_t o : sample) add(o);
+    top.end_pass();
+  }
+  while (top.pass() != kernels::TopKMagnitude::Pass::kDone) {
+    std::shuffle(offsets.begin(), offsets.end(), rng);
+    for (uint64_t o : offsets) add(o);
+    top.end_pass();
+    ++r.full;
+  }
+  Tensor x = a;
+  for (uint64_t o : offsets) {
+    const size_t n = std::min<uint64_t>(chunk, a.size() - o);
+    if (b.empty()) {
+      top.keep_top(o, x.data() + o, n);
+    } else {
+      top.keep_top_difference(o, a.data() + o, b.data() + o, x.data() + o, n);
+    }
+  }
+  r.keep.resize(a.size());
+  for (size_t j = 0; j < a.size(); ++j) r.keep[j] = x[j] != 0.0f;
+  return r;
+}
+
+std::vector<uint64_t> strided_sample(size_t n, size_t chunk, uint64_t stride) {
+  std::vector<uint64_t> s;
+  for (uint64_t o = 0; o < n; o += chunk * stride) s.push_back(o);
+  return s;
+}
+
+// After a sample (every 16th chunk), the k-th largest lands in the window and one full pass
+// selects exactly what the sort does: normal values (all distinct), values from a tiny set
+// (ties split across chunks), and differences of bf16-rounded values (discrete, with zeros).
+TEST(TopKMagnitude, SampleWindowEndsAfterOneFullPass) {
+  const size_t n = (size_t{1} << 20) + 3, chunk = 4096;
+  const Tensor normal = normal_tensor(n, 31, 0.02f);
+  const Tensor tiny = tiny_set_tensor(n, 32);
+  Tensor x = normal_tensor(n, 33, 0.02f), base = normal_tensor(n, 34, 0.02f), diff(n);
+  auto bf16 = [](float v) {
+    return std::bit_cast<float>(std::bit_cast<uint32_t>(v) & 0xFFFF0000u);
+  };
+  for (size_t j = 0; j < n; ++j) {
+    base[j] = bf16(base[j]);
+    // A fine-tune: most elements move by less than a bf16 step, so their difference is 0.
+    x[j] = bf16(j % 3 == 0 ? base[j] + x[j] * 0.1f : base[j]);
+    diff[j] = x[j] - base[j];
+  }
+  const std::vector<uint64_t> sample = strided_sample(n, chunk, 16);
+  struct Case {
+    const char* name;
+    const Tensor* a;
+    const Tensor* b;
+    const Tensor* d;
+  };
+  const Tensor none;
+  for (const Case& c : {Case{"normal", &normal, &none, &normal}, Case{"tiny", &tiny, &none, &tiny},
+                        Case{"bf16 difference", &x, &base, &diff}}) {
+    for (uint64_t k : {n / 100, n / 10, n / 4, n / 2}) {
+      if (c.d == &diff && k >= n / 3) continue;  // the threshold is 0: one pass without a sample
+      kernels::TopKMagnitude top(n, k);
+      top.sample_first();
+      const SampledRun r = run_sampled(top, *c.a, *c.b, chunk, sample);
+      EXPECT_TRUE(r.keep == top_k_mask(*c.d, k)) << c.name << " k=" << k;
+      EXPECT_EQ(r.full, 1) << c.name << " k=" << k;
+    }
+  }
+}
+
+// A sample that misleads (its chunks scaled up), a window whose records overflow, and extreme
+// k: more passes, the same selection.
+TEST(TopKMagnitude, SampleOutsideTheWindowOrOverflowingFallsBackToPassLow) {
+  const size_t n = (size_t{1} << 20) + 3, chunk = 4096;
+  Tensor v = normal_tensor(n, 41);
+  const std::vector<uint64_t> sample = strided_sample(n, chunk, 16);
+  Tensor skewed = v;
+  for (uint64_t o : sample) {
+    for (size_t j = o; j < std::min(n, o + chunk); ++j) skewed[j] *= 100.0f;
+  }
+  const Tensor none;
+  for (uint64_t k : {uint64_t{1}, uint64_t{3}, n / 2, n - 2}) {
+    kernels::TopKMagnitude top(n, k);
+    top.sample_first();
+    const SampledRun r = run_sampled(top, v, none, chunk, sample);
+    EXPECT_TRUE(r.keep == top_k_mask(v, k)) << "k=" << k;
+    EXPECT_GE(r.full, 1);
+    EXPECT_LE(r.full, 2);
+  }
+  // The sample sees values 100 times larger than the rest: its window misses, pass kLow runs.
+  {
+    kernels::TopKMagnitude top(n, n / 2);
+    top.sample_first();
+    // Feeds the skewed sample, then the true vector (the selection is of v).
+    for (uint64_t o : sample) {
+      top.add(o, skewed.data() + o, std::min<uint64_t>(chunk, n - o));
+    }
+    top.end_pass();
+    ASSERT_EQ(top.pass(), kernels::TopKMagnitude::Pass::kHigh);
+    const SampledRun r = run_sampled(top, v, none, chunk, {});
+    EXPECT_TRUE(r.keep == top_k_mask(v, n / 2));
+    EXPECT_EQ(r.full, 2);
+  }
+  // Window records capped at 100 entries (257 chunks): they overflow, pass kLow runs and its
+  // records overflow too, so pass kTies counts the ties of the tiny-set vector.
+  {
+    const Tensor tiny = tiny_set_tensor(n, 42);
+    kernels::TopKMagnitude top(n, n / 2, 100);
+    top.sample_first();
+    const SampledRun r = run_sampled(top, tiny, none, chunk, sample);
+    EXPECT_TRUE(r.keep == top_k_mask(tiny, n / 2));
+    EXPECT_EQ(r.full, 3);
+  }
+}
+
+// Breadcrumbs' form: two selections over one vector, the second taking the first's sample and
+// kHigh histograms (end_pass_from) and its window records through add_difference's `also`; and
+// sce's form: k known only after pass kHigh, estimated after the sample.
+TEST(TopKMagnitude, SharedAndKLaterSelectionsSampleToo) {
+  const size_t n = (size_t{1} << 20) + 3, chunk = 4096;
+  const Tensor a = normal_tensor(n, 51), b = normal_tensor(n, 52);
+  Tensor d(n);
+  for (size_t j = 0; j < n; ++j) d[j] = a[j] - b[j];
+  const std::vector<uint64_t> sample = strided_sample(n, chunk, 16);
+  std::vector<uint64_t> offsets;
+  for (uint64_t o = 0; o < n; o += chunk) offsets.push_back(o);
+  auto mask = [&](const kernels::TopKMagnitude& t) {
+    Tensor x(n);
+    for (uint64_t o : offsets) {
+      t.keep_top_difference(o, a.data() + o, b.data() + o, x.data() + o,
+                            std::min<uint64_t>(chunk, n - o));
+    }
+    std::vector<bool> keep(n);
+    for (size_t j = 0; j < n; ++j) keep[j] = x[j] != 0.0f;
+    return keep;
+  };
+  const uint64_t k_upper = n / 2 + n / 100, k_top = n / 100;
+  kernels::TopKMagnitude upper(n, k_upper), top(n, k_top);
+  upper.sample_first();
+  top.sample_first();
+  int full = 0;
+  for (const std::vector<uint64_t>* chunks = &sample;; chunks = &offsets) {
+    for (uint64_t o : *chunks) {
+      upper.add_difference(o, a.data() + o, b.data() + o, std::min<uint64_t>(chunk, n - o), &top);
+    }
+    top.end_pass_from(upper);
+    upper.end_pass();
+    if (upper.pass() == kernels::TopKMagnitude::Pass::kDone) break;
+    ++full;
+    ASSERT_LE(full, 1) << "the windows missed";
+  }
+  EXPECT_EQ(top.pass(), kernels::TopKMagnitude::Pass::kDone);
+  EXPECT_TRUE(mask(upper) == top_k_mask(d, k_upper));
+  EXPECT_TRUE(mask(top) == top_k_mask(d, k_top));
+
+  auto later = kernels::TopKMagnitude::with_k_later(n);
+  later->sample_first();
+  for (uint64_t o : sample) {
+    later->add_difference(o, a.data() + o, b.data() + o, std::min<uint64_t>(chunk, n - o));
+  }
+  later->estimate_k(n / 3);
+  later->end_pass();
+  for (uint64_t o : offsets) {
+    later->add_difference(o, a.data() + o, b.data() + o, std::min<uint64_t>(chunk, n - o));
+  }
+  later->set_k(n / 3 + 17);  // the estimate need not be exact
+  later->end_pass();
+  EXPECT_EQ(later->pass(), kernels::TopKMagnitude::Pass::kDone);
+  EXPECT_TRUE(mask(*later) == top_k_mask(d, n / 3 + 17));
 }
 
 TEST(TopKMagnitude, NeedsNoPassForNoneOrAllAndNoTiesPassWhenTiesFit) {
@@ -813,6 +999,18 @@ TEST(Ties, MatchesReferenceWithSeveralModels) {
       gta_reference(
           in, with_base(w), with_base(d),
           {.sparsify = Sparsify::kMagnitude, .consensus = true, .rescale = true, .lambda = 1.5}));
+}
+
+// A tensor above kSampleMinElements: each selection starts with a sample pass over every
+// sample_stride-th chunk, and the result is still the sort's.
+TEST(Ties, SampledLargeTensorMatchesReference) {
+  const std::vector<double> w = {1.0, 0.6};
+  const std::vector<double> d = {0.5, 0.1};
+  Inputs in = gta_inputs(kSampleMinElements + 4099, w, d, 43);
+  expect_matches(
+      run(method("ties"), in, {.chunk = 8192, .shuffle = 6, .threads = 2}),
+      gta_reference(in, with_base(w), with_base(d),
+                    {.sparsify = Sparsify::kMagnitude, .consensus = true, .normalize = true}));
 }
 
 TEST(Ties, SignElectionKeepsMajoritySignPerElement) {

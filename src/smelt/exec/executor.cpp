@@ -355,9 +355,13 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
       };
 
       for (int pass = 0; pass < merger->stat_passes(); ++pass) {
-        pool.parallel_for(chunks, [&](size_t c, size_t w) { merger->gather(pass, load(c, w)); });
+        // A sample pass reads every stride-th chunk (methods.h); the cache is filled by the
+        // first full pass.
+        const uint64_t stride = merger->sample_pass(pass) ? methods::sample_stride(chunks) : 1;
+        pool.parallel_for((chunks + stride - 1) / stride,
+                          [&](size_t c, size_t w) { merger->gather(pass, load(c * stride, w)); });
         merger->end_pass(pass);
-        cache_filled = cached;
+        if (stride == 1) cache_filled = cached;
       }
       pool.parallel_for(chunks, [&](size_t c, size_t w) {
         const methods::Chunk ch = load(c, w);

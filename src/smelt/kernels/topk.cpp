@@ -2,6 +2,7 @@
 #include "smelt/kernels/topk.h"
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 
 #include "smelt/kernels/compress_avx2.h"
@@ -237,6 +238,53 @@ size_t filter_lows(const float* a, const float* b, size_t n, uint32_t high_bin, 
   return filter_lows_scalar(a, b, n, high_bin, lows, zeros);
 }
 
+// The window's filter: writes bits[j] − first to keys for the bits[j] in [first, first + span)
+// and returns how many it wrote. keys must have room for n + 8 values.
+size_t filter_window_scalar(const uint32_t* bits, size_t n, uint32_t first, uint32_t span,
+                            uint32_t* keys) {
+  size_t matched = 0;
+  for (size_t j = 0; j < n; ++j) {
+    const uint32_t d = bits[j] - first;  // wraps around below first
+    keys[matched] = d;
+    matched += d < span;
+  }
+  return matched;
+}
+
+#ifdef SMELT_HAVE_AVX2_FILTER
+// filter_window_scalar with 8 lanes; magnitude bits are below 2^31, so signed compares order
+// them. Most blocks of 8 have no element in the window and cost two compares and a mask test.
+__attribute__((target("avx2,popcnt"))) size_t filter_window_avx2(const uint32_t* bits, size_t n,
+                                                                 uint32_t first, uint32_t span,
+                                                                 uint32_t* keys) {
+  const CompressTable& table = compress_table();
+  const __m256i below = _mm256_set1_epi32(static_cast<int>(first) - 1);
+  const __m256i after = _mm256_set1_epi32(static_cast<int>(first + span));
+  const __m256i shift = _mm256_set1_epi32(static_cast<int>(first));
+  size_t matched = 0;
+  size_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits + j));
+    const __m256i in = _mm256_and_si256(_mm256_cmpgt_epi32(v, below), _mm256_cmpgt_epi32(after, v));
+    const auto m = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(in)));
+    if (m == 0) continue;
+    const __m256i order = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.index[m]));
+    const __m256i packed = _mm256_permutevar8x32_epi32(_mm256_sub_epi32(v, shift), order);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(keys + matched), packed);  // room for n + 8
+    matched += static_cast<size_t>(__builtin_popcount(m));
+  }
+  return matched + filter_window_scalar(bits + j, n - j, first, span, keys + matched);
+}
+#endif
+
+size_t filter_window(const uint32_t* bits, size_t n, uint32_t first, uint32_t span,
+                     uint32_t* keys) {
+#ifdef SMELT_HAVE_AVX2_FILTER
+  if (cpu_has_avx2()) return filter_window_avx2(bits, n, first, span, keys);
+#endif
+  return filter_window_scalar(bits, n, first, span, keys);
+}
+
 SMELT_ELEMENTWISE uint64_t count_equal(const uint32_t* bits, uint32_t value, size_t n) {
   uint64_t equal = 0;
   for (size_t j = 0; j < n; ++j) equal += bits[j] == value;
@@ -292,6 +340,7 @@ void TopKMagnitude::set_k(uint64_t k) {
       s->total = 0;
     }
     histogram_.reset();
+    lows_ = {};
     pass_ = Pass::kDone;
   }
 }
@@ -299,7 +348,7 @@ void TopKMagnitude::set_k(uint64_t k) {
 TopKMagnitude::~TopKMagnitude() {
   std::lock_guard pool_lock(slot_pool_mutex);
   for (Slot* s : all_slots_) {
-    if (pass_ == Pass::kHigh) {  // stopped mid-pass: counts not flushed
+    if (pass_ == Pass::kHigh || pass_ == Pass::kSample) {  // stopped mid-pass: counts not flushed
       std::fill(s->counts.get(), s->counts.get() + kSub * kHighBins, 0u);
       s->total = 0;
     }
@@ -341,10 +390,26 @@ void TopKMagnitude::count_high(const uint32_t* bits, size_t n, Slot* slot) {
   for (; j < n; ++j) ++h0[bits[j] >> 16];
 }
 
-void TopKMagnitude::add_bits(uint64_t offset, const float* a, const float* b, size_t n) {
+void TopKMagnitude::add_bits(uint64_t offset, const float* a, const float* b, size_t n,
+                             TopKMagnitude* also) {
   alignas(64) uint32_t bits[kBitsBlock];
+  if (also != nullptr && (also->pass_ != pass_ || also->numel_ != numel_ ||
+                          (pass_ != Pass::kSample && pass_ != Pass::kHigh))) {
+    throw std::logic_error("TopKMagnitude::add_difference: `also` must be in the same pass");
+  }
   switch (pass_) {
+    case Pass::kSample:
     case Pass::kHigh: {
+      // The window records of this selection and of `also` (pass kHigh after a sample): keys
+      // gathered block by block, then counted per chunk.
+      TopKMagnitude* const owners[2] = {
+          pass_ == Pass::kHigh && window_span_ != 0 ? this : nullptr,
+          also != nullptr && pass_ == Pass::kHigh && also->window_span_ != 0 ? also : nullptr};
+      thread_local std::vector<uint32_t> keys[2];
+      for (int o = 0; o < 2; ++o) {
+        if (owners[o] != nullptr) keys[o].resize(n + 8);
+      }
+      size_t matched[2] = {0, 0};
       Slot* slot = nullptr;
       if (numel_ >= kPrivateHistogramMin) {
         std::lock_guard lock(mutex_);
@@ -368,16 +433,26 @@ void TopKMagnitude::add_bits(uint64_t offset, const float* a, const float* b, si
         const size_t m = std::min(kBitsBlock, n - start);
         if (slot != nullptr && slot->total + m > UINT32_MAX) flush(*slot);
         magnitudes(a + start, b ? b + start : nullptr, bits, m);
+        size_t counted = m;  // bits[0, counted) are counted (zeros dropped with a slot)
         if (slot != nullptr) {
-          const size_t nonzero = drop_zeros(bits, m);
-          slot->counts[0] += static_cast<uint32_t>(m - nonzero);
-          zeros += m - nonzero;
-          count_high(bits, nonzero, slot);
+          counted = drop_zeros(bits, m);
+          slot->counts[0] += static_cast<uint32_t>(m - counted);
+          zeros += m - counted;
+          count_high(bits, counted, slot);
           slot->total += m;
         } else {
           zeros += count_equal(bits, 0, m);
           count_high(bits, m, slot);
         }
+        // Windows start above high bin 0, so zeros are never in one.
+        for (int o = 0; o < 2; ++o) {
+          if (owners[o] == nullptr) continue;
+          matched[o] += filter_window(bits, counted, owners[o]->window_first_,
+                                      owners[o]->window_span_, keys[o].data() + matched[o]);
+        }
+      }
+      for (int o = 0; o < 2; ++o) {
+        if (owners[o] != nullptr) owners[o]->record_keys(offset, keys[o].data(), matched[o]);
       }
       std::lock_guard lock(mutex_);
       if (slot != nullptr) slots_.push_back(slot);
@@ -412,15 +487,7 @@ void TopKMagnitude::add_bits(uint64_t offset, const float* a, const float* b, si
         histogram_[low].fetch_add(c, std::memory_order_relaxed);
         record.entries.emplace_back(low, c);
       }
-      std::lock_guard lock(mutex_);
-      if (lows_overflow_) return;
-      low_entries_ += record.entries.size() + 1;
-      if (low_entries_ > max_tie_entries_) {
-        lows_overflow_ = true;
-        lows_ = {};
-        return;
-      }
-      lows_.push_back(std::move(record));
+      keep_record(std::move(record));
       return;
     }
     case Pass::kTies: {
@@ -439,12 +506,100 @@ void TopKMagnitude::add_bits(uint64_t offset, const float* a, const float* b, si
   }
 }
 
-void TopKMagnitude::add(uint64_t offset, const float* x, size_t n) {
-  add_bits(offset, x, nullptr, n);
+void TopKMagnitude::keep_record(ChunkLows record) {
+  std::lock_guard lock(mutex_);
+  if (lows_overflow_) return;
+  low_entries_ += record.entries.size() + 1;
+  if (low_entries_ > max_tie_entries_) {
+    lows_overflow_ = true;
+    lows_ = {};
+    return;
+  }
+  lows_.push_back(std::move(record));
 }
 
-void TopKMagnitude::add_difference(uint64_t offset, const float* a, const float* b, size_t n) {
-  add_bits(offset, a, b, n);
+void TopKMagnitude::record_keys(uint64_t offset, const uint32_t* keys, size_t n) {
+  // Counted in `counts` (all zero between calls), the distinct keys listed in `seen`.
+  thread_local std::vector<uint32_t> counts(size_t{kMaxWindowBins} << 16, 0);
+  thread_local std::vector<uint32_t> seen;
+  seen.clear();
+  for (size_t j = 0; j < n; ++j) {
+    if (counts[keys[j]]++ == 0) seen.push_back(keys[j]);
+  }
+  ChunkLows record{offset, {}};
+  record.entries.reserve(seen.size());
+  for (uint32_t key : seen) {
+    record.entries.emplace_back(key, counts[key]);
+    counts[key] = 0;
+  }
+  keep_record(std::move(record));
+}
+
+void TopKMagnitude::add(uint64_t offset, const float* x, size_t n) {
+  add_bits(offset, x, nullptr, n, nullptr);
+}
+
+void TopKMagnitude::add_difference(uint64_t offset, const float* a, const float* b, size_t n,
+                                   TopKMagnitude* also) {
+  add_bits(offset, a, b, n, also);
+}
+
+void TopKMagnitude::sample_first() {
+  if (pass_ != Pass::kHigh || !zeros_.empty()) {
+    throw std::logic_error("TopKMagnitude::sample_first: only before pass kHigh starts");
+  }
+  pass_ = Pass::kSample;
+}
+
+void TopKMagnitude::choose_window() {
+  for (Slot* s : slots_) flush(*s);
+  window_first_ = 0;
+  window_span_ = 0;
+  const uint64_t k = k_ != UINT64_MAX ? k_ : k_estimate_;
+  uint64_t sampled = 0;
+  for (size_t b = 0; b < kHighBins; ++b) sampled += histogram_[b].load(std::memory_order_relaxed);
+  if (k != UINT64_MAX && k > 0 && k < numel_ && sampled > 0) {
+    // The k-th largest of numel is near rank r of the sample; the window covers ranks r ± m, m
+    // six binomial standard deviations plus 0.2 % of the sample (chunks are clustered samples).
+    const double s = static_cast<double>(sampled);
+    const double r = static_cast<double>(k) * s / static_cast<double>(numel_);
+    const double m = 6.0 * std::sqrt(r * std::max(0.0, 1.0 - r / s)) + 0.002 * s + 4.0;
+    const double rank_high = std::max(1.0, r - m), rank_low = std::min(s, r + m);
+    const double rank_mid = std::clamp(r, 1.0, s);
+    uint64_t zeros = 0;
+    for (const TieCount& z : zeros_) zeros += z.equal;
+    // Rank r falls among the sample's zeros: the threshold is most likely 0, which pass kHigh
+    // decides alone (its zero counts), so no window is recorded (when it is not 0 after all,
+    // pass kLow runs).
+    const bool zero_threshold = static_cast<double>(sampled - zeros) < rank_mid;
+    // Bins holding ranks rank_high, r and rank_low, counted from the top.
+    uint32_t high = 0, mid = 0, low = 0;
+    bool found_high = false, found_mid = false;
+    double above = 0.0;
+    for (uint32_t b = kHighBins; b-- > 0;) {
+      above += static_cast<double>(histogram_[b].load(std::memory_order_relaxed));
+      if (!found_high && above >= rank_high) high = b, found_high = true;
+      if (!found_mid && above >= rank_mid) mid = b, found_mid = true;
+      if (above >= rank_low) {
+        low = b;
+        break;
+      }
+    }
+    if (high - low + 1 > kMaxWindowBins) {  // too wide: the bins around rank r
+      low = mid >= kMaxWindowBins / 2 ? mid - kMaxWindowBins / 2 : 0;
+      high = low + kMaxWindowBins - 1;
+    }
+    // Bin 0 (zeros, subnormals) has its own one-pass path, and bin 32767 (infinities, NaNs) is
+    // left out so that bits below first + span stay below 2^31.
+    low = std::max<uint32_t>(low, 1);
+    high = std::min<uint32_t>(high, kHighBins - 2);
+    if (low <= high && !zero_threshold) {
+      window_first_ = low << 16;
+      window_span_ = (high - low + 1) << 16;
+    }
+  }
+  for (size_t b = 0; b < kBins; ++b) histogram_[b].store(0, std::memory_order_relaxed);
+  zeros_.clear();
 }
 
 uint32_t TopKMagnitude::find_bin(uint64_t& above) const {
@@ -457,8 +612,48 @@ uint32_t TopKMagnitude::find_bin(uint64_t& above) const {
   throw std::logic_error("TopKMagnitude: the passes saw fewer elements than numel");
 }
 
+void TopKMagnitude::finish_low(uint32_t part, bool from_records) {
+  if (from_records) {
+    // The low-bit histogram of the high bin, from the window's records (pass kLow counts it as
+    // it goes, and its records may have overflowed).
+    for (size_t b = 0; b < kBins; ++b) histogram_[b].store(0, std::memory_order_relaxed);
+    for (const ChunkLows& c : lows_) {
+      for (const auto& [key, count] : c.entries) {
+        if (key >> 16 == part) {
+          histogram_[key & 0xFFFFu].fetch_add(count, std::memory_order_relaxed);
+        }
+      }
+    }
+  }
+  uint64_t greater = greater_high_;
+  const uint32_t low_bin = find_bin(greater);
+  const uint64_t equal = histogram_[low_bin].load(std::memory_order_relaxed);
+  threshold_ = (high_bin_ << 16) | low_bin;
+  greater_ = greater;
+  tied_to_keep_ = k_ - greater_;
+  split_ties_ = greater_ + equal > k_;
+  histogram_.reset();
+  if (split_ties_ && !lows_overflow_) {
+    // Every chunk's count of elements equal to the threshold, from its record.
+    const uint32_t tied = (part << 16) | low_bin;
+    ties_.reserve(lows_.size());
+    for (const ChunkLows& c : lows_) {
+      uint64_t eq = 0;
+      for (const auto& [key, count] : c.entries) {
+        if (key == tied) eq = count;
+      }
+      ties_.push_back({c.offset, eq, 0});
+    }
+  }
+  lows_ = {};
+}
+
 void TopKMagnitude::end_pass() {
   switch (pass_) {
+    case Pass::kSample:
+      choose_window();
+      pass_ = Pass::kHigh;
+      return;
     case Pass::kHigh: {
       if (k_ == UINT64_MAX)
         throw std::logic_error("TopKMagnitude: set_k before the kHigh pass ends");
@@ -480,35 +675,30 @@ void TopKMagnitude::end_pass() {
         histogram_.reset();
         if (split_ties_) ties_ = std::move(zeros_);
         zeros_ = {};
+        lows_ = {};
         pass_ = Pass::kTies;
         end_pass();
         return;
       }
       zeros_ = {};
+      const uint32_t first_bin = window_first_ >> 16;
+      if (window_span_ != 0 && !lows_overflow_ && high_bin_ >= first_bin &&
+          high_bin_ < first_bin + (window_span_ >> 16)) {
+        // The k-th largest fell in the window: its records are pass kLow's (with every chunk's
+        // record, so ties never need pass kTies).
+        finish_low(high_bin_ - first_bin, true);
+        pass_ = Pass::kTies;
+        end_pass();
+        return;
+      }
+      lows_ = {};
+      lows_overflow_ = false;
+      low_entries_ = 0;
       pass_ = Pass::kLow;
       return;
     }
     case Pass::kLow: {
-      uint64_t greater = greater_high_;
-      const uint32_t low_bin = find_bin(greater);
-      const uint64_t equal = histogram_[low_bin].load(std::memory_order_relaxed);
-      threshold_ = (high_bin_ << 16) | low_bin;
-      greater_ = greater;
-      tied_to_keep_ = k_ - greater_;
-      split_ties_ = greater_ + equal > k_;
-      histogram_.reset();
-      if (split_ties_ && !lows_overflow_) {
-        // Every chunk's count of elements equal to the threshold, from its kLow record.
-        ties_.reserve(lows_.size());
-        for (const ChunkLows& c : lows_) {
-          uint64_t eq = 0;
-          for (const auto& [low, count] : c.entries) {
-            if (low == low_bin) eq = count;
-          }
-          ties_.push_back({c.offset, eq, 0});
-        }
-      }
-      lows_ = {};
+      finish_low(0, false);
       if (split_ties_ && lows_overflow_) {
         pass_ = Pass::kTies;
         return;
@@ -531,9 +721,10 @@ void TopKMagnitude::end_pass() {
   }
 }
 
-void TopKMagnitude::end_high_pass_from(TopKMagnitude& other) {
-  if (pass_ != Pass::kHigh || other.pass_ != Pass::kHigh || other.numel_ != numel_) {
-    throw std::logic_error("TopKMagnitude::end_high_pass_from: both must be in pass kHigh");
+void TopKMagnitude::end_pass_from(TopKMagnitude& other) {
+  if ((pass_ != Pass::kHigh && pass_ != Pass::kSample) || other.pass_ != pass_ ||
+      other.numel_ != numel_) {
+    throw std::logic_error("TopKMagnitude::end_pass_from: both must be in pass kSample or kHigh");
   }
   {
     std::lock_guard lock(other.mutex_);
@@ -548,6 +739,42 @@ void TopKMagnitude::end_high_pass_from(TopKMagnitude& other) {
     zeros_ = other.zeros_;  // the chunks' zero counts come with the histogram
   }
   end_pass();
+}
+
+bool TopKMagnitude::pure_cut(uint64_t offset, uint32_t* cut) const {
+  if (pass_ != Pass::kDone) throw std::logic_error("TopKMagnitude::pure_cut before the passes");
+  if (k_ == 0 || k_ >= numel_) {
+    *cut = k_ == 0 ? UINT32_MAX : 0;
+    return true;
+  }
+  if (!split_ties_) {
+    *cut = threshold_;
+    return true;
+  }
+  const auto it =
+      std::lower_bound(ties_.begin(), ties_.end(), offset,
+                       [](const TieCount& t, uint64_t value) { return t.offset < value; });
+  if (it == ties_.end() || it->offset != offset) {
+    throw std::logic_error("TopKMagnitude::pure_cut: chunk not seen by the ties pass");
+  }
+  if (tied_to_keep_ >= it->equal_before + it->equal) {  // all of its tied elements kept
+    *cut = threshold_;
+    return true;
+  }
+  if (tied_to_keep_ <= it->equal_before || it->equal == 0) {  // none of them kept
+    *cut = threshold_ + 1;
+    return true;
+  }
+  return false;
+}
+
+SMELT_ELEMENTWISE void keep_band_difference(uint32_t lo, uint32_t hi, const float* a,
+                                            const float* b, float* x, size_t n) {
+  for (size_t j = 0; j < n; ++j) {
+    const float v = a[j] - b[j];
+    const uint32_t bits = magnitude_bits(v);
+    x[j] = bits >= lo && (bits < hi || bits == 0) ? v : 0.0f;
+  }
 }
 
 void TopKMagnitude::keep_top(uint64_t offset, float* x, size_t n) const {

@@ -40,8 +40,17 @@ float* delta_scratch(size_t n, int which = 0) {
 
 class MagnitudeSparsifier : public Sparsifier {
  public:
-  MagnitudeSparsifier(uint64_t numel, uint64_t k) : top_(numel, k) {}
+  MagnitudeSparsifier(uint64_t numel, uint64_t k) : top_(numel, k) {
+    // A sample first on large tensors, so that the selection can end after one full pass
+    // (kernels/topk.h).
+    if (numel >= kSampleMinElements && top_.pass() == kernels::TopKMagnitude::Pass::kHigh) {
+      top_.sample_first();
+    }
+  }
   bool wants_pass() const override { return top_.pass() != kernels::TopKMagnitude::Pass::kDone; }
+  bool wants_sample() const override {
+    return top_.pass() == kernels::TopKMagnitude::Pass::kSample;
+  }
   void gather(const Chunk& chunk, const float* delta) override {
     top_.add(chunk.offset, delta, chunk.n);
   }
@@ -128,6 +137,7 @@ class L1Rescaled : public Sparsifier {
   explicit L1Rescaled(std::unique_ptr<Sparsifier> inner) : inner_(std::move(inner)) {}
 
   bool wants_pass() const override { return inner_->wants_pass() || !measured_; }
+  bool wants_sample() const override { return inner_->wants_pass() && inner_->wants_sample(); }
 
   void gather(const Chunk& chunk, const float* delta) override {
     if (inner_->wants_pass()) {
@@ -222,6 +232,17 @@ class GtaMerger : public TensorMerger {
       if (task.sparsifier && task.sparsifier->wants_pass()) return passes_done_ + 1;
     }
     return passes_done_;
+  }
+
+  // A sample pass when every sparsifier that wants the pass can take a sample.
+  bool sample_pass(int /*pass*/) const override {
+    bool any = false;
+    for (const TaskVector& task : tasks_) {
+      if (!task.sparsifier || !task.sparsifier->wants_pass()) continue;
+      if (!task.sparsifier->wants_sample()) return false;
+      any = true;
+    }
+    return any;
   }
 
   void gather(int /*pass*/, const Chunk& chunk) override {

@@ -22,6 +22,8 @@ class Sparsifier {
   virtual ~Sparsifier() = default;
   // Whether another statistics pass is needed. Changes only in end_pass.
   virtual bool wants_pass() const { return false; }
+  // Whether that pass may be a sample (TensorMerger::sample_pass). Changes only in end_pass.
+  virtual bool wants_sample() const { return false; }
   // Sees one chunk of the task vector (chunk.n values at delta) during a pass. Runs concurrently
   // for different chunks, so it may only write chunk-indexed or atomic state.
   virtual void gather(const Chunk& /*chunk*/, const float* /*delta*/) {}

@@ -64,14 +64,28 @@ struct Chunk {
 // for different chunks, so they must only write chunk-indexed or atomic state; end_pass runs
 // alone and must combine per-chunk partial results in chunk order (bit-identical output for any
 // thread count).
+//
+// A pass for which sample_pass(p) is true reads only a sample: every sample_stride(chunks)-th
+// chunk, from chunk 0 (an estimate that saves a later full pass: docs/performance.md, "One-pass
+// top-k"). What a merger computes from a sample must decide only how many passes run, never
+// the output.
 class TensorMerger {
  public:
   virtual ~TensorMerger() = default;
   virtual int stat_passes() const { return 0; }
+  virtual bool sample_pass(int /*pass*/) const { return false; }
   virtual void gather(int /*pass*/, const Chunk& /*chunk*/) {}
   virtual void end_pass(int /*pass*/) {}
   virtual void merge(const Chunk& chunk, float* out) = 0;
 };
+
+// The stride of a sample pass over `chunks` chunks: 8 to 15 chunks (256 Ki to 480 Ki elements
+// in the executor's chunks), an eighth when there are fewer than 64.
+inline uint64_t sample_stride(uint64_t chunks) { return chunks < 64 ? 8 : chunks / 8; }
+
+// Tensors smaller than this are not sampled: a sample of them would cost more than the pass it
+// may save (docs/performance.md, "One-pass top-k").
+inline constexpr uint64_t kSampleMinElements = uint64_t{1} << 22;
 
 // A merge method (mergekit name, parameters, and how to merge one tensor).
 class Method {

@@ -46,11 +46,15 @@ class SceMerger : public TensorMerger {
         // k depends on the count of nonzero variances, gathered in the selection's first pass.
         phase_ = Phase::kSelect;
         top_ = kernels::TopKMagnitude::with_k_later(numel_);
+        // A sample first on large tensors, so that the selection can end after one full pass
+        // (kernels/topk.h).
+        if (numel_ >= kSampleMinElements) top_->sample_first();
       }
     }
   }
 
   int stat_passes() const override { return passes_done_ + (phase_ != Phase::kDone ? 1 : 0); }
+  bool sample_pass(int /*pass*/) const override { return sampling(); }
 
   void gather(int /*pass*/, const Chunk& chunk) override {
     const size_t n = chunk.n;
@@ -60,7 +64,12 @@ class SceMerger : public TensorMerger {
         values.resize(n);
         {
           const uint64_t nonzero = selection_keys(chunk, values.data());
-          if (!k_known_) nonzero_.fetch_add(nonzero, std::memory_order_relaxed);
+          if (sampling()) {
+            sample_nonzero_.fetch_add(nonzero, std::memory_order_relaxed);
+            sampled_.fetch_add(n, std::memory_order_relaxed);
+          } else if (!k_known_) {
+            nonzero_.fetch_add(nonzero, std::memory_order_relaxed);
+          }
         }
         top_->add(chunk.offset, values.data(), n);
         return;
@@ -84,6 +93,17 @@ class SceMerger : public TensorMerger {
     ++passes_done_;
     switch (phase_) {
       case Phase::kSelect:
+        if (sampling()) {
+          // k estimated from the sample's share of nonzero variances.
+          const uint64_t sampled = sampled_.load(std::memory_order_relaxed);
+          if (sampled > 0) {
+            const double nonzero = static_cast<double>(sample_nonzero_.load()) /
+                                   static_cast<double>(sampled) * static_cast<double>(numel_);
+            top_->estimate_k(static_cast<uint64_t>(nonzero * select_topk_));
+          }
+          top_->end_pass();
+          return;
+        }
         if (!k_known_) {
           // k = int(count_nonzero(var) * select_topk), a product torch computes in f32.
           k_known_ = true;
@@ -152,6 +172,10 @@ class SceMerger : public TensorMerger {
  private:
   enum class Phase { kSelect, kWeights, kDone };
 
+  bool sampling() const {
+    return phase_ == Phase::kSelect && top_->pass() == kernels::TopKMagnitude::Pass::kSample;
+  }
+
   // Population variance over the task vectors of each element (in double, rounded to f32).
   void variance(const Chunk& chunk, float* var) const {
     thread_local std::vector<const float*> inputs;
@@ -207,6 +231,8 @@ class SceMerger : public TensorMerger {
   int passes_done_ = 0;
   bool base_only_ = false;
   std::atomic<uint64_t> nonzero_{0};             // elements with nonzero variance
+  std::atomic<uint64_t> sample_nonzero_{0};      // the same in the sample
+  std::atomic<uint64_t> sampled_{0};             // elements in the sample
   bool k_known_ = false;                         // the selection's k was set
   std::unique_ptr<kernels::TopKMagnitude> top_;  // the selection, when select_topk < 1
   bool select_all_ = false;                      // k ≥ numel: every element selected

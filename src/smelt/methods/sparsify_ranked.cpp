@@ -48,24 +48,36 @@ OutlierCounts outlier_counts(double density, double gamma, uint64_t numel) {
 class OutlierSparsifier : public Sparsifier {
  public:
   OutlierSparsifier(uint64_t numel, const OutlierCounts& c)
-      : upper_(numel, c.keep + c.n_top), top_(numel, c.n_top), drop_top_(c.n_top > 0) {}
-
-  bool wants_pass() const override { return !done(upper_) || !done(top_); }
-
-  // While both selections are in pass kHigh, only upper_ counts: top_ takes its histogram.
-  void gather(const Chunk& chunk, const float* delta) override {
-    if (!done(upper_)) upper_.add(chunk.offset, delta, chunk.n);
-    if (!done(top_) && !share_high()) top_.add(chunk.offset, delta, chunk.n);
+      : upper_(numel, c.keep + c.n_top), top_(numel, c.n_top), drop_top_(c.n_top > 0) {
+    // Both selections start with a sample on large tensors (kernels/topk.h), so that each can
+    // end after one full pass.
+    if (numel >= kSampleMinElements) {
+      if (!done(upper_)) upper_.sample_first();
+      if (!done(top_)) top_.sample_first();
+    }
   }
 
+  bool wants_pass() const override { return !done(upper_) || !done(top_); }
+  bool wants_sample() const override {
+    return (done(upper_) || sampling(upper_)) && (done(top_) || sampling(top_));
+  }
+
+  void gather(const Chunk& chunk, const float* delta) override {
+    gather_difference(chunk, delta, nullptr);
+  }
+
+  // While both selections are in the same counting pass (kSample or kHigh), only upper_ counts:
+  // top_ takes its histogram, and its window records come from upper_'s add.
   void gather_difference(const Chunk& chunk, const float* x, const float* base) override {
-    if (!done(upper_)) upper_.add_difference(chunk.offset, x, base, chunk.n);
-    if (!done(top_) && !share_high()) top_.add_difference(chunk.offset, x, base, chunk.n);
+    const bool share = shared();
+    if (!done(upper_))
+      upper_.add_difference(chunk.offset, x, base, chunk.n, share ? &top_ : nullptr);
+    if (!done(top_) && !share) top_.add_difference(chunk.offset, x, base, chunk.n);
   }
 
   void end_pass() override {
-    if (share_high()) {
-      top_.end_high_pass_from(upper_);
+    if (shared()) {
+      top_.end_pass_from(upper_);
       upper_.end_pass();
       return;
     }
@@ -90,6 +102,13 @@ class OutlierSparsifier : public Sparsifier {
   void apply_difference(const Chunk& chunk, const float* x, const float* base,
                         float* delta) const override {
     const size_t n = chunk.n;
+    // Most chunks split no tie of either threshold: then the kept elements are a band of
+    // magnitudes, selected in one loop.
+    uint32_t lo = 0, hi = UINT32_MAX;
+    if (upper_.pure_cut(chunk.offset, &lo) && (!drop_top_ || top_.pure_cut(chunk.offset, &hi))) {
+      kernels::keep_band_difference(lo, hi, x, base, delta, n);
+      return;
+    }
     upper_.keep_top_difference(chunk.offset, x, base, delta, n);
     if (drop_top_) {
       thread_local std::vector<float> outliers;
@@ -103,9 +122,12 @@ class OutlierSparsifier : public Sparsifier {
   static bool done(const kernels::TopKMagnitude& t) {
     return t.pass() == kernels::TopKMagnitude::Pass::kDone;
   }
-  bool share_high() const {
-    return upper_.pass() == kernels::TopKMagnitude::Pass::kHigh &&
-           top_.pass() == kernels::TopKMagnitude::Pass::kHigh;
+  static bool sampling(const kernels::TopKMagnitude& t) {
+    return t.pass() == kernels::TopKMagnitude::Pass::kSample;
+  }
+  bool shared() const {
+    return upper_.pass() == top_.pass() &&
+           (sampling(upper_) || upper_.pass() == kernels::TopKMagnitude::Pass::kHigh);
   }
 
   kernels::TopKMagnitude upper_;  // top(keep + n_top)

@@ -293,6 +293,15 @@ SMELT_ELEMENTWISE uint64_t count_equal(const uint32_t* bits, uint32_t value, siz
 
 }  // namespace
 
+namespace {
+// One count per low 16-bit value, all zero between uses: pass kLow's and the window's per-chunk
+// table (one per thread).
+std::vector<uint32_t>& low_counts() {
+  thread_local std::vector<uint32_t> counts(kBins, 0);
+  return counts;
+}
+}  // namespace
+
 // kSub x kHighBins 32-bit counts, all zero when the slot is free.
 struct TopKMagnitude::Slot {
   std::unique_ptr<uint32_t[]> counts{new uint32_t[kSub * kHighBins]()};
@@ -462,7 +471,7 @@ void TopKMagnitude::add_bits(uint64_t offset, const float* a, const float* b, si
     case Pass::kLow: {
       // The low 16 bits of the elements in the high bin, counted per chunk in `counts` (all
       // zero between calls) with the distinct values listed in `seen`.
-      thread_local std::vector<uint32_t> counts(kBins, 0);
+      std::vector<uint32_t>& counts = low_counts();
       thread_local std::vector<uint16_t> seen;
       seen.clear();
       alignas(64) uint32_t lows[kBitsBlock + 16];
@@ -519,18 +528,26 @@ void TopKMagnitude::keep_record(ChunkLows record) {
 }
 
 void TopKMagnitude::record_keys(uint64_t offset, const uint32_t* keys, size_t n) {
-  // Counted in `counts` (all zero between calls), the distinct keys listed in `seen`.
-  thread_local std::vector<uint32_t> counts(size_t{kMaxWindowBins} << 16, 0);
-  thread_local std::vector<uint32_t> seen;
-  seen.clear();
-  for (size_t j = 0; j < n; ++j) {
-    if (counts[keys[j]]++ == 0) seen.push_back(keys[j]);
-  }
+  // Bin by bin (a chunk's keys are few), the low 16 bits counted in `counts` (all zero between
+  // calls; the size of pass kLow's table) with the distinct values listed in `seen`.
+  static_assert(kMaxWindowBins <= 32, "bins present are a 32-bit mask");
+  std::vector<uint32_t>& counts = low_counts();
+  thread_local std::vector<uint16_t> seen;
+  uint32_t bins = 0;  // bit b: some key lies in the window's bin b
+  for (size_t j = 0; j < n; ++j) bins |= 1u << (keys[j] >> 16);
   ChunkLows record{offset, {}};
-  record.entries.reserve(seen.size());
-  for (uint32_t key : seen) {
-    record.entries.emplace_back(key, counts[key]);
-    counts[key] = 0;
+  for (uint32_t bin = 0; bin < kMaxWindowBins; ++bin) {
+    if ((bins >> bin & 1u) == 0) continue;
+    seen.clear();
+    for (size_t j = 0; j < n; ++j) {
+      if (keys[j] >> 16 != bin) continue;
+      const uint32_t low = keys[j] & 0xFFFFu;
+      if (counts[low]++ == 0) seen.push_back(static_cast<uint16_t>(low));
+    }
+    for (uint16_t low : seen) {
+      record.entries.emplace_back(bin << 16 | low, counts[low]);
+      counts[low] = 0;
+    }
   }
   keep_record(std::move(record));
 }

@@ -562,6 +562,7 @@ void TopKMagnitude::add_difference(uint64_t offset, const float* a, const float*
 }
 
 void TopKMagnitude::sample_first() {
+  if (pass_ == Pass::kDone && (k_ == 0 || k_ >= numel_)) return;  // decided without passes
   if (pass_ != Pass::kHigh || !zeros_.empty()) {
     throw std::logic_error("TopKMagnitude::sample_first: only before pass kHigh starts");
   }
@@ -758,31 +759,29 @@ void TopKMagnitude::end_pass_from(TopKMagnitude& other) {
   end_pass();
 }
 
+uint64_t TopKMagnitude::kept_ties(uint64_t offset) const {
+  if (!split_ties_) return UINT64_MAX;
+  const auto it =
+      std::lower_bound(ties_.begin(), ties_.end(), offset,
+                       [](const TieCount& t, uint64_t value) { return t.offset < value; });
+  if (it == ties_.end() || it->offset != offset) {
+    throw std::logic_error("TopKMagnitude::keep_top: chunk not seen by the ties pass");
+  }
+  const uint64_t keep =
+      tied_to_keep_ > it->equal_before ? std::min(tied_to_keep_ - it->equal_before, it->equal) : 0;
+  return keep == it->equal ? UINT64_MAX : keep;
+}
+
 bool TopKMagnitude::pure_cut(uint64_t offset, uint32_t* cut) const {
   if (pass_ != Pass::kDone) throw std::logic_error("TopKMagnitude::pure_cut before the passes");
   if (k_ == 0 || k_ >= numel_) {
     *cut = k_ == 0 ? UINT32_MAX : 0;
     return true;
   }
-  if (!split_ties_) {
-    *cut = threshold_;
-    return true;
-  }
-  const auto it =
-      std::lower_bound(ties_.begin(), ties_.end(), offset,
-                       [](const TieCount& t, uint64_t value) { return t.offset < value; });
-  if (it == ties_.end() || it->offset != offset) {
-    throw std::logic_error("TopKMagnitude::pure_cut: chunk not seen by the ties pass");
-  }
-  if (tied_to_keep_ >= it->equal_before + it->equal) {  // all of its tied elements kept
-    *cut = threshold_;
-    return true;
-  }
-  if (tied_to_keep_ <= it->equal_before || it->equal == 0) {  // none of them kept
-    *cut = threshold_ + 1;
-    return true;
-  }
-  return false;
+  const uint64_t keep_equal = kept_ties(offset);
+  if (keep_equal != UINT64_MAX && keep_equal != 0) return false;
+  *cut = keep_equal == 0 ? threshold_ + 1 : threshold_;
+  return true;
 }
 
 SMELT_ELEMENTWISE void keep_band_difference(uint32_t lo, uint32_t hi, const float* a,
@@ -810,20 +809,7 @@ void TopKMagnitude::keep_top_difference(uint64_t offset, const float* a, const f
     return;
   }
   const uint32_t threshold = threshold_;
-  // How many of this chunk's elements equal to the threshold are kept (all unless split_ties_).
-  uint64_t keep_equal = UINT64_MAX;
-  if (split_ties_) {
-    const auto it =
-        std::lower_bound(ties_.begin(), ties_.end(), offset,
-                         [](const TieCount& t, uint64_t value) { return t.offset < value; });
-    if (it == ties_.end() || it->offset != offset) {
-      throw std::logic_error("TopKMagnitude::keep_top: chunk not seen by the ties pass");
-    }
-    keep_equal = tied_to_keep_ > it->equal_before
-                     ? std::min(tied_to_keep_ - it->equal_before, it->equal)
-                     : 0;
-    if (keep_equal == it->equal) keep_equal = UINT64_MAX;
-  }
+  const uint64_t keep_equal = kept_ties(offset);
   if (keep_equal == UINT64_MAX) {  // keep |x| >= T
     zero_below(threshold, a, b, x, n);
   } else if (keep_equal == 0) {  // keep |x| > T

@@ -61,7 +61,8 @@ class TopKMagnitude {
   // Sets k during pass kHigh of a with_k_later selection. k == 0 or k >= numel ends the passes
   // at once (pass() becomes kDone; what was added is not needed).
   void set_k(uint64_t k);
-  // Starts with pass kSample. Call before anything is added, on a selection in pass kHigh.
+  // Starts with pass kSample. Call before anything is added; no effect on a selection that
+  // needs no pass (k == 0 or k >= numel).
   void sample_first();
   // For a with_k_later selection that samples: an estimate of k, given during pass kSample (k
   // itself is set during kHigh as usual). Without it, the sample chooses no window.
@@ -126,6 +127,9 @@ class TopKMagnitude {
   // Index of the bin in which the k-th largest falls, given `above` elements already counted
   // above the histogram's range; adds the counts of higher bins to `above`.
   uint32_t find_bin(uint64_t& above) const;
+  // After the passes: how many of chunk [offset, ...)'s elements equal to the threshold are
+  // kept, UINT64_MAX for all of them (always, unless the threshold's ties are split).
+  uint64_t kept_ties(uint64_t offset) const;
   // End of pass kSample: chooses the window from the sample's histogram.
   void choose_window();
   // Stores one chunk's record (pass kLow or the window) unless the records overflowed.

@@ -43,9 +43,7 @@ class MagnitudeSparsifier : public Sparsifier {
   MagnitudeSparsifier(uint64_t numel, uint64_t k) : top_(numel, k) {
     // A sample first on large tensors, so that the selection can end after one full pass
     // (kernels/topk.h).
-    if (numel >= kSampleMinElements && top_.pass() == kernels::TopKMagnitude::Pass::kHigh) {
-      top_.sample_first();
-    }
+    if (numel >= kSampleMinElements) top_.sample_first();
   }
   bool wants_pass() const override { return top_.pass() != kernels::TopKMagnitude::Pass::kDone; }
   bool wants_sample() const override {

@@ -52,8 +52,8 @@ class OutlierSparsifier : public Sparsifier {
     // Both selections start with a sample on large tensors (kernels/topk.h), so that each can
     // end after one full pass.
     if (numel >= kSampleMinElements) {
-      if (!done(upper_)) upper_.sample_first();
-      if (!done(top_)) top_.sample_first();
+      upper_.sample_first();
+      top_.sample_first();
     }
   }
 

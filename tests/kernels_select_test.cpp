@@ -273,6 +273,62 @@ TEST(SelectKernels, ElectSignMatchesAScalarReference) {
   }
 }
 
+TEST(SelectKernels, MergeTaskPairMatchesTheSeparateSteps) {
+  const float inf = std::numeric_limits<float>::infinity();
+  // Weights with a zero sum (divisor 1 where both match), a negative one, and plain ones.
+  const std::array<std::array<float, 2>, 3> weights = {
+      {{0.5f, -0.5f}, {-1.25f, 0.3f}, {0.7f, 0.4f}}};
+  for (size_t n : kLengths) {
+    std::vector<float> d0 = random_vector(n, 30), d1 = random_vector(n, 31),
+                       base = random_vector(n, 32);
+    for (size_t j = 0; j < n; j += 5) d0[j] = (j % 2) ? 0.0f : -0.0f;
+    for (size_t j = 1; j < n; j += 7) d1[j] = (j % 2) ? 0.0f : -0.0f;
+    for (size_t j = 2; j < n; j += 11) d1[j] = -d0[j];  // sums of exactly 0
+    if (n > 40) {
+      d0[13] = std::numeric_limits<float>::quiet_NaN();
+      d1[17] = inf;
+      d0[19] = -inf;
+      d1[19] = inf;
+    }
+    for (const auto& w : weights) {
+      for (int flags = 0; flags < 8; ++flags) {
+        const bool elect = flags & 4, normalize = flags & 2;
+        const float lambda = (flags & 1) ? 0.6f : 1.0f;
+        const float weight_sum = w[0] + w[1] == 0.0f ? 1.0f : w[0] + w[1];
+        std::vector<float> out(n, 9.0f);
+        kernels::merge_task_pair(d0.data(), d1.data(), w[0], w[1], elect, normalize, weight_sum,
+                                 lambda, base.data(), out.data(), n);
+        for (size_t j = 0; j < n; ++j) {
+          // The steps as the merge ran them before: scale each task vector, combine, divide,
+          // scale by lambda (only when it is not 1), add the base; each rounded to f32.
+          const float a = w[0] * d0[j], b = w[1] * d1[j];
+          float r;
+          if (elect) {
+            const float sign = a + b >= 0.0f ? 1.0f : -1.0f;
+            float m = 0.0f, dv = 0.0f;
+            bool first = true;
+            for (int i = 0; i < 2; ++i) {
+              const float v = i == 0 ? a : b;
+              const bool match = v * sign > 0.0f;
+              // elect_sign starts its sums from the first term (+0 when it does not match).
+              m = first ? (match ? v : 0.0f) : m + (match ? v : 0.0f);
+              dv = first ? (match ? w[i] : 0.0f) : dv + (match ? w[i] : 0.0f);
+              first = false;
+            }
+            r = normalize ? m / (dv == 0.0f ? 1.0f : dv) : m;
+          } else {
+            r = normalize ? (a + b) / weight_sum : a + b;
+          }
+          if (lambda != 1.0f) r = lambda * r;
+          const float expected = r + base[j];
+          ASSERT_EQ(std::bit_cast<uint32_t>(out[j]), std::bit_cast<uint32_t>(expected))
+              << "n=" << n << " flags=" << flags << " w0=" << w[0] << " j=" << j;
+        }
+      }
+    }
+  }
+}
+
 TEST(SelectKernels, ElementwiseLoopsMatchScalarArithmetic) {
   for (size_t n : kLengths) {
     const std::vector<float> a = random_vector(n, 20), b = random_vector(n, 21);

@@ -618,6 +618,77 @@ SMELT_ELEMENTWISE void sign_weighted_block(const float* const* tau, const float*
 
 }  // namespace
 
+namespace {
+
+// merge_task_pair's loop for one setting of its flags (inlined into each ISA's clone).
+template <bool Elect, bool Normalize, bool Scaled>
+[[gnu::always_inline]] inline void merge_task_pair_loop(const float* d0, const float* d1, float w0,
+                                                        float w1, float weight_sum, float lambda,
+                                                        const float* base, float* out, size_t n) {
+  for (size_t j = 0; j < n; ++j) {
+    const float a = w0 * d0[j], b = w1 * d1[j];
+    float r;
+    if constexpr (Elect) {
+      // elect_sign_pair on the weighted values.
+      const int32_t pos = lane_mask(a + b >= 0.0f);
+      const int32_t m0 = (pos & lane_mask(a > 0.0f)) | (~pos & lane_mask(a < 0.0f));
+      const int32_t m1 = (pos & lane_mask(b > 0.0f)) | (~pos & lane_mask(b < 0.0f));
+      r = masked(a, m0) + masked(b, m1);
+      if constexpr (Normalize) {
+        const float dv = masked(w0, m0) + masked(w1, m1);
+        r = r / (dv == 0.0f ? 1.0f : dv);
+      }
+    } else {
+      r = a + b;
+      if constexpr (Normalize) r = r / weight_sum;
+    }
+    if constexpr (Scaled) r = lambda * r;
+    out[j] = r + base[j];
+  }
+}
+
+SMELT_ELEMENTWISE void merge_task_pair_kernel(const float* d0, const float* d1, float w0, float w1,
+                                              bool elect, bool normalize, float weight_sum,
+                                              float lambda, const float* base, float* out,
+                                              size_t n) {
+  const bool scaled = lambda != 1.0f;
+  const int variant = (elect ? 4 : 0) | (normalize ? 2 : 0) | (scaled ? 1 : 0);
+  switch (variant) {
+    case 0:
+      return merge_task_pair_loop<false, false, false>(d0, d1, w0, w1, weight_sum, lambda, base,
+                                                       out, n);
+    case 1:
+      return merge_task_pair_loop<false, false, true>(d0, d1, w0, w1, weight_sum, lambda, base, out,
+                                                      n);
+    case 2:
+      return merge_task_pair_loop<false, true, false>(d0, d1, w0, w1, weight_sum, lambda, base, out,
+                                                      n);
+    case 3:
+      return merge_task_pair_loop<false, true, true>(d0, d1, w0, w1, weight_sum, lambda, base, out,
+                                                     n);
+    case 4:
+      return merge_task_pair_loop<true, false, false>(d0, d1, w0, w1, weight_sum, lambda, base, out,
+                                                      n);
+    case 5:
+      return merge_task_pair_loop<true, false, true>(d0, d1, w0, w1, weight_sum, lambda, base, out,
+                                                     n);
+    case 6:
+      return merge_task_pair_loop<true, true, false>(d0, d1, w0, w1, weight_sum, lambda, base, out,
+                                                     n);
+    default:
+      return merge_task_pair_loop<true, true, true>(d0, d1, w0, w1, weight_sum, lambda, base, out,
+                                                    n);
+  }
+}
+
+}  // namespace
+
+void merge_task_pair(const float* d0, const float* d1, float w0, float w1, bool elect,
+                     bool normalize, float weight_sum, float lambda, const float* base, float* out,
+                     size_t n) {
+  merge_task_pair_kernel(d0, d1, w0, w1, elect, normalize, weight_sum, lambda, base, out, n);
+}
+
 void sign_weighted_merge(const float* const* tau, const float* w, size_t count, const float* base,
                          float floor, size_t n, float* out) {
   for (size_t first = 0; first < n; first += kMergeBlock) {

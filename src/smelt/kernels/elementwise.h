@@ -69,6 +69,15 @@ std::array<double, 2> masked_abs_sums(const uint8_t* bits, const float* a, const
 void elect_sign(const float* const* d, const float* w, size_t count, size_t n, float* majority,
                 float* mixed, float* divisor);
 
+// The end of a task-arithmetic-family merge of two task vectors d0, d1 (n values each, after
+// sparsification) in one loop, with the roundings of the separate steps (docs/performance.md,
+// "Round 6"): D_i = w_i · d_i; with `elect`, elect_sign of (D0, D1) and, where `normalize`,
+// mixed / divisor; without, D0 + D1 and, where `normalize`, that / weight_sum; then times lambda
+// unless lambda is 1; then out[j] = that + base[j].
+void merge_task_pair(const float* d0, const float* d1, float w0, float w1, bool elect,
+                     bool normalize, float weight_sum, float lambda, const float* base, float* out,
+                     size_t n);
+
 // sce (docs/methods.md). var[j] = the population variance over i < count of the f32 differences
 // x[i][j] − b[j], summed (from 0.0, in i order) and squared in double, rounded to f32. count ≥ 1
 // (count 0 gives NaN).

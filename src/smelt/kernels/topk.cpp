@@ -160,70 +160,79 @@ __attribute__((target("avx2,popcnt"))) size_t filter_lows_avx2(const float* a, c
   return matched;
 }
 
-// drop_zeros_scalar with 8 lanes.
-__attribute__((target("avx2,popcnt"))) size_t drop_zeros_avx2(uint32_t* bits, size_t n) {
+#endif
+
+// bits[0, r) = the nonzero magnitude_bits of a[j] − b[j] (of a[j] when b is null), j < n, in
+// order; returns r. The high histogram counts zeros with one addition, not a serial chain of
+// increments of bin 0; computing the magnitudes and dropping the zeros in one loop reads a and b
+// once and writes only what is counted (docs/performance.md, "Round 6"). bits has room for n.
+size_t nonzero_magnitudes_scalar(const float* a, const float* b, uint32_t* bits, size_t n) {
+  size_t kept = 0;
+  for (size_t j = 0; j < n; ++j) {
+    const float x = b != nullptr ? a[j] - b[j] : a[j];
+    const uint32_t v = std::bit_cast<uint32_t>(x) & 0x7FFFFFFFu;
+    bits[kept] = v;
+    kept += v != 0;
+  }
+  return kept;
+}
+
+#ifdef SMELT_HAVE_AVX2_FILTER
+__attribute__((target("avx2,popcnt"))) size_t nonzero_magnitudes_avx2(const float* a,
+                                                                      const float* b,
+                                                                      uint32_t* bits, size_t n) {
   const CompressTable& table = compress_table();
+  const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
   const __m256i zero = _mm256_setzero_si256();
   size_t kept = 0;
   size_t j = 0;
   for (; j + 8 <= n; j += 8) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits + j));
+    __m256 x = _mm256_loadu_ps(a + j);
+    if (b != nullptr) x = _mm256_sub_ps(x, _mm256_loadu_ps(b + j));
+    const __m256i v = _mm256_and_si256(_mm256_castps_si256(x), abs_mask);
     const uint32_t m = ~static_cast<uint32_t>(
                            _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(v, zero)))) &
                        0xFFu;
     const __m256i order = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.index[m]));
-    // kept <= j: the store covers [kept, kept + 8), all of it already loaded.
+    // kept <= j: the store covers [kept, kept + 8), inside bits[0, n).
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(bits + kept),
                         _mm256_permutevar8x32_epi32(v, order));
     kept += static_cast<size_t>(__builtin_popcount(m));
   }
-  for (; j < n; ++j) {
-    bits[kept] = bits[j];
-    kept += bits[j] != 0;
-  }
-  return kept;
+  return kept + nonzero_magnitudes_scalar(a + j, b ? b + j : nullptr, bits + kept, n - j);
 }
 #endif
 
-// Removes the zeros from bits[0, n) in place (keeping order) and returns how many remain; the
-// histogram counts zeros with one addition instead of a serial chain of increments of bin 0.
-size_t drop_zeros_scalar(uint32_t* bits, size_t n) {
-  size_t kept = 0;
-  for (size_t j = 0; j < n; ++j) {
-    bits[kept] = bits[j];
-    kept += bits[j] != 0;
-  }
-  return kept;
-}
-
 #ifdef SMELT_HAVE_AVX512_FILTER
-__attribute__((target("avx512f,popcnt"))) size_t drop_zeros_avx512(uint32_t* bits, size_t n) {
+__attribute__((target("avx512f,popcnt"))) size_t nonzero_magnitudes_avx512(const float* a,
+                                                                           const float* b,
+                                                                           uint32_t* bits,
+                                                                           size_t n) {
+  const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
   const __m512i zero = _mm512_setzero_si512();
   size_t kept = 0;
   size_t j = 0;
   for (; j + 16 <= n; j += 16) {
-    const __m512i v = _mm512_loadu_si512(bits + j);
+    __m512 x = _mm512_loadu_ps(a + j);
+    if (b != nullptr) x = _mm512_sub_ps(x, _mm512_loadu_ps(b + j));
+    const __m512i v = _mm512_and_si512(_mm512_castps_si512(x), abs_mask);
     const __mmask16 m = _mm512_cmpneq_epi32_mask(v, zero);
-    // kept <= j: the compressed store never overtakes the unread input.
-    _mm512_mask_compressstoreu_epi32(bits + kept, m, v);
+    // A compress in a register, then a plain store (kept <= j: inside bits[0, n)).
+    _mm512_storeu_si512(bits + kept, _mm512_maskz_compress_epi32(m, v));
     kept += static_cast<size_t>(__builtin_popcount(m));
   }
-  for (; j < n; ++j) {
-    bits[kept] = bits[j];
-    kept += bits[j] != 0;
-  }
-  return kept;
+  return kept + nonzero_magnitudes_scalar(a + j, b ? b + j : nullptr, bits + kept, n - j);
 }
 #endif
 
-size_t drop_zeros(uint32_t* bits, size_t n) {
+size_t nonzero_magnitudes(const float* a, const float* b, uint32_t* bits, size_t n) {
 #ifdef SMELT_HAVE_AVX512_FILTER
-  if (cpu_has_avx512f()) return drop_zeros_avx512(bits, n);
+  if (cpu_has_avx512f()) return nonzero_magnitudes_avx512(a, b, bits, n);
 #endif
 #ifdef SMELT_HAVE_AVX2_FILTER
-  if (cpu_has_avx2()) return drop_zeros_avx2(bits, n);
+  if (cpu_has_avx2()) return nonzero_magnitudes_avx2(a, b, bits, n);
 #endif
-  return drop_zeros_scalar(bits, n);
+  return nonzero_magnitudes_scalar(a, b, bits, n);
 }
 
 // lows must have room for n + 16 values.
@@ -441,15 +450,15 @@ void TopKMagnitude::add_bits(uint64_t offset, const float* a, const float* b, si
       for (size_t start = 0; start < n; start += kBitsBlock) {
         const size_t m = std::min(kBitsBlock, n - start);
         if (slot != nullptr && slot->total + m > UINT32_MAX) flush(*slot);
-        magnitudes(a + start, b ? b + start : nullptr, bits, m);
         size_t counted = m;  // bits[0, counted) are counted (zeros dropped with a slot)
         if (slot != nullptr) {
-          counted = drop_zeros(bits, m);
+          counted = nonzero_magnitudes(a + start, b ? b + start : nullptr, bits, m);
           slot->counts[0] += static_cast<uint32_t>(m - counted);
           zeros += m - counted;
           count_high(bits, counted, slot);
           slot->total += m;
         } else {
+          magnitudes(a + start, b ? b + start : nullptr, bits, m);
           zeros += count_equal(bits, 0, m);
           count_high(bits, m, slot);
         }

@@ -265,6 +265,18 @@ class GtaMerger : public TensorMerger {
       return;
     }
     thread_local std::vector<float> scratch;
+    if (tasks_.size() == 2) {
+      // The common merge of two fine-tunes: weighting, combining, λ and the base in one loop.
+      scratch.resize(2 * n);
+      float* d0 = scratch.data();
+      float* d1 = d0 + n;
+      sparsified_delta(tasks_[0], chunk, d0);
+      sparsified_delta(tasks_[1], chunk, d1);
+      kernels::merge_task_pair(d0, d1, tasks_[0].weight, tasks_[1].weight,
+                               consensus_ != Consensus::kNone, normalize_, weight_sum_, lambda_,
+                               base, out, n);
+      return;
+    }
     if (consensus_ == Consensus::kNone) {
       // mixed = Σ w_i δ_i, accumulated in out in input order.
       scratch.resize(n);
@@ -297,13 +309,18 @@ class GtaMerger : public TensorMerger {
   }
 
  private:
-  // D = w · sparsify(x − b) for one chunk.
-  void weighted_delta(const TaskVector& task, const Chunk& chunk, float* d) const {
+  // d = sparsify(x − b) for one chunk.
+  void sparsified_delta(const TaskVector& task, const Chunk& chunk, float* d) const {
     if (task.sparsifier) {
       task.sparsifier->apply_difference(chunk, chunk.inputs[task.input], chunk.inputs[base_], d);
     } else {
       kernels::subtract(chunk.inputs[task.input], chunk.inputs[base_], d, chunk.n);
     }
+  }
+
+  // D = w · sparsify(x − b) for one chunk.
+  void weighted_delta(const TaskVector& task, const Chunk& chunk, float* d) const {
+    sparsified_delta(task, chunk, d);
     kernels::scale(task.weight, d, d, chunk.n);
   }
 

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -44,6 +45,9 @@ struct RunOptions {
   size_t chunk = 1000;
   uint32_t shuffle = 1;
   int threads = 1;
+  // Hand passes that take them (TensorMerger::bf16_pass) the inputs as bf16 when every value is
+  // one (its low 16 bits are zero), as the executor does with inputs stored as bf16.
+  bool bf16 = true;
 };
 
 // What the planner hands a method: declared defaults filled in, except required per-model ones.
@@ -119,14 +123,42 @@ inline Tensor run(const Method& method, const Inputs& in, RunOptions options = {
     chunks.push_back(chunk);
   }
   for (size_t c = 0; c < chunks.size(); ++c) chunks[c].inputs = pointers[c].data();
+  // The inputs as bf16, when every value is one.
+  bool all_bf16 = options.bf16;
+  for (const Tensor& t : in.tensors) {
+    for (float v : t) all_bf16 = all_bf16 && (std::bit_cast<uint32_t>(v) & 0xFFFFu) == 0;
+  }
+  std::vector<std::vector<uint16_t>> halves;
+  std::vector<std::vector<const uint16_t*>> half_pointers;
+  if (all_bf16) {
+    for (const Tensor& t : in.tensors) {
+      std::vector<uint16_t> h(t.size());
+      for (size_t j = 0; j < t.size(); ++j) {
+        h[j] = static_cast<uint16_t>(std::bit_cast<uint32_t>(t[j]) >> 16);
+      }
+      halves.push_back(std::move(h));
+    }
+    for (const Chunk& chunk : chunks) {
+      std::vector<const uint16_t*> p;
+      for (const auto& h : halves) p.push_back(h.data() + chunk.offset);
+      half_pointers.push_back(std::move(p));
+    }
+  }
 
   for (int pass = 0; pass < merger->stat_passes(); ++pass) {
     // A sample pass sees every stride-th chunk, as in the executor.
     std::vector<Chunk> seen = chunks;
+    if (all_bf16 && merger->bf16_pass(pass)) {
+      for (Chunk& c : seen) {
+        c.inputs = nullptr;
+        c.bf16 = half_pointers[c.index].data();
+      }
+    }
     if (merger->sample_pass(pass)) {
       const uint64_t stride = sample_stride(chunks.size());
+      std::vector<Chunk> all = std::move(seen);
       seen.clear();
-      for (size_t c = 0; c < chunks.size(); c += stride) seen.push_back(chunks[c]);
+      for (size_t c = 0; c < all.size(); c += stride) seen.push_back(all[c]);
     }
     for_each_chunk(seen, options.shuffle + 1000 * (pass + 1), options.threads,
                    [&](const Chunk& c) { merger->gather(pass, c); });

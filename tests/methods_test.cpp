@@ -15,6 +15,7 @@
 
 #include "method_driver.h"
 #include "smelt/error.h"
+#include "smelt/kernels/convert.h"
 #include "smelt/kernels/elementwise.h"
 #include "smelt/kernels/random.h"
 #include "smelt/kernels/topk.h"
@@ -539,6 +540,62 @@ TEST(TopKMagnitude, DifferenceInputMatchesMaterializedDifference) {
       ASSERT_EQ(x[j], want[j] ? d[j] : 0.0f) << "k=" << k << " j=" << j;
     }
     EXPECT_EQ(kept, k);
+  }
+}
+
+// Passes kSample and kHigh fed with bf16 values (add_difference_bf16, what a bf16 statistics
+// pass of the executor does) select exactly what f32 values select, in as many passes: tensors
+// below and above the private-histogram size (65536) and one with a sample, lengths and chunks
+// that leave tails of fewer than 8 elements.
+TEST(TopKMagnitude, Bf16DifferenceMatchesF32Difference) {
+  using Pass = kernels::TopKMagnitude::Pass;
+  for (const size_t n : {size_t{30001}, size_t{150001}, (size_t{1} << 20) + 3}) {
+    const size_t chunk = 4093;
+    Tensor x = normal_tensor(n, 41, 0.02f), base = normal_tensor(n, 42, 0.02f), diff(n);
+    std::vector<uint16_t> x16(n), base16(n);
+    for (size_t j = 0; j < n; ++j) {
+      base16[j] = static_cast<uint16_t>(std::bit_cast<uint32_t>(base[j]) >> 16);
+      base[j] = kernels::bf16_to_f32(base16[j]);
+      // Most elements unchanged (difference 0), the others moved, some by a lot.
+      const float moved = j % 3 == 0 ? base[j] + x[j] * (j % 7 == 0 ? 10.0f : 0.1f) : base[j];
+      x16[j] = static_cast<uint16_t>(std::bit_cast<uint32_t>(moved) >> 16);
+      x[j] = kernels::bf16_to_f32(x16[j]);
+      diff[j] = x[j] - base[j];
+    }
+    for (const uint64_t k : {n / 100, n / 10, n / 4}) {
+      std::vector<bool> keep[2];
+      int passes[2] = {0, 0};
+      for (int half = 0; half < 2; ++half) {
+        kernels::TopKMagnitude top(n, k);
+        if (n >= methods::kSampleMinElements) top.sample_first();
+        while (top.pass() != Pass::kDone) {
+          const size_t stride = top.pass() == Pass::kSample ? 16 : 1;
+          const bool bf16 = half == 1 && kernels::TopKMagnitude::takes_bf16(top.pass());
+          for (size_t o = 0; o < n; o += chunk * stride) {
+            const size_t m = std::min(chunk, n - o);
+            if (bf16) {
+              top.add_difference_bf16(o, x16.data() + o, base16.data() + o, m);
+            } else {
+              top.add_difference(o, x.data() + o, base.data() + o, m);
+            }
+          }
+          top.end_pass();
+          ++passes[half];
+        }
+        Tensor d(n);
+        for (size_t o = 0; o < n; o += chunk) {
+          top.keep_top_difference(o, x.data() + o, base.data() + o, d.data() + o,
+                                  std::min(chunk, n - o));
+        }
+        keep[half].resize(n);
+        for (size_t j = 0; j < n; ++j) keep[half][j] = d[j] != 0.0f;
+      }
+      std::vector<bool> want = top_k_mask(diff, k);
+      for (size_t j = 0; j < n; ++j) want[j] = want[j] && diff[j] != 0.0f;
+      EXPECT_TRUE(keep[0] == want) << "n=" << n << " k=" << k;
+      EXPECT_TRUE(keep[1] == want) << "n=" << n << " k=" << k;
+      EXPECT_EQ(passes[0], passes[1]) << "n=" << n << " k=" << k;
+    }
   }
 }
 

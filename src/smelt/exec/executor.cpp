@@ -25,6 +25,7 @@ struct WorkerBuffers {
   ScratchBuffer out;
   ScratchBuffer out_raw;
   std::vector<const float*> pointers;
+  std::vector<const uint16_t*> bf16;  // a bf16 pass's input pointers (Chunk::bf16)
 };
 
 // What --max-memory counts (exec_layout), measured as resident memory:
@@ -325,32 +326,50 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
       }
       bool cache_filled = false;
 
-      // Reads chunk c of every input as f32 (into worker w's buffers, through the cache).
-      auto load = [&](size_t c, size_t w) -> methods::Chunk {
+      // Whether every input is stored as bf16 (a pass for which bf16_pass is true then reads
+      // them unconverted).
+      const bool all_bf16 = std::all_of(job.inputs.begin(), job.inputs.end(), [](const auto& in) {
+        return !in.source.info->quantized() && in.source.info->dtype == DType::kBF16;
+      });
+
+      // Reads chunk c of every input as f32 (into worker w's buffers, through the cache); with
+      // `bf16`, as the stored bf16 values (into the f32 buffers' memory, or in the cache).
+      auto load = [&](size_t c, size_t w, bool bf16 = false) -> methods::Chunk {
         WorkerBuffers& b = buffers[w];
         const uint64_t offset = c * chunk;
         const size_t n = static_cast<size_t>(std::min(chunk, numel - std::min(numel, offset)));
         if (b.inputs.size() < k) b.inputs.resize(k);
         b.pointers.resize(k);
+        b.bf16.resize(k);
         for (size_t i = 0; i < k; ++i) {
           const plan::JobInput& in = job.inputs[i];
           char* raw;
+          b.inputs[i].reserve(n * sizeof(float));
           if (cached) {
             raw = cache.as<char>() + cache_start[i] + raw_bytes(in, offset);
+          } else if (bf16) {
+            raw = b.inputs[i].as<char>();  // 2 of the buffer's 4 bytes per element
           } else {
             b.raw.reserve(raw_bytes(in, n));
             raw = b.raw.as<char>();
           }
           if (!cached || !cache_filled) read_raw(in, job.shape, offset, n, raw);
-          b.inputs[i].reserve(n * sizeof(float));
-          raw_to_f32(in, raw, b.inputs[i].as<float>(), n);
-          b.pointers[i] = b.inputs[i].as<float>();
+          if (bf16) {
+            b.bf16[i] = reinterpret_cast<const uint16_t*>(raw);
+          } else {
+            raw_to_f32(in, raw, b.inputs[i].as<float>(), n);
+            b.pointers[i] = b.inputs[i].as<float>();
+          }
         }
         methods::Chunk ch;
         ch.index = c;
         ch.offset = offset;
         ch.n = n;
-        ch.inputs = b.pointers.data();
+        if (bf16) {
+          ch.bf16 = b.bf16.data();
+        } else {
+          ch.inputs = b.pointers.data();
+        }
         return ch;
       };
 
@@ -358,8 +377,10 @@ void execute_jobs(const plan::Plan& plan, const std::vector<size_t>& jobs, Tenso
         // A sample pass reads every stride-th chunk (methods.h); the cache is filled by the
         // first full pass.
         const uint64_t stride = merger->sample_pass(pass) ? methods::sample_stride(chunks) : 1;
-        pool.parallel_for((chunks + stride - 1) / stride,
-                          [&](size_t c, size_t w) { merger->gather(pass, load(c * stride, w)); });
+        const bool bf16 = all_bf16 && merger->bf16_pass(pass);
+        pool.parallel_for((chunks + stride - 1) / stride, [&](size_t c, size_t w) {
+          merger->gather(pass, load(c * stride, w, bf16));
+        });
         merger->end_pass(pass);
         if (stride == 1) cache_filled = cached;
       }

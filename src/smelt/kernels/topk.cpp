@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "smelt/kernels/compress_avx2.h"
+#include "smelt/kernels/convert.h"
 #include "smelt/kernels/cpu_features.h"
 #include "smelt/kernels/elementwise.h"
 
@@ -235,6 +236,53 @@ size_t nonzero_magnitudes(const float* a, const float* b, uint32_t* bits, size_t
   return nonzero_magnitudes_scalar(a, b, bits, n);
 }
 
+// nonzero_magnitudes of a − b given as bf16 values (exact in f32, so the same bits). With AVX2 the
+// values are widened in registers; otherwise each array is converted into fa and fb (room for n)
+// first.
+#ifdef SMELT_HAVE_AVX2_FILTER
+__attribute__((target("avx2,popcnt"))) size_t nonzero_magnitudes_bf16_avx2(const uint16_t* a,
+                                                                           const uint16_t* b,
+                                                                           uint32_t* bits,
+                                                                           size_t n) {
+  const CompressTable& table = compress_table();
+  const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
+  const __m256i zero = _mm256_setzero_si256();
+  size_t kept = 0;
+  size_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256i wa = _mm256_slli_epi32(
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + j))), 16);
+    const __m256i wb = _mm256_slli_epi32(
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + j))), 16);
+    const __m256 x = _mm256_sub_ps(_mm256_castsi256_ps(wa), _mm256_castsi256_ps(wb));
+    const __m256i v = _mm256_and_si256(_mm256_castps_si256(x), abs_mask);
+    const uint32_t m = ~static_cast<uint32_t>(
+                           _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(v, zero)))) &
+                       0xFFu;
+    const __m256i order = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.index[m]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(bits + kept),
+                        _mm256_permutevar8x32_epi32(v, order));
+    kept += static_cast<size_t>(__builtin_popcount(m));
+  }
+  for (; j < n; ++j) {
+    const uint32_t v = std::bit_cast<uint32_t>(bf16_to_f32(a[j]) - bf16_to_f32(b[j])) & 0x7FFFFFFFu;
+    bits[kept] = v;
+    kept += v != 0;
+  }
+  return kept;
+}
+#endif
+
+size_t nonzero_magnitudes_bf16(const uint16_t* a, const uint16_t* b, uint32_t* bits, size_t n,
+                               float* fa, float* fb) {
+#ifdef SMELT_HAVE_AVX2_FILTER
+  if (cpu_has_avx2() && !cpu_has_avx512f()) return nonzero_magnitudes_bf16_avx2(a, b, bits, n);
+#endif
+  to_f32(DType::kBF16, a, fa, n);
+  to_f32(DType::kBF16, b, fb, n);
+  return nonzero_magnitudes(fa, fb, bits, n);
+}
+
 // lows must have room for n + 16 values.
 size_t filter_lows(const float* a, const float* b, size_t n, uint32_t high_bin, uint32_t* lows,
                    uint64_t* zeros) {
@@ -408,9 +456,12 @@ void TopKMagnitude::count_high(const uint32_t* bits, size_t n, Slot* slot) {
   for (; j < n; ++j) ++h0[bits[j] >> 16];
 }
 
-void TopKMagnitude::add_bits(uint64_t offset, const float* a, const float* b, size_t n,
-                             TopKMagnitude* also) {
+void TopKMagnitude::add_bits(uint64_t offset, const float* a, const float* b, const uint16_t* a16,
+                             const uint16_t* b16, size_t n, TopKMagnitude* also) {
   alignas(64) uint32_t bits[kBitsBlock];
+  if (a16 != nullptr && pass_ != Pass::kSample && pass_ != Pass::kHigh) {
+    throw std::logic_error("TopKMagnitude::add_difference_bf16: only in passes kSample and kHigh");
+  }
   if (also != nullptr && (also->pass_ != pass_ || also->numel_ != numel_ ||
                           (pass_ != Pass::kSample && pass_ != Pass::kHigh))) {
     throw std::logic_error("TopKMagnitude::add_difference: `also` must be in the same pass");
@@ -451,14 +502,24 @@ void TopKMagnitude::add_bits(uint64_t offset, const float* a, const float* b, si
         const size_t m = std::min(kBitsBlock, n - start);
         if (slot != nullptr && slot->total + m > UINT32_MAX) flush(*slot);
         size_t counted = m;  // bits[0, counted) are counted (zeros dropped with a slot)
+        // bf16 inputs: converted block by block into these where a kernel needs f32.
+        alignas(64) float fa[kBitsBlock], fb[kBitsBlock];
+        const float* pa = a16 != nullptr ? fa : a + start;
+        const float* pb = a16 != nullptr ? fb : b ? b + start : nullptr;
         if (slot != nullptr) {
-          counted = nonzero_magnitudes(a + start, b ? b + start : nullptr, bits, m);
+          counted = a16 != nullptr
+                        ? nonzero_magnitudes_bf16(a16 + start, b16 + start, bits, m, fa, fb)
+                        : nonzero_magnitudes(pa, pb, bits, m);
           slot->counts[0] += static_cast<uint32_t>(m - counted);
           zeros += m - counted;
           count_high(bits, counted, slot);
           slot->total += m;
         } else {
-          magnitudes(a + start, b ? b + start : nullptr, bits, m);
+          if (a16 != nullptr) {
+            to_f32(DType::kBF16, a16 + start, fa, m);
+            to_f32(DType::kBF16, b16 + start, fb, m);
+          }
+          magnitudes(pa, pb, bits, m);
           zeros += count_equal(bits, 0, m);
           count_high(bits, m, slot);
         }
@@ -562,12 +623,17 @@ void TopKMagnitude::record_keys(uint64_t offset, const uint32_t* keys, size_t n)
 }
 
 void TopKMagnitude::add(uint64_t offset, const float* x, size_t n) {
-  add_bits(offset, x, nullptr, n, nullptr);
+  add_bits(offset, x, nullptr, nullptr, nullptr, n, nullptr);
 }
 
 void TopKMagnitude::add_difference(uint64_t offset, const float* a, const float* b, size_t n,
                                    TopKMagnitude* also) {
-  add_bits(offset, a, b, n, also);
+  add_bits(offset, a, b, nullptr, nullptr, n, also);
+}
+
+void TopKMagnitude::add_difference_bf16(uint64_t offset, const uint16_t* a, const uint16_t* b,
+                                        size_t n, TopKMagnitude* also) {
+  add_bits(offset, nullptr, nullptr, a, b, n, also);
 }
 
 void TopKMagnitude::sample_first() {

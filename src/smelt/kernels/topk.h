@@ -81,6 +81,12 @@ class TopKMagnitude {
   // records from this call.
   void add_difference(uint64_t offset, const float* a, const float* b, size_t n,
                       TopKMagnitude* also = nullptr);
+  // add_difference for a and b given as bf16 values (their exact f32 values), in passes kSample
+  // and kHigh only (pass kLow throws std::logic_error): a statistics pass can then read bf16
+  // inputs without converting them first (docs/performance.md, "Round 6").
+  static bool takes_bf16(Pass pass) { return pass == Pass::kSample || pass == Pass::kHigh; }
+  void add_difference_bf16(uint64_t offset, const uint16_t* a, const uint16_t* b, size_t n,
+                           TopKMagnitude* also = nullptr);
   // Finishes the current pass and moves to the next one needed (possibly kDone).
   void end_pass();
   // Passes kSample and kHigh count a histogram that depends only on the vector, so a second
@@ -121,7 +127,9 @@ class TopKMagnitude {
     std::vector<std::pair<uint32_t, uint32_t>> entries;
   };
 
-  void add_bits(uint64_t offset, const float* a, const float* b, size_t n, TopKMagnitude* also);
+  // a, b: f32 values (b may be null); or a16, b16: bf16 values (then a and b are null).
+  void add_bits(uint64_t offset, const float* a, const float* b, const uint16_t* a16,
+                const uint16_t* b16, size_t n, TopKMagnitude* also);
   void count_high(const uint32_t* bits, size_t n, Slot* slot);
   void flush(Slot& slot);
   // Index of the bin in which the k-th largest falls, given `above` elements already counted

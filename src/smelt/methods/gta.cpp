@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#include <stdexcept>
 
 #include "smelt/error.h"
 #include "smelt/kernels/elementwise.h"
@@ -54,6 +55,11 @@ class MagnitudeSparsifier : public Sparsifier {
   }
   void gather_difference(const Chunk& chunk, const float* x, const float* base) override {
     top_.add_difference(chunk.offset, x, base, chunk.n);
+  }
+  bool takes_bf16() const override { return kernels::TopKMagnitude::takes_bf16(top_.pass()); }
+  void gather_difference_bf16(const Chunk& chunk, const uint16_t* x,
+                              const uint16_t* base) override {
+    top_.add_difference_bf16(chunk.offset, x, base, chunk.n);
   }
   void end_pass() override { top_.end_pass(); }
   void apply(const Chunk& chunk, float* delta) const override {
@@ -157,6 +163,12 @@ class L1Rescaled : public Sparsifier {
     partials_.put(chunk.index, inner_->l1_norms(chunk, x, base));
   }
 
+  bool takes_bf16() const override { return inner_->wants_pass() && inner_->takes_bf16(); }
+  void gather_difference_bf16(const Chunk& chunk, const uint16_t* x,
+                              const uint16_t* base) override {
+    inner_->gather_difference_bf16(chunk, x, base);
+  }
+
   void end_pass() override {
     if (inner_->wants_pass()) {
       inner_->end_pass();
@@ -243,10 +255,25 @@ class GtaMerger : public TensorMerger {
     return any;
   }
 
+  // A pass of bf16 inputs when every sparsifier that wants the pass can take them.
+  bool bf16_pass(int /*pass*/) const override {
+    bool any = false;
+    for (const TaskVector& task : tasks_) {
+      if (!task.sparsifier || !task.sparsifier->wants_pass()) continue;
+      if (!task.sparsifier->takes_bf16()) return false;
+      any = true;
+    }
+    return any;
+  }
+
   void gather(int /*pass*/, const Chunk& chunk) override {
     for (TaskVector& task : tasks_) {
       if (!task.sparsifier || !task.sparsifier->wants_pass()) continue;
-      task.sparsifier->gather_difference(chunk, chunk.inputs[task.input], chunk.inputs[base_]);
+      if (chunk.bf16 != nullptr) {
+        task.sparsifier->gather_difference_bf16(chunk, chunk.bf16[task.input], chunk.bf16[base_]);
+      } else {
+        task.sparsifier->gather_difference(chunk, chunk.inputs[task.input], chunk.inputs[base_]);
+      }
     }
   }
 
@@ -340,6 +367,11 @@ void Sparsifier::gather_difference(const Chunk& chunk, const float* x, const flo
   float* delta = delta_scratch(chunk.n);
   kernels::subtract(x, base, delta, chunk.n);
   gather(chunk, delta);
+}
+
+void Sparsifier::gather_difference_bf16(const Chunk& /*chunk*/, const uint16_t* /*x*/,
+                                        const uint16_t* /*base*/) {
+  throw std::logic_error("Sparsifier::gather_difference_bf16: this sparsifier takes no bf16");
 }
 
 void Sparsifier::apply_difference(const Chunk& chunk, const float* x, const float* base,

@@ -37,6 +37,12 @@ class Sparsifier {
   // sparsifiers override them to avoid storing δ. gather_difference feeds a pass; the default
   // computes δ into scratch and calls gather.
   virtual void gather_difference(const Chunk& chunk, const float* x, const float* base);
+  // Whether the current pass can read bf16 inputs through gather_difference_bf16, so that the
+  // executor need not convert them (docs/performance.md, "Round 6"). Changes only in end_pass.
+  virtual bool takes_bf16() const { return false; }
+  // gather_difference for x and base given as bf16 values (their exact f32 values); called only
+  // while takes_bf16(). The default throws std::logic_error.
+  virtual void gather_difference_bf16(const Chunk& chunk, const uint16_t* x, const uint16_t* base);
   // delta = sparsified (x − base); the default subtracts, then calls apply.
   virtual void apply_difference(const Chunk& chunk, const float* x, const float* base,
                                 float* delta) const;

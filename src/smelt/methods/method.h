@@ -56,6 +56,9 @@ struct Chunk {
   uint64_t offset = 0;
   size_t n = 0;
   const float* const* inputs = nullptr;  // num_inputs pointers, each to n values
+  // In a pass for which TensorMerger::bf16_pass is true, when every input is stored as bf16:
+  // num_inputs pointers, each to the n bf16 values, and `inputs` is null (no f32 conversion).
+  const uint16_t* const* bf16 = nullptr;
 };
 
 // Per-output-tensor state. The executor calls, in order: for each statistics pass p
@@ -74,6 +77,9 @@ class TensorMerger {
   virtual ~TensorMerger() = default;
   virtual int stat_passes() const { return 0; }
   virtual bool sample_pass(int /*pass*/) const { return false; }
+  // Whether gather(p, chunk) can read chunk.bf16 instead of chunk.inputs (the executor then
+  // passes bf16 inputs unconverted: docs/performance.md, "Round 6"). Read after every end_pass.
+  virtual bool bf16_pass(int /*pass*/) const { return false; }
   virtual void gather(int /*pass*/, const Chunk& /*chunk*/) {}
   virtual void end_pass(int /*pass*/) {}
   virtual void merge(const Chunk& chunk, float* out) = 0;

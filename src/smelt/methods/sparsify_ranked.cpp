@@ -75,6 +75,19 @@ class OutlierSparsifier : public Sparsifier {
     if (!done(top_) && !share) top_.add_difference(chunk.offset, x, base, chunk.n);
   }
 
+  // bf16 inputs while every selection still counting is in pass kSample or kHigh.
+  bool takes_bf16() const override {
+    return (done(upper_) || kernels::TopKMagnitude::takes_bf16(upper_.pass())) &&
+           (done(top_) || kernels::TopKMagnitude::takes_bf16(top_.pass()));
+  }
+  void gather_difference_bf16(const Chunk& chunk, const uint16_t* x,
+                              const uint16_t* base) override {
+    const bool share = shared();
+    if (!done(upper_))
+      upper_.add_difference_bf16(chunk.offset, x, base, chunk.n, share ? &top_ : nullptr);
+    if (!done(top_) && !share) top_.add_difference_bf16(chunk.offset, x, base, chunk.n);
+  }
+
   void end_pass() override {
     if (shared()) {
       top_.end_pass_from(upper_);

@@ -179,26 +179,32 @@ size_t nonzero_magnitudes_scalar(const float* a, const float* b, uint32_t* bits,
 }
 
 #ifdef SMELT_HAVE_AVX2_FILTER
+// Stores the nonzero lanes of v, in order, at bits + kept (8 lanes written); returns kept plus
+// their count.
+__attribute__((target("avx2,popcnt"), always_inline)) inline size_t append_nonzero(
+    const CompressTable& table, __m256i v, uint32_t* bits, size_t kept) {
+  const uint32_t m = ~static_cast<uint32_t>(_mm256_movemask_ps(
+                         _mm256_castsi256_ps(_mm256_cmpeq_epi32(v, _mm256_setzero_si256())))) &
+                     0xFFu;
+  const __m256i order = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.index[m]));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(bits + kept),
+                      _mm256_permutevar8x32_epi32(v, order));
+  return kept + static_cast<size_t>(__builtin_popcount(m));
+}
+
 __attribute__((target("avx2,popcnt"))) size_t nonzero_magnitudes_avx2(const float* a,
                                                                       const float* b,
                                                                       uint32_t* bits, size_t n) {
   const CompressTable& table = compress_table();
   const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
-  const __m256i zero = _mm256_setzero_si256();
   size_t kept = 0;
   size_t j = 0;
   for (; j + 8 <= n; j += 8) {
     __m256 x = _mm256_loadu_ps(a + j);
     if (b != nullptr) x = _mm256_sub_ps(x, _mm256_loadu_ps(b + j));
     const __m256i v = _mm256_and_si256(_mm256_castps_si256(x), abs_mask);
-    const uint32_t m = ~static_cast<uint32_t>(
-                           _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(v, zero)))) &
-                       0xFFu;
-    const __m256i order = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.index[m]));
     // kept <= j: the store covers [kept, kept + 8), inside bits[0, n).
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(bits + kept),
-                        _mm256_permutevar8x32_epi32(v, order));
-    kept += static_cast<size_t>(__builtin_popcount(m));
+    kept = append_nonzero(table, v, bits, kept);
   }
   return kept + nonzero_magnitudes_scalar(a + j, b ? b + j : nullptr, bits + kept, n - j);
 }
@@ -246,7 +252,6 @@ __attribute__((target("avx2,popcnt"))) size_t nonzero_magnitudes_bf16_avx2(const
                                                                            size_t n) {
   const CompressTable& table = compress_table();
   const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
-  const __m256i zero = _mm256_setzero_si256();
   size_t kept = 0;
   size_t j = 0;
   for (; j + 8 <= n; j += 8) {
@@ -256,13 +261,7 @@ __attribute__((target("avx2,popcnt"))) size_t nonzero_magnitudes_bf16_avx2(const
         _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + j))), 16);
     const __m256 x = _mm256_sub_ps(_mm256_castsi256_ps(wa), _mm256_castsi256_ps(wb));
     const __m256i v = _mm256_and_si256(_mm256_castps_si256(x), abs_mask);
-    const uint32_t m = ~static_cast<uint32_t>(
-                           _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(v, zero)))) &
-                       0xFFu;
-    const __m256i order = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.index[m]));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(bits + kept),
-                        _mm256_permutevar8x32_epi32(v, order));
-    kept += static_cast<size_t>(__builtin_popcount(m));
+    kept = append_nonzero(table, v, bits, kept);
   }
   for (; j < n; ++j) {
     const uint32_t v = std::bit_cast<uint32_t>(bf16_to_f32(a[j]) - bf16_to_f32(b[j])) & 0x7FFFFFFFu;

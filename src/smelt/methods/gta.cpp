@@ -246,25 +246,11 @@ class GtaMerger : public TensorMerger {
 
   // A sample pass when every sparsifier that wants the pass can take a sample.
   bool sample_pass(int /*pass*/) const override {
-    bool any = false;
-    for (const TaskVector& task : tasks_) {
-      if (!task.sparsifier || !task.sparsifier->wants_pass()) continue;
-      if (!task.sparsifier->wants_sample()) return false;
-      any = true;
-    }
-    return any;
+    return every_pass_wants(&Sparsifier::wants_sample);
   }
 
   // A pass of bf16 inputs when every sparsifier that wants the pass can take them.
-  bool bf16_pass(int /*pass*/) const override {
-    bool any = false;
-    for (const TaskVector& task : tasks_) {
-      if (!task.sparsifier || !task.sparsifier->wants_pass()) continue;
-      if (!task.sparsifier->takes_bf16()) return false;
-      any = true;
-    }
-    return any;
-  }
+  bool bf16_pass(int /*pass*/) const override { return every_pass_wants(&Sparsifier::takes_bf16); }
 
   void gather(int /*pass*/, const Chunk& chunk) override {
     for (TaskVector& task : tasks_) {
@@ -336,6 +322,17 @@ class GtaMerger : public TensorMerger {
   }
 
  private:
+  // Whether some sparsifier wants the next pass and every one that does answers `can` true.
+  bool every_pass_wants(bool (Sparsifier::*can)() const) const {
+    bool any = false;
+    for (const TaskVector& task : tasks_) {
+      if (!task.sparsifier || !task.sparsifier->wants_pass()) continue;
+      if (!(task.sparsifier.get()->*can)()) return false;
+      any = true;
+    }
+    return any;
+  }
+
   // d = sparsify(x − b) for one chunk.
   void sparsified_delta(const TaskVector& task, const Chunk& chunk, float* d) const {
     if (task.sparsifier) {

@@ -275,7 +275,7 @@ __attribute__((target("avx2,popcnt"))) size_t nonzero_magnitudes_bf16_avx2(const
 size_t nonzero_magnitudes_bf16(const uint16_t* a, const uint16_t* b, uint32_t* bits, size_t n,
                                float* fa, float* fb) {
 #ifdef SMELT_HAVE_AVX2_FILTER
-  if (cpu_has_avx2() && !cpu_has_avx512f()) return nonzero_magnitudes_bf16_avx2(a, b, bits, n);
+  if (cpu_has_avx2()) return nonzero_magnitudes_bf16_avx2(a, b, bits, n);
 #endif
   to_f32(DType::kBF16, a, fa, n);
   to_f32(DType::kBF16, b, fb, n);
@@ -458,7 +458,7 @@ void TopKMagnitude::count_high(const uint32_t* bits, size_t n, Slot* slot) {
 void TopKMagnitude::add_bits(uint64_t offset, const float* a, const float* b, const uint16_t* a16,
                              const uint16_t* b16, size_t n, TopKMagnitude* also) {
   alignas(64) uint32_t bits[kBitsBlock];
-  if (a16 != nullptr && pass_ != Pass::kSample && pass_ != Pass::kHigh) {
+  if (a16 != nullptr && !takes_bf16(pass_)) {
     throw std::logic_error("TopKMagnitude::add_difference_bf16: only in passes kSample and kHigh");
   }
   if (also != nullptr && (also->pass_ != pass_ || also->numel_ != numel_ ||
